@@ -403,7 +403,7 @@ class Emitter:
             return V(f"rd{args[2].const}({args[0].code}, {args[1].code})", pure=False)
         if f == "store" and args[2].const in (8, 16, 32):
             return V(f"wr{args[2].const}({args[0].code}, {args[1].code}, {args[3].code})", pure=False)
-        pure = f in ("seg_selector", "seg_base", "seg_limit", "seg_attr", "sdiv", "srem", "f64_relation", "fpr")
+        pure = f in ("seg_selector", "seg_base", "seg_limit", "seg_attr", "sdiv", "srem", "f64_relation", "fpr", "xmm")
         return V(f"b_{f}({', '.join(a.code for a in args)})", pure=pure and all(a.pure for a in args))
 
     def inline_fn(self, e: A.Call) -> V:

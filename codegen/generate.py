@@ -155,7 +155,7 @@ def _calls(node, name: str):
 
 
 SIMD_OPERAND_TYPES = ("st0", "sti", "mm", "mmrm", "xmm", "xmmrm")
-SIMD_BUILTINS = ("fpr", "set_fpr")
+SIMD_BUILTINS = ("fpr", "set_fpr", "xmm", "set_xmm")
 
 
 def _uses_simd_state(spec: Spec, node, seen: set[str] | None = None) -> bool:

@@ -2190,264 +2190,264 @@ LAYOUT = {
     'SHLD_RMv_Rv_CL': (True, None, (), (('dst', 'rm', 'v'), ('src', 'reg', 'v'), ('cnt', 'fixed', 8))),  # spec/shift.r1:590
     'SHRD_RMv_Rv_Ib': (True, None, ('ib',), (('dst', 'rm', 'v'), ('src', 'reg', 'v'), ('cnt', 'imm', 8))),  # spec/shift.r1:605
     'SHRD_RMv_Rv_CL': (True, None, (), (('dst', 'rm', 'v'), ('src', 'reg', 'v'), ('cnt', 'fixed', 8))),  # spec/shift.r1:620
-    'MOVAPS_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:93
-    'MOVAPS_XMMRM_XMM': (True, None, (), (('dst', 'rm', 128), ('src', 'xmm', 128))),  # spec/sse.r1:103
-    'MOVUPS_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:113
-    'MOVUPS_XMMRM_XMM': (True, None, (), (('dst', 'rm', 128), ('src', 'xmm', 128))),  # spec/sse.r1:123
-    'MOVSS_XMM_XMM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:133
-    'MOVSS_XMM_M32': (True, None, (), (('dst', 'xmm', 128), ('src', 'mem', 32))),  # spec/sse.r1:143
-    'MOVSS_XMM_XMM_0F11': (True, None, (), (('dst', 'rm', 128), ('src', 'xmm', 128))),  # spec/sse.r1:153
-    'MOVSS_M32_XMM': (True, None, (), (('dst', 'mem', 32), ('src', 'xmm', 128))),  # spec/sse.r1:163
-    'MOVLPS_XMM_M64': (True, None, (), (('dst', 'xmm', 128), ('src', 'mem', 64))),  # spec/sse.r1:173
-    'MOVHLPS_XMM_XMM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:183
-    'MOVLPS_M64_XMM': (True, None, (), (('dst', 'mem', 64), ('src', 'xmm', 128))),  # spec/sse.r1:193
-    'MOVHPS_XMM_M64': (True, None, (), (('dst', 'xmm', 128), ('src', 'mem', 64))),  # spec/sse.r1:203
-    'MOVLHPS_XMM_XMM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:213
-    'MOVHPS_M64_XMM': (True, None, (), (('dst', 'mem', 64), ('src', 'xmm', 128))),  # spec/sse.r1:223
-    'MOVMSKPS_R32_XMM': (True, None, (), (('dst', 'reg', 32), ('src', 'rm', 128))),  # spec/sse.r1:233
-    'ADDPS_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:245
-    'ADDSS_XMM_XMM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:255
-    'ADDSS_XMM_M32': (True, None, (), (('dst', 'xmm', 128), ('src', 'mem', 32))),  # spec/sse.r1:265
-    'SUBPS_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:275
-    'SUBSS_XMM_XMM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:285
-    'SUBSS_XMM_M32': (True, None, (), (('dst', 'xmm', 128), ('src', 'mem', 32))),  # spec/sse.r1:295
-    'MULPS_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:305
-    'MULSS_XMM_XMM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:315
-    'MULSS_XMM_M32': (True, None, (), (('dst', 'xmm', 128), ('src', 'mem', 32))),  # spec/sse.r1:325
-    'DIVPS_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:335
-    'DIVSS_XMM_XMM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:345
-    'DIVSS_XMM_M32': (True, None, (), (('dst', 'xmm', 128), ('src', 'mem', 32))),  # spec/sse.r1:355
-    'MINPS_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:365
-    'MINSS_XMM_XMM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:375
-    'MINSS_XMM_M32': (True, None, (), (('dst', 'xmm', 128), ('src', 'mem', 32))),  # spec/sse.r1:385
-    'MAXPS_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:395
-    'MAXSS_XMM_XMM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:405
-    'MAXSS_XMM_M32': (True, None, (), (('dst', 'xmm', 128), ('src', 'mem', 32))),  # spec/sse.r1:415
-    'SQRTPS_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:425
-    'SQRTSS_XMM_XMM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:435
-    'SQRTSS_XMM_M32': (True, None, (), (('dst', 'xmm', 128), ('src', 'mem', 32))),  # spec/sse.r1:445
-    'RCPPS_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:455
-    'RCPSS_XMM_XMM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:465
-    'RCPSS_XMM_M32': (True, None, (), (('dst', 'xmm', 128), ('src', 'mem', 32))),  # spec/sse.r1:475
-    'RSQRTPS_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:485
-    'RSQRTSS_XMM_XMM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:495
-    'RSQRTSS_XMM_M32': (True, None, (), (('dst', 'xmm', 128), ('src', 'mem', 32))),  # spec/sse.r1:505
-    'CMPPS_XMM_XMMRM_IMM8': (True, None, ('ib',), (('dst', 'xmm', 128), ('src', 'rm', 128), ('imm', 'imm', 8))),  # spec/sse.r1:517
-    'CMPSS_XMM_XMM_IMM8': (True, None, ('ib',), (('dst', 'xmm', 128), ('src', 'rm', 128), ('imm', 'imm', 8))),  # spec/sse.r1:528
-    'CMPSS_XMM_M32_IMM8': (True, None, ('ib',), (('dst', 'xmm', 128), ('src', 'mem', 32), ('imm', 'imm', 8))),  # spec/sse.r1:539
-    'COMISS_XMM_XMM': (True, None, (), (('a', 'xmm', 128), ('b', 'rm', 128))),  # spec/sse.r1:550
-    'COMISS_XMM_M32': (True, None, (), (('a', 'xmm', 128), ('b', 'mem', 32))),  # spec/sse.r1:560
-    'UCOMISS_XMM_XMM': (True, None, (), (('a', 'xmm', 128), ('b', 'rm', 128))),  # spec/sse.r1:570
-    'UCOMISS_XMM_M32': (True, None, (), (('a', 'xmm', 128), ('b', 'mem', 32))),  # spec/sse.r1:580
-    'ANDPS_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:592
-    'ANDNPS_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:602
-    'ORPS_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:612
-    'XORPS_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:622
-    'SHUFPS_XMM_XMMRM_IMM8': (True, None, ('ib',), (('dst', 'xmm', 128), ('src', 'rm', 128), ('imm', 'imm', 8))),  # spec/sse.r1:632
-    'UNPCKLPS_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:642
-    'UNPCKHPS_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:652
-    'CVTPI2PS_XMM_MMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 64))),  # spec/sse.r1:664
-    'CVTPS2PI_MM_XMM': (True, None, (), (('dst', 'mmx', 64), ('src', 'rm', 128))),  # spec/sse.r1:674
-    'CVTPS2PI_MM_M64': (True, None, (), (('dst', 'mmx', 64), ('src', 'mem', 64))),  # spec/sse.r1:684
-    'CVTTPS2PI_MM_XMM': (True, None, (), (('dst', 'mmx', 64), ('src', 'rm', 128))),  # spec/sse.r1:694
-    'CVTTPS2PI_MM_M64': (True, None, (), (('dst', 'mmx', 64), ('src', 'mem', 64))),  # spec/sse.r1:704
-    'CVTSI2SS_XMM_RM32': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 32))),  # spec/sse.r1:714
-    'CVTSS2SI_R32_XMM': (True, None, (), (('dst', 'reg', 32), ('src', 'rm', 128))),  # spec/sse.r1:724
-    'CVTSS2SI_R32_M32': (True, None, (), (('dst', 'reg', 32), ('src', 'mem', 32))),  # spec/sse.r1:734
-    'CVTTSS2SI_R32_XMM': (True, None, (), (('dst', 'reg', 32), ('src', 'rm', 128))),  # spec/sse.r1:744
-    'CVTTSS2SI_R32_M32': (True, None, (), (('dst', 'reg', 32), ('src', 'mem', 32))),  # spec/sse.r1:754
-    'LDMXCSR_M32': (True, None, (), (('src', 'mem', 32),)),  # spec/sse.r1:766
-    'STMXCSR_M32': (True, None, (), (('dst', 'mem', 32),)),  # spec/sse.r1:776
-    'FXSAVE_M512': (True, None, (), (('dst', 'mem', 4096),)),  # spec/sse.r1:786
-    'FXRSTOR_M512': (True, None, (), (('src', 'mem', 4096),)),  # spec/sse.r1:796
-    'PREFETCHNTA_M8': (True, None, (), (('src', 'addr', None),)),  # spec/sse.r1:808
-    'PREFETCHT0_M8': (True, None, (), (('src', 'addr', None),)),  # spec/sse.r1:818
-    'PREFETCHT1_M8': (True, None, (), (('src', 'addr', None),)),  # spec/sse.r1:828
-    'PREFETCHT2_M8': (True, None, (), (('src', 'addr', None),)),  # spec/sse.r1:838
-    'SFENCE': (True, None, (), ()),  # spec/sse.r1:848
-    'MOVNTQ_M64_MM': (True, None, (), (('dst', 'mem', 64), ('src', 'mmx', 64))),  # spec/sse.r1:858
-    'MOVNTPS_M128_XMM': (True, None, (), (('dst', 'mem', 128), ('src', 'xmm', 128))),  # spec/sse.r1:868
-    'MASKMOVQ_MM_MM': (True, None, (), (('src', 'mmx', 64), ('mask', 'rm', 64))),  # spec/sse.r1:878
-    'PAVGB_MM_MMRM': (True, None, (), (('dst', 'mmx', 64), ('src', 'rm', 64))),  # spec/sse.r1:890
-    'PAVGW_MM_MMRM': (True, None, (), (('dst', 'mmx', 64), ('src', 'rm', 64))),  # spec/sse.r1:900
-    'PMAXSW_MM_MMRM': (True, None, (), (('dst', 'mmx', 64), ('src', 'rm', 64))),  # spec/sse.r1:910
-    'PMAXUB_MM_MMRM': (True, None, (), (('dst', 'mmx', 64), ('src', 'rm', 64))),  # spec/sse.r1:920
-    'PMINSW_MM_MMRM': (True, None, (), (('dst', 'mmx', 64), ('src', 'rm', 64))),  # spec/sse.r1:930
-    'PMINUB_MM_MMRM': (True, None, (), (('dst', 'mmx', 64), ('src', 'rm', 64))),  # spec/sse.r1:940
-    'PMULHUW_MM_MMRM': (True, None, (), (('dst', 'mmx', 64), ('src', 'rm', 64))),  # spec/sse.r1:950
-    'PSADBW_MM_MMRM': (True, None, (), (('dst', 'mmx', 64), ('src', 'rm', 64))),  # spec/sse.r1:960
-    'PSHUFW_MM_MMRM_IMM8': (True, None, ('ib',), (('dst', 'mmx', 64), ('src', 'rm', 64), ('imm', 'imm', 8))),  # spec/sse.r1:970
-    'PEXTRW_R32_MM_IMM8': (True, None, ('ib',), (('dst', 'reg', 32), ('src', 'rm', 64), ('imm', 'imm', 8))),  # spec/sse.r1:980
-    'PINSRW_MM_R32_IMM8': (True, None, ('ib',), (('dst', 'mmx', 64), ('src', 'rm', 32), ('imm', 'imm', 8))),  # spec/sse.r1:990
-    'PINSRW_MM_M16_IMM8': (True, None, ('ib',), (('dst', 'mmx', 64), ('src', 'mem', 16), ('imm', 'imm', 8))),  # spec/sse.r1:1000
-    'PMOVMSKB_R32_MM': (True, None, (), (('dst', 'reg', 32), ('src', 'rm', 64))),  # spec/sse.r1:1010
-    'MOVAPD_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:1022
-    'MOVAPD_XMMRM_XMM': (True, None, (), (('dst', 'rm', 128), ('src', 'xmm', 128))),  # spec/sse.r1:1032
-    'MOVUPD_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:1042
-    'MOVUPD_XMMRM_XMM': (True, None, (), (('dst', 'rm', 128), ('src', 'xmm', 128))),  # spec/sse.r1:1052
-    'MOVSD_XMM_XMM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:1062
-    'MOVSD_XMM_M64': (True, None, (), (('dst', 'xmm', 128), ('src', 'mem', 64))),  # spec/sse.r1:1073
-    'MOVSD_XMM_XMM_0F11': (True, None, (), (('dst', 'rm', 128), ('src', 'xmm', 128))),  # spec/sse.r1:1084
-    'MOVSD_M64_XMM': (True, None, (), (('dst', 'mem', 64), ('src', 'xmm', 128))),  # spec/sse.r1:1095
-    'MOVLPD_XMM_M64': (True, None, (), (('dst', 'xmm', 128), ('src', 'mem', 64))),  # spec/sse.r1:1106
-    'MOVLPD_M64_XMM': (True, None, (), (('dst', 'mem', 64), ('src', 'xmm', 128))),  # spec/sse.r1:1116
-    'MOVHPD_XMM_M64': (True, None, (), (('dst', 'xmm', 128), ('src', 'mem', 64))),  # spec/sse.r1:1126
-    'MOVHPD_M64_XMM': (True, None, (), (('dst', 'mem', 64), ('src', 'xmm', 128))),  # spec/sse.r1:1136
-    'MOVMSKPD_R32_XMM': (True, None, (), (('dst', 'reg', 32), ('src', 'rm', 128))),  # spec/sse.r1:1146
-    'ADDPD_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:1158
-    'ADDSD_XMM_XMM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:1168
-    'ADDSD_XMM_M64': (True, None, (), (('dst', 'xmm', 128), ('src', 'mem', 64))),  # spec/sse.r1:1178
-    'SUBPD_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:1188
-    'SUBSD_XMM_XMM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:1198
-    'SUBSD_XMM_M64': (True, None, (), (('dst', 'xmm', 128), ('src', 'mem', 64))),  # spec/sse.r1:1208
-    'MULPD_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:1218
-    'MULSD_XMM_XMM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:1228
-    'MULSD_XMM_M64': (True, None, (), (('dst', 'xmm', 128), ('src', 'mem', 64))),  # spec/sse.r1:1238
-    'DIVPD_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:1248
-    'DIVSD_XMM_XMM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:1258
-    'DIVSD_XMM_M64': (True, None, (), (('dst', 'xmm', 128), ('src', 'mem', 64))),  # spec/sse.r1:1268
-    'MINPD_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:1278
-    'MINSD_XMM_XMM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:1288
-    'MINSD_XMM_M64': (True, None, (), (('dst', 'xmm', 128), ('src', 'mem', 64))),  # spec/sse.r1:1298
-    'MAXPD_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:1308
-    'MAXSD_XMM_XMM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:1318
-    'MAXSD_XMM_M64': (True, None, (), (('dst', 'xmm', 128), ('src', 'mem', 64))),  # spec/sse.r1:1328
-    'SQRTPD_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:1338
-    'SQRTSD_XMM_XMM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:1348
-    'SQRTSD_XMM_M64': (True, None, (), (('dst', 'xmm', 128), ('src', 'mem', 64))),  # spec/sse.r1:1358
-    'CMPPD_XMM_XMMRM_IMM8': (True, None, ('ib',), (('dst', 'xmm', 128), ('src', 'rm', 128), ('imm', 'imm', 8))),  # spec/sse.r1:1370
-    'CMPSD_XMM_XMM_IMM8': (True, None, ('ib',), (('dst', 'xmm', 128), ('src', 'rm', 128), ('imm', 'imm', 8))),  # spec/sse.r1:1381
-    'CMPSD_XMM_M64_IMM8': (True, None, ('ib',), (('dst', 'xmm', 128), ('src', 'mem', 64), ('imm', 'imm', 8))),  # spec/sse.r1:1396
-    'COMISD_XMM_XMM': (True, None, (), (('a', 'xmm', 128), ('b', 'rm', 128))),  # spec/sse.r1:1411
-    'COMISD_XMM_M64': (True, None, (), (('a', 'xmm', 128), ('b', 'mem', 64))),  # spec/sse.r1:1421
-    'UCOMISD_XMM_XMM': (True, None, (), (('a', 'xmm', 128), ('b', 'rm', 128))),  # spec/sse.r1:1431
-    'UCOMISD_XMM_M64': (True, None, (), (('a', 'xmm', 128), ('b', 'mem', 64))),  # spec/sse.r1:1441
-    'ANDPD_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:1453
-    'ANDNPD_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:1463
-    'ORPD_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:1473
-    'XORPD_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:1483
-    'SHUFPD_XMM_XMMRM_IMM8': (True, None, ('ib',), (('dst', 'xmm', 128), ('src', 'rm', 128), ('imm', 'imm', 8))),  # spec/sse.r1:1493
-    'UNPCKLPD_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:1503
-    'UNPCKHPD_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:1513
-    'CVTPI2PD_XMM_MMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 64))),  # spec/sse.r1:1525
-    'CVTPD2PI_MM_XMMRM': (True, None, (), (('dst', 'mmx', 64), ('src', 'rm', 128))),  # spec/sse.r1:1535
-    'CVTTPD2PI_MM_XMMRM': (True, None, (), (('dst', 'mmx', 64), ('src', 'rm', 128))),  # spec/sse.r1:1545
-    'CVTSI2SD_XMM_RM32': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 32))),  # spec/sse.r1:1555
-    'CVTSD2SI_R32_XMM': (True, None, (), (('dst', 'reg', 32), ('src', 'rm', 128))),  # spec/sse.r1:1565
-    'CVTSD2SI_R32_M64': (True, None, (), (('dst', 'reg', 32), ('src', 'mem', 64))),  # spec/sse.r1:1575
-    'CVTTSD2SI_R32_XMM': (True, None, (), (('dst', 'reg', 32), ('src', 'rm', 128))),  # spec/sse.r1:1585
-    'CVTTSD2SI_R32_M64': (True, None, (), (('dst', 'reg', 32), ('src', 'mem', 64))),  # spec/sse.r1:1595
-    'CVTPS2PD_XMM_XMM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:1605
-    'CVTPS2PD_XMM_M64': (True, None, (), (('dst', 'xmm', 128), ('src', 'mem', 64))),  # spec/sse.r1:1615
-    'CVTPD2PS_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:1625
-    'CVTSS2SD_XMM_XMM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:1635
-    'CVTSS2SD_XMM_M32': (True, None, (), (('dst', 'xmm', 128), ('src', 'mem', 32))),  # spec/sse.r1:1645
-    'CVTSD2SS_XMM_XMM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:1655
-    'CVTSD2SS_XMM_M64': (True, None, (), (('dst', 'xmm', 128), ('src', 'mem', 64))),  # spec/sse.r1:1665
-    'CVTDQ2PS_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:1675
-    'CVTPS2DQ_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:1685
-    'CVTTPS2DQ_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:1695
-    'CVTDQ2PD_XMM_XMM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:1705
-    'CVTDQ2PD_XMM_M64': (True, None, (), (('dst', 'xmm', 128), ('src', 'mem', 64))),  # spec/sse.r1:1715
-    'CVTPD2DQ_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:1725
-    'CVTTPD2DQ_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:1735
-    'MOVDQA_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:1747
-    'MOVDQA_XMMRM_XMM': (True, None, (), (('dst', 'rm', 128), ('src', 'xmm', 128))),  # spec/sse.r1:1757
-    'MOVDQU_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:1767
-    'MOVDQU_XMMRM_XMM': (True, None, (), (('dst', 'rm', 128), ('src', 'xmm', 128))),  # spec/sse.r1:1777
-    'MOVD_XMM_RM32': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 32))),  # spec/sse.r1:1787
-    'MOVD_RM32_XMM': (True, None, (), (('dst', 'rm', 32), ('src', 'xmm', 128))),  # spec/sse.r1:1797
-    'MOVQ_XMM_XMM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:1807
-    'MOVQ_XMM_M64': (True, None, (), (('dst', 'xmm', 128), ('src', 'mem', 64))),  # spec/sse.r1:1817
-    'MOVQ_XMM_XMM_0FD6': (True, None, (), (('dst', 'rm', 128), ('src', 'xmm', 128))),  # spec/sse.r1:1827
-    'MOVQ_M64_XMM': (True, None, (), (('dst', 'mem', 64), ('src', 'xmm', 128))),  # spec/sse.r1:1837
-    'MOVQ2DQ_XMM_MM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 64))),  # spec/sse.r1:1847
-    'MOVDQ2Q_MM_XMM': (True, None, (), (('dst', 'mmx', 64), ('src', 'rm', 128))),  # spec/sse.r1:1857
-    'MOVNTPD_M128_XMM': (True, None, (), (('dst', 'mem', 128), ('src', 'xmm', 128))),  # spec/sse.r1:1869
-    'MOVNTDQ_M128_XMM': (True, None, (), (('dst', 'mem', 128), ('src', 'xmm', 128))),  # spec/sse.r1:1879
-    'MOVNTI_M32_R32': (True, None, (), (('dst', 'mem', 32), ('src', 'reg', 32))),  # spec/sse.r1:1889
-    'MASKMOVDQU_XMM_XMM': (True, None, (), (('src', 'xmm', 128), ('mask', 'rm', 128))),  # spec/sse.r1:1899
-    'CLFLUSH_M8': (True, None, (), (('src', 'addr', None),)),  # spec/sse.r1:1909
-    'LFENCE': (True, None, (), ()),  # spec/sse.r1:1919
-    'MFENCE': (True, None, (), ()),  # spec/sse.r1:1929
-    'PAUSE': (False, None, (), ()),  # spec/sse.r1:1939
-    'PADDQ_MM_MMRM': (True, None, (), (('dst', 'mmx', 64), ('src', 'rm', 64))),  # spec/sse.r1:1951
-    'PADDQ_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:1961
-    'PSUBQ_MM_MMRM': (True, None, (), (('dst', 'mmx', 64), ('src', 'rm', 64))),  # spec/sse.r1:1971
-    'PSUBQ_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:1981
-    'PMULUDQ_MM_MMRM': (True, None, (), (('dst', 'mmx', 64), ('src', 'rm', 64))),  # spec/sse.r1:1991
-    'PMULUDQ_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:2001
-    'PSHUFD_XMM_XMMRM_IMM8': (True, None, ('ib',), (('dst', 'xmm', 128), ('src', 'rm', 128), ('imm', 'imm', 8))),  # spec/sse.r1:2011
-    'PSHUFHW_XMM_XMMRM_IMM8': (True, None, ('ib',), (('dst', 'xmm', 128), ('src', 'rm', 128), ('imm', 'imm', 8))),  # spec/sse.r1:2021
-    'PSHUFLW_XMM_XMMRM_IMM8': (True, None, ('ib',), (('dst', 'xmm', 128), ('src', 'rm', 128), ('imm', 'imm', 8))),  # spec/sse.r1:2031
-    'PSLLDQ_XMM_IMM8': (True, None, ('ib',), (('dst', 'rm', 128), ('imm', 'imm', 8))),  # spec/sse.r1:2041
-    'PSRLDQ_XMM_IMM8': (True, None, ('ib',), (('dst', 'rm', 128), ('imm', 'imm', 8))),  # spec/sse.r1:2051
-    'PUNPCKLQDQ_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:2061
-    'PUNPCKHQDQ_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:2071
-    'PUNPCKLBW_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:2083
-    'PUNPCKLWD_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:2093
-    'PUNPCKLDQ_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:2103
-    'PUNPCKHBW_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:2113
-    'PUNPCKHWD_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:2123
-    'PUNPCKHDQ_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:2133
-    'PACKSSWB_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:2143
-    'PACKUSWB_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:2153
-    'PACKSSDW_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:2163
-    'PADDB_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:2173
-    'PADDW_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:2183
-    'PADDD_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:2193
-    'PADDSB_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:2203
-    'PADDSW_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:2213
-    'PADDUSB_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:2223
-    'PADDUSW_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:2233
-    'PSUBB_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:2243
-    'PSUBW_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:2253
-    'PSUBD_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:2263
-    'PSUBSB_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:2273
-    'PSUBSW_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:2283
-    'PSUBUSB_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:2293
-    'PSUBUSW_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:2303
-    'PMULLW_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:2313
-    'PMULHW_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:2323
-    'PMADDWD_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:2333
-    'PCMPEQB_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:2343
-    'PCMPEQW_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:2353
-    'PCMPEQD_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:2363
-    'PCMPGTB_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:2373
-    'PCMPGTW_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:2383
-    'PCMPGTD_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:2393
-    'PAND_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:2403
-    'PANDN_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:2413
-    'POR_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:2423
-    'PXOR_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:2433
-    'PSLLW_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:2443
-    'PSLLD_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:2453
-    'PSLLQ_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:2463
-    'PSRLW_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:2473
-    'PSRLD_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:2483
-    'PSRLQ_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:2493
-    'PSRAW_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:2503
-    'PSRAD_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:2513
-    'PSLLW_XMM_IMM8': (True, None, ('ib',), (('dst', 'rm', 128), ('imm', 'imm', 8))),  # spec/sse.r1:2523
-    'PSLLD_XMM_IMM8': (True, None, ('ib',), (('dst', 'rm', 128), ('imm', 'imm', 8))),  # spec/sse.r1:2533
-    'PSLLQ_XMM_IMM8': (True, None, ('ib',), (('dst', 'rm', 128), ('imm', 'imm', 8))),  # spec/sse.r1:2543
-    'PSRLW_XMM_IMM8': (True, None, ('ib',), (('dst', 'rm', 128), ('imm', 'imm', 8))),  # spec/sse.r1:2553
-    'PSRLD_XMM_IMM8': (True, None, ('ib',), (('dst', 'rm', 128), ('imm', 'imm', 8))),  # spec/sse.r1:2563
-    'PSRLQ_XMM_IMM8': (True, None, ('ib',), (('dst', 'rm', 128), ('imm', 'imm', 8))),  # spec/sse.r1:2573
-    'PSRAW_XMM_IMM8': (True, None, ('ib',), (('dst', 'rm', 128), ('imm', 'imm', 8))),  # spec/sse.r1:2583
-    'PSRAD_XMM_IMM8': (True, None, ('ib',), (('dst', 'rm', 128), ('imm', 'imm', 8))),  # spec/sse.r1:2593
-    'PAVGB_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:2605
-    'PAVGW_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:2615
-    'PMAXSW_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:2625
-    'PMAXUB_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:2635
-    'PMINSW_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:2645
-    'PMINUB_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:2655
-    'PMULHUW_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:2665
-    'PSADBW_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:2675
-    'PEXTRW_R32_XMM_IMM8': (True, None, ('ib',), (('dst', 'reg', 32), ('src', 'rm', 128), ('imm', 'imm', 8))),  # spec/sse.r1:2685
-    'PINSRW_XMM_R32_IMM8': (True, None, ('ib',), (('dst', 'xmm', 128), ('src', 'rm', 32), ('imm', 'imm', 8))),  # spec/sse.r1:2695
-    'PINSRW_XMM_M16_IMM8': (True, None, ('ib',), (('dst', 'xmm', 128), ('src', 'mem', 16), ('imm', 'imm', 8))),  # spec/sse.r1:2705
-    'PMOVMSKB_R32_XMM': (True, None, (), (('dst', 'reg', 32), ('src', 'rm', 128))),  # spec/sse.r1:2715
+    'MOVAPS_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:108
+    'MOVAPS_XMMRM_XMM': (True, None, (), (('dst', 'rm', 128), ('src', 'xmm', 128))),  # spec/sse.r1:118
+    'MOVUPS_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:128
+    'MOVUPS_XMMRM_XMM': (True, None, (), (('dst', 'rm', 128), ('src', 'xmm', 128))),  # spec/sse.r1:138
+    'MOVSS_XMM_XMM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:148
+    'MOVSS_XMM_M32': (True, None, (), (('dst', 'xmm', 128), ('src', 'mem', 32))),  # spec/sse.r1:158
+    'MOVSS_XMM_XMM_0F11': (True, None, (), (('dst', 'rm', 128), ('src', 'xmm', 128))),  # spec/sse.r1:168
+    'MOVSS_M32_XMM': (True, None, (), (('dst', 'mem', 32), ('src', 'xmm', 128))),  # spec/sse.r1:178
+    'MOVLPS_XMM_M64': (True, None, (), (('dst', 'xmm', 128), ('src', 'mem', 64))),  # spec/sse.r1:188
+    'MOVHLPS_XMM_XMM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:198
+    'MOVLPS_M64_XMM': (True, None, (), (('dst', 'mem', 64), ('src', 'xmm', 128))),  # spec/sse.r1:208
+    'MOVHPS_XMM_M64': (True, None, (), (('dst', 'xmm', 128), ('src', 'mem', 64))),  # spec/sse.r1:218
+    'MOVLHPS_XMM_XMM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:228
+    'MOVHPS_M64_XMM': (True, None, (), (('dst', 'mem', 64), ('src', 'xmm', 128))),  # spec/sse.r1:238
+    'MOVMSKPS_R32_XMM': (True, None, (), (('dst', 'reg', 32), ('src', 'rm', 128))),  # spec/sse.r1:248
+    'ADDPS_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:260
+    'ADDSS_XMM_XMM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:270
+    'ADDSS_XMM_M32': (True, None, (), (('dst', 'xmm', 128), ('src', 'mem', 32))),  # spec/sse.r1:280
+    'SUBPS_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:290
+    'SUBSS_XMM_XMM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:300
+    'SUBSS_XMM_M32': (True, None, (), (('dst', 'xmm', 128), ('src', 'mem', 32))),  # spec/sse.r1:310
+    'MULPS_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:320
+    'MULSS_XMM_XMM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:330
+    'MULSS_XMM_M32': (True, None, (), (('dst', 'xmm', 128), ('src', 'mem', 32))),  # spec/sse.r1:340
+    'DIVPS_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:350
+    'DIVSS_XMM_XMM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:360
+    'DIVSS_XMM_M32': (True, None, (), (('dst', 'xmm', 128), ('src', 'mem', 32))),  # spec/sse.r1:370
+    'MINPS_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:380
+    'MINSS_XMM_XMM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:390
+    'MINSS_XMM_M32': (True, None, (), (('dst', 'xmm', 128), ('src', 'mem', 32))),  # spec/sse.r1:400
+    'MAXPS_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:410
+    'MAXSS_XMM_XMM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:420
+    'MAXSS_XMM_M32': (True, None, (), (('dst', 'xmm', 128), ('src', 'mem', 32))),  # spec/sse.r1:430
+    'SQRTPS_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:440
+    'SQRTSS_XMM_XMM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:450
+    'SQRTSS_XMM_M32': (True, None, (), (('dst', 'xmm', 128), ('src', 'mem', 32))),  # spec/sse.r1:460
+    'RCPPS_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:470
+    'RCPSS_XMM_XMM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:480
+    'RCPSS_XMM_M32': (True, None, (), (('dst', 'xmm', 128), ('src', 'mem', 32))),  # spec/sse.r1:490
+    'RSQRTPS_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:500
+    'RSQRTSS_XMM_XMM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:510
+    'RSQRTSS_XMM_M32': (True, None, (), (('dst', 'xmm', 128), ('src', 'mem', 32))),  # spec/sse.r1:520
+    'CMPPS_XMM_XMMRM_IMM8': (True, None, ('ib',), (('dst', 'xmm', 128), ('src', 'rm', 128), ('imm', 'imm', 8))),  # spec/sse.r1:532
+    'CMPSS_XMM_XMM_IMM8': (True, None, ('ib',), (('dst', 'xmm', 128), ('src', 'rm', 128), ('imm', 'imm', 8))),  # spec/sse.r1:543
+    'CMPSS_XMM_M32_IMM8': (True, None, ('ib',), (('dst', 'xmm', 128), ('src', 'mem', 32), ('imm', 'imm', 8))),  # spec/sse.r1:554
+    'COMISS_XMM_XMM': (True, None, (), (('a', 'xmm', 128), ('b', 'rm', 128))),  # spec/sse.r1:565
+    'COMISS_XMM_M32': (True, None, (), (('a', 'xmm', 128), ('b', 'mem', 32))),  # spec/sse.r1:575
+    'UCOMISS_XMM_XMM': (True, None, (), (('a', 'xmm', 128), ('b', 'rm', 128))),  # spec/sse.r1:585
+    'UCOMISS_XMM_M32': (True, None, (), (('a', 'xmm', 128), ('b', 'mem', 32))),  # spec/sse.r1:595
+    'ANDPS_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:607
+    'ANDNPS_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:617
+    'ORPS_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:627
+    'XORPS_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:637
+    'SHUFPS_XMM_XMMRM_IMM8': (True, None, ('ib',), (('dst', 'xmm', 128), ('src', 'rm', 128), ('imm', 'imm', 8))),  # spec/sse.r1:647
+    'UNPCKLPS_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:657
+    'UNPCKHPS_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:667
+    'CVTPI2PS_XMM_MMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 64))),  # spec/sse.r1:679
+    'CVTPS2PI_MM_XMM': (True, None, (), (('dst', 'mmx', 64), ('src', 'rm', 128))),  # spec/sse.r1:689
+    'CVTPS2PI_MM_M64': (True, None, (), (('dst', 'mmx', 64), ('src', 'mem', 64))),  # spec/sse.r1:699
+    'CVTTPS2PI_MM_XMM': (True, None, (), (('dst', 'mmx', 64), ('src', 'rm', 128))),  # spec/sse.r1:709
+    'CVTTPS2PI_MM_M64': (True, None, (), (('dst', 'mmx', 64), ('src', 'mem', 64))),  # spec/sse.r1:719
+    'CVTSI2SS_XMM_RM32': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 32))),  # spec/sse.r1:729
+    'CVTSS2SI_R32_XMM': (True, None, (), (('dst', 'reg', 32), ('src', 'rm', 128))),  # spec/sse.r1:739
+    'CVTSS2SI_R32_M32': (True, None, (), (('dst', 'reg', 32), ('src', 'mem', 32))),  # spec/sse.r1:749
+    'CVTTSS2SI_R32_XMM': (True, None, (), (('dst', 'reg', 32), ('src', 'rm', 128))),  # spec/sse.r1:759
+    'CVTTSS2SI_R32_M32': (True, None, (), (('dst', 'reg', 32), ('src', 'mem', 32))),  # spec/sse.r1:769
+    'LDMXCSR_M32': (True, None, (), (('src', 'mem', 32),)),  # spec/sse.r1:781
+    'STMXCSR_M32': (True, None, (), (('dst', 'mem', 32),)),  # spec/sse.r1:791
+    'FXSAVE_M512': (True, None, (), (('dst', 'mem', 4096),)),  # spec/sse.r1:801
+    'FXRSTOR_M512': (True, None, (), (('src', 'mem', 4096),)),  # spec/sse.r1:841
+    'PREFETCHNTA_M8': (True, None, (), (('src', 'addr', None),)),  # spec/sse.r1:881
+    'PREFETCHT0_M8': (True, None, (), (('src', 'addr', None),)),  # spec/sse.r1:891
+    'PREFETCHT1_M8': (True, None, (), (('src', 'addr', None),)),  # spec/sse.r1:901
+    'PREFETCHT2_M8': (True, None, (), (('src', 'addr', None),)),  # spec/sse.r1:911
+    'SFENCE': (True, None, (), ()),  # spec/sse.r1:921
+    'MOVNTQ_M64_MM': (True, None, (), (('dst', 'mem', 64), ('src', 'mmx', 64))),  # spec/sse.r1:931
+    'MOVNTPS_M128_XMM': (True, None, (), (('dst', 'mem', 128), ('src', 'xmm', 128))),  # spec/sse.r1:941
+    'MASKMOVQ_MM_MM': (True, None, (), (('src', 'mmx', 64), ('mask', 'rm', 64))),  # spec/sse.r1:951
+    'PAVGB_MM_MMRM': (True, None, (), (('dst', 'mmx', 64), ('src', 'rm', 64))),  # spec/sse.r1:963
+    'PAVGW_MM_MMRM': (True, None, (), (('dst', 'mmx', 64), ('src', 'rm', 64))),  # spec/sse.r1:973
+    'PMAXSW_MM_MMRM': (True, None, (), (('dst', 'mmx', 64), ('src', 'rm', 64))),  # spec/sse.r1:983
+    'PMAXUB_MM_MMRM': (True, None, (), (('dst', 'mmx', 64), ('src', 'rm', 64))),  # spec/sse.r1:993
+    'PMINSW_MM_MMRM': (True, None, (), (('dst', 'mmx', 64), ('src', 'rm', 64))),  # spec/sse.r1:1003
+    'PMINUB_MM_MMRM': (True, None, (), (('dst', 'mmx', 64), ('src', 'rm', 64))),  # spec/sse.r1:1013
+    'PMULHUW_MM_MMRM': (True, None, (), (('dst', 'mmx', 64), ('src', 'rm', 64))),  # spec/sse.r1:1023
+    'PSADBW_MM_MMRM': (True, None, (), (('dst', 'mmx', 64), ('src', 'rm', 64))),  # spec/sse.r1:1033
+    'PSHUFW_MM_MMRM_IMM8': (True, None, ('ib',), (('dst', 'mmx', 64), ('src', 'rm', 64), ('imm', 'imm', 8))),  # spec/sse.r1:1043
+    'PEXTRW_R32_MM_IMM8': (True, None, ('ib',), (('dst', 'reg', 32), ('src', 'rm', 64), ('imm', 'imm', 8))),  # spec/sse.r1:1053
+    'PINSRW_MM_R32_IMM8': (True, None, ('ib',), (('dst', 'mmx', 64), ('src', 'rm', 32), ('imm', 'imm', 8))),  # spec/sse.r1:1063
+    'PINSRW_MM_M16_IMM8': (True, None, ('ib',), (('dst', 'mmx', 64), ('src', 'mem', 16), ('imm', 'imm', 8))),  # spec/sse.r1:1073
+    'PMOVMSKB_R32_MM': (True, None, (), (('dst', 'reg', 32), ('src', 'rm', 64))),  # spec/sse.r1:1083
+    'MOVAPD_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:1095
+    'MOVAPD_XMMRM_XMM': (True, None, (), (('dst', 'rm', 128), ('src', 'xmm', 128))),  # spec/sse.r1:1105
+    'MOVUPD_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:1115
+    'MOVUPD_XMMRM_XMM': (True, None, (), (('dst', 'rm', 128), ('src', 'xmm', 128))),  # spec/sse.r1:1125
+    'MOVSD_XMM_XMM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:1135
+    'MOVSD_XMM_M64': (True, None, (), (('dst', 'xmm', 128), ('src', 'mem', 64))),  # spec/sse.r1:1146
+    'MOVSD_XMM_XMM_0F11': (True, None, (), (('dst', 'rm', 128), ('src', 'xmm', 128))),  # spec/sse.r1:1157
+    'MOVSD_M64_XMM': (True, None, (), (('dst', 'mem', 64), ('src', 'xmm', 128))),  # spec/sse.r1:1168
+    'MOVLPD_XMM_M64': (True, None, (), (('dst', 'xmm', 128), ('src', 'mem', 64))),  # spec/sse.r1:1179
+    'MOVLPD_M64_XMM': (True, None, (), (('dst', 'mem', 64), ('src', 'xmm', 128))),  # spec/sse.r1:1189
+    'MOVHPD_XMM_M64': (True, None, (), (('dst', 'xmm', 128), ('src', 'mem', 64))),  # spec/sse.r1:1199
+    'MOVHPD_M64_XMM': (True, None, (), (('dst', 'mem', 64), ('src', 'xmm', 128))),  # spec/sse.r1:1209
+    'MOVMSKPD_R32_XMM': (True, None, (), (('dst', 'reg', 32), ('src', 'rm', 128))),  # spec/sse.r1:1219
+    'ADDPD_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:1231
+    'ADDSD_XMM_XMM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:1241
+    'ADDSD_XMM_M64': (True, None, (), (('dst', 'xmm', 128), ('src', 'mem', 64))),  # spec/sse.r1:1251
+    'SUBPD_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:1261
+    'SUBSD_XMM_XMM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:1271
+    'SUBSD_XMM_M64': (True, None, (), (('dst', 'xmm', 128), ('src', 'mem', 64))),  # spec/sse.r1:1281
+    'MULPD_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:1291
+    'MULSD_XMM_XMM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:1301
+    'MULSD_XMM_M64': (True, None, (), (('dst', 'xmm', 128), ('src', 'mem', 64))),  # spec/sse.r1:1311
+    'DIVPD_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:1321
+    'DIVSD_XMM_XMM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:1331
+    'DIVSD_XMM_M64': (True, None, (), (('dst', 'xmm', 128), ('src', 'mem', 64))),  # spec/sse.r1:1341
+    'MINPD_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:1351
+    'MINSD_XMM_XMM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:1361
+    'MINSD_XMM_M64': (True, None, (), (('dst', 'xmm', 128), ('src', 'mem', 64))),  # spec/sse.r1:1371
+    'MAXPD_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:1381
+    'MAXSD_XMM_XMM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:1391
+    'MAXSD_XMM_M64': (True, None, (), (('dst', 'xmm', 128), ('src', 'mem', 64))),  # spec/sse.r1:1401
+    'SQRTPD_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:1411
+    'SQRTSD_XMM_XMM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:1421
+    'SQRTSD_XMM_M64': (True, None, (), (('dst', 'xmm', 128), ('src', 'mem', 64))),  # spec/sse.r1:1431
+    'CMPPD_XMM_XMMRM_IMM8': (True, None, ('ib',), (('dst', 'xmm', 128), ('src', 'rm', 128), ('imm', 'imm', 8))),  # spec/sse.r1:1443
+    'CMPSD_XMM_XMM_IMM8': (True, None, ('ib',), (('dst', 'xmm', 128), ('src', 'rm', 128), ('imm', 'imm', 8))),  # spec/sse.r1:1454
+    'CMPSD_XMM_M64_IMM8': (True, None, ('ib',), (('dst', 'xmm', 128), ('src', 'mem', 64), ('imm', 'imm', 8))),  # spec/sse.r1:1469
+    'COMISD_XMM_XMM': (True, None, (), (('a', 'xmm', 128), ('b', 'rm', 128))),  # spec/sse.r1:1484
+    'COMISD_XMM_M64': (True, None, (), (('a', 'xmm', 128), ('b', 'mem', 64))),  # spec/sse.r1:1494
+    'UCOMISD_XMM_XMM': (True, None, (), (('a', 'xmm', 128), ('b', 'rm', 128))),  # spec/sse.r1:1504
+    'UCOMISD_XMM_M64': (True, None, (), (('a', 'xmm', 128), ('b', 'mem', 64))),  # spec/sse.r1:1514
+    'ANDPD_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:1526
+    'ANDNPD_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:1536
+    'ORPD_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:1546
+    'XORPD_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:1556
+    'SHUFPD_XMM_XMMRM_IMM8': (True, None, ('ib',), (('dst', 'xmm', 128), ('src', 'rm', 128), ('imm', 'imm', 8))),  # spec/sse.r1:1566
+    'UNPCKLPD_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:1576
+    'UNPCKHPD_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:1586
+    'CVTPI2PD_XMM_MMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 64))),  # spec/sse.r1:1598
+    'CVTPD2PI_MM_XMMRM': (True, None, (), (('dst', 'mmx', 64), ('src', 'rm', 128))),  # spec/sse.r1:1608
+    'CVTTPD2PI_MM_XMMRM': (True, None, (), (('dst', 'mmx', 64), ('src', 'rm', 128))),  # spec/sse.r1:1618
+    'CVTSI2SD_XMM_RM32': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 32))),  # spec/sse.r1:1628
+    'CVTSD2SI_R32_XMM': (True, None, (), (('dst', 'reg', 32), ('src', 'rm', 128))),  # spec/sse.r1:1638
+    'CVTSD2SI_R32_M64': (True, None, (), (('dst', 'reg', 32), ('src', 'mem', 64))),  # spec/sse.r1:1648
+    'CVTTSD2SI_R32_XMM': (True, None, (), (('dst', 'reg', 32), ('src', 'rm', 128))),  # spec/sse.r1:1658
+    'CVTTSD2SI_R32_M64': (True, None, (), (('dst', 'reg', 32), ('src', 'mem', 64))),  # spec/sse.r1:1668
+    'CVTPS2PD_XMM_XMM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:1678
+    'CVTPS2PD_XMM_M64': (True, None, (), (('dst', 'xmm', 128), ('src', 'mem', 64))),  # spec/sse.r1:1688
+    'CVTPD2PS_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:1698
+    'CVTSS2SD_XMM_XMM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:1708
+    'CVTSS2SD_XMM_M32': (True, None, (), (('dst', 'xmm', 128), ('src', 'mem', 32))),  # spec/sse.r1:1718
+    'CVTSD2SS_XMM_XMM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:1728
+    'CVTSD2SS_XMM_M64': (True, None, (), (('dst', 'xmm', 128), ('src', 'mem', 64))),  # spec/sse.r1:1738
+    'CVTDQ2PS_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:1748
+    'CVTPS2DQ_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:1758
+    'CVTTPS2DQ_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:1768
+    'CVTDQ2PD_XMM_XMM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:1778
+    'CVTDQ2PD_XMM_M64': (True, None, (), (('dst', 'xmm', 128), ('src', 'mem', 64))),  # spec/sse.r1:1788
+    'CVTPD2DQ_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:1798
+    'CVTTPD2DQ_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:1808
+    'MOVDQA_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:1820
+    'MOVDQA_XMMRM_XMM': (True, None, (), (('dst', 'rm', 128), ('src', 'xmm', 128))),  # spec/sse.r1:1830
+    'MOVDQU_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:1840
+    'MOVDQU_XMMRM_XMM': (True, None, (), (('dst', 'rm', 128), ('src', 'xmm', 128))),  # spec/sse.r1:1850
+    'MOVD_XMM_RM32': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 32))),  # spec/sse.r1:1860
+    'MOVD_RM32_XMM': (True, None, (), (('dst', 'rm', 32), ('src', 'xmm', 128))),  # spec/sse.r1:1870
+    'MOVQ_XMM_XMM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:1880
+    'MOVQ_XMM_M64': (True, None, (), (('dst', 'xmm', 128), ('src', 'mem', 64))),  # spec/sse.r1:1890
+    'MOVQ_XMM_XMM_0FD6': (True, None, (), (('dst', 'rm', 128), ('src', 'xmm', 128))),  # spec/sse.r1:1900
+    'MOVQ_M64_XMM': (True, None, (), (('dst', 'mem', 64), ('src', 'xmm', 128))),  # spec/sse.r1:1910
+    'MOVQ2DQ_XMM_MM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 64))),  # spec/sse.r1:1920
+    'MOVDQ2Q_MM_XMM': (True, None, (), (('dst', 'mmx', 64), ('src', 'rm', 128))),  # spec/sse.r1:1930
+    'MOVNTPD_M128_XMM': (True, None, (), (('dst', 'mem', 128), ('src', 'xmm', 128))),  # spec/sse.r1:1942
+    'MOVNTDQ_M128_XMM': (True, None, (), (('dst', 'mem', 128), ('src', 'xmm', 128))),  # spec/sse.r1:1952
+    'MOVNTI_M32_R32': (True, None, (), (('dst', 'mem', 32), ('src', 'reg', 32))),  # spec/sse.r1:1962
+    'MASKMOVDQU_XMM_XMM': (True, None, (), (('src', 'xmm', 128), ('mask', 'rm', 128))),  # spec/sse.r1:1972
+    'CLFLUSH_M8': (True, None, (), (('src', 'addr', None),)),  # spec/sse.r1:1982
+    'LFENCE': (True, None, (), ()),  # spec/sse.r1:1992
+    'MFENCE': (True, None, (), ()),  # spec/sse.r1:2002
+    'PAUSE': (False, None, (), ()),  # spec/sse.r1:2012
+    'PADDQ_MM_MMRM': (True, None, (), (('dst', 'mmx', 64), ('src', 'rm', 64))),  # spec/sse.r1:2024
+    'PADDQ_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:2034
+    'PSUBQ_MM_MMRM': (True, None, (), (('dst', 'mmx', 64), ('src', 'rm', 64))),  # spec/sse.r1:2044
+    'PSUBQ_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:2054
+    'PMULUDQ_MM_MMRM': (True, None, (), (('dst', 'mmx', 64), ('src', 'rm', 64))),  # spec/sse.r1:2064
+    'PMULUDQ_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:2074
+    'PSHUFD_XMM_XMMRM_IMM8': (True, None, ('ib',), (('dst', 'xmm', 128), ('src', 'rm', 128), ('imm', 'imm', 8))),  # spec/sse.r1:2084
+    'PSHUFHW_XMM_XMMRM_IMM8': (True, None, ('ib',), (('dst', 'xmm', 128), ('src', 'rm', 128), ('imm', 'imm', 8))),  # spec/sse.r1:2094
+    'PSHUFLW_XMM_XMMRM_IMM8': (True, None, ('ib',), (('dst', 'xmm', 128), ('src', 'rm', 128), ('imm', 'imm', 8))),  # spec/sse.r1:2104
+    'PSLLDQ_XMM_IMM8': (True, None, ('ib',), (('dst', 'rm', 128), ('imm', 'imm', 8))),  # spec/sse.r1:2114
+    'PSRLDQ_XMM_IMM8': (True, None, ('ib',), (('dst', 'rm', 128), ('imm', 'imm', 8))),  # spec/sse.r1:2124
+    'PUNPCKLQDQ_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:2134
+    'PUNPCKHQDQ_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:2144
+    'PUNPCKLBW_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:2156
+    'PUNPCKLWD_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:2166
+    'PUNPCKLDQ_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:2176
+    'PUNPCKHBW_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:2186
+    'PUNPCKHWD_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:2196
+    'PUNPCKHDQ_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:2206
+    'PACKSSWB_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:2216
+    'PACKUSWB_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:2226
+    'PACKSSDW_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:2236
+    'PADDB_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:2246
+    'PADDW_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:2256
+    'PADDD_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:2266
+    'PADDSB_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:2276
+    'PADDSW_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:2286
+    'PADDUSB_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:2296
+    'PADDUSW_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:2306
+    'PSUBB_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:2316
+    'PSUBW_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:2326
+    'PSUBD_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:2336
+    'PSUBSB_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:2346
+    'PSUBSW_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:2356
+    'PSUBUSB_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:2366
+    'PSUBUSW_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:2376
+    'PMULLW_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:2386
+    'PMULHW_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:2396
+    'PMADDWD_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:2406
+    'PCMPEQB_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:2416
+    'PCMPEQW_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:2426
+    'PCMPEQD_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:2436
+    'PCMPGTB_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:2446
+    'PCMPGTW_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:2456
+    'PCMPGTD_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:2466
+    'PAND_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:2476
+    'PANDN_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:2486
+    'POR_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:2496
+    'PXOR_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:2506
+    'PSLLW_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:2516
+    'PSLLD_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:2526
+    'PSLLQ_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:2536
+    'PSRLW_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:2546
+    'PSRLD_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:2556
+    'PSRLQ_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:2566
+    'PSRAW_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:2576
+    'PSRAD_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:2586
+    'PSLLW_XMM_IMM8': (True, None, ('ib',), (('dst', 'rm', 128), ('imm', 'imm', 8))),  # spec/sse.r1:2596
+    'PSLLD_XMM_IMM8': (True, None, ('ib',), (('dst', 'rm', 128), ('imm', 'imm', 8))),  # spec/sse.r1:2606
+    'PSLLQ_XMM_IMM8': (True, None, ('ib',), (('dst', 'rm', 128), ('imm', 'imm', 8))),  # spec/sse.r1:2616
+    'PSRLW_XMM_IMM8': (True, None, ('ib',), (('dst', 'rm', 128), ('imm', 'imm', 8))),  # spec/sse.r1:2626
+    'PSRLD_XMM_IMM8': (True, None, ('ib',), (('dst', 'rm', 128), ('imm', 'imm', 8))),  # spec/sse.r1:2636
+    'PSRLQ_XMM_IMM8': (True, None, ('ib',), (('dst', 'rm', 128), ('imm', 'imm', 8))),  # spec/sse.r1:2646
+    'PSRAW_XMM_IMM8': (True, None, ('ib',), (('dst', 'rm', 128), ('imm', 'imm', 8))),  # spec/sse.r1:2656
+    'PSRAD_XMM_IMM8': (True, None, ('ib',), (('dst', 'rm', 128), ('imm', 'imm', 8))),  # spec/sse.r1:2666
+    'PAVGB_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:2678
+    'PAVGW_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:2688
+    'PMAXSW_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:2698
+    'PMAXUB_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:2708
+    'PMINSW_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:2718
+    'PMINUB_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:2728
+    'PMULHUW_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:2738
+    'PSADBW_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:2748
+    'PEXTRW_R32_XMM_IMM8': (True, None, ('ib',), (('dst', 'reg', 32), ('src', 'rm', 128), ('imm', 'imm', 8))),  # spec/sse.r1:2758
+    'PINSRW_XMM_R32_IMM8': (True, None, ('ib',), (('dst', 'xmm', 128), ('src', 'rm', 32), ('imm', 'imm', 8))),  # spec/sse.r1:2768
+    'PINSRW_XMM_M16_IMM8': (True, None, ('ib',), (('dst', 'xmm', 128), ('src', 'mem', 16), ('imm', 'imm', 8))),  # spec/sse.r1:2778
+    'PMOVMSKB_R32_XMM': (True, None, (), (('dst', 'reg', 32), ('src', 'rm', 128))),  # spec/sse.r1:2788
     'MOVSB': (False, None, (), ()),  # spec/string.r1:20
     'MOVSv': (False, None, (), ()),  # spec/string.r1:36
     'CMPSB': (False, None, (), ()),  # spec/string.r1:56
@@ -2611,31 +2611,31 @@ LAYOUT = {
     'FSCALE': (True, None, (), ()),  # spec/x87.r1:1604
     'FSIN': (True, None, (), (('dst', 'x87', 80),)),  # spec/x87.r1:1614
     'FCOS': (True, None, (), (('dst', 'x87', 80),)),  # spec/x87.r1:1625
-    'FNOP': (True, None, (), ()),  # spec/x87.r1:1638
-    'FFREE_STi': (True, None, (), (('dst', 'x87', 80),)),  # spec/x87.r1:1648
-    'FNINIT': (True, None, (), ()),  # spec/x87.r1:1659
-    'FNCLEX': (True, None, (), ()),  # spec/x87.r1:1668
-    'FLDCW_M16': (True, None, (), (('src', 'mem', 16),)),  # spec/x87.r1:1677
-    'FNSTCW_M16': (True, None, (), (('dst', 'mem', 16),)),  # spec/x87.r1:1687
-    'FNSTSW_M16': (True, None, (), (('dst', 'mem', 16),)),  # spec/x87.r1:1697
-    'FNSTSW_AX': (True, None, (), ()),  # spec/x87.r1:1707
-    'FLDENV_MENV': (True, None, (), (('src', 'mem', 224),)),  # spec/x87.r1:1716
-    'FNSTENV_MENV': (True, None, (), (('dst', 'mem', 224),)),  # spec/x87.r1:1726
-    'FRSTOR_MSTATE': (True, None, (), (('src', 'mem', 864),)),  # spec/x87.r1:1736
-    'FNSAVE_MSTATE': (True, None, (), (('dst', 'mem', 864),)),  # spec/x87.r1:1746
-    'FWAIT': (False, None, (), ()),  # spec/x87.r1:1756
-    'FFREEP_STi': (True, None, (), (('dst', 'x87', 80),)),  # spec/x87.r1:1767
-    'FSTPNCE_STi': (True, None, (), (('dst', 'x87', 80), ('src', 'x87', 80))),  # spec/x87.r1:1778
-    'FCOM_STi_DCD0': (True, None, (), (('a', 'x87', 80), ('b', 'x87', 80))),  # spec/x87.r1:1789
-    'FCOMP_STi_DCD8': (True, None, (), (('a', 'x87', 80), ('b', 'x87', 80))),  # spec/x87.r1:1801
-    'FCOMP_STi_DED0': (True, None, (), (('a', 'x87', 80), ('b', 'x87', 80))),  # spec/x87.r1:1813
-    'FXCH_STi_DDC8': (True, None, (), (('a', 'x87', 80), ('b', 'x87', 80))),  # spec/x87.r1:1825
-    'FXCH_STi_DFC8': (True, None, (), (('a', 'x87', 80), ('b', 'x87', 80))),  # spec/x87.r1:1837
-    'FSTP_STi_DFD0': (True, None, (), (('dst', 'x87', 80), ('src', 'x87', 80))),  # spec/x87.r1:1849
-    'FSTP_STi_DFD8': (True, None, (), (('dst', 'x87', 80), ('src', 'x87', 80))),  # spec/x87.r1:1861
-    'FNENI': (True, None, (), ()),  # spec/x87.r1:1873
-    'FNDISI': (True, None, (), ()),  # spec/x87.r1:1884
-    'FNSETPM': (True, None, (), ()),  # spec/x87.r1:1895
+    'FNOP': (True, None, (), ()),  # spec/x87.r1:1777
+    'FFREE_STi': (True, None, (), (('dst', 'x87', 80),)),  # spec/x87.r1:1787
+    'FNINIT': (True, None, (), ()),  # spec/x87.r1:1798
+    'FNCLEX': (True, None, (), ()),  # spec/x87.r1:1808
+    'FLDCW_M16': (True, None, (), (('src', 'mem', 16),)),  # spec/x87.r1:1818
+    'FNSTCW_M16': (True, None, (), (('dst', 'mem', 16),)),  # spec/x87.r1:1829
+    'FNSTSW_M16': (True, None, (), (('dst', 'mem', 16),)),  # spec/x87.r1:1840
+    'FNSTSW_AX': (True, None, (), ()),  # spec/x87.r1:1851
+    'FLDENV_MENV': (True, None, (), (('src', 'mem', 224),)),  # spec/x87.r1:1861
+    'FNSTENV_MENV': (True, None, (), (('dst', 'mem', 224),)),  # spec/x87.r1:1872
+    'FRSTOR_MSTATE': (True, None, (), (('src', 'mem', 864),)),  # spec/x87.r1:1888
+    'FNSAVE_MSTATE': (True, None, (), (('dst', 'mem', 864),)),  # spec/x87.r1:1908
+    'FWAIT': (False, None, (), ()),  # spec/x87.r1:1930
+    'FFREEP_STi': (True, None, (), (('dst', 'x87', 80),)),  # spec/x87.r1:1948
+    'FSTPNCE_STi': (True, None, (), (('dst', 'x87', 80), ('src', 'x87', 80))),  # spec/x87.r1:1959
+    'FCOM_STi_DCD0': (True, None, (), (('a', 'x87', 80), ('b', 'x87', 80))),  # spec/x87.r1:1970
+    'FCOMP_STi_DCD8': (True, None, (), (('a', 'x87', 80), ('b', 'x87', 80))),  # spec/x87.r1:1982
+    'FCOMP_STi_DED0': (True, None, (), (('a', 'x87', 80), ('b', 'x87', 80))),  # spec/x87.r1:1994
+    'FXCH_STi_DDC8': (True, None, (), (('a', 'x87', 80), ('b', 'x87', 80))),  # spec/x87.r1:2006
+    'FXCH_STi_DFC8': (True, None, (), (('a', 'x87', 80), ('b', 'x87', 80))),  # spec/x87.r1:2018
+    'FSTP_STi_DFD0': (True, None, (), (('dst', 'x87', 80), ('src', 'x87', 80))),  # spec/x87.r1:2030
+    'FSTP_STi_DFD8': (True, None, (), (('dst', 'x87', 80), ('src', 'x87', 80))),  # spec/x87.r1:2042
+    'FNENI': (True, None, (), ()),  # spec/x87.r1:2054
+    'FNDISI': (True, None, (), ()),  # spec/x87.r1:2065
+    'FNSETPM': (True, None, (), ()),  # spec/x87.r1:2076
 }
 
 # form -> (opcode bytes, low field, ModRM "r"/"0".."7"/None, fixed ModRM byte, "mem"/"reg"/None,
@@ -2990,264 +2990,264 @@ ENCODINGS = {
     'SHLD_RMv_Rv_CL': ((15, 165), None, 'r', None, None, None, (), None, None, None),  # spec/shift.r1:590
     'SHRD_RMv_Rv_Ib': ((15, 172), None, 'r', None, None, None, ('ib',), None, None, None),  # spec/shift.r1:605
     'SHRD_RMv_Rv_CL': ((15, 173), None, 'r', None, None, None, (), None, None, None),  # spec/shift.r1:620
-    'MOVAPS_XMM_XMMRM': ((15, 40), None, 'r', None, None, None, (), None, None, 0),  # spec/sse.r1:93
-    'MOVAPS_XMMRM_XMM': ((15, 41), None, 'r', None, None, None, (), None, None, 0),  # spec/sse.r1:103
-    'MOVUPS_XMM_XMMRM': ((15, 16), None, 'r', None, None, None, (), None, None, 0),  # spec/sse.r1:113
-    'MOVUPS_XMMRM_XMM': ((15, 17), None, 'r', None, None, None, (), None, None, 0),  # spec/sse.r1:123
-    'MOVSS_XMM_XMM': ((15, 16), None, 'r', None, 'reg', None, (), None, None, 243),  # spec/sse.r1:133
-    'MOVSS_XMM_M32': ((15, 16), None, 'r', None, 'mem', None, (), None, None, 243),  # spec/sse.r1:143
-    'MOVSS_XMM_XMM_0F11': ((15, 17), None, 'r', None, 'reg', None, (), None, None, 243),  # spec/sse.r1:153
-    'MOVSS_M32_XMM': ((15, 17), None, 'r', None, 'mem', None, (), None, None, 243),  # spec/sse.r1:163
-    'MOVLPS_XMM_M64': ((15, 18), None, 'r', None, 'mem', None, (), None, None, 0),  # spec/sse.r1:173
-    'MOVHLPS_XMM_XMM': ((15, 18), None, 'r', None, 'reg', None, (), None, None, 0),  # spec/sse.r1:183
-    'MOVLPS_M64_XMM': ((15, 19), None, 'r', None, 'mem', None, (), None, None, 0),  # spec/sse.r1:193
-    'MOVHPS_XMM_M64': ((15, 22), None, 'r', None, 'mem', None, (), None, None, 0),  # spec/sse.r1:203
-    'MOVLHPS_XMM_XMM': ((15, 22), None, 'r', None, 'reg', None, (), None, None, 0),  # spec/sse.r1:213
-    'MOVHPS_M64_XMM': ((15, 23), None, 'r', None, 'mem', None, (), None, None, 0),  # spec/sse.r1:223
-    'MOVMSKPS_R32_XMM': ((15, 80), None, 'r', None, 'reg', None, (), None, None, 0),  # spec/sse.r1:233
-    'ADDPS_XMM_XMMRM': ((15, 88), None, 'r', None, None, None, (), None, None, 0),  # spec/sse.r1:245
-    'ADDSS_XMM_XMM': ((15, 88), None, 'r', None, 'reg', None, (), None, None, 243),  # spec/sse.r1:255
-    'ADDSS_XMM_M32': ((15, 88), None, 'r', None, 'mem', None, (), None, None, 243),  # spec/sse.r1:265
-    'SUBPS_XMM_XMMRM': ((15, 92), None, 'r', None, None, None, (), None, None, 0),  # spec/sse.r1:275
-    'SUBSS_XMM_XMM': ((15, 92), None, 'r', None, 'reg', None, (), None, None, 243),  # spec/sse.r1:285
-    'SUBSS_XMM_M32': ((15, 92), None, 'r', None, 'mem', None, (), None, None, 243),  # spec/sse.r1:295
-    'MULPS_XMM_XMMRM': ((15, 89), None, 'r', None, None, None, (), None, None, 0),  # spec/sse.r1:305
-    'MULSS_XMM_XMM': ((15, 89), None, 'r', None, 'reg', None, (), None, None, 243),  # spec/sse.r1:315
-    'MULSS_XMM_M32': ((15, 89), None, 'r', None, 'mem', None, (), None, None, 243),  # spec/sse.r1:325
-    'DIVPS_XMM_XMMRM': ((15, 94), None, 'r', None, None, None, (), None, None, 0),  # spec/sse.r1:335
-    'DIVSS_XMM_XMM': ((15, 94), None, 'r', None, 'reg', None, (), None, None, 243),  # spec/sse.r1:345
-    'DIVSS_XMM_M32': ((15, 94), None, 'r', None, 'mem', None, (), None, None, 243),  # spec/sse.r1:355
-    'MINPS_XMM_XMMRM': ((15, 93), None, 'r', None, None, None, (), None, None, 0),  # spec/sse.r1:365
-    'MINSS_XMM_XMM': ((15, 93), None, 'r', None, 'reg', None, (), None, None, 243),  # spec/sse.r1:375
-    'MINSS_XMM_M32': ((15, 93), None, 'r', None, 'mem', None, (), None, None, 243),  # spec/sse.r1:385
-    'MAXPS_XMM_XMMRM': ((15, 95), None, 'r', None, None, None, (), None, None, 0),  # spec/sse.r1:395
-    'MAXSS_XMM_XMM': ((15, 95), None, 'r', None, 'reg', None, (), None, None, 243),  # spec/sse.r1:405
-    'MAXSS_XMM_M32': ((15, 95), None, 'r', None, 'mem', None, (), None, None, 243),  # spec/sse.r1:415
-    'SQRTPS_XMM_XMMRM': ((15, 81), None, 'r', None, None, None, (), None, None, 0),  # spec/sse.r1:425
-    'SQRTSS_XMM_XMM': ((15, 81), None, 'r', None, 'reg', None, (), None, None, 243),  # spec/sse.r1:435
-    'SQRTSS_XMM_M32': ((15, 81), None, 'r', None, 'mem', None, (), None, None, 243),  # spec/sse.r1:445
-    'RCPPS_XMM_XMMRM': ((15, 83), None, 'r', None, None, None, (), None, None, 0),  # spec/sse.r1:455
-    'RCPSS_XMM_XMM': ((15, 83), None, 'r', None, 'reg', None, (), None, None, 243),  # spec/sse.r1:465
-    'RCPSS_XMM_M32': ((15, 83), None, 'r', None, 'mem', None, (), None, None, 243),  # spec/sse.r1:475
-    'RSQRTPS_XMM_XMMRM': ((15, 82), None, 'r', None, None, None, (), None, None, 0),  # spec/sse.r1:485
-    'RSQRTSS_XMM_XMM': ((15, 82), None, 'r', None, 'reg', None, (), None, None, 243),  # spec/sse.r1:495
-    'RSQRTSS_XMM_M32': ((15, 82), None, 'r', None, 'mem', None, (), None, None, 243),  # spec/sse.r1:505
-    'CMPPS_XMM_XMMRM_IMM8': ((15, 194), None, 'r', None, None, None, ('ib',), None, None, 0),  # spec/sse.r1:517
-    'CMPSS_XMM_XMM_IMM8': ((15, 194), None, 'r', None, 'reg', None, ('ib',), None, None, 243),  # spec/sse.r1:528
-    'CMPSS_XMM_M32_IMM8': ((15, 194), None, 'r', None, 'mem', None, ('ib',), None, None, 243),  # spec/sse.r1:539
-    'COMISS_XMM_XMM': ((15, 47), None, 'r', None, 'reg', None, (), None, None, 0),  # spec/sse.r1:550
-    'COMISS_XMM_M32': ((15, 47), None, 'r', None, 'mem', None, (), None, None, 0),  # spec/sse.r1:560
-    'UCOMISS_XMM_XMM': ((15, 46), None, 'r', None, 'reg', None, (), None, None, 0),  # spec/sse.r1:570
-    'UCOMISS_XMM_M32': ((15, 46), None, 'r', None, 'mem', None, (), None, None, 0),  # spec/sse.r1:580
-    'ANDPS_XMM_XMMRM': ((15, 84), None, 'r', None, None, None, (), None, None, 0),  # spec/sse.r1:592
-    'ANDNPS_XMM_XMMRM': ((15, 85), None, 'r', None, None, None, (), None, None, 0),  # spec/sse.r1:602
-    'ORPS_XMM_XMMRM': ((15, 86), None, 'r', None, None, None, (), None, None, 0),  # spec/sse.r1:612
-    'XORPS_XMM_XMMRM': ((15, 87), None, 'r', None, None, None, (), None, None, 0),  # spec/sse.r1:622
-    'SHUFPS_XMM_XMMRM_IMM8': ((15, 198), None, 'r', None, None, None, ('ib',), None, None, 0),  # spec/sse.r1:632
-    'UNPCKLPS_XMM_XMMRM': ((15, 20), None, 'r', None, None, None, (), None, None, 0),  # spec/sse.r1:642
-    'UNPCKHPS_XMM_XMMRM': ((15, 21), None, 'r', None, None, None, (), None, None, 0),  # spec/sse.r1:652
-    'CVTPI2PS_XMM_MMRM': ((15, 42), None, 'r', None, None, None, (), None, None, 0),  # spec/sse.r1:664
-    'CVTPS2PI_MM_XMM': ((15, 45), None, 'r', None, 'reg', None, (), None, None, 0),  # spec/sse.r1:674
-    'CVTPS2PI_MM_M64': ((15, 45), None, 'r', None, 'mem', None, (), None, None, 0),  # spec/sse.r1:684
-    'CVTTPS2PI_MM_XMM': ((15, 44), None, 'r', None, 'reg', None, (), None, None, 0),  # spec/sse.r1:694
-    'CVTTPS2PI_MM_M64': ((15, 44), None, 'r', None, 'mem', None, (), None, None, 0),  # spec/sse.r1:704
-    'CVTSI2SS_XMM_RM32': ((15, 42), None, 'r', None, None, None, (), None, None, 243),  # spec/sse.r1:714
-    'CVTSS2SI_R32_XMM': ((15, 45), None, 'r', None, 'reg', None, (), None, None, 243),  # spec/sse.r1:724
-    'CVTSS2SI_R32_M32': ((15, 45), None, 'r', None, 'mem', None, (), None, None, 243),  # spec/sse.r1:734
-    'CVTTSS2SI_R32_XMM': ((15, 44), None, 'r', None, 'reg', None, (), None, None, 243),  # spec/sse.r1:744
-    'CVTTSS2SI_R32_M32': ((15, 44), None, 'r', None, 'mem', None, (), None, None, 243),  # spec/sse.r1:754
-    'LDMXCSR_M32': ((15, 174), None, '2', None, 'mem', None, (), None, None, 0),  # spec/sse.r1:766
-    'STMXCSR_M32': ((15, 174), None, '3', None, 'mem', None, (), None, None, 0),  # spec/sse.r1:776
-    'FXSAVE_M512': ((15, 174), None, '0', None, 'mem', None, (), None, None, 0),  # spec/sse.r1:786
-    'FXRSTOR_M512': ((15, 174), None, '1', None, 'mem', None, (), None, None, 0),  # spec/sse.r1:796
-    'PREFETCHNTA_M8': ((15, 24), None, '0', None, 'mem', None, (), None, None, None),  # spec/sse.r1:808
-    'PREFETCHT0_M8': ((15, 24), None, '1', None, 'mem', None, (), None, None, None),  # spec/sse.r1:818
-    'PREFETCHT1_M8': ((15, 24), None, '2', None, 'mem', None, (), None, None, None),  # spec/sse.r1:828
-    'PREFETCHT2_M8': ((15, 24), None, '3', None, 'mem', None, (), None, None, None),  # spec/sse.r1:838
-    'SFENCE': ((15, 174), None, '7', None, 'reg', None, (), None, None, 0),  # spec/sse.r1:848
-    'MOVNTQ_M64_MM': ((15, 231), None, 'r', None, 'mem', None, (), None, None, 0),  # spec/sse.r1:858
-    'MOVNTPS_M128_XMM': ((15, 43), None, 'r', None, 'mem', None, (), None, None, 0),  # spec/sse.r1:868
-    'MASKMOVQ_MM_MM': ((15, 247), None, 'r', None, 'reg', None, (), None, None, 0),  # spec/sse.r1:878
-    'PAVGB_MM_MMRM': ((15, 224), None, 'r', None, None, None, (), None, None, 0),  # spec/sse.r1:890
-    'PAVGW_MM_MMRM': ((15, 227), None, 'r', None, None, None, (), None, None, 0),  # spec/sse.r1:900
-    'PMAXSW_MM_MMRM': ((15, 238), None, 'r', None, None, None, (), None, None, 0),  # spec/sse.r1:910
-    'PMAXUB_MM_MMRM': ((15, 222), None, 'r', None, None, None, (), None, None, 0),  # spec/sse.r1:920
-    'PMINSW_MM_MMRM': ((15, 234), None, 'r', None, None, None, (), None, None, 0),  # spec/sse.r1:930
-    'PMINUB_MM_MMRM': ((15, 218), None, 'r', None, None, None, (), None, None, 0),  # spec/sse.r1:940
-    'PMULHUW_MM_MMRM': ((15, 228), None, 'r', None, None, None, (), None, None, 0),  # spec/sse.r1:950
-    'PSADBW_MM_MMRM': ((15, 246), None, 'r', None, None, None, (), None, None, 0),  # spec/sse.r1:960
-    'PSHUFW_MM_MMRM_IMM8': ((15, 112), None, 'r', None, None, None, ('ib',), None, None, 0),  # spec/sse.r1:970
-    'PEXTRW_R32_MM_IMM8': ((15, 197), None, 'r', None, 'reg', None, ('ib',), None, None, 0),  # spec/sse.r1:980
-    'PINSRW_MM_R32_IMM8': ((15, 196), None, 'r', None, 'reg', None, ('ib',), None, None, 0),  # spec/sse.r1:990
-    'PINSRW_MM_M16_IMM8': ((15, 196), None, 'r', None, 'mem', None, ('ib',), None, None, 0),  # spec/sse.r1:1000
-    'PMOVMSKB_R32_MM': ((15, 215), None, 'r', None, 'reg', None, (), None, None, 0),  # spec/sse.r1:1010
-    'MOVAPD_XMM_XMMRM': ((15, 40), None, 'r', None, None, None, (), None, None, 102),  # spec/sse.r1:1022
-    'MOVAPD_XMMRM_XMM': ((15, 41), None, 'r', None, None, None, (), None, None, 102),  # spec/sse.r1:1032
-    'MOVUPD_XMM_XMMRM': ((15, 16), None, 'r', None, None, None, (), None, None, 102),  # spec/sse.r1:1042
-    'MOVUPD_XMMRM_XMM': ((15, 17), None, 'r', None, None, None, (), None, None, 102),  # spec/sse.r1:1052
-    'MOVSD_XMM_XMM': ((15, 16), None, 'r', None, 'reg', None, (), None, None, 242),  # spec/sse.r1:1062
-    'MOVSD_XMM_M64': ((15, 16), None, 'r', None, 'mem', None, (), None, None, 242),  # spec/sse.r1:1073
-    'MOVSD_XMM_XMM_0F11': ((15, 17), None, 'r', None, 'reg', None, (), None, None, 242),  # spec/sse.r1:1084
-    'MOVSD_M64_XMM': ((15, 17), None, 'r', None, 'mem', None, (), None, None, 242),  # spec/sse.r1:1095
-    'MOVLPD_XMM_M64': ((15, 18), None, 'r', None, 'mem', None, (), None, None, 102),  # spec/sse.r1:1106
-    'MOVLPD_M64_XMM': ((15, 19), None, 'r', None, 'mem', None, (), None, None, 102),  # spec/sse.r1:1116
-    'MOVHPD_XMM_M64': ((15, 22), None, 'r', None, 'mem', None, (), None, None, 102),  # spec/sse.r1:1126
-    'MOVHPD_M64_XMM': ((15, 23), None, 'r', None, 'mem', None, (), None, None, 102),  # spec/sse.r1:1136
-    'MOVMSKPD_R32_XMM': ((15, 80), None, 'r', None, 'reg', None, (), None, None, 102),  # spec/sse.r1:1146
-    'ADDPD_XMM_XMMRM': ((15, 88), None, 'r', None, None, None, (), None, None, 102),  # spec/sse.r1:1158
-    'ADDSD_XMM_XMM': ((15, 88), None, 'r', None, 'reg', None, (), None, None, 242),  # spec/sse.r1:1168
-    'ADDSD_XMM_M64': ((15, 88), None, 'r', None, 'mem', None, (), None, None, 242),  # spec/sse.r1:1178
-    'SUBPD_XMM_XMMRM': ((15, 92), None, 'r', None, None, None, (), None, None, 102),  # spec/sse.r1:1188
-    'SUBSD_XMM_XMM': ((15, 92), None, 'r', None, 'reg', None, (), None, None, 242),  # spec/sse.r1:1198
-    'SUBSD_XMM_M64': ((15, 92), None, 'r', None, 'mem', None, (), None, None, 242),  # spec/sse.r1:1208
-    'MULPD_XMM_XMMRM': ((15, 89), None, 'r', None, None, None, (), None, None, 102),  # spec/sse.r1:1218
-    'MULSD_XMM_XMM': ((15, 89), None, 'r', None, 'reg', None, (), None, None, 242),  # spec/sse.r1:1228
-    'MULSD_XMM_M64': ((15, 89), None, 'r', None, 'mem', None, (), None, None, 242),  # spec/sse.r1:1238
-    'DIVPD_XMM_XMMRM': ((15, 94), None, 'r', None, None, None, (), None, None, 102),  # spec/sse.r1:1248
-    'DIVSD_XMM_XMM': ((15, 94), None, 'r', None, 'reg', None, (), None, None, 242),  # spec/sse.r1:1258
-    'DIVSD_XMM_M64': ((15, 94), None, 'r', None, 'mem', None, (), None, None, 242),  # spec/sse.r1:1268
-    'MINPD_XMM_XMMRM': ((15, 93), None, 'r', None, None, None, (), None, None, 102),  # spec/sse.r1:1278
-    'MINSD_XMM_XMM': ((15, 93), None, 'r', None, 'reg', None, (), None, None, 242),  # spec/sse.r1:1288
-    'MINSD_XMM_M64': ((15, 93), None, 'r', None, 'mem', None, (), None, None, 242),  # spec/sse.r1:1298
-    'MAXPD_XMM_XMMRM': ((15, 95), None, 'r', None, None, None, (), None, None, 102),  # spec/sse.r1:1308
-    'MAXSD_XMM_XMM': ((15, 95), None, 'r', None, 'reg', None, (), None, None, 242),  # spec/sse.r1:1318
-    'MAXSD_XMM_M64': ((15, 95), None, 'r', None, 'mem', None, (), None, None, 242),  # spec/sse.r1:1328
-    'SQRTPD_XMM_XMMRM': ((15, 81), None, 'r', None, None, None, (), None, None, 102),  # spec/sse.r1:1338
-    'SQRTSD_XMM_XMM': ((15, 81), None, 'r', None, 'reg', None, (), None, None, 242),  # spec/sse.r1:1348
-    'SQRTSD_XMM_M64': ((15, 81), None, 'r', None, 'mem', None, (), None, None, 242),  # spec/sse.r1:1358
-    'CMPPD_XMM_XMMRM_IMM8': ((15, 194), None, 'r', None, None, None, ('ib',), None, None, 102),  # spec/sse.r1:1370
-    'CMPSD_XMM_XMM_IMM8': ((15, 194), None, 'r', None, 'reg', None, ('ib',), None, None, 242),  # spec/sse.r1:1381
-    'CMPSD_XMM_M64_IMM8': ((15, 194), None, 'r', None, 'mem', None, ('ib',), None, None, 242),  # spec/sse.r1:1396
-    'COMISD_XMM_XMM': ((15, 47), None, 'r', None, 'reg', None, (), None, None, 102),  # spec/sse.r1:1411
-    'COMISD_XMM_M64': ((15, 47), None, 'r', None, 'mem', None, (), None, None, 102),  # spec/sse.r1:1421
-    'UCOMISD_XMM_XMM': ((15, 46), None, 'r', None, 'reg', None, (), None, None, 102),  # spec/sse.r1:1431
-    'UCOMISD_XMM_M64': ((15, 46), None, 'r', None, 'mem', None, (), None, None, 102),  # spec/sse.r1:1441
-    'ANDPD_XMM_XMMRM': ((15, 84), None, 'r', None, None, None, (), None, None, 102),  # spec/sse.r1:1453
-    'ANDNPD_XMM_XMMRM': ((15, 85), None, 'r', None, None, None, (), None, None, 102),  # spec/sse.r1:1463
-    'ORPD_XMM_XMMRM': ((15, 86), None, 'r', None, None, None, (), None, None, 102),  # spec/sse.r1:1473
-    'XORPD_XMM_XMMRM': ((15, 87), None, 'r', None, None, None, (), None, None, 102),  # spec/sse.r1:1483
-    'SHUFPD_XMM_XMMRM_IMM8': ((15, 198), None, 'r', None, None, None, ('ib',), None, None, 102),  # spec/sse.r1:1493
-    'UNPCKLPD_XMM_XMMRM': ((15, 20), None, 'r', None, None, None, (), None, None, 102),  # spec/sse.r1:1503
-    'UNPCKHPD_XMM_XMMRM': ((15, 21), None, 'r', None, None, None, (), None, None, 102),  # spec/sse.r1:1513
-    'CVTPI2PD_XMM_MMRM': ((15, 42), None, 'r', None, None, None, (), None, None, 102),  # spec/sse.r1:1525
-    'CVTPD2PI_MM_XMMRM': ((15, 45), None, 'r', None, None, None, (), None, None, 102),  # spec/sse.r1:1535
-    'CVTTPD2PI_MM_XMMRM': ((15, 44), None, 'r', None, None, None, (), None, None, 102),  # spec/sse.r1:1545
-    'CVTSI2SD_XMM_RM32': ((15, 42), None, 'r', None, None, None, (), None, None, 242),  # spec/sse.r1:1555
-    'CVTSD2SI_R32_XMM': ((15, 45), None, 'r', None, 'reg', None, (), None, None, 242),  # spec/sse.r1:1565
-    'CVTSD2SI_R32_M64': ((15, 45), None, 'r', None, 'mem', None, (), None, None, 242),  # spec/sse.r1:1575
-    'CVTTSD2SI_R32_XMM': ((15, 44), None, 'r', None, 'reg', None, (), None, None, 242),  # spec/sse.r1:1585
-    'CVTTSD2SI_R32_M64': ((15, 44), None, 'r', None, 'mem', None, (), None, None, 242),  # spec/sse.r1:1595
-    'CVTPS2PD_XMM_XMM': ((15, 90), None, 'r', None, 'reg', None, (), None, None, 0),  # spec/sse.r1:1605
-    'CVTPS2PD_XMM_M64': ((15, 90), None, 'r', None, 'mem', None, (), None, None, 0),  # spec/sse.r1:1615
-    'CVTPD2PS_XMM_XMMRM': ((15, 90), None, 'r', None, None, None, (), None, None, 102),  # spec/sse.r1:1625
-    'CVTSS2SD_XMM_XMM': ((15, 90), None, 'r', None, 'reg', None, (), None, None, 243),  # spec/sse.r1:1635
-    'CVTSS2SD_XMM_M32': ((15, 90), None, 'r', None, 'mem', None, (), None, None, 243),  # spec/sse.r1:1645
-    'CVTSD2SS_XMM_XMM': ((15, 90), None, 'r', None, 'reg', None, (), None, None, 242),  # spec/sse.r1:1655
-    'CVTSD2SS_XMM_M64': ((15, 90), None, 'r', None, 'mem', None, (), None, None, 242),  # spec/sse.r1:1665
-    'CVTDQ2PS_XMM_XMMRM': ((15, 91), None, 'r', None, None, None, (), None, None, 0),  # spec/sse.r1:1675
-    'CVTPS2DQ_XMM_XMMRM': ((15, 91), None, 'r', None, None, None, (), None, None, 102),  # spec/sse.r1:1685
-    'CVTTPS2DQ_XMM_XMMRM': ((15, 91), None, 'r', None, None, None, (), None, None, 243),  # spec/sse.r1:1695
-    'CVTDQ2PD_XMM_XMM': ((15, 230), None, 'r', None, 'reg', None, (), None, None, 243),  # spec/sse.r1:1705
-    'CVTDQ2PD_XMM_M64': ((15, 230), None, 'r', None, 'mem', None, (), None, None, 243),  # spec/sse.r1:1715
-    'CVTPD2DQ_XMM_XMMRM': ((15, 230), None, 'r', None, None, None, (), None, None, 242),  # spec/sse.r1:1725
-    'CVTTPD2DQ_XMM_XMMRM': ((15, 230), None, 'r', None, None, None, (), None, None, 102),  # spec/sse.r1:1735
-    'MOVDQA_XMM_XMMRM': ((15, 111), None, 'r', None, None, None, (), None, None, 102),  # spec/sse.r1:1747
-    'MOVDQA_XMMRM_XMM': ((15, 127), None, 'r', None, None, None, (), None, None, 102),  # spec/sse.r1:1757
-    'MOVDQU_XMM_XMMRM': ((15, 111), None, 'r', None, None, None, (), None, None, 243),  # spec/sse.r1:1767
-    'MOVDQU_XMMRM_XMM': ((15, 127), None, 'r', None, None, None, (), None, None, 243),  # spec/sse.r1:1777
-    'MOVD_XMM_RM32': ((15, 110), None, 'r', None, None, None, (), None, None, 102),  # spec/sse.r1:1787
-    'MOVD_RM32_XMM': ((15, 126), None, 'r', None, None, None, (), None, None, 102),  # spec/sse.r1:1797
-    'MOVQ_XMM_XMM': ((15, 126), None, 'r', None, 'reg', None, (), None, None, 243),  # spec/sse.r1:1807
-    'MOVQ_XMM_M64': ((15, 126), None, 'r', None, 'mem', None, (), None, None, 243),  # spec/sse.r1:1817
-    'MOVQ_XMM_XMM_0FD6': ((15, 214), None, 'r', None, 'reg', None, (), None, None, 102),  # spec/sse.r1:1827
-    'MOVQ_M64_XMM': ((15, 214), None, 'r', None, 'mem', None, (), None, None, 102),  # spec/sse.r1:1837
-    'MOVQ2DQ_XMM_MM': ((15, 214), None, 'r', None, 'reg', None, (), None, None, 243),  # spec/sse.r1:1847
-    'MOVDQ2Q_MM_XMM': ((15, 214), None, 'r', None, 'reg', None, (), None, None, 242),  # spec/sse.r1:1857
-    'MOVNTPD_M128_XMM': ((15, 43), None, 'r', None, 'mem', None, (), None, None, 102),  # spec/sse.r1:1869
-    'MOVNTDQ_M128_XMM': ((15, 231), None, 'r', None, 'mem', None, (), None, None, 102),  # spec/sse.r1:1879
-    'MOVNTI_M32_R32': ((15, 195), None, 'r', None, 'mem', None, (), None, None, 0),  # spec/sse.r1:1889
-    'MASKMOVDQU_XMM_XMM': ((15, 247), None, 'r', None, 'reg', None, (), None, None, 102),  # spec/sse.r1:1899
-    'CLFLUSH_M8': ((15, 174), None, '7', None, 'mem', None, (), None, None, 0),  # spec/sse.r1:1909
-    'LFENCE': ((15, 174), None, '5', None, 'reg', None, (), None, None, 0),  # spec/sse.r1:1919
-    'MFENCE': ((15, 174), None, '6', None, 'reg', None, (), None, None, 0),  # spec/sse.r1:1929
-    'PAUSE': ((144,), None, None, None, None, None, (), None, None, 243),  # spec/sse.r1:1939
-    'PADDQ_MM_MMRM': ((15, 212), None, 'r', None, None, None, (), None, None, 0),  # spec/sse.r1:1951
-    'PADDQ_XMM_XMMRM': ((15, 212), None, 'r', None, None, None, (), None, None, 102),  # spec/sse.r1:1961
-    'PSUBQ_MM_MMRM': ((15, 251), None, 'r', None, None, None, (), None, None, 0),  # spec/sse.r1:1971
-    'PSUBQ_XMM_XMMRM': ((15, 251), None, 'r', None, None, None, (), None, None, 102),  # spec/sse.r1:1981
-    'PMULUDQ_MM_MMRM': ((15, 244), None, 'r', None, None, None, (), None, None, 0),  # spec/sse.r1:1991
-    'PMULUDQ_XMM_XMMRM': ((15, 244), None, 'r', None, None, None, (), None, None, 102),  # spec/sse.r1:2001
-    'PSHUFD_XMM_XMMRM_IMM8': ((15, 112), None, 'r', None, None, None, ('ib',), None, None, 102),  # spec/sse.r1:2011
-    'PSHUFHW_XMM_XMMRM_IMM8': ((15, 112), None, 'r', None, None, None, ('ib',), None, None, 243),  # spec/sse.r1:2021
-    'PSHUFLW_XMM_XMMRM_IMM8': ((15, 112), None, 'r', None, None, None, ('ib',), None, None, 242),  # spec/sse.r1:2031
-    'PSLLDQ_XMM_IMM8': ((15, 115), None, '7', None, 'reg', None, ('ib',), None, None, 102),  # spec/sse.r1:2041
-    'PSRLDQ_XMM_IMM8': ((15, 115), None, '3', None, 'reg', None, ('ib',), None, None, 102),  # spec/sse.r1:2051
-    'PUNPCKLQDQ_XMM_XMMRM': ((15, 108), None, 'r', None, None, None, (), None, None, 102),  # spec/sse.r1:2061
-    'PUNPCKHQDQ_XMM_XMMRM': ((15, 109), None, 'r', None, None, None, (), None, None, 102),  # spec/sse.r1:2071
-    'PUNPCKLBW_XMM_XMMRM': ((15, 96), None, 'r', None, None, None, (), None, None, 102),  # spec/sse.r1:2083
-    'PUNPCKLWD_XMM_XMMRM': ((15, 97), None, 'r', None, None, None, (), None, None, 102),  # spec/sse.r1:2093
-    'PUNPCKLDQ_XMM_XMMRM': ((15, 98), None, 'r', None, None, None, (), None, None, 102),  # spec/sse.r1:2103
-    'PUNPCKHBW_XMM_XMMRM': ((15, 104), None, 'r', None, None, None, (), None, None, 102),  # spec/sse.r1:2113
-    'PUNPCKHWD_XMM_XMMRM': ((15, 105), None, 'r', None, None, None, (), None, None, 102),  # spec/sse.r1:2123
-    'PUNPCKHDQ_XMM_XMMRM': ((15, 106), None, 'r', None, None, None, (), None, None, 102),  # spec/sse.r1:2133
-    'PACKSSWB_XMM_XMMRM': ((15, 99), None, 'r', None, None, None, (), None, None, 102),  # spec/sse.r1:2143
-    'PACKUSWB_XMM_XMMRM': ((15, 103), None, 'r', None, None, None, (), None, None, 102),  # spec/sse.r1:2153
-    'PACKSSDW_XMM_XMMRM': ((15, 107), None, 'r', None, None, None, (), None, None, 102),  # spec/sse.r1:2163
-    'PADDB_XMM_XMMRM': ((15, 252), None, 'r', None, None, None, (), None, None, 102),  # spec/sse.r1:2173
-    'PADDW_XMM_XMMRM': ((15, 253), None, 'r', None, None, None, (), None, None, 102),  # spec/sse.r1:2183
-    'PADDD_XMM_XMMRM': ((15, 254), None, 'r', None, None, None, (), None, None, 102),  # spec/sse.r1:2193
-    'PADDSB_XMM_XMMRM': ((15, 236), None, 'r', None, None, None, (), None, None, 102),  # spec/sse.r1:2203
-    'PADDSW_XMM_XMMRM': ((15, 237), None, 'r', None, None, None, (), None, None, 102),  # spec/sse.r1:2213
-    'PADDUSB_XMM_XMMRM': ((15, 220), None, 'r', None, None, None, (), None, None, 102),  # spec/sse.r1:2223
-    'PADDUSW_XMM_XMMRM': ((15, 221), None, 'r', None, None, None, (), None, None, 102),  # spec/sse.r1:2233
-    'PSUBB_XMM_XMMRM': ((15, 248), None, 'r', None, None, None, (), None, None, 102),  # spec/sse.r1:2243
-    'PSUBW_XMM_XMMRM': ((15, 249), None, 'r', None, None, None, (), None, None, 102),  # spec/sse.r1:2253
-    'PSUBD_XMM_XMMRM': ((15, 250), None, 'r', None, None, None, (), None, None, 102),  # spec/sse.r1:2263
-    'PSUBSB_XMM_XMMRM': ((15, 232), None, 'r', None, None, None, (), None, None, 102),  # spec/sse.r1:2273
-    'PSUBSW_XMM_XMMRM': ((15, 233), None, 'r', None, None, None, (), None, None, 102),  # spec/sse.r1:2283
-    'PSUBUSB_XMM_XMMRM': ((15, 216), None, 'r', None, None, None, (), None, None, 102),  # spec/sse.r1:2293
-    'PSUBUSW_XMM_XMMRM': ((15, 217), None, 'r', None, None, None, (), None, None, 102),  # spec/sse.r1:2303
-    'PMULLW_XMM_XMMRM': ((15, 213), None, 'r', None, None, None, (), None, None, 102),  # spec/sse.r1:2313
-    'PMULHW_XMM_XMMRM': ((15, 229), None, 'r', None, None, None, (), None, None, 102),  # spec/sse.r1:2323
-    'PMADDWD_XMM_XMMRM': ((15, 245), None, 'r', None, None, None, (), None, None, 102),  # spec/sse.r1:2333
-    'PCMPEQB_XMM_XMMRM': ((15, 116), None, 'r', None, None, None, (), None, None, 102),  # spec/sse.r1:2343
-    'PCMPEQW_XMM_XMMRM': ((15, 117), None, 'r', None, None, None, (), None, None, 102),  # spec/sse.r1:2353
-    'PCMPEQD_XMM_XMMRM': ((15, 118), None, 'r', None, None, None, (), None, None, 102),  # spec/sse.r1:2363
-    'PCMPGTB_XMM_XMMRM': ((15, 100), None, 'r', None, None, None, (), None, None, 102),  # spec/sse.r1:2373
-    'PCMPGTW_XMM_XMMRM': ((15, 101), None, 'r', None, None, None, (), None, None, 102),  # spec/sse.r1:2383
-    'PCMPGTD_XMM_XMMRM': ((15, 102), None, 'r', None, None, None, (), None, None, 102),  # spec/sse.r1:2393
-    'PAND_XMM_XMMRM': ((15, 219), None, 'r', None, None, None, (), None, None, 102),  # spec/sse.r1:2403
-    'PANDN_XMM_XMMRM': ((15, 223), None, 'r', None, None, None, (), None, None, 102),  # spec/sse.r1:2413
-    'POR_XMM_XMMRM': ((15, 235), None, 'r', None, None, None, (), None, None, 102),  # spec/sse.r1:2423
-    'PXOR_XMM_XMMRM': ((15, 239), None, 'r', None, None, None, (), None, None, 102),  # spec/sse.r1:2433
-    'PSLLW_XMM_XMMRM': ((15, 241), None, 'r', None, None, None, (), None, None, 102),  # spec/sse.r1:2443
-    'PSLLD_XMM_XMMRM': ((15, 242), None, 'r', None, None, None, (), None, None, 102),  # spec/sse.r1:2453
-    'PSLLQ_XMM_XMMRM': ((15, 243), None, 'r', None, None, None, (), None, None, 102),  # spec/sse.r1:2463
-    'PSRLW_XMM_XMMRM': ((15, 209), None, 'r', None, None, None, (), None, None, 102),  # spec/sse.r1:2473
-    'PSRLD_XMM_XMMRM': ((15, 210), None, 'r', None, None, None, (), None, None, 102),  # spec/sse.r1:2483
-    'PSRLQ_XMM_XMMRM': ((15, 211), None, 'r', None, None, None, (), None, None, 102),  # spec/sse.r1:2493
-    'PSRAW_XMM_XMMRM': ((15, 225), None, 'r', None, None, None, (), None, None, 102),  # spec/sse.r1:2503
-    'PSRAD_XMM_XMMRM': ((15, 226), None, 'r', None, None, None, (), None, None, 102),  # spec/sse.r1:2513
-    'PSLLW_XMM_IMM8': ((15, 113), None, '6', None, 'reg', None, ('ib',), None, None, 102),  # spec/sse.r1:2523
-    'PSLLD_XMM_IMM8': ((15, 114), None, '6', None, 'reg', None, ('ib',), None, None, 102),  # spec/sse.r1:2533
-    'PSLLQ_XMM_IMM8': ((15, 115), None, '6', None, 'reg', None, ('ib',), None, None, 102),  # spec/sse.r1:2543
-    'PSRLW_XMM_IMM8': ((15, 113), None, '2', None, 'reg', None, ('ib',), None, None, 102),  # spec/sse.r1:2553
-    'PSRLD_XMM_IMM8': ((15, 114), None, '2', None, 'reg', None, ('ib',), None, None, 102),  # spec/sse.r1:2563
-    'PSRLQ_XMM_IMM8': ((15, 115), None, '2', None, 'reg', None, ('ib',), None, None, 102),  # spec/sse.r1:2573
-    'PSRAW_XMM_IMM8': ((15, 113), None, '4', None, 'reg', None, ('ib',), None, None, 102),  # spec/sse.r1:2583
-    'PSRAD_XMM_IMM8': ((15, 114), None, '4', None, 'reg', None, ('ib',), None, None, 102),  # spec/sse.r1:2593
-    'PAVGB_XMM_XMMRM': ((15, 224), None, 'r', None, None, None, (), None, None, 102),  # spec/sse.r1:2605
-    'PAVGW_XMM_XMMRM': ((15, 227), None, 'r', None, None, None, (), None, None, 102),  # spec/sse.r1:2615
-    'PMAXSW_XMM_XMMRM': ((15, 238), None, 'r', None, None, None, (), None, None, 102),  # spec/sse.r1:2625
-    'PMAXUB_XMM_XMMRM': ((15, 222), None, 'r', None, None, None, (), None, None, 102),  # spec/sse.r1:2635
-    'PMINSW_XMM_XMMRM': ((15, 234), None, 'r', None, None, None, (), None, None, 102),  # spec/sse.r1:2645
-    'PMINUB_XMM_XMMRM': ((15, 218), None, 'r', None, None, None, (), None, None, 102),  # spec/sse.r1:2655
-    'PMULHUW_XMM_XMMRM': ((15, 228), None, 'r', None, None, None, (), None, None, 102),  # spec/sse.r1:2665
-    'PSADBW_XMM_XMMRM': ((15, 246), None, 'r', None, None, None, (), None, None, 102),  # spec/sse.r1:2675
-    'PEXTRW_R32_XMM_IMM8': ((15, 197), None, 'r', None, 'reg', None, ('ib',), None, None, 102),  # spec/sse.r1:2685
-    'PINSRW_XMM_R32_IMM8': ((15, 196), None, 'r', None, 'reg', None, ('ib',), None, None, 102),  # spec/sse.r1:2695
-    'PINSRW_XMM_M16_IMM8': ((15, 196), None, 'r', None, 'mem', None, ('ib',), None, None, 102),  # spec/sse.r1:2705
-    'PMOVMSKB_R32_XMM': ((15, 215), None, 'r', None, 'reg', None, (), None, None, 102),  # spec/sse.r1:2715
+    'MOVAPS_XMM_XMMRM': ((15, 40), None, 'r', None, None, None, (), None, None, 0),  # spec/sse.r1:108
+    'MOVAPS_XMMRM_XMM': ((15, 41), None, 'r', None, None, None, (), None, None, 0),  # spec/sse.r1:118
+    'MOVUPS_XMM_XMMRM': ((15, 16), None, 'r', None, None, None, (), None, None, 0),  # spec/sse.r1:128
+    'MOVUPS_XMMRM_XMM': ((15, 17), None, 'r', None, None, None, (), None, None, 0),  # spec/sse.r1:138
+    'MOVSS_XMM_XMM': ((15, 16), None, 'r', None, 'reg', None, (), None, None, 243),  # spec/sse.r1:148
+    'MOVSS_XMM_M32': ((15, 16), None, 'r', None, 'mem', None, (), None, None, 243),  # spec/sse.r1:158
+    'MOVSS_XMM_XMM_0F11': ((15, 17), None, 'r', None, 'reg', None, (), None, None, 243),  # spec/sse.r1:168
+    'MOVSS_M32_XMM': ((15, 17), None, 'r', None, 'mem', None, (), None, None, 243),  # spec/sse.r1:178
+    'MOVLPS_XMM_M64': ((15, 18), None, 'r', None, 'mem', None, (), None, None, 0),  # spec/sse.r1:188
+    'MOVHLPS_XMM_XMM': ((15, 18), None, 'r', None, 'reg', None, (), None, None, 0),  # spec/sse.r1:198
+    'MOVLPS_M64_XMM': ((15, 19), None, 'r', None, 'mem', None, (), None, None, 0),  # spec/sse.r1:208
+    'MOVHPS_XMM_M64': ((15, 22), None, 'r', None, 'mem', None, (), None, None, 0),  # spec/sse.r1:218
+    'MOVLHPS_XMM_XMM': ((15, 22), None, 'r', None, 'reg', None, (), None, None, 0),  # spec/sse.r1:228
+    'MOVHPS_M64_XMM': ((15, 23), None, 'r', None, 'mem', None, (), None, None, 0),  # spec/sse.r1:238
+    'MOVMSKPS_R32_XMM': ((15, 80), None, 'r', None, 'reg', None, (), None, None, 0),  # spec/sse.r1:248
+    'ADDPS_XMM_XMMRM': ((15, 88), None, 'r', None, None, None, (), None, None, 0),  # spec/sse.r1:260
+    'ADDSS_XMM_XMM': ((15, 88), None, 'r', None, 'reg', None, (), None, None, 243),  # spec/sse.r1:270
+    'ADDSS_XMM_M32': ((15, 88), None, 'r', None, 'mem', None, (), None, None, 243),  # spec/sse.r1:280
+    'SUBPS_XMM_XMMRM': ((15, 92), None, 'r', None, None, None, (), None, None, 0),  # spec/sse.r1:290
+    'SUBSS_XMM_XMM': ((15, 92), None, 'r', None, 'reg', None, (), None, None, 243),  # spec/sse.r1:300
+    'SUBSS_XMM_M32': ((15, 92), None, 'r', None, 'mem', None, (), None, None, 243),  # spec/sse.r1:310
+    'MULPS_XMM_XMMRM': ((15, 89), None, 'r', None, None, None, (), None, None, 0),  # spec/sse.r1:320
+    'MULSS_XMM_XMM': ((15, 89), None, 'r', None, 'reg', None, (), None, None, 243),  # spec/sse.r1:330
+    'MULSS_XMM_M32': ((15, 89), None, 'r', None, 'mem', None, (), None, None, 243),  # spec/sse.r1:340
+    'DIVPS_XMM_XMMRM': ((15, 94), None, 'r', None, None, None, (), None, None, 0),  # spec/sse.r1:350
+    'DIVSS_XMM_XMM': ((15, 94), None, 'r', None, 'reg', None, (), None, None, 243),  # spec/sse.r1:360
+    'DIVSS_XMM_M32': ((15, 94), None, 'r', None, 'mem', None, (), None, None, 243),  # spec/sse.r1:370
+    'MINPS_XMM_XMMRM': ((15, 93), None, 'r', None, None, None, (), None, None, 0),  # spec/sse.r1:380
+    'MINSS_XMM_XMM': ((15, 93), None, 'r', None, 'reg', None, (), None, None, 243),  # spec/sse.r1:390
+    'MINSS_XMM_M32': ((15, 93), None, 'r', None, 'mem', None, (), None, None, 243),  # spec/sse.r1:400
+    'MAXPS_XMM_XMMRM': ((15, 95), None, 'r', None, None, None, (), None, None, 0),  # spec/sse.r1:410
+    'MAXSS_XMM_XMM': ((15, 95), None, 'r', None, 'reg', None, (), None, None, 243),  # spec/sse.r1:420
+    'MAXSS_XMM_M32': ((15, 95), None, 'r', None, 'mem', None, (), None, None, 243),  # spec/sse.r1:430
+    'SQRTPS_XMM_XMMRM': ((15, 81), None, 'r', None, None, None, (), None, None, 0),  # spec/sse.r1:440
+    'SQRTSS_XMM_XMM': ((15, 81), None, 'r', None, 'reg', None, (), None, None, 243),  # spec/sse.r1:450
+    'SQRTSS_XMM_M32': ((15, 81), None, 'r', None, 'mem', None, (), None, None, 243),  # spec/sse.r1:460
+    'RCPPS_XMM_XMMRM': ((15, 83), None, 'r', None, None, None, (), None, None, 0),  # spec/sse.r1:470
+    'RCPSS_XMM_XMM': ((15, 83), None, 'r', None, 'reg', None, (), None, None, 243),  # spec/sse.r1:480
+    'RCPSS_XMM_M32': ((15, 83), None, 'r', None, 'mem', None, (), None, None, 243),  # spec/sse.r1:490
+    'RSQRTPS_XMM_XMMRM': ((15, 82), None, 'r', None, None, None, (), None, None, 0),  # spec/sse.r1:500
+    'RSQRTSS_XMM_XMM': ((15, 82), None, 'r', None, 'reg', None, (), None, None, 243),  # spec/sse.r1:510
+    'RSQRTSS_XMM_M32': ((15, 82), None, 'r', None, 'mem', None, (), None, None, 243),  # spec/sse.r1:520
+    'CMPPS_XMM_XMMRM_IMM8': ((15, 194), None, 'r', None, None, None, ('ib',), None, None, 0),  # spec/sse.r1:532
+    'CMPSS_XMM_XMM_IMM8': ((15, 194), None, 'r', None, 'reg', None, ('ib',), None, None, 243),  # spec/sse.r1:543
+    'CMPSS_XMM_M32_IMM8': ((15, 194), None, 'r', None, 'mem', None, ('ib',), None, None, 243),  # spec/sse.r1:554
+    'COMISS_XMM_XMM': ((15, 47), None, 'r', None, 'reg', None, (), None, None, 0),  # spec/sse.r1:565
+    'COMISS_XMM_M32': ((15, 47), None, 'r', None, 'mem', None, (), None, None, 0),  # spec/sse.r1:575
+    'UCOMISS_XMM_XMM': ((15, 46), None, 'r', None, 'reg', None, (), None, None, 0),  # spec/sse.r1:585
+    'UCOMISS_XMM_M32': ((15, 46), None, 'r', None, 'mem', None, (), None, None, 0),  # spec/sse.r1:595
+    'ANDPS_XMM_XMMRM': ((15, 84), None, 'r', None, None, None, (), None, None, 0),  # spec/sse.r1:607
+    'ANDNPS_XMM_XMMRM': ((15, 85), None, 'r', None, None, None, (), None, None, 0),  # spec/sse.r1:617
+    'ORPS_XMM_XMMRM': ((15, 86), None, 'r', None, None, None, (), None, None, 0),  # spec/sse.r1:627
+    'XORPS_XMM_XMMRM': ((15, 87), None, 'r', None, None, None, (), None, None, 0),  # spec/sse.r1:637
+    'SHUFPS_XMM_XMMRM_IMM8': ((15, 198), None, 'r', None, None, None, ('ib',), None, None, 0),  # spec/sse.r1:647
+    'UNPCKLPS_XMM_XMMRM': ((15, 20), None, 'r', None, None, None, (), None, None, 0),  # spec/sse.r1:657
+    'UNPCKHPS_XMM_XMMRM': ((15, 21), None, 'r', None, None, None, (), None, None, 0),  # spec/sse.r1:667
+    'CVTPI2PS_XMM_MMRM': ((15, 42), None, 'r', None, None, None, (), None, None, 0),  # spec/sse.r1:679
+    'CVTPS2PI_MM_XMM': ((15, 45), None, 'r', None, 'reg', None, (), None, None, 0),  # spec/sse.r1:689
+    'CVTPS2PI_MM_M64': ((15, 45), None, 'r', None, 'mem', None, (), None, None, 0),  # spec/sse.r1:699
+    'CVTTPS2PI_MM_XMM': ((15, 44), None, 'r', None, 'reg', None, (), None, None, 0),  # spec/sse.r1:709
+    'CVTTPS2PI_MM_M64': ((15, 44), None, 'r', None, 'mem', None, (), None, None, 0),  # spec/sse.r1:719
+    'CVTSI2SS_XMM_RM32': ((15, 42), None, 'r', None, None, None, (), None, None, 243),  # spec/sse.r1:729
+    'CVTSS2SI_R32_XMM': ((15, 45), None, 'r', None, 'reg', None, (), None, None, 243),  # spec/sse.r1:739
+    'CVTSS2SI_R32_M32': ((15, 45), None, 'r', None, 'mem', None, (), None, None, 243),  # spec/sse.r1:749
+    'CVTTSS2SI_R32_XMM': ((15, 44), None, 'r', None, 'reg', None, (), None, None, 243),  # spec/sse.r1:759
+    'CVTTSS2SI_R32_M32': ((15, 44), None, 'r', None, 'mem', None, (), None, None, 243),  # spec/sse.r1:769
+    'LDMXCSR_M32': ((15, 174), None, '2', None, 'mem', None, (), None, None, 0),  # spec/sse.r1:781
+    'STMXCSR_M32': ((15, 174), None, '3', None, 'mem', None, (), None, None, 0),  # spec/sse.r1:791
+    'FXSAVE_M512': ((15, 174), None, '0', None, 'mem', None, (), None, None, 0),  # spec/sse.r1:801
+    'FXRSTOR_M512': ((15, 174), None, '1', None, 'mem', None, (), None, None, 0),  # spec/sse.r1:841
+    'PREFETCHNTA_M8': ((15, 24), None, '0', None, 'mem', None, (), None, None, None),  # spec/sse.r1:881
+    'PREFETCHT0_M8': ((15, 24), None, '1', None, 'mem', None, (), None, None, None),  # spec/sse.r1:891
+    'PREFETCHT1_M8': ((15, 24), None, '2', None, 'mem', None, (), None, None, None),  # spec/sse.r1:901
+    'PREFETCHT2_M8': ((15, 24), None, '3', None, 'mem', None, (), None, None, None),  # spec/sse.r1:911
+    'SFENCE': ((15, 174), None, '7', None, 'reg', None, (), None, None, 0),  # spec/sse.r1:921
+    'MOVNTQ_M64_MM': ((15, 231), None, 'r', None, 'mem', None, (), None, None, 0),  # spec/sse.r1:931
+    'MOVNTPS_M128_XMM': ((15, 43), None, 'r', None, 'mem', None, (), None, None, 0),  # spec/sse.r1:941
+    'MASKMOVQ_MM_MM': ((15, 247), None, 'r', None, 'reg', None, (), None, None, 0),  # spec/sse.r1:951
+    'PAVGB_MM_MMRM': ((15, 224), None, 'r', None, None, None, (), None, None, 0),  # spec/sse.r1:963
+    'PAVGW_MM_MMRM': ((15, 227), None, 'r', None, None, None, (), None, None, 0),  # spec/sse.r1:973
+    'PMAXSW_MM_MMRM': ((15, 238), None, 'r', None, None, None, (), None, None, 0),  # spec/sse.r1:983
+    'PMAXUB_MM_MMRM': ((15, 222), None, 'r', None, None, None, (), None, None, 0),  # spec/sse.r1:993
+    'PMINSW_MM_MMRM': ((15, 234), None, 'r', None, None, None, (), None, None, 0),  # spec/sse.r1:1003
+    'PMINUB_MM_MMRM': ((15, 218), None, 'r', None, None, None, (), None, None, 0),  # spec/sse.r1:1013
+    'PMULHUW_MM_MMRM': ((15, 228), None, 'r', None, None, None, (), None, None, 0),  # spec/sse.r1:1023
+    'PSADBW_MM_MMRM': ((15, 246), None, 'r', None, None, None, (), None, None, 0),  # spec/sse.r1:1033
+    'PSHUFW_MM_MMRM_IMM8': ((15, 112), None, 'r', None, None, None, ('ib',), None, None, 0),  # spec/sse.r1:1043
+    'PEXTRW_R32_MM_IMM8': ((15, 197), None, 'r', None, 'reg', None, ('ib',), None, None, 0),  # spec/sse.r1:1053
+    'PINSRW_MM_R32_IMM8': ((15, 196), None, 'r', None, 'reg', None, ('ib',), None, None, 0),  # spec/sse.r1:1063
+    'PINSRW_MM_M16_IMM8': ((15, 196), None, 'r', None, 'mem', None, ('ib',), None, None, 0),  # spec/sse.r1:1073
+    'PMOVMSKB_R32_MM': ((15, 215), None, 'r', None, 'reg', None, (), None, None, 0),  # spec/sse.r1:1083
+    'MOVAPD_XMM_XMMRM': ((15, 40), None, 'r', None, None, None, (), None, None, 102),  # spec/sse.r1:1095
+    'MOVAPD_XMMRM_XMM': ((15, 41), None, 'r', None, None, None, (), None, None, 102),  # spec/sse.r1:1105
+    'MOVUPD_XMM_XMMRM': ((15, 16), None, 'r', None, None, None, (), None, None, 102),  # spec/sse.r1:1115
+    'MOVUPD_XMMRM_XMM': ((15, 17), None, 'r', None, None, None, (), None, None, 102),  # spec/sse.r1:1125
+    'MOVSD_XMM_XMM': ((15, 16), None, 'r', None, 'reg', None, (), None, None, 242),  # spec/sse.r1:1135
+    'MOVSD_XMM_M64': ((15, 16), None, 'r', None, 'mem', None, (), None, None, 242),  # spec/sse.r1:1146
+    'MOVSD_XMM_XMM_0F11': ((15, 17), None, 'r', None, 'reg', None, (), None, None, 242),  # spec/sse.r1:1157
+    'MOVSD_M64_XMM': ((15, 17), None, 'r', None, 'mem', None, (), None, None, 242),  # spec/sse.r1:1168
+    'MOVLPD_XMM_M64': ((15, 18), None, 'r', None, 'mem', None, (), None, None, 102),  # spec/sse.r1:1179
+    'MOVLPD_M64_XMM': ((15, 19), None, 'r', None, 'mem', None, (), None, None, 102),  # spec/sse.r1:1189
+    'MOVHPD_XMM_M64': ((15, 22), None, 'r', None, 'mem', None, (), None, None, 102),  # spec/sse.r1:1199
+    'MOVHPD_M64_XMM': ((15, 23), None, 'r', None, 'mem', None, (), None, None, 102),  # spec/sse.r1:1209
+    'MOVMSKPD_R32_XMM': ((15, 80), None, 'r', None, 'reg', None, (), None, None, 102),  # spec/sse.r1:1219
+    'ADDPD_XMM_XMMRM': ((15, 88), None, 'r', None, None, None, (), None, None, 102),  # spec/sse.r1:1231
+    'ADDSD_XMM_XMM': ((15, 88), None, 'r', None, 'reg', None, (), None, None, 242),  # spec/sse.r1:1241
+    'ADDSD_XMM_M64': ((15, 88), None, 'r', None, 'mem', None, (), None, None, 242),  # spec/sse.r1:1251
+    'SUBPD_XMM_XMMRM': ((15, 92), None, 'r', None, None, None, (), None, None, 102),  # spec/sse.r1:1261
+    'SUBSD_XMM_XMM': ((15, 92), None, 'r', None, 'reg', None, (), None, None, 242),  # spec/sse.r1:1271
+    'SUBSD_XMM_M64': ((15, 92), None, 'r', None, 'mem', None, (), None, None, 242),  # spec/sse.r1:1281
+    'MULPD_XMM_XMMRM': ((15, 89), None, 'r', None, None, None, (), None, None, 102),  # spec/sse.r1:1291
+    'MULSD_XMM_XMM': ((15, 89), None, 'r', None, 'reg', None, (), None, None, 242),  # spec/sse.r1:1301
+    'MULSD_XMM_M64': ((15, 89), None, 'r', None, 'mem', None, (), None, None, 242),  # spec/sse.r1:1311
+    'DIVPD_XMM_XMMRM': ((15, 94), None, 'r', None, None, None, (), None, None, 102),  # spec/sse.r1:1321
+    'DIVSD_XMM_XMM': ((15, 94), None, 'r', None, 'reg', None, (), None, None, 242),  # spec/sse.r1:1331
+    'DIVSD_XMM_M64': ((15, 94), None, 'r', None, 'mem', None, (), None, None, 242),  # spec/sse.r1:1341
+    'MINPD_XMM_XMMRM': ((15, 93), None, 'r', None, None, None, (), None, None, 102),  # spec/sse.r1:1351
+    'MINSD_XMM_XMM': ((15, 93), None, 'r', None, 'reg', None, (), None, None, 242),  # spec/sse.r1:1361
+    'MINSD_XMM_M64': ((15, 93), None, 'r', None, 'mem', None, (), None, None, 242),  # spec/sse.r1:1371
+    'MAXPD_XMM_XMMRM': ((15, 95), None, 'r', None, None, None, (), None, None, 102),  # spec/sse.r1:1381
+    'MAXSD_XMM_XMM': ((15, 95), None, 'r', None, 'reg', None, (), None, None, 242),  # spec/sse.r1:1391
+    'MAXSD_XMM_M64': ((15, 95), None, 'r', None, 'mem', None, (), None, None, 242),  # spec/sse.r1:1401
+    'SQRTPD_XMM_XMMRM': ((15, 81), None, 'r', None, None, None, (), None, None, 102),  # spec/sse.r1:1411
+    'SQRTSD_XMM_XMM': ((15, 81), None, 'r', None, 'reg', None, (), None, None, 242),  # spec/sse.r1:1421
+    'SQRTSD_XMM_M64': ((15, 81), None, 'r', None, 'mem', None, (), None, None, 242),  # spec/sse.r1:1431
+    'CMPPD_XMM_XMMRM_IMM8': ((15, 194), None, 'r', None, None, None, ('ib',), None, None, 102),  # spec/sse.r1:1443
+    'CMPSD_XMM_XMM_IMM8': ((15, 194), None, 'r', None, 'reg', None, ('ib',), None, None, 242),  # spec/sse.r1:1454
+    'CMPSD_XMM_M64_IMM8': ((15, 194), None, 'r', None, 'mem', None, ('ib',), None, None, 242),  # spec/sse.r1:1469
+    'COMISD_XMM_XMM': ((15, 47), None, 'r', None, 'reg', None, (), None, None, 102),  # spec/sse.r1:1484
+    'COMISD_XMM_M64': ((15, 47), None, 'r', None, 'mem', None, (), None, None, 102),  # spec/sse.r1:1494
+    'UCOMISD_XMM_XMM': ((15, 46), None, 'r', None, 'reg', None, (), None, None, 102),  # spec/sse.r1:1504
+    'UCOMISD_XMM_M64': ((15, 46), None, 'r', None, 'mem', None, (), None, None, 102),  # spec/sse.r1:1514
+    'ANDPD_XMM_XMMRM': ((15, 84), None, 'r', None, None, None, (), None, None, 102),  # spec/sse.r1:1526
+    'ANDNPD_XMM_XMMRM': ((15, 85), None, 'r', None, None, None, (), None, None, 102),  # spec/sse.r1:1536
+    'ORPD_XMM_XMMRM': ((15, 86), None, 'r', None, None, None, (), None, None, 102),  # spec/sse.r1:1546
+    'XORPD_XMM_XMMRM': ((15, 87), None, 'r', None, None, None, (), None, None, 102),  # spec/sse.r1:1556
+    'SHUFPD_XMM_XMMRM_IMM8': ((15, 198), None, 'r', None, None, None, ('ib',), None, None, 102),  # spec/sse.r1:1566
+    'UNPCKLPD_XMM_XMMRM': ((15, 20), None, 'r', None, None, None, (), None, None, 102),  # spec/sse.r1:1576
+    'UNPCKHPD_XMM_XMMRM': ((15, 21), None, 'r', None, None, None, (), None, None, 102),  # spec/sse.r1:1586
+    'CVTPI2PD_XMM_MMRM': ((15, 42), None, 'r', None, None, None, (), None, None, 102),  # spec/sse.r1:1598
+    'CVTPD2PI_MM_XMMRM': ((15, 45), None, 'r', None, None, None, (), None, None, 102),  # spec/sse.r1:1608
+    'CVTTPD2PI_MM_XMMRM': ((15, 44), None, 'r', None, None, None, (), None, None, 102),  # spec/sse.r1:1618
+    'CVTSI2SD_XMM_RM32': ((15, 42), None, 'r', None, None, None, (), None, None, 242),  # spec/sse.r1:1628
+    'CVTSD2SI_R32_XMM': ((15, 45), None, 'r', None, 'reg', None, (), None, None, 242),  # spec/sse.r1:1638
+    'CVTSD2SI_R32_M64': ((15, 45), None, 'r', None, 'mem', None, (), None, None, 242),  # spec/sse.r1:1648
+    'CVTTSD2SI_R32_XMM': ((15, 44), None, 'r', None, 'reg', None, (), None, None, 242),  # spec/sse.r1:1658
+    'CVTTSD2SI_R32_M64': ((15, 44), None, 'r', None, 'mem', None, (), None, None, 242),  # spec/sse.r1:1668
+    'CVTPS2PD_XMM_XMM': ((15, 90), None, 'r', None, 'reg', None, (), None, None, 0),  # spec/sse.r1:1678
+    'CVTPS2PD_XMM_M64': ((15, 90), None, 'r', None, 'mem', None, (), None, None, 0),  # spec/sse.r1:1688
+    'CVTPD2PS_XMM_XMMRM': ((15, 90), None, 'r', None, None, None, (), None, None, 102),  # spec/sse.r1:1698
+    'CVTSS2SD_XMM_XMM': ((15, 90), None, 'r', None, 'reg', None, (), None, None, 243),  # spec/sse.r1:1708
+    'CVTSS2SD_XMM_M32': ((15, 90), None, 'r', None, 'mem', None, (), None, None, 243),  # spec/sse.r1:1718
+    'CVTSD2SS_XMM_XMM': ((15, 90), None, 'r', None, 'reg', None, (), None, None, 242),  # spec/sse.r1:1728
+    'CVTSD2SS_XMM_M64': ((15, 90), None, 'r', None, 'mem', None, (), None, None, 242),  # spec/sse.r1:1738
+    'CVTDQ2PS_XMM_XMMRM': ((15, 91), None, 'r', None, None, None, (), None, None, 0),  # spec/sse.r1:1748
+    'CVTPS2DQ_XMM_XMMRM': ((15, 91), None, 'r', None, None, None, (), None, None, 102),  # spec/sse.r1:1758
+    'CVTTPS2DQ_XMM_XMMRM': ((15, 91), None, 'r', None, None, None, (), None, None, 243),  # spec/sse.r1:1768
+    'CVTDQ2PD_XMM_XMM': ((15, 230), None, 'r', None, 'reg', None, (), None, None, 243),  # spec/sse.r1:1778
+    'CVTDQ2PD_XMM_M64': ((15, 230), None, 'r', None, 'mem', None, (), None, None, 243),  # spec/sse.r1:1788
+    'CVTPD2DQ_XMM_XMMRM': ((15, 230), None, 'r', None, None, None, (), None, None, 242),  # spec/sse.r1:1798
+    'CVTTPD2DQ_XMM_XMMRM': ((15, 230), None, 'r', None, None, None, (), None, None, 102),  # spec/sse.r1:1808
+    'MOVDQA_XMM_XMMRM': ((15, 111), None, 'r', None, None, None, (), None, None, 102),  # spec/sse.r1:1820
+    'MOVDQA_XMMRM_XMM': ((15, 127), None, 'r', None, None, None, (), None, None, 102),  # spec/sse.r1:1830
+    'MOVDQU_XMM_XMMRM': ((15, 111), None, 'r', None, None, None, (), None, None, 243),  # spec/sse.r1:1840
+    'MOVDQU_XMMRM_XMM': ((15, 127), None, 'r', None, None, None, (), None, None, 243),  # spec/sse.r1:1850
+    'MOVD_XMM_RM32': ((15, 110), None, 'r', None, None, None, (), None, None, 102),  # spec/sse.r1:1860
+    'MOVD_RM32_XMM': ((15, 126), None, 'r', None, None, None, (), None, None, 102),  # spec/sse.r1:1870
+    'MOVQ_XMM_XMM': ((15, 126), None, 'r', None, 'reg', None, (), None, None, 243),  # spec/sse.r1:1880
+    'MOVQ_XMM_M64': ((15, 126), None, 'r', None, 'mem', None, (), None, None, 243),  # spec/sse.r1:1890
+    'MOVQ_XMM_XMM_0FD6': ((15, 214), None, 'r', None, 'reg', None, (), None, None, 102),  # spec/sse.r1:1900
+    'MOVQ_M64_XMM': ((15, 214), None, 'r', None, 'mem', None, (), None, None, 102),  # spec/sse.r1:1910
+    'MOVQ2DQ_XMM_MM': ((15, 214), None, 'r', None, 'reg', None, (), None, None, 243),  # spec/sse.r1:1920
+    'MOVDQ2Q_MM_XMM': ((15, 214), None, 'r', None, 'reg', None, (), None, None, 242),  # spec/sse.r1:1930
+    'MOVNTPD_M128_XMM': ((15, 43), None, 'r', None, 'mem', None, (), None, None, 102),  # spec/sse.r1:1942
+    'MOVNTDQ_M128_XMM': ((15, 231), None, 'r', None, 'mem', None, (), None, None, 102),  # spec/sse.r1:1952
+    'MOVNTI_M32_R32': ((15, 195), None, 'r', None, 'mem', None, (), None, None, 0),  # spec/sse.r1:1962
+    'MASKMOVDQU_XMM_XMM': ((15, 247), None, 'r', None, 'reg', None, (), None, None, 102),  # spec/sse.r1:1972
+    'CLFLUSH_M8': ((15, 174), None, '7', None, 'mem', None, (), None, None, 0),  # spec/sse.r1:1982
+    'LFENCE': ((15, 174), None, '5', None, 'reg', None, (), None, None, 0),  # spec/sse.r1:1992
+    'MFENCE': ((15, 174), None, '6', None, 'reg', None, (), None, None, 0),  # spec/sse.r1:2002
+    'PAUSE': ((144,), None, None, None, None, None, (), None, None, 243),  # spec/sse.r1:2012
+    'PADDQ_MM_MMRM': ((15, 212), None, 'r', None, None, None, (), None, None, 0),  # spec/sse.r1:2024
+    'PADDQ_XMM_XMMRM': ((15, 212), None, 'r', None, None, None, (), None, None, 102),  # spec/sse.r1:2034
+    'PSUBQ_MM_MMRM': ((15, 251), None, 'r', None, None, None, (), None, None, 0),  # spec/sse.r1:2044
+    'PSUBQ_XMM_XMMRM': ((15, 251), None, 'r', None, None, None, (), None, None, 102),  # spec/sse.r1:2054
+    'PMULUDQ_MM_MMRM': ((15, 244), None, 'r', None, None, None, (), None, None, 0),  # spec/sse.r1:2064
+    'PMULUDQ_XMM_XMMRM': ((15, 244), None, 'r', None, None, None, (), None, None, 102),  # spec/sse.r1:2074
+    'PSHUFD_XMM_XMMRM_IMM8': ((15, 112), None, 'r', None, None, None, ('ib',), None, None, 102),  # spec/sse.r1:2084
+    'PSHUFHW_XMM_XMMRM_IMM8': ((15, 112), None, 'r', None, None, None, ('ib',), None, None, 243),  # spec/sse.r1:2094
+    'PSHUFLW_XMM_XMMRM_IMM8': ((15, 112), None, 'r', None, None, None, ('ib',), None, None, 242),  # spec/sse.r1:2104
+    'PSLLDQ_XMM_IMM8': ((15, 115), None, '7', None, 'reg', None, ('ib',), None, None, 102),  # spec/sse.r1:2114
+    'PSRLDQ_XMM_IMM8': ((15, 115), None, '3', None, 'reg', None, ('ib',), None, None, 102),  # spec/sse.r1:2124
+    'PUNPCKLQDQ_XMM_XMMRM': ((15, 108), None, 'r', None, None, None, (), None, None, 102),  # spec/sse.r1:2134
+    'PUNPCKHQDQ_XMM_XMMRM': ((15, 109), None, 'r', None, None, None, (), None, None, 102),  # spec/sse.r1:2144
+    'PUNPCKLBW_XMM_XMMRM': ((15, 96), None, 'r', None, None, None, (), None, None, 102),  # spec/sse.r1:2156
+    'PUNPCKLWD_XMM_XMMRM': ((15, 97), None, 'r', None, None, None, (), None, None, 102),  # spec/sse.r1:2166
+    'PUNPCKLDQ_XMM_XMMRM': ((15, 98), None, 'r', None, None, None, (), None, None, 102),  # spec/sse.r1:2176
+    'PUNPCKHBW_XMM_XMMRM': ((15, 104), None, 'r', None, None, None, (), None, None, 102),  # spec/sse.r1:2186
+    'PUNPCKHWD_XMM_XMMRM': ((15, 105), None, 'r', None, None, None, (), None, None, 102),  # spec/sse.r1:2196
+    'PUNPCKHDQ_XMM_XMMRM': ((15, 106), None, 'r', None, None, None, (), None, None, 102),  # spec/sse.r1:2206
+    'PACKSSWB_XMM_XMMRM': ((15, 99), None, 'r', None, None, None, (), None, None, 102),  # spec/sse.r1:2216
+    'PACKUSWB_XMM_XMMRM': ((15, 103), None, 'r', None, None, None, (), None, None, 102),  # spec/sse.r1:2226
+    'PACKSSDW_XMM_XMMRM': ((15, 107), None, 'r', None, None, None, (), None, None, 102),  # spec/sse.r1:2236
+    'PADDB_XMM_XMMRM': ((15, 252), None, 'r', None, None, None, (), None, None, 102),  # spec/sse.r1:2246
+    'PADDW_XMM_XMMRM': ((15, 253), None, 'r', None, None, None, (), None, None, 102),  # spec/sse.r1:2256
+    'PADDD_XMM_XMMRM': ((15, 254), None, 'r', None, None, None, (), None, None, 102),  # spec/sse.r1:2266
+    'PADDSB_XMM_XMMRM': ((15, 236), None, 'r', None, None, None, (), None, None, 102),  # spec/sse.r1:2276
+    'PADDSW_XMM_XMMRM': ((15, 237), None, 'r', None, None, None, (), None, None, 102),  # spec/sse.r1:2286
+    'PADDUSB_XMM_XMMRM': ((15, 220), None, 'r', None, None, None, (), None, None, 102),  # spec/sse.r1:2296
+    'PADDUSW_XMM_XMMRM': ((15, 221), None, 'r', None, None, None, (), None, None, 102),  # spec/sse.r1:2306
+    'PSUBB_XMM_XMMRM': ((15, 248), None, 'r', None, None, None, (), None, None, 102),  # spec/sse.r1:2316
+    'PSUBW_XMM_XMMRM': ((15, 249), None, 'r', None, None, None, (), None, None, 102),  # spec/sse.r1:2326
+    'PSUBD_XMM_XMMRM': ((15, 250), None, 'r', None, None, None, (), None, None, 102),  # spec/sse.r1:2336
+    'PSUBSB_XMM_XMMRM': ((15, 232), None, 'r', None, None, None, (), None, None, 102),  # spec/sse.r1:2346
+    'PSUBSW_XMM_XMMRM': ((15, 233), None, 'r', None, None, None, (), None, None, 102),  # spec/sse.r1:2356
+    'PSUBUSB_XMM_XMMRM': ((15, 216), None, 'r', None, None, None, (), None, None, 102),  # spec/sse.r1:2366
+    'PSUBUSW_XMM_XMMRM': ((15, 217), None, 'r', None, None, None, (), None, None, 102),  # spec/sse.r1:2376
+    'PMULLW_XMM_XMMRM': ((15, 213), None, 'r', None, None, None, (), None, None, 102),  # spec/sse.r1:2386
+    'PMULHW_XMM_XMMRM': ((15, 229), None, 'r', None, None, None, (), None, None, 102),  # spec/sse.r1:2396
+    'PMADDWD_XMM_XMMRM': ((15, 245), None, 'r', None, None, None, (), None, None, 102),  # spec/sse.r1:2406
+    'PCMPEQB_XMM_XMMRM': ((15, 116), None, 'r', None, None, None, (), None, None, 102),  # spec/sse.r1:2416
+    'PCMPEQW_XMM_XMMRM': ((15, 117), None, 'r', None, None, None, (), None, None, 102),  # spec/sse.r1:2426
+    'PCMPEQD_XMM_XMMRM': ((15, 118), None, 'r', None, None, None, (), None, None, 102),  # spec/sse.r1:2436
+    'PCMPGTB_XMM_XMMRM': ((15, 100), None, 'r', None, None, None, (), None, None, 102),  # spec/sse.r1:2446
+    'PCMPGTW_XMM_XMMRM': ((15, 101), None, 'r', None, None, None, (), None, None, 102),  # spec/sse.r1:2456
+    'PCMPGTD_XMM_XMMRM': ((15, 102), None, 'r', None, None, None, (), None, None, 102),  # spec/sse.r1:2466
+    'PAND_XMM_XMMRM': ((15, 219), None, 'r', None, None, None, (), None, None, 102),  # spec/sse.r1:2476
+    'PANDN_XMM_XMMRM': ((15, 223), None, 'r', None, None, None, (), None, None, 102),  # spec/sse.r1:2486
+    'POR_XMM_XMMRM': ((15, 235), None, 'r', None, None, None, (), None, None, 102),  # spec/sse.r1:2496
+    'PXOR_XMM_XMMRM': ((15, 239), None, 'r', None, None, None, (), None, None, 102),  # spec/sse.r1:2506
+    'PSLLW_XMM_XMMRM': ((15, 241), None, 'r', None, None, None, (), None, None, 102),  # spec/sse.r1:2516
+    'PSLLD_XMM_XMMRM': ((15, 242), None, 'r', None, None, None, (), None, None, 102),  # spec/sse.r1:2526
+    'PSLLQ_XMM_XMMRM': ((15, 243), None, 'r', None, None, None, (), None, None, 102),  # spec/sse.r1:2536
+    'PSRLW_XMM_XMMRM': ((15, 209), None, 'r', None, None, None, (), None, None, 102),  # spec/sse.r1:2546
+    'PSRLD_XMM_XMMRM': ((15, 210), None, 'r', None, None, None, (), None, None, 102),  # spec/sse.r1:2556
+    'PSRLQ_XMM_XMMRM': ((15, 211), None, 'r', None, None, None, (), None, None, 102),  # spec/sse.r1:2566
+    'PSRAW_XMM_XMMRM': ((15, 225), None, 'r', None, None, None, (), None, None, 102),  # spec/sse.r1:2576
+    'PSRAD_XMM_XMMRM': ((15, 226), None, 'r', None, None, None, (), None, None, 102),  # spec/sse.r1:2586
+    'PSLLW_XMM_IMM8': ((15, 113), None, '6', None, 'reg', None, ('ib',), None, None, 102),  # spec/sse.r1:2596
+    'PSLLD_XMM_IMM8': ((15, 114), None, '6', None, 'reg', None, ('ib',), None, None, 102),  # spec/sse.r1:2606
+    'PSLLQ_XMM_IMM8': ((15, 115), None, '6', None, 'reg', None, ('ib',), None, None, 102),  # spec/sse.r1:2616
+    'PSRLW_XMM_IMM8': ((15, 113), None, '2', None, 'reg', None, ('ib',), None, None, 102),  # spec/sse.r1:2626
+    'PSRLD_XMM_IMM8': ((15, 114), None, '2', None, 'reg', None, ('ib',), None, None, 102),  # spec/sse.r1:2636
+    'PSRLQ_XMM_IMM8': ((15, 115), None, '2', None, 'reg', None, ('ib',), None, None, 102),  # spec/sse.r1:2646
+    'PSRAW_XMM_IMM8': ((15, 113), None, '4', None, 'reg', None, ('ib',), None, None, 102),  # spec/sse.r1:2656
+    'PSRAD_XMM_IMM8': ((15, 114), None, '4', None, 'reg', None, ('ib',), None, None, 102),  # spec/sse.r1:2666
+    'PAVGB_XMM_XMMRM': ((15, 224), None, 'r', None, None, None, (), None, None, 102),  # spec/sse.r1:2678
+    'PAVGW_XMM_XMMRM': ((15, 227), None, 'r', None, None, None, (), None, None, 102),  # spec/sse.r1:2688
+    'PMAXSW_XMM_XMMRM': ((15, 238), None, 'r', None, None, None, (), None, None, 102),  # spec/sse.r1:2698
+    'PMAXUB_XMM_XMMRM': ((15, 222), None, 'r', None, None, None, (), None, None, 102),  # spec/sse.r1:2708
+    'PMINSW_XMM_XMMRM': ((15, 234), None, 'r', None, None, None, (), None, None, 102),  # spec/sse.r1:2718
+    'PMINUB_XMM_XMMRM': ((15, 218), None, 'r', None, None, None, (), None, None, 102),  # spec/sse.r1:2728
+    'PMULHUW_XMM_XMMRM': ((15, 228), None, 'r', None, None, None, (), None, None, 102),  # spec/sse.r1:2738
+    'PSADBW_XMM_XMMRM': ((15, 246), None, 'r', None, None, None, (), None, None, 102),  # spec/sse.r1:2748
+    'PEXTRW_R32_XMM_IMM8': ((15, 197), None, 'r', None, 'reg', None, ('ib',), None, None, 102),  # spec/sse.r1:2758
+    'PINSRW_XMM_R32_IMM8': ((15, 196), None, 'r', None, 'reg', None, ('ib',), None, None, 102),  # spec/sse.r1:2768
+    'PINSRW_XMM_M16_IMM8': ((15, 196), None, 'r', None, 'mem', None, ('ib',), None, None, 102),  # spec/sse.r1:2778
+    'PMOVMSKB_R32_XMM': ((15, 215), None, 'r', None, 'reg', None, (), None, None, 102),  # spec/sse.r1:2788
     'MOVSB': ((164,), None, None, None, None, None, (), None, None, None),  # spec/string.r1:20
     'MOVSv': ((165,), None, None, None, None, None, (), None, None, None),  # spec/string.r1:36
     'CMPSB': ((166,), None, None, None, None, None, (), None, None, None),  # spec/string.r1:56
@@ -3411,29 +3411,29 @@ ENCODINGS = {
     'FSCALE': ((217,), None, '7', 253, 'reg', 5, (), None, None, None),  # spec/x87.r1:1604
     'FSIN': ((217,), None, '7', 254, 'reg', 6, (), None, None, None),  # spec/x87.r1:1614
     'FCOS': ((217,), None, '7', 255, 'reg', 7, (), None, None, None),  # spec/x87.r1:1625
-    'FNOP': ((217,), None, '2', 208, 'reg', 0, (), None, None, None),  # spec/x87.r1:1638
-    'FFREE_STi': ((221,), None, '0', None, 'reg', None, (), None, None, None),  # spec/x87.r1:1648
-    'FNINIT': ((219,), None, '4', 227, 'reg', 3, (), None, None, None),  # spec/x87.r1:1659
-    'FNCLEX': ((219,), None, '4', 226, 'reg', 2, (), None, None, None),  # spec/x87.r1:1668
-    'FLDCW_M16': ((217,), None, '5', None, 'mem', None, (), None, None, None),  # spec/x87.r1:1677
-    'FNSTCW_M16': ((217,), None, '7', None, 'mem', None, (), None, None, None),  # spec/x87.r1:1687
-    'FNSTSW_M16': ((221,), None, '7', None, 'mem', None, (), None, None, None),  # spec/x87.r1:1697
-    'FNSTSW_AX': ((223,), None, '4', 224, 'reg', 0, (), None, None, None),  # spec/x87.r1:1707
-    'FLDENV_MENV': ((217,), None, '4', None, 'mem', None, (), None, None, None),  # spec/x87.r1:1716
-    'FNSTENV_MENV': ((217,), None, '6', None, 'mem', None, (), None, None, None),  # spec/x87.r1:1726
-    'FRSTOR_MSTATE': ((221,), None, '4', None, 'mem', None, (), None, None, None),  # spec/x87.r1:1736
-    'FNSAVE_MSTATE': ((221,), None, '6', None, 'mem', None, (), None, None, None),  # spec/x87.r1:1746
-    'FWAIT': ((155,), None, None, None, None, None, (), None, None, None),  # spec/x87.r1:1756
-    'FFREEP_STi': ((223,), None, '0', None, 'reg', None, (), None, None, None),  # spec/x87.r1:1767
-    'FSTPNCE_STi': ((217,), None, '3', None, 'reg', None, (), None, None, None),  # spec/x87.r1:1778
-    'FCOM_STi_DCD0': ((220,), None, '2', None, 'reg', None, (), None, None, None),  # spec/x87.r1:1789
-    'FCOMP_STi_DCD8': ((220,), None, '3', None, 'reg', None, (), None, None, None),  # spec/x87.r1:1801
-    'FCOMP_STi_DED0': ((222,), None, '2', None, 'reg', None, (), None, None, None),  # spec/x87.r1:1813
-    'FXCH_STi_DDC8': ((221,), None, '1', None, 'reg', None, (), None, None, None),  # spec/x87.r1:1825
-    'FXCH_STi_DFC8': ((223,), None, '1', None, 'reg', None, (), None, None, None),  # spec/x87.r1:1837
-    'FSTP_STi_DFD0': ((223,), None, '2', None, 'reg', None, (), None, None, None),  # spec/x87.r1:1849
-    'FSTP_STi_DFD8': ((223,), None, '3', None, 'reg', None, (), None, None, None),  # spec/x87.r1:1861
-    'FNENI': ((219,), None, '4', 224, 'reg', 0, (), None, None, None),  # spec/x87.r1:1873
-    'FNDISI': ((219,), None, '4', 225, 'reg', 1, (), None, None, None),  # spec/x87.r1:1884
-    'FNSETPM': ((219,), None, '4', 228, 'reg', 4, (), None, None, None),  # spec/x87.r1:1895
+    'FNOP': ((217,), None, '2', 208, 'reg', 0, (), None, None, None),  # spec/x87.r1:1777
+    'FFREE_STi': ((221,), None, '0', None, 'reg', None, (), None, None, None),  # spec/x87.r1:1787
+    'FNINIT': ((219,), None, '4', 227, 'reg', 3, (), None, None, None),  # spec/x87.r1:1798
+    'FNCLEX': ((219,), None, '4', 226, 'reg', 2, (), None, None, None),  # spec/x87.r1:1808
+    'FLDCW_M16': ((217,), None, '5', None, 'mem', None, (), None, None, None),  # spec/x87.r1:1818
+    'FNSTCW_M16': ((217,), None, '7', None, 'mem', None, (), None, None, None),  # spec/x87.r1:1829
+    'FNSTSW_M16': ((221,), None, '7', None, 'mem', None, (), None, None, None),  # spec/x87.r1:1840
+    'FNSTSW_AX': ((223,), None, '4', 224, 'reg', 0, (), None, None, None),  # spec/x87.r1:1851
+    'FLDENV_MENV': ((217,), None, '4', None, 'mem', None, (), None, None, None),  # spec/x87.r1:1861
+    'FNSTENV_MENV': ((217,), None, '6', None, 'mem', None, (), None, None, None),  # spec/x87.r1:1872
+    'FRSTOR_MSTATE': ((221,), None, '4', None, 'mem', None, (), None, None, None),  # spec/x87.r1:1888
+    'FNSAVE_MSTATE': ((221,), None, '6', None, 'mem', None, (), None, None, None),  # spec/x87.r1:1908
+    'FWAIT': ((155,), None, None, None, None, None, (), None, None, None),  # spec/x87.r1:1930
+    'FFREEP_STi': ((223,), None, '0', None, 'reg', None, (), None, None, None),  # spec/x87.r1:1948
+    'FSTPNCE_STi': ((217,), None, '3', None, 'reg', None, (), None, None, None),  # spec/x87.r1:1959
+    'FCOM_STi_DCD0': ((220,), None, '2', None, 'reg', None, (), None, None, None),  # spec/x87.r1:1970
+    'FCOMP_STi_DCD8': ((220,), None, '3', None, 'reg', None, (), None, None, None),  # spec/x87.r1:1982
+    'FCOMP_STi_DED0': ((222,), None, '2', None, 'reg', None, (), None, None, None),  # spec/x87.r1:1994
+    'FXCH_STi_DDC8': ((221,), None, '1', None, 'reg', None, (), None, None, None),  # spec/x87.r1:2006
+    'FXCH_STi_DFC8': ((223,), None, '1', None, 'reg', None, (), None, None, None),  # spec/x87.r1:2018
+    'FSTP_STi_DFD0': ((223,), None, '2', None, 'reg', None, (), None, None, None),  # spec/x87.r1:2030
+    'FSTP_STi_DFD8': ((223,), None, '3', None, 'reg', None, (), None, None, None),  # spec/x87.r1:2042
+    'FNENI': ((219,), None, '4', 224, 'reg', 0, (), None, None, None),  # spec/x87.r1:2054
+    'FNDISI': ((219,), None, '4', 225, 'reg', 1, (), None, None, None),  # spec/x87.r1:2065
+    'FNSETPM': ((219,), None, '4', 228, 'reg', 4, (), None, None, None),  # spec/x87.r1:2076
 }

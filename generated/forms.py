@@ -8412,7 +8412,7 @@ FORMS = {
     'MOVAPS_XMM_XMMRM': FormInfo(
         name='MOVAPS_XMM_XMMRM',
         mnemonics={None: 'movaps'},
-        source='spec/sse.r1:93',
+        source='spec/sse.r1:108',
         encoding='0F 28 /r',
         operands=(('dst', 'xmm', 'w'), ('src', 'xmmrm', 'r')),
         width='v',
@@ -8436,7 +8436,7 @@ FORMS = {
     'MOVAPS_XMMRM_XMM': FormInfo(
         name='MOVAPS_XMMRM_XMM',
         mnemonics={None: 'movaps'},
-        source='spec/sse.r1:103',
+        source='spec/sse.r1:118',
         encoding='0F 29 /r',
         operands=(('dst', 'xmmrm', 'w'), ('src', 'xmm', 'r')),
         width='v',
@@ -8460,7 +8460,7 @@ FORMS = {
     'MOVUPS_XMM_XMMRM': FormInfo(
         name='MOVUPS_XMM_XMMRM',
         mnemonics={None: 'movups'},
-        source='spec/sse.r1:113',
+        source='spec/sse.r1:128',
         encoding='0F 10 /r',
         operands=(('dst', 'xmm', 'w'), ('src', 'xmmrm', 'r')),
         width='v',
@@ -8484,7 +8484,7 @@ FORMS = {
     'MOVUPS_XMMRM_XMM': FormInfo(
         name='MOVUPS_XMMRM_XMM',
         mnemonics={None: 'movups'},
-        source='spec/sse.r1:123',
+        source='spec/sse.r1:138',
         encoding='0F 11 /r',
         operands=(('dst', 'xmmrm', 'w'), ('src', 'xmm', 'r')),
         width='v',
@@ -8508,7 +8508,7 @@ FORMS = {
     'MOVSS_XMM_XMM': FormInfo(
         name='MOVSS_XMM_XMM',
         mnemonics={None: 'movss'},
-        source='spec/sse.r1:133',
+        source='spec/sse.r1:148',
         encoding='F3 0F 10 /r reg',
         operands=(('dst', 'xmm', 'rw'), ('src', 'xmmrm', 'r')),
         width='v',
@@ -8532,7 +8532,7 @@ FORMS = {
     'MOVSS_XMM_M32': FormInfo(
         name='MOVSS_XMM_M32',
         mnemonics={None: 'movss'},
-        source='spec/sse.r1:143',
+        source='spec/sse.r1:158',
         encoding='F3 0F 10 /r mem',
         operands=(('dst', 'xmm', 'w'), ('src', 'm32', 'r')),
         width=32,
@@ -8556,7 +8556,7 @@ FORMS = {
     'MOVSS_XMM_XMM_0F11': FormInfo(
         name='MOVSS_XMM_XMM_0F11',
         mnemonics={None: 'movss'},
-        source='spec/sse.r1:153',
+        source='spec/sse.r1:168',
         encoding='F3 0F 11 /r reg',
         operands=(('dst', 'xmmrm', 'rw'), ('src', 'xmm', 'r')),
         width='v',
@@ -8580,7 +8580,7 @@ FORMS = {
     'MOVSS_M32_XMM': FormInfo(
         name='MOVSS_M32_XMM',
         mnemonics={None: 'movss'},
-        source='spec/sse.r1:163',
+        source='spec/sse.r1:178',
         encoding='F3 0F 11 /r mem',
         operands=(('dst', 'm32', 'w'), ('src', 'xmm', 'r')),
         width=32,
@@ -8604,7 +8604,7 @@ FORMS = {
     'MOVLPS_XMM_M64': FormInfo(
         name='MOVLPS_XMM_M64',
         mnemonics={None: 'movlps'},
-        source='spec/sse.r1:173',
+        source='spec/sse.r1:188',
         encoding='0F 12 /r mem',
         operands=(('dst', 'xmm', 'rw'), ('src', 'm64', 'r')),
         width='v',
@@ -8628,7 +8628,7 @@ FORMS = {
     'MOVHLPS_XMM_XMM': FormInfo(
         name='MOVHLPS_XMM_XMM',
         mnemonics={None: 'movhlps'},
-        source='spec/sse.r1:183',
+        source='spec/sse.r1:198',
         encoding='0F 12 /r reg',
         operands=(('dst', 'xmm', 'rw'), ('src', 'xmmrm', 'r')),
         width='v',
@@ -8652,7 +8652,7 @@ FORMS = {
     'MOVLPS_M64_XMM': FormInfo(
         name='MOVLPS_M64_XMM',
         mnemonics={None: 'movlps'},
-        source='spec/sse.r1:193',
+        source='spec/sse.r1:208',
         encoding='0F 13 /r mem',
         operands=(('dst', 'm64', 'w'), ('src', 'xmm', 'r')),
         width='v',
@@ -8676,7 +8676,7 @@ FORMS = {
     'MOVHPS_XMM_M64': FormInfo(
         name='MOVHPS_XMM_M64',
         mnemonics={None: 'movhps'},
-        source='spec/sse.r1:203',
+        source='spec/sse.r1:218',
         encoding='0F 16 /r mem',
         operands=(('dst', 'xmm', 'rw'), ('src', 'm64', 'r')),
         width='v',
@@ -8700,7 +8700,7 @@ FORMS = {
     'MOVLHPS_XMM_XMM': FormInfo(
         name='MOVLHPS_XMM_XMM',
         mnemonics={None: 'movlhps'},
-        source='spec/sse.r1:213',
+        source='spec/sse.r1:228',
         encoding='0F 16 /r reg',
         operands=(('dst', 'xmm', 'rw'), ('src', 'xmmrm', 'r')),
         width='v',
@@ -8724,7 +8724,7 @@ FORMS = {
     'MOVHPS_M64_XMM': FormInfo(
         name='MOVHPS_M64_XMM',
         mnemonics={None: 'movhps'},
-        source='spec/sse.r1:223',
+        source='spec/sse.r1:238',
         encoding='0F 17 /r mem',
         operands=(('dst', 'm64', 'w'), ('src', 'xmm', 'r')),
         width='v',
@@ -8748,7 +8748,7 @@ FORMS = {
     'MOVMSKPS_R32_XMM': FormInfo(
         name='MOVMSKPS_R32_XMM',
         mnemonics={None: 'movmskps'},
-        source='spec/sse.r1:233',
+        source='spec/sse.r1:248',
         encoding='0F 50 /r reg',
         operands=(('dst', 'r32', 'w'), ('src', 'xmmrm', 'r')),
         width=32,
@@ -8772,7 +8772,7 @@ FORMS = {
     'ADDPS_XMM_XMMRM': FormInfo(
         name='ADDPS_XMM_XMMRM',
         mnemonics={None: 'addps'},
-        source='spec/sse.r1:245',
+        source='spec/sse.r1:260',
         encoding='0F 58 /r',
         operands=(('dst', 'xmm', 'rw'), ('src', 'xmmrm', 'r')),
         width='v',
@@ -8796,7 +8796,7 @@ FORMS = {
     'ADDSS_XMM_XMM': FormInfo(
         name='ADDSS_XMM_XMM',
         mnemonics={None: 'addss'},
-        source='spec/sse.r1:255',
+        source='spec/sse.r1:270',
         encoding='F3 0F 58 /r reg',
         operands=(('dst', 'xmm', 'rw'), ('src', 'xmmrm', 'r')),
         width='v',
@@ -8820,7 +8820,7 @@ FORMS = {
     'ADDSS_XMM_M32': FormInfo(
         name='ADDSS_XMM_M32',
         mnemonics={None: 'addss'},
-        source='spec/sse.r1:265',
+        source='spec/sse.r1:280',
         encoding='F3 0F 58 /r mem',
         operands=(('dst', 'xmm', 'rw'), ('src', 'm32', 'r')),
         width=32,
@@ -8844,7 +8844,7 @@ FORMS = {
     'SUBPS_XMM_XMMRM': FormInfo(
         name='SUBPS_XMM_XMMRM',
         mnemonics={None: 'subps'},
-        source='spec/sse.r1:275',
+        source='spec/sse.r1:290',
         encoding='0F 5C /r',
         operands=(('dst', 'xmm', 'rw'), ('src', 'xmmrm', 'r')),
         width='v',
@@ -8868,7 +8868,7 @@ FORMS = {
     'SUBSS_XMM_XMM': FormInfo(
         name='SUBSS_XMM_XMM',
         mnemonics={None: 'subss'},
-        source='spec/sse.r1:285',
+        source='spec/sse.r1:300',
         encoding='F3 0F 5C /r reg',
         operands=(('dst', 'xmm', 'rw'), ('src', 'xmmrm', 'r')),
         width='v',
@@ -8892,7 +8892,7 @@ FORMS = {
     'SUBSS_XMM_M32': FormInfo(
         name='SUBSS_XMM_M32',
         mnemonics={None: 'subss'},
-        source='spec/sse.r1:295',
+        source='spec/sse.r1:310',
         encoding='F3 0F 5C /r mem',
         operands=(('dst', 'xmm', 'rw'), ('src', 'm32', 'r')),
         width=32,
@@ -8916,7 +8916,7 @@ FORMS = {
     'MULPS_XMM_XMMRM': FormInfo(
         name='MULPS_XMM_XMMRM',
         mnemonics={None: 'mulps'},
-        source='spec/sse.r1:305',
+        source='spec/sse.r1:320',
         encoding='0F 59 /r',
         operands=(('dst', 'xmm', 'rw'), ('src', 'xmmrm', 'r')),
         width='v',
@@ -8940,7 +8940,7 @@ FORMS = {
     'MULSS_XMM_XMM': FormInfo(
         name='MULSS_XMM_XMM',
         mnemonics={None: 'mulss'},
-        source='spec/sse.r1:315',
+        source='spec/sse.r1:330',
         encoding='F3 0F 59 /r reg',
         operands=(('dst', 'xmm', 'rw'), ('src', 'xmmrm', 'r')),
         width='v',
@@ -8964,7 +8964,7 @@ FORMS = {
     'MULSS_XMM_M32': FormInfo(
         name='MULSS_XMM_M32',
         mnemonics={None: 'mulss'},
-        source='spec/sse.r1:325',
+        source='spec/sse.r1:340',
         encoding='F3 0F 59 /r mem',
         operands=(('dst', 'xmm', 'rw'), ('src', 'm32', 'r')),
         width=32,
@@ -8988,7 +8988,7 @@ FORMS = {
     'DIVPS_XMM_XMMRM': FormInfo(
         name='DIVPS_XMM_XMMRM',
         mnemonics={None: 'divps'},
-        source='spec/sse.r1:335',
+        source='spec/sse.r1:350',
         encoding='0F 5E /r',
         operands=(('dst', 'xmm', 'rw'), ('src', 'xmmrm', 'r')),
         width='v',
@@ -9012,7 +9012,7 @@ FORMS = {
     'DIVSS_XMM_XMM': FormInfo(
         name='DIVSS_XMM_XMM',
         mnemonics={None: 'divss'},
-        source='spec/sse.r1:345',
+        source='spec/sse.r1:360',
         encoding='F3 0F 5E /r reg',
         operands=(('dst', 'xmm', 'rw'), ('src', 'xmmrm', 'r')),
         width='v',
@@ -9036,7 +9036,7 @@ FORMS = {
     'DIVSS_XMM_M32': FormInfo(
         name='DIVSS_XMM_M32',
         mnemonics={None: 'divss'},
-        source='spec/sse.r1:355',
+        source='spec/sse.r1:370',
         encoding='F3 0F 5E /r mem',
         operands=(('dst', 'xmm', 'rw'), ('src', 'm32', 'r')),
         width=32,
@@ -9060,7 +9060,7 @@ FORMS = {
     'MINPS_XMM_XMMRM': FormInfo(
         name='MINPS_XMM_XMMRM',
         mnemonics={None: 'minps'},
-        source='spec/sse.r1:365',
+        source='spec/sse.r1:380',
         encoding='0F 5D /r',
         operands=(('dst', 'xmm', 'rw'), ('src', 'xmmrm', 'r')),
         width='v',
@@ -9084,7 +9084,7 @@ FORMS = {
     'MINSS_XMM_XMM': FormInfo(
         name='MINSS_XMM_XMM',
         mnemonics={None: 'minss'},
-        source='spec/sse.r1:375',
+        source='spec/sse.r1:390',
         encoding='F3 0F 5D /r reg',
         operands=(('dst', 'xmm', 'rw'), ('src', 'xmmrm', 'r')),
         width='v',
@@ -9108,7 +9108,7 @@ FORMS = {
     'MINSS_XMM_M32': FormInfo(
         name='MINSS_XMM_M32',
         mnemonics={None: 'minss'},
-        source='spec/sse.r1:385',
+        source='spec/sse.r1:400',
         encoding='F3 0F 5D /r mem',
         operands=(('dst', 'xmm', 'rw'), ('src', 'm32', 'r')),
         width=32,
@@ -9132,7 +9132,7 @@ FORMS = {
     'MAXPS_XMM_XMMRM': FormInfo(
         name='MAXPS_XMM_XMMRM',
         mnemonics={None: 'maxps'},
-        source='spec/sse.r1:395',
+        source='spec/sse.r1:410',
         encoding='0F 5F /r',
         operands=(('dst', 'xmm', 'rw'), ('src', 'xmmrm', 'r')),
         width='v',
@@ -9156,7 +9156,7 @@ FORMS = {
     'MAXSS_XMM_XMM': FormInfo(
         name='MAXSS_XMM_XMM',
         mnemonics={None: 'maxss'},
-        source='spec/sse.r1:405',
+        source='spec/sse.r1:420',
         encoding='F3 0F 5F /r reg',
         operands=(('dst', 'xmm', 'rw'), ('src', 'xmmrm', 'r')),
         width='v',
@@ -9180,7 +9180,7 @@ FORMS = {
     'MAXSS_XMM_M32': FormInfo(
         name='MAXSS_XMM_M32',
         mnemonics={None: 'maxss'},
-        source='spec/sse.r1:415',
+        source='spec/sse.r1:430',
         encoding='F3 0F 5F /r mem',
         operands=(('dst', 'xmm', 'rw'), ('src', 'm32', 'r')),
         width=32,
@@ -9204,7 +9204,7 @@ FORMS = {
     'SQRTPS_XMM_XMMRM': FormInfo(
         name='SQRTPS_XMM_XMMRM',
         mnemonics={None: 'sqrtps'},
-        source='spec/sse.r1:425',
+        source='spec/sse.r1:440',
         encoding='0F 51 /r',
         operands=(('dst', 'xmm', 'w'), ('src', 'xmmrm', 'r')),
         width='v',
@@ -9228,7 +9228,7 @@ FORMS = {
     'SQRTSS_XMM_XMM': FormInfo(
         name='SQRTSS_XMM_XMM',
         mnemonics={None: 'sqrtss'},
-        source='spec/sse.r1:435',
+        source='spec/sse.r1:450',
         encoding='F3 0F 51 /r reg',
         operands=(('dst', 'xmm', 'rw'), ('src', 'xmmrm', 'r')),
         width='v',
@@ -9252,7 +9252,7 @@ FORMS = {
     'SQRTSS_XMM_M32': FormInfo(
         name='SQRTSS_XMM_M32',
         mnemonics={None: 'sqrtss'},
-        source='spec/sse.r1:445',
+        source='spec/sse.r1:460',
         encoding='F3 0F 51 /r mem',
         operands=(('dst', 'xmm', 'rw'), ('src', 'm32', 'r')),
         width=32,
@@ -9276,7 +9276,7 @@ FORMS = {
     'RCPPS_XMM_XMMRM': FormInfo(
         name='RCPPS_XMM_XMMRM',
         mnemonics={None: 'rcpps'},
-        source='spec/sse.r1:455',
+        source='spec/sse.r1:470',
         encoding='0F 53 /r',
         operands=(('dst', 'xmm', 'w'), ('src', 'xmmrm', 'r')),
         width='v',
@@ -9300,7 +9300,7 @@ FORMS = {
     'RCPSS_XMM_XMM': FormInfo(
         name='RCPSS_XMM_XMM',
         mnemonics={None: 'rcpss'},
-        source='spec/sse.r1:465',
+        source='spec/sse.r1:480',
         encoding='F3 0F 53 /r reg',
         operands=(('dst', 'xmm', 'rw'), ('src', 'xmmrm', 'r')),
         width='v',
@@ -9324,7 +9324,7 @@ FORMS = {
     'RCPSS_XMM_M32': FormInfo(
         name='RCPSS_XMM_M32',
         mnemonics={None: 'rcpss'},
-        source='spec/sse.r1:475',
+        source='spec/sse.r1:490',
         encoding='F3 0F 53 /r mem',
         operands=(('dst', 'xmm', 'rw'), ('src', 'm32', 'r')),
         width=32,
@@ -9348,7 +9348,7 @@ FORMS = {
     'RSQRTPS_XMM_XMMRM': FormInfo(
         name='RSQRTPS_XMM_XMMRM',
         mnemonics={None: 'rsqrtps'},
-        source='spec/sse.r1:485',
+        source='spec/sse.r1:500',
         encoding='0F 52 /r',
         operands=(('dst', 'xmm', 'w'), ('src', 'xmmrm', 'r')),
         width='v',
@@ -9372,7 +9372,7 @@ FORMS = {
     'RSQRTSS_XMM_XMM': FormInfo(
         name='RSQRTSS_XMM_XMM',
         mnemonics={None: 'rsqrtss'},
-        source='spec/sse.r1:495',
+        source='spec/sse.r1:510',
         encoding='F3 0F 52 /r reg',
         operands=(('dst', 'xmm', 'rw'), ('src', 'xmmrm', 'r')),
         width='v',
@@ -9396,7 +9396,7 @@ FORMS = {
     'RSQRTSS_XMM_M32': FormInfo(
         name='RSQRTSS_XMM_M32',
         mnemonics={None: 'rsqrtss'},
-        source='spec/sse.r1:505',
+        source='spec/sse.r1:520',
         encoding='F3 0F 52 /r mem',
         operands=(('dst', 'xmm', 'rw'), ('src', 'm32', 'r')),
         width=32,
@@ -9420,7 +9420,7 @@ FORMS = {
     'CMPPS_XMM_XMMRM_IMM8': FormInfo(
         name='CMPPS_XMM_XMMRM_IMM8',
         mnemonics={None: 'cmpps'},
-        source='spec/sse.r1:517',
+        source='spec/sse.r1:532',
         encoding='0F C2 /r ib',
         operands=(('dst', 'xmm', 'rw'), ('src', 'xmmrm', 'r'), ('imm', 'i8', 'r')),
         width=8,
@@ -9444,7 +9444,7 @@ FORMS = {
     'CMPSS_XMM_XMM_IMM8': FormInfo(
         name='CMPSS_XMM_XMM_IMM8',
         mnemonics={None: 'cmpss'},
-        source='spec/sse.r1:528',
+        source='spec/sse.r1:543',
         encoding='F3 0F C2 /r reg ib',
         operands=(('dst', 'xmm', 'rw'), ('src', 'xmmrm', 'r'), ('imm', 'i8', 'r')),
         width=8,
@@ -9468,7 +9468,7 @@ FORMS = {
     'CMPSS_XMM_M32_IMM8': FormInfo(
         name='CMPSS_XMM_M32_IMM8',
         mnemonics={None: 'cmpss'},
-        source='spec/sse.r1:539',
+        source='spec/sse.r1:554',
         encoding='F3 0F C2 /r mem ib',
         operands=(('dst', 'xmm', 'rw'), ('src', 'm32', 'r'), ('imm', 'i8', 'r')),
         width=32,
@@ -9492,7 +9492,7 @@ FORMS = {
     'COMISS_XMM_XMM': FormInfo(
         name='COMISS_XMM_XMM',
         mnemonics={None: 'comiss'},
-        source='spec/sse.r1:550',
+        source='spec/sse.r1:565',
         encoding='0F 2F /r reg',
         operands=(('a', 'xmm', 'r'), ('b', 'xmmrm', 'r')),
         width='v',
@@ -9516,7 +9516,7 @@ FORMS = {
     'COMISS_XMM_M32': FormInfo(
         name='COMISS_XMM_M32',
         mnemonics={None: 'comiss'},
-        source='spec/sse.r1:560',
+        source='spec/sse.r1:575',
         encoding='0F 2F /r mem',
         operands=(('a', 'xmm', 'r'), ('b', 'm32', 'r')),
         width=32,
@@ -9540,7 +9540,7 @@ FORMS = {
     'UCOMISS_XMM_XMM': FormInfo(
         name='UCOMISS_XMM_XMM',
         mnemonics={None: 'ucomiss'},
-        source='spec/sse.r1:570',
+        source='spec/sse.r1:585',
         encoding='0F 2E /r reg',
         operands=(('a', 'xmm', 'r'), ('b', 'xmmrm', 'r')),
         width='v',
@@ -9564,7 +9564,7 @@ FORMS = {
     'UCOMISS_XMM_M32': FormInfo(
         name='UCOMISS_XMM_M32',
         mnemonics={None: 'ucomiss'},
-        source='spec/sse.r1:580',
+        source='spec/sse.r1:595',
         encoding='0F 2E /r mem',
         operands=(('a', 'xmm', 'r'), ('b', 'm32', 'r')),
         width=32,
@@ -9588,7 +9588,7 @@ FORMS = {
     'ANDPS_XMM_XMMRM': FormInfo(
         name='ANDPS_XMM_XMMRM',
         mnemonics={None: 'andps'},
-        source='spec/sse.r1:592',
+        source='spec/sse.r1:607',
         encoding='0F 54 /r',
         operands=(('dst', 'xmm', 'rw'), ('src', 'xmmrm', 'r')),
         width='v',
@@ -9612,7 +9612,7 @@ FORMS = {
     'ANDNPS_XMM_XMMRM': FormInfo(
         name='ANDNPS_XMM_XMMRM',
         mnemonics={None: 'andnps'},
-        source='spec/sse.r1:602',
+        source='spec/sse.r1:617',
         encoding='0F 55 /r',
         operands=(('dst', 'xmm', 'rw'), ('src', 'xmmrm', 'r')),
         width='v',
@@ -9636,7 +9636,7 @@ FORMS = {
     'ORPS_XMM_XMMRM': FormInfo(
         name='ORPS_XMM_XMMRM',
         mnemonics={None: 'orps'},
-        source='spec/sse.r1:612',
+        source='spec/sse.r1:627',
         encoding='0F 56 /r',
         operands=(('dst', 'xmm', 'rw'), ('src', 'xmmrm', 'r')),
         width='v',
@@ -9660,7 +9660,7 @@ FORMS = {
     'XORPS_XMM_XMMRM': FormInfo(
         name='XORPS_XMM_XMMRM',
         mnemonics={None: 'xorps'},
-        source='spec/sse.r1:622',
+        source='spec/sse.r1:637',
         encoding='0F 57 /r',
         operands=(('dst', 'xmm', 'rw'), ('src', 'xmmrm', 'r')),
         width='v',
@@ -9684,7 +9684,7 @@ FORMS = {
     'SHUFPS_XMM_XMMRM_IMM8': FormInfo(
         name='SHUFPS_XMM_XMMRM_IMM8',
         mnemonics={None: 'shufps'},
-        source='spec/sse.r1:632',
+        source='spec/sse.r1:647',
         encoding='0F C6 /r ib',
         operands=(('dst', 'xmm', 'rw'), ('src', 'xmmrm', 'r'), ('imm', 'i8', 'r')),
         width=8,
@@ -9708,7 +9708,7 @@ FORMS = {
     'UNPCKLPS_XMM_XMMRM': FormInfo(
         name='UNPCKLPS_XMM_XMMRM',
         mnemonics={None: 'unpcklps'},
-        source='spec/sse.r1:642',
+        source='spec/sse.r1:657',
         encoding='0F 14 /r',
         operands=(('dst', 'xmm', 'rw'), ('src', 'xmmrm', 'r')),
         width='v',
@@ -9732,7 +9732,7 @@ FORMS = {
     'UNPCKHPS_XMM_XMMRM': FormInfo(
         name='UNPCKHPS_XMM_XMMRM',
         mnemonics={None: 'unpckhps'},
-        source='spec/sse.r1:652',
+        source='spec/sse.r1:667',
         encoding='0F 15 /r',
         operands=(('dst', 'xmm', 'rw'), ('src', 'xmmrm', 'r')),
         width='v',
@@ -9756,7 +9756,7 @@ FORMS = {
     'CVTPI2PS_XMM_MMRM': FormInfo(
         name='CVTPI2PS_XMM_MMRM',
         mnemonics={None: 'cvtpi2ps'},
-        source='spec/sse.r1:664',
+        source='spec/sse.r1:679',
         encoding='0F 2A /r',
         operands=(('dst', 'xmm', 'rw'), ('src', 'mmrm', 'r')),
         width='v',
@@ -9780,7 +9780,7 @@ FORMS = {
     'CVTPS2PI_MM_XMM': FormInfo(
         name='CVTPS2PI_MM_XMM',
         mnemonics={None: 'cvtps2pi'},
-        source='spec/sse.r1:674',
+        source='spec/sse.r1:689',
         encoding='0F 2D /r reg',
         operands=(('dst', 'mm', 'w'), ('src', 'xmmrm', 'r')),
         width='v',
@@ -9804,7 +9804,7 @@ FORMS = {
     'CVTPS2PI_MM_M64': FormInfo(
         name='CVTPS2PI_MM_M64',
         mnemonics={None: 'cvtps2pi'},
-        source='spec/sse.r1:684',
+        source='spec/sse.r1:699',
         encoding='0F 2D /r mem',
         operands=(('dst', 'mm', 'w'), ('src', 'm64', 'r')),
         width='v',
@@ -9828,7 +9828,7 @@ FORMS = {
     'CVTTPS2PI_MM_XMM': FormInfo(
         name='CVTTPS2PI_MM_XMM',
         mnemonics={None: 'cvttps2pi'},
-        source='spec/sse.r1:694',
+        source='spec/sse.r1:709',
         encoding='0F 2C /r reg',
         operands=(('dst', 'mm', 'w'), ('src', 'xmmrm', 'r')),
         width='v',
@@ -9852,7 +9852,7 @@ FORMS = {
     'CVTTPS2PI_MM_M64': FormInfo(
         name='CVTTPS2PI_MM_M64',
         mnemonics={None: 'cvttps2pi'},
-        source='spec/sse.r1:704',
+        source='spec/sse.r1:719',
         encoding='0F 2C /r mem',
         operands=(('dst', 'mm', 'w'), ('src', 'm64', 'r')),
         width='v',
@@ -9876,7 +9876,7 @@ FORMS = {
     'CVTSI2SS_XMM_RM32': FormInfo(
         name='CVTSI2SS_XMM_RM32',
         mnemonics={None: 'cvtsi2ss'},
-        source='spec/sse.r1:714',
+        source='spec/sse.r1:729',
         encoding='F3 0F 2A /r',
         operands=(('dst', 'xmm', 'rw'), ('src', 'rm32', 'r')),
         width=32,
@@ -9900,7 +9900,7 @@ FORMS = {
     'CVTSS2SI_R32_XMM': FormInfo(
         name='CVTSS2SI_R32_XMM',
         mnemonics={None: 'cvtss2si'},
-        source='spec/sse.r1:724',
+        source='spec/sse.r1:739',
         encoding='F3 0F 2D /r reg',
         operands=(('dst', 'r32', 'w'), ('src', 'xmmrm', 'r')),
         width=32,
@@ -9924,7 +9924,7 @@ FORMS = {
     'CVTSS2SI_R32_M32': FormInfo(
         name='CVTSS2SI_R32_M32',
         mnemonics={None: 'cvtss2si'},
-        source='spec/sse.r1:734',
+        source='spec/sse.r1:749',
         encoding='F3 0F 2D /r mem',
         operands=(('dst', 'r32', 'w'), ('src', 'm32', 'r')),
         width=32,
@@ -9948,7 +9948,7 @@ FORMS = {
     'CVTTSS2SI_R32_XMM': FormInfo(
         name='CVTTSS2SI_R32_XMM',
         mnemonics={None: 'cvttss2si'},
-        source='spec/sse.r1:744',
+        source='spec/sse.r1:759',
         encoding='F3 0F 2C /r reg',
         operands=(('dst', 'r32', 'w'), ('src', 'xmmrm', 'r')),
         width=32,
@@ -9972,7 +9972,7 @@ FORMS = {
     'CVTTSS2SI_R32_M32': FormInfo(
         name='CVTTSS2SI_R32_M32',
         mnemonics={None: 'cvttss2si'},
-        source='spec/sse.r1:754',
+        source='spec/sse.r1:769',
         encoding='F3 0F 2C /r mem',
         operands=(('dst', 'r32', 'w'), ('src', 'm32', 'r')),
         width=32,
@@ -9996,7 +9996,7 @@ FORMS = {
     'LDMXCSR_M32': FormInfo(
         name='LDMXCSR_M32',
         mnemonics={None: 'ldmxcsr'},
-        source='spec/sse.r1:766',
+        source='spec/sse.r1:781',
         encoding='0F AE /2 mem',
         operands=(('src', 'm32', 'r'),),
         width=32,
@@ -10020,7 +10020,7 @@ FORMS = {
     'STMXCSR_M32': FormInfo(
         name='STMXCSR_M32',
         mnemonics={None: 'stmxcsr'},
-        source='spec/sse.r1:776',
+        source='spec/sse.r1:791',
         encoding='0F AE /3 mem',
         operands=(('dst', 'm32', 'w'),),
         width=32,
@@ -10044,7 +10044,7 @@ FORMS = {
     'FXSAVE_M512': FormInfo(
         name='FXSAVE_M512',
         mnemonics={None: 'fxsave'},
-        source='spec/sse.r1:786',
+        source='spec/sse.r1:801',
         encoding='0F AE /0 mem',
         operands=(('dst', 'm4096', 'w'),),
         width='v',
@@ -10058,17 +10058,17 @@ FORMS = {
         writes=(),
         rule='callout',
         rule_arg=None,
-        semantics=False,
+        semantics=True,
         ends_block=True,
         xchecks=(),
         soft_interrupt=None,
-        simd_state=False,
+        simd_state=True,
         interrupt_shadow=False,
     ),
     'FXRSTOR_M512': FormInfo(
         name='FXRSTOR_M512',
         mnemonics={None: 'fxrstor'},
-        source='spec/sse.r1:796',
+        source='spec/sse.r1:841',
         encoding='0F AE /1 mem',
         operands=(('src', 'm4096', 'r'),),
         width='v',
@@ -10082,17 +10082,17 @@ FORMS = {
         writes=(),
         rule='ident',
         rule_arg=None,
-        semantics=False,
+        semantics=True,
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
-        simd_state=False,
+        simd_state=True,
         interrupt_shadow=False,
     ),
     'PREFETCHNTA_M8': FormInfo(
         name='PREFETCHNTA_M8',
         mnemonics={None: 'prefetchnta'},
-        source='spec/sse.r1:808',
+        source='spec/sse.r1:881',
         encoding='0F 18 /0 mem',
         operands=(('src', 'm', '-'),),
         width='v',
@@ -10116,7 +10116,7 @@ FORMS = {
     'PREFETCHT0_M8': FormInfo(
         name='PREFETCHT0_M8',
         mnemonics={None: 'prefetcht0'},
-        source='spec/sse.r1:818',
+        source='spec/sse.r1:891',
         encoding='0F 18 /1 mem',
         operands=(('src', 'm', '-'),),
         width='v',
@@ -10140,7 +10140,7 @@ FORMS = {
     'PREFETCHT1_M8': FormInfo(
         name='PREFETCHT1_M8',
         mnemonics={None: 'prefetcht1'},
-        source='spec/sse.r1:828',
+        source='spec/sse.r1:901',
         encoding='0F 18 /2 mem',
         operands=(('src', 'm', '-'),),
         width='v',
@@ -10164,7 +10164,7 @@ FORMS = {
     'PREFETCHT2_M8': FormInfo(
         name='PREFETCHT2_M8',
         mnemonics={None: 'prefetcht2'},
-        source='spec/sse.r1:838',
+        source='spec/sse.r1:911',
         encoding='0F 18 /3 mem',
         operands=(('src', 'm', '-'),),
         width='v',
@@ -10188,7 +10188,7 @@ FORMS = {
     'SFENCE': FormInfo(
         name='SFENCE',
         mnemonics={None: 'sfence'},
-        source='spec/sse.r1:848',
+        source='spec/sse.r1:921',
         encoding='0F AE /7 reg',
         operands=(),
         width='v',
@@ -10212,7 +10212,7 @@ FORMS = {
     'MOVNTQ_M64_MM': FormInfo(
         name='MOVNTQ_M64_MM',
         mnemonics={None: 'movntq'},
-        source='spec/sse.r1:858',
+        source='spec/sse.r1:931',
         encoding='0F E7 /r mem',
         operands=(('dst', 'm64', 'w'), ('src', 'mm', 'r')),
         width='v',
@@ -10236,7 +10236,7 @@ FORMS = {
     'MOVNTPS_M128_XMM': FormInfo(
         name='MOVNTPS_M128_XMM',
         mnemonics={None: 'movntps'},
-        source='spec/sse.r1:868',
+        source='spec/sse.r1:941',
         encoding='0F 2B /r mem',
         operands=(('dst', 'm128', 'w'), ('src', 'xmm', 'r')),
         width='v',
@@ -10260,7 +10260,7 @@ FORMS = {
     'MASKMOVQ_MM_MM': FormInfo(
         name='MASKMOVQ_MM_MM',
         mnemonics={None: 'maskmovq'},
-        source='spec/sse.r1:878',
+        source='spec/sse.r1:951',
         encoding='0F F7 /r reg',
         operands=(('src', 'mm', 'r'), ('mask', 'mmrm', 'r')),
         width='v',
@@ -10284,7 +10284,7 @@ FORMS = {
     'PAVGB_MM_MMRM': FormInfo(
         name='PAVGB_MM_MMRM',
         mnemonics={None: 'pavgb'},
-        source='spec/sse.r1:890',
+        source='spec/sse.r1:963',
         encoding='0F E0 /r',
         operands=(('dst', 'mm', 'rw'), ('src', 'mmrm', 'r')),
         width='v',
@@ -10308,7 +10308,7 @@ FORMS = {
     'PAVGW_MM_MMRM': FormInfo(
         name='PAVGW_MM_MMRM',
         mnemonics={None: 'pavgw'},
-        source='spec/sse.r1:900',
+        source='spec/sse.r1:973',
         encoding='0F E3 /r',
         operands=(('dst', 'mm', 'rw'), ('src', 'mmrm', 'r')),
         width='v',
@@ -10332,7 +10332,7 @@ FORMS = {
     'PMAXSW_MM_MMRM': FormInfo(
         name='PMAXSW_MM_MMRM',
         mnemonics={None: 'pmaxsw'},
-        source='spec/sse.r1:910',
+        source='spec/sse.r1:983',
         encoding='0F EE /r',
         operands=(('dst', 'mm', 'rw'), ('src', 'mmrm', 'r')),
         width='v',
@@ -10356,7 +10356,7 @@ FORMS = {
     'PMAXUB_MM_MMRM': FormInfo(
         name='PMAXUB_MM_MMRM',
         mnemonics={None: 'pmaxub'},
-        source='spec/sse.r1:920',
+        source='spec/sse.r1:993',
         encoding='0F DE /r',
         operands=(('dst', 'mm', 'rw'), ('src', 'mmrm', 'r')),
         width='v',
@@ -10380,7 +10380,7 @@ FORMS = {
     'PMINSW_MM_MMRM': FormInfo(
         name='PMINSW_MM_MMRM',
         mnemonics={None: 'pminsw'},
-        source='spec/sse.r1:930',
+        source='spec/sse.r1:1003',
         encoding='0F EA /r',
         operands=(('dst', 'mm', 'rw'), ('src', 'mmrm', 'r')),
         width='v',
@@ -10404,7 +10404,7 @@ FORMS = {
     'PMINUB_MM_MMRM': FormInfo(
         name='PMINUB_MM_MMRM',
         mnemonics={None: 'pminub'},
-        source='spec/sse.r1:940',
+        source='spec/sse.r1:1013',
         encoding='0F DA /r',
         operands=(('dst', 'mm', 'rw'), ('src', 'mmrm', 'r')),
         width='v',
@@ -10428,7 +10428,7 @@ FORMS = {
     'PMULHUW_MM_MMRM': FormInfo(
         name='PMULHUW_MM_MMRM',
         mnemonics={None: 'pmulhuw'},
-        source='spec/sse.r1:950',
+        source='spec/sse.r1:1023',
         encoding='0F E4 /r',
         operands=(('dst', 'mm', 'rw'), ('src', 'mmrm', 'r')),
         width='v',
@@ -10452,7 +10452,7 @@ FORMS = {
     'PSADBW_MM_MMRM': FormInfo(
         name='PSADBW_MM_MMRM',
         mnemonics={None: 'psadbw'},
-        source='spec/sse.r1:960',
+        source='spec/sse.r1:1033',
         encoding='0F F6 /r',
         operands=(('dst', 'mm', 'rw'), ('src', 'mmrm', 'r')),
         width='v',
@@ -10476,7 +10476,7 @@ FORMS = {
     'PSHUFW_MM_MMRM_IMM8': FormInfo(
         name='PSHUFW_MM_MMRM_IMM8',
         mnemonics={None: 'pshufw'},
-        source='spec/sse.r1:970',
+        source='spec/sse.r1:1043',
         encoding='0F 70 /r ib',
         operands=(('dst', 'mm', 'w'), ('src', 'mmrm', 'r'), ('imm', 'i8', 'r')),
         width=8,
@@ -10500,7 +10500,7 @@ FORMS = {
     'PEXTRW_R32_MM_IMM8': FormInfo(
         name='PEXTRW_R32_MM_IMM8',
         mnemonics={None: 'pextrw'},
-        source='spec/sse.r1:980',
+        source='spec/sse.r1:1053',
         encoding='0F C5 /r reg ib',
         operands=(('dst', 'r32', 'w'), ('src', 'mmrm', 'r'), ('imm', 'i8', 'r')),
         width=32,
@@ -10524,7 +10524,7 @@ FORMS = {
     'PINSRW_MM_R32_IMM8': FormInfo(
         name='PINSRW_MM_R32_IMM8',
         mnemonics={None: 'pinsrw'},
-        source='spec/sse.r1:990',
+        source='spec/sse.r1:1063',
         encoding='0F C4 /r reg ib',
         operands=(('dst', 'mm', 'rw'), ('src', 'r32rm', 'r'), ('imm', 'i8', 'r')),
         width=32,
@@ -10548,7 +10548,7 @@ FORMS = {
     'PINSRW_MM_M16_IMM8': FormInfo(
         name='PINSRW_MM_M16_IMM8',
         mnemonics={None: 'pinsrw'},
-        source='spec/sse.r1:1000',
+        source='spec/sse.r1:1073',
         encoding='0F C4 /r mem ib',
         operands=(('dst', 'mm', 'rw'), ('src', 'm16', 'r'), ('imm', 'i8', 'r')),
         width=16,
@@ -10572,7 +10572,7 @@ FORMS = {
     'PMOVMSKB_R32_MM': FormInfo(
         name='PMOVMSKB_R32_MM',
         mnemonics={None: 'pmovmskb'},
-        source='spec/sse.r1:1010',
+        source='spec/sse.r1:1083',
         encoding='0F D7 /r reg',
         operands=(('dst', 'r32', 'w'), ('src', 'mmrm', 'r')),
         width=32,
@@ -10596,7 +10596,7 @@ FORMS = {
     'MOVAPD_XMM_XMMRM': FormInfo(
         name='MOVAPD_XMM_XMMRM',
         mnemonics={None: 'movapd'},
-        source='spec/sse.r1:1022',
+        source='spec/sse.r1:1095',
         encoding='66 0F 28 /r',
         operands=(('dst', 'xmm', 'w'), ('src', 'xmmrm', 'r')),
         width='v',
@@ -10620,7 +10620,7 @@ FORMS = {
     'MOVAPD_XMMRM_XMM': FormInfo(
         name='MOVAPD_XMMRM_XMM',
         mnemonics={None: 'movapd'},
-        source='spec/sse.r1:1032',
+        source='spec/sse.r1:1105',
         encoding='66 0F 29 /r',
         operands=(('dst', 'xmmrm', 'w'), ('src', 'xmm', 'r')),
         width='v',
@@ -10644,7 +10644,7 @@ FORMS = {
     'MOVUPD_XMM_XMMRM': FormInfo(
         name='MOVUPD_XMM_XMMRM',
         mnemonics={None: 'movupd'},
-        source='spec/sse.r1:1042',
+        source='spec/sse.r1:1115',
         encoding='66 0F 10 /r',
         operands=(('dst', 'xmm', 'w'), ('src', 'xmmrm', 'r')),
         width='v',
@@ -10668,7 +10668,7 @@ FORMS = {
     'MOVUPD_XMMRM_XMM': FormInfo(
         name='MOVUPD_XMMRM_XMM',
         mnemonics={None: 'movupd'},
-        source='spec/sse.r1:1052',
+        source='spec/sse.r1:1125',
         encoding='66 0F 11 /r',
         operands=(('dst', 'xmmrm', 'w'), ('src', 'xmm', 'r')),
         width='v',
@@ -10692,7 +10692,7 @@ FORMS = {
     'MOVSD_XMM_XMM': FormInfo(
         name='MOVSD_XMM_XMM',
         mnemonics={None: 'movsd'},
-        source='spec/sse.r1:1062',
+        source='spec/sse.r1:1135',
         encoding='F2 0F 10 /r reg',
         operands=(('dst', 'xmm', 'rw'), ('src', 'xmmrm', 'r')),
         width='v',
@@ -10716,7 +10716,7 @@ FORMS = {
     'MOVSD_XMM_M64': FormInfo(
         name='MOVSD_XMM_M64',
         mnemonics={None: 'movsd'},
-        source='spec/sse.r1:1073',
+        source='spec/sse.r1:1146',
         encoding='F2 0F 10 /r mem',
         operands=(('dst', 'xmm', 'w'), ('src', 'm64', 'r')),
         width='v',
@@ -10740,7 +10740,7 @@ FORMS = {
     'MOVSD_XMM_XMM_0F11': FormInfo(
         name='MOVSD_XMM_XMM_0F11',
         mnemonics={None: 'movsd'},
-        source='spec/sse.r1:1084',
+        source='spec/sse.r1:1157',
         encoding='F2 0F 11 /r reg',
         operands=(('dst', 'xmmrm', 'rw'), ('src', 'xmm', 'r')),
         width='v',
@@ -10764,7 +10764,7 @@ FORMS = {
     'MOVSD_M64_XMM': FormInfo(
         name='MOVSD_M64_XMM',
         mnemonics={None: 'movsd'},
-        source='spec/sse.r1:1095',
+        source='spec/sse.r1:1168',
         encoding='F2 0F 11 /r mem',
         operands=(('dst', 'm64', 'w'), ('src', 'xmm', 'r')),
         width='v',
@@ -10788,7 +10788,7 @@ FORMS = {
     'MOVLPD_XMM_M64': FormInfo(
         name='MOVLPD_XMM_M64',
         mnemonics={None: 'movlpd'},
-        source='spec/sse.r1:1106',
+        source='spec/sse.r1:1179',
         encoding='66 0F 12 /r mem',
         operands=(('dst', 'xmm', 'rw'), ('src', 'm64', 'r')),
         width='v',
@@ -10812,7 +10812,7 @@ FORMS = {
     'MOVLPD_M64_XMM': FormInfo(
         name='MOVLPD_M64_XMM',
         mnemonics={None: 'movlpd'},
-        source='spec/sse.r1:1116',
+        source='spec/sse.r1:1189',
         encoding='66 0F 13 /r mem',
         operands=(('dst', 'm64', 'w'), ('src', 'xmm', 'r')),
         width='v',
@@ -10836,7 +10836,7 @@ FORMS = {
     'MOVHPD_XMM_M64': FormInfo(
         name='MOVHPD_XMM_M64',
         mnemonics={None: 'movhpd'},
-        source='spec/sse.r1:1126',
+        source='spec/sse.r1:1199',
         encoding='66 0F 16 /r mem',
         operands=(('dst', 'xmm', 'rw'), ('src', 'm64', 'r')),
         width='v',
@@ -10860,7 +10860,7 @@ FORMS = {
     'MOVHPD_M64_XMM': FormInfo(
         name='MOVHPD_M64_XMM',
         mnemonics={None: 'movhpd'},
-        source='spec/sse.r1:1136',
+        source='spec/sse.r1:1209',
         encoding='66 0F 17 /r mem',
         operands=(('dst', 'm64', 'w'), ('src', 'xmm', 'r')),
         width='v',
@@ -10884,7 +10884,7 @@ FORMS = {
     'MOVMSKPD_R32_XMM': FormInfo(
         name='MOVMSKPD_R32_XMM',
         mnemonics={None: 'movmskpd'},
-        source='spec/sse.r1:1146',
+        source='spec/sse.r1:1219',
         encoding='66 0F 50 /r reg',
         operands=(('dst', 'r32', 'w'), ('src', 'xmmrm', 'r')),
         width=32,
@@ -10908,7 +10908,7 @@ FORMS = {
     'ADDPD_XMM_XMMRM': FormInfo(
         name='ADDPD_XMM_XMMRM',
         mnemonics={None: 'addpd'},
-        source='spec/sse.r1:1158',
+        source='spec/sse.r1:1231',
         encoding='66 0F 58 /r',
         operands=(('dst', 'xmm', 'rw'), ('src', 'xmmrm', 'r')),
         width='v',
@@ -10932,7 +10932,7 @@ FORMS = {
     'ADDSD_XMM_XMM': FormInfo(
         name='ADDSD_XMM_XMM',
         mnemonics={None: 'addsd'},
-        source='spec/sse.r1:1168',
+        source='spec/sse.r1:1241',
         encoding='F2 0F 58 /r reg',
         operands=(('dst', 'xmm', 'rw'), ('src', 'xmmrm', 'r')),
         width='v',
@@ -10956,7 +10956,7 @@ FORMS = {
     'ADDSD_XMM_M64': FormInfo(
         name='ADDSD_XMM_M64',
         mnemonics={None: 'addsd'},
-        source='spec/sse.r1:1178',
+        source='spec/sse.r1:1251',
         encoding='F2 0F 58 /r mem',
         operands=(('dst', 'xmm', 'rw'), ('src', 'm64', 'r')),
         width='v',
@@ -10980,7 +10980,7 @@ FORMS = {
     'SUBPD_XMM_XMMRM': FormInfo(
         name='SUBPD_XMM_XMMRM',
         mnemonics={None: 'subpd'},
-        source='spec/sse.r1:1188',
+        source='spec/sse.r1:1261',
         encoding='66 0F 5C /r',
         operands=(('dst', 'xmm', 'rw'), ('src', 'xmmrm', 'r')),
         width='v',
@@ -11004,7 +11004,7 @@ FORMS = {
     'SUBSD_XMM_XMM': FormInfo(
         name='SUBSD_XMM_XMM',
         mnemonics={None: 'subsd'},
-        source='spec/sse.r1:1198',
+        source='spec/sse.r1:1271',
         encoding='F2 0F 5C /r reg',
         operands=(('dst', 'xmm', 'rw'), ('src', 'xmmrm', 'r')),
         width='v',
@@ -11028,7 +11028,7 @@ FORMS = {
     'SUBSD_XMM_M64': FormInfo(
         name='SUBSD_XMM_M64',
         mnemonics={None: 'subsd'},
-        source='spec/sse.r1:1208',
+        source='spec/sse.r1:1281',
         encoding='F2 0F 5C /r mem',
         operands=(('dst', 'xmm', 'rw'), ('src', 'm64', 'r')),
         width='v',
@@ -11052,7 +11052,7 @@ FORMS = {
     'MULPD_XMM_XMMRM': FormInfo(
         name='MULPD_XMM_XMMRM',
         mnemonics={None: 'mulpd'},
-        source='spec/sse.r1:1218',
+        source='spec/sse.r1:1291',
         encoding='66 0F 59 /r',
         operands=(('dst', 'xmm', 'rw'), ('src', 'xmmrm', 'r')),
         width='v',
@@ -11076,7 +11076,7 @@ FORMS = {
     'MULSD_XMM_XMM': FormInfo(
         name='MULSD_XMM_XMM',
         mnemonics={None: 'mulsd'},
-        source='spec/sse.r1:1228',
+        source='spec/sse.r1:1301',
         encoding='F2 0F 59 /r reg',
         operands=(('dst', 'xmm', 'rw'), ('src', 'xmmrm', 'r')),
         width='v',
@@ -11100,7 +11100,7 @@ FORMS = {
     'MULSD_XMM_M64': FormInfo(
         name='MULSD_XMM_M64',
         mnemonics={None: 'mulsd'},
-        source='spec/sse.r1:1238',
+        source='spec/sse.r1:1311',
         encoding='F2 0F 59 /r mem',
         operands=(('dst', 'xmm', 'rw'), ('src', 'm64', 'r')),
         width='v',
@@ -11124,7 +11124,7 @@ FORMS = {
     'DIVPD_XMM_XMMRM': FormInfo(
         name='DIVPD_XMM_XMMRM',
         mnemonics={None: 'divpd'},
-        source='spec/sse.r1:1248',
+        source='spec/sse.r1:1321',
         encoding='66 0F 5E /r',
         operands=(('dst', 'xmm', 'rw'), ('src', 'xmmrm', 'r')),
         width='v',
@@ -11148,7 +11148,7 @@ FORMS = {
     'DIVSD_XMM_XMM': FormInfo(
         name='DIVSD_XMM_XMM',
         mnemonics={None: 'divsd'},
-        source='spec/sse.r1:1258',
+        source='spec/sse.r1:1331',
         encoding='F2 0F 5E /r reg',
         operands=(('dst', 'xmm', 'rw'), ('src', 'xmmrm', 'r')),
         width='v',
@@ -11172,7 +11172,7 @@ FORMS = {
     'DIVSD_XMM_M64': FormInfo(
         name='DIVSD_XMM_M64',
         mnemonics={None: 'divsd'},
-        source='spec/sse.r1:1268',
+        source='spec/sse.r1:1341',
         encoding='F2 0F 5E /r mem',
         operands=(('dst', 'xmm', 'rw'), ('src', 'm64', 'r')),
         width='v',
@@ -11196,7 +11196,7 @@ FORMS = {
     'MINPD_XMM_XMMRM': FormInfo(
         name='MINPD_XMM_XMMRM',
         mnemonics={None: 'minpd'},
-        source='spec/sse.r1:1278',
+        source='spec/sse.r1:1351',
         encoding='66 0F 5D /r',
         operands=(('dst', 'xmm', 'rw'), ('src', 'xmmrm', 'r')),
         width='v',
@@ -11220,7 +11220,7 @@ FORMS = {
     'MINSD_XMM_XMM': FormInfo(
         name='MINSD_XMM_XMM',
         mnemonics={None: 'minsd'},
-        source='spec/sse.r1:1288',
+        source='spec/sse.r1:1361',
         encoding='F2 0F 5D /r reg',
         operands=(('dst', 'xmm', 'rw'), ('src', 'xmmrm', 'r')),
         width='v',
@@ -11244,7 +11244,7 @@ FORMS = {
     'MINSD_XMM_M64': FormInfo(
         name='MINSD_XMM_M64',
         mnemonics={None: 'minsd'},
-        source='spec/sse.r1:1298',
+        source='spec/sse.r1:1371',
         encoding='F2 0F 5D /r mem',
         operands=(('dst', 'xmm', 'rw'), ('src', 'm64', 'r')),
         width='v',
@@ -11268,7 +11268,7 @@ FORMS = {
     'MAXPD_XMM_XMMRM': FormInfo(
         name='MAXPD_XMM_XMMRM',
         mnemonics={None: 'maxpd'},
-        source='spec/sse.r1:1308',
+        source='spec/sse.r1:1381',
         encoding='66 0F 5F /r',
         operands=(('dst', 'xmm', 'rw'), ('src', 'xmmrm', 'r')),
         width='v',
@@ -11292,7 +11292,7 @@ FORMS = {
     'MAXSD_XMM_XMM': FormInfo(
         name='MAXSD_XMM_XMM',
         mnemonics={None: 'maxsd'},
-        source='spec/sse.r1:1318',
+        source='spec/sse.r1:1391',
         encoding='F2 0F 5F /r reg',
         operands=(('dst', 'xmm', 'rw'), ('src', 'xmmrm', 'r')),
         width='v',
@@ -11316,7 +11316,7 @@ FORMS = {
     'MAXSD_XMM_M64': FormInfo(
         name='MAXSD_XMM_M64',
         mnemonics={None: 'maxsd'},
-        source='spec/sse.r1:1328',
+        source='spec/sse.r1:1401',
         encoding='F2 0F 5F /r mem',
         operands=(('dst', 'xmm', 'rw'), ('src', 'm64', 'r')),
         width='v',
@@ -11340,7 +11340,7 @@ FORMS = {
     'SQRTPD_XMM_XMMRM': FormInfo(
         name='SQRTPD_XMM_XMMRM',
         mnemonics={None: 'sqrtpd'},
-        source='spec/sse.r1:1338',
+        source='spec/sse.r1:1411',
         encoding='66 0F 51 /r',
         operands=(('dst', 'xmm', 'w'), ('src', 'xmmrm', 'r')),
         width='v',
@@ -11364,7 +11364,7 @@ FORMS = {
     'SQRTSD_XMM_XMM': FormInfo(
         name='SQRTSD_XMM_XMM',
         mnemonics={None: 'sqrtsd'},
-        source='spec/sse.r1:1348',
+        source='spec/sse.r1:1421',
         encoding='F2 0F 51 /r reg',
         operands=(('dst', 'xmm', 'rw'), ('src', 'xmmrm', 'r')),
         width='v',
@@ -11388,7 +11388,7 @@ FORMS = {
     'SQRTSD_XMM_M64': FormInfo(
         name='SQRTSD_XMM_M64',
         mnemonics={None: 'sqrtsd'},
-        source='spec/sse.r1:1358',
+        source='spec/sse.r1:1431',
         encoding='F2 0F 51 /r mem',
         operands=(('dst', 'xmm', 'rw'), ('src', 'm64', 'r')),
         width='v',
@@ -11412,7 +11412,7 @@ FORMS = {
     'CMPPD_XMM_XMMRM_IMM8': FormInfo(
         name='CMPPD_XMM_XMMRM_IMM8',
         mnemonics={None: 'cmppd'},
-        source='spec/sse.r1:1370',
+        source='spec/sse.r1:1443',
         encoding='66 0F C2 /r ib',
         operands=(('dst', 'xmm', 'rw'), ('src', 'xmmrm', 'r'), ('imm', 'i8', 'r')),
         width=8,
@@ -11436,7 +11436,7 @@ FORMS = {
     'CMPSD_XMM_XMM_IMM8': FormInfo(
         name='CMPSD_XMM_XMM_IMM8',
         mnemonics={None: 'cmpsd'},
-        source='spec/sse.r1:1381',
+        source='spec/sse.r1:1454',
         encoding='F2 0F C2 /r reg ib',
         operands=(('dst', 'xmm', 'rw'), ('src', 'xmmrm', 'r'), ('imm', 'i8', 'r')),
         width=8,
@@ -11460,7 +11460,7 @@ FORMS = {
     'CMPSD_XMM_M64_IMM8': FormInfo(
         name='CMPSD_XMM_M64_IMM8',
         mnemonics={None: 'cmpsd'},
-        source='spec/sse.r1:1396',
+        source='spec/sse.r1:1469',
         encoding='F2 0F C2 /r mem ib',
         operands=(('dst', 'xmm', 'rw'), ('src', 'm64', 'r'), ('imm', 'i8', 'r')),
         width=8,
@@ -11484,7 +11484,7 @@ FORMS = {
     'COMISD_XMM_XMM': FormInfo(
         name='COMISD_XMM_XMM',
         mnemonics={None: 'comisd'},
-        source='spec/sse.r1:1411',
+        source='spec/sse.r1:1484',
         encoding='66 0F 2F /r reg',
         operands=(('a', 'xmm', 'r'), ('b', 'xmmrm', 'r')),
         width='v',
@@ -11508,7 +11508,7 @@ FORMS = {
     'COMISD_XMM_M64': FormInfo(
         name='COMISD_XMM_M64',
         mnemonics={None: 'comisd'},
-        source='spec/sse.r1:1421',
+        source='spec/sse.r1:1494',
         encoding='66 0F 2F /r mem',
         operands=(('a', 'xmm', 'r'), ('b', 'm64', 'r')),
         width='v',
@@ -11532,7 +11532,7 @@ FORMS = {
     'UCOMISD_XMM_XMM': FormInfo(
         name='UCOMISD_XMM_XMM',
         mnemonics={None: 'ucomisd'},
-        source='spec/sse.r1:1431',
+        source='spec/sse.r1:1504',
         encoding='66 0F 2E /r reg',
         operands=(('a', 'xmm', 'r'), ('b', 'xmmrm', 'r')),
         width='v',
@@ -11556,7 +11556,7 @@ FORMS = {
     'UCOMISD_XMM_M64': FormInfo(
         name='UCOMISD_XMM_M64',
         mnemonics={None: 'ucomisd'},
-        source='spec/sse.r1:1441',
+        source='spec/sse.r1:1514',
         encoding='66 0F 2E /r mem',
         operands=(('a', 'xmm', 'r'), ('b', 'm64', 'r')),
         width='v',
@@ -11580,7 +11580,7 @@ FORMS = {
     'ANDPD_XMM_XMMRM': FormInfo(
         name='ANDPD_XMM_XMMRM',
         mnemonics={None: 'andpd'},
-        source='spec/sse.r1:1453',
+        source='spec/sse.r1:1526',
         encoding='66 0F 54 /r',
         operands=(('dst', 'xmm', 'rw'), ('src', 'xmmrm', 'r')),
         width='v',
@@ -11604,7 +11604,7 @@ FORMS = {
     'ANDNPD_XMM_XMMRM': FormInfo(
         name='ANDNPD_XMM_XMMRM',
         mnemonics={None: 'andnpd'},
-        source='spec/sse.r1:1463',
+        source='spec/sse.r1:1536',
         encoding='66 0F 55 /r',
         operands=(('dst', 'xmm', 'rw'), ('src', 'xmmrm', 'r')),
         width='v',
@@ -11628,7 +11628,7 @@ FORMS = {
     'ORPD_XMM_XMMRM': FormInfo(
         name='ORPD_XMM_XMMRM',
         mnemonics={None: 'orpd'},
-        source='spec/sse.r1:1473',
+        source='spec/sse.r1:1546',
         encoding='66 0F 56 /r',
         operands=(('dst', 'xmm', 'rw'), ('src', 'xmmrm', 'r')),
         width='v',
@@ -11652,7 +11652,7 @@ FORMS = {
     'XORPD_XMM_XMMRM': FormInfo(
         name='XORPD_XMM_XMMRM',
         mnemonics={None: 'xorpd'},
-        source='spec/sse.r1:1483',
+        source='spec/sse.r1:1556',
         encoding='66 0F 57 /r',
         operands=(('dst', 'xmm', 'rw'), ('src', 'xmmrm', 'r')),
         width='v',
@@ -11676,7 +11676,7 @@ FORMS = {
     'SHUFPD_XMM_XMMRM_IMM8': FormInfo(
         name='SHUFPD_XMM_XMMRM_IMM8',
         mnemonics={None: 'shufpd'},
-        source='spec/sse.r1:1493',
+        source='spec/sse.r1:1566',
         encoding='66 0F C6 /r ib',
         operands=(('dst', 'xmm', 'rw'), ('src', 'xmmrm', 'r'), ('imm', 'i8', 'r')),
         width=8,
@@ -11700,7 +11700,7 @@ FORMS = {
     'UNPCKLPD_XMM_XMMRM': FormInfo(
         name='UNPCKLPD_XMM_XMMRM',
         mnemonics={None: 'unpcklpd'},
-        source='spec/sse.r1:1503',
+        source='spec/sse.r1:1576',
         encoding='66 0F 14 /r',
         operands=(('dst', 'xmm', 'rw'), ('src', 'xmmrm', 'r')),
         width='v',
@@ -11724,7 +11724,7 @@ FORMS = {
     'UNPCKHPD_XMM_XMMRM': FormInfo(
         name='UNPCKHPD_XMM_XMMRM',
         mnemonics={None: 'unpckhpd'},
-        source='spec/sse.r1:1513',
+        source='spec/sse.r1:1586',
         encoding='66 0F 15 /r',
         operands=(('dst', 'xmm', 'rw'), ('src', 'xmmrm', 'r')),
         width='v',
@@ -11748,7 +11748,7 @@ FORMS = {
     'CVTPI2PD_XMM_MMRM': FormInfo(
         name='CVTPI2PD_XMM_MMRM',
         mnemonics={None: 'cvtpi2pd'},
-        source='spec/sse.r1:1525',
+        source='spec/sse.r1:1598',
         encoding='66 0F 2A /r',
         operands=(('dst', 'xmm', 'w'), ('src', 'mmrm', 'r')),
         width='v',
@@ -11772,7 +11772,7 @@ FORMS = {
     'CVTPD2PI_MM_XMMRM': FormInfo(
         name='CVTPD2PI_MM_XMMRM',
         mnemonics={None: 'cvtpd2pi'},
-        source='spec/sse.r1:1535',
+        source='spec/sse.r1:1608',
         encoding='66 0F 2D /r',
         operands=(('dst', 'mm', 'w'), ('src', 'xmmrm', 'r')),
         width='v',
@@ -11796,7 +11796,7 @@ FORMS = {
     'CVTTPD2PI_MM_XMMRM': FormInfo(
         name='CVTTPD2PI_MM_XMMRM',
         mnemonics={None: 'cvttpd2pi'},
-        source='spec/sse.r1:1545',
+        source='spec/sse.r1:1618',
         encoding='66 0F 2C /r',
         operands=(('dst', 'mm', 'w'), ('src', 'xmmrm', 'r')),
         width='v',
@@ -11820,7 +11820,7 @@ FORMS = {
     'CVTSI2SD_XMM_RM32': FormInfo(
         name='CVTSI2SD_XMM_RM32',
         mnemonics={None: 'cvtsi2sd'},
-        source='spec/sse.r1:1555',
+        source='spec/sse.r1:1628',
         encoding='F2 0F 2A /r',
         operands=(('dst', 'xmm', 'rw'), ('src', 'rm32', 'r')),
         width=32,
@@ -11844,7 +11844,7 @@ FORMS = {
     'CVTSD2SI_R32_XMM': FormInfo(
         name='CVTSD2SI_R32_XMM',
         mnemonics={None: 'cvtsd2si'},
-        source='spec/sse.r1:1565',
+        source='spec/sse.r1:1638',
         encoding='F2 0F 2D /r reg',
         operands=(('dst', 'r32', 'w'), ('src', 'xmmrm', 'r')),
         width=32,
@@ -11868,7 +11868,7 @@ FORMS = {
     'CVTSD2SI_R32_M64': FormInfo(
         name='CVTSD2SI_R32_M64',
         mnemonics={None: 'cvtsd2si'},
-        source='spec/sse.r1:1575',
+        source='spec/sse.r1:1648',
         encoding='F2 0F 2D /r mem',
         operands=(('dst', 'r32', 'w'), ('src', 'm64', 'r')),
         width=32,
@@ -11892,7 +11892,7 @@ FORMS = {
     'CVTTSD2SI_R32_XMM': FormInfo(
         name='CVTTSD2SI_R32_XMM',
         mnemonics={None: 'cvttsd2si'},
-        source='spec/sse.r1:1585',
+        source='spec/sse.r1:1658',
         encoding='F2 0F 2C /r reg',
         operands=(('dst', 'r32', 'w'), ('src', 'xmmrm', 'r')),
         width=32,
@@ -11916,7 +11916,7 @@ FORMS = {
     'CVTTSD2SI_R32_M64': FormInfo(
         name='CVTTSD2SI_R32_M64',
         mnemonics={None: 'cvttsd2si'},
-        source='spec/sse.r1:1595',
+        source='spec/sse.r1:1668',
         encoding='F2 0F 2C /r mem',
         operands=(('dst', 'r32', 'w'), ('src', 'm64', 'r')),
         width=32,
@@ -11940,7 +11940,7 @@ FORMS = {
     'CVTPS2PD_XMM_XMM': FormInfo(
         name='CVTPS2PD_XMM_XMM',
         mnemonics={None: 'cvtps2pd'},
-        source='spec/sse.r1:1605',
+        source='spec/sse.r1:1678',
         encoding='0F 5A /r reg',
         operands=(('dst', 'xmm', 'w'), ('src', 'xmmrm', 'r')),
         width='v',
@@ -11964,7 +11964,7 @@ FORMS = {
     'CVTPS2PD_XMM_M64': FormInfo(
         name='CVTPS2PD_XMM_M64',
         mnemonics={None: 'cvtps2pd'},
-        source='spec/sse.r1:1615',
+        source='spec/sse.r1:1688',
         encoding='0F 5A /r mem',
         operands=(('dst', 'xmm', 'w'), ('src', 'm64', 'r')),
         width='v',
@@ -11988,7 +11988,7 @@ FORMS = {
     'CVTPD2PS_XMM_XMMRM': FormInfo(
         name='CVTPD2PS_XMM_XMMRM',
         mnemonics={None: 'cvtpd2ps'},
-        source='spec/sse.r1:1625',
+        source='spec/sse.r1:1698',
         encoding='66 0F 5A /r',
         operands=(('dst', 'xmm', 'w'), ('src', 'xmmrm', 'r')),
         width='v',
@@ -12012,7 +12012,7 @@ FORMS = {
     'CVTSS2SD_XMM_XMM': FormInfo(
         name='CVTSS2SD_XMM_XMM',
         mnemonics={None: 'cvtss2sd'},
-        source='spec/sse.r1:1635',
+        source='spec/sse.r1:1708',
         encoding='F3 0F 5A /r reg',
         operands=(('dst', 'xmm', 'rw'), ('src', 'xmmrm', 'r')),
         width='v',
@@ -12036,7 +12036,7 @@ FORMS = {
     'CVTSS2SD_XMM_M32': FormInfo(
         name='CVTSS2SD_XMM_M32',
         mnemonics={None: 'cvtss2sd'},
-        source='spec/sse.r1:1645',
+        source='spec/sse.r1:1718',
         encoding='F3 0F 5A /r mem',
         operands=(('dst', 'xmm', 'rw'), ('src', 'm32', 'r')),
         width=32,
@@ -12060,7 +12060,7 @@ FORMS = {
     'CVTSD2SS_XMM_XMM': FormInfo(
         name='CVTSD2SS_XMM_XMM',
         mnemonics={None: 'cvtsd2ss'},
-        source='spec/sse.r1:1655',
+        source='spec/sse.r1:1728',
         encoding='F2 0F 5A /r reg',
         operands=(('dst', 'xmm', 'rw'), ('src', 'xmmrm', 'r')),
         width='v',
@@ -12084,7 +12084,7 @@ FORMS = {
     'CVTSD2SS_XMM_M64': FormInfo(
         name='CVTSD2SS_XMM_M64',
         mnemonics={None: 'cvtsd2ss'},
-        source='spec/sse.r1:1665',
+        source='spec/sse.r1:1738',
         encoding='F2 0F 5A /r mem',
         operands=(('dst', 'xmm', 'rw'), ('src', 'm64', 'r')),
         width='v',
@@ -12108,7 +12108,7 @@ FORMS = {
     'CVTDQ2PS_XMM_XMMRM': FormInfo(
         name='CVTDQ2PS_XMM_XMMRM',
         mnemonics={None: 'cvtdq2ps'},
-        source='spec/sse.r1:1675',
+        source='spec/sse.r1:1748',
         encoding='0F 5B /r',
         operands=(('dst', 'xmm', 'w'), ('src', 'xmmrm', 'r')),
         width='v',
@@ -12132,7 +12132,7 @@ FORMS = {
     'CVTPS2DQ_XMM_XMMRM': FormInfo(
         name='CVTPS2DQ_XMM_XMMRM',
         mnemonics={None: 'cvtps2dq'},
-        source='spec/sse.r1:1685',
+        source='spec/sse.r1:1758',
         encoding='66 0F 5B /r',
         operands=(('dst', 'xmm', 'w'), ('src', 'xmmrm', 'r')),
         width='v',
@@ -12156,7 +12156,7 @@ FORMS = {
     'CVTTPS2DQ_XMM_XMMRM': FormInfo(
         name='CVTTPS2DQ_XMM_XMMRM',
         mnemonics={None: 'cvttps2dq'},
-        source='spec/sse.r1:1695',
+        source='spec/sse.r1:1768',
         encoding='F3 0F 5B /r',
         operands=(('dst', 'xmm', 'w'), ('src', 'xmmrm', 'r')),
         width='v',
@@ -12180,7 +12180,7 @@ FORMS = {
     'CVTDQ2PD_XMM_XMM': FormInfo(
         name='CVTDQ2PD_XMM_XMM',
         mnemonics={None: 'cvtdq2pd'},
-        source='spec/sse.r1:1705',
+        source='spec/sse.r1:1778',
         encoding='F3 0F E6 /r reg',
         operands=(('dst', 'xmm', 'w'), ('src', 'xmmrm', 'r')),
         width='v',
@@ -12204,7 +12204,7 @@ FORMS = {
     'CVTDQ2PD_XMM_M64': FormInfo(
         name='CVTDQ2PD_XMM_M64',
         mnemonics={None: 'cvtdq2pd'},
-        source='spec/sse.r1:1715',
+        source='spec/sse.r1:1788',
         encoding='F3 0F E6 /r mem',
         operands=(('dst', 'xmm', 'w'), ('src', 'm64', 'r')),
         width='v',
@@ -12228,7 +12228,7 @@ FORMS = {
     'CVTPD2DQ_XMM_XMMRM': FormInfo(
         name='CVTPD2DQ_XMM_XMMRM',
         mnemonics={None: 'cvtpd2dq'},
-        source='spec/sse.r1:1725',
+        source='spec/sse.r1:1798',
         encoding='F2 0F E6 /r',
         operands=(('dst', 'xmm', 'w'), ('src', 'xmmrm', 'r')),
         width='v',
@@ -12252,7 +12252,7 @@ FORMS = {
     'CVTTPD2DQ_XMM_XMMRM': FormInfo(
         name='CVTTPD2DQ_XMM_XMMRM',
         mnemonics={None: 'cvttpd2dq'},
-        source='spec/sse.r1:1735',
+        source='spec/sse.r1:1808',
         encoding='66 0F E6 /r',
         operands=(('dst', 'xmm', 'w'), ('src', 'xmmrm', 'r')),
         width='v',
@@ -12276,7 +12276,7 @@ FORMS = {
     'MOVDQA_XMM_XMMRM': FormInfo(
         name='MOVDQA_XMM_XMMRM',
         mnemonics={None: 'movdqa'},
-        source='spec/sse.r1:1747',
+        source='spec/sse.r1:1820',
         encoding='66 0F 6F /r',
         operands=(('dst', 'xmm', 'w'), ('src', 'xmmrm', 'r')),
         width='v',
@@ -12300,7 +12300,7 @@ FORMS = {
     'MOVDQA_XMMRM_XMM': FormInfo(
         name='MOVDQA_XMMRM_XMM',
         mnemonics={None: 'movdqa'},
-        source='spec/sse.r1:1757',
+        source='spec/sse.r1:1830',
         encoding='66 0F 7F /r',
         operands=(('dst', 'xmmrm', 'w'), ('src', 'xmm', 'r')),
         width='v',
@@ -12324,7 +12324,7 @@ FORMS = {
     'MOVDQU_XMM_XMMRM': FormInfo(
         name='MOVDQU_XMM_XMMRM',
         mnemonics={None: 'movdqu'},
-        source='spec/sse.r1:1767',
+        source='spec/sse.r1:1840',
         encoding='F3 0F 6F /r',
         operands=(('dst', 'xmm', 'w'), ('src', 'xmmrm', 'r')),
         width='v',
@@ -12348,7 +12348,7 @@ FORMS = {
     'MOVDQU_XMMRM_XMM': FormInfo(
         name='MOVDQU_XMMRM_XMM',
         mnemonics={None: 'movdqu'},
-        source='spec/sse.r1:1777',
+        source='spec/sse.r1:1850',
         encoding='F3 0F 7F /r',
         operands=(('dst', 'xmmrm', 'w'), ('src', 'xmm', 'r')),
         width='v',
@@ -12372,7 +12372,7 @@ FORMS = {
     'MOVD_XMM_RM32': FormInfo(
         name='MOVD_XMM_RM32',
         mnemonics={None: 'movd'},
-        source='spec/sse.r1:1787',
+        source='spec/sse.r1:1860',
         encoding='66 0F 6E /r',
         operands=(('dst', 'xmm', 'w'), ('src', 'rm32', 'r')),
         width=32,
@@ -12396,7 +12396,7 @@ FORMS = {
     'MOVD_RM32_XMM': FormInfo(
         name='MOVD_RM32_XMM',
         mnemonics={None: 'movd'},
-        source='spec/sse.r1:1797',
+        source='spec/sse.r1:1870',
         encoding='66 0F 7E /r',
         operands=(('dst', 'rm32', 'w'), ('src', 'xmm', 'r')),
         width=32,
@@ -12420,7 +12420,7 @@ FORMS = {
     'MOVQ_XMM_XMM': FormInfo(
         name='MOVQ_XMM_XMM',
         mnemonics={None: 'movq'},
-        source='spec/sse.r1:1807',
+        source='spec/sse.r1:1880',
         encoding='F3 0F 7E /r reg',
         operands=(('dst', 'xmm', 'w'), ('src', 'xmmrm', 'r')),
         width='v',
@@ -12444,7 +12444,7 @@ FORMS = {
     'MOVQ_XMM_M64': FormInfo(
         name='MOVQ_XMM_M64',
         mnemonics={None: 'movq'},
-        source='spec/sse.r1:1817',
+        source='spec/sse.r1:1890',
         encoding='F3 0F 7E /r mem',
         operands=(('dst', 'xmm', 'w'), ('src', 'm64', 'r')),
         width='v',
@@ -12468,7 +12468,7 @@ FORMS = {
     'MOVQ_XMM_XMM_0FD6': FormInfo(
         name='MOVQ_XMM_XMM_0FD6',
         mnemonics={None: 'movq'},
-        source='spec/sse.r1:1827',
+        source='spec/sse.r1:1900',
         encoding='66 0F D6 /r reg',
         operands=(('dst', 'xmmrm', 'w'), ('src', 'xmm', 'r')),
         width='v',
@@ -12492,7 +12492,7 @@ FORMS = {
     'MOVQ_M64_XMM': FormInfo(
         name='MOVQ_M64_XMM',
         mnemonics={None: 'movq'},
-        source='spec/sse.r1:1837',
+        source='spec/sse.r1:1910',
         encoding='66 0F D6 /r mem',
         operands=(('dst', 'm64', 'w'), ('src', 'xmm', 'r')),
         width='v',
@@ -12516,7 +12516,7 @@ FORMS = {
     'MOVQ2DQ_XMM_MM': FormInfo(
         name='MOVQ2DQ_XMM_MM',
         mnemonics={None: 'movq2dq'},
-        source='spec/sse.r1:1847',
+        source='spec/sse.r1:1920',
         encoding='F3 0F D6 /r reg',
         operands=(('dst', 'xmm', 'w'), ('src', 'mmrm', 'r')),
         width='v',
@@ -12540,7 +12540,7 @@ FORMS = {
     'MOVDQ2Q_MM_XMM': FormInfo(
         name='MOVDQ2Q_MM_XMM',
         mnemonics={None: 'movdq2q'},
-        source='spec/sse.r1:1857',
+        source='spec/sse.r1:1930',
         encoding='F2 0F D6 /r reg',
         operands=(('dst', 'mm', 'w'), ('src', 'xmmrm', 'r')),
         width='v',
@@ -12564,7 +12564,7 @@ FORMS = {
     'MOVNTPD_M128_XMM': FormInfo(
         name='MOVNTPD_M128_XMM',
         mnemonics={None: 'movntpd'},
-        source='spec/sse.r1:1869',
+        source='spec/sse.r1:1942',
         encoding='66 0F 2B /r mem',
         operands=(('dst', 'm128', 'w'), ('src', 'xmm', 'r')),
         width='v',
@@ -12588,7 +12588,7 @@ FORMS = {
     'MOVNTDQ_M128_XMM': FormInfo(
         name='MOVNTDQ_M128_XMM',
         mnemonics={None: 'movntdq'},
-        source='spec/sse.r1:1879',
+        source='spec/sse.r1:1952',
         encoding='66 0F E7 /r mem',
         operands=(('dst', 'm128', 'w'), ('src', 'xmm', 'r')),
         width='v',
@@ -12612,7 +12612,7 @@ FORMS = {
     'MOVNTI_M32_R32': FormInfo(
         name='MOVNTI_M32_R32',
         mnemonics={None: 'movnti'},
-        source='spec/sse.r1:1889',
+        source='spec/sse.r1:1962',
         encoding='0F C3 /r mem',
         operands=(('dst', 'm32', 'w'), ('src', 'r32', 'r')),
         width=32,
@@ -12636,7 +12636,7 @@ FORMS = {
     'MASKMOVDQU_XMM_XMM': FormInfo(
         name='MASKMOVDQU_XMM_XMM',
         mnemonics={None: 'maskmovdqu'},
-        source='spec/sse.r1:1899',
+        source='spec/sse.r1:1972',
         encoding='66 0F F7 /r reg',
         operands=(('src', 'xmm', 'r'), ('mask', 'xmmrm', 'r')),
         width='v',
@@ -12660,7 +12660,7 @@ FORMS = {
     'CLFLUSH_M8': FormInfo(
         name='CLFLUSH_M8',
         mnemonics={None: 'clflush'},
-        source='spec/sse.r1:1909',
+        source='spec/sse.r1:1982',
         encoding='0F AE /7 mem',
         operands=(('src', 'm', '-'),),
         width='v',
@@ -12684,7 +12684,7 @@ FORMS = {
     'LFENCE': FormInfo(
         name='LFENCE',
         mnemonics={None: 'lfence'},
-        source='spec/sse.r1:1919',
+        source='spec/sse.r1:1992',
         encoding='0F AE /5 reg',
         operands=(),
         width='v',
@@ -12708,7 +12708,7 @@ FORMS = {
     'MFENCE': FormInfo(
         name='MFENCE',
         mnemonics={None: 'mfence'},
-        source='spec/sse.r1:1929',
+        source='spec/sse.r1:2002',
         encoding='0F AE /6 reg',
         operands=(),
         width='v',
@@ -12732,7 +12732,7 @@ FORMS = {
     'PAUSE': FormInfo(
         name='PAUSE',
         mnemonics={None: 'pause'},
-        source='spec/sse.r1:1939',
+        source='spec/sse.r1:2012',
         encoding='F3 90',
         operands=(),
         width='v',
@@ -12756,7 +12756,7 @@ FORMS = {
     'PADDQ_MM_MMRM': FormInfo(
         name='PADDQ_MM_MMRM',
         mnemonics={None: 'paddq'},
-        source='spec/sse.r1:1951',
+        source='spec/sse.r1:2024',
         encoding='0F D4 /r',
         operands=(('dst', 'mm', 'rw'), ('src', 'mmrm', 'r')),
         width='v',
@@ -12780,7 +12780,7 @@ FORMS = {
     'PADDQ_XMM_XMMRM': FormInfo(
         name='PADDQ_XMM_XMMRM',
         mnemonics={None: 'paddq'},
-        source='spec/sse.r1:1961',
+        source='spec/sse.r1:2034',
         encoding='66 0F D4 /r',
         operands=(('dst', 'xmm', 'rw'), ('src', 'xmmrm', 'r')),
         width='v',
@@ -12804,7 +12804,7 @@ FORMS = {
     'PSUBQ_MM_MMRM': FormInfo(
         name='PSUBQ_MM_MMRM',
         mnemonics={None: 'psubq'},
-        source='spec/sse.r1:1971',
+        source='spec/sse.r1:2044',
         encoding='0F FB /r',
         operands=(('dst', 'mm', 'rw'), ('src', 'mmrm', 'r')),
         width='v',
@@ -12828,7 +12828,7 @@ FORMS = {
     'PSUBQ_XMM_XMMRM': FormInfo(
         name='PSUBQ_XMM_XMMRM',
         mnemonics={None: 'psubq'},
-        source='spec/sse.r1:1981',
+        source='spec/sse.r1:2054',
         encoding='66 0F FB /r',
         operands=(('dst', 'xmm', 'rw'), ('src', 'xmmrm', 'r')),
         width='v',
@@ -12852,7 +12852,7 @@ FORMS = {
     'PMULUDQ_MM_MMRM': FormInfo(
         name='PMULUDQ_MM_MMRM',
         mnemonics={None: 'pmuludq'},
-        source='spec/sse.r1:1991',
+        source='spec/sse.r1:2064',
         encoding='0F F4 /r',
         operands=(('dst', 'mm', 'rw'), ('src', 'mmrm', 'r')),
         width='v',
@@ -12876,7 +12876,7 @@ FORMS = {
     'PMULUDQ_XMM_XMMRM': FormInfo(
         name='PMULUDQ_XMM_XMMRM',
         mnemonics={None: 'pmuludq'},
-        source='spec/sse.r1:2001',
+        source='spec/sse.r1:2074',
         encoding='66 0F F4 /r',
         operands=(('dst', 'xmm', 'rw'), ('src', 'xmmrm', 'r')),
         width='v',
@@ -12900,7 +12900,7 @@ FORMS = {
     'PSHUFD_XMM_XMMRM_IMM8': FormInfo(
         name='PSHUFD_XMM_XMMRM_IMM8',
         mnemonics={None: 'pshufd'},
-        source='spec/sse.r1:2011',
+        source='spec/sse.r1:2084',
         encoding='66 0F 70 /r ib',
         operands=(('dst', 'xmm', 'w'), ('src', 'xmmrm', 'r'), ('imm', 'i8', 'r')),
         width=8,
@@ -12924,7 +12924,7 @@ FORMS = {
     'PSHUFHW_XMM_XMMRM_IMM8': FormInfo(
         name='PSHUFHW_XMM_XMMRM_IMM8',
         mnemonics={None: 'pshufhw'},
-        source='spec/sse.r1:2021',
+        source='spec/sse.r1:2094',
         encoding='F3 0F 70 /r ib',
         operands=(('dst', 'xmm', 'w'), ('src', 'xmmrm', 'r'), ('imm', 'i8', 'r')),
         width=8,
@@ -12948,7 +12948,7 @@ FORMS = {
     'PSHUFLW_XMM_XMMRM_IMM8': FormInfo(
         name='PSHUFLW_XMM_XMMRM_IMM8',
         mnemonics={None: 'pshuflw'},
-        source='spec/sse.r1:2031',
+        source='spec/sse.r1:2104',
         encoding='F2 0F 70 /r ib',
         operands=(('dst', 'xmm', 'w'), ('src', 'xmmrm', 'r'), ('imm', 'i8', 'r')),
         width=8,
@@ -12972,7 +12972,7 @@ FORMS = {
     'PSLLDQ_XMM_IMM8': FormInfo(
         name='PSLLDQ_XMM_IMM8',
         mnemonics={None: 'pslldq'},
-        source='spec/sse.r1:2041',
+        source='spec/sse.r1:2114',
         encoding='66 0F 73 /7 reg ib',
         operands=(('dst', 'xmmrm', 'rw'), ('imm', 'i8', 'r')),
         width=8,
@@ -12996,7 +12996,7 @@ FORMS = {
     'PSRLDQ_XMM_IMM8': FormInfo(
         name='PSRLDQ_XMM_IMM8',
         mnemonics={None: 'psrldq'},
-        source='spec/sse.r1:2051',
+        source='spec/sse.r1:2124',
         encoding='66 0F 73 /3 reg ib',
         operands=(('dst', 'xmmrm', 'rw'), ('imm', 'i8', 'r')),
         width=8,
@@ -13020,7 +13020,7 @@ FORMS = {
     'PUNPCKLQDQ_XMM_XMMRM': FormInfo(
         name='PUNPCKLQDQ_XMM_XMMRM',
         mnemonics={None: 'punpcklqdq'},
-        source='spec/sse.r1:2061',
+        source='spec/sse.r1:2134',
         encoding='66 0F 6C /r',
         operands=(('dst', 'xmm', 'rw'), ('src', 'xmmrm', 'r')),
         width='v',
@@ -13044,7 +13044,7 @@ FORMS = {
     'PUNPCKHQDQ_XMM_XMMRM': FormInfo(
         name='PUNPCKHQDQ_XMM_XMMRM',
         mnemonics={None: 'punpckhqdq'},
-        source='spec/sse.r1:2071',
+        source='spec/sse.r1:2144',
         encoding='66 0F 6D /r',
         operands=(('dst', 'xmm', 'rw'), ('src', 'xmmrm', 'r')),
         width='v',
@@ -13068,7 +13068,7 @@ FORMS = {
     'PUNPCKLBW_XMM_XMMRM': FormInfo(
         name='PUNPCKLBW_XMM_XMMRM',
         mnemonics={None: 'punpcklbw'},
-        source='spec/sse.r1:2083',
+        source='spec/sse.r1:2156',
         encoding='66 0F 60 /r',
         operands=(('dst', 'xmm', 'rw'), ('src', 'xmmrm', 'r')),
         width='v',
@@ -13092,7 +13092,7 @@ FORMS = {
     'PUNPCKLWD_XMM_XMMRM': FormInfo(
         name='PUNPCKLWD_XMM_XMMRM',
         mnemonics={None: 'punpcklwd'},
-        source='spec/sse.r1:2093',
+        source='spec/sse.r1:2166',
         encoding='66 0F 61 /r',
         operands=(('dst', 'xmm', 'rw'), ('src', 'xmmrm', 'r')),
         width='v',
@@ -13116,7 +13116,7 @@ FORMS = {
     'PUNPCKLDQ_XMM_XMMRM': FormInfo(
         name='PUNPCKLDQ_XMM_XMMRM',
         mnemonics={None: 'punpckldq'},
-        source='spec/sse.r1:2103',
+        source='spec/sse.r1:2176',
         encoding='66 0F 62 /r',
         operands=(('dst', 'xmm', 'rw'), ('src', 'xmmrm', 'r')),
         width='v',
@@ -13140,7 +13140,7 @@ FORMS = {
     'PUNPCKHBW_XMM_XMMRM': FormInfo(
         name='PUNPCKHBW_XMM_XMMRM',
         mnemonics={None: 'punpckhbw'},
-        source='spec/sse.r1:2113',
+        source='spec/sse.r1:2186',
         encoding='66 0F 68 /r',
         operands=(('dst', 'xmm', 'rw'), ('src', 'xmmrm', 'r')),
         width='v',
@@ -13164,7 +13164,7 @@ FORMS = {
     'PUNPCKHWD_XMM_XMMRM': FormInfo(
         name='PUNPCKHWD_XMM_XMMRM',
         mnemonics={None: 'punpckhwd'},
-        source='spec/sse.r1:2123',
+        source='spec/sse.r1:2196',
         encoding='66 0F 69 /r',
         operands=(('dst', 'xmm', 'rw'), ('src', 'xmmrm', 'r')),
         width='v',
@@ -13188,7 +13188,7 @@ FORMS = {
     'PUNPCKHDQ_XMM_XMMRM': FormInfo(
         name='PUNPCKHDQ_XMM_XMMRM',
         mnemonics={None: 'punpckhdq'},
-        source='spec/sse.r1:2133',
+        source='spec/sse.r1:2206',
         encoding='66 0F 6A /r',
         operands=(('dst', 'xmm', 'rw'), ('src', 'xmmrm', 'r')),
         width='v',
@@ -13212,7 +13212,7 @@ FORMS = {
     'PACKSSWB_XMM_XMMRM': FormInfo(
         name='PACKSSWB_XMM_XMMRM',
         mnemonics={None: 'packsswb'},
-        source='spec/sse.r1:2143',
+        source='spec/sse.r1:2216',
         encoding='66 0F 63 /r',
         operands=(('dst', 'xmm', 'rw'), ('src', 'xmmrm', 'r')),
         width='v',
@@ -13236,7 +13236,7 @@ FORMS = {
     'PACKUSWB_XMM_XMMRM': FormInfo(
         name='PACKUSWB_XMM_XMMRM',
         mnemonics={None: 'packuswb'},
-        source='spec/sse.r1:2153',
+        source='spec/sse.r1:2226',
         encoding='66 0F 67 /r',
         operands=(('dst', 'xmm', 'rw'), ('src', 'xmmrm', 'r')),
         width='v',
@@ -13260,7 +13260,7 @@ FORMS = {
     'PACKSSDW_XMM_XMMRM': FormInfo(
         name='PACKSSDW_XMM_XMMRM',
         mnemonics={None: 'packssdw'},
-        source='spec/sse.r1:2163',
+        source='spec/sse.r1:2236',
         encoding='66 0F 6B /r',
         operands=(('dst', 'xmm', 'rw'), ('src', 'xmmrm', 'r')),
         width='v',
@@ -13284,7 +13284,7 @@ FORMS = {
     'PADDB_XMM_XMMRM': FormInfo(
         name='PADDB_XMM_XMMRM',
         mnemonics={None: 'paddb'},
-        source='spec/sse.r1:2173',
+        source='spec/sse.r1:2246',
         encoding='66 0F FC /r',
         operands=(('dst', 'xmm', 'rw'), ('src', 'xmmrm', 'r')),
         width='v',
@@ -13308,7 +13308,7 @@ FORMS = {
     'PADDW_XMM_XMMRM': FormInfo(
         name='PADDW_XMM_XMMRM',
         mnemonics={None: 'paddw'},
-        source='spec/sse.r1:2183',
+        source='spec/sse.r1:2256',
         encoding='66 0F FD /r',
         operands=(('dst', 'xmm', 'rw'), ('src', 'xmmrm', 'r')),
         width='v',
@@ -13332,7 +13332,7 @@ FORMS = {
     'PADDD_XMM_XMMRM': FormInfo(
         name='PADDD_XMM_XMMRM',
         mnemonics={None: 'paddd'},
-        source='spec/sse.r1:2193',
+        source='spec/sse.r1:2266',
         encoding='66 0F FE /r',
         operands=(('dst', 'xmm', 'rw'), ('src', 'xmmrm', 'r')),
         width='v',
@@ -13356,7 +13356,7 @@ FORMS = {
     'PADDSB_XMM_XMMRM': FormInfo(
         name='PADDSB_XMM_XMMRM',
         mnemonics={None: 'paddsb'},
-        source='spec/sse.r1:2203',
+        source='spec/sse.r1:2276',
         encoding='66 0F EC /r',
         operands=(('dst', 'xmm', 'rw'), ('src', 'xmmrm', 'r')),
         width='v',
@@ -13380,7 +13380,7 @@ FORMS = {
     'PADDSW_XMM_XMMRM': FormInfo(
         name='PADDSW_XMM_XMMRM',
         mnemonics={None: 'paddsw'},
-        source='spec/sse.r1:2213',
+        source='spec/sse.r1:2286',
         encoding='66 0F ED /r',
         operands=(('dst', 'xmm', 'rw'), ('src', 'xmmrm', 'r')),
         width='v',
@@ -13404,7 +13404,7 @@ FORMS = {
     'PADDUSB_XMM_XMMRM': FormInfo(
         name='PADDUSB_XMM_XMMRM',
         mnemonics={None: 'paddusb'},
-        source='spec/sse.r1:2223',
+        source='spec/sse.r1:2296',
         encoding='66 0F DC /r',
         operands=(('dst', 'xmm', 'rw'), ('src', 'xmmrm', 'r')),
         width='v',
@@ -13428,7 +13428,7 @@ FORMS = {
     'PADDUSW_XMM_XMMRM': FormInfo(
         name='PADDUSW_XMM_XMMRM',
         mnemonics={None: 'paddusw'},
-        source='spec/sse.r1:2233',
+        source='spec/sse.r1:2306',
         encoding='66 0F DD /r',
         operands=(('dst', 'xmm', 'rw'), ('src', 'xmmrm', 'r')),
         width='v',
@@ -13452,7 +13452,7 @@ FORMS = {
     'PSUBB_XMM_XMMRM': FormInfo(
         name='PSUBB_XMM_XMMRM',
         mnemonics={None: 'psubb'},
-        source='spec/sse.r1:2243',
+        source='spec/sse.r1:2316',
         encoding='66 0F F8 /r',
         operands=(('dst', 'xmm', 'rw'), ('src', 'xmmrm', 'r')),
         width='v',
@@ -13476,7 +13476,7 @@ FORMS = {
     'PSUBW_XMM_XMMRM': FormInfo(
         name='PSUBW_XMM_XMMRM',
         mnemonics={None: 'psubw'},
-        source='spec/sse.r1:2253',
+        source='spec/sse.r1:2326',
         encoding='66 0F F9 /r',
         operands=(('dst', 'xmm', 'rw'), ('src', 'xmmrm', 'r')),
         width='v',
@@ -13500,7 +13500,7 @@ FORMS = {
     'PSUBD_XMM_XMMRM': FormInfo(
         name='PSUBD_XMM_XMMRM',
         mnemonics={None: 'psubd'},
-        source='spec/sse.r1:2263',
+        source='spec/sse.r1:2336',
         encoding='66 0F FA /r',
         operands=(('dst', 'xmm', 'rw'), ('src', 'xmmrm', 'r')),
         width='v',
@@ -13524,7 +13524,7 @@ FORMS = {
     'PSUBSB_XMM_XMMRM': FormInfo(
         name='PSUBSB_XMM_XMMRM',
         mnemonics={None: 'psubsb'},
-        source='spec/sse.r1:2273',
+        source='spec/sse.r1:2346',
         encoding='66 0F E8 /r',
         operands=(('dst', 'xmm', 'rw'), ('src', 'xmmrm', 'r')),
         width='v',
@@ -13548,7 +13548,7 @@ FORMS = {
     'PSUBSW_XMM_XMMRM': FormInfo(
         name='PSUBSW_XMM_XMMRM',
         mnemonics={None: 'psubsw'},
-        source='spec/sse.r1:2283',
+        source='spec/sse.r1:2356',
         encoding='66 0F E9 /r',
         operands=(('dst', 'xmm', 'rw'), ('src', 'xmmrm', 'r')),
         width='v',
@@ -13572,7 +13572,7 @@ FORMS = {
     'PSUBUSB_XMM_XMMRM': FormInfo(
         name='PSUBUSB_XMM_XMMRM',
         mnemonics={None: 'psubusb'},
-        source='spec/sse.r1:2293',
+        source='spec/sse.r1:2366',
         encoding='66 0F D8 /r',
         operands=(('dst', 'xmm', 'rw'), ('src', 'xmmrm', 'r')),
         width='v',
@@ -13596,7 +13596,7 @@ FORMS = {
     'PSUBUSW_XMM_XMMRM': FormInfo(
         name='PSUBUSW_XMM_XMMRM',
         mnemonics={None: 'psubusw'},
-        source='spec/sse.r1:2303',
+        source='spec/sse.r1:2376',
         encoding='66 0F D9 /r',
         operands=(('dst', 'xmm', 'rw'), ('src', 'xmmrm', 'r')),
         width='v',
@@ -13620,7 +13620,7 @@ FORMS = {
     'PMULLW_XMM_XMMRM': FormInfo(
         name='PMULLW_XMM_XMMRM',
         mnemonics={None: 'pmullw'},
-        source='spec/sse.r1:2313',
+        source='spec/sse.r1:2386',
         encoding='66 0F D5 /r',
         operands=(('dst', 'xmm', 'rw'), ('src', 'xmmrm', 'r')),
         width='v',
@@ -13644,7 +13644,7 @@ FORMS = {
     'PMULHW_XMM_XMMRM': FormInfo(
         name='PMULHW_XMM_XMMRM',
         mnemonics={None: 'pmulhw'},
-        source='spec/sse.r1:2323',
+        source='spec/sse.r1:2396',
         encoding='66 0F E5 /r',
         operands=(('dst', 'xmm', 'rw'), ('src', 'xmmrm', 'r')),
         width='v',
@@ -13668,7 +13668,7 @@ FORMS = {
     'PMADDWD_XMM_XMMRM': FormInfo(
         name='PMADDWD_XMM_XMMRM',
         mnemonics={None: 'pmaddwd'},
-        source='spec/sse.r1:2333',
+        source='spec/sse.r1:2406',
         encoding='66 0F F5 /r',
         operands=(('dst', 'xmm', 'rw'), ('src', 'xmmrm', 'r')),
         width='v',
@@ -13692,7 +13692,7 @@ FORMS = {
     'PCMPEQB_XMM_XMMRM': FormInfo(
         name='PCMPEQB_XMM_XMMRM',
         mnemonics={None: 'pcmpeqb'},
-        source='spec/sse.r1:2343',
+        source='spec/sse.r1:2416',
         encoding='66 0F 74 /r',
         operands=(('dst', 'xmm', 'rw'), ('src', 'xmmrm', 'r')),
         width='v',
@@ -13716,7 +13716,7 @@ FORMS = {
     'PCMPEQW_XMM_XMMRM': FormInfo(
         name='PCMPEQW_XMM_XMMRM',
         mnemonics={None: 'pcmpeqw'},
-        source='spec/sse.r1:2353',
+        source='spec/sse.r1:2426',
         encoding='66 0F 75 /r',
         operands=(('dst', 'xmm', 'rw'), ('src', 'xmmrm', 'r')),
         width='v',
@@ -13740,7 +13740,7 @@ FORMS = {
     'PCMPEQD_XMM_XMMRM': FormInfo(
         name='PCMPEQD_XMM_XMMRM',
         mnemonics={None: 'pcmpeqd'},
-        source='spec/sse.r1:2363',
+        source='spec/sse.r1:2436',
         encoding='66 0F 76 /r',
         operands=(('dst', 'xmm', 'rw'), ('src', 'xmmrm', 'r')),
         width='v',
@@ -13764,7 +13764,7 @@ FORMS = {
     'PCMPGTB_XMM_XMMRM': FormInfo(
         name='PCMPGTB_XMM_XMMRM',
         mnemonics={None: 'pcmpgtb'},
-        source='spec/sse.r1:2373',
+        source='spec/sse.r1:2446',
         encoding='66 0F 64 /r',
         operands=(('dst', 'xmm', 'rw'), ('src', 'xmmrm', 'r')),
         width='v',
@@ -13788,7 +13788,7 @@ FORMS = {
     'PCMPGTW_XMM_XMMRM': FormInfo(
         name='PCMPGTW_XMM_XMMRM',
         mnemonics={None: 'pcmpgtw'},
-        source='spec/sse.r1:2383',
+        source='spec/sse.r1:2456',
         encoding='66 0F 65 /r',
         operands=(('dst', 'xmm', 'rw'), ('src', 'xmmrm', 'r')),
         width='v',
@@ -13812,7 +13812,7 @@ FORMS = {
     'PCMPGTD_XMM_XMMRM': FormInfo(
         name='PCMPGTD_XMM_XMMRM',
         mnemonics={None: 'pcmpgtd'},
-        source='spec/sse.r1:2393',
+        source='spec/sse.r1:2466',
         encoding='66 0F 66 /r',
         operands=(('dst', 'xmm', 'rw'), ('src', 'xmmrm', 'r')),
         width='v',
@@ -13836,7 +13836,7 @@ FORMS = {
     'PAND_XMM_XMMRM': FormInfo(
         name='PAND_XMM_XMMRM',
         mnemonics={None: 'pand'},
-        source='spec/sse.r1:2403',
+        source='spec/sse.r1:2476',
         encoding='66 0F DB /r',
         operands=(('dst', 'xmm', 'rw'), ('src', 'xmmrm', 'r')),
         width='v',
@@ -13860,7 +13860,7 @@ FORMS = {
     'PANDN_XMM_XMMRM': FormInfo(
         name='PANDN_XMM_XMMRM',
         mnemonics={None: 'pandn'},
-        source='spec/sse.r1:2413',
+        source='spec/sse.r1:2486',
         encoding='66 0F DF /r',
         operands=(('dst', 'xmm', 'rw'), ('src', 'xmmrm', 'r')),
         width='v',
@@ -13884,7 +13884,7 @@ FORMS = {
     'POR_XMM_XMMRM': FormInfo(
         name='POR_XMM_XMMRM',
         mnemonics={None: 'por'},
-        source='spec/sse.r1:2423',
+        source='spec/sse.r1:2496',
         encoding='66 0F EB /r',
         operands=(('dst', 'xmm', 'rw'), ('src', 'xmmrm', 'r')),
         width='v',
@@ -13908,7 +13908,7 @@ FORMS = {
     'PXOR_XMM_XMMRM': FormInfo(
         name='PXOR_XMM_XMMRM',
         mnemonics={None: 'pxor'},
-        source='spec/sse.r1:2433',
+        source='spec/sse.r1:2506',
         encoding='66 0F EF /r',
         operands=(('dst', 'xmm', 'rw'), ('src', 'xmmrm', 'r')),
         width='v',
@@ -13932,7 +13932,7 @@ FORMS = {
     'PSLLW_XMM_XMMRM': FormInfo(
         name='PSLLW_XMM_XMMRM',
         mnemonics={None: 'psllw'},
-        source='spec/sse.r1:2443',
+        source='spec/sse.r1:2516',
         encoding='66 0F F1 /r',
         operands=(('dst', 'xmm', 'rw'), ('src', 'xmmrm', 'r')),
         width='v',
@@ -13956,7 +13956,7 @@ FORMS = {
     'PSLLD_XMM_XMMRM': FormInfo(
         name='PSLLD_XMM_XMMRM',
         mnemonics={None: 'pslld'},
-        source='spec/sse.r1:2453',
+        source='spec/sse.r1:2526',
         encoding='66 0F F2 /r',
         operands=(('dst', 'xmm', 'rw'), ('src', 'xmmrm', 'r')),
         width='v',
@@ -13980,7 +13980,7 @@ FORMS = {
     'PSLLQ_XMM_XMMRM': FormInfo(
         name='PSLLQ_XMM_XMMRM',
         mnemonics={None: 'psllq'},
-        source='spec/sse.r1:2463',
+        source='spec/sse.r1:2536',
         encoding='66 0F F3 /r',
         operands=(('dst', 'xmm', 'rw'), ('src', 'xmmrm', 'r')),
         width='v',
@@ -14004,7 +14004,7 @@ FORMS = {
     'PSRLW_XMM_XMMRM': FormInfo(
         name='PSRLW_XMM_XMMRM',
         mnemonics={None: 'psrlw'},
-        source='spec/sse.r1:2473',
+        source='spec/sse.r1:2546',
         encoding='66 0F D1 /r',
         operands=(('dst', 'xmm', 'rw'), ('src', 'xmmrm', 'r')),
         width='v',
@@ -14028,7 +14028,7 @@ FORMS = {
     'PSRLD_XMM_XMMRM': FormInfo(
         name='PSRLD_XMM_XMMRM',
         mnemonics={None: 'psrld'},
-        source='spec/sse.r1:2483',
+        source='spec/sse.r1:2556',
         encoding='66 0F D2 /r',
         operands=(('dst', 'xmm', 'rw'), ('src', 'xmmrm', 'r')),
         width='v',
@@ -14052,7 +14052,7 @@ FORMS = {
     'PSRLQ_XMM_XMMRM': FormInfo(
         name='PSRLQ_XMM_XMMRM',
         mnemonics={None: 'psrlq'},
-        source='spec/sse.r1:2493',
+        source='spec/sse.r1:2566',
         encoding='66 0F D3 /r',
         operands=(('dst', 'xmm', 'rw'), ('src', 'xmmrm', 'r')),
         width='v',
@@ -14076,7 +14076,7 @@ FORMS = {
     'PSRAW_XMM_XMMRM': FormInfo(
         name='PSRAW_XMM_XMMRM',
         mnemonics={None: 'psraw'},
-        source='spec/sse.r1:2503',
+        source='spec/sse.r1:2576',
         encoding='66 0F E1 /r',
         operands=(('dst', 'xmm', 'rw'), ('src', 'xmmrm', 'r')),
         width='v',
@@ -14100,7 +14100,7 @@ FORMS = {
     'PSRAD_XMM_XMMRM': FormInfo(
         name='PSRAD_XMM_XMMRM',
         mnemonics={None: 'psrad'},
-        source='spec/sse.r1:2513',
+        source='spec/sse.r1:2586',
         encoding='66 0F E2 /r',
         operands=(('dst', 'xmm', 'rw'), ('src', 'xmmrm', 'r')),
         width='v',
@@ -14124,7 +14124,7 @@ FORMS = {
     'PSLLW_XMM_IMM8': FormInfo(
         name='PSLLW_XMM_IMM8',
         mnemonics={None: 'psllw'},
-        source='spec/sse.r1:2523',
+        source='spec/sse.r1:2596',
         encoding='66 0F 71 /6 reg ib',
         operands=(('dst', 'xmmrm', 'rw'), ('imm', 'i8', 'r')),
         width=8,
@@ -14148,7 +14148,7 @@ FORMS = {
     'PSLLD_XMM_IMM8': FormInfo(
         name='PSLLD_XMM_IMM8',
         mnemonics={None: 'pslld'},
-        source='spec/sse.r1:2533',
+        source='spec/sse.r1:2606',
         encoding='66 0F 72 /6 reg ib',
         operands=(('dst', 'xmmrm', 'rw'), ('imm', 'i8', 'r')),
         width=8,
@@ -14172,7 +14172,7 @@ FORMS = {
     'PSLLQ_XMM_IMM8': FormInfo(
         name='PSLLQ_XMM_IMM8',
         mnemonics={None: 'psllq'},
-        source='spec/sse.r1:2543',
+        source='spec/sse.r1:2616',
         encoding='66 0F 73 /6 reg ib',
         operands=(('dst', 'xmmrm', 'rw'), ('imm', 'i8', 'r')),
         width=8,
@@ -14196,7 +14196,7 @@ FORMS = {
     'PSRLW_XMM_IMM8': FormInfo(
         name='PSRLW_XMM_IMM8',
         mnemonics={None: 'psrlw'},
-        source='spec/sse.r1:2553',
+        source='spec/sse.r1:2626',
         encoding='66 0F 71 /2 reg ib',
         operands=(('dst', 'xmmrm', 'rw'), ('imm', 'i8', 'r')),
         width=8,
@@ -14220,7 +14220,7 @@ FORMS = {
     'PSRLD_XMM_IMM8': FormInfo(
         name='PSRLD_XMM_IMM8',
         mnemonics={None: 'psrld'},
-        source='spec/sse.r1:2563',
+        source='spec/sse.r1:2636',
         encoding='66 0F 72 /2 reg ib',
         operands=(('dst', 'xmmrm', 'rw'), ('imm', 'i8', 'r')),
         width=8,
@@ -14244,7 +14244,7 @@ FORMS = {
     'PSRLQ_XMM_IMM8': FormInfo(
         name='PSRLQ_XMM_IMM8',
         mnemonics={None: 'psrlq'},
-        source='spec/sse.r1:2573',
+        source='spec/sse.r1:2646',
         encoding='66 0F 73 /2 reg ib',
         operands=(('dst', 'xmmrm', 'rw'), ('imm', 'i8', 'r')),
         width=8,
@@ -14268,7 +14268,7 @@ FORMS = {
     'PSRAW_XMM_IMM8': FormInfo(
         name='PSRAW_XMM_IMM8',
         mnemonics={None: 'psraw'},
-        source='spec/sse.r1:2583',
+        source='spec/sse.r1:2656',
         encoding='66 0F 71 /4 reg ib',
         operands=(('dst', 'xmmrm', 'rw'), ('imm', 'i8', 'r')),
         width=8,
@@ -14292,7 +14292,7 @@ FORMS = {
     'PSRAD_XMM_IMM8': FormInfo(
         name='PSRAD_XMM_IMM8',
         mnemonics={None: 'psrad'},
-        source='spec/sse.r1:2593',
+        source='spec/sse.r1:2666',
         encoding='66 0F 72 /4 reg ib',
         operands=(('dst', 'xmmrm', 'rw'), ('imm', 'i8', 'r')),
         width=8,
@@ -14316,7 +14316,7 @@ FORMS = {
     'PAVGB_XMM_XMMRM': FormInfo(
         name='PAVGB_XMM_XMMRM',
         mnemonics={None: 'pavgb'},
-        source='spec/sse.r1:2605',
+        source='spec/sse.r1:2678',
         encoding='66 0F E0 /r',
         operands=(('dst', 'xmm', 'rw'), ('src', 'xmmrm', 'r')),
         width='v',
@@ -14340,7 +14340,7 @@ FORMS = {
     'PAVGW_XMM_XMMRM': FormInfo(
         name='PAVGW_XMM_XMMRM',
         mnemonics={None: 'pavgw'},
-        source='spec/sse.r1:2615',
+        source='spec/sse.r1:2688',
         encoding='66 0F E3 /r',
         operands=(('dst', 'xmm', 'rw'), ('src', 'xmmrm', 'r')),
         width='v',
@@ -14364,7 +14364,7 @@ FORMS = {
     'PMAXSW_XMM_XMMRM': FormInfo(
         name='PMAXSW_XMM_XMMRM',
         mnemonics={None: 'pmaxsw'},
-        source='spec/sse.r1:2625',
+        source='spec/sse.r1:2698',
         encoding='66 0F EE /r',
         operands=(('dst', 'xmm', 'rw'), ('src', 'xmmrm', 'r')),
         width='v',
@@ -14388,7 +14388,7 @@ FORMS = {
     'PMAXUB_XMM_XMMRM': FormInfo(
         name='PMAXUB_XMM_XMMRM',
         mnemonics={None: 'pmaxub'},
-        source='spec/sse.r1:2635',
+        source='spec/sse.r1:2708',
         encoding='66 0F DE /r',
         operands=(('dst', 'xmm', 'rw'), ('src', 'xmmrm', 'r')),
         width='v',
@@ -14412,7 +14412,7 @@ FORMS = {
     'PMINSW_XMM_XMMRM': FormInfo(
         name='PMINSW_XMM_XMMRM',
         mnemonics={None: 'pminsw'},
-        source='spec/sse.r1:2645',
+        source='spec/sse.r1:2718',
         encoding='66 0F EA /r',
         operands=(('dst', 'xmm', 'rw'), ('src', 'xmmrm', 'r')),
         width='v',
@@ -14436,7 +14436,7 @@ FORMS = {
     'PMINUB_XMM_XMMRM': FormInfo(
         name='PMINUB_XMM_XMMRM',
         mnemonics={None: 'pminub'},
-        source='spec/sse.r1:2655',
+        source='spec/sse.r1:2728',
         encoding='66 0F DA /r',
         operands=(('dst', 'xmm', 'rw'), ('src', 'xmmrm', 'r')),
         width='v',
@@ -14460,7 +14460,7 @@ FORMS = {
     'PMULHUW_XMM_XMMRM': FormInfo(
         name='PMULHUW_XMM_XMMRM',
         mnemonics={None: 'pmulhuw'},
-        source='spec/sse.r1:2665',
+        source='spec/sse.r1:2738',
         encoding='66 0F E4 /r',
         operands=(('dst', 'xmm', 'rw'), ('src', 'xmmrm', 'r')),
         width='v',
@@ -14484,7 +14484,7 @@ FORMS = {
     'PSADBW_XMM_XMMRM': FormInfo(
         name='PSADBW_XMM_XMMRM',
         mnemonics={None: 'psadbw'},
-        source='spec/sse.r1:2675',
+        source='spec/sse.r1:2748',
         encoding='66 0F F6 /r',
         operands=(('dst', 'xmm', 'rw'), ('src', 'xmmrm', 'r')),
         width='v',
@@ -14508,7 +14508,7 @@ FORMS = {
     'PEXTRW_R32_XMM_IMM8': FormInfo(
         name='PEXTRW_R32_XMM_IMM8',
         mnemonics={None: 'pextrw'},
-        source='spec/sse.r1:2685',
+        source='spec/sse.r1:2758',
         encoding='66 0F C5 /r reg ib',
         operands=(('dst', 'r32', 'w'), ('src', 'xmmrm', 'r'), ('imm', 'i8', 'r')),
         width=32,
@@ -14532,7 +14532,7 @@ FORMS = {
     'PINSRW_XMM_R32_IMM8': FormInfo(
         name='PINSRW_XMM_R32_IMM8',
         mnemonics={None: 'pinsrw'},
-        source='spec/sse.r1:2695',
+        source='spec/sse.r1:2768',
         encoding='66 0F C4 /r reg ib',
         operands=(('dst', 'xmm', 'rw'), ('src', 'r32rm', 'r'), ('imm', 'i8', 'r')),
         width=32,
@@ -14556,7 +14556,7 @@ FORMS = {
     'PINSRW_XMM_M16_IMM8': FormInfo(
         name='PINSRW_XMM_M16_IMM8',
         mnemonics={None: 'pinsrw'},
-        source='spec/sse.r1:2705',
+        source='spec/sse.r1:2778',
         encoding='66 0F C4 /r mem ib',
         operands=(('dst', 'xmm', 'rw'), ('src', 'm16', 'r'), ('imm', 'i8', 'r')),
         width=16,
@@ -14580,7 +14580,7 @@ FORMS = {
     'PMOVMSKB_R32_XMM': FormInfo(
         name='PMOVMSKB_R32_XMM',
         mnemonics={None: 'pmovmskb'},
-        source='spec/sse.r1:2715',
+        source='spec/sse.r1:2788',
         encoding='66 0F D7 /r reg',
         operands=(('dst', 'r32', 'w'), ('src', 'xmmrm', 'r')),
         width=32,
@@ -18516,7 +18516,7 @@ FORMS = {
     'FNOP': FormInfo(
         name='FNOP',
         mnemonics={None: 'fnop'},
-        source='spec/x87.r1:1638',
+        source='spec/x87.r1:1777',
         encoding='D9 D0 reg',
         operands=(),
         width='v',
@@ -18540,7 +18540,7 @@ FORMS = {
     'FFREE_STi': FormInfo(
         name='FFREE_STi',
         mnemonics={None: 'ffree'},
-        source='spec/x87.r1:1648',
+        source='spec/x87.r1:1787',
         encoding='DD /0 reg',
         operands=(('dst', 'sti', 'w'),),
         width='v',
@@ -18564,7 +18564,7 @@ FORMS = {
     'FNINIT': FormInfo(
         name='FNINIT',
         mnemonics={None: 'fninit'},
-        source='spec/x87.r1:1659',
+        source='spec/x87.r1:1798',
         encoding='DB E3 reg',
         operands=(),
         width='v',
@@ -18578,17 +18578,17 @@ FORMS = {
         writes=(),
         rule='ident',
         rule_arg=None,
-        semantics=False,
+        semantics=True,
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
-        simd_state=False,
+        simd_state=True,
         interrupt_shadow=False,
     ),
     'FNCLEX': FormInfo(
         name='FNCLEX',
         mnemonics={None: 'fnclex'},
-        source='spec/x87.r1:1668',
+        source='spec/x87.r1:1808',
         encoding='DB E2 reg',
         operands=(),
         width='v',
@@ -18602,17 +18602,17 @@ FORMS = {
         writes=(),
         rule='ident',
         rule_arg=None,
-        semantics=False,
+        semantics=True,
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
-        simd_state=False,
+        simd_state=True,
         interrupt_shadow=False,
     ),
     'FLDCW_M16': FormInfo(
         name='FLDCW_M16',
         mnemonics={None: 'fldcw'},
-        source='spec/x87.r1:1677',
+        source='spec/x87.r1:1818',
         encoding='D9 /5 mem',
         operands=(('src', 'm16', 'r'),),
         width=16,
@@ -18626,17 +18626,17 @@ FORMS = {
         writes=(),
         rule='ident',
         rule_arg=None,
-        semantics=False,
+        semantics=True,
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
-        simd_state=False,
+        simd_state=True,
         interrupt_shadow=False,
     ),
     'FNSTCW_M16': FormInfo(
         name='FNSTCW_M16',
         mnemonics={None: 'fnstcw'},
-        source='spec/x87.r1:1687',
+        source='spec/x87.r1:1829',
         encoding='D9 /7 mem',
         operands=(('dst', 'm16', 'w'),),
         width=16,
@@ -18650,17 +18650,17 @@ FORMS = {
         writes=(),
         rule='ident',
         rule_arg=None,
-        semantics=False,
+        semantics=True,
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
-        simd_state=False,
+        simd_state=True,
         interrupt_shadow=False,
     ),
     'FNSTSW_M16': FormInfo(
         name='FNSTSW_M16',
         mnemonics={None: 'fnstsw'},
-        source='spec/x87.r1:1697',
+        source='spec/x87.r1:1840',
         encoding='DD /7 mem',
         operands=(('dst', 'm16', 'w'),),
         width=16,
@@ -18674,17 +18674,17 @@ FORMS = {
         writes=(),
         rule='ident',
         rule_arg=None,
-        semantics=False,
+        semantics=True,
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
-        simd_state=False,
+        simd_state=True,
         interrupt_shadow=False,
     ),
     'FNSTSW_AX': FormInfo(
         name='FNSTSW_AX',
         mnemonics={None: 'fnstsw'},
-        source='spec/x87.r1:1707',
+        source='spec/x87.r1:1851',
         encoding='DF E0 reg',
         operands=(),
         width='v',
@@ -18698,17 +18698,17 @@ FORMS = {
         writes=(),
         rule='ident',
         rule_arg=None,
-        semantics=False,
+        semantics=True,
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
-        simd_state=False,
+        simd_state=True,
         interrupt_shadow=False,
     ),
     'FLDENV_MENV': FormInfo(
         name='FLDENV_MENV',
         mnemonics={None: 'fldenv'},
-        source='spec/x87.r1:1716',
+        source='spec/x87.r1:1861',
         encoding='D9 /4 mem',
         operands=(('src', 'm224', 'r'),),
         width='v',
@@ -18722,17 +18722,17 @@ FORMS = {
         writes=(),
         rule='ident',
         rule_arg=None,
-        semantics=False,
+        semantics=True,
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
-        simd_state=False,
+        simd_state=True,
         interrupt_shadow=False,
     ),
     'FNSTENV_MENV': FormInfo(
         name='FNSTENV_MENV',
         mnemonics={None: 'fnstenv'},
-        source='spec/x87.r1:1726',
+        source='spec/x87.r1:1872',
         encoding='D9 /6 mem',
         operands=(('dst', 'm224', 'w'),),
         width='v',
@@ -18746,17 +18746,17 @@ FORMS = {
         writes=(),
         rule='callout',
         rule_arg=None,
-        semantics=False,
+        semantics=True,
         ends_block=True,
         xchecks=(),
         soft_interrupt=None,
-        simd_state=False,
+        simd_state=True,
         interrupt_shadow=False,
     ),
     'FRSTOR_MSTATE': FormInfo(
         name='FRSTOR_MSTATE',
         mnemonics={None: 'frstor'},
-        source='spec/x87.r1:1736',
+        source='spec/x87.r1:1888',
         encoding='DD /4 mem',
         operands=(('src', 'm864', 'r'),),
         width='v',
@@ -18770,17 +18770,17 @@ FORMS = {
         writes=(),
         rule='ident',
         rule_arg=None,
-        semantics=False,
+        semantics=True,
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
-        simd_state=False,
+        simd_state=True,
         interrupt_shadow=False,
     ),
     'FNSAVE_MSTATE': FormInfo(
         name='FNSAVE_MSTATE',
         mnemonics={None: 'fnsave'},
-        source='spec/x87.r1:1746',
+        source='spec/x87.r1:1908',
         encoding='DD /6 mem',
         operands=(('dst', 'm864', 'w'),),
         width='v',
@@ -18794,17 +18794,17 @@ FORMS = {
         writes=(),
         rule='callout',
         rule_arg=None,
-        semantics=False,
+        semantics=True,
         ends_block=True,
         xchecks=(),
         soft_interrupt=None,
-        simd_state=False,
+        simd_state=True,
         interrupt_shadow=False,
     ),
     'FWAIT': FormInfo(
         name='FWAIT',
         mnemonics={None: 'wait'},
-        source='spec/x87.r1:1756',
+        source='spec/x87.r1:1930',
         encoding='9B',
         operands=(),
         width='v',
@@ -18818,17 +18818,17 @@ FORMS = {
         writes=(),
         rule='ident',
         rule_arg=None,
-        semantics=False,
+        semantics=True,
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
-        simd_state=False,
+        simd_state=True,
         interrupt_shadow=False,
     ),
     'FFREEP_STi': FormInfo(
         name='FFREEP_STi',
         mnemonics={None: 'ffreep'},
-        source='spec/x87.r1:1767',
+        source='spec/x87.r1:1948',
         encoding='DF /0 reg',
         operands=(('dst', 'sti', 'w'),),
         width='v',
@@ -18852,7 +18852,7 @@ FORMS = {
     'FSTPNCE_STi': FormInfo(
         name='FSTPNCE_STi',
         mnemonics={None: 'fstpnce'},
-        source='spec/x87.r1:1778',
+        source='spec/x87.r1:1959',
         encoding='D9 /3 reg',
         operands=(('dst', 'sti', 'w'), ('src', 'st0', 'r')),
         width='v',
@@ -18876,7 +18876,7 @@ FORMS = {
     'FCOM_STi_DCD0': FormInfo(
         name='FCOM_STi_DCD0',
         mnemonics={None: 'fcom'},
-        source='spec/x87.r1:1789',
+        source='spec/x87.r1:1970',
         encoding='DC /2 reg',
         operands=(('a', 'st0', 'r'), ('b', 'sti', 'r')),
         width='v',
@@ -18900,7 +18900,7 @@ FORMS = {
     'FCOMP_STi_DCD8': FormInfo(
         name='FCOMP_STi_DCD8',
         mnemonics={None: 'fcomp'},
-        source='spec/x87.r1:1801',
+        source='spec/x87.r1:1982',
         encoding='DC /3 reg',
         operands=(('a', 'st0', 'r'), ('b', 'sti', 'r')),
         width='v',
@@ -18924,7 +18924,7 @@ FORMS = {
     'FCOMP_STi_DED0': FormInfo(
         name='FCOMP_STi_DED0',
         mnemonics={None: 'fcomp'},
-        source='spec/x87.r1:1813',
+        source='spec/x87.r1:1994',
         encoding='DE /2 reg',
         operands=(('a', 'st0', 'r'), ('b', 'sti', 'r')),
         width='v',
@@ -18948,7 +18948,7 @@ FORMS = {
     'FXCH_STi_DDC8': FormInfo(
         name='FXCH_STi_DDC8',
         mnemonics={None: 'fxch'},
-        source='spec/x87.r1:1825',
+        source='spec/x87.r1:2006',
         encoding='DD /1 reg',
         operands=(('a', 'st0', 'rw'), ('b', 'sti', 'rw')),
         width='v',
@@ -18972,7 +18972,7 @@ FORMS = {
     'FXCH_STi_DFC8': FormInfo(
         name='FXCH_STi_DFC8',
         mnemonics={None: 'fxch'},
-        source='spec/x87.r1:1837',
+        source='spec/x87.r1:2018',
         encoding='DF /1 reg',
         operands=(('a', 'st0', 'rw'), ('b', 'sti', 'rw')),
         width='v',
@@ -18996,7 +18996,7 @@ FORMS = {
     'FSTP_STi_DFD0': FormInfo(
         name='FSTP_STi_DFD0',
         mnemonics={None: 'fstp'},
-        source='spec/x87.r1:1849',
+        source='spec/x87.r1:2030',
         encoding='DF /2 reg',
         operands=(('dst', 'sti', 'w'), ('src', 'st0', 'r')),
         width='v',
@@ -19020,7 +19020,7 @@ FORMS = {
     'FSTP_STi_DFD8': FormInfo(
         name='FSTP_STi_DFD8',
         mnemonics={None: 'fstp'},
-        source='spec/x87.r1:1861',
+        source='spec/x87.r1:2042',
         encoding='DF /3 reg',
         operands=(('dst', 'sti', 'w'), ('src', 'st0', 'r')),
         width='v',
@@ -19044,7 +19044,7 @@ FORMS = {
     'FNENI': FormInfo(
         name='FNENI',
         mnemonics={None: 'feni'},
-        source='spec/x87.r1:1873',
+        source='spec/x87.r1:2054',
         encoding='DB E0 reg',
         operands=(),
         width='v',
@@ -19068,7 +19068,7 @@ FORMS = {
     'FNDISI': FormInfo(
         name='FNDISI',
         mnemonics={None: 'fdisi'},
-        source='spec/x87.r1:1884',
+        source='spec/x87.r1:2065',
         encoding='DB E1 reg',
         operands=(),
         width='v',
@@ -19092,7 +19092,7 @@ FORMS = {
     'FNSETPM': FormInfo(
         name='FNSETPM',
         mnemonics={None: 'fsetpm'},
-        source='spec/x87.r1:1895',
+        source='spec/x87.r1:2076',
         encoding='DB E4 reg',
         operands=(),
         width='v',

@@ -8,1374 +8,1431 @@ register-or-memory, condition, REP). `$name` placeholders are filled from the de
 instruction by ring1.runtime.cpu.blocks, which joins templates into one function per block.
 """
 
-# MOVAPS_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:93
+# MOVAPS_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:108
 _T0 = """\
-b_unimplemented('MOVAPS_XMM_XMMRM', 'spec/sse.r1:93')  # sse.r1:93
+b_unimplemented('MOVAPS_XMM_XMMRM', 'spec/sse.r1:108')  # sse.r1:108
 """
 
-# MOVAPS_XMMRM_XMM [o16 a16 reg and 7 more] from spec/sse.r1:103
+# MOVAPS_XMMRM_XMM [o16 a16 reg and 7 more] from spec/sse.r1:118
 _T1 = """\
-b_unimplemented('MOVAPS_XMMRM_XMM', 'spec/sse.r1:103')  # sse.r1:103
+b_unimplemented('MOVAPS_XMMRM_XMM', 'spec/sse.r1:118')  # sse.r1:118
 """
 
-# MOVUPS_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:113
+# MOVUPS_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:128
 _T2 = """\
-b_unimplemented('MOVUPS_XMM_XMMRM', 'spec/sse.r1:113')  # sse.r1:113
+b_unimplemented('MOVUPS_XMM_XMMRM', 'spec/sse.r1:128')  # sse.r1:128
 """
 
-# MOVUPS_XMMRM_XMM [o16 a16 reg and 7 more] from spec/sse.r1:123
+# MOVUPS_XMMRM_XMM [o16 a16 reg and 7 more] from spec/sse.r1:138
 _T3 = """\
-b_unimplemented('MOVUPS_XMMRM_XMM', 'spec/sse.r1:123')  # sse.r1:123
+b_unimplemented('MOVUPS_XMMRM_XMM', 'spec/sse.r1:138')  # sse.r1:138
 """
 
-# MOVSS_XMM_XMM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:133
+# MOVSS_XMM_XMM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:148
 _T4 = """\
-b_unimplemented('MOVSS_XMM_XMM', 'spec/sse.r1:133')  # sse.r1:133
+b_unimplemented('MOVSS_XMM_XMM', 'spec/sse.r1:148')  # sse.r1:148
 """
 
-# MOVSS_XMM_M32 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:143
+# MOVSS_XMM_M32 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:158
 _T5 = """\
-b_unimplemented('MOVSS_XMM_M32', 'spec/sse.r1:143')  # sse.r1:143
+b_unimplemented('MOVSS_XMM_M32', 'spec/sse.r1:158')  # sse.r1:158
 """
 
-# MOVSS_XMM_XMM_0F11 [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:153
+# MOVSS_XMM_XMM_0F11 [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:168
 _T6 = """\
-b_unimplemented('MOVSS_XMM_XMM_0F11', 'spec/sse.r1:153')  # sse.r1:153
+b_unimplemented('MOVSS_XMM_XMM_0F11', 'spec/sse.r1:168')  # sse.r1:168
 """
 
-# MOVSS_M32_XMM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:163
+# MOVSS_M32_XMM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:178
 _T7 = """\
-b_unimplemented('MOVSS_M32_XMM', 'spec/sse.r1:163')  # sse.r1:163
+b_unimplemented('MOVSS_M32_XMM', 'spec/sse.r1:178')  # sse.r1:178
 """
 
-# MOVLPS_XMM_M64 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:173
+# MOVLPS_XMM_M64 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:188
 _T8 = """\
-b_unimplemented('MOVLPS_XMM_M64', 'spec/sse.r1:173')  # sse.r1:173
+b_unimplemented('MOVLPS_XMM_M64', 'spec/sse.r1:188')  # sse.r1:188
 """
 
-# MOVHLPS_XMM_XMM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:183
+# MOVHLPS_XMM_XMM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:198
 _T9 = """\
-b_unimplemented('MOVHLPS_XMM_XMM', 'spec/sse.r1:183')  # sse.r1:183
+b_unimplemented('MOVHLPS_XMM_XMM', 'spec/sse.r1:198')  # sse.r1:198
 """
 
-# MOVLPS_M64_XMM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:193
+# MOVLPS_M64_XMM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:208
 _T10 = """\
-b_unimplemented('MOVLPS_M64_XMM', 'spec/sse.r1:193')  # sse.r1:193
+b_unimplemented('MOVLPS_M64_XMM', 'spec/sse.r1:208')  # sse.r1:208
 """
 
-# MOVHPS_XMM_M64 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:203
+# MOVHPS_XMM_M64 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:218
 _T11 = """\
-b_unimplemented('MOVHPS_XMM_M64', 'spec/sse.r1:203')  # sse.r1:203
+b_unimplemented('MOVHPS_XMM_M64', 'spec/sse.r1:218')  # sse.r1:218
 """
 
-# MOVLHPS_XMM_XMM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:213
+# MOVLHPS_XMM_XMM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:228
 _T12 = """\
-b_unimplemented('MOVLHPS_XMM_XMM', 'spec/sse.r1:213')  # sse.r1:213
+b_unimplemented('MOVLHPS_XMM_XMM', 'spec/sse.r1:228')  # sse.r1:228
 """
 
-# MOVHPS_M64_XMM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:223
+# MOVHPS_M64_XMM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:238
 _T13 = """\
-b_unimplemented('MOVHPS_M64_XMM', 'spec/sse.r1:223')  # sse.r1:223
+b_unimplemented('MOVHPS_M64_XMM', 'spec/sse.r1:238')  # sse.r1:238
 """
 
-# MOVMSKPS_R32_XMM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:233
+# MOVMSKPS_R32_XMM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:248
 _T14 = """\
-b_unimplemented('MOVMSKPS_R32_XMM', 'spec/sse.r1:233')  # sse.r1:233
+b_unimplemented('MOVMSKPS_R32_XMM', 'spec/sse.r1:248')  # sse.r1:248
 """
 
-# ADDPS_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:245
+# ADDPS_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:260
 _T15 = """\
-b_unimplemented('ADDPS_XMM_XMMRM', 'spec/sse.r1:245')  # sse.r1:245
+b_unimplemented('ADDPS_XMM_XMMRM', 'spec/sse.r1:260')  # sse.r1:260
 """
 
-# ADDSS_XMM_XMM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:255
+# ADDSS_XMM_XMM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:270
 _T16 = """\
-b_unimplemented('ADDSS_XMM_XMM', 'spec/sse.r1:255')  # sse.r1:255
+b_unimplemented('ADDSS_XMM_XMM', 'spec/sse.r1:270')  # sse.r1:270
 """
 
-# ADDSS_XMM_M32 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:265
+# ADDSS_XMM_M32 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:280
 _T17 = """\
-b_unimplemented('ADDSS_XMM_M32', 'spec/sse.r1:265')  # sse.r1:265
+b_unimplemented('ADDSS_XMM_M32', 'spec/sse.r1:280')  # sse.r1:280
 """
 
-# SUBPS_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:275
+# SUBPS_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:290
 _T18 = """\
-b_unimplemented('SUBPS_XMM_XMMRM', 'spec/sse.r1:275')  # sse.r1:275
+b_unimplemented('SUBPS_XMM_XMMRM', 'spec/sse.r1:290')  # sse.r1:290
 """
 
-# SUBSS_XMM_XMM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:285
+# SUBSS_XMM_XMM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:300
 _T19 = """\
-b_unimplemented('SUBSS_XMM_XMM', 'spec/sse.r1:285')  # sse.r1:285
+b_unimplemented('SUBSS_XMM_XMM', 'spec/sse.r1:300')  # sse.r1:300
 """
 
-# SUBSS_XMM_M32 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:295
+# SUBSS_XMM_M32 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:310
 _T20 = """\
-b_unimplemented('SUBSS_XMM_M32', 'spec/sse.r1:295')  # sse.r1:295
+b_unimplemented('SUBSS_XMM_M32', 'spec/sse.r1:310')  # sse.r1:310
 """
 
-# MULPS_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:305
+# MULPS_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:320
 _T21 = """\
-b_unimplemented('MULPS_XMM_XMMRM', 'spec/sse.r1:305')  # sse.r1:305
+b_unimplemented('MULPS_XMM_XMMRM', 'spec/sse.r1:320')  # sse.r1:320
 """
 
-# MULSS_XMM_XMM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:315
+# MULSS_XMM_XMM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:330
 _T22 = """\
-b_unimplemented('MULSS_XMM_XMM', 'spec/sse.r1:315')  # sse.r1:315
+b_unimplemented('MULSS_XMM_XMM', 'spec/sse.r1:330')  # sse.r1:330
 """
 
-# MULSS_XMM_M32 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:325
+# MULSS_XMM_M32 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:340
 _T23 = """\
-b_unimplemented('MULSS_XMM_M32', 'spec/sse.r1:325')  # sse.r1:325
+b_unimplemented('MULSS_XMM_M32', 'spec/sse.r1:340')  # sse.r1:340
 """
 
-# DIVPS_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:335
+# DIVPS_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:350
 _T24 = """\
-b_unimplemented('DIVPS_XMM_XMMRM', 'spec/sse.r1:335')  # sse.r1:335
+b_unimplemented('DIVPS_XMM_XMMRM', 'spec/sse.r1:350')  # sse.r1:350
 """
 
-# DIVSS_XMM_XMM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:345
+# DIVSS_XMM_XMM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:360
 _T25 = """\
-b_unimplemented('DIVSS_XMM_XMM', 'spec/sse.r1:345')  # sse.r1:345
+b_unimplemented('DIVSS_XMM_XMM', 'spec/sse.r1:360')  # sse.r1:360
 """
 
-# DIVSS_XMM_M32 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:355
+# DIVSS_XMM_M32 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:370
 _T26 = """\
-b_unimplemented('DIVSS_XMM_M32', 'spec/sse.r1:355')  # sse.r1:355
+b_unimplemented('DIVSS_XMM_M32', 'spec/sse.r1:370')  # sse.r1:370
 """
 
-# MINPS_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:365
+# MINPS_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:380
 _T27 = """\
-b_unimplemented('MINPS_XMM_XMMRM', 'spec/sse.r1:365')  # sse.r1:365
+b_unimplemented('MINPS_XMM_XMMRM', 'spec/sse.r1:380')  # sse.r1:380
 """
 
-# MINSS_XMM_XMM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:375
+# MINSS_XMM_XMM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:390
 _T28 = """\
-b_unimplemented('MINSS_XMM_XMM', 'spec/sse.r1:375')  # sse.r1:375
+b_unimplemented('MINSS_XMM_XMM', 'spec/sse.r1:390')  # sse.r1:390
 """
 
-# MINSS_XMM_M32 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:385
+# MINSS_XMM_M32 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:400
 _T29 = """\
-b_unimplemented('MINSS_XMM_M32', 'spec/sse.r1:385')  # sse.r1:385
+b_unimplemented('MINSS_XMM_M32', 'spec/sse.r1:400')  # sse.r1:400
 """
 
-# MAXPS_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:395
+# MAXPS_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:410
 _T30 = """\
-b_unimplemented('MAXPS_XMM_XMMRM', 'spec/sse.r1:395')  # sse.r1:395
+b_unimplemented('MAXPS_XMM_XMMRM', 'spec/sse.r1:410')  # sse.r1:410
 """
 
-# MAXSS_XMM_XMM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:405
+# MAXSS_XMM_XMM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:420
 _T31 = """\
-b_unimplemented('MAXSS_XMM_XMM', 'spec/sse.r1:405')  # sse.r1:405
+b_unimplemented('MAXSS_XMM_XMM', 'spec/sse.r1:420')  # sse.r1:420
 """
 
-# MAXSS_XMM_M32 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:415
+# MAXSS_XMM_M32 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:430
 _T32 = """\
-b_unimplemented('MAXSS_XMM_M32', 'spec/sse.r1:415')  # sse.r1:415
+b_unimplemented('MAXSS_XMM_M32', 'spec/sse.r1:430')  # sse.r1:430
 """
 
-# SQRTPS_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:425
+# SQRTPS_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:440
 _T33 = """\
-b_unimplemented('SQRTPS_XMM_XMMRM', 'spec/sse.r1:425')  # sse.r1:425
+b_unimplemented('SQRTPS_XMM_XMMRM', 'spec/sse.r1:440')  # sse.r1:440
 """
 
-# SQRTSS_XMM_XMM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:435
+# SQRTSS_XMM_XMM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:450
 _T34 = """\
-b_unimplemented('SQRTSS_XMM_XMM', 'spec/sse.r1:435')  # sse.r1:435
+b_unimplemented('SQRTSS_XMM_XMM', 'spec/sse.r1:450')  # sse.r1:450
 """
 
-# SQRTSS_XMM_M32 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:445
+# SQRTSS_XMM_M32 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:460
 _T35 = """\
-b_unimplemented('SQRTSS_XMM_M32', 'spec/sse.r1:445')  # sse.r1:445
+b_unimplemented('SQRTSS_XMM_M32', 'spec/sse.r1:460')  # sse.r1:460
 """
 
-# RCPPS_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:455
+# RCPPS_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:470
 _T36 = """\
-b_unimplemented('RCPPS_XMM_XMMRM', 'spec/sse.r1:455')  # sse.r1:455
+b_unimplemented('RCPPS_XMM_XMMRM', 'spec/sse.r1:470')  # sse.r1:470
 """
 
-# RCPSS_XMM_XMM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:465
+# RCPSS_XMM_XMM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:480
 _T37 = """\
-b_unimplemented('RCPSS_XMM_XMM', 'spec/sse.r1:465')  # sse.r1:465
+b_unimplemented('RCPSS_XMM_XMM', 'spec/sse.r1:480')  # sse.r1:480
 """
 
-# RCPSS_XMM_M32 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:475
+# RCPSS_XMM_M32 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:490
 _T38 = """\
-b_unimplemented('RCPSS_XMM_M32', 'spec/sse.r1:475')  # sse.r1:475
+b_unimplemented('RCPSS_XMM_M32', 'spec/sse.r1:490')  # sse.r1:490
 """
 
-# RSQRTPS_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:485
+# RSQRTPS_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:500
 _T39 = """\
-b_unimplemented('RSQRTPS_XMM_XMMRM', 'spec/sse.r1:485')  # sse.r1:485
+b_unimplemented('RSQRTPS_XMM_XMMRM', 'spec/sse.r1:500')  # sse.r1:500
 """
 
-# RSQRTSS_XMM_XMM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:495
+# RSQRTSS_XMM_XMM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:510
 _T40 = """\
-b_unimplemented('RSQRTSS_XMM_XMM', 'spec/sse.r1:495')  # sse.r1:495
+b_unimplemented('RSQRTSS_XMM_XMM', 'spec/sse.r1:510')  # sse.r1:510
 """
 
-# RSQRTSS_XMM_M32 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:505
+# RSQRTSS_XMM_M32 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:520
 _T41 = """\
-b_unimplemented('RSQRTSS_XMM_M32', 'spec/sse.r1:505')  # sse.r1:505
+b_unimplemented('RSQRTSS_XMM_M32', 'spec/sse.r1:520')  # sse.r1:520
 """
 
-# CMPPS_XMM_XMMRM_IMM8 [o16 a16 reg and 7 more] from spec/sse.r1:517
+# CMPPS_XMM_XMMRM_IMM8 [o16 a16 reg and 7 more] from spec/sse.r1:532
 _T42 = """\
-b_unimplemented('CMPPS_XMM_XMMRM_IMM8', 'spec/sse.r1:517')  # sse.r1:517
+b_unimplemented('CMPPS_XMM_XMMRM_IMM8', 'spec/sse.r1:532')  # sse.r1:532
 """
 
-# CMPSS_XMM_XMM_IMM8 [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:528
+# CMPSS_XMM_XMM_IMM8 [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:543
 _T43 = """\
-b_unimplemented('CMPSS_XMM_XMM_IMM8', 'spec/sse.r1:528')  # sse.r1:528
+b_unimplemented('CMPSS_XMM_XMM_IMM8', 'spec/sse.r1:543')  # sse.r1:543
 """
 
-# CMPSS_XMM_M32_IMM8 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:539
+# CMPSS_XMM_M32_IMM8 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:554
 _T44 = """\
-b_unimplemented('CMPSS_XMM_M32_IMM8', 'spec/sse.r1:539')  # sse.r1:539
+b_unimplemented('CMPSS_XMM_M32_IMM8', 'spec/sse.r1:554')  # sse.r1:554
 """
 
-# COMISS_XMM_XMM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:550
+# COMISS_XMM_XMM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:565
 _T45 = """\
-b_unimplemented('COMISS_XMM_XMM', 'spec/sse.r1:550')  # sse.r1:550
+b_unimplemented('COMISS_XMM_XMM', 'spec/sse.r1:565')  # sse.r1:565
 """
 
-# COMISS_XMM_M32 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:560
+# COMISS_XMM_M32 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:575
 _T46 = """\
-b_unimplemented('COMISS_XMM_M32', 'spec/sse.r1:560')  # sse.r1:560
+b_unimplemented('COMISS_XMM_M32', 'spec/sse.r1:575')  # sse.r1:575
 """
 
-# UCOMISS_XMM_XMM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:570
+# UCOMISS_XMM_XMM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:585
 _T47 = """\
-b_unimplemented('UCOMISS_XMM_XMM', 'spec/sse.r1:570')  # sse.r1:570
+b_unimplemented('UCOMISS_XMM_XMM', 'spec/sse.r1:585')  # sse.r1:585
 """
 
-# UCOMISS_XMM_M32 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:580
+# UCOMISS_XMM_M32 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:595
 _T48 = """\
-b_unimplemented('UCOMISS_XMM_M32', 'spec/sse.r1:580')  # sse.r1:580
+b_unimplemented('UCOMISS_XMM_M32', 'spec/sse.r1:595')  # sse.r1:595
 """
 
-# ANDPS_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:592
+# ANDPS_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:607
 _T49 = """\
-b_unimplemented('ANDPS_XMM_XMMRM', 'spec/sse.r1:592')  # sse.r1:592
+b_unimplemented('ANDPS_XMM_XMMRM', 'spec/sse.r1:607')  # sse.r1:607
 """
 
-# ANDNPS_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:602
+# ANDNPS_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:617
 _T50 = """\
-b_unimplemented('ANDNPS_XMM_XMMRM', 'spec/sse.r1:602')  # sse.r1:602
+b_unimplemented('ANDNPS_XMM_XMMRM', 'spec/sse.r1:617')  # sse.r1:617
 """
 
-# ORPS_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:612
+# ORPS_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:627
 _T51 = """\
-b_unimplemented('ORPS_XMM_XMMRM', 'spec/sse.r1:612')  # sse.r1:612
+b_unimplemented('ORPS_XMM_XMMRM', 'spec/sse.r1:627')  # sse.r1:627
 """
 
-# XORPS_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:622
+# XORPS_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:637
 _T52 = """\
-b_unimplemented('XORPS_XMM_XMMRM', 'spec/sse.r1:622')  # sse.r1:622
+b_unimplemented('XORPS_XMM_XMMRM', 'spec/sse.r1:637')  # sse.r1:637
 """
 
-# SHUFPS_XMM_XMMRM_IMM8 [o16 a16 reg and 7 more] from spec/sse.r1:632
+# SHUFPS_XMM_XMMRM_IMM8 [o16 a16 reg and 7 more] from spec/sse.r1:647
 _T53 = """\
-b_unimplemented('SHUFPS_XMM_XMMRM_IMM8', 'spec/sse.r1:632')  # sse.r1:632
+b_unimplemented('SHUFPS_XMM_XMMRM_IMM8', 'spec/sse.r1:647')  # sse.r1:647
 """
 
-# UNPCKLPS_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:642
+# UNPCKLPS_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:657
 _T54 = """\
-b_unimplemented('UNPCKLPS_XMM_XMMRM', 'spec/sse.r1:642')  # sse.r1:642
+b_unimplemented('UNPCKLPS_XMM_XMMRM', 'spec/sse.r1:657')  # sse.r1:657
 """
 
-# UNPCKHPS_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:652
+# UNPCKHPS_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:667
 _T55 = """\
-b_unimplemented('UNPCKHPS_XMM_XMMRM', 'spec/sse.r1:652')  # sse.r1:652
+b_unimplemented('UNPCKHPS_XMM_XMMRM', 'spec/sse.r1:667')  # sse.r1:667
 """
 
-# CVTPI2PS_XMM_MMRM [o16 a16 reg and 7 more] from spec/sse.r1:664
+# CVTPI2PS_XMM_MMRM [o16 a16 reg and 7 more] from spec/sse.r1:679
 _T56 = """\
-b_unimplemented('CVTPI2PS_XMM_MMRM', 'spec/sse.r1:664')  # sse.r1:664
+b_unimplemented('CVTPI2PS_XMM_MMRM', 'spec/sse.r1:679')  # sse.r1:679
 """
 
-# CVTPS2PI_MM_XMM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:674
+# CVTPS2PI_MM_XMM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:689
 _T57 = """\
-b_unimplemented('CVTPS2PI_MM_XMM', 'spec/sse.r1:674')  # sse.r1:674
+b_unimplemented('CVTPS2PI_MM_XMM', 'spec/sse.r1:689')  # sse.r1:689
 """
 
-# CVTPS2PI_MM_M64 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:684
+# CVTPS2PI_MM_M64 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:699
 _T58 = """\
-b_unimplemented('CVTPS2PI_MM_M64', 'spec/sse.r1:684')  # sse.r1:684
+b_unimplemented('CVTPS2PI_MM_M64', 'spec/sse.r1:699')  # sse.r1:699
 """
 
-# CVTTPS2PI_MM_XMM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:694
+# CVTTPS2PI_MM_XMM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:709
 _T59 = """\
-b_unimplemented('CVTTPS2PI_MM_XMM', 'spec/sse.r1:694')  # sse.r1:694
+b_unimplemented('CVTTPS2PI_MM_XMM', 'spec/sse.r1:709')  # sse.r1:709
 """
 
-# CVTTPS2PI_MM_M64 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:704
+# CVTTPS2PI_MM_M64 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:719
 _T60 = """\
-b_unimplemented('CVTTPS2PI_MM_M64', 'spec/sse.r1:704')  # sse.r1:704
+b_unimplemented('CVTTPS2PI_MM_M64', 'spec/sse.r1:719')  # sse.r1:719
 """
 
-# CVTSI2SS_XMM_RM32 [o16 a16 reg and 7 more] from spec/sse.r1:714
+# CVTSI2SS_XMM_RM32 [o16 a16 reg and 7 more] from spec/sse.r1:729
 _T61 = """\
-b_unimplemented('CVTSI2SS_XMM_RM32', 'spec/sse.r1:714')  # sse.r1:714
+b_unimplemented('CVTSI2SS_XMM_RM32', 'spec/sse.r1:729')  # sse.r1:729
 """
 
-# CVTSS2SI_R32_XMM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:724
+# CVTSS2SI_R32_XMM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:739
 _T62 = """\
-b_unimplemented('CVTSS2SI_R32_XMM', 'spec/sse.r1:724')  # sse.r1:724
+b_unimplemented('CVTSS2SI_R32_XMM', 'spec/sse.r1:739')  # sse.r1:739
 """
 
-# CVTSS2SI_R32_M32 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:734
+# CVTSS2SI_R32_M32 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:749
 _T63 = """\
-b_unimplemented('CVTSS2SI_R32_M32', 'spec/sse.r1:734')  # sse.r1:734
+b_unimplemented('CVTSS2SI_R32_M32', 'spec/sse.r1:749')  # sse.r1:749
 """
 
-# CVTTSS2SI_R32_XMM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:744
+# CVTTSS2SI_R32_XMM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:759
 _T64 = """\
-b_unimplemented('CVTTSS2SI_R32_XMM', 'spec/sse.r1:744')  # sse.r1:744
+b_unimplemented('CVTTSS2SI_R32_XMM', 'spec/sse.r1:759')  # sse.r1:759
 """
 
-# CVTTSS2SI_R32_M32 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:754
+# CVTTSS2SI_R32_M32 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:769
 _T65 = """\
-b_unimplemented('CVTTSS2SI_R32_M32', 'spec/sse.r1:754')  # sse.r1:754
+b_unimplemented('CVTTSS2SI_R32_M32', 'spec/sse.r1:769')  # sse.r1:769
 """
 
-# LDMXCSR_M32 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:766
+# LDMXCSR_M32 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:781
 _T66 = """\
-b_unimplemented('LDMXCSR_M32', 'spec/sse.r1:766')  # sse.r1:766
+b_unimplemented('LDMXCSR_M32', 'spec/sse.r1:781')  # sse.r1:781
 """
 
-# STMXCSR_M32 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:776
+# STMXCSR_M32 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:791
 _T67 = """\
-b_unimplemented('STMXCSR_M32', 'spec/sse.r1:776')  # sse.r1:776
+b_unimplemented('STMXCSR_M32', 'spec/sse.r1:791')  # sse.r1:791
 """
 
-# FXSAVE_M512 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:786
+# FXSAVE_M512 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:801
 _T68 = """\
-b_unimplemented('FXSAVE_M512', 'spec/sse.r1:786')  # sse.r1:786
+S.eip = $next
+ea = $ea
+if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # sse.r1:45
+    raise Fault(7, None)  # sse.r1:45
+if ((b_seg_base($seg) + ea) & 15):  # sse.r1:46
+    raise Fault(13, 0)  # sse.r1:46
+b_check_write($seg, ea, 4096)  # sse.r1:812
+l_s = $seg  # sse.r1:813
+l_off = ea  # sse.r1:814
+wr16(l_s, l_off, S.fcw)  # sse.r1:815
+wr16(l_s, (l_off + 2), S.fsw)  # sse.r1:816
+wr16(l_s, (l_off + 4), S.ftw)  # sse.r1:817
+wr16(l_s, (l_off + 6), S.fop)  # sse.r1:818
+wr32(l_s, (l_off + 8), S.fip)  # sse.r1:819
+wr32(l_s, (l_off + 12), S.fcs)  # sse.r1:820
+wr32(l_s, (l_off + 16), S.fdp)  # sse.r1:821
+wr32(l_s, (l_off + 20), S.fds)  # sse.r1:822
+if (S.cr[4] >> 9 & 0x1):  # sse.r1:823
+    wr32(l_s, (l_off + 24), S.mxcsr)  # sse.r1:824
+    wr32(l_s, (l_off + 28), 65535)  # sse.r1:825
+l_i = 0  # sse.r1:827
+while (l_i < 8):  # sse.r1:828
+    b_store(l_s, ((l_off + 32) + (16 * l_i)), 80, b_fpr((((S.fsw >> 11 & 0x7) + l_i) & 7)))  # sse.r1:829
+    l_i = (l_i + 1)  # sse.r1:830
+if (S.cr[4] >> 9 & 0x1):  # sse.r1:832
+    l_i = 0  # sse.r1:833
+    while (l_i < 8):  # sse.r1:834
+        b_store(l_s, ((l_off + 160) + (16 * l_i)), 128, b_xmm(l_i))  # sse.r1:835
+        l_i = (l_i + 1)  # sse.r1:836
 """
 
-# FXRSTOR_M512 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:796
+# FXRSTOR_M512 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:841
 _T69 = """\
-b_unimplemented('FXRSTOR_M512', 'spec/sse.r1:796')  # sse.r1:796
+ea = $ea
+v_src = b_load($seg, ea, 4096)  # sse.r1:844
+if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # sse.r1:45
+    raise Fault(7, None)  # sse.r1:45
+if ((b_seg_base($seg) + ea) & 15):  # sse.r1:46
+    raise Fault(13, 0)  # sse.r1:46
+l_s = $seg  # sse.r1:852
+l_off = ea  # sse.r1:853
+l_new_mxcsr = (rd32(l_s, (l_off + 24)) if (S.cr[4] >> 9 & 0x1) else S.mxcsr)  # sse.r1:854
+if (l_new_mxcsr & (-65536)):  # sse.r1:855
+    raise Fault(13, 0)  # sse.r1:855
+S.fcw = rd16(l_s, l_off) & 0xffff  # sse.r1:856
+a_sw_0 = rd16(l_s, (l_off + 2))
+S.fsw = ((a_sw_0 & 32767) | ((a_sw_0 >> 7 & 1) << 15)) & 0xffff  # sse.r1:857
+S.ftw = rd8(l_s, (l_off + 4)) & 0xff  # sse.r1:858
+S.fop = rd16(l_s, (l_off + 6)) & 0x7ff  # sse.r1:859
+S.fip = rd32(l_s, (l_off + 8)) & 0xffffffff  # sse.r1:860
+S.fcs = rd16(l_s, (l_off + 12)) & 0xffff  # sse.r1:861
+S.fdp = rd32(l_s, (l_off + 16)) & 0xffffffff  # sse.r1:862
+S.fds = rd16(l_s, (l_off + 20)) & 0xffff  # sse.r1:863
+l_i = 0  # sse.r1:864
+while (l_i < 8):  # sse.r1:865
+    b_set_fpr((((S.fsw >> 11 & 0x7) + l_i) & 7), b_load(l_s, ((l_off + 32) + (16 * l_i)), 80))  # sse.r1:866
+    l_i = (l_i + 1)  # sse.r1:867
+if (S.cr[4] >> 9 & 0x1):  # sse.r1:869
+    S.mxcsr = l_new_mxcsr & 0xffffffff  # sse.r1:870
+    l_i = 0  # sse.r1:871
+    while (l_i < 8):  # sse.r1:872
+        b_set_xmm(l_i, b_load(l_s, ((l_off + 160) + (16 * l_i)), 128))  # sse.r1:873
+        l_i = (l_i + 1)  # sse.r1:874
 """
 
-# PREFETCHNTA_M8 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:808
+# PREFETCHNTA_M8 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:881
 _T70 = """\
-b_unimplemented('PREFETCHNTA_M8', 'spec/sse.r1:808')  # sse.r1:808
+b_unimplemented('PREFETCHNTA_M8', 'spec/sse.r1:881')  # sse.r1:881
 """
 
-# PREFETCHT0_M8 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:818
+# PREFETCHT0_M8 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:891
 _T71 = """\
-b_unimplemented('PREFETCHT0_M8', 'spec/sse.r1:818')  # sse.r1:818
+b_unimplemented('PREFETCHT0_M8', 'spec/sse.r1:891')  # sse.r1:891
 """
 
-# PREFETCHT1_M8 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:828
+# PREFETCHT1_M8 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:901
 _T72 = """\
-b_unimplemented('PREFETCHT1_M8', 'spec/sse.r1:828')  # sse.r1:828
+b_unimplemented('PREFETCHT1_M8', 'spec/sse.r1:901')  # sse.r1:901
 """
 
-# PREFETCHT2_M8 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:838
+# PREFETCHT2_M8 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:911
 _T73 = """\
-b_unimplemented('PREFETCHT2_M8', 'spec/sse.r1:838')  # sse.r1:838
+b_unimplemented('PREFETCHT2_M8', 'spec/sse.r1:911')  # sse.r1:911
 """
 
-# SFENCE [o16 a16, o16 a32, o32 a16, o32 a32] from spec/sse.r1:848
+# SFENCE [o16 a16, o16 a32, o32 a16, o32 a32] from spec/sse.r1:921
 _T74 = """\
-b_unimplemented('SFENCE', 'spec/sse.r1:848')  # sse.r1:848
+b_unimplemented('SFENCE', 'spec/sse.r1:921')  # sse.r1:921
 """
 
-# MOVNTQ_M64_MM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:858
+# MOVNTQ_M64_MM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:931
 _T75 = """\
-b_unimplemented('MOVNTQ_M64_MM', 'spec/sse.r1:858')  # sse.r1:858
+b_unimplemented('MOVNTQ_M64_MM', 'spec/sse.r1:931')  # sse.r1:931
 """
 
-# MOVNTPS_M128_XMM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:868
+# MOVNTPS_M128_XMM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:941
 _T76 = """\
-b_unimplemented('MOVNTPS_M128_XMM', 'spec/sse.r1:868')  # sse.r1:868
+b_unimplemented('MOVNTPS_M128_XMM', 'spec/sse.r1:941')  # sse.r1:941
 """
 
-# MASKMOVQ_MM_MM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:878
+# MASKMOVQ_MM_MM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:951
 _T77 = """\
-b_unimplemented('MASKMOVQ_MM_MM', 'spec/sse.r1:878')  # sse.r1:878
+b_unimplemented('MASKMOVQ_MM_MM', 'spec/sse.r1:951')  # sse.r1:951
 """
 
-# PAVGB_MM_MMRM [o16 a16 reg and 7 more] from spec/sse.r1:890
+# PAVGB_MM_MMRM [o16 a16 reg and 7 more] from spec/sse.r1:963
 _T78 = """\
-b_unimplemented('PAVGB_MM_MMRM', 'spec/sse.r1:890')  # sse.r1:890
+b_unimplemented('PAVGB_MM_MMRM', 'spec/sse.r1:963')  # sse.r1:963
 """
 
-# PAVGW_MM_MMRM [o16 a16 reg and 7 more] from spec/sse.r1:900
+# PAVGW_MM_MMRM [o16 a16 reg and 7 more] from spec/sse.r1:973
 _T79 = """\
-b_unimplemented('PAVGW_MM_MMRM', 'spec/sse.r1:900')  # sse.r1:900
+b_unimplemented('PAVGW_MM_MMRM', 'spec/sse.r1:973')  # sse.r1:973
 """
 
-# PMAXSW_MM_MMRM [o16 a16 reg and 7 more] from spec/sse.r1:910
+# PMAXSW_MM_MMRM [o16 a16 reg and 7 more] from spec/sse.r1:983
 _T80 = """\
-b_unimplemented('PMAXSW_MM_MMRM', 'spec/sse.r1:910')  # sse.r1:910
+b_unimplemented('PMAXSW_MM_MMRM', 'spec/sse.r1:983')  # sse.r1:983
 """
 
-# PMAXUB_MM_MMRM [o16 a16 reg and 7 more] from spec/sse.r1:920
+# PMAXUB_MM_MMRM [o16 a16 reg and 7 more] from spec/sse.r1:993
 _T81 = """\
-b_unimplemented('PMAXUB_MM_MMRM', 'spec/sse.r1:920')  # sse.r1:920
+b_unimplemented('PMAXUB_MM_MMRM', 'spec/sse.r1:993')  # sse.r1:993
 """
 
-# PMINSW_MM_MMRM [o16 a16 reg and 7 more] from spec/sse.r1:930
+# PMINSW_MM_MMRM [o16 a16 reg and 7 more] from spec/sse.r1:1003
 _T82 = """\
-b_unimplemented('PMINSW_MM_MMRM', 'spec/sse.r1:930')  # sse.r1:930
+b_unimplemented('PMINSW_MM_MMRM', 'spec/sse.r1:1003')  # sse.r1:1003
 """
 
-# PMINUB_MM_MMRM [o16 a16 reg and 7 more] from spec/sse.r1:940
+# PMINUB_MM_MMRM [o16 a16 reg and 7 more] from spec/sse.r1:1013
 _T83 = """\
-b_unimplemented('PMINUB_MM_MMRM', 'spec/sse.r1:940')  # sse.r1:940
+b_unimplemented('PMINUB_MM_MMRM', 'spec/sse.r1:1013')  # sse.r1:1013
 """
 
-# PMULHUW_MM_MMRM [o16 a16 reg and 7 more] from spec/sse.r1:950
+# PMULHUW_MM_MMRM [o16 a16 reg and 7 more] from spec/sse.r1:1023
 _T84 = """\
-b_unimplemented('PMULHUW_MM_MMRM', 'spec/sse.r1:950')  # sse.r1:950
+b_unimplemented('PMULHUW_MM_MMRM', 'spec/sse.r1:1023')  # sse.r1:1023
 """
 
-# PSADBW_MM_MMRM [o16 a16 reg and 7 more] from spec/sse.r1:960
+# PSADBW_MM_MMRM [o16 a16 reg and 7 more] from spec/sse.r1:1033
 _T85 = """\
-b_unimplemented('PSADBW_MM_MMRM', 'spec/sse.r1:960')  # sse.r1:960
+b_unimplemented('PSADBW_MM_MMRM', 'spec/sse.r1:1033')  # sse.r1:1033
 """
 
-# PSHUFW_MM_MMRM_IMM8 [o16 a16 reg and 7 more] from spec/sse.r1:970
+# PSHUFW_MM_MMRM_IMM8 [o16 a16 reg and 7 more] from spec/sse.r1:1043
 _T86 = """\
-b_unimplemented('PSHUFW_MM_MMRM_IMM8', 'spec/sse.r1:970')  # sse.r1:970
+b_unimplemented('PSHUFW_MM_MMRM_IMM8', 'spec/sse.r1:1043')  # sse.r1:1043
 """
 
-# PEXTRW_R32_MM_IMM8 [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:980
+# PEXTRW_R32_MM_IMM8 [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:1053
 _T87 = """\
-b_unimplemented('PEXTRW_R32_MM_IMM8', 'spec/sse.r1:980')  # sse.r1:980
+b_unimplemented('PEXTRW_R32_MM_IMM8', 'spec/sse.r1:1053')  # sse.r1:1053
 """
 
-# PINSRW_MM_R32_IMM8 [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:990
+# PINSRW_MM_R32_IMM8 [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:1063
 _T88 = """\
-b_unimplemented('PINSRW_MM_R32_IMM8', 'spec/sse.r1:990')  # sse.r1:990
+b_unimplemented('PINSRW_MM_R32_IMM8', 'spec/sse.r1:1063')  # sse.r1:1063
 """
 
-# PINSRW_MM_M16_IMM8 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:1000
+# PINSRW_MM_M16_IMM8 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:1073
 _T89 = """\
-b_unimplemented('PINSRW_MM_M16_IMM8', 'spec/sse.r1:1000')  # sse.r1:1000
+b_unimplemented('PINSRW_MM_M16_IMM8', 'spec/sse.r1:1073')  # sse.r1:1073
 """
 
-# PMOVMSKB_R32_MM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:1010
+# PMOVMSKB_R32_MM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:1083
 _T90 = """\
-b_unimplemented('PMOVMSKB_R32_MM', 'spec/sse.r1:1010')  # sse.r1:1010
+b_unimplemented('PMOVMSKB_R32_MM', 'spec/sse.r1:1083')  # sse.r1:1083
 """
 
-# MOVAPD_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:1022
+# MOVAPD_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:1095
 _T91 = """\
-b_unimplemented('MOVAPD_XMM_XMMRM', 'spec/sse.r1:1022')  # sse.r1:1022
+b_unimplemented('MOVAPD_XMM_XMMRM', 'spec/sse.r1:1095')  # sse.r1:1095
 """
 
-# MOVAPD_XMMRM_XMM [o16 a16 reg and 7 more] from spec/sse.r1:1032
+# MOVAPD_XMMRM_XMM [o16 a16 reg and 7 more] from spec/sse.r1:1105
 _T92 = """\
-b_unimplemented('MOVAPD_XMMRM_XMM', 'spec/sse.r1:1032')  # sse.r1:1032
+b_unimplemented('MOVAPD_XMMRM_XMM', 'spec/sse.r1:1105')  # sse.r1:1105
 """
 
-# MOVUPD_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:1042
+# MOVUPD_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:1115
 _T93 = """\
-b_unimplemented('MOVUPD_XMM_XMMRM', 'spec/sse.r1:1042')  # sse.r1:1042
+b_unimplemented('MOVUPD_XMM_XMMRM', 'spec/sse.r1:1115')  # sse.r1:1115
 """
 
-# MOVUPD_XMMRM_XMM [o16 a16 reg and 7 more] from spec/sse.r1:1052
+# MOVUPD_XMMRM_XMM [o16 a16 reg and 7 more] from spec/sse.r1:1125
 _T94 = """\
-b_unimplemented('MOVUPD_XMMRM_XMM', 'spec/sse.r1:1052')  # sse.r1:1052
+b_unimplemented('MOVUPD_XMMRM_XMM', 'spec/sse.r1:1125')  # sse.r1:1125
 """
 
-# MOVSD_XMM_XMM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:1062
+# MOVSD_XMM_XMM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:1135
 _T95 = """\
-v_dst = S.xmm[$dst]  # sse.r1:1065
-v_src = S.xmm[$src]  # sse.r1:1065
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
-    raise Fault(6, None)  # sse.r1:42
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
-    raise Fault(7, None)  # sse.r1:43
-S.xmm[$dst] = (((v_dst >> 64 & 0xffffffffffffffff) << 64) | (v_src & 0xffffffffffffffff)) & 0xffffffffffffffffffffffffffffffff  # sse.r1:1071
+v_dst = S.xmm[$dst]  # sse.r1:1138
+v_src = S.xmm[$src]  # sse.r1:1138
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:57
+    raise Fault(6, None)  # sse.r1:57
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:58
+    raise Fault(7, None)  # sse.r1:58
+S.xmm[$dst] = (((v_dst >> 64 & 0xffffffffffffffff) << 64) | (v_src & 0xffffffffffffffff)) & 0xffffffffffffffffffffffffffffffff  # sse.r1:1144
 """
 
-# MOVSD_XMM_M64 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:1073
+# MOVSD_XMM_M64 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:1146
 _T96 = """\
 ea = $ea
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
-    raise Fault(6, None)  # sse.r1:42
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
-    raise Fault(7, None)  # sse.r1:43
-v_src = b_load($seg, ea, 64)  # sse.r1:1076
-S.xmm[$dst] = v_src & 0xffffffffffffffffffffffffffffffff  # sse.r1:1082
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:57
+    raise Fault(6, None)  # sse.r1:57
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:58
+    raise Fault(7, None)  # sse.r1:58
+v_src = b_load($seg, ea, 64)  # sse.r1:1149
+S.xmm[$dst] = v_src & 0xffffffffffffffffffffffffffffffff  # sse.r1:1155
 """
 
-# MOVSD_XMM_XMM_0F11 [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:1084
+# MOVSD_XMM_XMM_0F11 [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:1157
 _T97 = """\
-v_dst = S.xmm[$dst]  # sse.r1:1087
-v_src = S.xmm[$src]  # sse.r1:1087
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
-    raise Fault(6, None)  # sse.r1:42
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
-    raise Fault(7, None)  # sse.r1:43
-S.xmm[$dst] = (((v_dst >> 64 & 0xffffffffffffffff) << 64) | (v_src & 0xffffffffffffffff)) & 0xffffffffffffffffffffffffffffffff  # sse.r1:1093
+v_dst = S.xmm[$dst]  # sse.r1:1160
+v_src = S.xmm[$src]  # sse.r1:1160
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:57
+    raise Fault(6, None)  # sse.r1:57
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:58
+    raise Fault(7, None)  # sse.r1:58
+S.xmm[$dst] = (((v_dst >> 64 & 0xffffffffffffffff) << 64) | (v_src & 0xffffffffffffffff)) & 0xffffffffffffffffffffffffffffffff  # sse.r1:1166
 """
 
-# MOVSD_M64_XMM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:1095
+# MOVSD_M64_XMM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:1168
 _T98 = """\
 ea = $ea
-v_src = S.xmm[$src]  # sse.r1:1098
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
-    raise Fault(6, None)  # sse.r1:42
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
-    raise Fault(7, None)  # sse.r1:43
-b_store($seg, ea, 64, (v_src & 0xffffffffffffffff))  # sse.r1:1104
+v_src = S.xmm[$src]  # sse.r1:1171
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:57
+    raise Fault(6, None)  # sse.r1:57
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:58
+    raise Fault(7, None)  # sse.r1:58
+b_store($seg, ea, 64, (v_src & 0xffffffffffffffff))  # sse.r1:1177
 """
 
-# MOVLPD_XMM_M64 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:1106
+# MOVLPD_XMM_M64 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:1179
 _T99 = """\
-b_unimplemented('MOVLPD_XMM_M64', 'spec/sse.r1:1106')  # sse.r1:1106
+b_unimplemented('MOVLPD_XMM_M64', 'spec/sse.r1:1179')  # sse.r1:1179
 """
 
-# MOVLPD_M64_XMM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:1116
+# MOVLPD_M64_XMM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:1189
 _T100 = """\
-b_unimplemented('MOVLPD_M64_XMM', 'spec/sse.r1:1116')  # sse.r1:1116
+b_unimplemented('MOVLPD_M64_XMM', 'spec/sse.r1:1189')  # sse.r1:1189
 """
 
-# MOVHPD_XMM_M64 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:1126
+# MOVHPD_XMM_M64 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:1199
 _T101 = """\
-b_unimplemented('MOVHPD_XMM_M64', 'spec/sse.r1:1126')  # sse.r1:1126
+b_unimplemented('MOVHPD_XMM_M64', 'spec/sse.r1:1199')  # sse.r1:1199
 """
 
-# MOVHPD_M64_XMM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:1136
+# MOVHPD_M64_XMM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:1209
 _T102 = """\
-b_unimplemented('MOVHPD_M64_XMM', 'spec/sse.r1:1136')  # sse.r1:1136
+b_unimplemented('MOVHPD_M64_XMM', 'spec/sse.r1:1209')  # sse.r1:1209
 """
 
-# MOVMSKPD_R32_XMM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:1146
+# MOVMSKPD_R32_XMM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:1219
 _T103 = """\
-b_unimplemented('MOVMSKPD_R32_XMM', 'spec/sse.r1:1146')  # sse.r1:1146
+b_unimplemented('MOVMSKPD_R32_XMM', 'spec/sse.r1:1219')  # sse.r1:1219
 """
 
-# ADDPD_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:1158
+# ADDPD_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:1231
 _T104 = """\
-b_unimplemented('ADDPD_XMM_XMMRM', 'spec/sse.r1:1158')  # sse.r1:1158
+b_unimplemented('ADDPD_XMM_XMMRM', 'spec/sse.r1:1231')  # sse.r1:1231
 """
 
-# ADDSD_XMM_XMM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:1168
+# ADDSD_XMM_XMM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:1241
 _T105 = """\
-b_unimplemented('ADDSD_XMM_XMM', 'spec/sse.r1:1168')  # sse.r1:1168
+b_unimplemented('ADDSD_XMM_XMM', 'spec/sse.r1:1241')  # sse.r1:1241
 """
 
-# ADDSD_XMM_M64 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:1178
+# ADDSD_XMM_M64 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:1251
 _T106 = """\
-b_unimplemented('ADDSD_XMM_M64', 'spec/sse.r1:1178')  # sse.r1:1178
+b_unimplemented('ADDSD_XMM_M64', 'spec/sse.r1:1251')  # sse.r1:1251
 """
 
-# SUBPD_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:1188
+# SUBPD_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:1261
 _T107 = """\
-b_unimplemented('SUBPD_XMM_XMMRM', 'spec/sse.r1:1188')  # sse.r1:1188
+b_unimplemented('SUBPD_XMM_XMMRM', 'spec/sse.r1:1261')  # sse.r1:1261
 """
 
-# SUBSD_XMM_XMM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:1198
+# SUBSD_XMM_XMM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:1271
 _T108 = """\
-b_unimplemented('SUBSD_XMM_XMM', 'spec/sse.r1:1198')  # sse.r1:1198
+b_unimplemented('SUBSD_XMM_XMM', 'spec/sse.r1:1271')  # sse.r1:1271
 """
 
-# SUBSD_XMM_M64 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:1208
+# SUBSD_XMM_M64 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:1281
 _T109 = """\
-b_unimplemented('SUBSD_XMM_M64', 'spec/sse.r1:1208')  # sse.r1:1208
+b_unimplemented('SUBSD_XMM_M64', 'spec/sse.r1:1281')  # sse.r1:1281
 """
 
-# MULPD_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:1218
+# MULPD_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:1291
 _T110 = """\
-b_unimplemented('MULPD_XMM_XMMRM', 'spec/sse.r1:1218')  # sse.r1:1218
+b_unimplemented('MULPD_XMM_XMMRM', 'spec/sse.r1:1291')  # sse.r1:1291
 """
 
-# MULSD_XMM_XMM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:1228
+# MULSD_XMM_XMM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:1301
 _T111 = """\
-b_unimplemented('MULSD_XMM_XMM', 'spec/sse.r1:1228')  # sse.r1:1228
+b_unimplemented('MULSD_XMM_XMM', 'spec/sse.r1:1301')  # sse.r1:1301
 """
 
-# MULSD_XMM_M64 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:1238
+# MULSD_XMM_M64 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:1311
 _T112 = """\
-b_unimplemented('MULSD_XMM_M64', 'spec/sse.r1:1238')  # sse.r1:1238
+b_unimplemented('MULSD_XMM_M64', 'spec/sse.r1:1311')  # sse.r1:1311
 """
 
-# DIVPD_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:1248
+# DIVPD_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:1321
 _T113 = """\
-b_unimplemented('DIVPD_XMM_XMMRM', 'spec/sse.r1:1248')  # sse.r1:1248
+b_unimplemented('DIVPD_XMM_XMMRM', 'spec/sse.r1:1321')  # sse.r1:1321
 """
 
-# DIVSD_XMM_XMM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:1258
+# DIVSD_XMM_XMM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:1331
 _T114 = """\
-b_unimplemented('DIVSD_XMM_XMM', 'spec/sse.r1:1258')  # sse.r1:1258
+b_unimplemented('DIVSD_XMM_XMM', 'spec/sse.r1:1331')  # sse.r1:1331
 """
 
-# DIVSD_XMM_M64 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:1268
+# DIVSD_XMM_M64 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:1341
 _T115 = """\
-b_unimplemented('DIVSD_XMM_M64', 'spec/sse.r1:1268')  # sse.r1:1268
+b_unimplemented('DIVSD_XMM_M64', 'spec/sse.r1:1341')  # sse.r1:1341
 """
 
-# MINPD_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:1278
+# MINPD_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:1351
 _T116 = """\
-b_unimplemented('MINPD_XMM_XMMRM', 'spec/sse.r1:1278')  # sse.r1:1278
+b_unimplemented('MINPD_XMM_XMMRM', 'spec/sse.r1:1351')  # sse.r1:1351
 """
 
-# MINSD_XMM_XMM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:1288
+# MINSD_XMM_XMM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:1361
 _T117 = """\
-b_unimplemented('MINSD_XMM_XMM', 'spec/sse.r1:1288')  # sse.r1:1288
+b_unimplemented('MINSD_XMM_XMM', 'spec/sse.r1:1361')  # sse.r1:1361
 """
 
-# MINSD_XMM_M64 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:1298
+# MINSD_XMM_M64 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:1371
 _T118 = """\
-b_unimplemented('MINSD_XMM_M64', 'spec/sse.r1:1298')  # sse.r1:1298
+b_unimplemented('MINSD_XMM_M64', 'spec/sse.r1:1371')  # sse.r1:1371
 """
 
-# MAXPD_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:1308
+# MAXPD_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:1381
 _T119 = """\
-b_unimplemented('MAXPD_XMM_XMMRM', 'spec/sse.r1:1308')  # sse.r1:1308
+b_unimplemented('MAXPD_XMM_XMMRM', 'spec/sse.r1:1381')  # sse.r1:1381
 """
 
-# MAXSD_XMM_XMM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:1318
+# MAXSD_XMM_XMM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:1391
 _T120 = """\
-b_unimplemented('MAXSD_XMM_XMM', 'spec/sse.r1:1318')  # sse.r1:1318
+b_unimplemented('MAXSD_XMM_XMM', 'spec/sse.r1:1391')  # sse.r1:1391
 """
 
-# MAXSD_XMM_M64 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:1328
+# MAXSD_XMM_M64 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:1401
 _T121 = """\
-b_unimplemented('MAXSD_XMM_M64', 'spec/sse.r1:1328')  # sse.r1:1328
+b_unimplemented('MAXSD_XMM_M64', 'spec/sse.r1:1401')  # sse.r1:1401
 """
 
-# SQRTPD_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:1338
+# SQRTPD_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:1411
 _T122 = """\
-b_unimplemented('SQRTPD_XMM_XMMRM', 'spec/sse.r1:1338')  # sse.r1:1338
+b_unimplemented('SQRTPD_XMM_XMMRM', 'spec/sse.r1:1411')  # sse.r1:1411
 """
 
-# SQRTSD_XMM_XMM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:1348
+# SQRTSD_XMM_XMM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:1421
 _T123 = """\
-b_unimplemented('SQRTSD_XMM_XMM', 'spec/sse.r1:1348')  # sse.r1:1348
+b_unimplemented('SQRTSD_XMM_XMM', 'spec/sse.r1:1421')  # sse.r1:1421
 """
 
-# SQRTSD_XMM_M64 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:1358
+# SQRTSD_XMM_M64 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:1431
 _T124 = """\
-b_unimplemented('SQRTSD_XMM_M64', 'spec/sse.r1:1358')  # sse.r1:1358
+b_unimplemented('SQRTSD_XMM_M64', 'spec/sse.r1:1431')  # sse.r1:1431
 """
 
-# CMPPD_XMM_XMMRM_IMM8 [o16 a16 reg and 7 more] from spec/sse.r1:1370
+# CMPPD_XMM_XMMRM_IMM8 [o16 a16 reg and 7 more] from spec/sse.r1:1443
 _T125 = """\
-b_unimplemented('CMPPD_XMM_XMMRM_IMM8', 'spec/sse.r1:1370')  # sse.r1:1370
+b_unimplemented('CMPPD_XMM_XMMRM_IMM8', 'spec/sse.r1:1443')  # sse.r1:1443
 """
 
-# CMPSD_XMM_XMM_IMM8 [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:1381
+# CMPSD_XMM_XMM_IMM8 [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:1454
 _T126 = """\
-v_dst = S.xmm[$dst]  # sse.r1:1384
-v_src = S.xmm[$src]  # sse.r1:1384
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
-    raise Fault(6, None)  # sse.r1:42
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
-    raise Fault(7, None)  # sse.r1:43
+v_dst = S.xmm[$dst]  # sse.r1:1457
+v_src = S.xmm[$src]  # sse.r1:1457
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:57
+    raise Fault(6, None)  # sse.r1:57
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:58
+    raise Fault(7, None)  # sse.r1:58
 m_a_0 = (v_dst & 0xffffffffffffffff)
 m_b_1 = (v_src & 0xffffffffffffffff)
 m_p_2 = ($imm & 7)
-l_x_3 = ((m_a_0 & 9223372036854775808) if ((S.mxcsr >> 6 & 0x1) and (((m_a_0 >> 52 & 0x7ff) == 0) and ((m_a_0 & 0xfffffffffffff) != 0))) else m_a_0)  # sse.r1:82
-l_y_4 = ((m_b_1 & 9223372036854775808) if ((S.mxcsr >> 6 & 0x1) and (((m_b_1 >> 52 & 0x7ff) == 0) and ((m_b_1 & 0xfffffffffffff) != 0))) else m_b_1)  # sse.r1:83
-l_nan_5 = ((((l_x_3 >> 52 & 0x7ff) == 2047) and ((l_x_3 & 0xfffffffffffff) != 0)) or (((l_y_4 >> 52 & 0x7ff) == 2047) and ((l_y_4 & 0xfffffffffffff) != 0)))  # sse.r1:84
-l_signalling_6 = ((((m_p_2 == 1) or (m_p_2 == 2)) or (m_p_2 == 5)) or (m_p_2 == 6))  # sse.r1:85
-l_invalid_7 = ((((((l_x_3 >> 52 & 0x7ff) == 2047) and ((l_x_3 & 0xfffffffffffff) != 0)) and (not (l_x_3 >> 51 & 1))) or ((((l_y_4 >> 52 & 0x7ff) == 2047) and ((l_y_4 & 0xfffffffffffff) != 0)) and (not (l_y_4 >> 51 & 1)))) or ((l_nan_5 != 0) and (l_signalling_6 != 0)))  # sse.r1:86
+l_x_3 = ((m_a_0 & 9223372036854775808) if ((S.mxcsr >> 6 & 0x1) and (((m_a_0 >> 52 & 0x7ff) == 0) and ((m_a_0 & 0xfffffffffffff) != 0))) else m_a_0)  # sse.r1:97
+l_y_4 = ((m_b_1 & 9223372036854775808) if ((S.mxcsr >> 6 & 0x1) and (((m_b_1 >> 52 & 0x7ff) == 0) and ((m_b_1 & 0xfffffffffffff) != 0))) else m_b_1)  # sse.r1:98
+l_nan_5 = ((((l_x_3 >> 52 & 0x7ff) == 2047) and ((l_x_3 & 0xfffffffffffff) != 0)) or (((l_y_4 >> 52 & 0x7ff) == 2047) and ((l_y_4 & 0xfffffffffffff) != 0)))  # sse.r1:99
+l_signalling_6 = ((((m_p_2 == 1) or (m_p_2 == 2)) or (m_p_2 == 5)) or (m_p_2 == 6))  # sse.r1:100
+l_invalid_7 = ((((((l_x_3 >> 52 & 0x7ff) == 2047) and ((l_x_3 & 0xfffffffffffff) != 0)) and (not (l_x_3 >> 51 & 1))) or ((((l_y_4 >> 52 & 0x7ff) == 2047) and ((l_y_4 & 0xfffffffffffff) != 0)) and (not (l_y_4 >> 51 & 1)))) or ((l_nan_5 != 0) and (l_signalling_6 != 0)))  # sse.r1:101
 m_de_8 = ((not l_nan_5) and ((((l_x_3 >> 52 & 0x7ff) == 0) and ((l_x_3 & 0xfffffffffffff) != 0)) or (((l_y_4 >> 52 & 0x7ff) == 0) and ((l_y_4 & 0xfffffffffffff) != 0))))
-if l_invalid_7:  # sse.r1:51
-    S.mxcsr = S.mxcsr & 0xfffffffe | 0x1  # sse.r1:51
-if m_de_8:  # sse.r1:52
-    S.mxcsr = S.mxcsr & 0xfffffffd | 0x2  # sse.r1:52
-if (((l_invalid_7 != 0) and (not (S.mxcsr >> 7 & 0x1))) or (m_de_8 and (not (S.mxcsr >> 8 & 0x1)))):  # sse.r1:53
-    if (S.cr[4] >> 10 & 0x1):  # sse.r1:54
-        raise Fault(19, None)  # sse.r1:54
+if l_invalid_7:  # sse.r1:66
+    S.mxcsr = S.mxcsr & 0xfffffffe | 0x1  # sse.r1:66
+if m_de_8:  # sse.r1:67
+    S.mxcsr = S.mxcsr & 0xfffffffd | 0x2  # sse.r1:67
+if (((l_invalid_7 != 0) and (not (S.mxcsr >> 7 & 0x1))) or (m_de_8 and (not (S.mxcsr >> 8 & 0x1)))):  # sse.r1:68
+    if (S.cr[4] >> 10 & 0x1):  # sse.r1:69
+        raise Fault(19, None)  # sse.r1:69
     else:
-        raise Fault(6, None)  # sse.r1:54
+        raise Fault(6, None)  # sse.r1:69
 a_rel_9 = b_f64_relation(l_x_3, l_y_4)
 r_10 = (18446744073709551615 if ((a_rel_9 == 1) if (m_p_2 == 0) else ((a_rel_9 == 0) if (m_p_2 == 1) else ((a_rel_9 <= 1) if (m_p_2 == 2) else ((a_rel_9 == 3) if (m_p_2 == 3) else ((a_rel_9 != 1) if (m_p_2 == 4) else ((a_rel_9 != 0) if (m_p_2 == 5) else ((a_rel_9 >= 2) if (m_p_2 == 6) else (a_rel_9 != 3)))))))) else 0)
-S.xmm[$dst] = (((v_dst >> 64 & 0xffffffffffffffff) << 64) | r_10) & 0xffffffffffffffffffffffffffffffff  # sse.r1:1393
+S.xmm[$dst] = (((v_dst >> 64 & 0xffffffffffffffff) << 64) | r_10) & 0xffffffffffffffffffffffffffffffff  # sse.r1:1466
 """
 
-# CMPSD_XMM_M64_IMM8 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:1396
+# CMPSD_XMM_M64_IMM8 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:1469
 _T127 = """\
 ea = $ea
-v_dst = S.xmm[$dst]  # sse.r1:1399
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
-    raise Fault(6, None)  # sse.r1:42
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
-    raise Fault(7, None)  # sse.r1:43
-v_src = b_load($seg, ea, 64)  # sse.r1:1399
+v_dst = S.xmm[$dst]  # sse.r1:1472
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:57
+    raise Fault(6, None)  # sse.r1:57
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:58
+    raise Fault(7, None)  # sse.r1:58
+v_src = b_load($seg, ea, 64)  # sse.r1:1472
 m_a_0 = (v_dst & 0xffffffffffffffff)
 m_b_1 = (v_src & 0xffffffffffffffff)
 m_p_2 = ($imm & 7)
-l_x_3 = ((m_a_0 & 9223372036854775808) if ((S.mxcsr >> 6 & 0x1) and (((m_a_0 >> 52 & 0x7ff) == 0) and ((m_a_0 & 0xfffffffffffff) != 0))) else m_a_0)  # sse.r1:82
-l_y_4 = ((m_b_1 & 9223372036854775808) if ((S.mxcsr >> 6 & 0x1) and (((m_b_1 >> 52 & 0x7ff) == 0) and ((m_b_1 & 0xfffffffffffff) != 0))) else m_b_1)  # sse.r1:83
-l_nan_5 = ((((l_x_3 >> 52 & 0x7ff) == 2047) and ((l_x_3 & 0xfffffffffffff) != 0)) or (((l_y_4 >> 52 & 0x7ff) == 2047) and ((l_y_4 & 0xfffffffffffff) != 0)))  # sse.r1:84
-l_signalling_6 = ((((m_p_2 == 1) or (m_p_2 == 2)) or (m_p_2 == 5)) or (m_p_2 == 6))  # sse.r1:85
-l_invalid_7 = ((((((l_x_3 >> 52 & 0x7ff) == 2047) and ((l_x_3 & 0xfffffffffffff) != 0)) and (not (l_x_3 >> 51 & 1))) or ((((l_y_4 >> 52 & 0x7ff) == 2047) and ((l_y_4 & 0xfffffffffffff) != 0)) and (not (l_y_4 >> 51 & 1)))) or ((l_nan_5 != 0) and (l_signalling_6 != 0)))  # sse.r1:86
+l_x_3 = ((m_a_0 & 9223372036854775808) if ((S.mxcsr >> 6 & 0x1) and (((m_a_0 >> 52 & 0x7ff) == 0) and ((m_a_0 & 0xfffffffffffff) != 0))) else m_a_0)  # sse.r1:97
+l_y_4 = ((m_b_1 & 9223372036854775808) if ((S.mxcsr >> 6 & 0x1) and (((m_b_1 >> 52 & 0x7ff) == 0) and ((m_b_1 & 0xfffffffffffff) != 0))) else m_b_1)  # sse.r1:98
+l_nan_5 = ((((l_x_3 >> 52 & 0x7ff) == 2047) and ((l_x_3 & 0xfffffffffffff) != 0)) or (((l_y_4 >> 52 & 0x7ff) == 2047) and ((l_y_4 & 0xfffffffffffff) != 0)))  # sse.r1:99
+l_signalling_6 = ((((m_p_2 == 1) or (m_p_2 == 2)) or (m_p_2 == 5)) or (m_p_2 == 6))  # sse.r1:100
+l_invalid_7 = ((((((l_x_3 >> 52 & 0x7ff) == 2047) and ((l_x_3 & 0xfffffffffffff) != 0)) and (not (l_x_3 >> 51 & 1))) or ((((l_y_4 >> 52 & 0x7ff) == 2047) and ((l_y_4 & 0xfffffffffffff) != 0)) and (not (l_y_4 >> 51 & 1)))) or ((l_nan_5 != 0) and (l_signalling_6 != 0)))  # sse.r1:101
 m_de_8 = ((not l_nan_5) and ((((l_x_3 >> 52 & 0x7ff) == 0) and ((l_x_3 & 0xfffffffffffff) != 0)) or (((l_y_4 >> 52 & 0x7ff) == 0) and ((l_y_4 & 0xfffffffffffff) != 0))))
-if l_invalid_7:  # sse.r1:51
-    S.mxcsr = S.mxcsr & 0xfffffffe | 0x1  # sse.r1:51
-if m_de_8:  # sse.r1:52
-    S.mxcsr = S.mxcsr & 0xfffffffd | 0x2  # sse.r1:52
-if (((l_invalid_7 != 0) and (not (S.mxcsr >> 7 & 0x1))) or (m_de_8 and (not (S.mxcsr >> 8 & 0x1)))):  # sse.r1:53
-    if (S.cr[4] >> 10 & 0x1):  # sse.r1:54
-        raise Fault(19, None)  # sse.r1:54
+if l_invalid_7:  # sse.r1:66
+    S.mxcsr = S.mxcsr & 0xfffffffe | 0x1  # sse.r1:66
+if m_de_8:  # sse.r1:67
+    S.mxcsr = S.mxcsr & 0xfffffffd | 0x2  # sse.r1:67
+if (((l_invalid_7 != 0) and (not (S.mxcsr >> 7 & 0x1))) or (m_de_8 and (not (S.mxcsr >> 8 & 0x1)))):  # sse.r1:68
+    if (S.cr[4] >> 10 & 0x1):  # sse.r1:69
+        raise Fault(19, None)  # sse.r1:69
     else:
-        raise Fault(6, None)  # sse.r1:54
+        raise Fault(6, None)  # sse.r1:69
 a_rel_9 = b_f64_relation(l_x_3, l_y_4)
 r_10 = (18446744073709551615 if ((a_rel_9 == 1) if (m_p_2 == 0) else ((a_rel_9 == 0) if (m_p_2 == 1) else ((a_rel_9 <= 1) if (m_p_2 == 2) else ((a_rel_9 == 3) if (m_p_2 == 3) else ((a_rel_9 != 1) if (m_p_2 == 4) else ((a_rel_9 != 0) if (m_p_2 == 5) else ((a_rel_9 >= 2) if (m_p_2 == 6) else (a_rel_9 != 3)))))))) else 0)
-S.xmm[$dst] = (((v_dst >> 64 & 0xffffffffffffffff) << 64) | r_10) & 0xffffffffffffffffffffffffffffffff  # sse.r1:1408
+S.xmm[$dst] = (((v_dst >> 64 & 0xffffffffffffffff) << 64) | r_10) & 0xffffffffffffffffffffffffffffffff  # sse.r1:1481
 """
 
-# COMISD_XMM_XMM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:1411
+# COMISD_XMM_XMM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:1484
 _T128 = """\
-b_unimplemented('COMISD_XMM_XMM', 'spec/sse.r1:1411')  # sse.r1:1411
+b_unimplemented('COMISD_XMM_XMM', 'spec/sse.r1:1484')  # sse.r1:1484
 """
 
-# COMISD_XMM_M64 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:1421
+# COMISD_XMM_M64 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:1494
 _T129 = """\
-b_unimplemented('COMISD_XMM_M64', 'spec/sse.r1:1421')  # sse.r1:1421
+b_unimplemented('COMISD_XMM_M64', 'spec/sse.r1:1494')  # sse.r1:1494
 """
 
-# UCOMISD_XMM_XMM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:1431
+# UCOMISD_XMM_XMM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:1504
 _T130 = """\
-b_unimplemented('UCOMISD_XMM_XMM', 'spec/sse.r1:1431')  # sse.r1:1431
+b_unimplemented('UCOMISD_XMM_XMM', 'spec/sse.r1:1504')  # sse.r1:1504
 """
 
-# UCOMISD_XMM_M64 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:1441
+# UCOMISD_XMM_M64 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:1514
 _T131 = """\
-b_unimplemented('UCOMISD_XMM_M64', 'spec/sse.r1:1441')  # sse.r1:1441
+b_unimplemented('UCOMISD_XMM_M64', 'spec/sse.r1:1514')  # sse.r1:1514
 """
 
-# ANDPD_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:1453
+# ANDPD_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:1526
 _T132 = """\
-b_unimplemented('ANDPD_XMM_XMMRM', 'spec/sse.r1:1453')  # sse.r1:1453
+b_unimplemented('ANDPD_XMM_XMMRM', 'spec/sse.r1:1526')  # sse.r1:1526
 """
 
-# ANDNPD_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:1463
+# ANDNPD_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:1536
 _T133 = """\
-b_unimplemented('ANDNPD_XMM_XMMRM', 'spec/sse.r1:1463')  # sse.r1:1463
+b_unimplemented('ANDNPD_XMM_XMMRM', 'spec/sse.r1:1536')  # sse.r1:1536
 """
 
-# ORPD_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:1473
+# ORPD_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:1546
 _T134 = """\
-b_unimplemented('ORPD_XMM_XMMRM', 'spec/sse.r1:1473')  # sse.r1:1473
+b_unimplemented('ORPD_XMM_XMMRM', 'spec/sse.r1:1546')  # sse.r1:1546
 """
 
-# XORPD_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:1483
+# XORPD_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:1556
 _T135 = """\
-b_unimplemented('XORPD_XMM_XMMRM', 'spec/sse.r1:1483')  # sse.r1:1483
+b_unimplemented('XORPD_XMM_XMMRM', 'spec/sse.r1:1556')  # sse.r1:1556
 """
 
-# SHUFPD_XMM_XMMRM_IMM8 [o16 a16 reg and 7 more] from spec/sse.r1:1493
+# SHUFPD_XMM_XMMRM_IMM8 [o16 a16 reg and 7 more] from spec/sse.r1:1566
 _T136 = """\
-b_unimplemented('SHUFPD_XMM_XMMRM_IMM8', 'spec/sse.r1:1493')  # sse.r1:1493
+b_unimplemented('SHUFPD_XMM_XMMRM_IMM8', 'spec/sse.r1:1566')  # sse.r1:1566
 """
 
-# UNPCKLPD_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:1503
+# UNPCKLPD_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:1576
 _T137 = """\
-b_unimplemented('UNPCKLPD_XMM_XMMRM', 'spec/sse.r1:1503')  # sse.r1:1503
+b_unimplemented('UNPCKLPD_XMM_XMMRM', 'spec/sse.r1:1576')  # sse.r1:1576
 """
 
-# UNPCKHPD_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:1513
+# UNPCKHPD_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:1586
 _T138 = """\
-b_unimplemented('UNPCKHPD_XMM_XMMRM', 'spec/sse.r1:1513')  # sse.r1:1513
+b_unimplemented('UNPCKHPD_XMM_XMMRM', 'spec/sse.r1:1586')  # sse.r1:1586
 """
 
-# CVTPI2PD_XMM_MMRM [o16 a16 reg and 7 more] from spec/sse.r1:1525
+# CVTPI2PD_XMM_MMRM [o16 a16 reg and 7 more] from spec/sse.r1:1598
 _T139 = """\
-b_unimplemented('CVTPI2PD_XMM_MMRM', 'spec/sse.r1:1525')  # sse.r1:1525
+b_unimplemented('CVTPI2PD_XMM_MMRM', 'spec/sse.r1:1598')  # sse.r1:1598
 """
 
-# CVTPD2PI_MM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:1535
+# CVTPD2PI_MM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:1608
 _T140 = """\
-b_unimplemented('CVTPD2PI_MM_XMMRM', 'spec/sse.r1:1535')  # sse.r1:1535
+b_unimplemented('CVTPD2PI_MM_XMMRM', 'spec/sse.r1:1608')  # sse.r1:1608
 """
 
-# CVTTPD2PI_MM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:1545
+# CVTTPD2PI_MM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:1618
 _T141 = """\
-b_unimplemented('CVTTPD2PI_MM_XMMRM', 'spec/sse.r1:1545')  # sse.r1:1545
+b_unimplemented('CVTTPD2PI_MM_XMMRM', 'spec/sse.r1:1618')  # sse.r1:1618
 """
 
-# CVTSI2SD_XMM_RM32 [o16 a16 reg and 7 more] from spec/sse.r1:1555
+# CVTSI2SD_XMM_RM32 [o16 a16 reg and 7 more] from spec/sse.r1:1628
 _T142 = """\
-b_unimplemented('CVTSI2SD_XMM_RM32', 'spec/sse.r1:1555')  # sse.r1:1555
+b_unimplemented('CVTSI2SD_XMM_RM32', 'spec/sse.r1:1628')  # sse.r1:1628
 """
 
-# CVTSD2SI_R32_XMM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:1565
+# CVTSD2SI_R32_XMM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:1638
 _T143 = """\
-b_unimplemented('CVTSD2SI_R32_XMM', 'spec/sse.r1:1565')  # sse.r1:1565
+b_unimplemented('CVTSD2SI_R32_XMM', 'spec/sse.r1:1638')  # sse.r1:1638
 """
 
-# CVTSD2SI_R32_M64 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:1575
+# CVTSD2SI_R32_M64 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:1648
 _T144 = """\
-b_unimplemented('CVTSD2SI_R32_M64', 'spec/sse.r1:1575')  # sse.r1:1575
+b_unimplemented('CVTSD2SI_R32_M64', 'spec/sse.r1:1648')  # sse.r1:1648
 """
 
-# CVTTSD2SI_R32_XMM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:1585
+# CVTTSD2SI_R32_XMM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:1658
 _T145 = """\
-b_unimplemented('CVTTSD2SI_R32_XMM', 'spec/sse.r1:1585')  # sse.r1:1585
+b_unimplemented('CVTTSD2SI_R32_XMM', 'spec/sse.r1:1658')  # sse.r1:1658
 """
 
-# CVTTSD2SI_R32_M64 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:1595
+# CVTTSD2SI_R32_M64 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:1668
 _T146 = """\
-b_unimplemented('CVTTSD2SI_R32_M64', 'spec/sse.r1:1595')  # sse.r1:1595
+b_unimplemented('CVTTSD2SI_R32_M64', 'spec/sse.r1:1668')  # sse.r1:1668
 """
 
-# CVTPS2PD_XMM_XMM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:1605
+# CVTPS2PD_XMM_XMM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:1678
 _T147 = """\
-b_unimplemented('CVTPS2PD_XMM_XMM', 'spec/sse.r1:1605')  # sse.r1:1605
+b_unimplemented('CVTPS2PD_XMM_XMM', 'spec/sse.r1:1678')  # sse.r1:1678
 """
 
-# CVTPS2PD_XMM_M64 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:1615
+# CVTPS2PD_XMM_M64 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:1688
 _T148 = """\
-b_unimplemented('CVTPS2PD_XMM_M64', 'spec/sse.r1:1615')  # sse.r1:1615
+b_unimplemented('CVTPS2PD_XMM_M64', 'spec/sse.r1:1688')  # sse.r1:1688
 """
 
-# CVTPD2PS_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:1625
+# CVTPD2PS_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:1698
 _T149 = """\
-b_unimplemented('CVTPD2PS_XMM_XMMRM', 'spec/sse.r1:1625')  # sse.r1:1625
+b_unimplemented('CVTPD2PS_XMM_XMMRM', 'spec/sse.r1:1698')  # sse.r1:1698
 """
 
-# CVTSS2SD_XMM_XMM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:1635
+# CVTSS2SD_XMM_XMM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:1708
 _T150 = """\
-b_unimplemented('CVTSS2SD_XMM_XMM', 'spec/sse.r1:1635')  # sse.r1:1635
+b_unimplemented('CVTSS2SD_XMM_XMM', 'spec/sse.r1:1708')  # sse.r1:1708
 """
 
-# CVTSS2SD_XMM_M32 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:1645
+# CVTSS2SD_XMM_M32 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:1718
 _T151 = """\
-b_unimplemented('CVTSS2SD_XMM_M32', 'spec/sse.r1:1645')  # sse.r1:1645
+b_unimplemented('CVTSS2SD_XMM_M32', 'spec/sse.r1:1718')  # sse.r1:1718
 """
 
-# CVTSD2SS_XMM_XMM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:1655
+# CVTSD2SS_XMM_XMM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:1728
 _T152 = """\
-b_unimplemented('CVTSD2SS_XMM_XMM', 'spec/sse.r1:1655')  # sse.r1:1655
+b_unimplemented('CVTSD2SS_XMM_XMM', 'spec/sse.r1:1728')  # sse.r1:1728
 """
 
-# CVTSD2SS_XMM_M64 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:1665
+# CVTSD2SS_XMM_M64 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:1738
 _T153 = """\
-b_unimplemented('CVTSD2SS_XMM_M64', 'spec/sse.r1:1665')  # sse.r1:1665
+b_unimplemented('CVTSD2SS_XMM_M64', 'spec/sse.r1:1738')  # sse.r1:1738
 """
 
-# CVTDQ2PS_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:1675
+# CVTDQ2PS_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:1748
 _T154 = """\
-b_unimplemented('CVTDQ2PS_XMM_XMMRM', 'spec/sse.r1:1675')  # sse.r1:1675
+b_unimplemented('CVTDQ2PS_XMM_XMMRM', 'spec/sse.r1:1748')  # sse.r1:1748
 """
 
-# CVTPS2DQ_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:1685
+# CVTPS2DQ_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:1758
 _T155 = """\
-b_unimplemented('CVTPS2DQ_XMM_XMMRM', 'spec/sse.r1:1685')  # sse.r1:1685
+b_unimplemented('CVTPS2DQ_XMM_XMMRM', 'spec/sse.r1:1758')  # sse.r1:1758
 """
 
-# CVTTPS2DQ_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:1695
+# CVTTPS2DQ_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:1768
 _T156 = """\
-b_unimplemented('CVTTPS2DQ_XMM_XMMRM', 'spec/sse.r1:1695')  # sse.r1:1695
+b_unimplemented('CVTTPS2DQ_XMM_XMMRM', 'spec/sse.r1:1768')  # sse.r1:1768
 """
 
-# CVTDQ2PD_XMM_XMM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:1705
+# CVTDQ2PD_XMM_XMM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:1778
 _T157 = """\
-b_unimplemented('CVTDQ2PD_XMM_XMM', 'spec/sse.r1:1705')  # sse.r1:1705
+b_unimplemented('CVTDQ2PD_XMM_XMM', 'spec/sse.r1:1778')  # sse.r1:1778
 """
 
-# CVTDQ2PD_XMM_M64 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:1715
+# CVTDQ2PD_XMM_M64 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:1788
 _T158 = """\
-b_unimplemented('CVTDQ2PD_XMM_M64', 'spec/sse.r1:1715')  # sse.r1:1715
+b_unimplemented('CVTDQ2PD_XMM_M64', 'spec/sse.r1:1788')  # sse.r1:1788
 """
 
-# CVTPD2DQ_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:1725
+# CVTPD2DQ_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:1798
 _T159 = """\
-b_unimplemented('CVTPD2DQ_XMM_XMMRM', 'spec/sse.r1:1725')  # sse.r1:1725
+b_unimplemented('CVTPD2DQ_XMM_XMMRM', 'spec/sse.r1:1798')  # sse.r1:1798
 """
 
-# CVTTPD2DQ_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:1735
+# CVTTPD2DQ_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:1808
 _T160 = """\
-b_unimplemented('CVTTPD2DQ_XMM_XMMRM', 'spec/sse.r1:1735')  # sse.r1:1735
+b_unimplemented('CVTTPD2DQ_XMM_XMMRM', 'spec/sse.r1:1808')  # sse.r1:1808
 """
 
-# MOVDQA_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:1747
+# MOVDQA_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:1820
 _T161 = """\
-b_unimplemented('MOVDQA_XMM_XMMRM', 'spec/sse.r1:1747')  # sse.r1:1747
+b_unimplemented('MOVDQA_XMM_XMMRM', 'spec/sse.r1:1820')  # sse.r1:1820
 """
 
-# MOVDQA_XMMRM_XMM [o16 a16 reg and 7 more] from spec/sse.r1:1757
+# MOVDQA_XMMRM_XMM [o16 a16 reg and 7 more] from spec/sse.r1:1830
 _T162 = """\
-b_unimplemented('MOVDQA_XMMRM_XMM', 'spec/sse.r1:1757')  # sse.r1:1757
+b_unimplemented('MOVDQA_XMMRM_XMM', 'spec/sse.r1:1830')  # sse.r1:1830
 """
 
-# MOVDQU_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:1767
+# MOVDQU_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:1840
 _T163 = """\
-b_unimplemented('MOVDQU_XMM_XMMRM', 'spec/sse.r1:1767')  # sse.r1:1767
+b_unimplemented('MOVDQU_XMM_XMMRM', 'spec/sse.r1:1840')  # sse.r1:1840
 """
 
-# MOVDQU_XMMRM_XMM [o16 a16 reg and 7 more] from spec/sse.r1:1777
+# MOVDQU_XMMRM_XMM [o16 a16 reg and 7 more] from spec/sse.r1:1850
 _T164 = """\
-b_unimplemented('MOVDQU_XMMRM_XMM', 'spec/sse.r1:1777')  # sse.r1:1777
+b_unimplemented('MOVDQU_XMMRM_XMM', 'spec/sse.r1:1850')  # sse.r1:1850
 """
 
-# MOVD_XMM_RM32 [o16 a16 reg and 7 more] from spec/sse.r1:1787
+# MOVD_XMM_RM32 [o16 a16 reg and 7 more] from spec/sse.r1:1860
 _T165 = """\
-b_unimplemented('MOVD_XMM_RM32', 'spec/sse.r1:1787')  # sse.r1:1787
+b_unimplemented('MOVD_XMM_RM32', 'spec/sse.r1:1860')  # sse.r1:1860
 """
 
-# MOVD_RM32_XMM [o16 a16 reg and 7 more] from spec/sse.r1:1797
+# MOVD_RM32_XMM [o16 a16 reg and 7 more] from spec/sse.r1:1870
 _T166 = """\
-b_unimplemented('MOVD_RM32_XMM', 'spec/sse.r1:1797')  # sse.r1:1797
+b_unimplemented('MOVD_RM32_XMM', 'spec/sse.r1:1870')  # sse.r1:1870
 """
 
-# MOVQ_XMM_XMM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:1807
+# MOVQ_XMM_XMM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:1880
 _T167 = """\
-b_unimplemented('MOVQ_XMM_XMM', 'spec/sse.r1:1807')  # sse.r1:1807
+b_unimplemented('MOVQ_XMM_XMM', 'spec/sse.r1:1880')  # sse.r1:1880
 """
 
-# MOVQ_XMM_M64 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:1817
+# MOVQ_XMM_M64 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:1890
 _T168 = """\
-b_unimplemented('MOVQ_XMM_M64', 'spec/sse.r1:1817')  # sse.r1:1817
+b_unimplemented('MOVQ_XMM_M64', 'spec/sse.r1:1890')  # sse.r1:1890
 """
 
-# MOVQ_XMM_XMM_0FD6 [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:1827
+# MOVQ_XMM_XMM_0FD6 [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:1900
 _T169 = """\
-b_unimplemented('MOVQ_XMM_XMM_0FD6', 'spec/sse.r1:1827')  # sse.r1:1827
+b_unimplemented('MOVQ_XMM_XMM_0FD6', 'spec/sse.r1:1900')  # sse.r1:1900
 """
 
-# MOVQ_M64_XMM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:1837
+# MOVQ_M64_XMM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:1910
 _T170 = """\
-b_unimplemented('MOVQ_M64_XMM', 'spec/sse.r1:1837')  # sse.r1:1837
+b_unimplemented('MOVQ_M64_XMM', 'spec/sse.r1:1910')  # sse.r1:1910
 """
 
-# MOVQ2DQ_XMM_MM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:1847
+# MOVQ2DQ_XMM_MM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:1920
 _T171 = """\
-b_unimplemented('MOVQ2DQ_XMM_MM', 'spec/sse.r1:1847')  # sse.r1:1847
+b_unimplemented('MOVQ2DQ_XMM_MM', 'spec/sse.r1:1920')  # sse.r1:1920
 """
 
-# MOVDQ2Q_MM_XMM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:1857
+# MOVDQ2Q_MM_XMM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:1930
 _T172 = """\
-b_unimplemented('MOVDQ2Q_MM_XMM', 'spec/sse.r1:1857')  # sse.r1:1857
+b_unimplemented('MOVDQ2Q_MM_XMM', 'spec/sse.r1:1930')  # sse.r1:1930
 """
 
-# MOVNTPD_M128_XMM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:1869
+# MOVNTPD_M128_XMM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:1942
 _T173 = """\
-b_unimplemented('MOVNTPD_M128_XMM', 'spec/sse.r1:1869')  # sse.r1:1869
+b_unimplemented('MOVNTPD_M128_XMM', 'spec/sse.r1:1942')  # sse.r1:1942
 """
 
-# MOVNTDQ_M128_XMM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:1879
+# MOVNTDQ_M128_XMM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:1952
 _T174 = """\
-b_unimplemented('MOVNTDQ_M128_XMM', 'spec/sse.r1:1879')  # sse.r1:1879
+b_unimplemented('MOVNTDQ_M128_XMM', 'spec/sse.r1:1952')  # sse.r1:1952
 """
 
-# MOVNTI_M32_R32 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:1889
+# MOVNTI_M32_R32 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:1962
 _T175 = """\
-b_unimplemented('MOVNTI_M32_R32', 'spec/sse.r1:1889')  # sse.r1:1889
+b_unimplemented('MOVNTI_M32_R32', 'spec/sse.r1:1962')  # sse.r1:1962
 """
 
-# MASKMOVDQU_XMM_XMM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:1899
+# MASKMOVDQU_XMM_XMM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:1972
 _T176 = """\
-b_unimplemented('MASKMOVDQU_XMM_XMM', 'spec/sse.r1:1899')  # sse.r1:1899
+b_unimplemented('MASKMOVDQU_XMM_XMM', 'spec/sse.r1:1972')  # sse.r1:1972
 """
 
-# CLFLUSH_M8 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:1909
+# CLFLUSH_M8 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:1982
 _T177 = """\
-b_unimplemented('CLFLUSH_M8', 'spec/sse.r1:1909')  # sse.r1:1909
+b_unimplemented('CLFLUSH_M8', 'spec/sse.r1:1982')  # sse.r1:1982
 """
 
-# LFENCE [o16 a16, o16 a32, o32 a16, o32 a32] from spec/sse.r1:1919
+# LFENCE [o16 a16, o16 a32, o32 a16, o32 a32] from spec/sse.r1:1992
 _T178 = """\
-b_unimplemented('LFENCE', 'spec/sse.r1:1919')  # sse.r1:1919
+b_unimplemented('LFENCE', 'spec/sse.r1:1992')  # sse.r1:1992
 """
 
-# MFENCE [o16 a16, o16 a32, o32 a16, o32 a32] from spec/sse.r1:1929
+# MFENCE [o16 a16, o16 a32, o32 a16, o32 a32] from spec/sse.r1:2002
 _T179 = """\
-b_unimplemented('MFENCE', 'spec/sse.r1:1929')  # sse.r1:1929
+b_unimplemented('MFENCE', 'spec/sse.r1:2002')  # sse.r1:2002
 """
 
-# PAUSE [o16 a16, o16 a32, o32 a16, o32 a32] from spec/sse.r1:1939
+# PAUSE [o16 a16, o16 a32, o32 a16, o32 a32] from spec/sse.r1:2012
 _T180 = """\
 """
 
-# PADDQ_MM_MMRM [o16 a16 reg and 7 more] from spec/sse.r1:1951
+# PADDQ_MM_MMRM [o16 a16 reg and 7 more] from spec/sse.r1:2024
 _T181 = """\
-b_unimplemented('PADDQ_MM_MMRM', 'spec/sse.r1:1951')  # sse.r1:1951
+b_unimplemented('PADDQ_MM_MMRM', 'spec/sse.r1:2024')  # sse.r1:2024
 """
 
-# PADDQ_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:1961
+# PADDQ_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:2034
 _T182 = """\
-b_unimplemented('PADDQ_XMM_XMMRM', 'spec/sse.r1:1961')  # sse.r1:1961
+b_unimplemented('PADDQ_XMM_XMMRM', 'spec/sse.r1:2034')  # sse.r1:2034
 """
 
-# PSUBQ_MM_MMRM [o16 a16 reg and 7 more] from spec/sse.r1:1971
+# PSUBQ_MM_MMRM [o16 a16 reg and 7 more] from spec/sse.r1:2044
 _T183 = """\
-b_unimplemented('PSUBQ_MM_MMRM', 'spec/sse.r1:1971')  # sse.r1:1971
+b_unimplemented('PSUBQ_MM_MMRM', 'spec/sse.r1:2044')  # sse.r1:2044
 """
 
-# PSUBQ_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:1981
+# PSUBQ_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:2054
 _T184 = """\
-b_unimplemented('PSUBQ_XMM_XMMRM', 'spec/sse.r1:1981')  # sse.r1:1981
+b_unimplemented('PSUBQ_XMM_XMMRM', 'spec/sse.r1:2054')  # sse.r1:2054
 """
 
-# PMULUDQ_MM_MMRM [o16 a16 reg and 7 more] from spec/sse.r1:1991
+# PMULUDQ_MM_MMRM [o16 a16 reg and 7 more] from spec/sse.r1:2064
 _T185 = """\
-b_unimplemented('PMULUDQ_MM_MMRM', 'spec/sse.r1:1991')  # sse.r1:1991
+b_unimplemented('PMULUDQ_MM_MMRM', 'spec/sse.r1:2064')  # sse.r1:2064
 """
 
-# PMULUDQ_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:2001
+# PMULUDQ_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:2074
 _T186 = """\
-b_unimplemented('PMULUDQ_XMM_XMMRM', 'spec/sse.r1:2001')  # sse.r1:2001
+b_unimplemented('PMULUDQ_XMM_XMMRM', 'spec/sse.r1:2074')  # sse.r1:2074
 """
 
-# PSHUFD_XMM_XMMRM_IMM8 [o16 a16 reg and 7 more] from spec/sse.r1:2011
+# PSHUFD_XMM_XMMRM_IMM8 [o16 a16 reg and 7 more] from spec/sse.r1:2084
 _T187 = """\
-b_unimplemented('PSHUFD_XMM_XMMRM_IMM8', 'spec/sse.r1:2011')  # sse.r1:2011
+b_unimplemented('PSHUFD_XMM_XMMRM_IMM8', 'spec/sse.r1:2084')  # sse.r1:2084
 """
 
-# PSHUFHW_XMM_XMMRM_IMM8 [o16 a16 reg and 7 more] from spec/sse.r1:2021
+# PSHUFHW_XMM_XMMRM_IMM8 [o16 a16 reg and 7 more] from spec/sse.r1:2094
 _T188 = """\
-b_unimplemented('PSHUFHW_XMM_XMMRM_IMM8', 'spec/sse.r1:2021')  # sse.r1:2021
+b_unimplemented('PSHUFHW_XMM_XMMRM_IMM8', 'spec/sse.r1:2094')  # sse.r1:2094
 """
 
-# PSHUFLW_XMM_XMMRM_IMM8 [o16 a16 reg and 7 more] from spec/sse.r1:2031
+# PSHUFLW_XMM_XMMRM_IMM8 [o16 a16 reg and 7 more] from spec/sse.r1:2104
 _T189 = """\
-b_unimplemented('PSHUFLW_XMM_XMMRM_IMM8', 'spec/sse.r1:2031')  # sse.r1:2031
+b_unimplemented('PSHUFLW_XMM_XMMRM_IMM8', 'spec/sse.r1:2104')  # sse.r1:2104
 """
 
-# PSLLDQ_XMM_IMM8 [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:2041
+# PSLLDQ_XMM_IMM8 [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:2114
 _T190 = """\
-b_unimplemented('PSLLDQ_XMM_IMM8', 'spec/sse.r1:2041')  # sse.r1:2041
+b_unimplemented('PSLLDQ_XMM_IMM8', 'spec/sse.r1:2114')  # sse.r1:2114
 """
 
-# PSRLDQ_XMM_IMM8 [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:2051
+# PSRLDQ_XMM_IMM8 [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:2124
 _T191 = """\
-b_unimplemented('PSRLDQ_XMM_IMM8', 'spec/sse.r1:2051')  # sse.r1:2051
+b_unimplemented('PSRLDQ_XMM_IMM8', 'spec/sse.r1:2124')  # sse.r1:2124
 """
 
-# PUNPCKLQDQ_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:2061
+# PUNPCKLQDQ_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:2134
 _T192 = """\
-b_unimplemented('PUNPCKLQDQ_XMM_XMMRM', 'spec/sse.r1:2061')  # sse.r1:2061
+b_unimplemented('PUNPCKLQDQ_XMM_XMMRM', 'spec/sse.r1:2134')  # sse.r1:2134
 """
 
-# PUNPCKHQDQ_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:2071
+# PUNPCKHQDQ_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:2144
 _T193 = """\
-b_unimplemented('PUNPCKHQDQ_XMM_XMMRM', 'spec/sse.r1:2071')  # sse.r1:2071
+b_unimplemented('PUNPCKHQDQ_XMM_XMMRM', 'spec/sse.r1:2144')  # sse.r1:2144
 """
 
-# PUNPCKLBW_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:2083
+# PUNPCKLBW_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:2156
 _T194 = """\
-b_unimplemented('PUNPCKLBW_XMM_XMMRM', 'spec/sse.r1:2083')  # sse.r1:2083
+b_unimplemented('PUNPCKLBW_XMM_XMMRM', 'spec/sse.r1:2156')  # sse.r1:2156
 """
 
-# PUNPCKLWD_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:2093
+# PUNPCKLWD_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:2166
 _T195 = """\
-b_unimplemented('PUNPCKLWD_XMM_XMMRM', 'spec/sse.r1:2093')  # sse.r1:2093
+b_unimplemented('PUNPCKLWD_XMM_XMMRM', 'spec/sse.r1:2166')  # sse.r1:2166
 """
 
-# PUNPCKLDQ_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:2103
+# PUNPCKLDQ_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:2176
 _T196 = """\
-b_unimplemented('PUNPCKLDQ_XMM_XMMRM', 'spec/sse.r1:2103')  # sse.r1:2103
+b_unimplemented('PUNPCKLDQ_XMM_XMMRM', 'spec/sse.r1:2176')  # sse.r1:2176
 """
 
-# PUNPCKHBW_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:2113
+# PUNPCKHBW_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:2186
 _T197 = """\
-b_unimplemented('PUNPCKHBW_XMM_XMMRM', 'spec/sse.r1:2113')  # sse.r1:2113
+b_unimplemented('PUNPCKHBW_XMM_XMMRM', 'spec/sse.r1:2186')  # sse.r1:2186
 """
 
-# PUNPCKHWD_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:2123
+# PUNPCKHWD_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:2196
 _T198 = """\
-b_unimplemented('PUNPCKHWD_XMM_XMMRM', 'spec/sse.r1:2123')  # sse.r1:2123
+b_unimplemented('PUNPCKHWD_XMM_XMMRM', 'spec/sse.r1:2196')  # sse.r1:2196
 """
 
-# PUNPCKHDQ_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:2133
+# PUNPCKHDQ_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:2206
 _T199 = """\
-b_unimplemented('PUNPCKHDQ_XMM_XMMRM', 'spec/sse.r1:2133')  # sse.r1:2133
+b_unimplemented('PUNPCKHDQ_XMM_XMMRM', 'spec/sse.r1:2206')  # sse.r1:2206
 """
 
-# PACKSSWB_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:2143
+# PACKSSWB_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:2216
 _T200 = """\
-b_unimplemented('PACKSSWB_XMM_XMMRM', 'spec/sse.r1:2143')  # sse.r1:2143
+b_unimplemented('PACKSSWB_XMM_XMMRM', 'spec/sse.r1:2216')  # sse.r1:2216
 """
 
-# PACKUSWB_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:2153
+# PACKUSWB_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:2226
 _T201 = """\
-b_unimplemented('PACKUSWB_XMM_XMMRM', 'spec/sse.r1:2153')  # sse.r1:2153
+b_unimplemented('PACKUSWB_XMM_XMMRM', 'spec/sse.r1:2226')  # sse.r1:2226
 """
 
-# PACKSSDW_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:2163
+# PACKSSDW_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:2236
 _T202 = """\
-b_unimplemented('PACKSSDW_XMM_XMMRM', 'spec/sse.r1:2163')  # sse.r1:2163
+b_unimplemented('PACKSSDW_XMM_XMMRM', 'spec/sse.r1:2236')  # sse.r1:2236
 """
 
-# PADDB_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:2173
+# PADDB_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:2246
 _T203 = """\
-b_unimplemented('PADDB_XMM_XMMRM', 'spec/sse.r1:2173')  # sse.r1:2173
+b_unimplemented('PADDB_XMM_XMMRM', 'spec/sse.r1:2246')  # sse.r1:2246
 """
 
-# PADDW_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:2183
+# PADDW_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:2256
 _T204 = """\
-b_unimplemented('PADDW_XMM_XMMRM', 'spec/sse.r1:2183')  # sse.r1:2183
+b_unimplemented('PADDW_XMM_XMMRM', 'spec/sse.r1:2256')  # sse.r1:2256
 """
 
-# PADDD_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:2193
+# PADDD_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:2266
 _T205 = """\
-b_unimplemented('PADDD_XMM_XMMRM', 'spec/sse.r1:2193')  # sse.r1:2193
+b_unimplemented('PADDD_XMM_XMMRM', 'spec/sse.r1:2266')  # sse.r1:2266
 """
 
-# PADDSB_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:2203
+# PADDSB_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:2276
 _T206 = """\
-b_unimplemented('PADDSB_XMM_XMMRM', 'spec/sse.r1:2203')  # sse.r1:2203
+b_unimplemented('PADDSB_XMM_XMMRM', 'spec/sse.r1:2276')  # sse.r1:2276
 """
 
-# PADDSW_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:2213
+# PADDSW_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:2286
 _T207 = """\
-b_unimplemented('PADDSW_XMM_XMMRM', 'spec/sse.r1:2213')  # sse.r1:2213
+b_unimplemented('PADDSW_XMM_XMMRM', 'spec/sse.r1:2286')  # sse.r1:2286
 """
 
-# PADDUSB_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:2223
+# PADDUSB_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:2296
 _T208 = """\
-b_unimplemented('PADDUSB_XMM_XMMRM', 'spec/sse.r1:2223')  # sse.r1:2223
+b_unimplemented('PADDUSB_XMM_XMMRM', 'spec/sse.r1:2296')  # sse.r1:2296
 """
 
-# PADDUSW_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:2233
+# PADDUSW_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:2306
 _T209 = """\
-b_unimplemented('PADDUSW_XMM_XMMRM', 'spec/sse.r1:2233')  # sse.r1:2233
+b_unimplemented('PADDUSW_XMM_XMMRM', 'spec/sse.r1:2306')  # sse.r1:2306
 """
 
-# PSUBB_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:2243
+# PSUBB_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:2316
 _T210 = """\
-b_unimplemented('PSUBB_XMM_XMMRM', 'spec/sse.r1:2243')  # sse.r1:2243
+b_unimplemented('PSUBB_XMM_XMMRM', 'spec/sse.r1:2316')  # sse.r1:2316
 """
 
-# PSUBW_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:2253
+# PSUBW_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:2326
 _T211 = """\
-b_unimplemented('PSUBW_XMM_XMMRM', 'spec/sse.r1:2253')  # sse.r1:2253
+b_unimplemented('PSUBW_XMM_XMMRM', 'spec/sse.r1:2326')  # sse.r1:2326
 """
 
-# PSUBD_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:2263
+# PSUBD_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:2336
 _T212 = """\
-b_unimplemented('PSUBD_XMM_XMMRM', 'spec/sse.r1:2263')  # sse.r1:2263
+b_unimplemented('PSUBD_XMM_XMMRM', 'spec/sse.r1:2336')  # sse.r1:2336
 """
 
-# PSUBSB_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:2273
+# PSUBSB_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:2346
 _T213 = """\
-b_unimplemented('PSUBSB_XMM_XMMRM', 'spec/sse.r1:2273')  # sse.r1:2273
+b_unimplemented('PSUBSB_XMM_XMMRM', 'spec/sse.r1:2346')  # sse.r1:2346
 """
 
-# PSUBSW_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:2283
+# PSUBSW_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:2356
 _T214 = """\
-b_unimplemented('PSUBSW_XMM_XMMRM', 'spec/sse.r1:2283')  # sse.r1:2283
+b_unimplemented('PSUBSW_XMM_XMMRM', 'spec/sse.r1:2356')  # sse.r1:2356
 """
 
-# PSUBUSB_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:2293
+# PSUBUSB_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:2366
 _T215 = """\
-b_unimplemented('PSUBUSB_XMM_XMMRM', 'spec/sse.r1:2293')  # sse.r1:2293
+b_unimplemented('PSUBUSB_XMM_XMMRM', 'spec/sse.r1:2366')  # sse.r1:2366
 """
 
-# PSUBUSW_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:2303
+# PSUBUSW_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:2376
 _T216 = """\
-b_unimplemented('PSUBUSW_XMM_XMMRM', 'spec/sse.r1:2303')  # sse.r1:2303
+b_unimplemented('PSUBUSW_XMM_XMMRM', 'spec/sse.r1:2376')  # sse.r1:2376
 """
 
-# PMULLW_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:2313
+# PMULLW_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:2386
 _T217 = """\
-b_unimplemented('PMULLW_XMM_XMMRM', 'spec/sse.r1:2313')  # sse.r1:2313
+b_unimplemented('PMULLW_XMM_XMMRM', 'spec/sse.r1:2386')  # sse.r1:2386
 """
 
-# PMULHW_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:2323
+# PMULHW_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:2396
 _T218 = """\
-b_unimplemented('PMULHW_XMM_XMMRM', 'spec/sse.r1:2323')  # sse.r1:2323
+b_unimplemented('PMULHW_XMM_XMMRM', 'spec/sse.r1:2396')  # sse.r1:2396
 """
 
-# PMADDWD_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:2333
+# PMADDWD_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:2406
 _T219 = """\
-b_unimplemented('PMADDWD_XMM_XMMRM', 'spec/sse.r1:2333')  # sse.r1:2333
+b_unimplemented('PMADDWD_XMM_XMMRM', 'spec/sse.r1:2406')  # sse.r1:2406
 """
 
-# PCMPEQB_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:2343
+# PCMPEQB_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:2416
 _T220 = """\
-b_unimplemented('PCMPEQB_XMM_XMMRM', 'spec/sse.r1:2343')  # sse.r1:2343
+b_unimplemented('PCMPEQB_XMM_XMMRM', 'spec/sse.r1:2416')  # sse.r1:2416
 """
 
-# PCMPEQW_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:2353
+# PCMPEQW_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:2426
 _T221 = """\
-b_unimplemented('PCMPEQW_XMM_XMMRM', 'spec/sse.r1:2353')  # sse.r1:2353
+b_unimplemented('PCMPEQW_XMM_XMMRM', 'spec/sse.r1:2426')  # sse.r1:2426
 """
 
-# PCMPEQD_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:2363
+# PCMPEQD_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:2436
 _T222 = """\
-b_unimplemented('PCMPEQD_XMM_XMMRM', 'spec/sse.r1:2363')  # sse.r1:2363
+b_unimplemented('PCMPEQD_XMM_XMMRM', 'spec/sse.r1:2436')  # sse.r1:2436
 """
 
-# PCMPGTB_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:2373
+# PCMPGTB_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:2446
 _T223 = """\
-b_unimplemented('PCMPGTB_XMM_XMMRM', 'spec/sse.r1:2373')  # sse.r1:2373
+b_unimplemented('PCMPGTB_XMM_XMMRM', 'spec/sse.r1:2446')  # sse.r1:2446
 """
 
-# PCMPGTW_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:2383
+# PCMPGTW_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:2456
 _T224 = """\
-b_unimplemented('PCMPGTW_XMM_XMMRM', 'spec/sse.r1:2383')  # sse.r1:2383
+b_unimplemented('PCMPGTW_XMM_XMMRM', 'spec/sse.r1:2456')  # sse.r1:2456
 """
 
-# PCMPGTD_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:2393
+# PCMPGTD_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:2466
 _T225 = """\
-b_unimplemented('PCMPGTD_XMM_XMMRM', 'spec/sse.r1:2393')  # sse.r1:2393
+b_unimplemented('PCMPGTD_XMM_XMMRM', 'spec/sse.r1:2466')  # sse.r1:2466
 """
 
-# PAND_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:2403
+# PAND_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:2476
 _T226 = """\
-b_unimplemented('PAND_XMM_XMMRM', 'spec/sse.r1:2403')  # sse.r1:2403
+b_unimplemented('PAND_XMM_XMMRM', 'spec/sse.r1:2476')  # sse.r1:2476
 """
 
-# PANDN_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:2413
+# PANDN_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:2486
 _T227 = """\
-b_unimplemented('PANDN_XMM_XMMRM', 'spec/sse.r1:2413')  # sse.r1:2413
+b_unimplemented('PANDN_XMM_XMMRM', 'spec/sse.r1:2486')  # sse.r1:2486
 """
 
-# POR_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:2423
+# POR_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:2496
 _T228 = """\
-b_unimplemented('POR_XMM_XMMRM', 'spec/sse.r1:2423')  # sse.r1:2423
+b_unimplemented('POR_XMM_XMMRM', 'spec/sse.r1:2496')  # sse.r1:2496
 """
 
-# PXOR_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:2433
+# PXOR_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:2506
 _T229 = """\
-b_unimplemented('PXOR_XMM_XMMRM', 'spec/sse.r1:2433')  # sse.r1:2433
+b_unimplemented('PXOR_XMM_XMMRM', 'spec/sse.r1:2506')  # sse.r1:2506
 """
 
-# PSLLW_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:2443
+# PSLLW_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:2516
 _T230 = """\
-b_unimplemented('PSLLW_XMM_XMMRM', 'spec/sse.r1:2443')  # sse.r1:2443
+b_unimplemented('PSLLW_XMM_XMMRM', 'spec/sse.r1:2516')  # sse.r1:2516
 """
 
-# PSLLD_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:2453
+# PSLLD_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:2526
 _T231 = """\
-b_unimplemented('PSLLD_XMM_XMMRM', 'spec/sse.r1:2453')  # sse.r1:2453
+b_unimplemented('PSLLD_XMM_XMMRM', 'spec/sse.r1:2526')  # sse.r1:2526
 """
 
-# PSLLQ_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:2463
+# PSLLQ_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:2536
 _T232 = """\
-b_unimplemented('PSLLQ_XMM_XMMRM', 'spec/sse.r1:2463')  # sse.r1:2463
+b_unimplemented('PSLLQ_XMM_XMMRM', 'spec/sse.r1:2536')  # sse.r1:2536
 """
 
-# PSRLW_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:2473
+# PSRLW_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:2546
 _T233 = """\
-b_unimplemented('PSRLW_XMM_XMMRM', 'spec/sse.r1:2473')  # sse.r1:2473
+b_unimplemented('PSRLW_XMM_XMMRM', 'spec/sse.r1:2546')  # sse.r1:2546
 """
 
-# PSRLD_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:2483
+# PSRLD_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:2556
 _T234 = """\
-b_unimplemented('PSRLD_XMM_XMMRM', 'spec/sse.r1:2483')  # sse.r1:2483
+b_unimplemented('PSRLD_XMM_XMMRM', 'spec/sse.r1:2556')  # sse.r1:2556
 """
 
-# PSRLQ_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:2493
+# PSRLQ_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:2566
 _T235 = """\
-b_unimplemented('PSRLQ_XMM_XMMRM', 'spec/sse.r1:2493')  # sse.r1:2493
+b_unimplemented('PSRLQ_XMM_XMMRM', 'spec/sse.r1:2566')  # sse.r1:2566
 """
 
-# PSRAW_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:2503
+# PSRAW_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:2576
 _T236 = """\
-b_unimplemented('PSRAW_XMM_XMMRM', 'spec/sse.r1:2503')  # sse.r1:2503
+b_unimplemented('PSRAW_XMM_XMMRM', 'spec/sse.r1:2576')  # sse.r1:2576
 """
 
-# PSRAD_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:2513
+# PSRAD_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:2586
 _T237 = """\
-b_unimplemented('PSRAD_XMM_XMMRM', 'spec/sse.r1:2513')  # sse.r1:2513
+b_unimplemented('PSRAD_XMM_XMMRM', 'spec/sse.r1:2586')  # sse.r1:2586
 """
 
-# PSLLW_XMM_IMM8 [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:2523
+# PSLLW_XMM_IMM8 [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:2596
 _T238 = """\
-b_unimplemented('PSLLW_XMM_IMM8', 'spec/sse.r1:2523')  # sse.r1:2523
+b_unimplemented('PSLLW_XMM_IMM8', 'spec/sse.r1:2596')  # sse.r1:2596
 """
 
-# PSLLD_XMM_IMM8 [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:2533
+# PSLLD_XMM_IMM8 [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:2606
 _T239 = """\
-b_unimplemented('PSLLD_XMM_IMM8', 'spec/sse.r1:2533')  # sse.r1:2533
+b_unimplemented('PSLLD_XMM_IMM8', 'spec/sse.r1:2606')  # sse.r1:2606
 """
 
-# PSLLQ_XMM_IMM8 [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:2543
+# PSLLQ_XMM_IMM8 [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:2616
 _T240 = """\
-b_unimplemented('PSLLQ_XMM_IMM8', 'spec/sse.r1:2543')  # sse.r1:2543
+b_unimplemented('PSLLQ_XMM_IMM8', 'spec/sse.r1:2616')  # sse.r1:2616
 """
 
-# PSRLW_XMM_IMM8 [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:2553
+# PSRLW_XMM_IMM8 [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:2626
 _T241 = """\
-b_unimplemented('PSRLW_XMM_IMM8', 'spec/sse.r1:2553')  # sse.r1:2553
+b_unimplemented('PSRLW_XMM_IMM8', 'spec/sse.r1:2626')  # sse.r1:2626
 """
 
-# PSRLD_XMM_IMM8 [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:2563
+# PSRLD_XMM_IMM8 [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:2636
 _T242 = """\
-b_unimplemented('PSRLD_XMM_IMM8', 'spec/sse.r1:2563')  # sse.r1:2563
+b_unimplemented('PSRLD_XMM_IMM8', 'spec/sse.r1:2636')  # sse.r1:2636
 """
 
-# PSRLQ_XMM_IMM8 [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:2573
+# PSRLQ_XMM_IMM8 [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:2646
 _T243 = """\
-b_unimplemented('PSRLQ_XMM_IMM8', 'spec/sse.r1:2573')  # sse.r1:2573
+b_unimplemented('PSRLQ_XMM_IMM8', 'spec/sse.r1:2646')  # sse.r1:2646
 """
 
-# PSRAW_XMM_IMM8 [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:2583
+# PSRAW_XMM_IMM8 [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:2656
 _T244 = """\
-b_unimplemented('PSRAW_XMM_IMM8', 'spec/sse.r1:2583')  # sse.r1:2583
+b_unimplemented('PSRAW_XMM_IMM8', 'spec/sse.r1:2656')  # sse.r1:2656
 """
 
-# PSRAD_XMM_IMM8 [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:2593
+# PSRAD_XMM_IMM8 [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:2666
 _T245 = """\
-b_unimplemented('PSRAD_XMM_IMM8', 'spec/sse.r1:2593')  # sse.r1:2593
+b_unimplemented('PSRAD_XMM_IMM8', 'spec/sse.r1:2666')  # sse.r1:2666
 """
 
-# PAVGB_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:2605
+# PAVGB_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:2678
 _T246 = """\
-b_unimplemented('PAVGB_XMM_XMMRM', 'spec/sse.r1:2605')  # sse.r1:2605
+b_unimplemented('PAVGB_XMM_XMMRM', 'spec/sse.r1:2678')  # sse.r1:2678
 """
 
-# PAVGW_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:2615
+# PAVGW_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:2688
 _T247 = """\
-b_unimplemented('PAVGW_XMM_XMMRM', 'spec/sse.r1:2615')  # sse.r1:2615
+b_unimplemented('PAVGW_XMM_XMMRM', 'spec/sse.r1:2688')  # sse.r1:2688
 """
 
-# PMAXSW_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:2625
+# PMAXSW_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:2698
 _T248 = """\
-b_unimplemented('PMAXSW_XMM_XMMRM', 'spec/sse.r1:2625')  # sse.r1:2625
+b_unimplemented('PMAXSW_XMM_XMMRM', 'spec/sse.r1:2698')  # sse.r1:2698
 """
 
-# PMAXUB_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:2635
+# PMAXUB_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:2708
 _T249 = """\
-b_unimplemented('PMAXUB_XMM_XMMRM', 'spec/sse.r1:2635')  # sse.r1:2635
+b_unimplemented('PMAXUB_XMM_XMMRM', 'spec/sse.r1:2708')  # sse.r1:2708
 """
 
-# PMINSW_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:2645
+# PMINSW_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:2718
 _T250 = """\
-b_unimplemented('PMINSW_XMM_XMMRM', 'spec/sse.r1:2645')  # sse.r1:2645
+b_unimplemented('PMINSW_XMM_XMMRM', 'spec/sse.r1:2718')  # sse.r1:2718
 """
 
-# PMINUB_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:2655
+# PMINUB_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:2728
 _T251 = """\
-b_unimplemented('PMINUB_XMM_XMMRM', 'spec/sse.r1:2655')  # sse.r1:2655
+b_unimplemented('PMINUB_XMM_XMMRM', 'spec/sse.r1:2728')  # sse.r1:2728
 """
 
-# PMULHUW_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:2665
+# PMULHUW_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:2738
 _T252 = """\
-b_unimplemented('PMULHUW_XMM_XMMRM', 'spec/sse.r1:2665')  # sse.r1:2665
+b_unimplemented('PMULHUW_XMM_XMMRM', 'spec/sse.r1:2738')  # sse.r1:2738
 """
 
-# PSADBW_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:2675
+# PSADBW_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:2748
 _T253 = """\
-b_unimplemented('PSADBW_XMM_XMMRM', 'spec/sse.r1:2675')  # sse.r1:2675
+b_unimplemented('PSADBW_XMM_XMMRM', 'spec/sse.r1:2748')  # sse.r1:2748
 """
 
-# PEXTRW_R32_XMM_IMM8 [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:2685
+# PEXTRW_R32_XMM_IMM8 [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:2758
 _T254 = """\
-b_unimplemented('PEXTRW_R32_XMM_IMM8', 'spec/sse.r1:2685')  # sse.r1:2685
+b_unimplemented('PEXTRW_R32_XMM_IMM8', 'spec/sse.r1:2758')  # sse.r1:2758
 """
 
-# PINSRW_XMM_R32_IMM8 [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:2695
+# PINSRW_XMM_R32_IMM8 [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:2768
 _T255 = """\
-b_unimplemented('PINSRW_XMM_R32_IMM8', 'spec/sse.r1:2695')  # sse.r1:2695
+b_unimplemented('PINSRW_XMM_R32_IMM8', 'spec/sse.r1:2768')  # sse.r1:2768
 """
 
-# PINSRW_XMM_M16_IMM8 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:2705
+# PINSRW_XMM_M16_IMM8 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:2778
 _T256 = """\
-b_unimplemented('PINSRW_XMM_M16_IMM8', 'spec/sse.r1:2705')  # sse.r1:2705
+b_unimplemented('PINSRW_XMM_M16_IMM8', 'spec/sse.r1:2778')  # sse.r1:2778
 """
 
-# PMOVMSKB_R32_XMM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:2715
+# PMOVMSKB_R32_XMM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:2788
 _T257 = """\
-b_unimplemented('PMOVMSKB_R32_XMM', 'spec/sse.r1:2715')  # sse.r1:2715
+b_unimplemented('PMOVMSKB_R32_XMM', 'spec/sse.r1:2788')  # sse.r1:2788
 """
 
 TEMPLATES = {
-    # spec/sse.r1:93
+    # spec/sse.r1:108
     'MOVAPS_XMM_XMMRM': {
         (16, 16, 'reg', None, None): _T0,
         (16, 16, 'mem', None, None): _T0,
@@ -1386,7 +1443,7 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T0,
         (32, 32, 'mem', None, None): _T0,
     },
-    # spec/sse.r1:103
+    # spec/sse.r1:118
     'MOVAPS_XMMRM_XMM': {
         (16, 16, 'reg', None, None): _T1,
         (16, 16, 'mem', None, None): _T1,
@@ -1397,7 +1454,7 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T1,
         (32, 32, 'mem', None, None): _T1,
     },
-    # spec/sse.r1:113
+    # spec/sse.r1:128
     'MOVUPS_XMM_XMMRM': {
         (16, 16, 'reg', None, None): _T2,
         (16, 16, 'mem', None, None): _T2,
@@ -1408,7 +1465,7 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T2,
         (32, 32, 'mem', None, None): _T2,
     },
-    # spec/sse.r1:123
+    # spec/sse.r1:138
     'MOVUPS_XMMRM_XMM': {
         (16, 16, 'reg', None, None): _T3,
         (16, 16, 'mem', None, None): _T3,
@@ -1419,84 +1476,84 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T3,
         (32, 32, 'mem', None, None): _T3,
     },
-    # spec/sse.r1:133
+    # spec/sse.r1:148
     'MOVSS_XMM_XMM': {
         (16, 16, 'reg', None, None): _T4,
         (16, 32, 'reg', None, None): _T4,
         (32, 16, 'reg', None, None): _T4,
         (32, 32, 'reg', None, None): _T4,
     },
-    # spec/sse.r1:143
+    # spec/sse.r1:158
     'MOVSS_XMM_M32': {
         (16, 16, 'mem', None, None): _T5,
         (16, 32, 'mem', None, None): _T5,
         (32, 16, 'mem', None, None): _T5,
         (32, 32, 'mem', None, None): _T5,
     },
-    # spec/sse.r1:153
+    # spec/sse.r1:168
     'MOVSS_XMM_XMM_0F11': {
         (16, 16, 'reg', None, None): _T6,
         (16, 32, 'reg', None, None): _T6,
         (32, 16, 'reg', None, None): _T6,
         (32, 32, 'reg', None, None): _T6,
     },
-    # spec/sse.r1:163
+    # spec/sse.r1:178
     'MOVSS_M32_XMM': {
         (16, 16, 'mem', None, None): _T7,
         (16, 32, 'mem', None, None): _T7,
         (32, 16, 'mem', None, None): _T7,
         (32, 32, 'mem', None, None): _T7,
     },
-    # spec/sse.r1:173
+    # spec/sse.r1:188
     'MOVLPS_XMM_M64': {
         (16, 16, 'mem', None, None): _T8,
         (16, 32, 'mem', None, None): _T8,
         (32, 16, 'mem', None, None): _T8,
         (32, 32, 'mem', None, None): _T8,
     },
-    # spec/sse.r1:183
+    # spec/sse.r1:198
     'MOVHLPS_XMM_XMM': {
         (16, 16, 'reg', None, None): _T9,
         (16, 32, 'reg', None, None): _T9,
         (32, 16, 'reg', None, None): _T9,
         (32, 32, 'reg', None, None): _T9,
     },
-    # spec/sse.r1:193
+    # spec/sse.r1:208
     'MOVLPS_M64_XMM': {
         (16, 16, 'mem', None, None): _T10,
         (16, 32, 'mem', None, None): _T10,
         (32, 16, 'mem', None, None): _T10,
         (32, 32, 'mem', None, None): _T10,
     },
-    # spec/sse.r1:203
+    # spec/sse.r1:218
     'MOVHPS_XMM_M64': {
         (16, 16, 'mem', None, None): _T11,
         (16, 32, 'mem', None, None): _T11,
         (32, 16, 'mem', None, None): _T11,
         (32, 32, 'mem', None, None): _T11,
     },
-    # spec/sse.r1:213
+    # spec/sse.r1:228
     'MOVLHPS_XMM_XMM': {
         (16, 16, 'reg', None, None): _T12,
         (16, 32, 'reg', None, None): _T12,
         (32, 16, 'reg', None, None): _T12,
         (32, 32, 'reg', None, None): _T12,
     },
-    # spec/sse.r1:223
+    # spec/sse.r1:238
     'MOVHPS_M64_XMM': {
         (16, 16, 'mem', None, None): _T13,
         (16, 32, 'mem', None, None): _T13,
         (32, 16, 'mem', None, None): _T13,
         (32, 32, 'mem', None, None): _T13,
     },
-    # spec/sse.r1:233
+    # spec/sse.r1:248
     'MOVMSKPS_R32_XMM': {
         (16, 16, 'reg', None, None): _T14,
         (16, 32, 'reg', None, None): _T14,
         (32, 16, 'reg', None, None): _T14,
         (32, 32, 'reg', None, None): _T14,
     },
-    # spec/sse.r1:245
+    # spec/sse.r1:260
     'ADDPS_XMM_XMMRM': {
         (16, 16, 'reg', None, None): _T15,
         (16, 16, 'mem', None, None): _T15,
@@ -1507,21 +1564,21 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T15,
         (32, 32, 'mem', None, None): _T15,
     },
-    # spec/sse.r1:255
+    # spec/sse.r1:270
     'ADDSS_XMM_XMM': {
         (16, 16, 'reg', None, None): _T16,
         (16, 32, 'reg', None, None): _T16,
         (32, 16, 'reg', None, None): _T16,
         (32, 32, 'reg', None, None): _T16,
     },
-    # spec/sse.r1:265
+    # spec/sse.r1:280
     'ADDSS_XMM_M32': {
         (16, 16, 'mem', None, None): _T17,
         (16, 32, 'mem', None, None): _T17,
         (32, 16, 'mem', None, None): _T17,
         (32, 32, 'mem', None, None): _T17,
     },
-    # spec/sse.r1:275
+    # spec/sse.r1:290
     'SUBPS_XMM_XMMRM': {
         (16, 16, 'reg', None, None): _T18,
         (16, 16, 'mem', None, None): _T18,
@@ -1532,21 +1589,21 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T18,
         (32, 32, 'mem', None, None): _T18,
     },
-    # spec/sse.r1:285
+    # spec/sse.r1:300
     'SUBSS_XMM_XMM': {
         (16, 16, 'reg', None, None): _T19,
         (16, 32, 'reg', None, None): _T19,
         (32, 16, 'reg', None, None): _T19,
         (32, 32, 'reg', None, None): _T19,
     },
-    # spec/sse.r1:295
+    # spec/sse.r1:310
     'SUBSS_XMM_M32': {
         (16, 16, 'mem', None, None): _T20,
         (16, 32, 'mem', None, None): _T20,
         (32, 16, 'mem', None, None): _T20,
         (32, 32, 'mem', None, None): _T20,
     },
-    # spec/sse.r1:305
+    # spec/sse.r1:320
     'MULPS_XMM_XMMRM': {
         (16, 16, 'reg', None, None): _T21,
         (16, 16, 'mem', None, None): _T21,
@@ -1557,21 +1614,21 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T21,
         (32, 32, 'mem', None, None): _T21,
     },
-    # spec/sse.r1:315
+    # spec/sse.r1:330
     'MULSS_XMM_XMM': {
         (16, 16, 'reg', None, None): _T22,
         (16, 32, 'reg', None, None): _T22,
         (32, 16, 'reg', None, None): _T22,
         (32, 32, 'reg', None, None): _T22,
     },
-    # spec/sse.r1:325
+    # spec/sse.r1:340
     'MULSS_XMM_M32': {
         (16, 16, 'mem', None, None): _T23,
         (16, 32, 'mem', None, None): _T23,
         (32, 16, 'mem', None, None): _T23,
         (32, 32, 'mem', None, None): _T23,
     },
-    # spec/sse.r1:335
+    # spec/sse.r1:350
     'DIVPS_XMM_XMMRM': {
         (16, 16, 'reg', None, None): _T24,
         (16, 16, 'mem', None, None): _T24,
@@ -1582,21 +1639,21 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T24,
         (32, 32, 'mem', None, None): _T24,
     },
-    # spec/sse.r1:345
+    # spec/sse.r1:360
     'DIVSS_XMM_XMM': {
         (16, 16, 'reg', None, None): _T25,
         (16, 32, 'reg', None, None): _T25,
         (32, 16, 'reg', None, None): _T25,
         (32, 32, 'reg', None, None): _T25,
     },
-    # spec/sse.r1:355
+    # spec/sse.r1:370
     'DIVSS_XMM_M32': {
         (16, 16, 'mem', None, None): _T26,
         (16, 32, 'mem', None, None): _T26,
         (32, 16, 'mem', None, None): _T26,
         (32, 32, 'mem', None, None): _T26,
     },
-    # spec/sse.r1:365
+    # spec/sse.r1:380
     'MINPS_XMM_XMMRM': {
         (16, 16, 'reg', None, None): _T27,
         (16, 16, 'mem', None, None): _T27,
@@ -1607,21 +1664,21 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T27,
         (32, 32, 'mem', None, None): _T27,
     },
-    # spec/sse.r1:375
+    # spec/sse.r1:390
     'MINSS_XMM_XMM': {
         (16, 16, 'reg', None, None): _T28,
         (16, 32, 'reg', None, None): _T28,
         (32, 16, 'reg', None, None): _T28,
         (32, 32, 'reg', None, None): _T28,
     },
-    # spec/sse.r1:385
+    # spec/sse.r1:400
     'MINSS_XMM_M32': {
         (16, 16, 'mem', None, None): _T29,
         (16, 32, 'mem', None, None): _T29,
         (32, 16, 'mem', None, None): _T29,
         (32, 32, 'mem', None, None): _T29,
     },
-    # spec/sse.r1:395
+    # spec/sse.r1:410
     'MAXPS_XMM_XMMRM': {
         (16, 16, 'reg', None, None): _T30,
         (16, 16, 'mem', None, None): _T30,
@@ -1632,21 +1689,21 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T30,
         (32, 32, 'mem', None, None): _T30,
     },
-    # spec/sse.r1:405
+    # spec/sse.r1:420
     'MAXSS_XMM_XMM': {
         (16, 16, 'reg', None, None): _T31,
         (16, 32, 'reg', None, None): _T31,
         (32, 16, 'reg', None, None): _T31,
         (32, 32, 'reg', None, None): _T31,
     },
-    # spec/sse.r1:415
+    # spec/sse.r1:430
     'MAXSS_XMM_M32': {
         (16, 16, 'mem', None, None): _T32,
         (16, 32, 'mem', None, None): _T32,
         (32, 16, 'mem', None, None): _T32,
         (32, 32, 'mem', None, None): _T32,
     },
-    # spec/sse.r1:425
+    # spec/sse.r1:440
     'SQRTPS_XMM_XMMRM': {
         (16, 16, 'reg', None, None): _T33,
         (16, 16, 'mem', None, None): _T33,
@@ -1657,21 +1714,21 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T33,
         (32, 32, 'mem', None, None): _T33,
     },
-    # spec/sse.r1:435
+    # spec/sse.r1:450
     'SQRTSS_XMM_XMM': {
         (16, 16, 'reg', None, None): _T34,
         (16, 32, 'reg', None, None): _T34,
         (32, 16, 'reg', None, None): _T34,
         (32, 32, 'reg', None, None): _T34,
     },
-    # spec/sse.r1:445
+    # spec/sse.r1:460
     'SQRTSS_XMM_M32': {
         (16, 16, 'mem', None, None): _T35,
         (16, 32, 'mem', None, None): _T35,
         (32, 16, 'mem', None, None): _T35,
         (32, 32, 'mem', None, None): _T35,
     },
-    # spec/sse.r1:455
+    # spec/sse.r1:470
     'RCPPS_XMM_XMMRM': {
         (16, 16, 'reg', None, None): _T36,
         (16, 16, 'mem', None, None): _T36,
@@ -1682,21 +1739,21 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T36,
         (32, 32, 'mem', None, None): _T36,
     },
-    # spec/sse.r1:465
+    # spec/sse.r1:480
     'RCPSS_XMM_XMM': {
         (16, 16, 'reg', None, None): _T37,
         (16, 32, 'reg', None, None): _T37,
         (32, 16, 'reg', None, None): _T37,
         (32, 32, 'reg', None, None): _T37,
     },
-    # spec/sse.r1:475
+    # spec/sse.r1:490
     'RCPSS_XMM_M32': {
         (16, 16, 'mem', None, None): _T38,
         (16, 32, 'mem', None, None): _T38,
         (32, 16, 'mem', None, None): _T38,
         (32, 32, 'mem', None, None): _T38,
     },
-    # spec/sse.r1:485
+    # spec/sse.r1:500
     'RSQRTPS_XMM_XMMRM': {
         (16, 16, 'reg', None, None): _T39,
         (16, 16, 'mem', None, None): _T39,
@@ -1707,21 +1764,21 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T39,
         (32, 32, 'mem', None, None): _T39,
     },
-    # spec/sse.r1:495
+    # spec/sse.r1:510
     'RSQRTSS_XMM_XMM': {
         (16, 16, 'reg', None, None): _T40,
         (16, 32, 'reg', None, None): _T40,
         (32, 16, 'reg', None, None): _T40,
         (32, 32, 'reg', None, None): _T40,
     },
-    # spec/sse.r1:505
+    # spec/sse.r1:520
     'RSQRTSS_XMM_M32': {
         (16, 16, 'mem', None, None): _T41,
         (16, 32, 'mem', None, None): _T41,
         (32, 16, 'mem', None, None): _T41,
         (32, 32, 'mem', None, None): _T41,
     },
-    # spec/sse.r1:517
+    # spec/sse.r1:532
     'CMPPS_XMM_XMMRM_IMM8': {
         (16, 16, 'reg', None, None): _T42,
         (16, 16, 'mem', None, None): _T42,
@@ -1732,49 +1789,49 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T42,
         (32, 32, 'mem', None, None): _T42,
     },
-    # spec/sse.r1:528
+    # spec/sse.r1:543
     'CMPSS_XMM_XMM_IMM8': {
         (16, 16, 'reg', None, None): _T43,
         (16, 32, 'reg', None, None): _T43,
         (32, 16, 'reg', None, None): _T43,
         (32, 32, 'reg', None, None): _T43,
     },
-    # spec/sse.r1:539
+    # spec/sse.r1:554
     'CMPSS_XMM_M32_IMM8': {
         (16, 16, 'mem', None, None): _T44,
         (16, 32, 'mem', None, None): _T44,
         (32, 16, 'mem', None, None): _T44,
         (32, 32, 'mem', None, None): _T44,
     },
-    # spec/sse.r1:550
+    # spec/sse.r1:565
     'COMISS_XMM_XMM': {
         (16, 16, 'reg', None, None): _T45,
         (16, 32, 'reg', None, None): _T45,
         (32, 16, 'reg', None, None): _T45,
         (32, 32, 'reg', None, None): _T45,
     },
-    # spec/sse.r1:560
+    # spec/sse.r1:575
     'COMISS_XMM_M32': {
         (16, 16, 'mem', None, None): _T46,
         (16, 32, 'mem', None, None): _T46,
         (32, 16, 'mem', None, None): _T46,
         (32, 32, 'mem', None, None): _T46,
     },
-    # spec/sse.r1:570
+    # spec/sse.r1:585
     'UCOMISS_XMM_XMM': {
         (16, 16, 'reg', None, None): _T47,
         (16, 32, 'reg', None, None): _T47,
         (32, 16, 'reg', None, None): _T47,
         (32, 32, 'reg', None, None): _T47,
     },
-    # spec/sse.r1:580
+    # spec/sse.r1:595
     'UCOMISS_XMM_M32': {
         (16, 16, 'mem', None, None): _T48,
         (16, 32, 'mem', None, None): _T48,
         (32, 16, 'mem', None, None): _T48,
         (32, 32, 'mem', None, None): _T48,
     },
-    # spec/sse.r1:592
+    # spec/sse.r1:607
     'ANDPS_XMM_XMMRM': {
         (16, 16, 'reg', None, None): _T49,
         (16, 16, 'mem', None, None): _T49,
@@ -1785,7 +1842,7 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T49,
         (32, 32, 'mem', None, None): _T49,
     },
-    # spec/sse.r1:602
+    # spec/sse.r1:617
     'ANDNPS_XMM_XMMRM': {
         (16, 16, 'reg', None, None): _T50,
         (16, 16, 'mem', None, None): _T50,
@@ -1796,7 +1853,7 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T50,
         (32, 32, 'mem', None, None): _T50,
     },
-    # spec/sse.r1:612
+    # spec/sse.r1:627
     'ORPS_XMM_XMMRM': {
         (16, 16, 'reg', None, None): _T51,
         (16, 16, 'mem', None, None): _T51,
@@ -1807,7 +1864,7 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T51,
         (32, 32, 'mem', None, None): _T51,
     },
-    # spec/sse.r1:622
+    # spec/sse.r1:637
     'XORPS_XMM_XMMRM': {
         (16, 16, 'reg', None, None): _T52,
         (16, 16, 'mem', None, None): _T52,
@@ -1818,7 +1875,7 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T52,
         (32, 32, 'mem', None, None): _T52,
     },
-    # spec/sse.r1:632
+    # spec/sse.r1:647
     'SHUFPS_XMM_XMMRM_IMM8': {
         (16, 16, 'reg', None, None): _T53,
         (16, 16, 'mem', None, None): _T53,
@@ -1829,7 +1886,7 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T53,
         (32, 32, 'mem', None, None): _T53,
     },
-    # spec/sse.r1:642
+    # spec/sse.r1:657
     'UNPCKLPS_XMM_XMMRM': {
         (16, 16, 'reg', None, None): _T54,
         (16, 16, 'mem', None, None): _T54,
@@ -1840,7 +1897,7 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T54,
         (32, 32, 'mem', None, None): _T54,
     },
-    # spec/sse.r1:652
+    # spec/sse.r1:667
     'UNPCKHPS_XMM_XMMRM': {
         (16, 16, 'reg', None, None): _T55,
         (16, 16, 'mem', None, None): _T55,
@@ -1851,7 +1908,7 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T55,
         (32, 32, 'mem', None, None): _T55,
     },
-    # spec/sse.r1:664
+    # spec/sse.r1:679
     'CVTPI2PS_XMM_MMRM': {
         (16, 16, 'reg', None, None): _T56,
         (16, 16, 'mem', None, None): _T56,
@@ -1862,35 +1919,35 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T56,
         (32, 32, 'mem', None, None): _T56,
     },
-    # spec/sse.r1:674
+    # spec/sse.r1:689
     'CVTPS2PI_MM_XMM': {
         (16, 16, 'reg', None, None): _T57,
         (16, 32, 'reg', None, None): _T57,
         (32, 16, 'reg', None, None): _T57,
         (32, 32, 'reg', None, None): _T57,
     },
-    # spec/sse.r1:684
+    # spec/sse.r1:699
     'CVTPS2PI_MM_M64': {
         (16, 16, 'mem', None, None): _T58,
         (16, 32, 'mem', None, None): _T58,
         (32, 16, 'mem', None, None): _T58,
         (32, 32, 'mem', None, None): _T58,
     },
-    # spec/sse.r1:694
+    # spec/sse.r1:709
     'CVTTPS2PI_MM_XMM': {
         (16, 16, 'reg', None, None): _T59,
         (16, 32, 'reg', None, None): _T59,
         (32, 16, 'reg', None, None): _T59,
         (32, 32, 'reg', None, None): _T59,
     },
-    # spec/sse.r1:704
+    # spec/sse.r1:719
     'CVTTPS2PI_MM_M64': {
         (16, 16, 'mem', None, None): _T60,
         (16, 32, 'mem', None, None): _T60,
         (32, 16, 'mem', None, None): _T60,
         (32, 32, 'mem', None, None): _T60,
     },
-    # spec/sse.r1:714
+    # spec/sse.r1:729
     'CVTSI2SS_XMM_RM32': {
         (16, 16, 'reg', None, None): _T61,
         (16, 16, 'mem', None, None): _T61,
@@ -1901,119 +1958,119 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T61,
         (32, 32, 'mem', None, None): _T61,
     },
-    # spec/sse.r1:724
+    # spec/sse.r1:739
     'CVTSS2SI_R32_XMM': {
         (16, 16, 'reg', None, None): _T62,
         (16, 32, 'reg', None, None): _T62,
         (32, 16, 'reg', None, None): _T62,
         (32, 32, 'reg', None, None): _T62,
     },
-    # spec/sse.r1:734
+    # spec/sse.r1:749
     'CVTSS2SI_R32_M32': {
         (16, 16, 'mem', None, None): _T63,
         (16, 32, 'mem', None, None): _T63,
         (32, 16, 'mem', None, None): _T63,
         (32, 32, 'mem', None, None): _T63,
     },
-    # spec/sse.r1:744
+    # spec/sse.r1:759
     'CVTTSS2SI_R32_XMM': {
         (16, 16, 'reg', None, None): _T64,
         (16, 32, 'reg', None, None): _T64,
         (32, 16, 'reg', None, None): _T64,
         (32, 32, 'reg', None, None): _T64,
     },
-    # spec/sse.r1:754
+    # spec/sse.r1:769
     'CVTTSS2SI_R32_M32': {
         (16, 16, 'mem', None, None): _T65,
         (16, 32, 'mem', None, None): _T65,
         (32, 16, 'mem', None, None): _T65,
         (32, 32, 'mem', None, None): _T65,
     },
-    # spec/sse.r1:766
+    # spec/sse.r1:781
     'LDMXCSR_M32': {
         (16, 16, 'mem', None, None): _T66,
         (16, 32, 'mem', None, None): _T66,
         (32, 16, 'mem', None, None): _T66,
         (32, 32, 'mem', None, None): _T66,
     },
-    # spec/sse.r1:776
+    # spec/sse.r1:791
     'STMXCSR_M32': {
         (16, 16, 'mem', None, None): _T67,
         (16, 32, 'mem', None, None): _T67,
         (32, 16, 'mem', None, None): _T67,
         (32, 32, 'mem', None, None): _T67,
     },
-    # spec/sse.r1:786
+    # spec/sse.r1:801
     'FXSAVE_M512': {
         (16, 16, 'mem', None, None): _T68,
         (16, 32, 'mem', None, None): _T68,
         (32, 16, 'mem', None, None): _T68,
         (32, 32, 'mem', None, None): _T68,
     },
-    # spec/sse.r1:796
+    # spec/sse.r1:841
     'FXRSTOR_M512': {
         (16, 16, 'mem', None, None): _T69,
         (16, 32, 'mem', None, None): _T69,
         (32, 16, 'mem', None, None): _T69,
         (32, 32, 'mem', None, None): _T69,
     },
-    # spec/sse.r1:808
+    # spec/sse.r1:881
     'PREFETCHNTA_M8': {
         (16, 16, 'mem', None, None): _T70,
         (16, 32, 'mem', None, None): _T70,
         (32, 16, 'mem', None, None): _T70,
         (32, 32, 'mem', None, None): _T70,
     },
-    # spec/sse.r1:818
+    # spec/sse.r1:891
     'PREFETCHT0_M8': {
         (16, 16, 'mem', None, None): _T71,
         (16, 32, 'mem', None, None): _T71,
         (32, 16, 'mem', None, None): _T71,
         (32, 32, 'mem', None, None): _T71,
     },
-    # spec/sse.r1:828
+    # spec/sse.r1:901
     'PREFETCHT1_M8': {
         (16, 16, 'mem', None, None): _T72,
         (16, 32, 'mem', None, None): _T72,
         (32, 16, 'mem', None, None): _T72,
         (32, 32, 'mem', None, None): _T72,
     },
-    # spec/sse.r1:838
+    # spec/sse.r1:911
     'PREFETCHT2_M8': {
         (16, 16, 'mem', None, None): _T73,
         (16, 32, 'mem', None, None): _T73,
         (32, 16, 'mem', None, None): _T73,
         (32, 32, 'mem', None, None): _T73,
     },
-    # spec/sse.r1:848
+    # spec/sse.r1:921
     'SFENCE': {
         (16, 16, None, None, None): _T74,
         (16, 32, None, None, None): _T74,
         (32, 16, None, None, None): _T74,
         (32, 32, None, None, None): _T74,
     },
-    # spec/sse.r1:858
+    # spec/sse.r1:931
     'MOVNTQ_M64_MM': {
         (16, 16, 'mem', None, None): _T75,
         (16, 32, 'mem', None, None): _T75,
         (32, 16, 'mem', None, None): _T75,
         (32, 32, 'mem', None, None): _T75,
     },
-    # spec/sse.r1:868
+    # spec/sse.r1:941
     'MOVNTPS_M128_XMM': {
         (16, 16, 'mem', None, None): _T76,
         (16, 32, 'mem', None, None): _T76,
         (32, 16, 'mem', None, None): _T76,
         (32, 32, 'mem', None, None): _T76,
     },
-    # spec/sse.r1:878
+    # spec/sse.r1:951
     'MASKMOVQ_MM_MM': {
         (16, 16, 'reg', None, None): _T77,
         (16, 32, 'reg', None, None): _T77,
         (32, 16, 'reg', None, None): _T77,
         (32, 32, 'reg', None, None): _T77,
     },
-    # spec/sse.r1:890
+    # spec/sse.r1:963
     'PAVGB_MM_MMRM': {
         (16, 16, 'reg', None, None): _T78,
         (16, 16, 'mem', None, None): _T78,
@@ -2024,7 +2081,7 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T78,
         (32, 32, 'mem', None, None): _T78,
     },
-    # spec/sse.r1:900
+    # spec/sse.r1:973
     'PAVGW_MM_MMRM': {
         (16, 16, 'reg', None, None): _T79,
         (16, 16, 'mem', None, None): _T79,
@@ -2035,7 +2092,7 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T79,
         (32, 32, 'mem', None, None): _T79,
     },
-    # spec/sse.r1:910
+    # spec/sse.r1:983
     'PMAXSW_MM_MMRM': {
         (16, 16, 'reg', None, None): _T80,
         (16, 16, 'mem', None, None): _T80,
@@ -2046,7 +2103,7 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T80,
         (32, 32, 'mem', None, None): _T80,
     },
-    # spec/sse.r1:920
+    # spec/sse.r1:993
     'PMAXUB_MM_MMRM': {
         (16, 16, 'reg', None, None): _T81,
         (16, 16, 'mem', None, None): _T81,
@@ -2057,7 +2114,7 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T81,
         (32, 32, 'mem', None, None): _T81,
     },
-    # spec/sse.r1:930
+    # spec/sse.r1:1003
     'PMINSW_MM_MMRM': {
         (16, 16, 'reg', None, None): _T82,
         (16, 16, 'mem', None, None): _T82,
@@ -2068,7 +2125,7 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T82,
         (32, 32, 'mem', None, None): _T82,
     },
-    # spec/sse.r1:940
+    # spec/sse.r1:1013
     'PMINUB_MM_MMRM': {
         (16, 16, 'reg', None, None): _T83,
         (16, 16, 'mem', None, None): _T83,
@@ -2079,7 +2136,7 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T83,
         (32, 32, 'mem', None, None): _T83,
     },
-    # spec/sse.r1:950
+    # spec/sse.r1:1023
     'PMULHUW_MM_MMRM': {
         (16, 16, 'reg', None, None): _T84,
         (16, 16, 'mem', None, None): _T84,
@@ -2090,7 +2147,7 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T84,
         (32, 32, 'mem', None, None): _T84,
     },
-    # spec/sse.r1:960
+    # spec/sse.r1:1033
     'PSADBW_MM_MMRM': {
         (16, 16, 'reg', None, None): _T85,
         (16, 16, 'mem', None, None): _T85,
@@ -2101,7 +2158,7 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T85,
         (32, 32, 'mem', None, None): _T85,
     },
-    # spec/sse.r1:970
+    # spec/sse.r1:1043
     'PSHUFW_MM_MMRM_IMM8': {
         (16, 16, 'reg', None, None): _T86,
         (16, 16, 'mem', None, None): _T86,
@@ -2112,35 +2169,35 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T86,
         (32, 32, 'mem', None, None): _T86,
     },
-    # spec/sse.r1:980
+    # spec/sse.r1:1053
     'PEXTRW_R32_MM_IMM8': {
         (16, 16, 'reg', None, None): _T87,
         (16, 32, 'reg', None, None): _T87,
         (32, 16, 'reg', None, None): _T87,
         (32, 32, 'reg', None, None): _T87,
     },
-    # spec/sse.r1:990
+    # spec/sse.r1:1063
     'PINSRW_MM_R32_IMM8': {
         (16, 16, 'reg', None, None): _T88,
         (16, 32, 'reg', None, None): _T88,
         (32, 16, 'reg', None, None): _T88,
         (32, 32, 'reg', None, None): _T88,
     },
-    # spec/sse.r1:1000
+    # spec/sse.r1:1073
     'PINSRW_MM_M16_IMM8': {
         (16, 16, 'mem', None, None): _T89,
         (16, 32, 'mem', None, None): _T89,
         (32, 16, 'mem', None, None): _T89,
         (32, 32, 'mem', None, None): _T89,
     },
-    # spec/sse.r1:1010
+    # spec/sse.r1:1083
     'PMOVMSKB_R32_MM': {
         (16, 16, 'reg', None, None): _T90,
         (16, 32, 'reg', None, None): _T90,
         (32, 16, 'reg', None, None): _T90,
         (32, 32, 'reg', None, None): _T90,
     },
-    # spec/sse.r1:1022
+    # spec/sse.r1:1095
     'MOVAPD_XMM_XMMRM': {
         (16, 16, 'reg', None, None): _T91,
         (16, 16, 'mem', None, None): _T91,
@@ -2151,7 +2208,7 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T91,
         (32, 32, 'mem', None, None): _T91,
     },
-    # spec/sse.r1:1032
+    # spec/sse.r1:1105
     'MOVAPD_XMMRM_XMM': {
         (16, 16, 'reg', None, None): _T92,
         (16, 16, 'mem', None, None): _T92,
@@ -2162,7 +2219,7 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T92,
         (32, 32, 'mem', None, None): _T92,
     },
-    # spec/sse.r1:1042
+    # spec/sse.r1:1115
     'MOVUPD_XMM_XMMRM': {
         (16, 16, 'reg', None, None): _T93,
         (16, 16, 'mem', None, None): _T93,
@@ -2173,7 +2230,7 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T93,
         (32, 32, 'mem', None, None): _T93,
     },
-    # spec/sse.r1:1052
+    # spec/sse.r1:1125
     'MOVUPD_XMMRM_XMM': {
         (16, 16, 'reg', None, None): _T94,
         (16, 16, 'mem', None, None): _T94,
@@ -2184,70 +2241,70 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T94,
         (32, 32, 'mem', None, None): _T94,
     },
-    # spec/sse.r1:1062
+    # spec/sse.r1:1135
     'MOVSD_XMM_XMM': {
         (16, 16, 'reg', None, None): _T95,
         (16, 32, 'reg', None, None): _T95,
         (32, 16, 'reg', None, None): _T95,
         (32, 32, 'reg', None, None): _T95,
     },
-    # spec/sse.r1:1073
+    # spec/sse.r1:1146
     'MOVSD_XMM_M64': {
         (16, 16, 'mem', None, None): _T96,
         (16, 32, 'mem', None, None): _T96,
         (32, 16, 'mem', None, None): _T96,
         (32, 32, 'mem', None, None): _T96,
     },
-    # spec/sse.r1:1084
+    # spec/sse.r1:1157
     'MOVSD_XMM_XMM_0F11': {
         (16, 16, 'reg', None, None): _T97,
         (16, 32, 'reg', None, None): _T97,
         (32, 16, 'reg', None, None): _T97,
         (32, 32, 'reg', None, None): _T97,
     },
-    # spec/sse.r1:1095
+    # spec/sse.r1:1168
     'MOVSD_M64_XMM': {
         (16, 16, 'mem', None, None): _T98,
         (16, 32, 'mem', None, None): _T98,
         (32, 16, 'mem', None, None): _T98,
         (32, 32, 'mem', None, None): _T98,
     },
-    # spec/sse.r1:1106
+    # spec/sse.r1:1179
     'MOVLPD_XMM_M64': {
         (16, 16, 'mem', None, None): _T99,
         (16, 32, 'mem', None, None): _T99,
         (32, 16, 'mem', None, None): _T99,
         (32, 32, 'mem', None, None): _T99,
     },
-    # spec/sse.r1:1116
+    # spec/sse.r1:1189
     'MOVLPD_M64_XMM': {
         (16, 16, 'mem', None, None): _T100,
         (16, 32, 'mem', None, None): _T100,
         (32, 16, 'mem', None, None): _T100,
         (32, 32, 'mem', None, None): _T100,
     },
-    # spec/sse.r1:1126
+    # spec/sse.r1:1199
     'MOVHPD_XMM_M64': {
         (16, 16, 'mem', None, None): _T101,
         (16, 32, 'mem', None, None): _T101,
         (32, 16, 'mem', None, None): _T101,
         (32, 32, 'mem', None, None): _T101,
     },
-    # spec/sse.r1:1136
+    # spec/sse.r1:1209
     'MOVHPD_M64_XMM': {
         (16, 16, 'mem', None, None): _T102,
         (16, 32, 'mem', None, None): _T102,
         (32, 16, 'mem', None, None): _T102,
         (32, 32, 'mem', None, None): _T102,
     },
-    # spec/sse.r1:1146
+    # spec/sse.r1:1219
     'MOVMSKPD_R32_XMM': {
         (16, 16, 'reg', None, None): _T103,
         (16, 32, 'reg', None, None): _T103,
         (32, 16, 'reg', None, None): _T103,
         (32, 32, 'reg', None, None): _T103,
     },
-    # spec/sse.r1:1158
+    # spec/sse.r1:1231
     'ADDPD_XMM_XMMRM': {
         (16, 16, 'reg', None, None): _T104,
         (16, 16, 'mem', None, None): _T104,
@@ -2258,21 +2315,21 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T104,
         (32, 32, 'mem', None, None): _T104,
     },
-    # spec/sse.r1:1168
+    # spec/sse.r1:1241
     'ADDSD_XMM_XMM': {
         (16, 16, 'reg', None, None): _T105,
         (16, 32, 'reg', None, None): _T105,
         (32, 16, 'reg', None, None): _T105,
         (32, 32, 'reg', None, None): _T105,
     },
-    # spec/sse.r1:1178
+    # spec/sse.r1:1251
     'ADDSD_XMM_M64': {
         (16, 16, 'mem', None, None): _T106,
         (16, 32, 'mem', None, None): _T106,
         (32, 16, 'mem', None, None): _T106,
         (32, 32, 'mem', None, None): _T106,
     },
-    # spec/sse.r1:1188
+    # spec/sse.r1:1261
     'SUBPD_XMM_XMMRM': {
         (16, 16, 'reg', None, None): _T107,
         (16, 16, 'mem', None, None): _T107,
@@ -2283,21 +2340,21 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T107,
         (32, 32, 'mem', None, None): _T107,
     },
-    # spec/sse.r1:1198
+    # spec/sse.r1:1271
     'SUBSD_XMM_XMM': {
         (16, 16, 'reg', None, None): _T108,
         (16, 32, 'reg', None, None): _T108,
         (32, 16, 'reg', None, None): _T108,
         (32, 32, 'reg', None, None): _T108,
     },
-    # spec/sse.r1:1208
+    # spec/sse.r1:1281
     'SUBSD_XMM_M64': {
         (16, 16, 'mem', None, None): _T109,
         (16, 32, 'mem', None, None): _T109,
         (32, 16, 'mem', None, None): _T109,
         (32, 32, 'mem', None, None): _T109,
     },
-    # spec/sse.r1:1218
+    # spec/sse.r1:1291
     'MULPD_XMM_XMMRM': {
         (16, 16, 'reg', None, None): _T110,
         (16, 16, 'mem', None, None): _T110,
@@ -2308,21 +2365,21 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T110,
         (32, 32, 'mem', None, None): _T110,
     },
-    # spec/sse.r1:1228
+    # spec/sse.r1:1301
     'MULSD_XMM_XMM': {
         (16, 16, 'reg', None, None): _T111,
         (16, 32, 'reg', None, None): _T111,
         (32, 16, 'reg', None, None): _T111,
         (32, 32, 'reg', None, None): _T111,
     },
-    # spec/sse.r1:1238
+    # spec/sse.r1:1311
     'MULSD_XMM_M64': {
         (16, 16, 'mem', None, None): _T112,
         (16, 32, 'mem', None, None): _T112,
         (32, 16, 'mem', None, None): _T112,
         (32, 32, 'mem', None, None): _T112,
     },
-    # spec/sse.r1:1248
+    # spec/sse.r1:1321
     'DIVPD_XMM_XMMRM': {
         (16, 16, 'reg', None, None): _T113,
         (16, 16, 'mem', None, None): _T113,
@@ -2333,21 +2390,21 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T113,
         (32, 32, 'mem', None, None): _T113,
     },
-    # spec/sse.r1:1258
+    # spec/sse.r1:1331
     'DIVSD_XMM_XMM': {
         (16, 16, 'reg', None, None): _T114,
         (16, 32, 'reg', None, None): _T114,
         (32, 16, 'reg', None, None): _T114,
         (32, 32, 'reg', None, None): _T114,
     },
-    # spec/sse.r1:1268
+    # spec/sse.r1:1341
     'DIVSD_XMM_M64': {
         (16, 16, 'mem', None, None): _T115,
         (16, 32, 'mem', None, None): _T115,
         (32, 16, 'mem', None, None): _T115,
         (32, 32, 'mem', None, None): _T115,
     },
-    # spec/sse.r1:1278
+    # spec/sse.r1:1351
     'MINPD_XMM_XMMRM': {
         (16, 16, 'reg', None, None): _T116,
         (16, 16, 'mem', None, None): _T116,
@@ -2358,21 +2415,21 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T116,
         (32, 32, 'mem', None, None): _T116,
     },
-    # spec/sse.r1:1288
+    # spec/sse.r1:1361
     'MINSD_XMM_XMM': {
         (16, 16, 'reg', None, None): _T117,
         (16, 32, 'reg', None, None): _T117,
         (32, 16, 'reg', None, None): _T117,
         (32, 32, 'reg', None, None): _T117,
     },
-    # spec/sse.r1:1298
+    # spec/sse.r1:1371
     'MINSD_XMM_M64': {
         (16, 16, 'mem', None, None): _T118,
         (16, 32, 'mem', None, None): _T118,
         (32, 16, 'mem', None, None): _T118,
         (32, 32, 'mem', None, None): _T118,
     },
-    # spec/sse.r1:1308
+    # spec/sse.r1:1381
     'MAXPD_XMM_XMMRM': {
         (16, 16, 'reg', None, None): _T119,
         (16, 16, 'mem', None, None): _T119,
@@ -2383,21 +2440,21 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T119,
         (32, 32, 'mem', None, None): _T119,
     },
-    # spec/sse.r1:1318
+    # spec/sse.r1:1391
     'MAXSD_XMM_XMM': {
         (16, 16, 'reg', None, None): _T120,
         (16, 32, 'reg', None, None): _T120,
         (32, 16, 'reg', None, None): _T120,
         (32, 32, 'reg', None, None): _T120,
     },
-    # spec/sse.r1:1328
+    # spec/sse.r1:1401
     'MAXSD_XMM_M64': {
         (16, 16, 'mem', None, None): _T121,
         (16, 32, 'mem', None, None): _T121,
         (32, 16, 'mem', None, None): _T121,
         (32, 32, 'mem', None, None): _T121,
     },
-    # spec/sse.r1:1338
+    # spec/sse.r1:1411
     'SQRTPD_XMM_XMMRM': {
         (16, 16, 'reg', None, None): _T122,
         (16, 16, 'mem', None, None): _T122,
@@ -2408,21 +2465,21 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T122,
         (32, 32, 'mem', None, None): _T122,
     },
-    # spec/sse.r1:1348
+    # spec/sse.r1:1421
     'SQRTSD_XMM_XMM': {
         (16, 16, 'reg', None, None): _T123,
         (16, 32, 'reg', None, None): _T123,
         (32, 16, 'reg', None, None): _T123,
         (32, 32, 'reg', None, None): _T123,
     },
-    # spec/sse.r1:1358
+    # spec/sse.r1:1431
     'SQRTSD_XMM_M64': {
         (16, 16, 'mem', None, None): _T124,
         (16, 32, 'mem', None, None): _T124,
         (32, 16, 'mem', None, None): _T124,
         (32, 32, 'mem', None, None): _T124,
     },
-    # spec/sse.r1:1370
+    # spec/sse.r1:1443
     'CMPPD_XMM_XMMRM_IMM8': {
         (16, 16, 'reg', None, None): _T125,
         (16, 16, 'mem', None, None): _T125,
@@ -2433,49 +2490,49 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T125,
         (32, 32, 'mem', None, None): _T125,
     },
-    # spec/sse.r1:1381
+    # spec/sse.r1:1454
     'CMPSD_XMM_XMM_IMM8': {
         (16, 16, 'reg', None, None): _T126,
         (16, 32, 'reg', None, None): _T126,
         (32, 16, 'reg', None, None): _T126,
         (32, 32, 'reg', None, None): _T126,
     },
-    # spec/sse.r1:1396
+    # spec/sse.r1:1469
     'CMPSD_XMM_M64_IMM8': {
         (16, 16, 'mem', None, None): _T127,
         (16, 32, 'mem', None, None): _T127,
         (32, 16, 'mem', None, None): _T127,
         (32, 32, 'mem', None, None): _T127,
     },
-    # spec/sse.r1:1411
+    # spec/sse.r1:1484
     'COMISD_XMM_XMM': {
         (16, 16, 'reg', None, None): _T128,
         (16, 32, 'reg', None, None): _T128,
         (32, 16, 'reg', None, None): _T128,
         (32, 32, 'reg', None, None): _T128,
     },
-    # spec/sse.r1:1421
+    # spec/sse.r1:1494
     'COMISD_XMM_M64': {
         (16, 16, 'mem', None, None): _T129,
         (16, 32, 'mem', None, None): _T129,
         (32, 16, 'mem', None, None): _T129,
         (32, 32, 'mem', None, None): _T129,
     },
-    # spec/sse.r1:1431
+    # spec/sse.r1:1504
     'UCOMISD_XMM_XMM': {
         (16, 16, 'reg', None, None): _T130,
         (16, 32, 'reg', None, None): _T130,
         (32, 16, 'reg', None, None): _T130,
         (32, 32, 'reg', None, None): _T130,
     },
-    # spec/sse.r1:1441
+    # spec/sse.r1:1514
     'UCOMISD_XMM_M64': {
         (16, 16, 'mem', None, None): _T131,
         (16, 32, 'mem', None, None): _T131,
         (32, 16, 'mem', None, None): _T131,
         (32, 32, 'mem', None, None): _T131,
     },
-    # spec/sse.r1:1453
+    # spec/sse.r1:1526
     'ANDPD_XMM_XMMRM': {
         (16, 16, 'reg', None, None): _T132,
         (16, 16, 'mem', None, None): _T132,
@@ -2486,7 +2543,7 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T132,
         (32, 32, 'mem', None, None): _T132,
     },
-    # spec/sse.r1:1463
+    # spec/sse.r1:1536
     'ANDNPD_XMM_XMMRM': {
         (16, 16, 'reg', None, None): _T133,
         (16, 16, 'mem', None, None): _T133,
@@ -2497,7 +2554,7 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T133,
         (32, 32, 'mem', None, None): _T133,
     },
-    # spec/sse.r1:1473
+    # spec/sse.r1:1546
     'ORPD_XMM_XMMRM': {
         (16, 16, 'reg', None, None): _T134,
         (16, 16, 'mem', None, None): _T134,
@@ -2508,7 +2565,7 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T134,
         (32, 32, 'mem', None, None): _T134,
     },
-    # spec/sse.r1:1483
+    # spec/sse.r1:1556
     'XORPD_XMM_XMMRM': {
         (16, 16, 'reg', None, None): _T135,
         (16, 16, 'mem', None, None): _T135,
@@ -2519,7 +2576,7 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T135,
         (32, 32, 'mem', None, None): _T135,
     },
-    # spec/sse.r1:1493
+    # spec/sse.r1:1566
     'SHUFPD_XMM_XMMRM_IMM8': {
         (16, 16, 'reg', None, None): _T136,
         (16, 16, 'mem', None, None): _T136,
@@ -2530,7 +2587,7 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T136,
         (32, 32, 'mem', None, None): _T136,
     },
-    # spec/sse.r1:1503
+    # spec/sse.r1:1576
     'UNPCKLPD_XMM_XMMRM': {
         (16, 16, 'reg', None, None): _T137,
         (16, 16, 'mem', None, None): _T137,
@@ -2541,7 +2598,7 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T137,
         (32, 32, 'mem', None, None): _T137,
     },
-    # spec/sse.r1:1513
+    # spec/sse.r1:1586
     'UNPCKHPD_XMM_XMMRM': {
         (16, 16, 'reg', None, None): _T138,
         (16, 16, 'mem', None, None): _T138,
@@ -2552,7 +2609,7 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T138,
         (32, 32, 'mem', None, None): _T138,
     },
-    # spec/sse.r1:1525
+    # spec/sse.r1:1598
     'CVTPI2PD_XMM_MMRM': {
         (16, 16, 'reg', None, None): _T139,
         (16, 16, 'mem', None, None): _T139,
@@ -2563,7 +2620,7 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T139,
         (32, 32, 'mem', None, None): _T139,
     },
-    # spec/sse.r1:1535
+    # spec/sse.r1:1608
     'CVTPD2PI_MM_XMMRM': {
         (16, 16, 'reg', None, None): _T140,
         (16, 16, 'mem', None, None): _T140,
@@ -2574,7 +2631,7 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T140,
         (32, 32, 'mem', None, None): _T140,
     },
-    # spec/sse.r1:1545
+    # spec/sse.r1:1618
     'CVTTPD2PI_MM_XMMRM': {
         (16, 16, 'reg', None, None): _T141,
         (16, 16, 'mem', None, None): _T141,
@@ -2585,7 +2642,7 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T141,
         (32, 32, 'mem', None, None): _T141,
     },
-    # spec/sse.r1:1555
+    # spec/sse.r1:1628
     'CVTSI2SD_XMM_RM32': {
         (16, 16, 'reg', None, None): _T142,
         (16, 16, 'mem', None, None): _T142,
@@ -2596,49 +2653,49 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T142,
         (32, 32, 'mem', None, None): _T142,
     },
-    # spec/sse.r1:1565
+    # spec/sse.r1:1638
     'CVTSD2SI_R32_XMM': {
         (16, 16, 'reg', None, None): _T143,
         (16, 32, 'reg', None, None): _T143,
         (32, 16, 'reg', None, None): _T143,
         (32, 32, 'reg', None, None): _T143,
     },
-    # spec/sse.r1:1575
+    # spec/sse.r1:1648
     'CVTSD2SI_R32_M64': {
         (16, 16, 'mem', None, None): _T144,
         (16, 32, 'mem', None, None): _T144,
         (32, 16, 'mem', None, None): _T144,
         (32, 32, 'mem', None, None): _T144,
     },
-    # spec/sse.r1:1585
+    # spec/sse.r1:1658
     'CVTTSD2SI_R32_XMM': {
         (16, 16, 'reg', None, None): _T145,
         (16, 32, 'reg', None, None): _T145,
         (32, 16, 'reg', None, None): _T145,
         (32, 32, 'reg', None, None): _T145,
     },
-    # spec/sse.r1:1595
+    # spec/sse.r1:1668
     'CVTTSD2SI_R32_M64': {
         (16, 16, 'mem', None, None): _T146,
         (16, 32, 'mem', None, None): _T146,
         (32, 16, 'mem', None, None): _T146,
         (32, 32, 'mem', None, None): _T146,
     },
-    # spec/sse.r1:1605
+    # spec/sse.r1:1678
     'CVTPS2PD_XMM_XMM': {
         (16, 16, 'reg', None, None): _T147,
         (16, 32, 'reg', None, None): _T147,
         (32, 16, 'reg', None, None): _T147,
         (32, 32, 'reg', None, None): _T147,
     },
-    # spec/sse.r1:1615
+    # spec/sse.r1:1688
     'CVTPS2PD_XMM_M64': {
         (16, 16, 'mem', None, None): _T148,
         (16, 32, 'mem', None, None): _T148,
         (32, 16, 'mem', None, None): _T148,
         (32, 32, 'mem', None, None): _T148,
     },
-    # spec/sse.r1:1625
+    # spec/sse.r1:1698
     'CVTPD2PS_XMM_XMMRM': {
         (16, 16, 'reg', None, None): _T149,
         (16, 16, 'mem', None, None): _T149,
@@ -2649,35 +2706,35 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T149,
         (32, 32, 'mem', None, None): _T149,
     },
-    # spec/sse.r1:1635
+    # spec/sse.r1:1708
     'CVTSS2SD_XMM_XMM': {
         (16, 16, 'reg', None, None): _T150,
         (16, 32, 'reg', None, None): _T150,
         (32, 16, 'reg', None, None): _T150,
         (32, 32, 'reg', None, None): _T150,
     },
-    # spec/sse.r1:1645
+    # spec/sse.r1:1718
     'CVTSS2SD_XMM_M32': {
         (16, 16, 'mem', None, None): _T151,
         (16, 32, 'mem', None, None): _T151,
         (32, 16, 'mem', None, None): _T151,
         (32, 32, 'mem', None, None): _T151,
     },
-    # spec/sse.r1:1655
+    # spec/sse.r1:1728
     'CVTSD2SS_XMM_XMM': {
         (16, 16, 'reg', None, None): _T152,
         (16, 32, 'reg', None, None): _T152,
         (32, 16, 'reg', None, None): _T152,
         (32, 32, 'reg', None, None): _T152,
     },
-    # spec/sse.r1:1665
+    # spec/sse.r1:1738
     'CVTSD2SS_XMM_M64': {
         (16, 16, 'mem', None, None): _T153,
         (16, 32, 'mem', None, None): _T153,
         (32, 16, 'mem', None, None): _T153,
         (32, 32, 'mem', None, None): _T153,
     },
-    # spec/sse.r1:1675
+    # spec/sse.r1:1748
     'CVTDQ2PS_XMM_XMMRM': {
         (16, 16, 'reg', None, None): _T154,
         (16, 16, 'mem', None, None): _T154,
@@ -2688,7 +2745,7 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T154,
         (32, 32, 'mem', None, None): _T154,
     },
-    # spec/sse.r1:1685
+    # spec/sse.r1:1758
     'CVTPS2DQ_XMM_XMMRM': {
         (16, 16, 'reg', None, None): _T155,
         (16, 16, 'mem', None, None): _T155,
@@ -2699,7 +2756,7 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T155,
         (32, 32, 'mem', None, None): _T155,
     },
-    # spec/sse.r1:1695
+    # spec/sse.r1:1768
     'CVTTPS2DQ_XMM_XMMRM': {
         (16, 16, 'reg', None, None): _T156,
         (16, 16, 'mem', None, None): _T156,
@@ -2710,21 +2767,21 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T156,
         (32, 32, 'mem', None, None): _T156,
     },
-    # spec/sse.r1:1705
+    # spec/sse.r1:1778
     'CVTDQ2PD_XMM_XMM': {
         (16, 16, 'reg', None, None): _T157,
         (16, 32, 'reg', None, None): _T157,
         (32, 16, 'reg', None, None): _T157,
         (32, 32, 'reg', None, None): _T157,
     },
-    # spec/sse.r1:1715
+    # spec/sse.r1:1788
     'CVTDQ2PD_XMM_M64': {
         (16, 16, 'mem', None, None): _T158,
         (16, 32, 'mem', None, None): _T158,
         (32, 16, 'mem', None, None): _T158,
         (32, 32, 'mem', None, None): _T158,
     },
-    # spec/sse.r1:1725
+    # spec/sse.r1:1798
     'CVTPD2DQ_XMM_XMMRM': {
         (16, 16, 'reg', None, None): _T159,
         (16, 16, 'mem', None, None): _T159,
@@ -2735,7 +2792,7 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T159,
         (32, 32, 'mem', None, None): _T159,
     },
-    # spec/sse.r1:1735
+    # spec/sse.r1:1808
     'CVTTPD2DQ_XMM_XMMRM': {
         (16, 16, 'reg', None, None): _T160,
         (16, 16, 'mem', None, None): _T160,
@@ -2746,7 +2803,7 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T160,
         (32, 32, 'mem', None, None): _T160,
     },
-    # spec/sse.r1:1747
+    # spec/sse.r1:1820
     'MOVDQA_XMM_XMMRM': {
         (16, 16, 'reg', None, None): _T161,
         (16, 16, 'mem', None, None): _T161,
@@ -2757,7 +2814,7 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T161,
         (32, 32, 'mem', None, None): _T161,
     },
-    # spec/sse.r1:1757
+    # spec/sse.r1:1830
     'MOVDQA_XMMRM_XMM': {
         (16, 16, 'reg', None, None): _T162,
         (16, 16, 'mem', None, None): _T162,
@@ -2768,7 +2825,7 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T162,
         (32, 32, 'mem', None, None): _T162,
     },
-    # spec/sse.r1:1767
+    # spec/sse.r1:1840
     'MOVDQU_XMM_XMMRM': {
         (16, 16, 'reg', None, None): _T163,
         (16, 16, 'mem', None, None): _T163,
@@ -2779,7 +2836,7 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T163,
         (32, 32, 'mem', None, None): _T163,
     },
-    # spec/sse.r1:1777
+    # spec/sse.r1:1850
     'MOVDQU_XMMRM_XMM': {
         (16, 16, 'reg', None, None): _T164,
         (16, 16, 'mem', None, None): _T164,
@@ -2790,7 +2847,7 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T164,
         (32, 32, 'mem', None, None): _T164,
     },
-    # spec/sse.r1:1787
+    # spec/sse.r1:1860
     'MOVD_XMM_RM32': {
         (16, 16, 'reg', None, None): _T165,
         (16, 16, 'mem', None, None): _T165,
@@ -2801,7 +2858,7 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T165,
         (32, 32, 'mem', None, None): _T165,
     },
-    # spec/sse.r1:1797
+    # spec/sse.r1:1870
     'MOVD_RM32_XMM': {
         (16, 16, 'reg', None, None): _T166,
         (16, 16, 'mem', None, None): _T166,
@@ -2812,105 +2869,105 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T166,
         (32, 32, 'mem', None, None): _T166,
     },
-    # spec/sse.r1:1807
+    # spec/sse.r1:1880
     'MOVQ_XMM_XMM': {
         (16, 16, 'reg', None, None): _T167,
         (16, 32, 'reg', None, None): _T167,
         (32, 16, 'reg', None, None): _T167,
         (32, 32, 'reg', None, None): _T167,
     },
-    # spec/sse.r1:1817
+    # spec/sse.r1:1890
     'MOVQ_XMM_M64': {
         (16, 16, 'mem', None, None): _T168,
         (16, 32, 'mem', None, None): _T168,
         (32, 16, 'mem', None, None): _T168,
         (32, 32, 'mem', None, None): _T168,
     },
-    # spec/sse.r1:1827
+    # spec/sse.r1:1900
     'MOVQ_XMM_XMM_0FD6': {
         (16, 16, 'reg', None, None): _T169,
         (16, 32, 'reg', None, None): _T169,
         (32, 16, 'reg', None, None): _T169,
         (32, 32, 'reg', None, None): _T169,
     },
-    # spec/sse.r1:1837
+    # spec/sse.r1:1910
     'MOVQ_M64_XMM': {
         (16, 16, 'mem', None, None): _T170,
         (16, 32, 'mem', None, None): _T170,
         (32, 16, 'mem', None, None): _T170,
         (32, 32, 'mem', None, None): _T170,
     },
-    # spec/sse.r1:1847
+    # spec/sse.r1:1920
     'MOVQ2DQ_XMM_MM': {
         (16, 16, 'reg', None, None): _T171,
         (16, 32, 'reg', None, None): _T171,
         (32, 16, 'reg', None, None): _T171,
         (32, 32, 'reg', None, None): _T171,
     },
-    # spec/sse.r1:1857
+    # spec/sse.r1:1930
     'MOVDQ2Q_MM_XMM': {
         (16, 16, 'reg', None, None): _T172,
         (16, 32, 'reg', None, None): _T172,
         (32, 16, 'reg', None, None): _T172,
         (32, 32, 'reg', None, None): _T172,
     },
-    # spec/sse.r1:1869
+    # spec/sse.r1:1942
     'MOVNTPD_M128_XMM': {
         (16, 16, 'mem', None, None): _T173,
         (16, 32, 'mem', None, None): _T173,
         (32, 16, 'mem', None, None): _T173,
         (32, 32, 'mem', None, None): _T173,
     },
-    # spec/sse.r1:1879
+    # spec/sse.r1:1952
     'MOVNTDQ_M128_XMM': {
         (16, 16, 'mem', None, None): _T174,
         (16, 32, 'mem', None, None): _T174,
         (32, 16, 'mem', None, None): _T174,
         (32, 32, 'mem', None, None): _T174,
     },
-    # spec/sse.r1:1889
+    # spec/sse.r1:1962
     'MOVNTI_M32_R32': {
         (16, 16, 'mem', None, None): _T175,
         (16, 32, 'mem', None, None): _T175,
         (32, 16, 'mem', None, None): _T175,
         (32, 32, 'mem', None, None): _T175,
     },
-    # spec/sse.r1:1899
+    # spec/sse.r1:1972
     'MASKMOVDQU_XMM_XMM': {
         (16, 16, 'reg', None, None): _T176,
         (16, 32, 'reg', None, None): _T176,
         (32, 16, 'reg', None, None): _T176,
         (32, 32, 'reg', None, None): _T176,
     },
-    # spec/sse.r1:1909
+    # spec/sse.r1:1982
     'CLFLUSH_M8': {
         (16, 16, 'mem', None, None): _T177,
         (16, 32, 'mem', None, None): _T177,
         (32, 16, 'mem', None, None): _T177,
         (32, 32, 'mem', None, None): _T177,
     },
-    # spec/sse.r1:1919
+    # spec/sse.r1:1992
     'LFENCE': {
         (16, 16, None, None, None): _T178,
         (16, 32, None, None, None): _T178,
         (32, 16, None, None, None): _T178,
         (32, 32, None, None, None): _T178,
     },
-    # spec/sse.r1:1929
+    # spec/sse.r1:2002
     'MFENCE': {
         (16, 16, None, None, None): _T179,
         (16, 32, None, None, None): _T179,
         (32, 16, None, None, None): _T179,
         (32, 32, None, None, None): _T179,
     },
-    # spec/sse.r1:1939
+    # spec/sse.r1:2012
     'PAUSE': {
         (16, 16, None, None, None): _T180,
         (16, 32, None, None, None): _T180,
         (32, 16, None, None, None): _T180,
         (32, 32, None, None, None): _T180,
     },
-    # spec/sse.r1:1951
+    # spec/sse.r1:2024
     'PADDQ_MM_MMRM': {
         (16, 16, 'reg', None, None): _T181,
         (16, 16, 'mem', None, None): _T181,
@@ -2921,7 +2978,7 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T181,
         (32, 32, 'mem', None, None): _T181,
     },
-    # spec/sse.r1:1961
+    # spec/sse.r1:2034
     'PADDQ_XMM_XMMRM': {
         (16, 16, 'reg', None, None): _T182,
         (16, 16, 'mem', None, None): _T182,
@@ -2932,7 +2989,7 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T182,
         (32, 32, 'mem', None, None): _T182,
     },
-    # spec/sse.r1:1971
+    # spec/sse.r1:2044
     'PSUBQ_MM_MMRM': {
         (16, 16, 'reg', None, None): _T183,
         (16, 16, 'mem', None, None): _T183,
@@ -2943,7 +3000,7 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T183,
         (32, 32, 'mem', None, None): _T183,
     },
-    # spec/sse.r1:1981
+    # spec/sse.r1:2054
     'PSUBQ_XMM_XMMRM': {
         (16, 16, 'reg', None, None): _T184,
         (16, 16, 'mem', None, None): _T184,
@@ -2954,7 +3011,7 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T184,
         (32, 32, 'mem', None, None): _T184,
     },
-    # spec/sse.r1:1991
+    # spec/sse.r1:2064
     'PMULUDQ_MM_MMRM': {
         (16, 16, 'reg', None, None): _T185,
         (16, 16, 'mem', None, None): _T185,
@@ -2965,7 +3022,7 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T185,
         (32, 32, 'mem', None, None): _T185,
     },
-    # spec/sse.r1:2001
+    # spec/sse.r1:2074
     'PMULUDQ_XMM_XMMRM': {
         (16, 16, 'reg', None, None): _T186,
         (16, 16, 'mem', None, None): _T186,
@@ -2976,7 +3033,7 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T186,
         (32, 32, 'mem', None, None): _T186,
     },
-    # spec/sse.r1:2011
+    # spec/sse.r1:2084
     'PSHUFD_XMM_XMMRM_IMM8': {
         (16, 16, 'reg', None, None): _T187,
         (16, 16, 'mem', None, None): _T187,
@@ -2987,7 +3044,7 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T187,
         (32, 32, 'mem', None, None): _T187,
     },
-    # spec/sse.r1:2021
+    # spec/sse.r1:2094
     'PSHUFHW_XMM_XMMRM_IMM8': {
         (16, 16, 'reg', None, None): _T188,
         (16, 16, 'mem', None, None): _T188,
@@ -2998,7 +3055,7 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T188,
         (32, 32, 'mem', None, None): _T188,
     },
-    # spec/sse.r1:2031
+    # spec/sse.r1:2104
     'PSHUFLW_XMM_XMMRM_IMM8': {
         (16, 16, 'reg', None, None): _T189,
         (16, 16, 'mem', None, None): _T189,
@@ -3009,21 +3066,21 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T189,
         (32, 32, 'mem', None, None): _T189,
     },
-    # spec/sse.r1:2041
+    # spec/sse.r1:2114
     'PSLLDQ_XMM_IMM8': {
         (16, 16, 'reg', None, None): _T190,
         (16, 32, 'reg', None, None): _T190,
         (32, 16, 'reg', None, None): _T190,
         (32, 32, 'reg', None, None): _T190,
     },
-    # spec/sse.r1:2051
+    # spec/sse.r1:2124
     'PSRLDQ_XMM_IMM8': {
         (16, 16, 'reg', None, None): _T191,
         (16, 32, 'reg', None, None): _T191,
         (32, 16, 'reg', None, None): _T191,
         (32, 32, 'reg', None, None): _T191,
     },
-    # spec/sse.r1:2061
+    # spec/sse.r1:2134
     'PUNPCKLQDQ_XMM_XMMRM': {
         (16, 16, 'reg', None, None): _T192,
         (16, 16, 'mem', None, None): _T192,
@@ -3034,7 +3091,7 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T192,
         (32, 32, 'mem', None, None): _T192,
     },
-    # spec/sse.r1:2071
+    # spec/sse.r1:2144
     'PUNPCKHQDQ_XMM_XMMRM': {
         (16, 16, 'reg', None, None): _T193,
         (16, 16, 'mem', None, None): _T193,
@@ -3045,7 +3102,7 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T193,
         (32, 32, 'mem', None, None): _T193,
     },
-    # spec/sse.r1:2083
+    # spec/sse.r1:2156
     'PUNPCKLBW_XMM_XMMRM': {
         (16, 16, 'reg', None, None): _T194,
         (16, 16, 'mem', None, None): _T194,
@@ -3056,7 +3113,7 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T194,
         (32, 32, 'mem', None, None): _T194,
     },
-    # spec/sse.r1:2093
+    # spec/sse.r1:2166
     'PUNPCKLWD_XMM_XMMRM': {
         (16, 16, 'reg', None, None): _T195,
         (16, 16, 'mem', None, None): _T195,
@@ -3067,7 +3124,7 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T195,
         (32, 32, 'mem', None, None): _T195,
     },
-    # spec/sse.r1:2103
+    # spec/sse.r1:2176
     'PUNPCKLDQ_XMM_XMMRM': {
         (16, 16, 'reg', None, None): _T196,
         (16, 16, 'mem', None, None): _T196,
@@ -3078,7 +3135,7 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T196,
         (32, 32, 'mem', None, None): _T196,
     },
-    # spec/sse.r1:2113
+    # spec/sse.r1:2186
     'PUNPCKHBW_XMM_XMMRM': {
         (16, 16, 'reg', None, None): _T197,
         (16, 16, 'mem', None, None): _T197,
@@ -3089,7 +3146,7 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T197,
         (32, 32, 'mem', None, None): _T197,
     },
-    # spec/sse.r1:2123
+    # spec/sse.r1:2196
     'PUNPCKHWD_XMM_XMMRM': {
         (16, 16, 'reg', None, None): _T198,
         (16, 16, 'mem', None, None): _T198,
@@ -3100,7 +3157,7 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T198,
         (32, 32, 'mem', None, None): _T198,
     },
-    # spec/sse.r1:2133
+    # spec/sse.r1:2206
     'PUNPCKHDQ_XMM_XMMRM': {
         (16, 16, 'reg', None, None): _T199,
         (16, 16, 'mem', None, None): _T199,
@@ -3111,7 +3168,7 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T199,
         (32, 32, 'mem', None, None): _T199,
     },
-    # spec/sse.r1:2143
+    # spec/sse.r1:2216
     'PACKSSWB_XMM_XMMRM': {
         (16, 16, 'reg', None, None): _T200,
         (16, 16, 'mem', None, None): _T200,
@@ -3122,7 +3179,7 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T200,
         (32, 32, 'mem', None, None): _T200,
     },
-    # spec/sse.r1:2153
+    # spec/sse.r1:2226
     'PACKUSWB_XMM_XMMRM': {
         (16, 16, 'reg', None, None): _T201,
         (16, 16, 'mem', None, None): _T201,
@@ -3133,7 +3190,7 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T201,
         (32, 32, 'mem', None, None): _T201,
     },
-    # spec/sse.r1:2163
+    # spec/sse.r1:2236
     'PACKSSDW_XMM_XMMRM': {
         (16, 16, 'reg', None, None): _T202,
         (16, 16, 'mem', None, None): _T202,
@@ -3144,7 +3201,7 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T202,
         (32, 32, 'mem', None, None): _T202,
     },
-    # spec/sse.r1:2173
+    # spec/sse.r1:2246
     'PADDB_XMM_XMMRM': {
         (16, 16, 'reg', None, None): _T203,
         (16, 16, 'mem', None, None): _T203,
@@ -3155,7 +3212,7 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T203,
         (32, 32, 'mem', None, None): _T203,
     },
-    # spec/sse.r1:2183
+    # spec/sse.r1:2256
     'PADDW_XMM_XMMRM': {
         (16, 16, 'reg', None, None): _T204,
         (16, 16, 'mem', None, None): _T204,
@@ -3166,7 +3223,7 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T204,
         (32, 32, 'mem', None, None): _T204,
     },
-    # spec/sse.r1:2193
+    # spec/sse.r1:2266
     'PADDD_XMM_XMMRM': {
         (16, 16, 'reg', None, None): _T205,
         (16, 16, 'mem', None, None): _T205,
@@ -3177,7 +3234,7 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T205,
         (32, 32, 'mem', None, None): _T205,
     },
-    # spec/sse.r1:2203
+    # spec/sse.r1:2276
     'PADDSB_XMM_XMMRM': {
         (16, 16, 'reg', None, None): _T206,
         (16, 16, 'mem', None, None): _T206,
@@ -3188,7 +3245,7 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T206,
         (32, 32, 'mem', None, None): _T206,
     },
-    # spec/sse.r1:2213
+    # spec/sse.r1:2286
     'PADDSW_XMM_XMMRM': {
         (16, 16, 'reg', None, None): _T207,
         (16, 16, 'mem', None, None): _T207,
@@ -3199,7 +3256,7 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T207,
         (32, 32, 'mem', None, None): _T207,
     },
-    # spec/sse.r1:2223
+    # spec/sse.r1:2296
     'PADDUSB_XMM_XMMRM': {
         (16, 16, 'reg', None, None): _T208,
         (16, 16, 'mem', None, None): _T208,
@@ -3210,7 +3267,7 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T208,
         (32, 32, 'mem', None, None): _T208,
     },
-    # spec/sse.r1:2233
+    # spec/sse.r1:2306
     'PADDUSW_XMM_XMMRM': {
         (16, 16, 'reg', None, None): _T209,
         (16, 16, 'mem', None, None): _T209,
@@ -3221,7 +3278,7 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T209,
         (32, 32, 'mem', None, None): _T209,
     },
-    # spec/sse.r1:2243
+    # spec/sse.r1:2316
     'PSUBB_XMM_XMMRM': {
         (16, 16, 'reg', None, None): _T210,
         (16, 16, 'mem', None, None): _T210,
@@ -3232,7 +3289,7 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T210,
         (32, 32, 'mem', None, None): _T210,
     },
-    # spec/sse.r1:2253
+    # spec/sse.r1:2326
     'PSUBW_XMM_XMMRM': {
         (16, 16, 'reg', None, None): _T211,
         (16, 16, 'mem', None, None): _T211,
@@ -3243,7 +3300,7 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T211,
         (32, 32, 'mem', None, None): _T211,
     },
-    # spec/sse.r1:2263
+    # spec/sse.r1:2336
     'PSUBD_XMM_XMMRM': {
         (16, 16, 'reg', None, None): _T212,
         (16, 16, 'mem', None, None): _T212,
@@ -3254,7 +3311,7 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T212,
         (32, 32, 'mem', None, None): _T212,
     },
-    # spec/sse.r1:2273
+    # spec/sse.r1:2346
     'PSUBSB_XMM_XMMRM': {
         (16, 16, 'reg', None, None): _T213,
         (16, 16, 'mem', None, None): _T213,
@@ -3265,7 +3322,7 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T213,
         (32, 32, 'mem', None, None): _T213,
     },
-    # spec/sse.r1:2283
+    # spec/sse.r1:2356
     'PSUBSW_XMM_XMMRM': {
         (16, 16, 'reg', None, None): _T214,
         (16, 16, 'mem', None, None): _T214,
@@ -3276,7 +3333,7 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T214,
         (32, 32, 'mem', None, None): _T214,
     },
-    # spec/sse.r1:2293
+    # spec/sse.r1:2366
     'PSUBUSB_XMM_XMMRM': {
         (16, 16, 'reg', None, None): _T215,
         (16, 16, 'mem', None, None): _T215,
@@ -3287,7 +3344,7 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T215,
         (32, 32, 'mem', None, None): _T215,
     },
-    # spec/sse.r1:2303
+    # spec/sse.r1:2376
     'PSUBUSW_XMM_XMMRM': {
         (16, 16, 'reg', None, None): _T216,
         (16, 16, 'mem', None, None): _T216,
@@ -3298,7 +3355,7 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T216,
         (32, 32, 'mem', None, None): _T216,
     },
-    # spec/sse.r1:2313
+    # spec/sse.r1:2386
     'PMULLW_XMM_XMMRM': {
         (16, 16, 'reg', None, None): _T217,
         (16, 16, 'mem', None, None): _T217,
@@ -3309,7 +3366,7 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T217,
         (32, 32, 'mem', None, None): _T217,
     },
-    # spec/sse.r1:2323
+    # spec/sse.r1:2396
     'PMULHW_XMM_XMMRM': {
         (16, 16, 'reg', None, None): _T218,
         (16, 16, 'mem', None, None): _T218,
@@ -3320,7 +3377,7 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T218,
         (32, 32, 'mem', None, None): _T218,
     },
-    # spec/sse.r1:2333
+    # spec/sse.r1:2406
     'PMADDWD_XMM_XMMRM': {
         (16, 16, 'reg', None, None): _T219,
         (16, 16, 'mem', None, None): _T219,
@@ -3331,7 +3388,7 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T219,
         (32, 32, 'mem', None, None): _T219,
     },
-    # spec/sse.r1:2343
+    # spec/sse.r1:2416
     'PCMPEQB_XMM_XMMRM': {
         (16, 16, 'reg', None, None): _T220,
         (16, 16, 'mem', None, None): _T220,
@@ -3342,7 +3399,7 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T220,
         (32, 32, 'mem', None, None): _T220,
     },
-    # spec/sse.r1:2353
+    # spec/sse.r1:2426
     'PCMPEQW_XMM_XMMRM': {
         (16, 16, 'reg', None, None): _T221,
         (16, 16, 'mem', None, None): _T221,
@@ -3353,7 +3410,7 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T221,
         (32, 32, 'mem', None, None): _T221,
     },
-    # spec/sse.r1:2363
+    # spec/sse.r1:2436
     'PCMPEQD_XMM_XMMRM': {
         (16, 16, 'reg', None, None): _T222,
         (16, 16, 'mem', None, None): _T222,
@@ -3364,7 +3421,7 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T222,
         (32, 32, 'mem', None, None): _T222,
     },
-    # spec/sse.r1:2373
+    # spec/sse.r1:2446
     'PCMPGTB_XMM_XMMRM': {
         (16, 16, 'reg', None, None): _T223,
         (16, 16, 'mem', None, None): _T223,
@@ -3375,7 +3432,7 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T223,
         (32, 32, 'mem', None, None): _T223,
     },
-    # spec/sse.r1:2383
+    # spec/sse.r1:2456
     'PCMPGTW_XMM_XMMRM': {
         (16, 16, 'reg', None, None): _T224,
         (16, 16, 'mem', None, None): _T224,
@@ -3386,7 +3443,7 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T224,
         (32, 32, 'mem', None, None): _T224,
     },
-    # spec/sse.r1:2393
+    # spec/sse.r1:2466
     'PCMPGTD_XMM_XMMRM': {
         (16, 16, 'reg', None, None): _T225,
         (16, 16, 'mem', None, None): _T225,
@@ -3397,7 +3454,7 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T225,
         (32, 32, 'mem', None, None): _T225,
     },
-    # spec/sse.r1:2403
+    # spec/sse.r1:2476
     'PAND_XMM_XMMRM': {
         (16, 16, 'reg', None, None): _T226,
         (16, 16, 'mem', None, None): _T226,
@@ -3408,7 +3465,7 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T226,
         (32, 32, 'mem', None, None): _T226,
     },
-    # spec/sse.r1:2413
+    # spec/sse.r1:2486
     'PANDN_XMM_XMMRM': {
         (16, 16, 'reg', None, None): _T227,
         (16, 16, 'mem', None, None): _T227,
@@ -3419,7 +3476,7 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T227,
         (32, 32, 'mem', None, None): _T227,
     },
-    # spec/sse.r1:2423
+    # spec/sse.r1:2496
     'POR_XMM_XMMRM': {
         (16, 16, 'reg', None, None): _T228,
         (16, 16, 'mem', None, None): _T228,
@@ -3430,7 +3487,7 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T228,
         (32, 32, 'mem', None, None): _T228,
     },
-    # spec/sse.r1:2433
+    # spec/sse.r1:2506
     'PXOR_XMM_XMMRM': {
         (16, 16, 'reg', None, None): _T229,
         (16, 16, 'mem', None, None): _T229,
@@ -3441,7 +3498,7 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T229,
         (32, 32, 'mem', None, None): _T229,
     },
-    # spec/sse.r1:2443
+    # spec/sse.r1:2516
     'PSLLW_XMM_XMMRM': {
         (16, 16, 'reg', None, None): _T230,
         (16, 16, 'mem', None, None): _T230,
@@ -3452,7 +3509,7 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T230,
         (32, 32, 'mem', None, None): _T230,
     },
-    # spec/sse.r1:2453
+    # spec/sse.r1:2526
     'PSLLD_XMM_XMMRM': {
         (16, 16, 'reg', None, None): _T231,
         (16, 16, 'mem', None, None): _T231,
@@ -3463,7 +3520,7 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T231,
         (32, 32, 'mem', None, None): _T231,
     },
-    # spec/sse.r1:2463
+    # spec/sse.r1:2536
     'PSLLQ_XMM_XMMRM': {
         (16, 16, 'reg', None, None): _T232,
         (16, 16, 'mem', None, None): _T232,
@@ -3474,7 +3531,7 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T232,
         (32, 32, 'mem', None, None): _T232,
     },
-    # spec/sse.r1:2473
+    # spec/sse.r1:2546
     'PSRLW_XMM_XMMRM': {
         (16, 16, 'reg', None, None): _T233,
         (16, 16, 'mem', None, None): _T233,
@@ -3485,7 +3542,7 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T233,
         (32, 32, 'mem', None, None): _T233,
     },
-    # spec/sse.r1:2483
+    # spec/sse.r1:2556
     'PSRLD_XMM_XMMRM': {
         (16, 16, 'reg', None, None): _T234,
         (16, 16, 'mem', None, None): _T234,
@@ -3496,7 +3553,7 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T234,
         (32, 32, 'mem', None, None): _T234,
     },
-    # spec/sse.r1:2493
+    # spec/sse.r1:2566
     'PSRLQ_XMM_XMMRM': {
         (16, 16, 'reg', None, None): _T235,
         (16, 16, 'mem', None, None): _T235,
@@ -3507,7 +3564,7 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T235,
         (32, 32, 'mem', None, None): _T235,
     },
-    # spec/sse.r1:2503
+    # spec/sse.r1:2576
     'PSRAW_XMM_XMMRM': {
         (16, 16, 'reg', None, None): _T236,
         (16, 16, 'mem', None, None): _T236,
@@ -3518,7 +3575,7 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T236,
         (32, 32, 'mem', None, None): _T236,
     },
-    # spec/sse.r1:2513
+    # spec/sse.r1:2586
     'PSRAD_XMM_XMMRM': {
         (16, 16, 'reg', None, None): _T237,
         (16, 16, 'mem', None, None): _T237,
@@ -3529,63 +3586,63 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T237,
         (32, 32, 'mem', None, None): _T237,
     },
-    # spec/sse.r1:2523
+    # spec/sse.r1:2596
     'PSLLW_XMM_IMM8': {
         (16, 16, 'reg', None, None): _T238,
         (16, 32, 'reg', None, None): _T238,
         (32, 16, 'reg', None, None): _T238,
         (32, 32, 'reg', None, None): _T238,
     },
-    # spec/sse.r1:2533
+    # spec/sse.r1:2606
     'PSLLD_XMM_IMM8': {
         (16, 16, 'reg', None, None): _T239,
         (16, 32, 'reg', None, None): _T239,
         (32, 16, 'reg', None, None): _T239,
         (32, 32, 'reg', None, None): _T239,
     },
-    # spec/sse.r1:2543
+    # spec/sse.r1:2616
     'PSLLQ_XMM_IMM8': {
         (16, 16, 'reg', None, None): _T240,
         (16, 32, 'reg', None, None): _T240,
         (32, 16, 'reg', None, None): _T240,
         (32, 32, 'reg', None, None): _T240,
     },
-    # spec/sse.r1:2553
+    # spec/sse.r1:2626
     'PSRLW_XMM_IMM8': {
         (16, 16, 'reg', None, None): _T241,
         (16, 32, 'reg', None, None): _T241,
         (32, 16, 'reg', None, None): _T241,
         (32, 32, 'reg', None, None): _T241,
     },
-    # spec/sse.r1:2563
+    # spec/sse.r1:2636
     'PSRLD_XMM_IMM8': {
         (16, 16, 'reg', None, None): _T242,
         (16, 32, 'reg', None, None): _T242,
         (32, 16, 'reg', None, None): _T242,
         (32, 32, 'reg', None, None): _T242,
     },
-    # spec/sse.r1:2573
+    # spec/sse.r1:2646
     'PSRLQ_XMM_IMM8': {
         (16, 16, 'reg', None, None): _T243,
         (16, 32, 'reg', None, None): _T243,
         (32, 16, 'reg', None, None): _T243,
         (32, 32, 'reg', None, None): _T243,
     },
-    # spec/sse.r1:2583
+    # spec/sse.r1:2656
     'PSRAW_XMM_IMM8': {
         (16, 16, 'reg', None, None): _T244,
         (16, 32, 'reg', None, None): _T244,
         (32, 16, 'reg', None, None): _T244,
         (32, 32, 'reg', None, None): _T244,
     },
-    # spec/sse.r1:2593
+    # spec/sse.r1:2666
     'PSRAD_XMM_IMM8': {
         (16, 16, 'reg', None, None): _T245,
         (16, 32, 'reg', None, None): _T245,
         (32, 16, 'reg', None, None): _T245,
         (32, 32, 'reg', None, None): _T245,
     },
-    # spec/sse.r1:2605
+    # spec/sse.r1:2678
     'PAVGB_XMM_XMMRM': {
         (16, 16, 'reg', None, None): _T246,
         (16, 16, 'mem', None, None): _T246,
@@ -3596,7 +3653,7 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T246,
         (32, 32, 'mem', None, None): _T246,
     },
-    # spec/sse.r1:2615
+    # spec/sse.r1:2688
     'PAVGW_XMM_XMMRM': {
         (16, 16, 'reg', None, None): _T247,
         (16, 16, 'mem', None, None): _T247,
@@ -3607,7 +3664,7 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T247,
         (32, 32, 'mem', None, None): _T247,
     },
-    # spec/sse.r1:2625
+    # spec/sse.r1:2698
     'PMAXSW_XMM_XMMRM': {
         (16, 16, 'reg', None, None): _T248,
         (16, 16, 'mem', None, None): _T248,
@@ -3618,7 +3675,7 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T248,
         (32, 32, 'mem', None, None): _T248,
     },
-    # spec/sse.r1:2635
+    # spec/sse.r1:2708
     'PMAXUB_XMM_XMMRM': {
         (16, 16, 'reg', None, None): _T249,
         (16, 16, 'mem', None, None): _T249,
@@ -3629,7 +3686,7 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T249,
         (32, 32, 'mem', None, None): _T249,
     },
-    # spec/sse.r1:2645
+    # spec/sse.r1:2718
     'PMINSW_XMM_XMMRM': {
         (16, 16, 'reg', None, None): _T250,
         (16, 16, 'mem', None, None): _T250,
@@ -3640,7 +3697,7 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T250,
         (32, 32, 'mem', None, None): _T250,
     },
-    # spec/sse.r1:2655
+    # spec/sse.r1:2728
     'PMINUB_XMM_XMMRM': {
         (16, 16, 'reg', None, None): _T251,
         (16, 16, 'mem', None, None): _T251,
@@ -3651,7 +3708,7 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T251,
         (32, 32, 'mem', None, None): _T251,
     },
-    # spec/sse.r1:2665
+    # spec/sse.r1:2738
     'PMULHUW_XMM_XMMRM': {
         (16, 16, 'reg', None, None): _T252,
         (16, 16, 'mem', None, None): _T252,
@@ -3662,7 +3719,7 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T252,
         (32, 32, 'mem', None, None): _T252,
     },
-    # spec/sse.r1:2675
+    # spec/sse.r1:2748
     'PSADBW_XMM_XMMRM': {
         (16, 16, 'reg', None, None): _T253,
         (16, 16, 'mem', None, None): _T253,
@@ -3673,28 +3730,28 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T253,
         (32, 32, 'mem', None, None): _T253,
     },
-    # spec/sse.r1:2685
+    # spec/sse.r1:2758
     'PEXTRW_R32_XMM_IMM8': {
         (16, 16, 'reg', None, None): _T254,
         (16, 32, 'reg', None, None): _T254,
         (32, 16, 'reg', None, None): _T254,
         (32, 32, 'reg', None, None): _T254,
     },
-    # spec/sse.r1:2695
+    # spec/sse.r1:2768
     'PINSRW_XMM_R32_IMM8': {
         (16, 16, 'reg', None, None): _T255,
         (16, 32, 'reg', None, None): _T255,
         (32, 16, 'reg', None, None): _T255,
         (32, 32, 'reg', None, None): _T255,
     },
-    # spec/sse.r1:2705
+    # spec/sse.r1:2778
     'PINSRW_XMM_M16_IMM8': {
         (16, 16, 'mem', None, None): _T256,
         (16, 32, 'mem', None, None): _T256,
         (32, 16, 'mem', None, None): _T256,
         (32, 32, 'mem', None, None): _T256,
     },
-    # spec/sse.r1:2715
+    # spec/sse.r1:2788
     'PMOVMSKB_R32_XMM': {
         (16, 16, 'reg', None, None): _T257,
         (16, 32, 'reg', None, None): _T257,

@@ -3986,7 +3986,7 @@ else:
             S.ftw = (S.ftw | (1 << ((S.fsw >> 11 & 0x7) & 7))) & 0xff  # x87.r1:115
 """
 
-# FNOP [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:1638
+# FNOP [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:1777
 _T117 = """\
 if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:81
     raise Fault(7, None)  # x87.r1:81
@@ -3997,7 +3997,7 @@ S.fcs = S.sel[1] & 0xffff  # x87.r1:89
 S.fop = $fop & 0x7ff  # x87.r1:90
 """
 
-# FFREE_STi [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:1648
+# FFREE_STi [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:1787
 _T118 = """\
 if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:81
     raise Fault(7, None)  # x87.r1:81
@@ -4006,66 +4006,388 @@ if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # x87.r1:82
 S.fip = $here & 0xffffffff  # x87.r1:88
 S.fcs = S.sel[1] & 0xffff  # x87.r1:89
 S.fop = $fop & 0x7ff  # x87.r1:90
-S.ftw = (S.ftw & (~(1 << (((S.fsw >> 11 & 0x7) + $dst) & 7)))) & 0xff  # x87.r1:1657
+S.ftw = (S.ftw & (~(1 << (((S.fsw >> 11 & 0x7) + $dst) & 7)))) & 0xff  # x87.r1:1796
 """
 
-# FNINIT [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:1659
+# FNINIT [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:1798
 _T119 = """\
-b_unimplemented('FNINIT', 'spec/x87.r1:1659')  # x87.r1:1659
+if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:1654
+    raise Fault(7, None)  # x87.r1:1654
+S.fcw = 895 & 0xffff  # x87.r1:1686
+S.fsw = 0 & 0xffff  # x87.r1:1687
+S.ftw = 0 & 0xff  # x87.r1:1688
+S.fip = 0 & 0xffffffff  # x87.r1:1689
+S.fcs = 0 & 0xffff  # x87.r1:1690
+S.fdp = 0 & 0xffffffff  # x87.r1:1691
+S.fds = 0 & 0xffff  # x87.r1:1692
+S.fop = 0 & 0x7ff  # x87.r1:1693
 """
 
-# FNCLEX [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:1668
+# FNCLEX [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:1808
 _T120 = """\
-b_unimplemented('FNCLEX', 'spec/x87.r1:1668')  # x87.r1:1668
+if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:1654
+    raise Fault(7, None)  # x87.r1:1654
+S.fsw = (S.fsw & 32512) & 0xffff  # x87.r1:1816
 """
 
-# FLDCW_M16 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/x87.r1:1677
+# FLDCW_M16 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/x87.r1:1818
 _T121 = """\
-b_unimplemented('FLDCW_M16', 'spec/x87.r1:1677')  # x87.r1:1677
+ea = $ea
+if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:1654
+    raise Fault(7, None)  # x87.r1:1654
+v_src = rd16($seg, ea)  # x87.r1:1821
+S.fcw = v_src & 0xffff  # x87.r1:1827
 """
 
-# FNSTCW_M16 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/x87.r1:1687
+# FNSTCW_M16 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/x87.r1:1829
 _T122 = """\
-b_unimplemented('FNSTCW_M16', 'spec/x87.r1:1687')  # x87.r1:1687
+ea = $ea
+if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:1654
+    raise Fault(7, None)  # x87.r1:1654
+wr16($seg, ea, S.fcw)  # x87.r1:1838
 """
 
-# FNSTSW_M16 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/x87.r1:1697
+# FNSTSW_M16 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/x87.r1:1840
 _T123 = """\
-b_unimplemented('FNSTSW_M16', 'spec/x87.r1:1697')  # x87.r1:1697
+ea = $ea
+if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:1654
+    raise Fault(7, None)  # x87.r1:1654
+wr16($seg, ea, S.fsw)  # x87.r1:1849
 """
 
-# FNSTSW_AX [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:1707
+# FNSTSW_AX [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:1851
 _T124 = """\
-b_unimplemented('FNSTSW_AX', 'spec/x87.r1:1707')  # x87.r1:1707
+if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:1654
+    raise Fault(7, None)  # x87.r1:1654
+R[0] = R[0] & 0xffff0000 | S.fsw & 0xffff  # x87.r1:1859
 """
 
-# FLDENV_MENV [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/x87.r1:1716
+# FLDENV_MENV [o16 a16 mem, o16 a32 mem] from spec/x87.r1:1861
 _T125 = """\
-b_unimplemented('FLDENV_MENV', 'spec/x87.r1:1716')  # x87.r1:1716
+ea = $ea
+if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:1654
+    raise Fault(7, None)  # x87.r1:1654
+v_src = b_load($seg, ea, 224)  # x87.r1:1864
+l_step_0 = 2  # x87.r1:1744
+l_w_1 = 16  # x87.r1:1745
+l_cw_2 = rd16($seg, ea)  # x87.r1:1746
+l_sw_3 = rd16($seg, (ea + l_step_0))  # x87.r1:1747
+l_tags_4 = rd16($seg, (ea + (2 * l_step_0)))  # x87.r1:1748
+l_ip_5 = b_load($seg, (ea + (3 * l_step_0)), l_w_1)  # x87.r1:1749
+l_cs_op_6 = b_load($seg, (ea + (4 * l_step_0)), l_w_1)  # x87.r1:1750
+l_dp_7 = b_load($seg, (ea + (5 * l_step_0)), l_w_1)  # x87.r1:1751
+l_ds_hi_8 = b_load($seg, (ea + (6 * l_step_0)), l_w_1)  # x87.r1:1752
+if (S.mode == 1):  # x87.r1:1753
+    S.fip = l_ip_5 & 0xffffffff  # x87.r1:1754
+    S.fcs = (l_cs_op_6 & 0xffff) & 0xffff  # x87.r1:1755
+    S.fop = S.fop & 0x7ff  # x87.r1:1756
+    S.fdp = l_dp_7 & 0xffffffff  # x87.r1:1757
+    S.fds = (l_ds_hi_8 & 0xffff) & 0xffff  # x87.r1:1758
+else:
+    S.fip = ((l_ip_5 & 0xffff) | ((l_cs_op_6 >> 12 & 0xf) << 16)) & 0xffffffff  # x87.r1:1766
+    S.fop = (l_cs_op_6 & 0x7ff) & 0x7ff  # x87.r1:1767
+    S.fdp = ((l_dp_7 & 0xffff) | ((l_ds_hi_8 >> 12 & 0xf) << 16)) & 0xffffffff  # x87.r1:1768
+    S.fcs = 0 & 0xffff  # x87.r1:1769
+    S.fds = 0 & 0xffff  # x87.r1:1770
+S.fcw = l_cw_2 & 0xffff  # x87.r1:1772
+S.fsw = ((l_sw_3 & 32767) | ((l_sw_3 >> 7 & 1) << 15)) & 0xffff  # x87.r1:1773
+l_a_9 = 0  # x87.r1:1676
+l_i_10 = 0  # x87.r1:1677
+while (l_i_10 < 8):  # x87.r1:1678
+    if (((l_tags_4 >> (2 * l_i_10)) & 3) != 3):  # x87.r1:1679
+        l_a_9 = (l_a_9 | (1 << l_i_10))  # x87.r1:1679
+    l_i_10 = (l_i_10 + 1)  # x87.r1:1680
+S.ftw = l_a_9 & 0xff  # x87.r1:1774
 """
 
-# FNSTENV_MENV [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/x87.r1:1726
+# FLDENV_MENV [o32 a16 mem, o32 a32 mem] from spec/x87.r1:1861
 _T126 = """\
-b_unimplemented('FNSTENV_MENV', 'spec/x87.r1:1726')  # x87.r1:1726
+ea = $ea
+if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:1654
+    raise Fault(7, None)  # x87.r1:1654
+v_src = b_load($seg, ea, 224)  # x87.r1:1864
+l_step_0 = 4  # x87.r1:1744
+l_w_1 = 32  # x87.r1:1745
+l_cw_2 = rd16($seg, ea)  # x87.r1:1746
+l_sw_3 = rd16($seg, (ea + l_step_0))  # x87.r1:1747
+l_tags_4 = rd16($seg, (ea + (2 * l_step_0)))  # x87.r1:1748
+l_ip_5 = b_load($seg, (ea + (3 * l_step_0)), l_w_1)  # x87.r1:1749
+l_cs_op_6 = b_load($seg, (ea + (4 * l_step_0)), l_w_1)  # x87.r1:1750
+l_dp_7 = b_load($seg, (ea + (5 * l_step_0)), l_w_1)  # x87.r1:1751
+l_ds_hi_8 = b_load($seg, (ea + (6 * l_step_0)), l_w_1)  # x87.r1:1752
+if (S.mode == 1):  # x87.r1:1753
+    S.fip = l_ip_5 & 0xffffffff  # x87.r1:1754
+    S.fcs = (l_cs_op_6 & 0xffff) & 0xffff  # x87.r1:1755
+    S.fop = (l_cs_op_6 >> 16 & 0x7ff) & 0x7ff  # x87.r1:1756
+    S.fdp = l_dp_7 & 0xffffffff  # x87.r1:1757
+    S.fds = (l_ds_hi_8 & 0xffff) & 0xffff  # x87.r1:1758
+else:
+    S.fip = ((l_ip_5 & 0xffff) | ((l_cs_op_6 >> 12 & 0xffff) << 16)) & 0xffffffff  # x87.r1:1760
+    S.fop = (l_cs_op_6 & 0x7ff) & 0x7ff  # x87.r1:1761
+    S.fdp = ((l_dp_7 & 0xffff) | ((l_ds_hi_8 >> 12 & 0xffff) << 16)) & 0xffffffff  # x87.r1:1762
+    S.fcs = 0 & 0xffff  # x87.r1:1763
+    S.fds = 0 & 0xffff  # x87.r1:1764
+S.fcw = l_cw_2 & 0xffff  # x87.r1:1772
+S.fsw = ((l_sw_3 & 32767) | ((l_sw_3 >> 7 & 1) << 15)) & 0xffff  # x87.r1:1773
+l_a_9 = 0  # x87.r1:1676
+l_i_10 = 0  # x87.r1:1677
+while (l_i_10 < 8):  # x87.r1:1678
+    if (((l_tags_4 >> (2 * l_i_10)) & 3) != 3):  # x87.r1:1679
+        l_a_9 = (l_a_9 | (1 << l_i_10))  # x87.r1:1679
+    l_i_10 = (l_i_10 + 1)  # x87.r1:1680
+S.ftw = l_a_9 & 0xff  # x87.r1:1774
 """
 
-# FRSTOR_MSTATE [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/x87.r1:1736
+# FNSTENV_MENV [o16 a16 mem, o16 a32 mem] from spec/x87.r1:1872
 _T127 = """\
-b_unimplemented('FRSTOR_MSTATE', 'spec/x87.r1:1736')  # x87.r1:1736
+S.eip = $next
+ea = $ea
+if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:1654
+    raise Fault(7, None)  # x87.r1:1654
+b_check_write($seg, ea, 112)  # x87.r1:1883
+l_t_0 = 0  # x87.r1:1665
+l_i_1 = 0  # x87.r1:1666
+while (l_i_1 < 8):  # x87.r1:1667
+    l_t_0 = (l_t_0 | ((((1 if ((b_fpr(l_i_1) & 0xffffffffffffffff) == 0) else 2) if ((b_fpr(l_i_1) >> 64 & 0x7fff) == 0) else (2 if ((b_fpr(l_i_1) >> 64 & 0x7fff) == 32767) else (0 if (b_fpr(l_i_1) >> 63 & 1) else 2))) if (S.ftw >> l_i_1 & 1) else 3) << (2 * l_i_1)))  # x87.r1:1668
+    l_i_1 = (l_i_1 + 1)  # x87.r1:1669
+l_tags_2 = l_t_0  # x87.r1:1700
+l_prot_3 = (S.mode == 1)  # x87.r1:1701
+l_ip_4 = (S.fip if l_prot_3 else ((S.fcs << 4) + S.fip))  # x87.r1:1702
+l_dp_5 = (S.fdp if l_prot_3 else ((S.fds << 4) + S.fdp))  # x87.r1:1703
+wr16($seg, ea, S.fcw)  # x87.r1:1725
+wr16($seg, (ea + 2), S.fsw)  # x87.r1:1726
+wr16($seg, (ea + 4), l_tags_2)  # x87.r1:1727
+if l_prot_3:  # x87.r1:1728
+    wr16($seg, (ea + 6), l_ip_4)  # x87.r1:1729
+    wr16($seg, (ea + 8), S.fcs)  # x87.r1:1730
+    wr16($seg, (ea + 10), l_dp_5)  # x87.r1:1731
+    wr16($seg, (ea + 12), S.fds)  # x87.r1:1732
+else:
+    wr16($seg, (ea + 6), l_ip_4)  # x87.r1:1734
+    wr16($seg, (ea + 8), ((((l_ip_4 >> 16) & 15) << 12) | S.fop))  # x87.r1:1735
+    wr16($seg, (ea + 10), l_dp_5)  # x87.r1:1736
+    wr16($seg, (ea + 12), (((l_dp_5 >> 16) & 15) << 12))  # x87.r1:1737
+S.fcw = (S.fcw | 63) & 0xffff  # x87.r1:1885
 """
 
-# FNSAVE_MSTATE [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/x87.r1:1746
+# FNSTENV_MENV [o32 a16 mem, o32 a32 mem] from spec/x87.r1:1872
 _T128 = """\
-b_unimplemented('FNSAVE_MSTATE', 'spec/x87.r1:1746')  # x87.r1:1746
+S.eip = $next
+ea = $ea
+if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:1654
+    raise Fault(7, None)  # x87.r1:1654
+b_check_write($seg, ea, 224)  # x87.r1:1883
+l_t_0 = 0  # x87.r1:1665
+l_i_1 = 0  # x87.r1:1666
+while (l_i_1 < 8):  # x87.r1:1667
+    l_t_0 = (l_t_0 | ((((1 if ((b_fpr(l_i_1) & 0xffffffffffffffff) == 0) else 2) if ((b_fpr(l_i_1) >> 64 & 0x7fff) == 0) else (2 if ((b_fpr(l_i_1) >> 64 & 0x7fff) == 32767) else (0 if (b_fpr(l_i_1) >> 63 & 1) else 2))) if (S.ftw >> l_i_1 & 1) else 3) << (2 * l_i_1)))  # x87.r1:1668
+    l_i_1 = (l_i_1 + 1)  # x87.r1:1669
+l_tags_2 = l_t_0  # x87.r1:1700
+l_prot_3 = (S.mode == 1)  # x87.r1:1701
+l_ip_4 = (S.fip if l_prot_3 else ((S.fcs << 4) + S.fip))  # x87.r1:1702
+l_dp_5 = (S.fdp if l_prot_3 else ((S.fds << 4) + S.fdp))  # x87.r1:1703
+wr32($seg, ea, S.fcw)  # x87.r1:1705
+wr32($seg, (ea + 4), S.fsw)  # x87.r1:1706
+wr32($seg, (ea + 8), l_tags_2)  # x87.r1:1707
+if l_prot_3:  # x87.r1:1708
+    wr32($seg, (ea + 12), l_ip_4)  # x87.r1:1709
+    wr32($seg, (ea + 16), ((S.fop << 16) | S.fcs))  # x87.r1:1710
+    wr32($seg, (ea + 20), l_dp_5)  # x87.r1:1711
+    wr32($seg, (ea + 24), S.fds)  # x87.r1:1712
+else:
+    wr32($seg, (ea + 12), (l_ip_4 & 65535))  # x87.r1:1714
+    wr32($seg, (ea + 16), ((((l_ip_4 >> 16) & 65535) << 12) | S.fop))  # x87.r1:1715
+    wr32($seg, (ea + 20), (l_dp_5 & 65535))  # x87.r1:1716
+    wr32($seg, (ea + 24), (((l_dp_5 >> 16) & 65535) << 12))  # x87.r1:1717
+S.fcw = (S.fcw | 63) & 0xffff  # x87.r1:1885
 """
 
-# FWAIT [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:1756
+# FRSTOR_MSTATE [o16 a16 mem, o16 a32 mem] from spec/x87.r1:1888
 _T129 = """\
-b_unimplemented('FWAIT', 'spec/x87.r1:1756')  # x87.r1:1756
+ea = $ea
+if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:1654
+    raise Fault(7, None)  # x87.r1:1654
+v_src = b_load($seg, ea, 864)  # x87.r1:1891
+l_step_0 = 2  # x87.r1:1744
+l_w_1 = 16  # x87.r1:1745
+l_cw_2 = rd16($seg, ea)  # x87.r1:1746
+l_sw_3 = rd16($seg, (ea + l_step_0))  # x87.r1:1747
+l_tags_4 = rd16($seg, (ea + (2 * l_step_0)))  # x87.r1:1748
+l_ip_5 = b_load($seg, (ea + (3 * l_step_0)), l_w_1)  # x87.r1:1749
+l_cs_op_6 = b_load($seg, (ea + (4 * l_step_0)), l_w_1)  # x87.r1:1750
+l_dp_7 = b_load($seg, (ea + (5 * l_step_0)), l_w_1)  # x87.r1:1751
+l_ds_hi_8 = b_load($seg, (ea + (6 * l_step_0)), l_w_1)  # x87.r1:1752
+if (S.mode == 1):  # x87.r1:1753
+    S.fip = l_ip_5 & 0xffffffff  # x87.r1:1754
+    S.fcs = (l_cs_op_6 & 0xffff) & 0xffff  # x87.r1:1755
+    S.fop = S.fop & 0x7ff  # x87.r1:1756
+    S.fdp = l_dp_7 & 0xffffffff  # x87.r1:1757
+    S.fds = (l_ds_hi_8 & 0xffff) & 0xffff  # x87.r1:1758
+else:
+    S.fip = ((l_ip_5 & 0xffff) | ((l_cs_op_6 >> 12 & 0xf) << 16)) & 0xffffffff  # x87.r1:1766
+    S.fop = (l_cs_op_6 & 0x7ff) & 0x7ff  # x87.r1:1767
+    S.fdp = ((l_dp_7 & 0xffff) | ((l_ds_hi_8 >> 12 & 0xf) << 16)) & 0xffffffff  # x87.r1:1768
+    S.fcs = 0 & 0xffff  # x87.r1:1769
+    S.fds = 0 & 0xffff  # x87.r1:1770
+S.fcw = l_cw_2 & 0xffff  # x87.r1:1772
+S.fsw = ((l_sw_3 & 32767) | ((l_sw_3 >> 7 & 1) << 15)) & 0xffff  # x87.r1:1773
+l_a_9 = 0  # x87.r1:1676
+l_i_10 = 0  # x87.r1:1677
+while (l_i_10 < 8):  # x87.r1:1678
+    if (((l_tags_4 >> (2 * l_i_10)) & 3) != 3):  # x87.r1:1679
+        l_a_9 = (l_a_9 | (1 << l_i_10))  # x87.r1:1679
+    l_i_10 = (l_i_10 + 1)  # x87.r1:1680
+S.ftw = l_a_9 & 0xff  # x87.r1:1774
+l_regs = (ea + 14)  # x87.r1:1900
+l_i = 0  # x87.r1:1901
+while (l_i < 8):  # x87.r1:1902
+    b_set_fpr((((S.fsw >> 11 & 0x7) + l_i) & 7), b_load($seg, (l_regs + (10 * l_i)), 80))  # x87.r1:1903
+    l_i = (l_i + 1)  # x87.r1:1904
 """
 
-# FFREEP_STi [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:1767
+# FRSTOR_MSTATE [o32 a16 mem, o32 a32 mem] from spec/x87.r1:1888
 _T130 = """\
+ea = $ea
+if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:1654
+    raise Fault(7, None)  # x87.r1:1654
+v_src = b_load($seg, ea, 864)  # x87.r1:1891
+l_step_0 = 4  # x87.r1:1744
+l_w_1 = 32  # x87.r1:1745
+l_cw_2 = rd16($seg, ea)  # x87.r1:1746
+l_sw_3 = rd16($seg, (ea + l_step_0))  # x87.r1:1747
+l_tags_4 = rd16($seg, (ea + (2 * l_step_0)))  # x87.r1:1748
+l_ip_5 = b_load($seg, (ea + (3 * l_step_0)), l_w_1)  # x87.r1:1749
+l_cs_op_6 = b_load($seg, (ea + (4 * l_step_0)), l_w_1)  # x87.r1:1750
+l_dp_7 = b_load($seg, (ea + (5 * l_step_0)), l_w_1)  # x87.r1:1751
+l_ds_hi_8 = b_load($seg, (ea + (6 * l_step_0)), l_w_1)  # x87.r1:1752
+if (S.mode == 1):  # x87.r1:1753
+    S.fip = l_ip_5 & 0xffffffff  # x87.r1:1754
+    S.fcs = (l_cs_op_6 & 0xffff) & 0xffff  # x87.r1:1755
+    S.fop = (l_cs_op_6 >> 16 & 0x7ff) & 0x7ff  # x87.r1:1756
+    S.fdp = l_dp_7 & 0xffffffff  # x87.r1:1757
+    S.fds = (l_ds_hi_8 & 0xffff) & 0xffff  # x87.r1:1758
+else:
+    S.fip = ((l_ip_5 & 0xffff) | ((l_cs_op_6 >> 12 & 0xffff) << 16)) & 0xffffffff  # x87.r1:1760
+    S.fop = (l_cs_op_6 & 0x7ff) & 0x7ff  # x87.r1:1761
+    S.fdp = ((l_dp_7 & 0xffff) | ((l_ds_hi_8 >> 12 & 0xffff) << 16)) & 0xffffffff  # x87.r1:1762
+    S.fcs = 0 & 0xffff  # x87.r1:1763
+    S.fds = 0 & 0xffff  # x87.r1:1764
+S.fcw = l_cw_2 & 0xffff  # x87.r1:1772
+S.fsw = ((l_sw_3 & 32767) | ((l_sw_3 >> 7 & 1) << 15)) & 0xffff  # x87.r1:1773
+l_a_9 = 0  # x87.r1:1676
+l_i_10 = 0  # x87.r1:1677
+while (l_i_10 < 8):  # x87.r1:1678
+    if (((l_tags_4 >> (2 * l_i_10)) & 3) != 3):  # x87.r1:1679
+        l_a_9 = (l_a_9 | (1 << l_i_10))  # x87.r1:1679
+    l_i_10 = (l_i_10 + 1)  # x87.r1:1680
+S.ftw = l_a_9 & 0xff  # x87.r1:1774
+l_regs = (ea + 28)  # x87.r1:1900
+l_i = 0  # x87.r1:1901
+while (l_i < 8):  # x87.r1:1902
+    b_set_fpr((((S.fsw >> 11 & 0x7) + l_i) & 7), b_load($seg, (l_regs + (10 * l_i)), 80))  # x87.r1:1903
+    l_i = (l_i + 1)  # x87.r1:1904
+"""
+
+# FNSAVE_MSTATE [o16 a16 mem, o16 a32 mem] from spec/x87.r1:1908
+_T131 = """\
+S.eip = $next
+ea = $ea
+if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:1654
+    raise Fault(7, None)  # x87.r1:1654
+b_check_write($seg, ea, 752)  # x87.r1:1919
+l_t_0 = 0  # x87.r1:1665
+l_i_1 = 0  # x87.r1:1666
+while (l_i_1 < 8):  # x87.r1:1667
+    l_t_0 = (l_t_0 | ((((1 if ((b_fpr(l_i_1) & 0xffffffffffffffff) == 0) else 2) if ((b_fpr(l_i_1) >> 64 & 0x7fff) == 0) else (2 if ((b_fpr(l_i_1) >> 64 & 0x7fff) == 32767) else (0 if (b_fpr(l_i_1) >> 63 & 1) else 2))) if (S.ftw >> l_i_1 & 1) else 3) << (2 * l_i_1)))  # x87.r1:1668
+    l_i_1 = (l_i_1 + 1)  # x87.r1:1669
+l_tags_2 = l_t_0  # x87.r1:1700
+l_prot_3 = (S.mode == 1)  # x87.r1:1701
+l_ip_4 = (S.fip if l_prot_3 else ((S.fcs << 4) + S.fip))  # x87.r1:1702
+l_dp_5 = (S.fdp if l_prot_3 else ((S.fds << 4) + S.fdp))  # x87.r1:1703
+wr16($seg, ea, S.fcw)  # x87.r1:1725
+wr16($seg, (ea + 2), S.fsw)  # x87.r1:1726
+wr16($seg, (ea + 4), l_tags_2)  # x87.r1:1727
+if l_prot_3:  # x87.r1:1728
+    wr16($seg, (ea + 6), l_ip_4)  # x87.r1:1729
+    wr16($seg, (ea + 8), S.fcs)  # x87.r1:1730
+    wr16($seg, (ea + 10), l_dp_5)  # x87.r1:1731
+    wr16($seg, (ea + 12), S.fds)  # x87.r1:1732
+else:
+    wr16($seg, (ea + 6), l_ip_4)  # x87.r1:1734
+    wr16($seg, (ea + 8), ((((l_ip_4 >> 16) & 15) << 12) | S.fop))  # x87.r1:1735
+    wr16($seg, (ea + 10), l_dp_5)  # x87.r1:1736
+    wr16($seg, (ea + 12), (((l_dp_5 >> 16) & 15) << 12))  # x87.r1:1737
+l_regs = (ea + 14)  # x87.r1:1921
+l_i = 0  # x87.r1:1922
+while (l_i < 8):  # x87.r1:1923
+    b_store($seg, (l_regs + (10 * l_i)), 80, b_fpr((((S.fsw >> 11 & 0x7) + l_i) & 7)))  # x87.r1:1924
+    l_i = (l_i + 1)  # x87.r1:1925
+S.fcw = 895 & 0xffff  # x87.r1:1686
+S.fsw = 0 & 0xffff  # x87.r1:1687
+S.ftw = 0 & 0xff  # x87.r1:1688
+S.fip = 0 & 0xffffffff  # x87.r1:1689
+S.fcs = 0 & 0xffff  # x87.r1:1690
+S.fdp = 0 & 0xffffffff  # x87.r1:1691
+S.fds = 0 & 0xffff  # x87.r1:1692
+S.fop = 0 & 0x7ff  # x87.r1:1693
+"""
+
+# FNSAVE_MSTATE [o32 a16 mem, o32 a32 mem] from spec/x87.r1:1908
+_T132 = """\
+S.eip = $next
+ea = $ea
+if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:1654
+    raise Fault(7, None)  # x87.r1:1654
+b_check_write($seg, ea, 864)  # x87.r1:1919
+l_t_0 = 0  # x87.r1:1665
+l_i_1 = 0  # x87.r1:1666
+while (l_i_1 < 8):  # x87.r1:1667
+    l_t_0 = (l_t_0 | ((((1 if ((b_fpr(l_i_1) & 0xffffffffffffffff) == 0) else 2) if ((b_fpr(l_i_1) >> 64 & 0x7fff) == 0) else (2 if ((b_fpr(l_i_1) >> 64 & 0x7fff) == 32767) else (0 if (b_fpr(l_i_1) >> 63 & 1) else 2))) if (S.ftw >> l_i_1 & 1) else 3) << (2 * l_i_1)))  # x87.r1:1668
+    l_i_1 = (l_i_1 + 1)  # x87.r1:1669
+l_tags_2 = l_t_0  # x87.r1:1700
+l_prot_3 = (S.mode == 1)  # x87.r1:1701
+l_ip_4 = (S.fip if l_prot_3 else ((S.fcs << 4) + S.fip))  # x87.r1:1702
+l_dp_5 = (S.fdp if l_prot_3 else ((S.fds << 4) + S.fdp))  # x87.r1:1703
+wr32($seg, ea, S.fcw)  # x87.r1:1705
+wr32($seg, (ea + 4), S.fsw)  # x87.r1:1706
+wr32($seg, (ea + 8), l_tags_2)  # x87.r1:1707
+if l_prot_3:  # x87.r1:1708
+    wr32($seg, (ea + 12), l_ip_4)  # x87.r1:1709
+    wr32($seg, (ea + 16), ((S.fop << 16) | S.fcs))  # x87.r1:1710
+    wr32($seg, (ea + 20), l_dp_5)  # x87.r1:1711
+    wr32($seg, (ea + 24), S.fds)  # x87.r1:1712
+else:
+    wr32($seg, (ea + 12), (l_ip_4 & 65535))  # x87.r1:1714
+    wr32($seg, (ea + 16), ((((l_ip_4 >> 16) & 65535) << 12) | S.fop))  # x87.r1:1715
+    wr32($seg, (ea + 20), (l_dp_5 & 65535))  # x87.r1:1716
+    wr32($seg, (ea + 24), (((l_dp_5 >> 16) & 65535) << 12))  # x87.r1:1717
+l_regs = (ea + 28)  # x87.r1:1921
+l_i = 0  # x87.r1:1922
+while (l_i < 8):  # x87.r1:1923
+    b_store($seg, (l_regs + (10 * l_i)), 80, b_fpr((((S.fsw >> 11 & 0x7) + l_i) & 7)))  # x87.r1:1924
+    l_i = (l_i + 1)  # x87.r1:1925
+S.fcw = 895 & 0xffff  # x87.r1:1686
+S.fsw = 0 & 0xffff  # x87.r1:1687
+S.ftw = 0 & 0xff  # x87.r1:1688
+S.fip = 0 & 0xffffffff  # x87.r1:1689
+S.fcs = 0 & 0xffff  # x87.r1:1690
+S.fdp = 0 & 0xffffffff  # x87.r1:1691
+S.fds = 0 & 0xffff  # x87.r1:1692
+S.fop = 0 & 0x7ff  # x87.r1:1693
+"""
+
+# FWAIT [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:1930
+_T133 = """\
+if ((S.cr[0] >> 1 & 0x1) and (S.cr[0] >> 3 & 0x1)):  # x87.r1:1939
+    raise Fault(7, None)  # x87.r1:1939
+if (S.fsw >> 7 & 0x1):  # x87.r1:1940
+    if (not (S.cr[0] >> 5 & 0x1)):  # x87.r1:1941
+        b_unsupported('an unmasked x87 exception reported through FERR# (CR0.NE clear: IRQ 13)')  # x87.r1:1941
+    raise Fault(16, None)  # x87.r1:1942
+"""
+
+# FFREEP_STi [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:1948
+_T134 = """\
 if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:81
     raise Fault(7, None)  # x87.r1:81
 if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # x87.r1:82
@@ -4073,140 +4395,14 @@ if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # x87.r1:82
 S.fip = $here & 0xffffffff  # x87.r1:88
 S.fcs = S.sel[1] & 0xffff  # x87.r1:89
 S.fop = $fop & 0x7ff  # x87.r1:90
-S.ftw = (S.ftw & (~(1 << (((S.fsw >> 11 & 0x7) + $dst) & 7)))) & 0xff  # x87.r1:1776
+S.ftw = (S.ftw & (~(1 << (((S.fsw >> 11 & 0x7) + $dst) & 7)))) & 0xff  # x87.r1:1957
 S.ftw = (S.ftw & (~(1 << ((S.fsw >> 11 & 0x7) & 7)))) & 0xff  # x87.r1:118
 S.fsw = S.fsw & 0xffffc7ff | ((((S.fsw >> 11 & 0x7) + 1) & 7) & 7) << 11  # x87.r1:119
 """
 
-# FSTPNCE_STi [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:1778
-_T131 = """\
-v_src = S.fpr[S.fsw >> 11 & 7]  # x87.r1:1781
-if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:81
-    raise Fault(7, None)  # x87.r1:81
-if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # x87.r1:82
-    raise Fault(16, None)  # x87.r1:82
-S.fip = $here & 0xffffffff  # x87.r1:88
-S.fcs = S.sel[1] & 0xffff  # x87.r1:89
-S.fop = $fop & 0x7ff  # x87.r1:90
-if (not (S.ftw >> ((S.fsw >> 11 & 0x7) & 7) & 1)):  # x87.r1:256
-    S.fsw = (S.fsw | 65) & 0xffff  # x87.r1:108
-    S.fsw = S.fsw & 0xfffffdff | 0x0  # x87.r1:109
-    if (1 & (~S.fcw)):  # x87.r1:110
-        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:110
-        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:110
-    if (S.fcw & 0x1):  # x87.r1:144
-        b_set_fpr((((S.fsw >> 11 & 0x7) + $dst) & 7), 1208921207928610747318272)  # x87.r1:114
-        S.ftw = (S.ftw | (1 << (((S.fsw >> 11 & 0x7) + $dst) & 7))) & 0xff  # x87.r1:115
-        S.ftw = (S.ftw & (~(1 << ((S.fsw >> 11 & 0x7) & 7)))) & 0xff  # x87.r1:118
-        S.fsw = S.fsw & 0xffffc7ff | ((((S.fsw >> 11 & 0x7) + 1) & 7) & 7) << 11  # x87.r1:119
-else:
-    l_v_0 = b_fpr(((S.fsw >> 11 & 0x7) & 7))  # x87.r1:259
-    S.fsw = S.fsw & 0xffff  # x87.r1:108
-    S.fsw = S.fsw & 0xfffffdff | 0x0  # x87.r1:109
-    b_set_fpr((((S.fsw >> 11 & 0x7) + $dst) & 7), l_v_0)  # x87.r1:114
-    S.ftw = (S.ftw | (1 << (((S.fsw >> 11 & 0x7) + $dst) & 7))) & 0xff  # x87.r1:115
-    S.ftw = (S.ftw & (~(1 << ((S.fsw >> 11 & 0x7) & 7)))) & 0xff  # x87.r1:118
-    S.fsw = S.fsw & 0xffffc7ff | ((((S.fsw >> 11 & 0x7) + 1) & 7) & 7) << 11  # x87.r1:119
-"""
-
-# FCOM_STi_DCD0 [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:1789
-_T132 = """\
-v_a = S.fpr[S.fsw >> 11 & 7]  # x87.r1:1792
-v_b = S.fpr[(S.fsw >> 11) + $b & 7]  # x87.r1:1792
-if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:81
-    raise Fault(7, None)  # x87.r1:81
-if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # x87.r1:82
-    raise Fault(16, None)  # x87.r1:82
-S.fip = $here & 0xffffffff  # x87.r1:88
-S.fcs = S.sel[1] & 0xffff  # x87.r1:89
-S.fop = $fop & 0x7ff  # x87.r1:90
-l_i = $b  # x87.r1:1799
-l_r = b_f80_compare(b_fpr(((S.fsw >> 11 & 0x7) & 7)), b_fpr((((S.fsw >> 11 & 0x7) + l_i) & 7)), 80, 0)  # x87.r1:1799
-m_b_empty_0 = (not (S.ftw >> (((S.fsw >> 11 & 0x7) + l_i) & 7) & 1))
-l_rel_1 = (l_r & 3)  # x87.r1:270
-l_flags_2 = (l_r >> 80)  # x87.r1:271
-if ((not (S.ftw >> ((S.fsw >> 11 & 0x7) & 7) & 1)) or m_b_empty_0):  # x87.r1:272
-    l_rel_1 = 3  # x87.r1:273
-    l_flags_2 = 65  # x87.r1:274
-S.fsw = (S.fsw | (l_flags_2 & 127)) & 0xffff  # x87.r1:108
-S.fsw = S.fsw & 0xfffffdff | ((l_flags_2 >> 9 & 1) & 1) << 9  # x87.r1:109
-if ((l_flags_2 & 63) & (~S.fcw)):  # x87.r1:110
-    S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:110
-    S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:110
-if (not (((l_flags_2 & 7) & (~S.fcw)) != 0)):  # x87.r1:277
-    S.fsw = S.fsw & 0xfffffeff | (((l_rel_1 == 0) or (l_rel_1 == 3)) & 1) << 8  # x87.r1:278
-    S.fsw = S.fsw & 0xfffffbff | ((l_rel_1 == 3) & 1) << 10  # x87.r1:279
-    S.fsw = S.fsw & 0xffffbfff | (((l_rel_1 == 1) or (l_rel_1 == 3)) & 1) << 14  # x87.r1:280
-"""
-
-# FCOMP_STi_DCD8 [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:1801
-_T133 = """\
-v_a = S.fpr[S.fsw >> 11 & 7]  # x87.r1:1804
-v_b = S.fpr[(S.fsw >> 11) + $b & 7]  # x87.r1:1804
-if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:81
-    raise Fault(7, None)  # x87.r1:81
-if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # x87.r1:82
-    raise Fault(16, None)  # x87.r1:82
-S.fip = $here & 0xffffffff  # x87.r1:88
-S.fcs = S.sel[1] & 0xffff  # x87.r1:89
-S.fop = $fop & 0x7ff  # x87.r1:90
-l_i = $b  # x87.r1:1811
-l_r = b_f80_compare(b_fpr(((S.fsw >> 11 & 0x7) & 7)), b_fpr((((S.fsw >> 11 & 0x7) + l_i) & 7)), 80, 0)  # x87.r1:1811
-m_b_empty_0 = (not (S.ftw >> (((S.fsw >> 11 & 0x7) + l_i) & 7) & 1))
-l_rel_1 = (l_r & 3)  # x87.r1:270
-l_flags_2 = (l_r >> 80)  # x87.r1:271
-if ((not (S.ftw >> ((S.fsw >> 11 & 0x7) & 7) & 1)) or m_b_empty_0):  # x87.r1:272
-    l_rel_1 = 3  # x87.r1:273
-    l_flags_2 = 65  # x87.r1:274
-S.fsw = (S.fsw | (l_flags_2 & 127)) & 0xffff  # x87.r1:108
-S.fsw = S.fsw & 0xfffffdff | ((l_flags_2 >> 9 & 1) & 1) << 9  # x87.r1:109
-if ((l_flags_2 & 63) & (~S.fcw)):  # x87.r1:110
-    S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:110
-    S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:110
-if (not (((l_flags_2 & 7) & (~S.fcw)) != 0)):  # x87.r1:277
-    S.fsw = S.fsw & 0xfffffeff | (((l_rel_1 == 0) or (l_rel_1 == 3)) & 1) << 8  # x87.r1:278
-    S.fsw = S.fsw & 0xfffffbff | ((l_rel_1 == 3) & 1) << 10  # x87.r1:279
-    S.fsw = S.fsw & 0xffffbfff | (((l_rel_1 == 1) or (l_rel_1 == 3)) & 1) << 14  # x87.r1:280
-    S.ftw = (S.ftw & (~(1 << ((S.fsw >> 11 & 0x7) & 7)))) & 0xff  # x87.r1:118
-    S.fsw = S.fsw & 0xffffc7ff | ((((S.fsw >> 11 & 0x7) + 1) & 7) & 7) << 11  # x87.r1:119
-"""
-
-# FCOMP_STi_DED0 [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:1813
-_T134 = """\
-v_a = S.fpr[S.fsw >> 11 & 7]  # x87.r1:1816
-v_b = S.fpr[(S.fsw >> 11) + $b & 7]  # x87.r1:1816
-if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:81
-    raise Fault(7, None)  # x87.r1:81
-if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # x87.r1:82
-    raise Fault(16, None)  # x87.r1:82
-S.fip = $here & 0xffffffff  # x87.r1:88
-S.fcs = S.sel[1] & 0xffff  # x87.r1:89
-S.fop = $fop & 0x7ff  # x87.r1:90
-l_i = $b  # x87.r1:1823
-l_r = b_f80_compare(b_fpr(((S.fsw >> 11 & 0x7) & 7)), b_fpr((((S.fsw >> 11 & 0x7) + l_i) & 7)), 80, 0)  # x87.r1:1823
-m_b_empty_0 = (not (S.ftw >> (((S.fsw >> 11 & 0x7) + l_i) & 7) & 1))
-l_rel_1 = (l_r & 3)  # x87.r1:270
-l_flags_2 = (l_r >> 80)  # x87.r1:271
-if ((not (S.ftw >> ((S.fsw >> 11 & 0x7) & 7) & 1)) or m_b_empty_0):  # x87.r1:272
-    l_rel_1 = 3  # x87.r1:273
-    l_flags_2 = 65  # x87.r1:274
-S.fsw = (S.fsw | (l_flags_2 & 127)) & 0xffff  # x87.r1:108
-S.fsw = S.fsw & 0xfffffdff | ((l_flags_2 >> 9 & 1) & 1) << 9  # x87.r1:109
-if ((l_flags_2 & 63) & (~S.fcw)):  # x87.r1:110
-    S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:110
-    S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:110
-if (not (((l_flags_2 & 7) & (~S.fcw)) != 0)):  # x87.r1:277
-    S.fsw = S.fsw & 0xfffffeff | (((l_rel_1 == 0) or (l_rel_1 == 3)) & 1) << 8  # x87.r1:278
-    S.fsw = S.fsw & 0xfffffbff | ((l_rel_1 == 3) & 1) << 10  # x87.r1:279
-    S.fsw = S.fsw & 0xffffbfff | (((l_rel_1 == 1) or (l_rel_1 == 3)) & 1) << 14  # x87.r1:280
-    S.ftw = (S.ftw & (~(1 << ((S.fsw >> 11 & 0x7) & 7)))) & 0xff  # x87.r1:118
-    S.fsw = S.fsw & 0xffffc7ff | ((((S.fsw >> 11 & 0x7) + 1) & 7) & 7) << 11  # x87.r1:119
-"""
-
-# FXCH_STi_DDC8 [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:1825
+# FSTPNCE_STi [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:1959
 _T135 = """\
-v_a = S.fpr[S.fsw >> 11 & 7]  # x87.r1:1828
-v_b = S.fpr[(S.fsw >> 11) + $b & 7]  # x87.r1:1828
+v_src = S.fpr[S.fsw >> 11 & 7]  # x87.r1:1962
 if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:81
     raise Fault(7, None)  # x87.r1:81
 if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # x87.r1:82
@@ -4214,36 +4410,125 @@ if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # x87.r1:82
 S.fip = $here & 0xffffffff  # x87.r1:88
 S.fcs = S.sel[1] & 0xffff  # x87.r1:89
 S.fop = $fop & 0x7ff  # x87.r1:90
-l_x_0 = b_fpr(((S.fsw >> 11 & 0x7) & 7))  # x87.r1:308
-l_y_1 = b_fpr((((S.fsw >> 11 & 0x7) + $b) & 7))  # x87.r1:309
-if ((not (S.ftw >> ((S.fsw >> 11 & 0x7) & 7) & 1)) or (not (S.ftw >> (((S.fsw >> 11 & 0x7) + $b) & 7) & 1))):  # x87.r1:310
+if (not (S.ftw >> ((S.fsw >> 11 & 0x7) & 7) & 1)):  # x87.r1:256
     S.fsw = (S.fsw | 65) & 0xffff  # x87.r1:108
     S.fsw = S.fsw & 0xfffffdff | 0x0  # x87.r1:109
     if (1 & (~S.fcw)):  # x87.r1:110
         S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:110
         S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:110
-    if (S.fcw & 0x1):  # x87.r1:312
-        if (not (S.ftw >> ((S.fsw >> 11 & 0x7) & 7) & 1)):  # x87.r1:313
-            l_x_0 = 1208921207928610747318272  # x87.r1:313
-        if (not (S.ftw >> (((S.fsw >> 11 & 0x7) + $b) & 7) & 1)):  # x87.r1:314
-            l_y_1 = 1208921207928610747318272  # x87.r1:314
-        b_set_fpr(((S.fsw >> 11 & 0x7) & 7), l_y_1)  # x87.r1:114
-        S.ftw = (S.ftw | (1 << ((S.fsw >> 11 & 0x7) & 7))) & 0xff  # x87.r1:115
-        b_set_fpr((((S.fsw >> 11 & 0x7) + $b) & 7), l_x_0)  # x87.r1:114
-        S.ftw = (S.ftw | (1 << (((S.fsw >> 11 & 0x7) + $b) & 7))) & 0xff  # x87.r1:115
+    if (S.fcw & 0x1):  # x87.r1:144
+        b_set_fpr((((S.fsw >> 11 & 0x7) + $dst) & 7), 1208921207928610747318272)  # x87.r1:114
+        S.ftw = (S.ftw | (1 << (((S.fsw >> 11 & 0x7) + $dst) & 7))) & 0xff  # x87.r1:115
+        S.ftw = (S.ftw & (~(1 << ((S.fsw >> 11 & 0x7) & 7)))) & 0xff  # x87.r1:118
+        S.fsw = S.fsw & 0xffffc7ff | ((((S.fsw >> 11 & 0x7) + 1) & 7) & 7) << 11  # x87.r1:119
 else:
+    l_v_0 = b_fpr(((S.fsw >> 11 & 0x7) & 7))  # x87.r1:259
     S.fsw = S.fsw & 0xffff  # x87.r1:108
     S.fsw = S.fsw & 0xfffffdff | 0x0  # x87.r1:109
-    b_set_fpr(((S.fsw >> 11 & 0x7) & 7), l_y_1)  # x87.r1:114
-    S.ftw = (S.ftw | (1 << ((S.fsw >> 11 & 0x7) & 7))) & 0xff  # x87.r1:115
-    b_set_fpr((((S.fsw >> 11 & 0x7) + $b) & 7), l_x_0)  # x87.r1:114
-    S.ftw = (S.ftw | (1 << (((S.fsw >> 11 & 0x7) + $b) & 7))) & 0xff  # x87.r1:115
+    b_set_fpr((((S.fsw >> 11 & 0x7) + $dst) & 7), l_v_0)  # x87.r1:114
+    S.ftw = (S.ftw | (1 << (((S.fsw >> 11 & 0x7) + $dst) & 7))) & 0xff  # x87.r1:115
+    S.ftw = (S.ftw & (~(1 << ((S.fsw >> 11 & 0x7) & 7)))) & 0xff  # x87.r1:118
+    S.fsw = S.fsw & 0xffffc7ff | ((((S.fsw >> 11 & 0x7) + 1) & 7) & 7) << 11  # x87.r1:119
 """
 
-# FXCH_STi_DFC8 [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:1837
+# FCOM_STi_DCD0 [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:1970
 _T136 = """\
-v_a = S.fpr[S.fsw >> 11 & 7]  # x87.r1:1840
-v_b = S.fpr[(S.fsw >> 11) + $b & 7]  # x87.r1:1840
+v_a = S.fpr[S.fsw >> 11 & 7]  # x87.r1:1973
+v_b = S.fpr[(S.fsw >> 11) + $b & 7]  # x87.r1:1973
+if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:81
+    raise Fault(7, None)  # x87.r1:81
+if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # x87.r1:82
+    raise Fault(16, None)  # x87.r1:82
+S.fip = $here & 0xffffffff  # x87.r1:88
+S.fcs = S.sel[1] & 0xffff  # x87.r1:89
+S.fop = $fop & 0x7ff  # x87.r1:90
+l_i = $b  # x87.r1:1980
+l_r = b_f80_compare(b_fpr(((S.fsw >> 11 & 0x7) & 7)), b_fpr((((S.fsw >> 11 & 0x7) + l_i) & 7)), 80, 0)  # x87.r1:1980
+m_b_empty_0 = (not (S.ftw >> (((S.fsw >> 11 & 0x7) + l_i) & 7) & 1))
+l_rel_1 = (l_r & 3)  # x87.r1:270
+l_flags_2 = (l_r >> 80)  # x87.r1:271
+if ((not (S.ftw >> ((S.fsw >> 11 & 0x7) & 7) & 1)) or m_b_empty_0):  # x87.r1:272
+    l_rel_1 = 3  # x87.r1:273
+    l_flags_2 = 65  # x87.r1:274
+S.fsw = (S.fsw | (l_flags_2 & 127)) & 0xffff  # x87.r1:108
+S.fsw = S.fsw & 0xfffffdff | ((l_flags_2 >> 9 & 1) & 1) << 9  # x87.r1:109
+if ((l_flags_2 & 63) & (~S.fcw)):  # x87.r1:110
+    S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:110
+    S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:110
+if (not (((l_flags_2 & 7) & (~S.fcw)) != 0)):  # x87.r1:277
+    S.fsw = S.fsw & 0xfffffeff | (((l_rel_1 == 0) or (l_rel_1 == 3)) & 1) << 8  # x87.r1:278
+    S.fsw = S.fsw & 0xfffffbff | ((l_rel_1 == 3) & 1) << 10  # x87.r1:279
+    S.fsw = S.fsw & 0xffffbfff | (((l_rel_1 == 1) or (l_rel_1 == 3)) & 1) << 14  # x87.r1:280
+"""
+
+# FCOMP_STi_DCD8 [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:1982
+_T137 = """\
+v_a = S.fpr[S.fsw >> 11 & 7]  # x87.r1:1985
+v_b = S.fpr[(S.fsw >> 11) + $b & 7]  # x87.r1:1985
+if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:81
+    raise Fault(7, None)  # x87.r1:81
+if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # x87.r1:82
+    raise Fault(16, None)  # x87.r1:82
+S.fip = $here & 0xffffffff  # x87.r1:88
+S.fcs = S.sel[1] & 0xffff  # x87.r1:89
+S.fop = $fop & 0x7ff  # x87.r1:90
+l_i = $b  # x87.r1:1992
+l_r = b_f80_compare(b_fpr(((S.fsw >> 11 & 0x7) & 7)), b_fpr((((S.fsw >> 11 & 0x7) + l_i) & 7)), 80, 0)  # x87.r1:1992
+m_b_empty_0 = (not (S.ftw >> (((S.fsw >> 11 & 0x7) + l_i) & 7) & 1))
+l_rel_1 = (l_r & 3)  # x87.r1:270
+l_flags_2 = (l_r >> 80)  # x87.r1:271
+if ((not (S.ftw >> ((S.fsw >> 11 & 0x7) & 7) & 1)) or m_b_empty_0):  # x87.r1:272
+    l_rel_1 = 3  # x87.r1:273
+    l_flags_2 = 65  # x87.r1:274
+S.fsw = (S.fsw | (l_flags_2 & 127)) & 0xffff  # x87.r1:108
+S.fsw = S.fsw & 0xfffffdff | ((l_flags_2 >> 9 & 1) & 1) << 9  # x87.r1:109
+if ((l_flags_2 & 63) & (~S.fcw)):  # x87.r1:110
+    S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:110
+    S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:110
+if (not (((l_flags_2 & 7) & (~S.fcw)) != 0)):  # x87.r1:277
+    S.fsw = S.fsw & 0xfffffeff | (((l_rel_1 == 0) or (l_rel_1 == 3)) & 1) << 8  # x87.r1:278
+    S.fsw = S.fsw & 0xfffffbff | ((l_rel_1 == 3) & 1) << 10  # x87.r1:279
+    S.fsw = S.fsw & 0xffffbfff | (((l_rel_1 == 1) or (l_rel_1 == 3)) & 1) << 14  # x87.r1:280
+    S.ftw = (S.ftw & (~(1 << ((S.fsw >> 11 & 0x7) & 7)))) & 0xff  # x87.r1:118
+    S.fsw = S.fsw & 0xffffc7ff | ((((S.fsw >> 11 & 0x7) + 1) & 7) & 7) << 11  # x87.r1:119
+"""
+
+# FCOMP_STi_DED0 [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:1994
+_T138 = """\
+v_a = S.fpr[S.fsw >> 11 & 7]  # x87.r1:1997
+v_b = S.fpr[(S.fsw >> 11) + $b & 7]  # x87.r1:1997
+if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:81
+    raise Fault(7, None)  # x87.r1:81
+if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # x87.r1:82
+    raise Fault(16, None)  # x87.r1:82
+S.fip = $here & 0xffffffff  # x87.r1:88
+S.fcs = S.sel[1] & 0xffff  # x87.r1:89
+S.fop = $fop & 0x7ff  # x87.r1:90
+l_i = $b  # x87.r1:2004
+l_r = b_f80_compare(b_fpr(((S.fsw >> 11 & 0x7) & 7)), b_fpr((((S.fsw >> 11 & 0x7) + l_i) & 7)), 80, 0)  # x87.r1:2004
+m_b_empty_0 = (not (S.ftw >> (((S.fsw >> 11 & 0x7) + l_i) & 7) & 1))
+l_rel_1 = (l_r & 3)  # x87.r1:270
+l_flags_2 = (l_r >> 80)  # x87.r1:271
+if ((not (S.ftw >> ((S.fsw >> 11 & 0x7) & 7) & 1)) or m_b_empty_0):  # x87.r1:272
+    l_rel_1 = 3  # x87.r1:273
+    l_flags_2 = 65  # x87.r1:274
+S.fsw = (S.fsw | (l_flags_2 & 127)) & 0xffff  # x87.r1:108
+S.fsw = S.fsw & 0xfffffdff | ((l_flags_2 >> 9 & 1) & 1) << 9  # x87.r1:109
+if ((l_flags_2 & 63) & (~S.fcw)):  # x87.r1:110
+    S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:110
+    S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:110
+if (not (((l_flags_2 & 7) & (~S.fcw)) != 0)):  # x87.r1:277
+    S.fsw = S.fsw & 0xfffffeff | (((l_rel_1 == 0) or (l_rel_1 == 3)) & 1) << 8  # x87.r1:278
+    S.fsw = S.fsw & 0xfffffbff | ((l_rel_1 == 3) & 1) << 10  # x87.r1:279
+    S.fsw = S.fsw & 0xffffbfff | (((l_rel_1 == 1) or (l_rel_1 == 3)) & 1) << 14  # x87.r1:280
+    S.ftw = (S.ftw & (~(1 << ((S.fsw >> 11 & 0x7) & 7)))) & 0xff  # x87.r1:118
+    S.fsw = S.fsw & 0xffffc7ff | ((((S.fsw >> 11 & 0x7) + 1) & 7) & 7) << 11  # x87.r1:119
+"""
+
+# FXCH_STi_DDC8 [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:2006
+_T139 = """\
+v_a = S.fpr[S.fsw >> 11 & 7]  # x87.r1:2009
+v_b = S.fpr[(S.fsw >> 11) + $b & 7]  # x87.r1:2009
 if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:81
     raise Fault(7, None)  # x87.r1:81
 if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # x87.r1:82
@@ -4277,84 +4562,121 @@ else:
     S.ftw = (S.ftw | (1 << (((S.fsw >> 11 & 0x7) + $b) & 7))) & 0xff  # x87.r1:115
 """
 
-# FSTP_STi_DFD0 [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:1849
-_T137 = """\
-v_src = S.fpr[S.fsw >> 11 & 7]  # x87.r1:1852
-if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:81
-    raise Fault(7, None)  # x87.r1:81
-if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # x87.r1:82
-    raise Fault(16, None)  # x87.r1:82
-S.fip = $here & 0xffffffff  # x87.r1:88
-S.fcs = S.sel[1] & 0xffff  # x87.r1:89
-S.fop = $fop & 0x7ff  # x87.r1:90
-if (not (S.ftw >> ((S.fsw >> 11 & 0x7) & 7) & 1)):  # x87.r1:256
-    S.fsw = (S.fsw | 65) & 0xffff  # x87.r1:108
-    S.fsw = S.fsw & 0xfffffdff | 0x0  # x87.r1:109
-    if (1 & (~S.fcw)):  # x87.r1:110
-        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:110
-        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:110
-    if (S.fcw & 0x1):  # x87.r1:144
-        b_set_fpr((((S.fsw >> 11 & 0x7) + $dst) & 7), 1208921207928610747318272)  # x87.r1:114
-        S.ftw = (S.ftw | (1 << (((S.fsw >> 11 & 0x7) + $dst) & 7))) & 0xff  # x87.r1:115
-        S.ftw = (S.ftw & (~(1 << ((S.fsw >> 11 & 0x7) & 7)))) & 0xff  # x87.r1:118
-        S.fsw = S.fsw & 0xffffc7ff | ((((S.fsw >> 11 & 0x7) + 1) & 7) & 7) << 11  # x87.r1:119
-else:
-    l_v_0 = b_fpr(((S.fsw >> 11 & 0x7) & 7))  # x87.r1:259
-    S.fsw = S.fsw & 0xffff  # x87.r1:108
-    S.fsw = S.fsw & 0xfffffdff | 0x0  # x87.r1:109
-    b_set_fpr((((S.fsw >> 11 & 0x7) + $dst) & 7), l_v_0)  # x87.r1:114
-    S.ftw = (S.ftw | (1 << (((S.fsw >> 11 & 0x7) + $dst) & 7))) & 0xff  # x87.r1:115
-    S.ftw = (S.ftw & (~(1 << ((S.fsw >> 11 & 0x7) & 7)))) & 0xff  # x87.r1:118
-    S.fsw = S.fsw & 0xffffc7ff | ((((S.fsw >> 11 & 0x7) + 1) & 7) & 7) << 11  # x87.r1:119
-"""
-
-# FSTP_STi_DFD8 [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:1861
-_T138 = """\
-v_src = S.fpr[S.fsw >> 11 & 7]  # x87.r1:1864
-if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:81
-    raise Fault(7, None)  # x87.r1:81
-if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # x87.r1:82
-    raise Fault(16, None)  # x87.r1:82
-S.fip = $here & 0xffffffff  # x87.r1:88
-S.fcs = S.sel[1] & 0xffff  # x87.r1:89
-S.fop = $fop & 0x7ff  # x87.r1:90
-if (not (S.ftw >> ((S.fsw >> 11 & 0x7) & 7) & 1)):  # x87.r1:256
-    S.fsw = (S.fsw | 65) & 0xffff  # x87.r1:108
-    S.fsw = S.fsw & 0xfffffdff | 0x0  # x87.r1:109
-    if (1 & (~S.fcw)):  # x87.r1:110
-        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:110
-        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:110
-    if (S.fcw & 0x1):  # x87.r1:144
-        b_set_fpr((((S.fsw >> 11 & 0x7) + $dst) & 7), 1208921207928610747318272)  # x87.r1:114
-        S.ftw = (S.ftw | (1 << (((S.fsw >> 11 & 0x7) + $dst) & 7))) & 0xff  # x87.r1:115
-        S.ftw = (S.ftw & (~(1 << ((S.fsw >> 11 & 0x7) & 7)))) & 0xff  # x87.r1:118
-        S.fsw = S.fsw & 0xffffc7ff | ((((S.fsw >> 11 & 0x7) + 1) & 7) & 7) << 11  # x87.r1:119
-else:
-    l_v_0 = b_fpr(((S.fsw >> 11 & 0x7) & 7))  # x87.r1:259
-    S.fsw = S.fsw & 0xffff  # x87.r1:108
-    S.fsw = S.fsw & 0xfffffdff | 0x0  # x87.r1:109
-    b_set_fpr((((S.fsw >> 11 & 0x7) + $dst) & 7), l_v_0)  # x87.r1:114
-    S.ftw = (S.ftw | (1 << (((S.fsw >> 11 & 0x7) + $dst) & 7))) & 0xff  # x87.r1:115
-    S.ftw = (S.ftw & (~(1 << ((S.fsw >> 11 & 0x7) & 7)))) & 0xff  # x87.r1:118
-    S.fsw = S.fsw & 0xffffc7ff | ((((S.fsw >> 11 & 0x7) + 1) & 7) & 7) << 11  # x87.r1:119
-"""
-
-# FNENI [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:1873
-_T139 = """\
-if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:1882
-    raise Fault(7, None)  # x87.r1:1882
-"""
-
-# FNDISI [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:1884
+# FXCH_STi_DFC8 [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:2018
 _T140 = """\
-if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:1893
-    raise Fault(7, None)  # x87.r1:1893
+v_a = S.fpr[S.fsw >> 11 & 7]  # x87.r1:2021
+v_b = S.fpr[(S.fsw >> 11) + $b & 7]  # x87.r1:2021
+if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:81
+    raise Fault(7, None)  # x87.r1:81
+if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # x87.r1:82
+    raise Fault(16, None)  # x87.r1:82
+S.fip = $here & 0xffffffff  # x87.r1:88
+S.fcs = S.sel[1] & 0xffff  # x87.r1:89
+S.fop = $fop & 0x7ff  # x87.r1:90
+l_x_0 = b_fpr(((S.fsw >> 11 & 0x7) & 7))  # x87.r1:308
+l_y_1 = b_fpr((((S.fsw >> 11 & 0x7) + $b) & 7))  # x87.r1:309
+if ((not (S.ftw >> ((S.fsw >> 11 & 0x7) & 7) & 1)) or (not (S.ftw >> (((S.fsw >> 11 & 0x7) + $b) & 7) & 1))):  # x87.r1:310
+    S.fsw = (S.fsw | 65) & 0xffff  # x87.r1:108
+    S.fsw = S.fsw & 0xfffffdff | 0x0  # x87.r1:109
+    if (1 & (~S.fcw)):  # x87.r1:110
+        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:110
+        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:110
+    if (S.fcw & 0x1):  # x87.r1:312
+        if (not (S.ftw >> ((S.fsw >> 11 & 0x7) & 7) & 1)):  # x87.r1:313
+            l_x_0 = 1208921207928610747318272  # x87.r1:313
+        if (not (S.ftw >> (((S.fsw >> 11 & 0x7) + $b) & 7) & 1)):  # x87.r1:314
+            l_y_1 = 1208921207928610747318272  # x87.r1:314
+        b_set_fpr(((S.fsw >> 11 & 0x7) & 7), l_y_1)  # x87.r1:114
+        S.ftw = (S.ftw | (1 << ((S.fsw >> 11 & 0x7) & 7))) & 0xff  # x87.r1:115
+        b_set_fpr((((S.fsw >> 11 & 0x7) + $b) & 7), l_x_0)  # x87.r1:114
+        S.ftw = (S.ftw | (1 << (((S.fsw >> 11 & 0x7) + $b) & 7))) & 0xff  # x87.r1:115
+else:
+    S.fsw = S.fsw & 0xffff  # x87.r1:108
+    S.fsw = S.fsw & 0xfffffdff | 0x0  # x87.r1:109
+    b_set_fpr(((S.fsw >> 11 & 0x7) & 7), l_y_1)  # x87.r1:114
+    S.ftw = (S.ftw | (1 << ((S.fsw >> 11 & 0x7) & 7))) & 0xff  # x87.r1:115
+    b_set_fpr((((S.fsw >> 11 & 0x7) + $b) & 7), l_x_0)  # x87.r1:114
+    S.ftw = (S.ftw | (1 << (((S.fsw >> 11 & 0x7) + $b) & 7))) & 0xff  # x87.r1:115
 """
 
-# FNSETPM [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:1895
+# FSTP_STi_DFD0 [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:2030
 _T141 = """\
-if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:1903
-    raise Fault(7, None)  # x87.r1:1903
+v_src = S.fpr[S.fsw >> 11 & 7]  # x87.r1:2033
+if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:81
+    raise Fault(7, None)  # x87.r1:81
+if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # x87.r1:82
+    raise Fault(16, None)  # x87.r1:82
+S.fip = $here & 0xffffffff  # x87.r1:88
+S.fcs = S.sel[1] & 0xffff  # x87.r1:89
+S.fop = $fop & 0x7ff  # x87.r1:90
+if (not (S.ftw >> ((S.fsw >> 11 & 0x7) & 7) & 1)):  # x87.r1:256
+    S.fsw = (S.fsw | 65) & 0xffff  # x87.r1:108
+    S.fsw = S.fsw & 0xfffffdff | 0x0  # x87.r1:109
+    if (1 & (~S.fcw)):  # x87.r1:110
+        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:110
+        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:110
+    if (S.fcw & 0x1):  # x87.r1:144
+        b_set_fpr((((S.fsw >> 11 & 0x7) + $dst) & 7), 1208921207928610747318272)  # x87.r1:114
+        S.ftw = (S.ftw | (1 << (((S.fsw >> 11 & 0x7) + $dst) & 7))) & 0xff  # x87.r1:115
+        S.ftw = (S.ftw & (~(1 << ((S.fsw >> 11 & 0x7) & 7)))) & 0xff  # x87.r1:118
+        S.fsw = S.fsw & 0xffffc7ff | ((((S.fsw >> 11 & 0x7) + 1) & 7) & 7) << 11  # x87.r1:119
+else:
+    l_v_0 = b_fpr(((S.fsw >> 11 & 0x7) & 7))  # x87.r1:259
+    S.fsw = S.fsw & 0xffff  # x87.r1:108
+    S.fsw = S.fsw & 0xfffffdff | 0x0  # x87.r1:109
+    b_set_fpr((((S.fsw >> 11 & 0x7) + $dst) & 7), l_v_0)  # x87.r1:114
+    S.ftw = (S.ftw | (1 << (((S.fsw >> 11 & 0x7) + $dst) & 7))) & 0xff  # x87.r1:115
+    S.ftw = (S.ftw & (~(1 << ((S.fsw >> 11 & 0x7) & 7)))) & 0xff  # x87.r1:118
+    S.fsw = S.fsw & 0xffffc7ff | ((((S.fsw >> 11 & 0x7) + 1) & 7) & 7) << 11  # x87.r1:119
+"""
+
+# FSTP_STi_DFD8 [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:2042
+_T142 = """\
+v_src = S.fpr[S.fsw >> 11 & 7]  # x87.r1:2045
+if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:81
+    raise Fault(7, None)  # x87.r1:81
+if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # x87.r1:82
+    raise Fault(16, None)  # x87.r1:82
+S.fip = $here & 0xffffffff  # x87.r1:88
+S.fcs = S.sel[1] & 0xffff  # x87.r1:89
+S.fop = $fop & 0x7ff  # x87.r1:90
+if (not (S.ftw >> ((S.fsw >> 11 & 0x7) & 7) & 1)):  # x87.r1:256
+    S.fsw = (S.fsw | 65) & 0xffff  # x87.r1:108
+    S.fsw = S.fsw & 0xfffffdff | 0x0  # x87.r1:109
+    if (1 & (~S.fcw)):  # x87.r1:110
+        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:110
+        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:110
+    if (S.fcw & 0x1):  # x87.r1:144
+        b_set_fpr((((S.fsw >> 11 & 0x7) + $dst) & 7), 1208921207928610747318272)  # x87.r1:114
+        S.ftw = (S.ftw | (1 << (((S.fsw >> 11 & 0x7) + $dst) & 7))) & 0xff  # x87.r1:115
+        S.ftw = (S.ftw & (~(1 << ((S.fsw >> 11 & 0x7) & 7)))) & 0xff  # x87.r1:118
+        S.fsw = S.fsw & 0xffffc7ff | ((((S.fsw >> 11 & 0x7) + 1) & 7) & 7) << 11  # x87.r1:119
+else:
+    l_v_0 = b_fpr(((S.fsw >> 11 & 0x7) & 7))  # x87.r1:259
+    S.fsw = S.fsw & 0xffff  # x87.r1:108
+    S.fsw = S.fsw & 0xfffffdff | 0x0  # x87.r1:109
+    b_set_fpr((((S.fsw >> 11 & 0x7) + $dst) & 7), l_v_0)  # x87.r1:114
+    S.ftw = (S.ftw | (1 << (((S.fsw >> 11 & 0x7) + $dst) & 7))) & 0xff  # x87.r1:115
+    S.ftw = (S.ftw & (~(1 << ((S.fsw >> 11 & 0x7) & 7)))) & 0xff  # x87.r1:118
+    S.fsw = S.fsw & 0xffffc7ff | ((((S.fsw >> 11 & 0x7) + 1) & 7) & 7) << 11  # x87.r1:119
+"""
+
+# FNENI [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:2054
+_T143 = """\
+if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:2063
+    raise Fault(7, None)  # x87.r1:2063
+"""
+
+# FNDISI [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:2065
+_T144 = """\
+if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:2074
+    raise Fault(7, None)  # x87.r1:2074
+"""
+
+# FNSETPM [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:2076
+_T145 = """\
+if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:2084
+    raise Fault(7, None)  # x87.r1:2084
 """
 
 TEMPLATES = {
@@ -5177,179 +5499,179 @@ TEMPLATES = {
         (32, 16, None, None, None): _T116,
         (32, 32, None, None, None): _T116,
     },
-    # spec/x87.r1:1638
+    # spec/x87.r1:1777
     'FNOP': {
         (16, 16, None, None, None): _T117,
         (16, 32, None, None, None): _T117,
         (32, 16, None, None, None): _T117,
         (32, 32, None, None, None): _T117,
     },
-    # spec/x87.r1:1648
+    # spec/x87.r1:1787
     'FFREE_STi': {
         (16, 16, None, None, None): _T118,
         (16, 32, None, None, None): _T118,
         (32, 16, None, None, None): _T118,
         (32, 32, None, None, None): _T118,
     },
-    # spec/x87.r1:1659
+    # spec/x87.r1:1798
     'FNINIT': {
         (16, 16, None, None, None): _T119,
         (16, 32, None, None, None): _T119,
         (32, 16, None, None, None): _T119,
         (32, 32, None, None, None): _T119,
     },
-    # spec/x87.r1:1668
+    # spec/x87.r1:1808
     'FNCLEX': {
         (16, 16, None, None, None): _T120,
         (16, 32, None, None, None): _T120,
         (32, 16, None, None, None): _T120,
         (32, 32, None, None, None): _T120,
     },
-    # spec/x87.r1:1677
+    # spec/x87.r1:1818
     'FLDCW_M16': {
         (16, 16, 'mem', None, None): _T121,
         (16, 32, 'mem', None, None): _T121,
         (32, 16, 'mem', None, None): _T121,
         (32, 32, 'mem', None, None): _T121,
     },
-    # spec/x87.r1:1687
+    # spec/x87.r1:1829
     'FNSTCW_M16': {
         (16, 16, 'mem', None, None): _T122,
         (16, 32, 'mem', None, None): _T122,
         (32, 16, 'mem', None, None): _T122,
         (32, 32, 'mem', None, None): _T122,
     },
-    # spec/x87.r1:1697
+    # spec/x87.r1:1840
     'FNSTSW_M16': {
         (16, 16, 'mem', None, None): _T123,
         (16, 32, 'mem', None, None): _T123,
         (32, 16, 'mem', None, None): _T123,
         (32, 32, 'mem', None, None): _T123,
     },
-    # spec/x87.r1:1707
+    # spec/x87.r1:1851
     'FNSTSW_AX': {
         (16, 16, None, None, None): _T124,
         (16, 32, None, None, None): _T124,
         (32, 16, None, None, None): _T124,
         (32, 32, None, None, None): _T124,
     },
-    # spec/x87.r1:1716
+    # spec/x87.r1:1861
     'FLDENV_MENV': {
         (16, 16, 'mem', None, None): _T125,
         (16, 32, 'mem', None, None): _T125,
-        (32, 16, 'mem', None, None): _T125,
-        (32, 32, 'mem', None, None): _T125,
-    },
-    # spec/x87.r1:1726
-    'FNSTENV_MENV': {
-        (16, 16, 'mem', None, None): _T126,
-        (16, 32, 'mem', None, None): _T126,
         (32, 16, 'mem', None, None): _T126,
         (32, 32, 'mem', None, None): _T126,
     },
-    # spec/x87.r1:1736
-    'FRSTOR_MSTATE': {
+    # spec/x87.r1:1872
+    'FNSTENV_MENV': {
         (16, 16, 'mem', None, None): _T127,
         (16, 32, 'mem', None, None): _T127,
-        (32, 16, 'mem', None, None): _T127,
-        (32, 32, 'mem', None, None): _T127,
-    },
-    # spec/x87.r1:1746
-    'FNSAVE_MSTATE': {
-        (16, 16, 'mem', None, None): _T128,
-        (16, 32, 'mem', None, None): _T128,
         (32, 16, 'mem', None, None): _T128,
         (32, 32, 'mem', None, None): _T128,
     },
-    # spec/x87.r1:1756
+    # spec/x87.r1:1888
+    'FRSTOR_MSTATE': {
+        (16, 16, 'mem', None, None): _T129,
+        (16, 32, 'mem', None, None): _T129,
+        (32, 16, 'mem', None, None): _T130,
+        (32, 32, 'mem', None, None): _T130,
+    },
+    # spec/x87.r1:1908
+    'FNSAVE_MSTATE': {
+        (16, 16, 'mem', None, None): _T131,
+        (16, 32, 'mem', None, None): _T131,
+        (32, 16, 'mem', None, None): _T132,
+        (32, 32, 'mem', None, None): _T132,
+    },
+    # spec/x87.r1:1930
     'FWAIT': {
-        (16, 16, None, None, None): _T129,
-        (16, 32, None, None, None): _T129,
-        (32, 16, None, None, None): _T129,
-        (32, 32, None, None, None): _T129,
-    },
-    # spec/x87.r1:1767
-    'FFREEP_STi': {
-        (16, 16, None, None, None): _T130,
-        (16, 32, None, None, None): _T130,
-        (32, 16, None, None, None): _T130,
-        (32, 32, None, None, None): _T130,
-    },
-    # spec/x87.r1:1778
-    'FSTPNCE_STi': {
-        (16, 16, None, None, None): _T131,
-        (16, 32, None, None, None): _T131,
-        (32, 16, None, None, None): _T131,
-        (32, 32, None, None, None): _T131,
-    },
-    # spec/x87.r1:1789
-    'FCOM_STi_DCD0': {
-        (16, 16, None, None, None): _T132,
-        (16, 32, None, None, None): _T132,
-        (32, 16, None, None, None): _T132,
-        (32, 32, None, None, None): _T132,
-    },
-    # spec/x87.r1:1801
-    'FCOMP_STi_DCD8': {
         (16, 16, None, None, None): _T133,
         (16, 32, None, None, None): _T133,
         (32, 16, None, None, None): _T133,
         (32, 32, None, None, None): _T133,
     },
-    # spec/x87.r1:1813
-    'FCOMP_STi_DED0': {
+    # spec/x87.r1:1948
+    'FFREEP_STi': {
         (16, 16, None, None, None): _T134,
         (16, 32, None, None, None): _T134,
         (32, 16, None, None, None): _T134,
         (32, 32, None, None, None): _T134,
     },
-    # spec/x87.r1:1825
-    'FXCH_STi_DDC8': {
+    # spec/x87.r1:1959
+    'FSTPNCE_STi': {
         (16, 16, None, None, None): _T135,
         (16, 32, None, None, None): _T135,
         (32, 16, None, None, None): _T135,
         (32, 32, None, None, None): _T135,
     },
-    # spec/x87.r1:1837
-    'FXCH_STi_DFC8': {
+    # spec/x87.r1:1970
+    'FCOM_STi_DCD0': {
         (16, 16, None, None, None): _T136,
         (16, 32, None, None, None): _T136,
         (32, 16, None, None, None): _T136,
         (32, 32, None, None, None): _T136,
     },
-    # spec/x87.r1:1849
-    'FSTP_STi_DFD0': {
+    # spec/x87.r1:1982
+    'FCOMP_STi_DCD8': {
         (16, 16, None, None, None): _T137,
         (16, 32, None, None, None): _T137,
         (32, 16, None, None, None): _T137,
         (32, 32, None, None, None): _T137,
     },
-    # spec/x87.r1:1861
-    'FSTP_STi_DFD8': {
+    # spec/x87.r1:1994
+    'FCOMP_STi_DED0': {
         (16, 16, None, None, None): _T138,
         (16, 32, None, None, None): _T138,
         (32, 16, None, None, None): _T138,
         (32, 32, None, None, None): _T138,
     },
-    # spec/x87.r1:1873
-    'FNENI': {
+    # spec/x87.r1:2006
+    'FXCH_STi_DDC8': {
         (16, 16, None, None, None): _T139,
         (16, 32, None, None, None): _T139,
         (32, 16, None, None, None): _T139,
         (32, 32, None, None, None): _T139,
     },
-    # spec/x87.r1:1884
-    'FNDISI': {
+    # spec/x87.r1:2018
+    'FXCH_STi_DFC8': {
         (16, 16, None, None, None): _T140,
         (16, 32, None, None, None): _T140,
         (32, 16, None, None, None): _T140,
         (32, 32, None, None, None): _T140,
     },
-    # spec/x87.r1:1895
-    'FNSETPM': {
+    # spec/x87.r1:2030
+    'FSTP_STi_DFD0': {
         (16, 16, None, None, None): _T141,
         (16, 32, None, None, None): _T141,
         (32, 16, None, None, None): _T141,
         (32, 32, None, None, None): _T141,
+    },
+    # spec/x87.r1:2042
+    'FSTP_STi_DFD8': {
+        (16, 16, None, None, None): _T142,
+        (16, 32, None, None, None): _T142,
+        (32, 16, None, None, None): _T142,
+        (32, 32, None, None, None): _T142,
+    },
+    # spec/x87.r1:2054
+    'FNENI': {
+        (16, 16, None, None, None): _T143,
+        (16, 32, None, None, None): _T143,
+        (32, 16, None, None, None): _T143,
+        (32, 32, None, None, None): _T143,
+    },
+    # spec/x87.r1:2065
+    'FNDISI': {
+        (16, 16, None, None, None): _T144,
+        (16, 32, None, None, None): _T144,
+        (32, 16, None, None, None): _T144,
+        (32, 32, None, None, None): _T144,
+    },
+    # spec/x87.r1:2076
+    'FNSETPM': {
+        (16, 16, None, None, None): _T145,
+        (16, 32, None, None, None): _T145,
+        (32, 16, None, None, None): _T145,
+        (32, 32, None, None, None): _T145,
     },
 }

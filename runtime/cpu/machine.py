@@ -48,6 +48,7 @@ if TYPE_CHECKING:
 M32 = 0xFFFFFFFF
 M64 = (1 << 64) - 1
 M80 = (1 << 80) - 1
+M128 = (1 << 128) - 1
 PARITY = tuple(1 - bin(i).count("1") % 2 for i in range(256))
 EFLAGS_FIXED_ONE = 0x2
 EFLAGS_DEFINED = 0x3F7FD5  # every bit a Pentium-class CPU implements
@@ -893,6 +894,12 @@ class Machine:
 
     def b_set_fpr(self, p: int, v: int) -> None:
         self.state.fpr[p & 7] = v & M80
+
+    def b_xmm(self, i: int) -> int:
+        return self.state.xmm[i & 7]
+
+    def b_set_xmm(self, i: int, v: int) -> None:
+        self.state.xmm[i & 7] = v & M128
 
     def b_unsupported(self, what: str) -> None:
         raise VMStop("unsupported", f"{what} (at guest EIP {self.state.eip:#x})")

@@ -141,7 +141,9 @@ def instance(draw, form: str, mode: Mode, doubles: list[int] | None = None) -> I
             reg = draw(st.sampled_from((0, 2, 3, 4, 0, 3, 1)))
         target_op = next((k for n, k, _ in operands if n == "target"), None)
         if needs_memory:
-            body += draw(memory_operand(reg, asize, regs, prefixes, mode, memory))
+            widest = max((w for _, _, w in operands if isinstance(w, int)), default=0) // 8
+            margin = max(WINDOW_MARGIN, widest)  # (FNSAVE's and FXSAVE's images: 108 and 512 bytes)
+            body += draw(memory_operand(reg, asize, regs, prefixes, mode, memory, margin))
             if is_sse(form):
                 ea = next(iter(memory))
                 memory[ea] = b"".join(draw(double_bits(doubles)).to_bytes(8, "little") for _ in range(2))
@@ -234,10 +236,18 @@ def code_address(draw, osize: int) -> int:
 
 @st.composite
 def memory_operand(
-    draw, reg: int, asize: int, regs: dict[str, int], prefixes: bytearray, mode: Mode, memory: dict[int, bytes]
+    draw,
+    reg: int,
+    asize: int,
+    regs: dict[str, int],
+    prefixes: bytearray,
+    mode: Mode,
+    memory: dict[int, bytes],
+    margin: int = WINDOW_MARGIN,
 ) -> bytes:
-    """ModRM (+SIB, +displacement) addressing a random offset of the DATA window; sets the registers."""
-    target = draw(st.integers(0, fresh_machine.DATA_SIZE - WINDOW_MARGIN))
+    """ModRM (+SIB, +displacement) addressing a random offset of the DATA window, at least
+    `margin` bytes before its end; sets the registers."""
+    target = draw(st.integers(0, fresh_machine.DATA_SIZE - margin))
     names = fresh_machine.GPR_NAMES
     memory[target] = draw(operand_bytes(mode))
     if asize == 16:

@@ -130,3 +130,43 @@ def test_sse_em_or_no_osfxsr_is_ud_before_ts() -> None:
     for bits, vector in ((fresh_machine.CR0_TS, 7), (fresh_machine.CR0_EM, 6)):
         o = run_both(_case("f2 0f 10 c1", "MOVSD_XMM_XMM", {}, cr0_bits=bits))
         assert o.ours.exception == o.theirs.exception == vector and differences(o) == []
+
+
+# ------------------------------------------------------------ FXSAVE and FXRSTOR
+
+FXSAVE_DATA = "0f ae 05 00 00 01 00"  # fxsave [0x10000] (the DATA window, 16-byte aligned)
+FXRSTOR_DATA = "0f ae 0d 00 00 01 00"  # fxrstor [0x10000]
+
+
+def test_fxsave_with_66_is_ud() -> None:
+    # 66 0F AE /0: FXSAVE is an NP form; we raise #UD, unicorn saves.
+    case = _case("66 " + FXSAVE_DATA, "FXSAVE_M512", {})
+    o = run_both(case)
+    assert (o.ours.exception, o.theirs.exception) == (6, None)
+    assert _explained(case, o) == "fxsr-66"
+    assert differences(run_both(_case(FXSAVE_DATA, "FXSAVE_M512", {}))) == []
+
+
+def test_fxsave_stores_fop_where_unicorn_leaves_the_bytes() -> None:
+    # Memory at the image is 0xAA before: FOP (0 here) is stored by us, left by unicorn.
+    case = _case(FXSAVE_DATA, "FXSAVE_M512", {}, memory={fresh_machine.DATA: b"\xaa" * 512})
+    o = run_both(case)
+    image = fresh_machine.DATA
+    assert o.our_memory[image + 6 : image + 8] == bytes(2)
+    assert o.their_memory[image + 6 : image + 8] == b"\xaa\xaa"
+    assert [line.split(":")[0] for line in differences(o)] == ["memory at 0x10006"]
+    assert _explained(case, o) == "fxsave-fop"
+
+
+def test_fxrstor_with_a_reserved_mxcsr_bit_faults() -> None:
+    # An image whose MXCSR (bytes 24-27) has bit 16 set: #GP(0), nothing loaded. Unicorn loads it.
+    image = bytearray(512)
+    image[24:28] = (0x1F80 | 1 << 16).to_bytes(4, "little")
+    case = _case(FXRSTOR_DATA, "FXRSTOR_M512", {}, memory={fresh_machine.DATA: bytes(image)})
+    o = run_both(case)
+    assert (o.ours.exception, o.ours.error_code, o.ours.regs["mxcsr"]) == (13, 0, 0x1F80)
+    assert o.theirs.exception is None and o.theirs.regs["mxcsr"] == 0x1F80 | 1 << 16
+    assert _explained(case, o) == "fxrstor-mxcsr-reserved"
+    image[24:28] = (0x1F80).to_bytes(4, "little")
+    valid = replace(case.spec, memory={fresh_machine.DATA: bytes(image)})
+    assert differences(run_both(replace(case, spec=valid))) == []

@@ -272,26 +272,15 @@ FPU_CASES = {
     "x87 with EM at CPL 3": ("fld1", 3, fm.CR0_EM),
     "WAIT with MP and TS": ("fwait", 3, fm.CR0_TS | fm.CR0_MP),
     "FXSAVE with TS at CPL 0": (f"fxsave [{fm.DATA:#x}]", 0, fm.CR0_TS),
+    "FNSAVE with TS at CPL 0": (f"fnsave [{fm.DATA:#x}]", 0, fm.CR0_TS),
 }
 
 
-NO_X87_STATE = (
-    "FXSAVE is a callout (it stores the CPL in FCS's RPL) and the interpreter has no x87 state to save "
-    "yet (spec/sse.r1: no semantics; issue 13): the VM stops where the hardware raises #NM"
-)
-
-
-@pytest.mark.parametrize(
-    "name",
-    [
-        pytest.param(name, marks=[pytest.mark.xfail(strict=True, reason=NO_X87_STATE)] if "FXSAVE" in name else [])
-        for name in sorted(FPU_CASES)
-    ],
-)
+@pytest.mark.parametrize("name", sorted(FPU_CASES))
 def test_fpu_instructions_fault_with_nm_where_the_guests_cr0_says(name: str) -> None:
     """The hardware holds the guest's CR0 MP, EM and TS in guest context, translated or direct:
-    the #NM of lazy FPU switching reaches the guest kernel as on bare metal. (interp has no x87
-    semantics yet: issue 13.)"""
+    the #NM of lazy FPU switching reaches the guest kernel as on bare metal (FXSAVE and FNSAVE,
+    callouts under bt, raise it from the spec's semantics)."""
     text, cpl, bits = FPU_CASES[name]
     spec = FreshSpec(code=assemble(text, fm.CODE).code, cpl=cpl, cr0_bits=bits)
     bare = run_unicorn(spec)

@@ -40,3 +40,29 @@ def test_the_guest_starts_with_the_virtual_cpus_fpu_and_sse_state(mode: str) -> 
     ours, bare = run_vmm(spec, mode), run_unicorn(spec)
     assert (bare.regs["ebx"], bare.regs["eax"]) == (0x3F800000, 0x12345678)
     assert (ours.regs["ebx"], ours.regs["eax"]) == (bare.regs["ebx"], bare.regs["eax"])
+
+
+# FLD1 at CODE, then the save: translated, the save is a callout (it stores the CPL in FCS's
+# RPL and the last instruction's EIP), so the image must hold the guest's FIP, never the TC's.
+SAVES = {
+    "fxsave": ("0f ae 05 00 00 01 00", 8),  # fxsave [DATA]: FIP at byte 8
+    "fnsave": ("dd 35 00 00 01 00", 12),  # fnsave [DATA]: FIP at byte 12 (32-bit protected image)
+}
+
+
+@pytest.mark.parametrize("save", sorted(SAVES))
+def test_a_translated_save_stores_the_guests_instruction_pointer(save: str) -> None:
+    # (Under `trap` the kernel's FNSAVE runs on the hardware and stores FCS with RPL 1: a
+    # stealth instruction, which naive trap-and-emulate cannot catch, by design.)
+    from ring1.runtime.tools import fresh_machine as fm
+
+    code, fip_at = SAVES[save]
+    spec = FreshSpec(code=bytes.fromhex("d9 e8 " + code), cr4=0x600)
+    ours, bare = run_vmm(spec, "bt", keep_memory=True), run_unicorn(spec, keep_memory=True)
+    assert ours.memory is not None and bare.memory is not None
+    image = slice(fm.DATA, fm.DATA + 108)
+    fip = int.from_bytes(bare.memory[fm.DATA + fip_at : fm.DATA + fip_at + 4], "little")
+    assert fip == fm.CODE  # the FLD1
+    if save == "fnsave":  # (FXSAVE's FOP bytes: unicorn leaves them, deviation fxsave-fop)
+        assert ours.memory[image] == bare.memory[image]
+    assert ours.memory[fm.DATA + fip_at : fm.DATA + fip_at + 4] == bare.memory[fm.DATA + fip_at : fm.DATA + fip_at + 4]
