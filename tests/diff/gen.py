@@ -89,8 +89,17 @@ def is_sse(form: str) -> bool:
     return FORMS[form].source.startswith("spec/sse.r1")
 
 
+# The x87 control instructions: their operands are images and control words, not numbers, and
+# they get the default x87 state (the numeric forms get x87_state and x87_memory_operand).
+X87_CONTROL_MNEMONICS = {
+    *("fninit", "fnclex", "fldcw", "fnstcw", "fnstsw"),
+    *("fldenv", "fnstenv", "frstor", "fnsave", "wait"),
+}
+
+
 def is_x87(form: str) -> bool:
-    return FORMS[form].source.startswith("spec/x87.r1")
+    """A numeric x87 form (spec/x87.r1 but the control instructions)."""
+    return FORMS[form].source.startswith("spec/x87.r1") and not mnemonics(form) & X87_CONTROL_MNEMONICS
 
 
 def variants(form: str) -> list[tuple]:
