@@ -498,13 +498,13 @@ def _nan_conversions(case: Case, o: Outcome) -> bool:
             if not case.forms[0].endswith(("_M32", "_M64")):
                 return False
             bits, quiet_bit, default = real
-            at = next(i for i, (a, b) in enumerate(zip(o.our_memory, o.their_memory, strict=True)) if a != b)
-            start = max(at - bits // 8 + 1, 0)
-            for base in range(start, at + 1):
+            window = range(fresh_machine.DATA, fresh_machine.DATA + fresh_machine.DATA_SIZE)
+            at = [i for i in window if o.our_memory[i] != o.their_memory[i]]
+            if not at or at[-1] - at[0] >= bits // 8:
+                return False
+            for base in range(at[-1] - bits // 8 + 1, at[0] + 1):
                 ours = int.from_bytes(o.our_memory[base : base + bits // 8], "little")
                 theirs = int.from_bytes(o.their_memory[base : base + bits // 8], "little")
-                if o.our_memory[base + bits // 8 :] != o.their_memory[base + bits // 8 :]:
-                    continue
                 if ours == theirs | quiet_bit or theirs == default:
                     return True
             return False

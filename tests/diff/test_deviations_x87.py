@@ -190,3 +190,25 @@ def test_pseudo_denormal_operand() -> None:
     o = run_both(case)
     assert o.ours.regs["fpr7"] == 0x0002_8000000000000000 and o.theirs.regs["fpr7"] != o.ours.regs["fpr7"]
     assert _explained(case, o) == "x87-odd-encodings"
+
+
+def test_signalling_nan_stored_quiet() -> None:
+    # FST m32 of a signalling NaN: IE, and the NaN stored quieted (quiet bit set), its payload
+    # truncated (SDM vol. 1, 4.8.3.4). Unicorn stores it still signalling.
+    snan = 0xFFFF_A000000000000000
+    case = _case("d9 15 00 00 00 00", "FST_M32", {7: snan}, ftw=0x80)
+    o = run_both(case)
+    data = fresh_machine.DATA
+    assert int.from_bytes(o.our_memory[data : data + 4], "little") == 0xFFE00000
+    assert int.from_bytes(o.their_memory[data : data + 4], "little") == 0xFFA00000
+    assert _explained(case, o) == "x87-nan-conversion"
+
+
+def test_fst_sti_tags_the_destination() -> None:
+    # FST ST(1) with ST(1) empty: ST(1) gets ST(0) and becomes valid (SDM FST). Unicorn copies
+    # the value and leaves the tag empty.
+    case = _case("dd d1", "FST_STi", {7: ONE}, ftw=0x80)
+    o = run_both(case)
+    assert o.ours.regs["fpr0"] == o.theirs.regs["fpr0"] == ONE
+    assert o.ours.regs["ftw"] == 0x81 and o.theirs.regs["ftw"] == 0x80
+    assert _explained(case, o) == "x87-fst-sti-tag"
