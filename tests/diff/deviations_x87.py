@@ -131,15 +131,17 @@ def _odd_encodings(case: Case, o: Outcome) -> bool:
 
 
 def _unicorn_status_bits(case: Case) -> set[int]:
-    """The FSW status bits unicorn may leave: the initial ones, or for a division those with
-    ZE (QEMU 5.0 sets ZE, and ES and B when it is unmasked, for any zero divisor, 0/0 too,
-    before the division; SDM: 0/0 is IE, not ZE)."""
+    """The FSW status bits unicorn may leave: the initial ones, C1 cleared by FSQRT of a
+    negative number, or for a division those with ZE (QEMU 5.0 sets ZE, and ES and B when it
+    is unmasked, for any zero divisor, 0/0 too, before the division; SDM: 0/0 is IE, not ZE)."""
     before = case.spec.fsw & FSW_STATUS
     out = {before}
     form = case.forms[0]
     if any(m.startswith(("fdiv", "fidiv")) for m in FORMS[form].mnemonics.values()):
         ze = 0x4 | (FSW_ES_B if not case.spec.fcw & 0x4 else 0)
         out.add(before | ze)
+    if form == "FSQRT" and _st0(case) >> 79:
+        out.add(before & ~FSW_C1)  # QEMU clears C0-C3 (and sets C2) for a negative operand, -0 too
     return out
 
 
