@@ -7,6 +7,11 @@ raises #MF, does not check the register tags (no stack overflow or underflow), c
 transcendental instructions and FPREM/FPREM1 through host doubles, and keeps no FOP. Each
 deviation below accepts exactly one of these differences, recomputing from the case what the
 architecture calls for wherever it can; any other difference in the same example still fails.
+
+Not in the list: x87-fop. Unicorn keeps no FOP (the last opcode; it reads as 0) though it
+records FIP; the harness compares neither (translated code runs at other addresses), so no
+comparison can meet it. test_deviations_x87.test_fop_not_recorded proves it, and deviation
+fxsave-fop (deviations.py) accepts its one visible effect, FXSAVE's image.
 """
 
 from __future__ import annotations
