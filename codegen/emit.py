@@ -1199,12 +1199,27 @@ def emit_form(spec: Spec, form: Form, variant: Variant) -> FormCode:
     return FormCode(variant, em.code(), em.flags_read, em.flags_written, em.opaque_flags, em.writes_eip)
 
 
+ADDRESS_INTRINSICS = ("addr", "seg", "in_memory")
+
+
 def _leading_guards(spec: Spec, form: Form, stmts: list[A.Stmt]) -> int:
     """How many of the first statements are guards: `if` statements (or macros made of them)
     whose tests name no operand and whose arms only raise. They change nothing, so they may
     run before the memory operands are read."""
 
     def names_operand(e: A.Expr) -> bool:
+        # addr(op), seg(op) and in_memory(op) name the operand without reading its value: an
+        # alignment check on them is still a guard (the CPU raises #GP for a misaligned SSE
+        # operand before it reads it).
+        if isinstance(e, A.Call) and e.func in ADDRESS_INTRINSICS:
+            return False
+        match e:
+            case A.Call():
+                return any(names_operand(a) for a in e.args)
+            case A.BinOp():
+                return names_operand(e.left) or names_operand(e.right)
+            case A.UnOp():
+                return names_operand(e.operand)
         return any(_count_uses(e, op.name) for op in form.operands)
 
     def guard(s: A.Stmt, seen: tuple[str, ...]) -> bool:

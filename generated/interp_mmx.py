@@ -8,905 +8,2843 @@ register-or-memory, condition, REP). `$name` placeholders are filled from the de
 instruction by ring1.runtime.cpu.blocks, which joins templates into one function per block.
 """
 
-# EMMS [o16 a16, o16 a32, o32 a16, o32 a32] from spec/mmx.r1:22
+# EMMS [o16 a16, o16 a32, o32 a16, o32 a32] from spec/mmx.r1:205
 _T0 = """\
-b_unimplemented('EMMS', 'spec/mmx.r1:22')  # mmx.r1:22
+if (S.cr[0] >> 2 & 0x1):  # mmx.r1:29
+    raise Fault(6, None)  # mmx.r1:29
+if (S.cr[0] >> 3 & 0x1):  # mmx.r1:30
+    raise Fault(7, None)  # mmx.r1:30
+if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # mmx.r1:31
+    raise Fault(16, None)  # mmx.r1:31
+S.ftw = 0 & 0xff  # mmx.r1:213
 """
 
-# MOVD_MM_RM32 [o16 a16 reg and 7 more] from spec/mmx.r1:31
+# MOVD_MM_RM32 [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/mmx.r1:215
 _T1 = """\
-b_unimplemented('MOVD_MM_RM32', 'spec/mmx.r1:31')  # mmx.r1:31
+v_src = R[$src]  # mmx.r1:218
+if (S.cr[0] >> 2 & 0x1):  # mmx.r1:29
+    raise Fault(6, None)  # mmx.r1:29
+if (S.cr[0] >> 3 & 0x1):  # mmx.r1:30
+    raise Fault(7, None)  # mmx.r1:30
+if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # mmx.r1:31
+    raise Fault(16, None)  # mmx.r1:31
+S.fpr[$dst] = v_src & 0xffffffffffffffff | 0xffff0000000000000000  # mmx.r1:224
+S.fsw = S.fsw & 0xffffc7ff | 0x0  # mmx.r1:38
+S.ftw = 255 & 0xff  # mmx.r1:39
 """
 
-# MOVD_RM32_MM [o16 a16 reg and 7 more] from spec/mmx.r1:41
+# MOVD_MM_RM32 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/mmx.r1:215
 _T2 = """\
-b_unimplemented('MOVD_RM32_MM', 'spec/mmx.r1:41')  # mmx.r1:41
+ea = $ea
+if (S.cr[0] >> 2 & 0x1):  # mmx.r1:29
+    raise Fault(6, None)  # mmx.r1:29
+if (S.cr[0] >> 3 & 0x1):  # mmx.r1:30
+    raise Fault(7, None)  # mmx.r1:30
+if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # mmx.r1:31
+    raise Fault(16, None)  # mmx.r1:31
+v_src = rd32($seg, ea)  # mmx.r1:218
+S.fpr[$dst] = v_src & 0xffffffffffffffff | 0xffff0000000000000000  # mmx.r1:224
+S.fsw = S.fsw & 0xffffc7ff | 0x0  # mmx.r1:38
+S.ftw = 255 & 0xff  # mmx.r1:39
 """
 
-# MOVQ_MM_MMRM [o16 a16 reg and 7 more] from spec/mmx.r1:51
+# MOVD_RM32_MM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/mmx.r1:226
 _T3 = """\
-b_unimplemented('MOVQ_MM_MMRM', 'spec/mmx.r1:51')  # mmx.r1:51
+v_src = (S.fpr[$src] & 0xffffffffffffffff)  # mmx.r1:229
+if (S.cr[0] >> 2 & 0x1):  # mmx.r1:29
+    raise Fault(6, None)  # mmx.r1:29
+if (S.cr[0] >> 3 & 0x1):  # mmx.r1:30
+    raise Fault(7, None)  # mmx.r1:30
+if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # mmx.r1:31
+    raise Fault(16, None)  # mmx.r1:31
+R[$dst] = (v_src & 0xffffffff) & 0xffffffff  # mmx.r1:235
+S.fsw = S.fsw & 0xffffc7ff | 0x0  # mmx.r1:38
+S.ftw = 255 & 0xff  # mmx.r1:39
 """
 
-# MOVQ_MMRM_MM [o16 a16 reg and 7 more] from spec/mmx.r1:61
+# MOVD_RM32_MM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/mmx.r1:226
 _T4 = """\
-b_unimplemented('MOVQ_MMRM_MM', 'spec/mmx.r1:61')  # mmx.r1:61
+ea = $ea
+v_src = (S.fpr[$src] & 0xffffffffffffffff)  # mmx.r1:229
+if (S.cr[0] >> 2 & 0x1):  # mmx.r1:29
+    raise Fault(6, None)  # mmx.r1:29
+if (S.cr[0] >> 3 & 0x1):  # mmx.r1:30
+    raise Fault(7, None)  # mmx.r1:30
+if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # mmx.r1:31
+    raise Fault(16, None)  # mmx.r1:31
+wr32($seg, ea, (v_src & 0xffffffff))  # mmx.r1:235
+S.fsw = S.fsw & 0xffffc7ff | 0x0  # mmx.r1:38
+S.ftw = 255 & 0xff  # mmx.r1:39
 """
 
-# PUNPCKLBW_MM_MM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/mmx.r1:73
+# MOVQ_MM_MMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/mmx.r1:237
 _T5 = """\
-b_unimplemented('PUNPCKLBW_MM_MM', 'spec/mmx.r1:73')  # mmx.r1:73
+v_src = (S.fpr[$src] & 0xffffffffffffffff)  # mmx.r1:240
+if (S.cr[0] >> 2 & 0x1):  # mmx.r1:29
+    raise Fault(6, None)  # mmx.r1:29
+if (S.cr[0] >> 3 & 0x1):  # mmx.r1:30
+    raise Fault(7, None)  # mmx.r1:30
+if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # mmx.r1:31
+    raise Fault(16, None)  # mmx.r1:31
+S.fpr[$dst] = v_src & 0xffffffffffffffff | 0xffff0000000000000000  # mmx.r1:246
+S.fsw = S.fsw & 0xffffc7ff | 0x0  # mmx.r1:38
+S.ftw = 255 & 0xff  # mmx.r1:39
 """
 
-# PUNPCKLBW_MM_M32 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/mmx.r1:83
+# MOVQ_MM_MMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/mmx.r1:237
 _T6 = """\
-b_unimplemented('PUNPCKLBW_MM_M32', 'spec/mmx.r1:83')  # mmx.r1:83
+ea = $ea
+if (S.cr[0] >> 2 & 0x1):  # mmx.r1:29
+    raise Fault(6, None)  # mmx.r1:29
+if (S.cr[0] >> 3 & 0x1):  # mmx.r1:30
+    raise Fault(7, None)  # mmx.r1:30
+if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # mmx.r1:31
+    raise Fault(16, None)  # mmx.r1:31
+v_src = b_load($seg, ea, 64)  # mmx.r1:240
+S.fpr[$dst] = v_src & 0xffffffffffffffff | 0xffff0000000000000000  # mmx.r1:246
+S.fsw = S.fsw & 0xffffc7ff | 0x0  # mmx.r1:38
+S.ftw = 255 & 0xff  # mmx.r1:39
 """
 
-# PUNPCKLWD_MM_MM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/mmx.r1:93
+# MOVQ_MMRM_MM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/mmx.r1:248
 _T7 = """\
-b_unimplemented('PUNPCKLWD_MM_MM', 'spec/mmx.r1:93')  # mmx.r1:93
+v_src = (S.fpr[$src] & 0xffffffffffffffff)  # mmx.r1:251
+if (S.cr[0] >> 2 & 0x1):  # mmx.r1:29
+    raise Fault(6, None)  # mmx.r1:29
+if (S.cr[0] >> 3 & 0x1):  # mmx.r1:30
+    raise Fault(7, None)  # mmx.r1:30
+if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # mmx.r1:31
+    raise Fault(16, None)  # mmx.r1:31
+S.fpr[$dst] = v_src & 0xffffffffffffffff | 0xffff0000000000000000  # mmx.r1:257
+S.fsw = S.fsw & 0xffffc7ff | 0x0  # mmx.r1:38
+S.ftw = 255 & 0xff  # mmx.r1:39
 """
 
-# PUNPCKLWD_MM_M32 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/mmx.r1:103
+# MOVQ_MMRM_MM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/mmx.r1:248
 _T8 = """\
-b_unimplemented('PUNPCKLWD_MM_M32', 'spec/mmx.r1:103')  # mmx.r1:103
+ea = $ea
+v_src = (S.fpr[$src] & 0xffffffffffffffff)  # mmx.r1:251
+if (S.cr[0] >> 2 & 0x1):  # mmx.r1:29
+    raise Fault(6, None)  # mmx.r1:29
+if (S.cr[0] >> 3 & 0x1):  # mmx.r1:30
+    raise Fault(7, None)  # mmx.r1:30
+if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # mmx.r1:31
+    raise Fault(16, None)  # mmx.r1:31
+b_store($seg, ea, 64, v_src)  # mmx.r1:257
+S.fsw = S.fsw & 0xffffc7ff | 0x0  # mmx.r1:38
+S.ftw = 255 & 0xff  # mmx.r1:39
 """
 
-# PUNPCKLDQ_MM_MM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/mmx.r1:113
+# PUNPCKLBW_MM_MM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/mmx.r1:261
 _T9 = """\
-b_unimplemented('PUNPCKLDQ_MM_MM', 'spec/mmx.r1:113')  # mmx.r1:113
+v_dst = (S.fpr[$dst] & 0xffffffffffffffff)  # mmx.r1:264
+v_src = (S.fpr[$src] & 0xffffffffffffffff)  # mmx.r1:264
+if (S.cr[0] >> 2 & 0x1):  # mmx.r1:29
+    raise Fault(6, None)  # mmx.r1:29
+if (S.cr[0] >> 3 & 0x1):  # mmx.r1:30
+    raise Fault(7, None)  # mmx.r1:30
+if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # mmx.r1:31
+    raise Fault(16, None)  # mmx.r1:31
+m_a_0 = (v_dst & 0xffffffff)
+m_b_1 = (v_src & 0xffffffff)
+l_r_2 = 0  # mmx.r1:121
+l_i_3 = 0  # mmx.r1:122
+while (l_i_3 < 32):  # mmx.r1:123
+    l_r_2 = (l_r_2 | ((((m_a_0 >> l_i_3) & 255) << (2 * l_i_3)) | (((m_b_1 >> l_i_3) & 255) << ((2 * l_i_3) + 8))))  # mmx.r1:124
+    l_i_3 = (l_i_3 + 8)  # mmx.r1:125
+S.fpr[$dst] = l_r_2 & 0xffffffffffffffff | 0xffff0000000000000000  # mmx.r1:270
+S.fsw = S.fsw & 0xffffc7ff | 0x0  # mmx.r1:38
+S.ftw = 255 & 0xff  # mmx.r1:39
 """
 
-# PUNPCKLDQ_MM_M32 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/mmx.r1:123
+# PUNPCKLBW_MM_M32 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/mmx.r1:272
 _T10 = """\
-b_unimplemented('PUNPCKLDQ_MM_M32', 'spec/mmx.r1:123')  # mmx.r1:123
+ea = $ea
+v_dst = (S.fpr[$dst] & 0xffffffffffffffff)  # mmx.r1:275
+if (S.cr[0] >> 2 & 0x1):  # mmx.r1:29
+    raise Fault(6, None)  # mmx.r1:29
+if (S.cr[0] >> 3 & 0x1):  # mmx.r1:30
+    raise Fault(7, None)  # mmx.r1:30
+if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # mmx.r1:31
+    raise Fault(16, None)  # mmx.r1:31
+v_src = rd32($seg, ea)  # mmx.r1:275
+m_a_0 = (v_dst & 0xffffffff)
+l_r_1 = 0  # mmx.r1:121
+l_i_2 = 0  # mmx.r1:122
+while (l_i_2 < 32):  # mmx.r1:123
+    l_r_1 = (l_r_1 | ((((m_a_0 >> l_i_2) & 255) << (2 * l_i_2)) | (((v_src >> l_i_2) & 255) << ((2 * l_i_2) + 8))))  # mmx.r1:124
+    l_i_2 = (l_i_2 + 8)  # mmx.r1:125
+S.fpr[$dst] = l_r_1 & 0xffffffffffffffff | 0xffff0000000000000000  # mmx.r1:281
+S.fsw = S.fsw & 0xffffc7ff | 0x0  # mmx.r1:38
+S.ftw = 255 & 0xff  # mmx.r1:39
 """
 
-# PUNPCKHBW_MM_MMRM [o16 a16 reg and 7 more] from spec/mmx.r1:133
+# PUNPCKLWD_MM_MM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/mmx.r1:283
 _T11 = """\
-b_unimplemented('PUNPCKHBW_MM_MMRM', 'spec/mmx.r1:133')  # mmx.r1:133
+v_dst = (S.fpr[$dst] & 0xffffffffffffffff)  # mmx.r1:286
+v_src = (S.fpr[$src] & 0xffffffffffffffff)  # mmx.r1:286
+if (S.cr[0] >> 2 & 0x1):  # mmx.r1:29
+    raise Fault(6, None)  # mmx.r1:29
+if (S.cr[0] >> 3 & 0x1):  # mmx.r1:30
+    raise Fault(7, None)  # mmx.r1:30
+if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # mmx.r1:31
+    raise Fault(16, None)  # mmx.r1:31
+m_a_0 = (v_dst & 0xffffffff)
+m_b_1 = (v_src & 0xffffffff)
+l_r_2 = 0  # mmx.r1:121
+l_i_3 = 0  # mmx.r1:122
+while (l_i_3 < 32):  # mmx.r1:123
+    l_r_2 = (l_r_2 | ((((m_a_0 >> l_i_3) & 65535) << (2 * l_i_3)) | (((m_b_1 >> l_i_3) & 65535) << ((2 * l_i_3) + 16))))  # mmx.r1:124
+    l_i_3 = (l_i_3 + 16)  # mmx.r1:125
+S.fpr[$dst] = l_r_2 & 0xffffffffffffffff | 0xffff0000000000000000  # mmx.r1:292
+S.fsw = S.fsw & 0xffffc7ff | 0x0  # mmx.r1:38
+S.ftw = 255 & 0xff  # mmx.r1:39
 """
 
-# PUNPCKHWD_MM_MMRM [o16 a16 reg and 7 more] from spec/mmx.r1:143
+# PUNPCKLWD_MM_M32 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/mmx.r1:294
 _T12 = """\
-b_unimplemented('PUNPCKHWD_MM_MMRM', 'spec/mmx.r1:143')  # mmx.r1:143
+ea = $ea
+v_dst = (S.fpr[$dst] & 0xffffffffffffffff)  # mmx.r1:297
+if (S.cr[0] >> 2 & 0x1):  # mmx.r1:29
+    raise Fault(6, None)  # mmx.r1:29
+if (S.cr[0] >> 3 & 0x1):  # mmx.r1:30
+    raise Fault(7, None)  # mmx.r1:30
+if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # mmx.r1:31
+    raise Fault(16, None)  # mmx.r1:31
+v_src = rd32($seg, ea)  # mmx.r1:297
+m_a_0 = (v_dst & 0xffffffff)
+l_r_1 = 0  # mmx.r1:121
+l_i_2 = 0  # mmx.r1:122
+while (l_i_2 < 32):  # mmx.r1:123
+    l_r_1 = (l_r_1 | ((((m_a_0 >> l_i_2) & 65535) << (2 * l_i_2)) | (((v_src >> l_i_2) & 65535) << ((2 * l_i_2) + 16))))  # mmx.r1:124
+    l_i_2 = (l_i_2 + 16)  # mmx.r1:125
+S.fpr[$dst] = l_r_1 & 0xffffffffffffffff | 0xffff0000000000000000  # mmx.r1:303
+S.fsw = S.fsw & 0xffffc7ff | 0x0  # mmx.r1:38
+S.ftw = 255 & 0xff  # mmx.r1:39
 """
 
-# PUNPCKHDQ_MM_MMRM [o16 a16 reg and 7 more] from spec/mmx.r1:153
+# PUNPCKLDQ_MM_MM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/mmx.r1:305
 _T13 = """\
-b_unimplemented('PUNPCKHDQ_MM_MMRM', 'spec/mmx.r1:153')  # mmx.r1:153
+v_dst = (S.fpr[$dst] & 0xffffffffffffffff)  # mmx.r1:308
+v_src = (S.fpr[$src] & 0xffffffffffffffff)  # mmx.r1:308
+if (S.cr[0] >> 2 & 0x1):  # mmx.r1:29
+    raise Fault(6, None)  # mmx.r1:29
+if (S.cr[0] >> 3 & 0x1):  # mmx.r1:30
+    raise Fault(7, None)  # mmx.r1:30
+if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # mmx.r1:31
+    raise Fault(16, None)  # mmx.r1:31
+m_a_0 = (v_dst & 0xffffffff)
+m_b_1 = (v_src & 0xffffffff)
+l_r_2 = 0  # mmx.r1:121
+l_i_3 = 0  # mmx.r1:122
+while (l_i_3 < 32):  # mmx.r1:123
+    l_r_2 = (l_r_2 | ((((m_a_0 >> l_i_3) & 4294967295) << (2 * l_i_3)) | (((m_b_1 >> l_i_3) & 4294967295) << ((2 * l_i_3) + 32))))  # mmx.r1:124
+    l_i_3 = (l_i_3 + 32)  # mmx.r1:125
+S.fpr[$dst] = l_r_2 & 0xffffffffffffffff | 0xffff0000000000000000  # mmx.r1:314
+S.fsw = S.fsw & 0xffffc7ff | 0x0  # mmx.r1:38
+S.ftw = 255 & 0xff  # mmx.r1:39
 """
 
-# PACKSSWB_MM_MMRM [o16 a16 reg and 7 more] from spec/mmx.r1:163
+# PUNPCKLDQ_MM_M32 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/mmx.r1:316
 _T14 = """\
-b_unimplemented('PACKSSWB_MM_MMRM', 'spec/mmx.r1:163')  # mmx.r1:163
+ea = $ea
+v_dst = (S.fpr[$dst] & 0xffffffffffffffff)  # mmx.r1:319
+if (S.cr[0] >> 2 & 0x1):  # mmx.r1:29
+    raise Fault(6, None)  # mmx.r1:29
+if (S.cr[0] >> 3 & 0x1):  # mmx.r1:30
+    raise Fault(7, None)  # mmx.r1:30
+if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # mmx.r1:31
+    raise Fault(16, None)  # mmx.r1:31
+v_src = rd32($seg, ea)  # mmx.r1:319
+m_a_0 = (v_dst & 0xffffffff)
+l_r_1 = 0  # mmx.r1:121
+l_i_2 = 0  # mmx.r1:122
+while (l_i_2 < 32):  # mmx.r1:123
+    l_r_1 = (l_r_1 | ((((m_a_0 >> l_i_2) & 4294967295) << (2 * l_i_2)) | (((v_src >> l_i_2) & 4294967295) << ((2 * l_i_2) + 32))))  # mmx.r1:124
+    l_i_2 = (l_i_2 + 32)  # mmx.r1:125
+S.fpr[$dst] = l_r_1 & 0xffffffffffffffff | 0xffff0000000000000000  # mmx.r1:325
+S.fsw = S.fsw & 0xffffc7ff | 0x0  # mmx.r1:38
+S.ftw = 255 & 0xff  # mmx.r1:39
 """
 
-# PACKUSWB_MM_MMRM [o16 a16 reg and 7 more] from spec/mmx.r1:173
+# PUNPCKHBW_MM_MMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/mmx.r1:327
 _T15 = """\
-b_unimplemented('PACKUSWB_MM_MMRM', 'spec/mmx.r1:173')  # mmx.r1:173
+v_dst = (S.fpr[$dst] & 0xffffffffffffffff)  # mmx.r1:330
+v_src = (S.fpr[$src] & 0xffffffffffffffff)  # mmx.r1:330
+if (S.cr[0] >> 2 & 0x1):  # mmx.r1:29
+    raise Fault(6, None)  # mmx.r1:29
+if (S.cr[0] >> 3 & 0x1):  # mmx.r1:30
+    raise Fault(7, None)  # mmx.r1:30
+if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # mmx.r1:31
+    raise Fault(16, None)  # mmx.r1:31
+m_a_0 = (v_dst >> 32 & 0xffffffff)
+m_b_1 = (v_src >> 32 & 0xffffffff)
+l_r_2 = 0  # mmx.r1:121
+l_i_3 = 0  # mmx.r1:122
+while (l_i_3 < 32):  # mmx.r1:123
+    l_r_2 = (l_r_2 | ((((m_a_0 >> l_i_3) & 255) << (2 * l_i_3)) | (((m_b_1 >> l_i_3) & 255) << ((2 * l_i_3) + 8))))  # mmx.r1:124
+    l_i_3 = (l_i_3 + 8)  # mmx.r1:125
+S.fpr[$dst] = l_r_2 & 0xffffffffffffffff | 0xffff0000000000000000  # mmx.r1:336
+S.fsw = S.fsw & 0xffffc7ff | 0x0  # mmx.r1:38
+S.ftw = 255 & 0xff  # mmx.r1:39
 """
 
-# PACKSSDW_MM_MMRM [o16 a16 reg and 7 more] from spec/mmx.r1:183
+# PUNPCKHBW_MM_MMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/mmx.r1:327
 _T16 = """\
-b_unimplemented('PACKSSDW_MM_MMRM', 'spec/mmx.r1:183')  # mmx.r1:183
+ea = $ea
+v_dst = (S.fpr[$dst] & 0xffffffffffffffff)  # mmx.r1:330
+if (S.cr[0] >> 2 & 0x1):  # mmx.r1:29
+    raise Fault(6, None)  # mmx.r1:29
+if (S.cr[0] >> 3 & 0x1):  # mmx.r1:30
+    raise Fault(7, None)  # mmx.r1:30
+if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # mmx.r1:31
+    raise Fault(16, None)  # mmx.r1:31
+v_src = b_load($seg, ea, 64)  # mmx.r1:330
+m_a_0 = (v_dst >> 32 & 0xffffffff)
+m_b_1 = (v_src >> 32 & 0xffffffff)
+l_r_2 = 0  # mmx.r1:121
+l_i_3 = 0  # mmx.r1:122
+while (l_i_3 < 32):  # mmx.r1:123
+    l_r_2 = (l_r_2 | ((((m_a_0 >> l_i_3) & 255) << (2 * l_i_3)) | (((m_b_1 >> l_i_3) & 255) << ((2 * l_i_3) + 8))))  # mmx.r1:124
+    l_i_3 = (l_i_3 + 8)  # mmx.r1:125
+S.fpr[$dst] = l_r_2 & 0xffffffffffffffff | 0xffff0000000000000000  # mmx.r1:336
+S.fsw = S.fsw & 0xffffc7ff | 0x0  # mmx.r1:38
+S.ftw = 255 & 0xff  # mmx.r1:39
 """
 
-# PADDB_MM_MMRM [o16 a16 reg and 7 more] from spec/mmx.r1:195
+# PUNPCKHWD_MM_MMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/mmx.r1:338
 _T17 = """\
-b_unimplemented('PADDB_MM_MMRM', 'spec/mmx.r1:195')  # mmx.r1:195
+v_dst = (S.fpr[$dst] & 0xffffffffffffffff)  # mmx.r1:341
+v_src = (S.fpr[$src] & 0xffffffffffffffff)  # mmx.r1:341
+if (S.cr[0] >> 2 & 0x1):  # mmx.r1:29
+    raise Fault(6, None)  # mmx.r1:29
+if (S.cr[0] >> 3 & 0x1):  # mmx.r1:30
+    raise Fault(7, None)  # mmx.r1:30
+if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # mmx.r1:31
+    raise Fault(16, None)  # mmx.r1:31
+m_a_0 = (v_dst >> 32 & 0xffffffff)
+m_b_1 = (v_src >> 32 & 0xffffffff)
+l_r_2 = 0  # mmx.r1:121
+l_i_3 = 0  # mmx.r1:122
+while (l_i_3 < 32):  # mmx.r1:123
+    l_r_2 = (l_r_2 | ((((m_a_0 >> l_i_3) & 65535) << (2 * l_i_3)) | (((m_b_1 >> l_i_3) & 65535) << ((2 * l_i_3) + 16))))  # mmx.r1:124
+    l_i_3 = (l_i_3 + 16)  # mmx.r1:125
+S.fpr[$dst] = l_r_2 & 0xffffffffffffffff | 0xffff0000000000000000  # mmx.r1:347
+S.fsw = S.fsw & 0xffffc7ff | 0x0  # mmx.r1:38
+S.ftw = 255 & 0xff  # mmx.r1:39
 """
 
-# PADDW_MM_MMRM [o16 a16 reg and 7 more] from spec/mmx.r1:205
+# PUNPCKHWD_MM_MMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/mmx.r1:338
 _T18 = """\
-b_unimplemented('PADDW_MM_MMRM', 'spec/mmx.r1:205')  # mmx.r1:205
+ea = $ea
+v_dst = (S.fpr[$dst] & 0xffffffffffffffff)  # mmx.r1:341
+if (S.cr[0] >> 2 & 0x1):  # mmx.r1:29
+    raise Fault(6, None)  # mmx.r1:29
+if (S.cr[0] >> 3 & 0x1):  # mmx.r1:30
+    raise Fault(7, None)  # mmx.r1:30
+if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # mmx.r1:31
+    raise Fault(16, None)  # mmx.r1:31
+v_src = b_load($seg, ea, 64)  # mmx.r1:341
+m_a_0 = (v_dst >> 32 & 0xffffffff)
+m_b_1 = (v_src >> 32 & 0xffffffff)
+l_r_2 = 0  # mmx.r1:121
+l_i_3 = 0  # mmx.r1:122
+while (l_i_3 < 32):  # mmx.r1:123
+    l_r_2 = (l_r_2 | ((((m_a_0 >> l_i_3) & 65535) << (2 * l_i_3)) | (((m_b_1 >> l_i_3) & 65535) << ((2 * l_i_3) + 16))))  # mmx.r1:124
+    l_i_3 = (l_i_3 + 16)  # mmx.r1:125
+S.fpr[$dst] = l_r_2 & 0xffffffffffffffff | 0xffff0000000000000000  # mmx.r1:347
+S.fsw = S.fsw & 0xffffc7ff | 0x0  # mmx.r1:38
+S.ftw = 255 & 0xff  # mmx.r1:39
 """
 
-# PADDD_MM_MMRM [o16 a16 reg and 7 more] from spec/mmx.r1:215
+# PUNPCKHDQ_MM_MMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/mmx.r1:349
 _T19 = """\
-b_unimplemented('PADDD_MM_MMRM', 'spec/mmx.r1:215')  # mmx.r1:215
+v_dst = (S.fpr[$dst] & 0xffffffffffffffff)  # mmx.r1:352
+v_src = (S.fpr[$src] & 0xffffffffffffffff)  # mmx.r1:352
+if (S.cr[0] >> 2 & 0x1):  # mmx.r1:29
+    raise Fault(6, None)  # mmx.r1:29
+if (S.cr[0] >> 3 & 0x1):  # mmx.r1:30
+    raise Fault(7, None)  # mmx.r1:30
+if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # mmx.r1:31
+    raise Fault(16, None)  # mmx.r1:31
+m_a_0 = (v_dst >> 32 & 0xffffffff)
+m_b_1 = (v_src >> 32 & 0xffffffff)
+l_r_2 = 0  # mmx.r1:121
+l_i_3 = 0  # mmx.r1:122
+while (l_i_3 < 32):  # mmx.r1:123
+    l_r_2 = (l_r_2 | ((((m_a_0 >> l_i_3) & 4294967295) << (2 * l_i_3)) | (((m_b_1 >> l_i_3) & 4294967295) << ((2 * l_i_3) + 32))))  # mmx.r1:124
+    l_i_3 = (l_i_3 + 32)  # mmx.r1:125
+S.fpr[$dst] = l_r_2 & 0xffffffffffffffff | 0xffff0000000000000000  # mmx.r1:358
+S.fsw = S.fsw & 0xffffc7ff | 0x0  # mmx.r1:38
+S.ftw = 255 & 0xff  # mmx.r1:39
 """
 
-# PADDSB_MM_MMRM [o16 a16 reg and 7 more] from spec/mmx.r1:225
+# PUNPCKHDQ_MM_MMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/mmx.r1:349
 _T20 = """\
-b_unimplemented('PADDSB_MM_MMRM', 'spec/mmx.r1:225')  # mmx.r1:225
+ea = $ea
+v_dst = (S.fpr[$dst] & 0xffffffffffffffff)  # mmx.r1:352
+if (S.cr[0] >> 2 & 0x1):  # mmx.r1:29
+    raise Fault(6, None)  # mmx.r1:29
+if (S.cr[0] >> 3 & 0x1):  # mmx.r1:30
+    raise Fault(7, None)  # mmx.r1:30
+if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # mmx.r1:31
+    raise Fault(16, None)  # mmx.r1:31
+v_src = b_load($seg, ea, 64)  # mmx.r1:352
+m_a_0 = (v_dst >> 32 & 0xffffffff)
+m_b_1 = (v_src >> 32 & 0xffffffff)
+l_r_2 = 0  # mmx.r1:121
+l_i_3 = 0  # mmx.r1:122
+while (l_i_3 < 32):  # mmx.r1:123
+    l_r_2 = (l_r_2 | ((((m_a_0 >> l_i_3) & 4294967295) << (2 * l_i_3)) | (((m_b_1 >> l_i_3) & 4294967295) << ((2 * l_i_3) + 32))))  # mmx.r1:124
+    l_i_3 = (l_i_3 + 32)  # mmx.r1:125
+S.fpr[$dst] = l_r_2 & 0xffffffffffffffff | 0xffff0000000000000000  # mmx.r1:358
+S.fsw = S.fsw & 0xffffc7ff | 0x0  # mmx.r1:38
+S.ftw = 255 & 0xff  # mmx.r1:39
 """
 
-# PADDSW_MM_MMRM [o16 a16 reg and 7 more] from spec/mmx.r1:235
+# PACKSSWB_MM_MMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/mmx.r1:360
 _T21 = """\
-b_unimplemented('PADDSW_MM_MMRM', 'spec/mmx.r1:235')  # mmx.r1:235
+v_dst = (S.fpr[$dst] & 0xffffffffffffffff)  # mmx.r1:363
+v_src = (S.fpr[$src] & 0xffffffffffffffff)  # mmx.r1:363
+if (S.cr[0] >> 2 & 0x1):  # mmx.r1:29
+    raise Fault(6, None)  # mmx.r1:29
+if (S.cr[0] >> 3 & 0x1):  # mmx.r1:30
+    raise Fault(7, None)  # mmx.r1:30
+if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # mmx.r1:31
+    raise Fault(16, None)  # mmx.r1:31
+l_r_0 = 0  # mmx.r1:135
+l_i_1 = 0  # mmx.r1:136
+while (l_i_1 < 64):  # mmx.r1:137
+    l_x_2 = ((((v_dst >> l_i_1) & 65535) & 0xffff ^ 0x8000) - 0x8000)  # mmx.r1:138
+    l_y_3 = ((((v_src >> l_i_1) & 65535) & 0xffff ^ 0x8000) - 0x8000)  # mmx.r1:139
+    l_r_0 = (l_r_0 | ((128 if (l_x_2 < (-128)) else (127 if (l_x_2 > 127) else (l_x_2 & 255))) << (l_i_1 // 2)))  # mmx.r1:140
+    l_r_0 = (l_r_0 | ((128 if (l_y_3 < (-128)) else (127 if (l_y_3 > 127) else (l_y_3 & 255))) << ((64 + l_i_1) // 2)))  # mmx.r1:141
+    l_i_1 = (l_i_1 + 16)  # mmx.r1:142
+S.fpr[$dst] = l_r_0 & 0xffffffffffffffff | 0xffff0000000000000000  # mmx.r1:369
+S.fsw = S.fsw & 0xffffc7ff | 0x0  # mmx.r1:38
+S.ftw = 255 & 0xff  # mmx.r1:39
 """
 
-# PADDUSB_MM_MMRM [o16 a16 reg and 7 more] from spec/mmx.r1:245
+# PACKSSWB_MM_MMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/mmx.r1:360
 _T22 = """\
-b_unimplemented('PADDUSB_MM_MMRM', 'spec/mmx.r1:245')  # mmx.r1:245
+ea = $ea
+v_dst = (S.fpr[$dst] & 0xffffffffffffffff)  # mmx.r1:363
+if (S.cr[0] >> 2 & 0x1):  # mmx.r1:29
+    raise Fault(6, None)  # mmx.r1:29
+if (S.cr[0] >> 3 & 0x1):  # mmx.r1:30
+    raise Fault(7, None)  # mmx.r1:30
+if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # mmx.r1:31
+    raise Fault(16, None)  # mmx.r1:31
+v_src = b_load($seg, ea, 64)  # mmx.r1:363
+l_r_0 = 0  # mmx.r1:135
+l_i_1 = 0  # mmx.r1:136
+while (l_i_1 < 64):  # mmx.r1:137
+    l_x_2 = ((((v_dst >> l_i_1) & 65535) & 0xffff ^ 0x8000) - 0x8000)  # mmx.r1:138
+    l_y_3 = ((((v_src >> l_i_1) & 65535) & 0xffff ^ 0x8000) - 0x8000)  # mmx.r1:139
+    l_r_0 = (l_r_0 | ((128 if (l_x_2 < (-128)) else (127 if (l_x_2 > 127) else (l_x_2 & 255))) << (l_i_1 // 2)))  # mmx.r1:140
+    l_r_0 = (l_r_0 | ((128 if (l_y_3 < (-128)) else (127 if (l_y_3 > 127) else (l_y_3 & 255))) << ((64 + l_i_1) // 2)))  # mmx.r1:141
+    l_i_1 = (l_i_1 + 16)  # mmx.r1:142
+S.fpr[$dst] = l_r_0 & 0xffffffffffffffff | 0xffff0000000000000000  # mmx.r1:369
+S.fsw = S.fsw & 0xffffc7ff | 0x0  # mmx.r1:38
+S.ftw = 255 & 0xff  # mmx.r1:39
 """
 
-# PADDUSW_MM_MMRM [o16 a16 reg and 7 more] from spec/mmx.r1:255
+# PACKUSWB_MM_MMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/mmx.r1:371
 _T23 = """\
-b_unimplemented('PADDUSW_MM_MMRM', 'spec/mmx.r1:255')  # mmx.r1:255
+v_dst = (S.fpr[$dst] & 0xffffffffffffffff)  # mmx.r1:374
+v_src = (S.fpr[$src] & 0xffffffffffffffff)  # mmx.r1:374
+if (S.cr[0] >> 2 & 0x1):  # mmx.r1:29
+    raise Fault(6, None)  # mmx.r1:29
+if (S.cr[0] >> 3 & 0x1):  # mmx.r1:30
+    raise Fault(7, None)  # mmx.r1:30
+if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # mmx.r1:31
+    raise Fault(16, None)  # mmx.r1:31
+l_r_0 = 0  # mmx.r1:135
+l_i_1 = 0  # mmx.r1:136
+while (l_i_1 < 64):  # mmx.r1:137
+    l_x_2 = ((((v_dst >> l_i_1) & 65535) & 0xffff ^ 0x8000) - 0x8000)  # mmx.r1:138
+    l_y_3 = ((((v_src >> l_i_1) & 65535) & 0xffff ^ 0x8000) - 0x8000)  # mmx.r1:139
+    l_r_0 = (l_r_0 | ((0 if (l_x_2 < 0) else (255 if (l_x_2 > 255) else l_x_2)) << (l_i_1 // 2)))  # mmx.r1:140
+    l_r_0 = (l_r_0 | ((0 if (l_y_3 < 0) else (255 if (l_y_3 > 255) else l_y_3)) << ((64 + l_i_1) // 2)))  # mmx.r1:141
+    l_i_1 = (l_i_1 + 16)  # mmx.r1:142
+S.fpr[$dst] = l_r_0 & 0xffffffffffffffff | 0xffff0000000000000000  # mmx.r1:380
+S.fsw = S.fsw & 0xffffc7ff | 0x0  # mmx.r1:38
+S.ftw = 255 & 0xff  # mmx.r1:39
 """
 
-# PSUBB_MM_MMRM [o16 a16 reg and 7 more] from spec/mmx.r1:265
+# PACKUSWB_MM_MMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/mmx.r1:371
 _T24 = """\
-b_unimplemented('PSUBB_MM_MMRM', 'spec/mmx.r1:265')  # mmx.r1:265
+ea = $ea
+v_dst = (S.fpr[$dst] & 0xffffffffffffffff)  # mmx.r1:374
+if (S.cr[0] >> 2 & 0x1):  # mmx.r1:29
+    raise Fault(6, None)  # mmx.r1:29
+if (S.cr[0] >> 3 & 0x1):  # mmx.r1:30
+    raise Fault(7, None)  # mmx.r1:30
+if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # mmx.r1:31
+    raise Fault(16, None)  # mmx.r1:31
+v_src = b_load($seg, ea, 64)  # mmx.r1:374
+l_r_0 = 0  # mmx.r1:135
+l_i_1 = 0  # mmx.r1:136
+while (l_i_1 < 64):  # mmx.r1:137
+    l_x_2 = ((((v_dst >> l_i_1) & 65535) & 0xffff ^ 0x8000) - 0x8000)  # mmx.r1:138
+    l_y_3 = ((((v_src >> l_i_1) & 65535) & 0xffff ^ 0x8000) - 0x8000)  # mmx.r1:139
+    l_r_0 = (l_r_0 | ((0 if (l_x_2 < 0) else (255 if (l_x_2 > 255) else l_x_2)) << (l_i_1 // 2)))  # mmx.r1:140
+    l_r_0 = (l_r_0 | ((0 if (l_y_3 < 0) else (255 if (l_y_3 > 255) else l_y_3)) << ((64 + l_i_1) // 2)))  # mmx.r1:141
+    l_i_1 = (l_i_1 + 16)  # mmx.r1:142
+S.fpr[$dst] = l_r_0 & 0xffffffffffffffff | 0xffff0000000000000000  # mmx.r1:380
+S.fsw = S.fsw & 0xffffc7ff | 0x0  # mmx.r1:38
+S.ftw = 255 & 0xff  # mmx.r1:39
 """
 
-# PSUBW_MM_MMRM [o16 a16 reg and 7 more] from spec/mmx.r1:275
+# PACKSSDW_MM_MMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/mmx.r1:382
 _T25 = """\
-b_unimplemented('PSUBW_MM_MMRM', 'spec/mmx.r1:275')  # mmx.r1:275
+v_dst = (S.fpr[$dst] & 0xffffffffffffffff)  # mmx.r1:385
+v_src = (S.fpr[$src] & 0xffffffffffffffff)  # mmx.r1:385
+if (S.cr[0] >> 2 & 0x1):  # mmx.r1:29
+    raise Fault(6, None)  # mmx.r1:29
+if (S.cr[0] >> 3 & 0x1):  # mmx.r1:30
+    raise Fault(7, None)  # mmx.r1:30
+if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # mmx.r1:31
+    raise Fault(16, None)  # mmx.r1:31
+l_r_0 = 0  # mmx.r1:135
+l_i_1 = 0  # mmx.r1:136
+while (l_i_1 < 64):  # mmx.r1:137
+    l_x_2 = ((((v_dst >> l_i_1) & 4294967295) & 0xffffffff ^ 0x80000000) - 0x80000000)  # mmx.r1:138
+    l_y_3 = ((((v_src >> l_i_1) & 4294967295) & 0xffffffff ^ 0x80000000) - 0x80000000)  # mmx.r1:139
+    l_r_0 = (l_r_0 | ((32768 if (l_x_2 < (-32768)) else (32767 if (l_x_2 > 32767) else (l_x_2 & 65535))) << (l_i_1 // 2)))  # mmx.r1:140
+    l_r_0 = (l_r_0 | ((32768 if (l_y_3 < (-32768)) else (32767 if (l_y_3 > 32767) else (l_y_3 & 65535))) << ((64 + l_i_1) // 2)))  # mmx.r1:141
+    l_i_1 = (l_i_1 + 32)  # mmx.r1:142
+S.fpr[$dst] = l_r_0 & 0xffffffffffffffff | 0xffff0000000000000000  # mmx.r1:391
+S.fsw = S.fsw & 0xffffc7ff | 0x0  # mmx.r1:38
+S.ftw = 255 & 0xff  # mmx.r1:39
 """
 
-# PSUBD_MM_MMRM [o16 a16 reg and 7 more] from spec/mmx.r1:285
+# PACKSSDW_MM_MMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/mmx.r1:382
 _T26 = """\
-b_unimplemented('PSUBD_MM_MMRM', 'spec/mmx.r1:285')  # mmx.r1:285
+ea = $ea
+v_dst = (S.fpr[$dst] & 0xffffffffffffffff)  # mmx.r1:385
+if (S.cr[0] >> 2 & 0x1):  # mmx.r1:29
+    raise Fault(6, None)  # mmx.r1:29
+if (S.cr[0] >> 3 & 0x1):  # mmx.r1:30
+    raise Fault(7, None)  # mmx.r1:30
+if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # mmx.r1:31
+    raise Fault(16, None)  # mmx.r1:31
+v_src = b_load($seg, ea, 64)  # mmx.r1:385
+l_r_0 = 0  # mmx.r1:135
+l_i_1 = 0  # mmx.r1:136
+while (l_i_1 < 64):  # mmx.r1:137
+    l_x_2 = ((((v_dst >> l_i_1) & 4294967295) & 0xffffffff ^ 0x80000000) - 0x80000000)  # mmx.r1:138
+    l_y_3 = ((((v_src >> l_i_1) & 4294967295) & 0xffffffff ^ 0x80000000) - 0x80000000)  # mmx.r1:139
+    l_r_0 = (l_r_0 | ((32768 if (l_x_2 < (-32768)) else (32767 if (l_x_2 > 32767) else (l_x_2 & 65535))) << (l_i_1 // 2)))  # mmx.r1:140
+    l_r_0 = (l_r_0 | ((32768 if (l_y_3 < (-32768)) else (32767 if (l_y_3 > 32767) else (l_y_3 & 65535))) << ((64 + l_i_1) // 2)))  # mmx.r1:141
+    l_i_1 = (l_i_1 + 32)  # mmx.r1:142
+S.fpr[$dst] = l_r_0 & 0xffffffffffffffff | 0xffff0000000000000000  # mmx.r1:391
+S.fsw = S.fsw & 0xffffc7ff | 0x0  # mmx.r1:38
+S.ftw = 255 & 0xff  # mmx.r1:39
 """
 
-# PSUBSB_MM_MMRM [o16 a16 reg and 7 more] from spec/mmx.r1:295
+# PADDB_MM_MMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/mmx.r1:395
 _T27 = """\
-b_unimplemented('PSUBSB_MM_MMRM', 'spec/mmx.r1:295')  # mmx.r1:295
+v_dst = (S.fpr[$dst] & 0xffffffffffffffff)  # mmx.r1:398
+v_src = (S.fpr[$src] & 0xffffffffffffffff)  # mmx.r1:398
+if (S.cr[0] >> 2 & 0x1):  # mmx.r1:29
+    raise Fault(6, None)  # mmx.r1:29
+if (S.cr[0] >> 3 & 0x1):  # mmx.r1:30
+    raise Fault(7, None)  # mmx.r1:30
+if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # mmx.r1:31
+    raise Fault(16, None)  # mmx.r1:31
+l_r_0 = 0  # mmx.r1:92
+l_i_1 = 0  # mmx.r1:93
+while (l_i_1 < 64):  # mmx.r1:94
+    a_x_2 = ((v_dst >> l_i_1) & 255)
+    a_y_3 = ((v_src >> l_i_1) & 255)
+    l_r_0 = (l_r_0 | (((a_x_2 + a_y_3) & 255) << l_i_1))  # mmx.r1:95
+    l_i_1 = (l_i_1 + 8)  # mmx.r1:96
+S.fpr[$dst] = l_r_0 & 0xffffffffffffffff | 0xffff0000000000000000  # mmx.r1:404
+S.fsw = S.fsw & 0xffffc7ff | 0x0  # mmx.r1:38
+S.ftw = 255 & 0xff  # mmx.r1:39
 """
 
-# PSUBSW_MM_MMRM [o16 a16 reg and 7 more] from spec/mmx.r1:305
+# PADDB_MM_MMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/mmx.r1:395
 _T28 = """\
-b_unimplemented('PSUBSW_MM_MMRM', 'spec/mmx.r1:305')  # mmx.r1:305
+ea = $ea
+v_dst = (S.fpr[$dst] & 0xffffffffffffffff)  # mmx.r1:398
+if (S.cr[0] >> 2 & 0x1):  # mmx.r1:29
+    raise Fault(6, None)  # mmx.r1:29
+if (S.cr[0] >> 3 & 0x1):  # mmx.r1:30
+    raise Fault(7, None)  # mmx.r1:30
+if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # mmx.r1:31
+    raise Fault(16, None)  # mmx.r1:31
+v_src = b_load($seg, ea, 64)  # mmx.r1:398
+l_r_0 = 0  # mmx.r1:92
+l_i_1 = 0  # mmx.r1:93
+while (l_i_1 < 64):  # mmx.r1:94
+    a_x_2 = ((v_dst >> l_i_1) & 255)
+    a_y_3 = ((v_src >> l_i_1) & 255)
+    l_r_0 = (l_r_0 | (((a_x_2 + a_y_3) & 255) << l_i_1))  # mmx.r1:95
+    l_i_1 = (l_i_1 + 8)  # mmx.r1:96
+S.fpr[$dst] = l_r_0 & 0xffffffffffffffff | 0xffff0000000000000000  # mmx.r1:404
+S.fsw = S.fsw & 0xffffc7ff | 0x0  # mmx.r1:38
+S.ftw = 255 & 0xff  # mmx.r1:39
 """
 
-# PSUBUSB_MM_MMRM [o16 a16 reg and 7 more] from spec/mmx.r1:315
+# PADDW_MM_MMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/mmx.r1:406
 _T29 = """\
-b_unimplemented('PSUBUSB_MM_MMRM', 'spec/mmx.r1:315')  # mmx.r1:315
+v_dst = (S.fpr[$dst] & 0xffffffffffffffff)  # mmx.r1:409
+v_src = (S.fpr[$src] & 0xffffffffffffffff)  # mmx.r1:409
+if (S.cr[0] >> 2 & 0x1):  # mmx.r1:29
+    raise Fault(6, None)  # mmx.r1:29
+if (S.cr[0] >> 3 & 0x1):  # mmx.r1:30
+    raise Fault(7, None)  # mmx.r1:30
+if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # mmx.r1:31
+    raise Fault(16, None)  # mmx.r1:31
+l_r_0 = 0  # mmx.r1:92
+l_i_1 = 0  # mmx.r1:93
+while (l_i_1 < 64):  # mmx.r1:94
+    a_x_2 = ((v_dst >> l_i_1) & 65535)
+    a_y_3 = ((v_src >> l_i_1) & 65535)
+    l_r_0 = (l_r_0 | (((a_x_2 + a_y_3) & 65535) << l_i_1))  # mmx.r1:95
+    l_i_1 = (l_i_1 + 16)  # mmx.r1:96
+S.fpr[$dst] = l_r_0 & 0xffffffffffffffff | 0xffff0000000000000000  # mmx.r1:415
+S.fsw = S.fsw & 0xffffc7ff | 0x0  # mmx.r1:38
+S.ftw = 255 & 0xff  # mmx.r1:39
 """
 
-# PSUBUSW_MM_MMRM [o16 a16 reg and 7 more] from spec/mmx.r1:325
+# PADDW_MM_MMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/mmx.r1:406
 _T30 = """\
-b_unimplemented('PSUBUSW_MM_MMRM', 'spec/mmx.r1:325')  # mmx.r1:325
+ea = $ea
+v_dst = (S.fpr[$dst] & 0xffffffffffffffff)  # mmx.r1:409
+if (S.cr[0] >> 2 & 0x1):  # mmx.r1:29
+    raise Fault(6, None)  # mmx.r1:29
+if (S.cr[0] >> 3 & 0x1):  # mmx.r1:30
+    raise Fault(7, None)  # mmx.r1:30
+if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # mmx.r1:31
+    raise Fault(16, None)  # mmx.r1:31
+v_src = b_load($seg, ea, 64)  # mmx.r1:409
+l_r_0 = 0  # mmx.r1:92
+l_i_1 = 0  # mmx.r1:93
+while (l_i_1 < 64):  # mmx.r1:94
+    a_x_2 = ((v_dst >> l_i_1) & 65535)
+    a_y_3 = ((v_src >> l_i_1) & 65535)
+    l_r_0 = (l_r_0 | (((a_x_2 + a_y_3) & 65535) << l_i_1))  # mmx.r1:95
+    l_i_1 = (l_i_1 + 16)  # mmx.r1:96
+S.fpr[$dst] = l_r_0 & 0xffffffffffffffff | 0xffff0000000000000000  # mmx.r1:415
+S.fsw = S.fsw & 0xffffc7ff | 0x0  # mmx.r1:38
+S.ftw = 255 & 0xff  # mmx.r1:39
 """
 
-# PMULLW_MM_MMRM [o16 a16 reg and 7 more] from spec/mmx.r1:335
+# PADDD_MM_MMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/mmx.r1:417
 _T31 = """\
-b_unimplemented('PMULLW_MM_MMRM', 'spec/mmx.r1:335')  # mmx.r1:335
+v_dst = (S.fpr[$dst] & 0xffffffffffffffff)  # mmx.r1:420
+v_src = (S.fpr[$src] & 0xffffffffffffffff)  # mmx.r1:420
+if (S.cr[0] >> 2 & 0x1):  # mmx.r1:29
+    raise Fault(6, None)  # mmx.r1:29
+if (S.cr[0] >> 3 & 0x1):  # mmx.r1:30
+    raise Fault(7, None)  # mmx.r1:30
+if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # mmx.r1:31
+    raise Fault(16, None)  # mmx.r1:31
+l_r_0 = 0  # mmx.r1:92
+l_i_1 = 0  # mmx.r1:93
+while (l_i_1 < 64):  # mmx.r1:94
+    a_x_2 = ((v_dst >> l_i_1) & 4294967295)
+    a_y_3 = ((v_src >> l_i_1) & 4294967295)
+    l_r_0 = (l_r_0 | (((a_x_2 + a_y_3) & 4294967295) << l_i_1))  # mmx.r1:95
+    l_i_1 = (l_i_1 + 32)  # mmx.r1:96
+S.fpr[$dst] = l_r_0 & 0xffffffffffffffff | 0xffff0000000000000000  # mmx.r1:426
+S.fsw = S.fsw & 0xffffc7ff | 0x0  # mmx.r1:38
+S.ftw = 255 & 0xff  # mmx.r1:39
 """
 
-# PMULHW_MM_MMRM [o16 a16 reg and 7 more] from spec/mmx.r1:345
+# PADDD_MM_MMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/mmx.r1:417
 _T32 = """\
-b_unimplemented('PMULHW_MM_MMRM', 'spec/mmx.r1:345')  # mmx.r1:345
+ea = $ea
+v_dst = (S.fpr[$dst] & 0xffffffffffffffff)  # mmx.r1:420
+if (S.cr[0] >> 2 & 0x1):  # mmx.r1:29
+    raise Fault(6, None)  # mmx.r1:29
+if (S.cr[0] >> 3 & 0x1):  # mmx.r1:30
+    raise Fault(7, None)  # mmx.r1:30
+if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # mmx.r1:31
+    raise Fault(16, None)  # mmx.r1:31
+v_src = b_load($seg, ea, 64)  # mmx.r1:420
+l_r_0 = 0  # mmx.r1:92
+l_i_1 = 0  # mmx.r1:93
+while (l_i_1 < 64):  # mmx.r1:94
+    a_x_2 = ((v_dst >> l_i_1) & 4294967295)
+    a_y_3 = ((v_src >> l_i_1) & 4294967295)
+    l_r_0 = (l_r_0 | (((a_x_2 + a_y_3) & 4294967295) << l_i_1))  # mmx.r1:95
+    l_i_1 = (l_i_1 + 32)  # mmx.r1:96
+S.fpr[$dst] = l_r_0 & 0xffffffffffffffff | 0xffff0000000000000000  # mmx.r1:426
+S.fsw = S.fsw & 0xffffc7ff | 0x0  # mmx.r1:38
+S.ftw = 255 & 0xff  # mmx.r1:39
 """
 
-# PMADDWD_MM_MMRM [o16 a16 reg and 7 more] from spec/mmx.r1:355
+# PADDSB_MM_MMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/mmx.r1:428
 _T33 = """\
-b_unimplemented('PMADDWD_MM_MMRM', 'spec/mmx.r1:355')  # mmx.r1:355
+v_dst = (S.fpr[$dst] & 0xffffffffffffffff)  # mmx.r1:431
+v_src = (S.fpr[$src] & 0xffffffffffffffff)  # mmx.r1:431
+if (S.cr[0] >> 2 & 0x1):  # mmx.r1:29
+    raise Fault(6, None)  # mmx.r1:29
+if (S.cr[0] >> 3 & 0x1):  # mmx.r1:30
+    raise Fault(7, None)  # mmx.r1:30
+if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # mmx.r1:31
+    raise Fault(16, None)  # mmx.r1:31
+l_r_0 = 0  # mmx.r1:92
+l_i_1 = 0  # mmx.r1:93
+while (l_i_1 < 64):  # mmx.r1:94
+    a_x_2 = ((v_dst >> l_i_1) & 255)
+    a_y_3 = ((v_src >> l_i_1) & 255)
+    a_v_4 = (((a_x_2 & 0xff ^ 0x80) - 0x80) + ((a_y_3 & 0xff ^ 0x80) - 0x80))
+    l_r_0 = (l_r_0 | (((128 if (a_v_4 < (-128)) else (127 if (a_v_4 > 127) else (a_v_4 & 255))) & 255) << l_i_1))  # mmx.r1:95
+    l_i_1 = (l_i_1 + 8)  # mmx.r1:96
+S.fpr[$dst] = l_r_0 & 0xffffffffffffffff | 0xffff0000000000000000  # mmx.r1:437
+S.fsw = S.fsw & 0xffffc7ff | 0x0  # mmx.r1:38
+S.ftw = 255 & 0xff  # mmx.r1:39
 """
 
-# PCMPEQB_MM_MMRM [o16 a16 reg and 7 more] from spec/mmx.r1:365
+# PADDSB_MM_MMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/mmx.r1:428
 _T34 = """\
-b_unimplemented('PCMPEQB_MM_MMRM', 'spec/mmx.r1:365')  # mmx.r1:365
+ea = $ea
+v_dst = (S.fpr[$dst] & 0xffffffffffffffff)  # mmx.r1:431
+if (S.cr[0] >> 2 & 0x1):  # mmx.r1:29
+    raise Fault(6, None)  # mmx.r1:29
+if (S.cr[0] >> 3 & 0x1):  # mmx.r1:30
+    raise Fault(7, None)  # mmx.r1:30
+if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # mmx.r1:31
+    raise Fault(16, None)  # mmx.r1:31
+v_src = b_load($seg, ea, 64)  # mmx.r1:431
+l_r_0 = 0  # mmx.r1:92
+l_i_1 = 0  # mmx.r1:93
+while (l_i_1 < 64):  # mmx.r1:94
+    a_x_2 = ((v_dst >> l_i_1) & 255)
+    a_y_3 = ((v_src >> l_i_1) & 255)
+    a_v_4 = (((a_x_2 & 0xff ^ 0x80) - 0x80) + ((a_y_3 & 0xff ^ 0x80) - 0x80))
+    l_r_0 = (l_r_0 | (((128 if (a_v_4 < (-128)) else (127 if (a_v_4 > 127) else (a_v_4 & 255))) & 255) << l_i_1))  # mmx.r1:95
+    l_i_1 = (l_i_1 + 8)  # mmx.r1:96
+S.fpr[$dst] = l_r_0 & 0xffffffffffffffff | 0xffff0000000000000000  # mmx.r1:437
+S.fsw = S.fsw & 0xffffc7ff | 0x0  # mmx.r1:38
+S.ftw = 255 & 0xff  # mmx.r1:39
 """
 
-# PCMPEQW_MM_MMRM [o16 a16 reg and 7 more] from spec/mmx.r1:375
+# PADDSW_MM_MMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/mmx.r1:439
 _T35 = """\
-b_unimplemented('PCMPEQW_MM_MMRM', 'spec/mmx.r1:375')  # mmx.r1:375
+v_dst = (S.fpr[$dst] & 0xffffffffffffffff)  # mmx.r1:442
+v_src = (S.fpr[$src] & 0xffffffffffffffff)  # mmx.r1:442
+if (S.cr[0] >> 2 & 0x1):  # mmx.r1:29
+    raise Fault(6, None)  # mmx.r1:29
+if (S.cr[0] >> 3 & 0x1):  # mmx.r1:30
+    raise Fault(7, None)  # mmx.r1:30
+if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # mmx.r1:31
+    raise Fault(16, None)  # mmx.r1:31
+l_r_0 = 0  # mmx.r1:92
+l_i_1 = 0  # mmx.r1:93
+while (l_i_1 < 64):  # mmx.r1:94
+    a_x_2 = ((v_dst >> l_i_1) & 65535)
+    a_y_3 = ((v_src >> l_i_1) & 65535)
+    a_v_4 = (((a_x_2 & 0xffff ^ 0x8000) - 0x8000) + ((a_y_3 & 0xffff ^ 0x8000) - 0x8000))
+    l_r_0 = (l_r_0 | (((32768 if (a_v_4 < (-32768)) else (32767 if (a_v_4 > 32767) else (a_v_4 & 65535))) & 65535) << l_i_1))  # mmx.r1:95
+    l_i_1 = (l_i_1 + 16)  # mmx.r1:96
+S.fpr[$dst] = l_r_0 & 0xffffffffffffffff | 0xffff0000000000000000  # mmx.r1:448
+S.fsw = S.fsw & 0xffffc7ff | 0x0  # mmx.r1:38
+S.ftw = 255 & 0xff  # mmx.r1:39
 """
 
-# PCMPEQD_MM_MMRM [o16 a16 reg and 7 more] from spec/mmx.r1:385
+# PADDSW_MM_MMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/mmx.r1:439
 _T36 = """\
-b_unimplemented('PCMPEQD_MM_MMRM', 'spec/mmx.r1:385')  # mmx.r1:385
+ea = $ea
+v_dst = (S.fpr[$dst] & 0xffffffffffffffff)  # mmx.r1:442
+if (S.cr[0] >> 2 & 0x1):  # mmx.r1:29
+    raise Fault(6, None)  # mmx.r1:29
+if (S.cr[0] >> 3 & 0x1):  # mmx.r1:30
+    raise Fault(7, None)  # mmx.r1:30
+if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # mmx.r1:31
+    raise Fault(16, None)  # mmx.r1:31
+v_src = b_load($seg, ea, 64)  # mmx.r1:442
+l_r_0 = 0  # mmx.r1:92
+l_i_1 = 0  # mmx.r1:93
+while (l_i_1 < 64):  # mmx.r1:94
+    a_x_2 = ((v_dst >> l_i_1) & 65535)
+    a_y_3 = ((v_src >> l_i_1) & 65535)
+    a_v_4 = (((a_x_2 & 0xffff ^ 0x8000) - 0x8000) + ((a_y_3 & 0xffff ^ 0x8000) - 0x8000))
+    l_r_0 = (l_r_0 | (((32768 if (a_v_4 < (-32768)) else (32767 if (a_v_4 > 32767) else (a_v_4 & 65535))) & 65535) << l_i_1))  # mmx.r1:95
+    l_i_1 = (l_i_1 + 16)  # mmx.r1:96
+S.fpr[$dst] = l_r_0 & 0xffffffffffffffff | 0xffff0000000000000000  # mmx.r1:448
+S.fsw = S.fsw & 0xffffc7ff | 0x0  # mmx.r1:38
+S.ftw = 255 & 0xff  # mmx.r1:39
 """
 
-# PCMPGTB_MM_MMRM [o16 a16 reg and 7 more] from spec/mmx.r1:395
+# PADDUSB_MM_MMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/mmx.r1:450
 _T37 = """\
-b_unimplemented('PCMPGTB_MM_MMRM', 'spec/mmx.r1:395')  # mmx.r1:395
+v_dst = (S.fpr[$dst] & 0xffffffffffffffff)  # mmx.r1:453
+v_src = (S.fpr[$src] & 0xffffffffffffffff)  # mmx.r1:453
+if (S.cr[0] >> 2 & 0x1):  # mmx.r1:29
+    raise Fault(6, None)  # mmx.r1:29
+if (S.cr[0] >> 3 & 0x1):  # mmx.r1:30
+    raise Fault(7, None)  # mmx.r1:30
+if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # mmx.r1:31
+    raise Fault(16, None)  # mmx.r1:31
+l_r_0 = 0  # mmx.r1:92
+l_i_1 = 0  # mmx.r1:93
+while (l_i_1 < 64):  # mmx.r1:94
+    a_x_2 = ((v_dst >> l_i_1) & 255)
+    a_y_3 = ((v_src >> l_i_1) & 255)
+    a_v_4 = (a_x_2 + a_y_3)
+    l_r_0 = (l_r_0 | (((0 if (a_v_4 < 0) else (255 if (a_v_4 > 255) else a_v_4)) & 255) << l_i_1))  # mmx.r1:95
+    l_i_1 = (l_i_1 + 8)  # mmx.r1:96
+S.fpr[$dst] = l_r_0 & 0xffffffffffffffff | 0xffff0000000000000000  # mmx.r1:459
+S.fsw = S.fsw & 0xffffc7ff | 0x0  # mmx.r1:38
+S.ftw = 255 & 0xff  # mmx.r1:39
 """
 
-# PCMPGTW_MM_MMRM [o16 a16 reg and 7 more] from spec/mmx.r1:405
+# PADDUSB_MM_MMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/mmx.r1:450
 _T38 = """\
-b_unimplemented('PCMPGTW_MM_MMRM', 'spec/mmx.r1:405')  # mmx.r1:405
+ea = $ea
+v_dst = (S.fpr[$dst] & 0xffffffffffffffff)  # mmx.r1:453
+if (S.cr[0] >> 2 & 0x1):  # mmx.r1:29
+    raise Fault(6, None)  # mmx.r1:29
+if (S.cr[0] >> 3 & 0x1):  # mmx.r1:30
+    raise Fault(7, None)  # mmx.r1:30
+if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # mmx.r1:31
+    raise Fault(16, None)  # mmx.r1:31
+v_src = b_load($seg, ea, 64)  # mmx.r1:453
+l_r_0 = 0  # mmx.r1:92
+l_i_1 = 0  # mmx.r1:93
+while (l_i_1 < 64):  # mmx.r1:94
+    a_x_2 = ((v_dst >> l_i_1) & 255)
+    a_y_3 = ((v_src >> l_i_1) & 255)
+    a_v_4 = (a_x_2 + a_y_3)
+    l_r_0 = (l_r_0 | (((0 if (a_v_4 < 0) else (255 if (a_v_4 > 255) else a_v_4)) & 255) << l_i_1))  # mmx.r1:95
+    l_i_1 = (l_i_1 + 8)  # mmx.r1:96
+S.fpr[$dst] = l_r_0 & 0xffffffffffffffff | 0xffff0000000000000000  # mmx.r1:459
+S.fsw = S.fsw & 0xffffc7ff | 0x0  # mmx.r1:38
+S.ftw = 255 & 0xff  # mmx.r1:39
 """
 
-# PCMPGTD_MM_MMRM [o16 a16 reg and 7 more] from spec/mmx.r1:415
+# PADDUSW_MM_MMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/mmx.r1:461
 _T39 = """\
-b_unimplemented('PCMPGTD_MM_MMRM', 'spec/mmx.r1:415')  # mmx.r1:415
+v_dst = (S.fpr[$dst] & 0xffffffffffffffff)  # mmx.r1:464
+v_src = (S.fpr[$src] & 0xffffffffffffffff)  # mmx.r1:464
+if (S.cr[0] >> 2 & 0x1):  # mmx.r1:29
+    raise Fault(6, None)  # mmx.r1:29
+if (S.cr[0] >> 3 & 0x1):  # mmx.r1:30
+    raise Fault(7, None)  # mmx.r1:30
+if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # mmx.r1:31
+    raise Fault(16, None)  # mmx.r1:31
+l_r_0 = 0  # mmx.r1:92
+l_i_1 = 0  # mmx.r1:93
+while (l_i_1 < 64):  # mmx.r1:94
+    a_x_2 = ((v_dst >> l_i_1) & 65535)
+    a_y_3 = ((v_src >> l_i_1) & 65535)
+    a_v_4 = (a_x_2 + a_y_3)
+    l_r_0 = (l_r_0 | (((0 if (a_v_4 < 0) else (65535 if (a_v_4 > 65535) else a_v_4)) & 65535) << l_i_1))  # mmx.r1:95
+    l_i_1 = (l_i_1 + 16)  # mmx.r1:96
+S.fpr[$dst] = l_r_0 & 0xffffffffffffffff | 0xffff0000000000000000  # mmx.r1:470
+S.fsw = S.fsw & 0xffffc7ff | 0x0  # mmx.r1:38
+S.ftw = 255 & 0xff  # mmx.r1:39
 """
 
-# PAND_MM_MMRM [o16 a16 reg and 7 more] from spec/mmx.r1:425
+# PADDUSW_MM_MMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/mmx.r1:461
 _T40 = """\
-b_unimplemented('PAND_MM_MMRM', 'spec/mmx.r1:425')  # mmx.r1:425
+ea = $ea
+v_dst = (S.fpr[$dst] & 0xffffffffffffffff)  # mmx.r1:464
+if (S.cr[0] >> 2 & 0x1):  # mmx.r1:29
+    raise Fault(6, None)  # mmx.r1:29
+if (S.cr[0] >> 3 & 0x1):  # mmx.r1:30
+    raise Fault(7, None)  # mmx.r1:30
+if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # mmx.r1:31
+    raise Fault(16, None)  # mmx.r1:31
+v_src = b_load($seg, ea, 64)  # mmx.r1:464
+l_r_0 = 0  # mmx.r1:92
+l_i_1 = 0  # mmx.r1:93
+while (l_i_1 < 64):  # mmx.r1:94
+    a_x_2 = ((v_dst >> l_i_1) & 65535)
+    a_y_3 = ((v_src >> l_i_1) & 65535)
+    a_v_4 = (a_x_2 + a_y_3)
+    l_r_0 = (l_r_0 | (((0 if (a_v_4 < 0) else (65535 if (a_v_4 > 65535) else a_v_4)) & 65535) << l_i_1))  # mmx.r1:95
+    l_i_1 = (l_i_1 + 16)  # mmx.r1:96
+S.fpr[$dst] = l_r_0 & 0xffffffffffffffff | 0xffff0000000000000000  # mmx.r1:470
+S.fsw = S.fsw & 0xffffc7ff | 0x0  # mmx.r1:38
+S.ftw = 255 & 0xff  # mmx.r1:39
 """
 
-# PANDN_MM_MMRM [o16 a16 reg and 7 more] from spec/mmx.r1:435
+# PSUBB_MM_MMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/mmx.r1:472
 _T41 = """\
-b_unimplemented('PANDN_MM_MMRM', 'spec/mmx.r1:435')  # mmx.r1:435
+v_dst = (S.fpr[$dst] & 0xffffffffffffffff)  # mmx.r1:475
+v_src = (S.fpr[$src] & 0xffffffffffffffff)  # mmx.r1:475
+if (S.cr[0] >> 2 & 0x1):  # mmx.r1:29
+    raise Fault(6, None)  # mmx.r1:29
+if (S.cr[0] >> 3 & 0x1):  # mmx.r1:30
+    raise Fault(7, None)  # mmx.r1:30
+if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # mmx.r1:31
+    raise Fault(16, None)  # mmx.r1:31
+l_r_0 = 0  # mmx.r1:92
+l_i_1 = 0  # mmx.r1:93
+while (l_i_1 < 64):  # mmx.r1:94
+    a_x_2 = ((v_dst >> l_i_1) & 255)
+    a_y_3 = ((v_src >> l_i_1) & 255)
+    l_r_0 = (l_r_0 | (((a_x_2 - a_y_3) & 255) << l_i_1))  # mmx.r1:95
+    l_i_1 = (l_i_1 + 8)  # mmx.r1:96
+S.fpr[$dst] = l_r_0 & 0xffffffffffffffff | 0xffff0000000000000000  # mmx.r1:481
+S.fsw = S.fsw & 0xffffc7ff | 0x0  # mmx.r1:38
+S.ftw = 255 & 0xff  # mmx.r1:39
 """
 
-# POR_MM_MMRM [o16 a16 reg and 7 more] from spec/mmx.r1:445
+# PSUBB_MM_MMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/mmx.r1:472
 _T42 = """\
-b_unimplemented('POR_MM_MMRM', 'spec/mmx.r1:445')  # mmx.r1:445
+ea = $ea
+v_dst = (S.fpr[$dst] & 0xffffffffffffffff)  # mmx.r1:475
+if (S.cr[0] >> 2 & 0x1):  # mmx.r1:29
+    raise Fault(6, None)  # mmx.r1:29
+if (S.cr[0] >> 3 & 0x1):  # mmx.r1:30
+    raise Fault(7, None)  # mmx.r1:30
+if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # mmx.r1:31
+    raise Fault(16, None)  # mmx.r1:31
+v_src = b_load($seg, ea, 64)  # mmx.r1:475
+l_r_0 = 0  # mmx.r1:92
+l_i_1 = 0  # mmx.r1:93
+while (l_i_1 < 64):  # mmx.r1:94
+    a_x_2 = ((v_dst >> l_i_1) & 255)
+    a_y_3 = ((v_src >> l_i_1) & 255)
+    l_r_0 = (l_r_0 | (((a_x_2 - a_y_3) & 255) << l_i_1))  # mmx.r1:95
+    l_i_1 = (l_i_1 + 8)  # mmx.r1:96
+S.fpr[$dst] = l_r_0 & 0xffffffffffffffff | 0xffff0000000000000000  # mmx.r1:481
+S.fsw = S.fsw & 0xffffc7ff | 0x0  # mmx.r1:38
+S.ftw = 255 & 0xff  # mmx.r1:39
 """
 
-# PXOR_MM_MMRM [o16 a16 reg and 7 more] from spec/mmx.r1:455
+# PSUBW_MM_MMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/mmx.r1:483
 _T43 = """\
-b_unimplemented('PXOR_MM_MMRM', 'spec/mmx.r1:455')  # mmx.r1:455
+v_dst = (S.fpr[$dst] & 0xffffffffffffffff)  # mmx.r1:486
+v_src = (S.fpr[$src] & 0xffffffffffffffff)  # mmx.r1:486
+if (S.cr[0] >> 2 & 0x1):  # mmx.r1:29
+    raise Fault(6, None)  # mmx.r1:29
+if (S.cr[0] >> 3 & 0x1):  # mmx.r1:30
+    raise Fault(7, None)  # mmx.r1:30
+if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # mmx.r1:31
+    raise Fault(16, None)  # mmx.r1:31
+l_r_0 = 0  # mmx.r1:92
+l_i_1 = 0  # mmx.r1:93
+while (l_i_1 < 64):  # mmx.r1:94
+    a_x_2 = ((v_dst >> l_i_1) & 65535)
+    a_y_3 = ((v_src >> l_i_1) & 65535)
+    l_r_0 = (l_r_0 | (((a_x_2 - a_y_3) & 65535) << l_i_1))  # mmx.r1:95
+    l_i_1 = (l_i_1 + 16)  # mmx.r1:96
+S.fpr[$dst] = l_r_0 & 0xffffffffffffffff | 0xffff0000000000000000  # mmx.r1:492
+S.fsw = S.fsw & 0xffffc7ff | 0x0  # mmx.r1:38
+S.ftw = 255 & 0xff  # mmx.r1:39
 """
 
-# PSLLW_MM_MMRM [o16 a16 reg and 7 more] from spec/mmx.r1:467
+# PSUBW_MM_MMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/mmx.r1:483
 _T44 = """\
-b_unimplemented('PSLLW_MM_MMRM', 'spec/mmx.r1:467')  # mmx.r1:467
+ea = $ea
+v_dst = (S.fpr[$dst] & 0xffffffffffffffff)  # mmx.r1:486
+if (S.cr[0] >> 2 & 0x1):  # mmx.r1:29
+    raise Fault(6, None)  # mmx.r1:29
+if (S.cr[0] >> 3 & 0x1):  # mmx.r1:30
+    raise Fault(7, None)  # mmx.r1:30
+if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # mmx.r1:31
+    raise Fault(16, None)  # mmx.r1:31
+v_src = b_load($seg, ea, 64)  # mmx.r1:486
+l_r_0 = 0  # mmx.r1:92
+l_i_1 = 0  # mmx.r1:93
+while (l_i_1 < 64):  # mmx.r1:94
+    a_x_2 = ((v_dst >> l_i_1) & 65535)
+    a_y_3 = ((v_src >> l_i_1) & 65535)
+    l_r_0 = (l_r_0 | (((a_x_2 - a_y_3) & 65535) << l_i_1))  # mmx.r1:95
+    l_i_1 = (l_i_1 + 16)  # mmx.r1:96
+S.fpr[$dst] = l_r_0 & 0xffffffffffffffff | 0xffff0000000000000000  # mmx.r1:492
+S.fsw = S.fsw & 0xffffc7ff | 0x0  # mmx.r1:38
+S.ftw = 255 & 0xff  # mmx.r1:39
 """
 
-# PSLLD_MM_MMRM [o16 a16 reg and 7 more] from spec/mmx.r1:477
+# PSUBD_MM_MMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/mmx.r1:494
 _T45 = """\
-b_unimplemented('PSLLD_MM_MMRM', 'spec/mmx.r1:477')  # mmx.r1:477
+v_dst = (S.fpr[$dst] & 0xffffffffffffffff)  # mmx.r1:497
+v_src = (S.fpr[$src] & 0xffffffffffffffff)  # mmx.r1:497
+if (S.cr[0] >> 2 & 0x1):  # mmx.r1:29
+    raise Fault(6, None)  # mmx.r1:29
+if (S.cr[0] >> 3 & 0x1):  # mmx.r1:30
+    raise Fault(7, None)  # mmx.r1:30
+if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # mmx.r1:31
+    raise Fault(16, None)  # mmx.r1:31
+l_r_0 = 0  # mmx.r1:92
+l_i_1 = 0  # mmx.r1:93
+while (l_i_1 < 64):  # mmx.r1:94
+    a_x_2 = ((v_dst >> l_i_1) & 4294967295)
+    a_y_3 = ((v_src >> l_i_1) & 4294967295)
+    l_r_0 = (l_r_0 | (((a_x_2 - a_y_3) & 4294967295) << l_i_1))  # mmx.r1:95
+    l_i_1 = (l_i_1 + 32)  # mmx.r1:96
+S.fpr[$dst] = l_r_0 & 0xffffffffffffffff | 0xffff0000000000000000  # mmx.r1:503
+S.fsw = S.fsw & 0xffffc7ff | 0x0  # mmx.r1:38
+S.ftw = 255 & 0xff  # mmx.r1:39
 """
 
-# PSLLQ_MM_MMRM [o16 a16 reg and 7 more] from spec/mmx.r1:487
+# PSUBD_MM_MMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/mmx.r1:494
 _T46 = """\
-b_unimplemented('PSLLQ_MM_MMRM', 'spec/mmx.r1:487')  # mmx.r1:487
+ea = $ea
+v_dst = (S.fpr[$dst] & 0xffffffffffffffff)  # mmx.r1:497
+if (S.cr[0] >> 2 & 0x1):  # mmx.r1:29
+    raise Fault(6, None)  # mmx.r1:29
+if (S.cr[0] >> 3 & 0x1):  # mmx.r1:30
+    raise Fault(7, None)  # mmx.r1:30
+if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # mmx.r1:31
+    raise Fault(16, None)  # mmx.r1:31
+v_src = b_load($seg, ea, 64)  # mmx.r1:497
+l_r_0 = 0  # mmx.r1:92
+l_i_1 = 0  # mmx.r1:93
+while (l_i_1 < 64):  # mmx.r1:94
+    a_x_2 = ((v_dst >> l_i_1) & 4294967295)
+    a_y_3 = ((v_src >> l_i_1) & 4294967295)
+    l_r_0 = (l_r_0 | (((a_x_2 - a_y_3) & 4294967295) << l_i_1))  # mmx.r1:95
+    l_i_1 = (l_i_1 + 32)  # mmx.r1:96
+S.fpr[$dst] = l_r_0 & 0xffffffffffffffff | 0xffff0000000000000000  # mmx.r1:503
+S.fsw = S.fsw & 0xffffc7ff | 0x0  # mmx.r1:38
+S.ftw = 255 & 0xff  # mmx.r1:39
 """
 
-# PSRLW_MM_MMRM [o16 a16 reg and 7 more] from spec/mmx.r1:497
+# PSUBSB_MM_MMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/mmx.r1:505
 _T47 = """\
-b_unimplemented('PSRLW_MM_MMRM', 'spec/mmx.r1:497')  # mmx.r1:497
+v_dst = (S.fpr[$dst] & 0xffffffffffffffff)  # mmx.r1:508
+v_src = (S.fpr[$src] & 0xffffffffffffffff)  # mmx.r1:508
+if (S.cr[0] >> 2 & 0x1):  # mmx.r1:29
+    raise Fault(6, None)  # mmx.r1:29
+if (S.cr[0] >> 3 & 0x1):  # mmx.r1:30
+    raise Fault(7, None)  # mmx.r1:30
+if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # mmx.r1:31
+    raise Fault(16, None)  # mmx.r1:31
+l_r_0 = 0  # mmx.r1:92
+l_i_1 = 0  # mmx.r1:93
+while (l_i_1 < 64):  # mmx.r1:94
+    a_x_2 = ((v_dst >> l_i_1) & 255)
+    a_y_3 = ((v_src >> l_i_1) & 255)
+    a_v_4 = (((a_x_2 & 0xff ^ 0x80) - 0x80) - ((a_y_3 & 0xff ^ 0x80) - 0x80))
+    l_r_0 = (l_r_0 | (((128 if (a_v_4 < (-128)) else (127 if (a_v_4 > 127) else (a_v_4 & 255))) & 255) << l_i_1))  # mmx.r1:95
+    l_i_1 = (l_i_1 + 8)  # mmx.r1:96
+S.fpr[$dst] = l_r_0 & 0xffffffffffffffff | 0xffff0000000000000000  # mmx.r1:514
+S.fsw = S.fsw & 0xffffc7ff | 0x0  # mmx.r1:38
+S.ftw = 255 & 0xff  # mmx.r1:39
 """
 
-# PSRLD_MM_MMRM [o16 a16 reg and 7 more] from spec/mmx.r1:507
+# PSUBSB_MM_MMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/mmx.r1:505
 _T48 = """\
-b_unimplemented('PSRLD_MM_MMRM', 'spec/mmx.r1:507')  # mmx.r1:507
+ea = $ea
+v_dst = (S.fpr[$dst] & 0xffffffffffffffff)  # mmx.r1:508
+if (S.cr[0] >> 2 & 0x1):  # mmx.r1:29
+    raise Fault(6, None)  # mmx.r1:29
+if (S.cr[0] >> 3 & 0x1):  # mmx.r1:30
+    raise Fault(7, None)  # mmx.r1:30
+if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # mmx.r1:31
+    raise Fault(16, None)  # mmx.r1:31
+v_src = b_load($seg, ea, 64)  # mmx.r1:508
+l_r_0 = 0  # mmx.r1:92
+l_i_1 = 0  # mmx.r1:93
+while (l_i_1 < 64):  # mmx.r1:94
+    a_x_2 = ((v_dst >> l_i_1) & 255)
+    a_y_3 = ((v_src >> l_i_1) & 255)
+    a_v_4 = (((a_x_2 & 0xff ^ 0x80) - 0x80) - ((a_y_3 & 0xff ^ 0x80) - 0x80))
+    l_r_0 = (l_r_0 | (((128 if (a_v_4 < (-128)) else (127 if (a_v_4 > 127) else (a_v_4 & 255))) & 255) << l_i_1))  # mmx.r1:95
+    l_i_1 = (l_i_1 + 8)  # mmx.r1:96
+S.fpr[$dst] = l_r_0 & 0xffffffffffffffff | 0xffff0000000000000000  # mmx.r1:514
+S.fsw = S.fsw & 0xffffc7ff | 0x0  # mmx.r1:38
+S.ftw = 255 & 0xff  # mmx.r1:39
 """
 
-# PSRLQ_MM_MMRM [o16 a16 reg and 7 more] from spec/mmx.r1:517
+# PSUBSW_MM_MMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/mmx.r1:516
 _T49 = """\
-b_unimplemented('PSRLQ_MM_MMRM', 'spec/mmx.r1:517')  # mmx.r1:517
+v_dst = (S.fpr[$dst] & 0xffffffffffffffff)  # mmx.r1:519
+v_src = (S.fpr[$src] & 0xffffffffffffffff)  # mmx.r1:519
+if (S.cr[0] >> 2 & 0x1):  # mmx.r1:29
+    raise Fault(6, None)  # mmx.r1:29
+if (S.cr[0] >> 3 & 0x1):  # mmx.r1:30
+    raise Fault(7, None)  # mmx.r1:30
+if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # mmx.r1:31
+    raise Fault(16, None)  # mmx.r1:31
+l_r_0 = 0  # mmx.r1:92
+l_i_1 = 0  # mmx.r1:93
+while (l_i_1 < 64):  # mmx.r1:94
+    a_x_2 = ((v_dst >> l_i_1) & 65535)
+    a_y_3 = ((v_src >> l_i_1) & 65535)
+    a_v_4 = (((a_x_2 & 0xffff ^ 0x8000) - 0x8000) - ((a_y_3 & 0xffff ^ 0x8000) - 0x8000))
+    l_r_0 = (l_r_0 | (((32768 if (a_v_4 < (-32768)) else (32767 if (a_v_4 > 32767) else (a_v_4 & 65535))) & 65535) << l_i_1))  # mmx.r1:95
+    l_i_1 = (l_i_1 + 16)  # mmx.r1:96
+S.fpr[$dst] = l_r_0 & 0xffffffffffffffff | 0xffff0000000000000000  # mmx.r1:525
+S.fsw = S.fsw & 0xffffc7ff | 0x0  # mmx.r1:38
+S.ftw = 255 & 0xff  # mmx.r1:39
 """
 
-# PSRAW_MM_MMRM [o16 a16 reg and 7 more] from spec/mmx.r1:527
+# PSUBSW_MM_MMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/mmx.r1:516
 _T50 = """\
-b_unimplemented('PSRAW_MM_MMRM', 'spec/mmx.r1:527')  # mmx.r1:527
+ea = $ea
+v_dst = (S.fpr[$dst] & 0xffffffffffffffff)  # mmx.r1:519
+if (S.cr[0] >> 2 & 0x1):  # mmx.r1:29
+    raise Fault(6, None)  # mmx.r1:29
+if (S.cr[0] >> 3 & 0x1):  # mmx.r1:30
+    raise Fault(7, None)  # mmx.r1:30
+if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # mmx.r1:31
+    raise Fault(16, None)  # mmx.r1:31
+v_src = b_load($seg, ea, 64)  # mmx.r1:519
+l_r_0 = 0  # mmx.r1:92
+l_i_1 = 0  # mmx.r1:93
+while (l_i_1 < 64):  # mmx.r1:94
+    a_x_2 = ((v_dst >> l_i_1) & 65535)
+    a_y_3 = ((v_src >> l_i_1) & 65535)
+    a_v_4 = (((a_x_2 & 0xffff ^ 0x8000) - 0x8000) - ((a_y_3 & 0xffff ^ 0x8000) - 0x8000))
+    l_r_0 = (l_r_0 | (((32768 if (a_v_4 < (-32768)) else (32767 if (a_v_4 > 32767) else (a_v_4 & 65535))) & 65535) << l_i_1))  # mmx.r1:95
+    l_i_1 = (l_i_1 + 16)  # mmx.r1:96
+S.fpr[$dst] = l_r_0 & 0xffffffffffffffff | 0xffff0000000000000000  # mmx.r1:525
+S.fsw = S.fsw & 0xffffc7ff | 0x0  # mmx.r1:38
+S.ftw = 255 & 0xff  # mmx.r1:39
 """
 
-# PSRAD_MM_MMRM [o16 a16 reg and 7 more] from spec/mmx.r1:537
+# PSUBUSB_MM_MMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/mmx.r1:527
 _T51 = """\
-b_unimplemented('PSRAD_MM_MMRM', 'spec/mmx.r1:537')  # mmx.r1:537
+v_dst = (S.fpr[$dst] & 0xffffffffffffffff)  # mmx.r1:530
+v_src = (S.fpr[$src] & 0xffffffffffffffff)  # mmx.r1:530
+if (S.cr[0] >> 2 & 0x1):  # mmx.r1:29
+    raise Fault(6, None)  # mmx.r1:29
+if (S.cr[0] >> 3 & 0x1):  # mmx.r1:30
+    raise Fault(7, None)  # mmx.r1:30
+if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # mmx.r1:31
+    raise Fault(16, None)  # mmx.r1:31
+l_r_0 = 0  # mmx.r1:92
+l_i_1 = 0  # mmx.r1:93
+while (l_i_1 < 64):  # mmx.r1:94
+    a_x_2 = ((v_dst >> l_i_1) & 255)
+    a_y_3 = ((v_src >> l_i_1) & 255)
+    a_v_4 = (a_x_2 - a_y_3)
+    l_r_0 = (l_r_0 | (((0 if (a_v_4 < 0) else (255 if (a_v_4 > 255) else a_v_4)) & 255) << l_i_1))  # mmx.r1:95
+    l_i_1 = (l_i_1 + 8)  # mmx.r1:96
+S.fpr[$dst] = l_r_0 & 0xffffffffffffffff | 0xffff0000000000000000  # mmx.r1:536
+S.fsw = S.fsw & 0xffffc7ff | 0x0  # mmx.r1:38
+S.ftw = 255 & 0xff  # mmx.r1:39
 """
 
-# PSLLW_MM_IMM8 [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/mmx.r1:547
+# PSUBUSB_MM_MMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/mmx.r1:527
 _T52 = """\
-b_unimplemented('PSLLW_MM_IMM8', 'spec/mmx.r1:547')  # mmx.r1:547
+ea = $ea
+v_dst = (S.fpr[$dst] & 0xffffffffffffffff)  # mmx.r1:530
+if (S.cr[0] >> 2 & 0x1):  # mmx.r1:29
+    raise Fault(6, None)  # mmx.r1:29
+if (S.cr[0] >> 3 & 0x1):  # mmx.r1:30
+    raise Fault(7, None)  # mmx.r1:30
+if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # mmx.r1:31
+    raise Fault(16, None)  # mmx.r1:31
+v_src = b_load($seg, ea, 64)  # mmx.r1:530
+l_r_0 = 0  # mmx.r1:92
+l_i_1 = 0  # mmx.r1:93
+while (l_i_1 < 64):  # mmx.r1:94
+    a_x_2 = ((v_dst >> l_i_1) & 255)
+    a_y_3 = ((v_src >> l_i_1) & 255)
+    a_v_4 = (a_x_2 - a_y_3)
+    l_r_0 = (l_r_0 | (((0 if (a_v_4 < 0) else (255 if (a_v_4 > 255) else a_v_4)) & 255) << l_i_1))  # mmx.r1:95
+    l_i_1 = (l_i_1 + 8)  # mmx.r1:96
+S.fpr[$dst] = l_r_0 & 0xffffffffffffffff | 0xffff0000000000000000  # mmx.r1:536
+S.fsw = S.fsw & 0xffffc7ff | 0x0  # mmx.r1:38
+S.ftw = 255 & 0xff  # mmx.r1:39
 """
 
-# PSLLD_MM_IMM8 [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/mmx.r1:557
+# PSUBUSW_MM_MMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/mmx.r1:538
 _T53 = """\
-b_unimplemented('PSLLD_MM_IMM8', 'spec/mmx.r1:557')  # mmx.r1:557
+v_dst = (S.fpr[$dst] & 0xffffffffffffffff)  # mmx.r1:541
+v_src = (S.fpr[$src] & 0xffffffffffffffff)  # mmx.r1:541
+if (S.cr[0] >> 2 & 0x1):  # mmx.r1:29
+    raise Fault(6, None)  # mmx.r1:29
+if (S.cr[0] >> 3 & 0x1):  # mmx.r1:30
+    raise Fault(7, None)  # mmx.r1:30
+if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # mmx.r1:31
+    raise Fault(16, None)  # mmx.r1:31
+l_r_0 = 0  # mmx.r1:92
+l_i_1 = 0  # mmx.r1:93
+while (l_i_1 < 64):  # mmx.r1:94
+    a_x_2 = ((v_dst >> l_i_1) & 65535)
+    a_y_3 = ((v_src >> l_i_1) & 65535)
+    a_v_4 = (a_x_2 - a_y_3)
+    l_r_0 = (l_r_0 | (((0 if (a_v_4 < 0) else (65535 if (a_v_4 > 65535) else a_v_4)) & 65535) << l_i_1))  # mmx.r1:95
+    l_i_1 = (l_i_1 + 16)  # mmx.r1:96
+S.fpr[$dst] = l_r_0 & 0xffffffffffffffff | 0xffff0000000000000000  # mmx.r1:547
+S.fsw = S.fsw & 0xffffc7ff | 0x0  # mmx.r1:38
+S.ftw = 255 & 0xff  # mmx.r1:39
 """
 
-# PSLLQ_MM_IMM8 [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/mmx.r1:567
+# PSUBUSW_MM_MMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/mmx.r1:538
 _T54 = """\
-b_unimplemented('PSLLQ_MM_IMM8', 'spec/mmx.r1:567')  # mmx.r1:567
+ea = $ea
+v_dst = (S.fpr[$dst] & 0xffffffffffffffff)  # mmx.r1:541
+if (S.cr[0] >> 2 & 0x1):  # mmx.r1:29
+    raise Fault(6, None)  # mmx.r1:29
+if (S.cr[0] >> 3 & 0x1):  # mmx.r1:30
+    raise Fault(7, None)  # mmx.r1:30
+if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # mmx.r1:31
+    raise Fault(16, None)  # mmx.r1:31
+v_src = b_load($seg, ea, 64)  # mmx.r1:541
+l_r_0 = 0  # mmx.r1:92
+l_i_1 = 0  # mmx.r1:93
+while (l_i_1 < 64):  # mmx.r1:94
+    a_x_2 = ((v_dst >> l_i_1) & 65535)
+    a_y_3 = ((v_src >> l_i_1) & 65535)
+    a_v_4 = (a_x_2 - a_y_3)
+    l_r_0 = (l_r_0 | (((0 if (a_v_4 < 0) else (65535 if (a_v_4 > 65535) else a_v_4)) & 65535) << l_i_1))  # mmx.r1:95
+    l_i_1 = (l_i_1 + 16)  # mmx.r1:96
+S.fpr[$dst] = l_r_0 & 0xffffffffffffffff | 0xffff0000000000000000  # mmx.r1:547
+S.fsw = S.fsw & 0xffffc7ff | 0x0  # mmx.r1:38
+S.ftw = 255 & 0xff  # mmx.r1:39
 """
 
-# PSRLW_MM_IMM8 [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/mmx.r1:577
+# PMULLW_MM_MMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/mmx.r1:549
 _T55 = """\
-b_unimplemented('PSRLW_MM_IMM8', 'spec/mmx.r1:577')  # mmx.r1:577
+v_dst = (S.fpr[$dst] & 0xffffffffffffffff)  # mmx.r1:552
+v_src = (S.fpr[$src] & 0xffffffffffffffff)  # mmx.r1:552
+if (S.cr[0] >> 2 & 0x1):  # mmx.r1:29
+    raise Fault(6, None)  # mmx.r1:29
+if (S.cr[0] >> 3 & 0x1):  # mmx.r1:30
+    raise Fault(7, None)  # mmx.r1:30
+if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # mmx.r1:31
+    raise Fault(16, None)  # mmx.r1:31
+l_r_0 = 0  # mmx.r1:92
+l_i_1 = 0  # mmx.r1:93
+while (l_i_1 < 64):  # mmx.r1:94
+    a_x_2 = ((v_dst >> l_i_1) & 65535)
+    a_y_3 = ((v_src >> l_i_1) & 65535)
+    l_r_0 = (l_r_0 | (((a_x_2 * a_y_3) & 65535) << l_i_1))  # mmx.r1:95
+    l_i_1 = (l_i_1 + 16)  # mmx.r1:96
+S.fpr[$dst] = l_r_0 & 0xffffffffffffffff | 0xffff0000000000000000  # mmx.r1:558
+S.fsw = S.fsw & 0xffffc7ff | 0x0  # mmx.r1:38
+S.ftw = 255 & 0xff  # mmx.r1:39
 """
 
-# PSRLD_MM_IMM8 [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/mmx.r1:587
+# PMULLW_MM_MMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/mmx.r1:549
 _T56 = """\
-b_unimplemented('PSRLD_MM_IMM8', 'spec/mmx.r1:587')  # mmx.r1:587
+ea = $ea
+v_dst = (S.fpr[$dst] & 0xffffffffffffffff)  # mmx.r1:552
+if (S.cr[0] >> 2 & 0x1):  # mmx.r1:29
+    raise Fault(6, None)  # mmx.r1:29
+if (S.cr[0] >> 3 & 0x1):  # mmx.r1:30
+    raise Fault(7, None)  # mmx.r1:30
+if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # mmx.r1:31
+    raise Fault(16, None)  # mmx.r1:31
+v_src = b_load($seg, ea, 64)  # mmx.r1:552
+l_r_0 = 0  # mmx.r1:92
+l_i_1 = 0  # mmx.r1:93
+while (l_i_1 < 64):  # mmx.r1:94
+    a_x_2 = ((v_dst >> l_i_1) & 65535)
+    a_y_3 = ((v_src >> l_i_1) & 65535)
+    l_r_0 = (l_r_0 | (((a_x_2 * a_y_3) & 65535) << l_i_1))  # mmx.r1:95
+    l_i_1 = (l_i_1 + 16)  # mmx.r1:96
+S.fpr[$dst] = l_r_0 & 0xffffffffffffffff | 0xffff0000000000000000  # mmx.r1:558
+S.fsw = S.fsw & 0xffffc7ff | 0x0  # mmx.r1:38
+S.ftw = 255 & 0xff  # mmx.r1:39
 """
 
-# PSRLQ_MM_IMM8 [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/mmx.r1:597
+# PMULHW_MM_MMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/mmx.r1:560
 _T57 = """\
-b_unimplemented('PSRLQ_MM_IMM8', 'spec/mmx.r1:597')  # mmx.r1:597
+v_dst = (S.fpr[$dst] & 0xffffffffffffffff)  # mmx.r1:563
+v_src = (S.fpr[$src] & 0xffffffffffffffff)  # mmx.r1:563
+if (S.cr[0] >> 2 & 0x1):  # mmx.r1:29
+    raise Fault(6, None)  # mmx.r1:29
+if (S.cr[0] >> 3 & 0x1):  # mmx.r1:30
+    raise Fault(7, None)  # mmx.r1:30
+if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # mmx.r1:31
+    raise Fault(16, None)  # mmx.r1:31
+l_r_0 = 0  # mmx.r1:92
+l_i_1 = 0  # mmx.r1:93
+while (l_i_1 < 64):  # mmx.r1:94
+    a_x_2 = ((v_dst >> l_i_1) & 65535)
+    a_y_3 = ((v_src >> l_i_1) & 65535)
+    l_r_0 = (l_r_0 | ((((((a_x_2 & 0xffff ^ 0x8000) - 0x8000) * ((a_y_3 & 0xffff ^ 0x8000) - 0x8000)) >> 16) & 65535) << l_i_1))  # mmx.r1:95
+    l_i_1 = (l_i_1 + 16)  # mmx.r1:96
+S.fpr[$dst] = l_r_0 & 0xffffffffffffffff | 0xffff0000000000000000  # mmx.r1:569
+S.fsw = S.fsw & 0xffffc7ff | 0x0  # mmx.r1:38
+S.ftw = 255 & 0xff  # mmx.r1:39
 """
 
-# PSRAW_MM_IMM8 [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/mmx.r1:607
+# PMULHW_MM_MMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/mmx.r1:560
 _T58 = """\
-b_unimplemented('PSRAW_MM_IMM8', 'spec/mmx.r1:607')  # mmx.r1:607
+ea = $ea
+v_dst = (S.fpr[$dst] & 0xffffffffffffffff)  # mmx.r1:563
+if (S.cr[0] >> 2 & 0x1):  # mmx.r1:29
+    raise Fault(6, None)  # mmx.r1:29
+if (S.cr[0] >> 3 & 0x1):  # mmx.r1:30
+    raise Fault(7, None)  # mmx.r1:30
+if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # mmx.r1:31
+    raise Fault(16, None)  # mmx.r1:31
+v_src = b_load($seg, ea, 64)  # mmx.r1:563
+l_r_0 = 0  # mmx.r1:92
+l_i_1 = 0  # mmx.r1:93
+while (l_i_1 < 64):  # mmx.r1:94
+    a_x_2 = ((v_dst >> l_i_1) & 65535)
+    a_y_3 = ((v_src >> l_i_1) & 65535)
+    l_r_0 = (l_r_0 | ((((((a_x_2 & 0xffff ^ 0x8000) - 0x8000) * ((a_y_3 & 0xffff ^ 0x8000) - 0x8000)) >> 16) & 65535) << l_i_1))  # mmx.r1:95
+    l_i_1 = (l_i_1 + 16)  # mmx.r1:96
+S.fpr[$dst] = l_r_0 & 0xffffffffffffffff | 0xffff0000000000000000  # mmx.r1:569
+S.fsw = S.fsw & 0xffffc7ff | 0x0  # mmx.r1:38
+S.ftw = 255 & 0xff  # mmx.r1:39
 """
 
-# PSRAD_MM_IMM8 [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/mmx.r1:617
+# PMADDWD_MM_MMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/mmx.r1:571
 _T59 = """\
-b_unimplemented('PSRAD_MM_IMM8', 'spec/mmx.r1:617')  # mmx.r1:617
+v_dst = (S.fpr[$dst] & 0xffffffffffffffff)  # mmx.r1:574
+v_src = (S.fpr[$src] & 0xffffffffffffffff)  # mmx.r1:574
+if (S.cr[0] >> 2 & 0x1):  # mmx.r1:29
+    raise Fault(6, None)  # mmx.r1:29
+if (S.cr[0] >> 3 & 0x1):  # mmx.r1:30
+    raise Fault(7, None)  # mmx.r1:30
+if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # mmx.r1:31
+    raise Fault(16, None)  # mmx.r1:31
+l_r_0 = 0  # mmx.r1:92
+l_i_1 = 0  # mmx.r1:93
+while (l_i_1 < 64):  # mmx.r1:94
+    a_x_2 = ((v_dst >> l_i_1) & 4294967295)
+    a_y_3 = ((v_src >> l_i_1) & 4294967295)
+    l_r_0 = (l_r_0 | (((((((a_x_2 & 0xffff) & 0xffff ^ 0x8000) - 0x8000) * (((a_y_3 & 0xffff) & 0xffff ^ 0x8000) - 0x8000)) + ((((a_x_2 >> 16 & 0xffff) & 0xffff ^ 0x8000) - 0x8000) * (((a_y_3 >> 16 & 0xffff) & 0xffff ^ 0x8000) - 0x8000))) & 4294967295) << l_i_1))  # mmx.r1:95
+    l_i_1 = (l_i_1 + 32)  # mmx.r1:96
+S.fpr[$dst] = l_r_0 & 0xffffffffffffffff | 0xffff0000000000000000  # mmx.r1:580
+S.fsw = S.fsw & 0xffffc7ff | 0x0  # mmx.r1:38
+S.ftw = 255 & 0xff  # mmx.r1:39
+"""
+
+# PMADDWD_MM_MMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/mmx.r1:571
+_T60 = """\
+ea = $ea
+v_dst = (S.fpr[$dst] & 0xffffffffffffffff)  # mmx.r1:574
+if (S.cr[0] >> 2 & 0x1):  # mmx.r1:29
+    raise Fault(6, None)  # mmx.r1:29
+if (S.cr[0] >> 3 & 0x1):  # mmx.r1:30
+    raise Fault(7, None)  # mmx.r1:30
+if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # mmx.r1:31
+    raise Fault(16, None)  # mmx.r1:31
+v_src = b_load($seg, ea, 64)  # mmx.r1:574
+l_r_0 = 0  # mmx.r1:92
+l_i_1 = 0  # mmx.r1:93
+while (l_i_1 < 64):  # mmx.r1:94
+    a_x_2 = ((v_dst >> l_i_1) & 4294967295)
+    a_y_3 = ((v_src >> l_i_1) & 4294967295)
+    l_r_0 = (l_r_0 | (((((((a_x_2 & 0xffff) & 0xffff ^ 0x8000) - 0x8000) * (((a_y_3 & 0xffff) & 0xffff ^ 0x8000) - 0x8000)) + ((((a_x_2 >> 16 & 0xffff) & 0xffff ^ 0x8000) - 0x8000) * (((a_y_3 >> 16 & 0xffff) & 0xffff ^ 0x8000) - 0x8000))) & 4294967295) << l_i_1))  # mmx.r1:95
+    l_i_1 = (l_i_1 + 32)  # mmx.r1:96
+S.fpr[$dst] = l_r_0 & 0xffffffffffffffff | 0xffff0000000000000000  # mmx.r1:580
+S.fsw = S.fsw & 0xffffc7ff | 0x0  # mmx.r1:38
+S.ftw = 255 & 0xff  # mmx.r1:39
+"""
+
+# PCMPEQB_MM_MMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/mmx.r1:582
+_T61 = """\
+v_dst = (S.fpr[$dst] & 0xffffffffffffffff)  # mmx.r1:585
+v_src = (S.fpr[$src] & 0xffffffffffffffff)  # mmx.r1:585
+if (S.cr[0] >> 2 & 0x1):  # mmx.r1:29
+    raise Fault(6, None)  # mmx.r1:29
+if (S.cr[0] >> 3 & 0x1):  # mmx.r1:30
+    raise Fault(7, None)  # mmx.r1:30
+if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # mmx.r1:31
+    raise Fault(16, None)  # mmx.r1:31
+l_r_0 = 0  # mmx.r1:92
+l_i_1 = 0  # mmx.r1:93
+while (l_i_1 < 64):  # mmx.r1:94
+    a_x_2 = ((v_dst >> l_i_1) & 255)
+    a_y_3 = ((v_src >> l_i_1) & 255)
+    l_r_0 = (l_r_0 | (((255 if (a_x_2 == a_y_3) else 0) & 255) << l_i_1))  # mmx.r1:95
+    l_i_1 = (l_i_1 + 8)  # mmx.r1:96
+S.fpr[$dst] = l_r_0 & 0xffffffffffffffff | 0xffff0000000000000000  # mmx.r1:591
+S.fsw = S.fsw & 0xffffc7ff | 0x0  # mmx.r1:38
+S.ftw = 255 & 0xff  # mmx.r1:39
+"""
+
+# PCMPEQB_MM_MMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/mmx.r1:582
+_T62 = """\
+ea = $ea
+v_dst = (S.fpr[$dst] & 0xffffffffffffffff)  # mmx.r1:585
+if (S.cr[0] >> 2 & 0x1):  # mmx.r1:29
+    raise Fault(6, None)  # mmx.r1:29
+if (S.cr[0] >> 3 & 0x1):  # mmx.r1:30
+    raise Fault(7, None)  # mmx.r1:30
+if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # mmx.r1:31
+    raise Fault(16, None)  # mmx.r1:31
+v_src = b_load($seg, ea, 64)  # mmx.r1:585
+l_r_0 = 0  # mmx.r1:92
+l_i_1 = 0  # mmx.r1:93
+while (l_i_1 < 64):  # mmx.r1:94
+    a_x_2 = ((v_dst >> l_i_1) & 255)
+    a_y_3 = ((v_src >> l_i_1) & 255)
+    l_r_0 = (l_r_0 | (((255 if (a_x_2 == a_y_3) else 0) & 255) << l_i_1))  # mmx.r1:95
+    l_i_1 = (l_i_1 + 8)  # mmx.r1:96
+S.fpr[$dst] = l_r_0 & 0xffffffffffffffff | 0xffff0000000000000000  # mmx.r1:591
+S.fsw = S.fsw & 0xffffc7ff | 0x0  # mmx.r1:38
+S.ftw = 255 & 0xff  # mmx.r1:39
+"""
+
+# PCMPEQW_MM_MMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/mmx.r1:593
+_T63 = """\
+v_dst = (S.fpr[$dst] & 0xffffffffffffffff)  # mmx.r1:596
+v_src = (S.fpr[$src] & 0xffffffffffffffff)  # mmx.r1:596
+if (S.cr[0] >> 2 & 0x1):  # mmx.r1:29
+    raise Fault(6, None)  # mmx.r1:29
+if (S.cr[0] >> 3 & 0x1):  # mmx.r1:30
+    raise Fault(7, None)  # mmx.r1:30
+if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # mmx.r1:31
+    raise Fault(16, None)  # mmx.r1:31
+l_r_0 = 0  # mmx.r1:92
+l_i_1 = 0  # mmx.r1:93
+while (l_i_1 < 64):  # mmx.r1:94
+    a_x_2 = ((v_dst >> l_i_1) & 65535)
+    a_y_3 = ((v_src >> l_i_1) & 65535)
+    l_r_0 = (l_r_0 | (((65535 if (a_x_2 == a_y_3) else 0) & 65535) << l_i_1))  # mmx.r1:95
+    l_i_1 = (l_i_1 + 16)  # mmx.r1:96
+S.fpr[$dst] = l_r_0 & 0xffffffffffffffff | 0xffff0000000000000000  # mmx.r1:602
+S.fsw = S.fsw & 0xffffc7ff | 0x0  # mmx.r1:38
+S.ftw = 255 & 0xff  # mmx.r1:39
+"""
+
+# PCMPEQW_MM_MMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/mmx.r1:593
+_T64 = """\
+ea = $ea
+v_dst = (S.fpr[$dst] & 0xffffffffffffffff)  # mmx.r1:596
+if (S.cr[0] >> 2 & 0x1):  # mmx.r1:29
+    raise Fault(6, None)  # mmx.r1:29
+if (S.cr[0] >> 3 & 0x1):  # mmx.r1:30
+    raise Fault(7, None)  # mmx.r1:30
+if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # mmx.r1:31
+    raise Fault(16, None)  # mmx.r1:31
+v_src = b_load($seg, ea, 64)  # mmx.r1:596
+l_r_0 = 0  # mmx.r1:92
+l_i_1 = 0  # mmx.r1:93
+while (l_i_1 < 64):  # mmx.r1:94
+    a_x_2 = ((v_dst >> l_i_1) & 65535)
+    a_y_3 = ((v_src >> l_i_1) & 65535)
+    l_r_0 = (l_r_0 | (((65535 if (a_x_2 == a_y_3) else 0) & 65535) << l_i_1))  # mmx.r1:95
+    l_i_1 = (l_i_1 + 16)  # mmx.r1:96
+S.fpr[$dst] = l_r_0 & 0xffffffffffffffff | 0xffff0000000000000000  # mmx.r1:602
+S.fsw = S.fsw & 0xffffc7ff | 0x0  # mmx.r1:38
+S.ftw = 255 & 0xff  # mmx.r1:39
+"""
+
+# PCMPEQD_MM_MMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/mmx.r1:604
+_T65 = """\
+v_dst = (S.fpr[$dst] & 0xffffffffffffffff)  # mmx.r1:607
+v_src = (S.fpr[$src] & 0xffffffffffffffff)  # mmx.r1:607
+if (S.cr[0] >> 2 & 0x1):  # mmx.r1:29
+    raise Fault(6, None)  # mmx.r1:29
+if (S.cr[0] >> 3 & 0x1):  # mmx.r1:30
+    raise Fault(7, None)  # mmx.r1:30
+if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # mmx.r1:31
+    raise Fault(16, None)  # mmx.r1:31
+l_r_0 = 0  # mmx.r1:92
+l_i_1 = 0  # mmx.r1:93
+while (l_i_1 < 64):  # mmx.r1:94
+    a_x_2 = ((v_dst >> l_i_1) & 4294967295)
+    a_y_3 = ((v_src >> l_i_1) & 4294967295)
+    l_r_0 = (l_r_0 | (((4294967295 if (a_x_2 == a_y_3) else 0) & 4294967295) << l_i_1))  # mmx.r1:95
+    l_i_1 = (l_i_1 + 32)  # mmx.r1:96
+S.fpr[$dst] = l_r_0 & 0xffffffffffffffff | 0xffff0000000000000000  # mmx.r1:613
+S.fsw = S.fsw & 0xffffc7ff | 0x0  # mmx.r1:38
+S.ftw = 255 & 0xff  # mmx.r1:39
+"""
+
+# PCMPEQD_MM_MMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/mmx.r1:604
+_T66 = """\
+ea = $ea
+v_dst = (S.fpr[$dst] & 0xffffffffffffffff)  # mmx.r1:607
+if (S.cr[0] >> 2 & 0x1):  # mmx.r1:29
+    raise Fault(6, None)  # mmx.r1:29
+if (S.cr[0] >> 3 & 0x1):  # mmx.r1:30
+    raise Fault(7, None)  # mmx.r1:30
+if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # mmx.r1:31
+    raise Fault(16, None)  # mmx.r1:31
+v_src = b_load($seg, ea, 64)  # mmx.r1:607
+l_r_0 = 0  # mmx.r1:92
+l_i_1 = 0  # mmx.r1:93
+while (l_i_1 < 64):  # mmx.r1:94
+    a_x_2 = ((v_dst >> l_i_1) & 4294967295)
+    a_y_3 = ((v_src >> l_i_1) & 4294967295)
+    l_r_0 = (l_r_0 | (((4294967295 if (a_x_2 == a_y_3) else 0) & 4294967295) << l_i_1))  # mmx.r1:95
+    l_i_1 = (l_i_1 + 32)  # mmx.r1:96
+S.fpr[$dst] = l_r_0 & 0xffffffffffffffff | 0xffff0000000000000000  # mmx.r1:613
+S.fsw = S.fsw & 0xffffc7ff | 0x0  # mmx.r1:38
+S.ftw = 255 & 0xff  # mmx.r1:39
+"""
+
+# PCMPGTB_MM_MMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/mmx.r1:615
+_T67 = """\
+v_dst = (S.fpr[$dst] & 0xffffffffffffffff)  # mmx.r1:618
+v_src = (S.fpr[$src] & 0xffffffffffffffff)  # mmx.r1:618
+if (S.cr[0] >> 2 & 0x1):  # mmx.r1:29
+    raise Fault(6, None)  # mmx.r1:29
+if (S.cr[0] >> 3 & 0x1):  # mmx.r1:30
+    raise Fault(7, None)  # mmx.r1:30
+if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # mmx.r1:31
+    raise Fault(16, None)  # mmx.r1:31
+l_r_0 = 0  # mmx.r1:92
+l_i_1 = 0  # mmx.r1:93
+while (l_i_1 < 64):  # mmx.r1:94
+    a_x_2 = ((v_dst >> l_i_1) & 255)
+    a_y_3 = ((v_src >> l_i_1) & 255)
+    l_r_0 = (l_r_0 | (((255 if (((a_x_2 & 0xff ^ 0x80) - 0x80) > ((a_y_3 & 0xff ^ 0x80) - 0x80)) else 0) & 255) << l_i_1))  # mmx.r1:95
+    l_i_1 = (l_i_1 + 8)  # mmx.r1:96
+S.fpr[$dst] = l_r_0 & 0xffffffffffffffff | 0xffff0000000000000000  # mmx.r1:624
+S.fsw = S.fsw & 0xffffc7ff | 0x0  # mmx.r1:38
+S.ftw = 255 & 0xff  # mmx.r1:39
+"""
+
+# PCMPGTB_MM_MMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/mmx.r1:615
+_T68 = """\
+ea = $ea
+v_dst = (S.fpr[$dst] & 0xffffffffffffffff)  # mmx.r1:618
+if (S.cr[0] >> 2 & 0x1):  # mmx.r1:29
+    raise Fault(6, None)  # mmx.r1:29
+if (S.cr[0] >> 3 & 0x1):  # mmx.r1:30
+    raise Fault(7, None)  # mmx.r1:30
+if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # mmx.r1:31
+    raise Fault(16, None)  # mmx.r1:31
+v_src = b_load($seg, ea, 64)  # mmx.r1:618
+l_r_0 = 0  # mmx.r1:92
+l_i_1 = 0  # mmx.r1:93
+while (l_i_1 < 64):  # mmx.r1:94
+    a_x_2 = ((v_dst >> l_i_1) & 255)
+    a_y_3 = ((v_src >> l_i_1) & 255)
+    l_r_0 = (l_r_0 | (((255 if (((a_x_2 & 0xff ^ 0x80) - 0x80) > ((a_y_3 & 0xff ^ 0x80) - 0x80)) else 0) & 255) << l_i_1))  # mmx.r1:95
+    l_i_1 = (l_i_1 + 8)  # mmx.r1:96
+S.fpr[$dst] = l_r_0 & 0xffffffffffffffff | 0xffff0000000000000000  # mmx.r1:624
+S.fsw = S.fsw & 0xffffc7ff | 0x0  # mmx.r1:38
+S.ftw = 255 & 0xff  # mmx.r1:39
+"""
+
+# PCMPGTW_MM_MMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/mmx.r1:626
+_T69 = """\
+v_dst = (S.fpr[$dst] & 0xffffffffffffffff)  # mmx.r1:629
+v_src = (S.fpr[$src] & 0xffffffffffffffff)  # mmx.r1:629
+if (S.cr[0] >> 2 & 0x1):  # mmx.r1:29
+    raise Fault(6, None)  # mmx.r1:29
+if (S.cr[0] >> 3 & 0x1):  # mmx.r1:30
+    raise Fault(7, None)  # mmx.r1:30
+if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # mmx.r1:31
+    raise Fault(16, None)  # mmx.r1:31
+l_r_0 = 0  # mmx.r1:92
+l_i_1 = 0  # mmx.r1:93
+while (l_i_1 < 64):  # mmx.r1:94
+    a_x_2 = ((v_dst >> l_i_1) & 65535)
+    a_y_3 = ((v_src >> l_i_1) & 65535)
+    l_r_0 = (l_r_0 | (((65535 if (((a_x_2 & 0xffff ^ 0x8000) - 0x8000) > ((a_y_3 & 0xffff ^ 0x8000) - 0x8000)) else 0) & 65535) << l_i_1))  # mmx.r1:95
+    l_i_1 = (l_i_1 + 16)  # mmx.r1:96
+S.fpr[$dst] = l_r_0 & 0xffffffffffffffff | 0xffff0000000000000000  # mmx.r1:635
+S.fsw = S.fsw & 0xffffc7ff | 0x0  # mmx.r1:38
+S.ftw = 255 & 0xff  # mmx.r1:39
+"""
+
+# PCMPGTW_MM_MMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/mmx.r1:626
+_T70 = """\
+ea = $ea
+v_dst = (S.fpr[$dst] & 0xffffffffffffffff)  # mmx.r1:629
+if (S.cr[0] >> 2 & 0x1):  # mmx.r1:29
+    raise Fault(6, None)  # mmx.r1:29
+if (S.cr[0] >> 3 & 0x1):  # mmx.r1:30
+    raise Fault(7, None)  # mmx.r1:30
+if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # mmx.r1:31
+    raise Fault(16, None)  # mmx.r1:31
+v_src = b_load($seg, ea, 64)  # mmx.r1:629
+l_r_0 = 0  # mmx.r1:92
+l_i_1 = 0  # mmx.r1:93
+while (l_i_1 < 64):  # mmx.r1:94
+    a_x_2 = ((v_dst >> l_i_1) & 65535)
+    a_y_3 = ((v_src >> l_i_1) & 65535)
+    l_r_0 = (l_r_0 | (((65535 if (((a_x_2 & 0xffff ^ 0x8000) - 0x8000) > ((a_y_3 & 0xffff ^ 0x8000) - 0x8000)) else 0) & 65535) << l_i_1))  # mmx.r1:95
+    l_i_1 = (l_i_1 + 16)  # mmx.r1:96
+S.fpr[$dst] = l_r_0 & 0xffffffffffffffff | 0xffff0000000000000000  # mmx.r1:635
+S.fsw = S.fsw & 0xffffc7ff | 0x0  # mmx.r1:38
+S.ftw = 255 & 0xff  # mmx.r1:39
+"""
+
+# PCMPGTD_MM_MMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/mmx.r1:637
+_T71 = """\
+v_dst = (S.fpr[$dst] & 0xffffffffffffffff)  # mmx.r1:640
+v_src = (S.fpr[$src] & 0xffffffffffffffff)  # mmx.r1:640
+if (S.cr[0] >> 2 & 0x1):  # mmx.r1:29
+    raise Fault(6, None)  # mmx.r1:29
+if (S.cr[0] >> 3 & 0x1):  # mmx.r1:30
+    raise Fault(7, None)  # mmx.r1:30
+if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # mmx.r1:31
+    raise Fault(16, None)  # mmx.r1:31
+l_r_0 = 0  # mmx.r1:92
+l_i_1 = 0  # mmx.r1:93
+while (l_i_1 < 64):  # mmx.r1:94
+    a_x_2 = ((v_dst >> l_i_1) & 4294967295)
+    a_y_3 = ((v_src >> l_i_1) & 4294967295)
+    l_r_0 = (l_r_0 | (((4294967295 if (((a_x_2 & 0xffffffff ^ 0x80000000) - 0x80000000) > ((a_y_3 & 0xffffffff ^ 0x80000000) - 0x80000000)) else 0) & 4294967295) << l_i_1))  # mmx.r1:95
+    l_i_1 = (l_i_1 + 32)  # mmx.r1:96
+S.fpr[$dst] = l_r_0 & 0xffffffffffffffff | 0xffff0000000000000000  # mmx.r1:646
+S.fsw = S.fsw & 0xffffc7ff | 0x0  # mmx.r1:38
+S.ftw = 255 & 0xff  # mmx.r1:39
+"""
+
+# PCMPGTD_MM_MMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/mmx.r1:637
+_T72 = """\
+ea = $ea
+v_dst = (S.fpr[$dst] & 0xffffffffffffffff)  # mmx.r1:640
+if (S.cr[0] >> 2 & 0x1):  # mmx.r1:29
+    raise Fault(6, None)  # mmx.r1:29
+if (S.cr[0] >> 3 & 0x1):  # mmx.r1:30
+    raise Fault(7, None)  # mmx.r1:30
+if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # mmx.r1:31
+    raise Fault(16, None)  # mmx.r1:31
+v_src = b_load($seg, ea, 64)  # mmx.r1:640
+l_r_0 = 0  # mmx.r1:92
+l_i_1 = 0  # mmx.r1:93
+while (l_i_1 < 64):  # mmx.r1:94
+    a_x_2 = ((v_dst >> l_i_1) & 4294967295)
+    a_y_3 = ((v_src >> l_i_1) & 4294967295)
+    l_r_0 = (l_r_0 | (((4294967295 if (((a_x_2 & 0xffffffff ^ 0x80000000) - 0x80000000) > ((a_y_3 & 0xffffffff ^ 0x80000000) - 0x80000000)) else 0) & 4294967295) << l_i_1))  # mmx.r1:95
+    l_i_1 = (l_i_1 + 32)  # mmx.r1:96
+S.fpr[$dst] = l_r_0 & 0xffffffffffffffff | 0xffff0000000000000000  # mmx.r1:646
+S.fsw = S.fsw & 0xffffc7ff | 0x0  # mmx.r1:38
+S.ftw = 255 & 0xff  # mmx.r1:39
+"""
+
+# PAND_MM_MMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/mmx.r1:648
+_T73 = """\
+v_dst = (S.fpr[$dst] & 0xffffffffffffffff)  # mmx.r1:651
+v_src = (S.fpr[$src] & 0xffffffffffffffff)  # mmx.r1:651
+if (S.cr[0] >> 2 & 0x1):  # mmx.r1:29
+    raise Fault(6, None)  # mmx.r1:29
+if (S.cr[0] >> 3 & 0x1):  # mmx.r1:30
+    raise Fault(7, None)  # mmx.r1:30
+if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # mmx.r1:31
+    raise Fault(16, None)  # mmx.r1:31
+S.fpr[$dst] = (v_dst & v_src) & 0xffffffffffffffff | 0xffff0000000000000000  # mmx.r1:657
+S.fsw = S.fsw & 0xffffc7ff | 0x0  # mmx.r1:38
+S.ftw = 255 & 0xff  # mmx.r1:39
+"""
+
+# PAND_MM_MMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/mmx.r1:648
+_T74 = """\
+ea = $ea
+v_dst = (S.fpr[$dst] & 0xffffffffffffffff)  # mmx.r1:651
+if (S.cr[0] >> 2 & 0x1):  # mmx.r1:29
+    raise Fault(6, None)  # mmx.r1:29
+if (S.cr[0] >> 3 & 0x1):  # mmx.r1:30
+    raise Fault(7, None)  # mmx.r1:30
+if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # mmx.r1:31
+    raise Fault(16, None)  # mmx.r1:31
+v_src = b_load($seg, ea, 64)  # mmx.r1:651
+S.fpr[$dst] = (v_dst & v_src) & 0xffffffffffffffff | 0xffff0000000000000000  # mmx.r1:657
+S.fsw = S.fsw & 0xffffc7ff | 0x0  # mmx.r1:38
+S.ftw = 255 & 0xff  # mmx.r1:39
+"""
+
+# PANDN_MM_MMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/mmx.r1:659
+_T75 = """\
+v_dst = (S.fpr[$dst] & 0xffffffffffffffff)  # mmx.r1:662
+v_src = (S.fpr[$src] & 0xffffffffffffffff)  # mmx.r1:662
+if (S.cr[0] >> 2 & 0x1):  # mmx.r1:29
+    raise Fault(6, None)  # mmx.r1:29
+if (S.cr[0] >> 3 & 0x1):  # mmx.r1:30
+    raise Fault(7, None)  # mmx.r1:30
+if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # mmx.r1:31
+    raise Fault(16, None)  # mmx.r1:31
+S.fpr[$dst] = ((~v_dst) & v_src) & 0xffffffffffffffff | 0xffff0000000000000000  # mmx.r1:668
+S.fsw = S.fsw & 0xffffc7ff | 0x0  # mmx.r1:38
+S.ftw = 255 & 0xff  # mmx.r1:39
+"""
+
+# PANDN_MM_MMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/mmx.r1:659
+_T76 = """\
+ea = $ea
+v_dst = (S.fpr[$dst] & 0xffffffffffffffff)  # mmx.r1:662
+if (S.cr[0] >> 2 & 0x1):  # mmx.r1:29
+    raise Fault(6, None)  # mmx.r1:29
+if (S.cr[0] >> 3 & 0x1):  # mmx.r1:30
+    raise Fault(7, None)  # mmx.r1:30
+if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # mmx.r1:31
+    raise Fault(16, None)  # mmx.r1:31
+v_src = b_load($seg, ea, 64)  # mmx.r1:662
+S.fpr[$dst] = ((~v_dst) & v_src) & 0xffffffffffffffff | 0xffff0000000000000000  # mmx.r1:668
+S.fsw = S.fsw & 0xffffc7ff | 0x0  # mmx.r1:38
+S.ftw = 255 & 0xff  # mmx.r1:39
+"""
+
+# POR_MM_MMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/mmx.r1:670
+_T77 = """\
+v_dst = (S.fpr[$dst] & 0xffffffffffffffff)  # mmx.r1:673
+v_src = (S.fpr[$src] & 0xffffffffffffffff)  # mmx.r1:673
+if (S.cr[0] >> 2 & 0x1):  # mmx.r1:29
+    raise Fault(6, None)  # mmx.r1:29
+if (S.cr[0] >> 3 & 0x1):  # mmx.r1:30
+    raise Fault(7, None)  # mmx.r1:30
+if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # mmx.r1:31
+    raise Fault(16, None)  # mmx.r1:31
+S.fpr[$dst] = (v_dst | v_src) & 0xffffffffffffffff | 0xffff0000000000000000  # mmx.r1:679
+S.fsw = S.fsw & 0xffffc7ff | 0x0  # mmx.r1:38
+S.ftw = 255 & 0xff  # mmx.r1:39
+"""
+
+# POR_MM_MMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/mmx.r1:670
+_T78 = """\
+ea = $ea
+v_dst = (S.fpr[$dst] & 0xffffffffffffffff)  # mmx.r1:673
+if (S.cr[0] >> 2 & 0x1):  # mmx.r1:29
+    raise Fault(6, None)  # mmx.r1:29
+if (S.cr[0] >> 3 & 0x1):  # mmx.r1:30
+    raise Fault(7, None)  # mmx.r1:30
+if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # mmx.r1:31
+    raise Fault(16, None)  # mmx.r1:31
+v_src = b_load($seg, ea, 64)  # mmx.r1:673
+S.fpr[$dst] = (v_dst | v_src) & 0xffffffffffffffff | 0xffff0000000000000000  # mmx.r1:679
+S.fsw = S.fsw & 0xffffc7ff | 0x0  # mmx.r1:38
+S.ftw = 255 & 0xff  # mmx.r1:39
+"""
+
+# PXOR_MM_MMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/mmx.r1:681
+_T79 = """\
+v_dst = (S.fpr[$dst] & 0xffffffffffffffff)  # mmx.r1:684
+v_src = (S.fpr[$src] & 0xffffffffffffffff)  # mmx.r1:684
+if (S.cr[0] >> 2 & 0x1):  # mmx.r1:29
+    raise Fault(6, None)  # mmx.r1:29
+if (S.cr[0] >> 3 & 0x1):  # mmx.r1:30
+    raise Fault(7, None)  # mmx.r1:30
+if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # mmx.r1:31
+    raise Fault(16, None)  # mmx.r1:31
+S.fpr[$dst] = (v_dst ^ v_src) & 0xffffffffffffffff | 0xffff0000000000000000  # mmx.r1:690
+S.fsw = S.fsw & 0xffffc7ff | 0x0  # mmx.r1:38
+S.ftw = 255 & 0xff  # mmx.r1:39
+"""
+
+# PXOR_MM_MMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/mmx.r1:681
+_T80 = """\
+ea = $ea
+v_dst = (S.fpr[$dst] & 0xffffffffffffffff)  # mmx.r1:684
+if (S.cr[0] >> 2 & 0x1):  # mmx.r1:29
+    raise Fault(6, None)  # mmx.r1:29
+if (S.cr[0] >> 3 & 0x1):  # mmx.r1:30
+    raise Fault(7, None)  # mmx.r1:30
+if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # mmx.r1:31
+    raise Fault(16, None)  # mmx.r1:31
+v_src = b_load($seg, ea, 64)  # mmx.r1:684
+S.fpr[$dst] = (v_dst ^ v_src) & 0xffffffffffffffff | 0xffff0000000000000000  # mmx.r1:690
+S.fsw = S.fsw & 0xffffc7ff | 0x0  # mmx.r1:38
+S.ftw = 255 & 0xff  # mmx.r1:39
+"""
+
+# PSLLW_MM_MMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/mmx.r1:694
+_T81 = """\
+v_dst = (S.fpr[$dst] & 0xffffffffffffffff)  # mmx.r1:697
+v_src = (S.fpr[$src] & 0xffffffffffffffff)  # mmx.r1:697
+if (S.cr[0] >> 2 & 0x1):  # mmx.r1:29
+    raise Fault(6, None)  # mmx.r1:29
+if (S.cr[0] >> 3 & 0x1):  # mmx.r1:30
+    raise Fault(7, None)  # mmx.r1:30
+if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # mmx.r1:31
+    raise Fault(16, None)  # mmx.r1:31
+l_c_0 = (16 if (v_src > 15) else v_src)  # mmx.r1:107
+l_r_1 = 0  # mmx.r1:108
+l_i_2 = 0  # mmx.r1:109
+while (l_i_2 < 64):  # mmx.r1:110
+    l_x_3 = ((v_dst >> l_i_2) & 65535)  # mmx.r1:111
+    l_r_1 = (l_r_1 | (((l_x_3 << l_c_0) & 65535) << l_i_2))  # mmx.r1:112
+    l_i_2 = (l_i_2 + 16)  # mmx.r1:113
+S.fpr[$dst] = l_r_1 & 0xffffffffffffffff | 0xffff0000000000000000  # mmx.r1:703
+S.fsw = S.fsw & 0xffffc7ff | 0x0  # mmx.r1:38
+S.ftw = 255 & 0xff  # mmx.r1:39
+"""
+
+# PSLLW_MM_MMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/mmx.r1:694
+_T82 = """\
+ea = $ea
+v_dst = (S.fpr[$dst] & 0xffffffffffffffff)  # mmx.r1:697
+if (S.cr[0] >> 2 & 0x1):  # mmx.r1:29
+    raise Fault(6, None)  # mmx.r1:29
+if (S.cr[0] >> 3 & 0x1):  # mmx.r1:30
+    raise Fault(7, None)  # mmx.r1:30
+if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # mmx.r1:31
+    raise Fault(16, None)  # mmx.r1:31
+v_src = b_load($seg, ea, 64)  # mmx.r1:697
+l_c_0 = (16 if (v_src > 15) else v_src)  # mmx.r1:107
+l_r_1 = 0  # mmx.r1:108
+l_i_2 = 0  # mmx.r1:109
+while (l_i_2 < 64):  # mmx.r1:110
+    l_x_3 = ((v_dst >> l_i_2) & 65535)  # mmx.r1:111
+    l_r_1 = (l_r_1 | (((l_x_3 << l_c_0) & 65535) << l_i_2))  # mmx.r1:112
+    l_i_2 = (l_i_2 + 16)  # mmx.r1:113
+S.fpr[$dst] = l_r_1 & 0xffffffffffffffff | 0xffff0000000000000000  # mmx.r1:703
+S.fsw = S.fsw & 0xffffc7ff | 0x0  # mmx.r1:38
+S.ftw = 255 & 0xff  # mmx.r1:39
+"""
+
+# PSLLD_MM_MMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/mmx.r1:705
+_T83 = """\
+v_dst = (S.fpr[$dst] & 0xffffffffffffffff)  # mmx.r1:708
+v_src = (S.fpr[$src] & 0xffffffffffffffff)  # mmx.r1:708
+if (S.cr[0] >> 2 & 0x1):  # mmx.r1:29
+    raise Fault(6, None)  # mmx.r1:29
+if (S.cr[0] >> 3 & 0x1):  # mmx.r1:30
+    raise Fault(7, None)  # mmx.r1:30
+if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # mmx.r1:31
+    raise Fault(16, None)  # mmx.r1:31
+l_c_0 = (32 if (v_src > 31) else v_src)  # mmx.r1:107
+l_r_1 = 0  # mmx.r1:108
+l_i_2 = 0  # mmx.r1:109
+while (l_i_2 < 64):  # mmx.r1:110
+    l_x_3 = ((v_dst >> l_i_2) & 4294967295)  # mmx.r1:111
+    l_r_1 = (l_r_1 | (((l_x_3 << l_c_0) & 4294967295) << l_i_2))  # mmx.r1:112
+    l_i_2 = (l_i_2 + 32)  # mmx.r1:113
+S.fpr[$dst] = l_r_1 & 0xffffffffffffffff | 0xffff0000000000000000  # mmx.r1:714
+S.fsw = S.fsw & 0xffffc7ff | 0x0  # mmx.r1:38
+S.ftw = 255 & 0xff  # mmx.r1:39
+"""
+
+# PSLLD_MM_MMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/mmx.r1:705
+_T84 = """\
+ea = $ea
+v_dst = (S.fpr[$dst] & 0xffffffffffffffff)  # mmx.r1:708
+if (S.cr[0] >> 2 & 0x1):  # mmx.r1:29
+    raise Fault(6, None)  # mmx.r1:29
+if (S.cr[0] >> 3 & 0x1):  # mmx.r1:30
+    raise Fault(7, None)  # mmx.r1:30
+if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # mmx.r1:31
+    raise Fault(16, None)  # mmx.r1:31
+v_src = b_load($seg, ea, 64)  # mmx.r1:708
+l_c_0 = (32 if (v_src > 31) else v_src)  # mmx.r1:107
+l_r_1 = 0  # mmx.r1:108
+l_i_2 = 0  # mmx.r1:109
+while (l_i_2 < 64):  # mmx.r1:110
+    l_x_3 = ((v_dst >> l_i_2) & 4294967295)  # mmx.r1:111
+    l_r_1 = (l_r_1 | (((l_x_3 << l_c_0) & 4294967295) << l_i_2))  # mmx.r1:112
+    l_i_2 = (l_i_2 + 32)  # mmx.r1:113
+S.fpr[$dst] = l_r_1 & 0xffffffffffffffff | 0xffff0000000000000000  # mmx.r1:714
+S.fsw = S.fsw & 0xffffc7ff | 0x0  # mmx.r1:38
+S.ftw = 255 & 0xff  # mmx.r1:39
+"""
+
+# PSLLQ_MM_MMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/mmx.r1:716
+_T85 = """\
+v_dst = (S.fpr[$dst] & 0xffffffffffffffff)  # mmx.r1:719
+v_src = (S.fpr[$src] & 0xffffffffffffffff)  # mmx.r1:719
+if (S.cr[0] >> 2 & 0x1):  # mmx.r1:29
+    raise Fault(6, None)  # mmx.r1:29
+if (S.cr[0] >> 3 & 0x1):  # mmx.r1:30
+    raise Fault(7, None)  # mmx.r1:30
+if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # mmx.r1:31
+    raise Fault(16, None)  # mmx.r1:31
+l_c_0 = (64 if (v_src > 63) else v_src)  # mmx.r1:107
+l_r_1 = 0  # mmx.r1:108
+l_i_2 = 0  # mmx.r1:109
+while (l_i_2 < 64):  # mmx.r1:110
+    l_x_3 = ((v_dst >> l_i_2) & 18446744073709551615)  # mmx.r1:111
+    l_r_1 = (l_r_1 | (((l_x_3 << l_c_0) & 18446744073709551615) << l_i_2))  # mmx.r1:112
+    l_i_2 = (l_i_2 + 64)  # mmx.r1:113
+S.fpr[$dst] = l_r_1 & 0xffffffffffffffff | 0xffff0000000000000000  # mmx.r1:725
+S.fsw = S.fsw & 0xffffc7ff | 0x0  # mmx.r1:38
+S.ftw = 255 & 0xff  # mmx.r1:39
+"""
+
+# PSLLQ_MM_MMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/mmx.r1:716
+_T86 = """\
+ea = $ea
+v_dst = (S.fpr[$dst] & 0xffffffffffffffff)  # mmx.r1:719
+if (S.cr[0] >> 2 & 0x1):  # mmx.r1:29
+    raise Fault(6, None)  # mmx.r1:29
+if (S.cr[0] >> 3 & 0x1):  # mmx.r1:30
+    raise Fault(7, None)  # mmx.r1:30
+if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # mmx.r1:31
+    raise Fault(16, None)  # mmx.r1:31
+v_src = b_load($seg, ea, 64)  # mmx.r1:719
+l_c_0 = (64 if (v_src > 63) else v_src)  # mmx.r1:107
+l_r_1 = 0  # mmx.r1:108
+l_i_2 = 0  # mmx.r1:109
+while (l_i_2 < 64):  # mmx.r1:110
+    l_x_3 = ((v_dst >> l_i_2) & 18446744073709551615)  # mmx.r1:111
+    l_r_1 = (l_r_1 | (((l_x_3 << l_c_0) & 18446744073709551615) << l_i_2))  # mmx.r1:112
+    l_i_2 = (l_i_2 + 64)  # mmx.r1:113
+S.fpr[$dst] = l_r_1 & 0xffffffffffffffff | 0xffff0000000000000000  # mmx.r1:725
+S.fsw = S.fsw & 0xffffc7ff | 0x0  # mmx.r1:38
+S.ftw = 255 & 0xff  # mmx.r1:39
+"""
+
+# PSRLW_MM_MMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/mmx.r1:727
+_T87 = """\
+v_dst = (S.fpr[$dst] & 0xffffffffffffffff)  # mmx.r1:730
+v_src = (S.fpr[$src] & 0xffffffffffffffff)  # mmx.r1:730
+if (S.cr[0] >> 2 & 0x1):  # mmx.r1:29
+    raise Fault(6, None)  # mmx.r1:29
+if (S.cr[0] >> 3 & 0x1):  # mmx.r1:30
+    raise Fault(7, None)  # mmx.r1:30
+if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # mmx.r1:31
+    raise Fault(16, None)  # mmx.r1:31
+l_c_0 = (16 if (v_src > 15) else v_src)  # mmx.r1:107
+l_r_1 = 0  # mmx.r1:108
+l_i_2 = 0  # mmx.r1:109
+while (l_i_2 < 64):  # mmx.r1:110
+    l_x_3 = ((v_dst >> l_i_2) & 65535)  # mmx.r1:111
+    l_r_1 = (l_r_1 | (((l_x_3 >> l_c_0) & 65535) << l_i_2))  # mmx.r1:112
+    l_i_2 = (l_i_2 + 16)  # mmx.r1:113
+S.fpr[$dst] = l_r_1 & 0xffffffffffffffff | 0xffff0000000000000000  # mmx.r1:736
+S.fsw = S.fsw & 0xffffc7ff | 0x0  # mmx.r1:38
+S.ftw = 255 & 0xff  # mmx.r1:39
+"""
+
+# PSRLW_MM_MMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/mmx.r1:727
+_T88 = """\
+ea = $ea
+v_dst = (S.fpr[$dst] & 0xffffffffffffffff)  # mmx.r1:730
+if (S.cr[0] >> 2 & 0x1):  # mmx.r1:29
+    raise Fault(6, None)  # mmx.r1:29
+if (S.cr[0] >> 3 & 0x1):  # mmx.r1:30
+    raise Fault(7, None)  # mmx.r1:30
+if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # mmx.r1:31
+    raise Fault(16, None)  # mmx.r1:31
+v_src = b_load($seg, ea, 64)  # mmx.r1:730
+l_c_0 = (16 if (v_src > 15) else v_src)  # mmx.r1:107
+l_r_1 = 0  # mmx.r1:108
+l_i_2 = 0  # mmx.r1:109
+while (l_i_2 < 64):  # mmx.r1:110
+    l_x_3 = ((v_dst >> l_i_2) & 65535)  # mmx.r1:111
+    l_r_1 = (l_r_1 | (((l_x_3 >> l_c_0) & 65535) << l_i_2))  # mmx.r1:112
+    l_i_2 = (l_i_2 + 16)  # mmx.r1:113
+S.fpr[$dst] = l_r_1 & 0xffffffffffffffff | 0xffff0000000000000000  # mmx.r1:736
+S.fsw = S.fsw & 0xffffc7ff | 0x0  # mmx.r1:38
+S.ftw = 255 & 0xff  # mmx.r1:39
+"""
+
+# PSRLD_MM_MMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/mmx.r1:738
+_T89 = """\
+v_dst = (S.fpr[$dst] & 0xffffffffffffffff)  # mmx.r1:741
+v_src = (S.fpr[$src] & 0xffffffffffffffff)  # mmx.r1:741
+if (S.cr[0] >> 2 & 0x1):  # mmx.r1:29
+    raise Fault(6, None)  # mmx.r1:29
+if (S.cr[0] >> 3 & 0x1):  # mmx.r1:30
+    raise Fault(7, None)  # mmx.r1:30
+if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # mmx.r1:31
+    raise Fault(16, None)  # mmx.r1:31
+l_c_0 = (32 if (v_src > 31) else v_src)  # mmx.r1:107
+l_r_1 = 0  # mmx.r1:108
+l_i_2 = 0  # mmx.r1:109
+while (l_i_2 < 64):  # mmx.r1:110
+    l_x_3 = ((v_dst >> l_i_2) & 4294967295)  # mmx.r1:111
+    l_r_1 = (l_r_1 | (((l_x_3 >> l_c_0) & 4294967295) << l_i_2))  # mmx.r1:112
+    l_i_2 = (l_i_2 + 32)  # mmx.r1:113
+S.fpr[$dst] = l_r_1 & 0xffffffffffffffff | 0xffff0000000000000000  # mmx.r1:747
+S.fsw = S.fsw & 0xffffc7ff | 0x0  # mmx.r1:38
+S.ftw = 255 & 0xff  # mmx.r1:39
+"""
+
+# PSRLD_MM_MMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/mmx.r1:738
+_T90 = """\
+ea = $ea
+v_dst = (S.fpr[$dst] & 0xffffffffffffffff)  # mmx.r1:741
+if (S.cr[0] >> 2 & 0x1):  # mmx.r1:29
+    raise Fault(6, None)  # mmx.r1:29
+if (S.cr[0] >> 3 & 0x1):  # mmx.r1:30
+    raise Fault(7, None)  # mmx.r1:30
+if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # mmx.r1:31
+    raise Fault(16, None)  # mmx.r1:31
+v_src = b_load($seg, ea, 64)  # mmx.r1:741
+l_c_0 = (32 if (v_src > 31) else v_src)  # mmx.r1:107
+l_r_1 = 0  # mmx.r1:108
+l_i_2 = 0  # mmx.r1:109
+while (l_i_2 < 64):  # mmx.r1:110
+    l_x_3 = ((v_dst >> l_i_2) & 4294967295)  # mmx.r1:111
+    l_r_1 = (l_r_1 | (((l_x_3 >> l_c_0) & 4294967295) << l_i_2))  # mmx.r1:112
+    l_i_2 = (l_i_2 + 32)  # mmx.r1:113
+S.fpr[$dst] = l_r_1 & 0xffffffffffffffff | 0xffff0000000000000000  # mmx.r1:747
+S.fsw = S.fsw & 0xffffc7ff | 0x0  # mmx.r1:38
+S.ftw = 255 & 0xff  # mmx.r1:39
+"""
+
+# PSRLQ_MM_MMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/mmx.r1:749
+_T91 = """\
+v_dst = (S.fpr[$dst] & 0xffffffffffffffff)  # mmx.r1:752
+v_src = (S.fpr[$src] & 0xffffffffffffffff)  # mmx.r1:752
+if (S.cr[0] >> 2 & 0x1):  # mmx.r1:29
+    raise Fault(6, None)  # mmx.r1:29
+if (S.cr[0] >> 3 & 0x1):  # mmx.r1:30
+    raise Fault(7, None)  # mmx.r1:30
+if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # mmx.r1:31
+    raise Fault(16, None)  # mmx.r1:31
+l_c_0 = (64 if (v_src > 63) else v_src)  # mmx.r1:107
+l_r_1 = 0  # mmx.r1:108
+l_i_2 = 0  # mmx.r1:109
+while (l_i_2 < 64):  # mmx.r1:110
+    l_x_3 = ((v_dst >> l_i_2) & 18446744073709551615)  # mmx.r1:111
+    l_r_1 = (l_r_1 | (((l_x_3 >> l_c_0) & 18446744073709551615) << l_i_2))  # mmx.r1:112
+    l_i_2 = (l_i_2 + 64)  # mmx.r1:113
+S.fpr[$dst] = l_r_1 & 0xffffffffffffffff | 0xffff0000000000000000  # mmx.r1:758
+S.fsw = S.fsw & 0xffffc7ff | 0x0  # mmx.r1:38
+S.ftw = 255 & 0xff  # mmx.r1:39
+"""
+
+# PSRLQ_MM_MMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/mmx.r1:749
+_T92 = """\
+ea = $ea
+v_dst = (S.fpr[$dst] & 0xffffffffffffffff)  # mmx.r1:752
+if (S.cr[0] >> 2 & 0x1):  # mmx.r1:29
+    raise Fault(6, None)  # mmx.r1:29
+if (S.cr[0] >> 3 & 0x1):  # mmx.r1:30
+    raise Fault(7, None)  # mmx.r1:30
+if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # mmx.r1:31
+    raise Fault(16, None)  # mmx.r1:31
+v_src = b_load($seg, ea, 64)  # mmx.r1:752
+l_c_0 = (64 if (v_src > 63) else v_src)  # mmx.r1:107
+l_r_1 = 0  # mmx.r1:108
+l_i_2 = 0  # mmx.r1:109
+while (l_i_2 < 64):  # mmx.r1:110
+    l_x_3 = ((v_dst >> l_i_2) & 18446744073709551615)  # mmx.r1:111
+    l_r_1 = (l_r_1 | (((l_x_3 >> l_c_0) & 18446744073709551615) << l_i_2))  # mmx.r1:112
+    l_i_2 = (l_i_2 + 64)  # mmx.r1:113
+S.fpr[$dst] = l_r_1 & 0xffffffffffffffff | 0xffff0000000000000000  # mmx.r1:758
+S.fsw = S.fsw & 0xffffc7ff | 0x0  # mmx.r1:38
+S.ftw = 255 & 0xff  # mmx.r1:39
+"""
+
+# PSRAW_MM_MMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/mmx.r1:760
+_T93 = """\
+v_dst = (S.fpr[$dst] & 0xffffffffffffffff)  # mmx.r1:763
+v_src = (S.fpr[$src] & 0xffffffffffffffff)  # mmx.r1:763
+if (S.cr[0] >> 2 & 0x1):  # mmx.r1:29
+    raise Fault(6, None)  # mmx.r1:29
+if (S.cr[0] >> 3 & 0x1):  # mmx.r1:30
+    raise Fault(7, None)  # mmx.r1:30
+if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # mmx.r1:31
+    raise Fault(16, None)  # mmx.r1:31
+l_c_0 = (16 if (v_src > 15) else v_src)  # mmx.r1:107
+l_r_1 = 0  # mmx.r1:108
+l_i_2 = 0  # mmx.r1:109
+while (l_i_2 < 64):  # mmx.r1:110
+    l_x_3 = ((v_dst >> l_i_2) & 65535)  # mmx.r1:111
+    l_r_1 = (l_r_1 | (((((l_x_3 & 0xffff ^ 0x8000) - 0x8000) >> l_c_0) & 65535) << l_i_2))  # mmx.r1:112
+    l_i_2 = (l_i_2 + 16)  # mmx.r1:113
+S.fpr[$dst] = l_r_1 & 0xffffffffffffffff | 0xffff0000000000000000  # mmx.r1:769
+S.fsw = S.fsw & 0xffffc7ff | 0x0  # mmx.r1:38
+S.ftw = 255 & 0xff  # mmx.r1:39
+"""
+
+# PSRAW_MM_MMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/mmx.r1:760
+_T94 = """\
+ea = $ea
+v_dst = (S.fpr[$dst] & 0xffffffffffffffff)  # mmx.r1:763
+if (S.cr[0] >> 2 & 0x1):  # mmx.r1:29
+    raise Fault(6, None)  # mmx.r1:29
+if (S.cr[0] >> 3 & 0x1):  # mmx.r1:30
+    raise Fault(7, None)  # mmx.r1:30
+if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # mmx.r1:31
+    raise Fault(16, None)  # mmx.r1:31
+v_src = b_load($seg, ea, 64)  # mmx.r1:763
+l_c_0 = (16 if (v_src > 15) else v_src)  # mmx.r1:107
+l_r_1 = 0  # mmx.r1:108
+l_i_2 = 0  # mmx.r1:109
+while (l_i_2 < 64):  # mmx.r1:110
+    l_x_3 = ((v_dst >> l_i_2) & 65535)  # mmx.r1:111
+    l_r_1 = (l_r_1 | (((((l_x_3 & 0xffff ^ 0x8000) - 0x8000) >> l_c_0) & 65535) << l_i_2))  # mmx.r1:112
+    l_i_2 = (l_i_2 + 16)  # mmx.r1:113
+S.fpr[$dst] = l_r_1 & 0xffffffffffffffff | 0xffff0000000000000000  # mmx.r1:769
+S.fsw = S.fsw & 0xffffc7ff | 0x0  # mmx.r1:38
+S.ftw = 255 & 0xff  # mmx.r1:39
+"""
+
+# PSRAD_MM_MMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/mmx.r1:771
+_T95 = """\
+v_dst = (S.fpr[$dst] & 0xffffffffffffffff)  # mmx.r1:774
+v_src = (S.fpr[$src] & 0xffffffffffffffff)  # mmx.r1:774
+if (S.cr[0] >> 2 & 0x1):  # mmx.r1:29
+    raise Fault(6, None)  # mmx.r1:29
+if (S.cr[0] >> 3 & 0x1):  # mmx.r1:30
+    raise Fault(7, None)  # mmx.r1:30
+if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # mmx.r1:31
+    raise Fault(16, None)  # mmx.r1:31
+l_c_0 = (32 if (v_src > 31) else v_src)  # mmx.r1:107
+l_r_1 = 0  # mmx.r1:108
+l_i_2 = 0  # mmx.r1:109
+while (l_i_2 < 64):  # mmx.r1:110
+    l_x_3 = ((v_dst >> l_i_2) & 4294967295)  # mmx.r1:111
+    l_r_1 = (l_r_1 | (((((l_x_3 & 0xffffffff ^ 0x80000000) - 0x80000000) >> l_c_0) & 4294967295) << l_i_2))  # mmx.r1:112
+    l_i_2 = (l_i_2 + 32)  # mmx.r1:113
+S.fpr[$dst] = l_r_1 & 0xffffffffffffffff | 0xffff0000000000000000  # mmx.r1:780
+S.fsw = S.fsw & 0xffffc7ff | 0x0  # mmx.r1:38
+S.ftw = 255 & 0xff  # mmx.r1:39
+"""
+
+# PSRAD_MM_MMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/mmx.r1:771
+_T96 = """\
+ea = $ea
+v_dst = (S.fpr[$dst] & 0xffffffffffffffff)  # mmx.r1:774
+if (S.cr[0] >> 2 & 0x1):  # mmx.r1:29
+    raise Fault(6, None)  # mmx.r1:29
+if (S.cr[0] >> 3 & 0x1):  # mmx.r1:30
+    raise Fault(7, None)  # mmx.r1:30
+if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # mmx.r1:31
+    raise Fault(16, None)  # mmx.r1:31
+v_src = b_load($seg, ea, 64)  # mmx.r1:774
+l_c_0 = (32 if (v_src > 31) else v_src)  # mmx.r1:107
+l_r_1 = 0  # mmx.r1:108
+l_i_2 = 0  # mmx.r1:109
+while (l_i_2 < 64):  # mmx.r1:110
+    l_x_3 = ((v_dst >> l_i_2) & 4294967295)  # mmx.r1:111
+    l_r_1 = (l_r_1 | (((((l_x_3 & 0xffffffff ^ 0x80000000) - 0x80000000) >> l_c_0) & 4294967295) << l_i_2))  # mmx.r1:112
+    l_i_2 = (l_i_2 + 32)  # mmx.r1:113
+S.fpr[$dst] = l_r_1 & 0xffffffffffffffff | 0xffff0000000000000000  # mmx.r1:780
+S.fsw = S.fsw & 0xffffc7ff | 0x0  # mmx.r1:38
+S.ftw = 255 & 0xff  # mmx.r1:39
+"""
+
+# PSLLW_MM_IMM8 [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/mmx.r1:782
+_T97 = """\
+v_dst = (S.fpr[$dst] & 0xffffffffffffffff)  # mmx.r1:785
+if (S.cr[0] >> 2 & 0x1):  # mmx.r1:29
+    raise Fault(6, None)  # mmx.r1:29
+if (S.cr[0] >> 3 & 0x1):  # mmx.r1:30
+    raise Fault(7, None)  # mmx.r1:30
+if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # mmx.r1:31
+    raise Fault(16, None)  # mmx.r1:31
+l_c_0 = (16 if ($imm > 15) else $imm)  # mmx.r1:107
+l_r_1 = 0  # mmx.r1:108
+l_i_2 = 0  # mmx.r1:109
+while (l_i_2 < 64):  # mmx.r1:110
+    l_x_3 = ((v_dst >> l_i_2) & 65535)  # mmx.r1:111
+    l_r_1 = (l_r_1 | (((l_x_3 << l_c_0) & 65535) << l_i_2))  # mmx.r1:112
+    l_i_2 = (l_i_2 + 16)  # mmx.r1:113
+S.fpr[$dst] = l_r_1 & 0xffffffffffffffff | 0xffff0000000000000000  # mmx.r1:791
+S.fsw = S.fsw & 0xffffc7ff | 0x0  # mmx.r1:38
+S.ftw = 255 & 0xff  # mmx.r1:39
+"""
+
+# PSLLD_MM_IMM8 [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/mmx.r1:793
+_T98 = """\
+v_dst = (S.fpr[$dst] & 0xffffffffffffffff)  # mmx.r1:796
+if (S.cr[0] >> 2 & 0x1):  # mmx.r1:29
+    raise Fault(6, None)  # mmx.r1:29
+if (S.cr[0] >> 3 & 0x1):  # mmx.r1:30
+    raise Fault(7, None)  # mmx.r1:30
+if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # mmx.r1:31
+    raise Fault(16, None)  # mmx.r1:31
+l_c_0 = (32 if ($imm > 31) else $imm)  # mmx.r1:107
+l_r_1 = 0  # mmx.r1:108
+l_i_2 = 0  # mmx.r1:109
+while (l_i_2 < 64):  # mmx.r1:110
+    l_x_3 = ((v_dst >> l_i_2) & 4294967295)  # mmx.r1:111
+    l_r_1 = (l_r_1 | (((l_x_3 << l_c_0) & 4294967295) << l_i_2))  # mmx.r1:112
+    l_i_2 = (l_i_2 + 32)  # mmx.r1:113
+S.fpr[$dst] = l_r_1 & 0xffffffffffffffff | 0xffff0000000000000000  # mmx.r1:802
+S.fsw = S.fsw & 0xffffc7ff | 0x0  # mmx.r1:38
+S.ftw = 255 & 0xff  # mmx.r1:39
+"""
+
+# PSLLQ_MM_IMM8 [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/mmx.r1:804
+_T99 = """\
+v_dst = (S.fpr[$dst] & 0xffffffffffffffff)  # mmx.r1:807
+if (S.cr[0] >> 2 & 0x1):  # mmx.r1:29
+    raise Fault(6, None)  # mmx.r1:29
+if (S.cr[0] >> 3 & 0x1):  # mmx.r1:30
+    raise Fault(7, None)  # mmx.r1:30
+if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # mmx.r1:31
+    raise Fault(16, None)  # mmx.r1:31
+l_c_0 = (64 if ($imm > 63) else $imm)  # mmx.r1:107
+l_r_1 = 0  # mmx.r1:108
+l_i_2 = 0  # mmx.r1:109
+while (l_i_2 < 64):  # mmx.r1:110
+    l_x_3 = ((v_dst >> l_i_2) & 18446744073709551615)  # mmx.r1:111
+    l_r_1 = (l_r_1 | (((l_x_3 << l_c_0) & 18446744073709551615) << l_i_2))  # mmx.r1:112
+    l_i_2 = (l_i_2 + 64)  # mmx.r1:113
+S.fpr[$dst] = l_r_1 & 0xffffffffffffffff | 0xffff0000000000000000  # mmx.r1:813
+S.fsw = S.fsw & 0xffffc7ff | 0x0  # mmx.r1:38
+S.ftw = 255 & 0xff  # mmx.r1:39
+"""
+
+# PSRLW_MM_IMM8 [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/mmx.r1:815
+_T100 = """\
+v_dst = (S.fpr[$dst] & 0xffffffffffffffff)  # mmx.r1:818
+if (S.cr[0] >> 2 & 0x1):  # mmx.r1:29
+    raise Fault(6, None)  # mmx.r1:29
+if (S.cr[0] >> 3 & 0x1):  # mmx.r1:30
+    raise Fault(7, None)  # mmx.r1:30
+if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # mmx.r1:31
+    raise Fault(16, None)  # mmx.r1:31
+l_c_0 = (16 if ($imm > 15) else $imm)  # mmx.r1:107
+l_r_1 = 0  # mmx.r1:108
+l_i_2 = 0  # mmx.r1:109
+while (l_i_2 < 64):  # mmx.r1:110
+    l_x_3 = ((v_dst >> l_i_2) & 65535)  # mmx.r1:111
+    l_r_1 = (l_r_1 | (((l_x_3 >> l_c_0) & 65535) << l_i_2))  # mmx.r1:112
+    l_i_2 = (l_i_2 + 16)  # mmx.r1:113
+S.fpr[$dst] = l_r_1 & 0xffffffffffffffff | 0xffff0000000000000000  # mmx.r1:824
+S.fsw = S.fsw & 0xffffc7ff | 0x0  # mmx.r1:38
+S.ftw = 255 & 0xff  # mmx.r1:39
+"""
+
+# PSRLD_MM_IMM8 [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/mmx.r1:826
+_T101 = """\
+v_dst = (S.fpr[$dst] & 0xffffffffffffffff)  # mmx.r1:829
+if (S.cr[0] >> 2 & 0x1):  # mmx.r1:29
+    raise Fault(6, None)  # mmx.r1:29
+if (S.cr[0] >> 3 & 0x1):  # mmx.r1:30
+    raise Fault(7, None)  # mmx.r1:30
+if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # mmx.r1:31
+    raise Fault(16, None)  # mmx.r1:31
+l_c_0 = (32 if ($imm > 31) else $imm)  # mmx.r1:107
+l_r_1 = 0  # mmx.r1:108
+l_i_2 = 0  # mmx.r1:109
+while (l_i_2 < 64):  # mmx.r1:110
+    l_x_3 = ((v_dst >> l_i_2) & 4294967295)  # mmx.r1:111
+    l_r_1 = (l_r_1 | (((l_x_3 >> l_c_0) & 4294967295) << l_i_2))  # mmx.r1:112
+    l_i_2 = (l_i_2 + 32)  # mmx.r1:113
+S.fpr[$dst] = l_r_1 & 0xffffffffffffffff | 0xffff0000000000000000  # mmx.r1:835
+S.fsw = S.fsw & 0xffffc7ff | 0x0  # mmx.r1:38
+S.ftw = 255 & 0xff  # mmx.r1:39
+"""
+
+# PSRLQ_MM_IMM8 [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/mmx.r1:837
+_T102 = """\
+v_dst = (S.fpr[$dst] & 0xffffffffffffffff)  # mmx.r1:840
+if (S.cr[0] >> 2 & 0x1):  # mmx.r1:29
+    raise Fault(6, None)  # mmx.r1:29
+if (S.cr[0] >> 3 & 0x1):  # mmx.r1:30
+    raise Fault(7, None)  # mmx.r1:30
+if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # mmx.r1:31
+    raise Fault(16, None)  # mmx.r1:31
+l_c_0 = (64 if ($imm > 63) else $imm)  # mmx.r1:107
+l_r_1 = 0  # mmx.r1:108
+l_i_2 = 0  # mmx.r1:109
+while (l_i_2 < 64):  # mmx.r1:110
+    l_x_3 = ((v_dst >> l_i_2) & 18446744073709551615)  # mmx.r1:111
+    l_r_1 = (l_r_1 | (((l_x_3 >> l_c_0) & 18446744073709551615) << l_i_2))  # mmx.r1:112
+    l_i_2 = (l_i_2 + 64)  # mmx.r1:113
+S.fpr[$dst] = l_r_1 & 0xffffffffffffffff | 0xffff0000000000000000  # mmx.r1:846
+S.fsw = S.fsw & 0xffffc7ff | 0x0  # mmx.r1:38
+S.ftw = 255 & 0xff  # mmx.r1:39
+"""
+
+# PSRAW_MM_IMM8 [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/mmx.r1:848
+_T103 = """\
+v_dst = (S.fpr[$dst] & 0xffffffffffffffff)  # mmx.r1:851
+if (S.cr[0] >> 2 & 0x1):  # mmx.r1:29
+    raise Fault(6, None)  # mmx.r1:29
+if (S.cr[0] >> 3 & 0x1):  # mmx.r1:30
+    raise Fault(7, None)  # mmx.r1:30
+if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # mmx.r1:31
+    raise Fault(16, None)  # mmx.r1:31
+l_c_0 = (16 if ($imm > 15) else $imm)  # mmx.r1:107
+l_r_1 = 0  # mmx.r1:108
+l_i_2 = 0  # mmx.r1:109
+while (l_i_2 < 64):  # mmx.r1:110
+    l_x_3 = ((v_dst >> l_i_2) & 65535)  # mmx.r1:111
+    l_r_1 = (l_r_1 | (((((l_x_3 & 0xffff ^ 0x8000) - 0x8000) >> l_c_0) & 65535) << l_i_2))  # mmx.r1:112
+    l_i_2 = (l_i_2 + 16)  # mmx.r1:113
+S.fpr[$dst] = l_r_1 & 0xffffffffffffffff | 0xffff0000000000000000  # mmx.r1:857
+S.fsw = S.fsw & 0xffffc7ff | 0x0  # mmx.r1:38
+S.ftw = 255 & 0xff  # mmx.r1:39
+"""
+
+# PSRAD_MM_IMM8 [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/mmx.r1:859
+_T104 = """\
+v_dst = (S.fpr[$dst] & 0xffffffffffffffff)  # mmx.r1:862
+if (S.cr[0] >> 2 & 0x1):  # mmx.r1:29
+    raise Fault(6, None)  # mmx.r1:29
+if (S.cr[0] >> 3 & 0x1):  # mmx.r1:30
+    raise Fault(7, None)  # mmx.r1:30
+if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # mmx.r1:31
+    raise Fault(16, None)  # mmx.r1:31
+l_c_0 = (32 if ($imm > 31) else $imm)  # mmx.r1:107
+l_r_1 = 0  # mmx.r1:108
+l_i_2 = 0  # mmx.r1:109
+while (l_i_2 < 64):  # mmx.r1:110
+    l_x_3 = ((v_dst >> l_i_2) & 4294967295)  # mmx.r1:111
+    l_r_1 = (l_r_1 | (((((l_x_3 & 0xffffffff ^ 0x80000000) - 0x80000000) >> l_c_0) & 4294967295) << l_i_2))  # mmx.r1:112
+    l_i_2 = (l_i_2 + 32)  # mmx.r1:113
+S.fpr[$dst] = l_r_1 & 0xffffffffffffffff | 0xffff0000000000000000  # mmx.r1:868
+S.fsw = S.fsw & 0xffffc7ff | 0x0  # mmx.r1:38
+S.ftw = 255 & 0xff  # mmx.r1:39
 """
 
 TEMPLATES = {
-    # spec/mmx.r1:22
+    # spec/mmx.r1:205
     'EMMS': {
         (16, 16, None, None, None): _T0,
         (16, 32, None, None, None): _T0,
         (32, 16, None, None, None): _T0,
         (32, 32, None, None, None): _T0,
     },
-    # spec/mmx.r1:31
+    # spec/mmx.r1:215
     'MOVD_MM_RM32': {
         (16, 16, 'reg', None, None): _T1,
-        (16, 16, 'mem', None, None): _T1,
-        (16, 32, 'reg', None, None): _T1,
-        (16, 32, 'mem', None, None): _T1,
-        (32, 16, 'reg', None, None): _T1,
-        (32, 16, 'mem', None, None): _T1,
-        (32, 32, 'reg', None, None): _T1,
-        (32, 32, 'mem', None, None): _T1,
-    },
-    # spec/mmx.r1:41
-    'MOVD_RM32_MM': {
-        (16, 16, 'reg', None, None): _T2,
         (16, 16, 'mem', None, None): _T2,
-        (16, 32, 'reg', None, None): _T2,
+        (16, 32, 'reg', None, None): _T1,
         (16, 32, 'mem', None, None): _T2,
-        (32, 16, 'reg', None, None): _T2,
+        (32, 16, 'reg', None, None): _T1,
         (32, 16, 'mem', None, None): _T2,
-        (32, 32, 'reg', None, None): _T2,
+        (32, 32, 'reg', None, None): _T1,
         (32, 32, 'mem', None, None): _T2,
     },
-    # spec/mmx.r1:51
-    'MOVQ_MM_MMRM': {
+    # spec/mmx.r1:226
+    'MOVD_RM32_MM': {
         (16, 16, 'reg', None, None): _T3,
-        (16, 16, 'mem', None, None): _T3,
-        (16, 32, 'reg', None, None): _T3,
-        (16, 32, 'mem', None, None): _T3,
-        (32, 16, 'reg', None, None): _T3,
-        (32, 16, 'mem', None, None): _T3,
-        (32, 32, 'reg', None, None): _T3,
-        (32, 32, 'mem', None, None): _T3,
-    },
-    # spec/mmx.r1:61
-    'MOVQ_MMRM_MM': {
-        (16, 16, 'reg', None, None): _T4,
         (16, 16, 'mem', None, None): _T4,
-        (16, 32, 'reg', None, None): _T4,
+        (16, 32, 'reg', None, None): _T3,
         (16, 32, 'mem', None, None): _T4,
-        (32, 16, 'reg', None, None): _T4,
+        (32, 16, 'reg', None, None): _T3,
         (32, 16, 'mem', None, None): _T4,
-        (32, 32, 'reg', None, None): _T4,
+        (32, 32, 'reg', None, None): _T3,
         (32, 32, 'mem', None, None): _T4,
     },
-    # spec/mmx.r1:73
-    'PUNPCKLBW_MM_MM': {
+    # spec/mmx.r1:237
+    'MOVQ_MM_MMRM': {
         (16, 16, 'reg', None, None): _T5,
-        (16, 32, 'reg', None, None): _T5,
-        (32, 16, 'reg', None, None): _T5,
-        (32, 32, 'reg', None, None): _T5,
-    },
-    # spec/mmx.r1:83
-    'PUNPCKLBW_MM_M32': {
         (16, 16, 'mem', None, None): _T6,
+        (16, 32, 'reg', None, None): _T5,
         (16, 32, 'mem', None, None): _T6,
+        (32, 16, 'reg', None, None): _T5,
         (32, 16, 'mem', None, None): _T6,
+        (32, 32, 'reg', None, None): _T5,
         (32, 32, 'mem', None, None): _T6,
     },
-    # spec/mmx.r1:93
-    'PUNPCKLWD_MM_MM': {
+    # spec/mmx.r1:248
+    'MOVQ_MMRM_MM': {
         (16, 16, 'reg', None, None): _T7,
-        (16, 32, 'reg', None, None): _T7,
-        (32, 16, 'reg', None, None): _T7,
-        (32, 32, 'reg', None, None): _T7,
-    },
-    # spec/mmx.r1:103
-    'PUNPCKLWD_MM_M32': {
         (16, 16, 'mem', None, None): _T8,
+        (16, 32, 'reg', None, None): _T7,
         (16, 32, 'mem', None, None): _T8,
+        (32, 16, 'reg', None, None): _T7,
         (32, 16, 'mem', None, None): _T8,
+        (32, 32, 'reg', None, None): _T7,
         (32, 32, 'mem', None, None): _T8,
     },
-    # spec/mmx.r1:113
-    'PUNPCKLDQ_MM_MM': {
+    # spec/mmx.r1:261
+    'PUNPCKLBW_MM_MM': {
         (16, 16, 'reg', None, None): _T9,
         (16, 32, 'reg', None, None): _T9,
         (32, 16, 'reg', None, None): _T9,
         (32, 32, 'reg', None, None): _T9,
     },
-    # spec/mmx.r1:123
-    'PUNPCKLDQ_MM_M32': {
+    # spec/mmx.r1:272
+    'PUNPCKLBW_MM_M32': {
         (16, 16, 'mem', None, None): _T10,
         (16, 32, 'mem', None, None): _T10,
         (32, 16, 'mem', None, None): _T10,
         (32, 32, 'mem', None, None): _T10,
     },
-    # spec/mmx.r1:133
-    'PUNPCKHBW_MM_MMRM': {
+    # spec/mmx.r1:283
+    'PUNPCKLWD_MM_MM': {
         (16, 16, 'reg', None, None): _T11,
-        (16, 16, 'mem', None, None): _T11,
         (16, 32, 'reg', None, None): _T11,
-        (16, 32, 'mem', None, None): _T11,
         (32, 16, 'reg', None, None): _T11,
-        (32, 16, 'mem', None, None): _T11,
         (32, 32, 'reg', None, None): _T11,
-        (32, 32, 'mem', None, None): _T11,
     },
-    # spec/mmx.r1:143
-    'PUNPCKHWD_MM_MMRM': {
-        (16, 16, 'reg', None, None): _T12,
+    # spec/mmx.r1:294
+    'PUNPCKLWD_MM_M32': {
         (16, 16, 'mem', None, None): _T12,
-        (16, 32, 'reg', None, None): _T12,
         (16, 32, 'mem', None, None): _T12,
-        (32, 16, 'reg', None, None): _T12,
         (32, 16, 'mem', None, None): _T12,
-        (32, 32, 'reg', None, None): _T12,
         (32, 32, 'mem', None, None): _T12,
     },
-    # spec/mmx.r1:153
-    'PUNPCKHDQ_MM_MMRM': {
+    # spec/mmx.r1:305
+    'PUNPCKLDQ_MM_MM': {
         (16, 16, 'reg', None, None): _T13,
-        (16, 16, 'mem', None, None): _T13,
         (16, 32, 'reg', None, None): _T13,
-        (16, 32, 'mem', None, None): _T13,
         (32, 16, 'reg', None, None): _T13,
-        (32, 16, 'mem', None, None): _T13,
         (32, 32, 'reg', None, None): _T13,
-        (32, 32, 'mem', None, None): _T13,
     },
-    # spec/mmx.r1:163
-    'PACKSSWB_MM_MMRM': {
-        (16, 16, 'reg', None, None): _T14,
+    # spec/mmx.r1:316
+    'PUNPCKLDQ_MM_M32': {
         (16, 16, 'mem', None, None): _T14,
-        (16, 32, 'reg', None, None): _T14,
         (16, 32, 'mem', None, None): _T14,
-        (32, 16, 'reg', None, None): _T14,
         (32, 16, 'mem', None, None): _T14,
-        (32, 32, 'reg', None, None): _T14,
         (32, 32, 'mem', None, None): _T14,
     },
-    # spec/mmx.r1:173
-    'PACKUSWB_MM_MMRM': {
+    # spec/mmx.r1:327
+    'PUNPCKHBW_MM_MMRM': {
         (16, 16, 'reg', None, None): _T15,
-        (16, 16, 'mem', None, None): _T15,
-        (16, 32, 'reg', None, None): _T15,
-        (16, 32, 'mem', None, None): _T15,
-        (32, 16, 'reg', None, None): _T15,
-        (32, 16, 'mem', None, None): _T15,
-        (32, 32, 'reg', None, None): _T15,
-        (32, 32, 'mem', None, None): _T15,
-    },
-    # spec/mmx.r1:183
-    'PACKSSDW_MM_MMRM': {
-        (16, 16, 'reg', None, None): _T16,
         (16, 16, 'mem', None, None): _T16,
-        (16, 32, 'reg', None, None): _T16,
+        (16, 32, 'reg', None, None): _T15,
         (16, 32, 'mem', None, None): _T16,
-        (32, 16, 'reg', None, None): _T16,
+        (32, 16, 'reg', None, None): _T15,
         (32, 16, 'mem', None, None): _T16,
-        (32, 32, 'reg', None, None): _T16,
+        (32, 32, 'reg', None, None): _T15,
         (32, 32, 'mem', None, None): _T16,
     },
-    # spec/mmx.r1:195
-    'PADDB_MM_MMRM': {
+    # spec/mmx.r1:338
+    'PUNPCKHWD_MM_MMRM': {
         (16, 16, 'reg', None, None): _T17,
-        (16, 16, 'mem', None, None): _T17,
-        (16, 32, 'reg', None, None): _T17,
-        (16, 32, 'mem', None, None): _T17,
-        (32, 16, 'reg', None, None): _T17,
-        (32, 16, 'mem', None, None): _T17,
-        (32, 32, 'reg', None, None): _T17,
-        (32, 32, 'mem', None, None): _T17,
-    },
-    # spec/mmx.r1:205
-    'PADDW_MM_MMRM': {
-        (16, 16, 'reg', None, None): _T18,
         (16, 16, 'mem', None, None): _T18,
-        (16, 32, 'reg', None, None): _T18,
+        (16, 32, 'reg', None, None): _T17,
         (16, 32, 'mem', None, None): _T18,
-        (32, 16, 'reg', None, None): _T18,
+        (32, 16, 'reg', None, None): _T17,
         (32, 16, 'mem', None, None): _T18,
-        (32, 32, 'reg', None, None): _T18,
+        (32, 32, 'reg', None, None): _T17,
         (32, 32, 'mem', None, None): _T18,
     },
-    # spec/mmx.r1:215
-    'PADDD_MM_MMRM': {
+    # spec/mmx.r1:349
+    'PUNPCKHDQ_MM_MMRM': {
         (16, 16, 'reg', None, None): _T19,
-        (16, 16, 'mem', None, None): _T19,
-        (16, 32, 'reg', None, None): _T19,
-        (16, 32, 'mem', None, None): _T19,
-        (32, 16, 'reg', None, None): _T19,
-        (32, 16, 'mem', None, None): _T19,
-        (32, 32, 'reg', None, None): _T19,
-        (32, 32, 'mem', None, None): _T19,
-    },
-    # spec/mmx.r1:225
-    'PADDSB_MM_MMRM': {
-        (16, 16, 'reg', None, None): _T20,
         (16, 16, 'mem', None, None): _T20,
-        (16, 32, 'reg', None, None): _T20,
+        (16, 32, 'reg', None, None): _T19,
         (16, 32, 'mem', None, None): _T20,
-        (32, 16, 'reg', None, None): _T20,
+        (32, 16, 'reg', None, None): _T19,
         (32, 16, 'mem', None, None): _T20,
-        (32, 32, 'reg', None, None): _T20,
+        (32, 32, 'reg', None, None): _T19,
         (32, 32, 'mem', None, None): _T20,
     },
-    # spec/mmx.r1:235
-    'PADDSW_MM_MMRM': {
+    # spec/mmx.r1:360
+    'PACKSSWB_MM_MMRM': {
         (16, 16, 'reg', None, None): _T21,
-        (16, 16, 'mem', None, None): _T21,
-        (16, 32, 'reg', None, None): _T21,
-        (16, 32, 'mem', None, None): _T21,
-        (32, 16, 'reg', None, None): _T21,
-        (32, 16, 'mem', None, None): _T21,
-        (32, 32, 'reg', None, None): _T21,
-        (32, 32, 'mem', None, None): _T21,
-    },
-    # spec/mmx.r1:245
-    'PADDUSB_MM_MMRM': {
-        (16, 16, 'reg', None, None): _T22,
         (16, 16, 'mem', None, None): _T22,
-        (16, 32, 'reg', None, None): _T22,
+        (16, 32, 'reg', None, None): _T21,
         (16, 32, 'mem', None, None): _T22,
-        (32, 16, 'reg', None, None): _T22,
+        (32, 16, 'reg', None, None): _T21,
         (32, 16, 'mem', None, None): _T22,
-        (32, 32, 'reg', None, None): _T22,
+        (32, 32, 'reg', None, None): _T21,
         (32, 32, 'mem', None, None): _T22,
     },
-    # spec/mmx.r1:255
-    'PADDUSW_MM_MMRM': {
+    # spec/mmx.r1:371
+    'PACKUSWB_MM_MMRM': {
         (16, 16, 'reg', None, None): _T23,
-        (16, 16, 'mem', None, None): _T23,
-        (16, 32, 'reg', None, None): _T23,
-        (16, 32, 'mem', None, None): _T23,
-        (32, 16, 'reg', None, None): _T23,
-        (32, 16, 'mem', None, None): _T23,
-        (32, 32, 'reg', None, None): _T23,
-        (32, 32, 'mem', None, None): _T23,
-    },
-    # spec/mmx.r1:265
-    'PSUBB_MM_MMRM': {
-        (16, 16, 'reg', None, None): _T24,
         (16, 16, 'mem', None, None): _T24,
-        (16, 32, 'reg', None, None): _T24,
+        (16, 32, 'reg', None, None): _T23,
         (16, 32, 'mem', None, None): _T24,
-        (32, 16, 'reg', None, None): _T24,
+        (32, 16, 'reg', None, None): _T23,
         (32, 16, 'mem', None, None): _T24,
-        (32, 32, 'reg', None, None): _T24,
+        (32, 32, 'reg', None, None): _T23,
         (32, 32, 'mem', None, None): _T24,
     },
-    # spec/mmx.r1:275
-    'PSUBW_MM_MMRM': {
+    # spec/mmx.r1:382
+    'PACKSSDW_MM_MMRM': {
         (16, 16, 'reg', None, None): _T25,
-        (16, 16, 'mem', None, None): _T25,
-        (16, 32, 'reg', None, None): _T25,
-        (16, 32, 'mem', None, None): _T25,
-        (32, 16, 'reg', None, None): _T25,
-        (32, 16, 'mem', None, None): _T25,
-        (32, 32, 'reg', None, None): _T25,
-        (32, 32, 'mem', None, None): _T25,
-    },
-    # spec/mmx.r1:285
-    'PSUBD_MM_MMRM': {
-        (16, 16, 'reg', None, None): _T26,
         (16, 16, 'mem', None, None): _T26,
-        (16, 32, 'reg', None, None): _T26,
+        (16, 32, 'reg', None, None): _T25,
         (16, 32, 'mem', None, None): _T26,
-        (32, 16, 'reg', None, None): _T26,
+        (32, 16, 'reg', None, None): _T25,
         (32, 16, 'mem', None, None): _T26,
-        (32, 32, 'reg', None, None): _T26,
+        (32, 32, 'reg', None, None): _T25,
         (32, 32, 'mem', None, None): _T26,
     },
-    # spec/mmx.r1:295
-    'PSUBSB_MM_MMRM': {
+    # spec/mmx.r1:395
+    'PADDB_MM_MMRM': {
         (16, 16, 'reg', None, None): _T27,
-        (16, 16, 'mem', None, None): _T27,
-        (16, 32, 'reg', None, None): _T27,
-        (16, 32, 'mem', None, None): _T27,
-        (32, 16, 'reg', None, None): _T27,
-        (32, 16, 'mem', None, None): _T27,
-        (32, 32, 'reg', None, None): _T27,
-        (32, 32, 'mem', None, None): _T27,
-    },
-    # spec/mmx.r1:305
-    'PSUBSW_MM_MMRM': {
-        (16, 16, 'reg', None, None): _T28,
         (16, 16, 'mem', None, None): _T28,
-        (16, 32, 'reg', None, None): _T28,
+        (16, 32, 'reg', None, None): _T27,
         (16, 32, 'mem', None, None): _T28,
-        (32, 16, 'reg', None, None): _T28,
+        (32, 16, 'reg', None, None): _T27,
         (32, 16, 'mem', None, None): _T28,
-        (32, 32, 'reg', None, None): _T28,
+        (32, 32, 'reg', None, None): _T27,
         (32, 32, 'mem', None, None): _T28,
     },
-    # spec/mmx.r1:315
-    'PSUBUSB_MM_MMRM': {
+    # spec/mmx.r1:406
+    'PADDW_MM_MMRM': {
         (16, 16, 'reg', None, None): _T29,
-        (16, 16, 'mem', None, None): _T29,
-        (16, 32, 'reg', None, None): _T29,
-        (16, 32, 'mem', None, None): _T29,
-        (32, 16, 'reg', None, None): _T29,
-        (32, 16, 'mem', None, None): _T29,
-        (32, 32, 'reg', None, None): _T29,
-        (32, 32, 'mem', None, None): _T29,
-    },
-    # spec/mmx.r1:325
-    'PSUBUSW_MM_MMRM': {
-        (16, 16, 'reg', None, None): _T30,
         (16, 16, 'mem', None, None): _T30,
-        (16, 32, 'reg', None, None): _T30,
+        (16, 32, 'reg', None, None): _T29,
         (16, 32, 'mem', None, None): _T30,
-        (32, 16, 'reg', None, None): _T30,
+        (32, 16, 'reg', None, None): _T29,
         (32, 16, 'mem', None, None): _T30,
-        (32, 32, 'reg', None, None): _T30,
+        (32, 32, 'reg', None, None): _T29,
         (32, 32, 'mem', None, None): _T30,
     },
-    # spec/mmx.r1:335
-    'PMULLW_MM_MMRM': {
+    # spec/mmx.r1:417
+    'PADDD_MM_MMRM': {
         (16, 16, 'reg', None, None): _T31,
-        (16, 16, 'mem', None, None): _T31,
-        (16, 32, 'reg', None, None): _T31,
-        (16, 32, 'mem', None, None): _T31,
-        (32, 16, 'reg', None, None): _T31,
-        (32, 16, 'mem', None, None): _T31,
-        (32, 32, 'reg', None, None): _T31,
-        (32, 32, 'mem', None, None): _T31,
-    },
-    # spec/mmx.r1:345
-    'PMULHW_MM_MMRM': {
-        (16, 16, 'reg', None, None): _T32,
         (16, 16, 'mem', None, None): _T32,
-        (16, 32, 'reg', None, None): _T32,
+        (16, 32, 'reg', None, None): _T31,
         (16, 32, 'mem', None, None): _T32,
-        (32, 16, 'reg', None, None): _T32,
+        (32, 16, 'reg', None, None): _T31,
         (32, 16, 'mem', None, None): _T32,
-        (32, 32, 'reg', None, None): _T32,
+        (32, 32, 'reg', None, None): _T31,
         (32, 32, 'mem', None, None): _T32,
     },
-    # spec/mmx.r1:355
-    'PMADDWD_MM_MMRM': {
+    # spec/mmx.r1:428
+    'PADDSB_MM_MMRM': {
         (16, 16, 'reg', None, None): _T33,
-        (16, 16, 'mem', None, None): _T33,
-        (16, 32, 'reg', None, None): _T33,
-        (16, 32, 'mem', None, None): _T33,
-        (32, 16, 'reg', None, None): _T33,
-        (32, 16, 'mem', None, None): _T33,
-        (32, 32, 'reg', None, None): _T33,
-        (32, 32, 'mem', None, None): _T33,
-    },
-    # spec/mmx.r1:365
-    'PCMPEQB_MM_MMRM': {
-        (16, 16, 'reg', None, None): _T34,
         (16, 16, 'mem', None, None): _T34,
-        (16, 32, 'reg', None, None): _T34,
+        (16, 32, 'reg', None, None): _T33,
         (16, 32, 'mem', None, None): _T34,
-        (32, 16, 'reg', None, None): _T34,
+        (32, 16, 'reg', None, None): _T33,
         (32, 16, 'mem', None, None): _T34,
-        (32, 32, 'reg', None, None): _T34,
+        (32, 32, 'reg', None, None): _T33,
         (32, 32, 'mem', None, None): _T34,
     },
-    # spec/mmx.r1:375
-    'PCMPEQW_MM_MMRM': {
+    # spec/mmx.r1:439
+    'PADDSW_MM_MMRM': {
         (16, 16, 'reg', None, None): _T35,
-        (16, 16, 'mem', None, None): _T35,
-        (16, 32, 'reg', None, None): _T35,
-        (16, 32, 'mem', None, None): _T35,
-        (32, 16, 'reg', None, None): _T35,
-        (32, 16, 'mem', None, None): _T35,
-        (32, 32, 'reg', None, None): _T35,
-        (32, 32, 'mem', None, None): _T35,
-    },
-    # spec/mmx.r1:385
-    'PCMPEQD_MM_MMRM': {
-        (16, 16, 'reg', None, None): _T36,
         (16, 16, 'mem', None, None): _T36,
-        (16, 32, 'reg', None, None): _T36,
+        (16, 32, 'reg', None, None): _T35,
         (16, 32, 'mem', None, None): _T36,
-        (32, 16, 'reg', None, None): _T36,
+        (32, 16, 'reg', None, None): _T35,
         (32, 16, 'mem', None, None): _T36,
-        (32, 32, 'reg', None, None): _T36,
+        (32, 32, 'reg', None, None): _T35,
         (32, 32, 'mem', None, None): _T36,
     },
-    # spec/mmx.r1:395
-    'PCMPGTB_MM_MMRM': {
+    # spec/mmx.r1:450
+    'PADDUSB_MM_MMRM': {
         (16, 16, 'reg', None, None): _T37,
-        (16, 16, 'mem', None, None): _T37,
-        (16, 32, 'reg', None, None): _T37,
-        (16, 32, 'mem', None, None): _T37,
-        (32, 16, 'reg', None, None): _T37,
-        (32, 16, 'mem', None, None): _T37,
-        (32, 32, 'reg', None, None): _T37,
-        (32, 32, 'mem', None, None): _T37,
-    },
-    # spec/mmx.r1:405
-    'PCMPGTW_MM_MMRM': {
-        (16, 16, 'reg', None, None): _T38,
         (16, 16, 'mem', None, None): _T38,
-        (16, 32, 'reg', None, None): _T38,
+        (16, 32, 'reg', None, None): _T37,
         (16, 32, 'mem', None, None): _T38,
-        (32, 16, 'reg', None, None): _T38,
+        (32, 16, 'reg', None, None): _T37,
         (32, 16, 'mem', None, None): _T38,
-        (32, 32, 'reg', None, None): _T38,
+        (32, 32, 'reg', None, None): _T37,
         (32, 32, 'mem', None, None): _T38,
     },
-    # spec/mmx.r1:415
-    'PCMPGTD_MM_MMRM': {
+    # spec/mmx.r1:461
+    'PADDUSW_MM_MMRM': {
         (16, 16, 'reg', None, None): _T39,
-        (16, 16, 'mem', None, None): _T39,
-        (16, 32, 'reg', None, None): _T39,
-        (16, 32, 'mem', None, None): _T39,
-        (32, 16, 'reg', None, None): _T39,
-        (32, 16, 'mem', None, None): _T39,
-        (32, 32, 'reg', None, None): _T39,
-        (32, 32, 'mem', None, None): _T39,
-    },
-    # spec/mmx.r1:425
-    'PAND_MM_MMRM': {
-        (16, 16, 'reg', None, None): _T40,
         (16, 16, 'mem', None, None): _T40,
-        (16, 32, 'reg', None, None): _T40,
+        (16, 32, 'reg', None, None): _T39,
         (16, 32, 'mem', None, None): _T40,
-        (32, 16, 'reg', None, None): _T40,
+        (32, 16, 'reg', None, None): _T39,
         (32, 16, 'mem', None, None): _T40,
-        (32, 32, 'reg', None, None): _T40,
+        (32, 32, 'reg', None, None): _T39,
         (32, 32, 'mem', None, None): _T40,
     },
-    # spec/mmx.r1:435
-    'PANDN_MM_MMRM': {
+    # spec/mmx.r1:472
+    'PSUBB_MM_MMRM': {
         (16, 16, 'reg', None, None): _T41,
-        (16, 16, 'mem', None, None): _T41,
-        (16, 32, 'reg', None, None): _T41,
-        (16, 32, 'mem', None, None): _T41,
-        (32, 16, 'reg', None, None): _T41,
-        (32, 16, 'mem', None, None): _T41,
-        (32, 32, 'reg', None, None): _T41,
-        (32, 32, 'mem', None, None): _T41,
-    },
-    # spec/mmx.r1:445
-    'POR_MM_MMRM': {
-        (16, 16, 'reg', None, None): _T42,
         (16, 16, 'mem', None, None): _T42,
-        (16, 32, 'reg', None, None): _T42,
+        (16, 32, 'reg', None, None): _T41,
         (16, 32, 'mem', None, None): _T42,
-        (32, 16, 'reg', None, None): _T42,
+        (32, 16, 'reg', None, None): _T41,
         (32, 16, 'mem', None, None): _T42,
-        (32, 32, 'reg', None, None): _T42,
+        (32, 32, 'reg', None, None): _T41,
         (32, 32, 'mem', None, None): _T42,
     },
-    # spec/mmx.r1:455
-    'PXOR_MM_MMRM': {
+    # spec/mmx.r1:483
+    'PSUBW_MM_MMRM': {
         (16, 16, 'reg', None, None): _T43,
-        (16, 16, 'mem', None, None): _T43,
-        (16, 32, 'reg', None, None): _T43,
-        (16, 32, 'mem', None, None): _T43,
-        (32, 16, 'reg', None, None): _T43,
-        (32, 16, 'mem', None, None): _T43,
-        (32, 32, 'reg', None, None): _T43,
-        (32, 32, 'mem', None, None): _T43,
-    },
-    # spec/mmx.r1:467
-    'PSLLW_MM_MMRM': {
-        (16, 16, 'reg', None, None): _T44,
         (16, 16, 'mem', None, None): _T44,
-        (16, 32, 'reg', None, None): _T44,
+        (16, 32, 'reg', None, None): _T43,
         (16, 32, 'mem', None, None): _T44,
-        (32, 16, 'reg', None, None): _T44,
+        (32, 16, 'reg', None, None): _T43,
         (32, 16, 'mem', None, None): _T44,
-        (32, 32, 'reg', None, None): _T44,
+        (32, 32, 'reg', None, None): _T43,
         (32, 32, 'mem', None, None): _T44,
     },
-    # spec/mmx.r1:477
-    'PSLLD_MM_MMRM': {
+    # spec/mmx.r1:494
+    'PSUBD_MM_MMRM': {
         (16, 16, 'reg', None, None): _T45,
-        (16, 16, 'mem', None, None): _T45,
-        (16, 32, 'reg', None, None): _T45,
-        (16, 32, 'mem', None, None): _T45,
-        (32, 16, 'reg', None, None): _T45,
-        (32, 16, 'mem', None, None): _T45,
-        (32, 32, 'reg', None, None): _T45,
-        (32, 32, 'mem', None, None): _T45,
-    },
-    # spec/mmx.r1:487
-    'PSLLQ_MM_MMRM': {
-        (16, 16, 'reg', None, None): _T46,
         (16, 16, 'mem', None, None): _T46,
-        (16, 32, 'reg', None, None): _T46,
+        (16, 32, 'reg', None, None): _T45,
         (16, 32, 'mem', None, None): _T46,
-        (32, 16, 'reg', None, None): _T46,
+        (32, 16, 'reg', None, None): _T45,
         (32, 16, 'mem', None, None): _T46,
-        (32, 32, 'reg', None, None): _T46,
+        (32, 32, 'reg', None, None): _T45,
         (32, 32, 'mem', None, None): _T46,
     },
-    # spec/mmx.r1:497
-    'PSRLW_MM_MMRM': {
+    # spec/mmx.r1:505
+    'PSUBSB_MM_MMRM': {
         (16, 16, 'reg', None, None): _T47,
-        (16, 16, 'mem', None, None): _T47,
-        (16, 32, 'reg', None, None): _T47,
-        (16, 32, 'mem', None, None): _T47,
-        (32, 16, 'reg', None, None): _T47,
-        (32, 16, 'mem', None, None): _T47,
-        (32, 32, 'reg', None, None): _T47,
-        (32, 32, 'mem', None, None): _T47,
-    },
-    # spec/mmx.r1:507
-    'PSRLD_MM_MMRM': {
-        (16, 16, 'reg', None, None): _T48,
         (16, 16, 'mem', None, None): _T48,
-        (16, 32, 'reg', None, None): _T48,
+        (16, 32, 'reg', None, None): _T47,
         (16, 32, 'mem', None, None): _T48,
-        (32, 16, 'reg', None, None): _T48,
+        (32, 16, 'reg', None, None): _T47,
         (32, 16, 'mem', None, None): _T48,
-        (32, 32, 'reg', None, None): _T48,
+        (32, 32, 'reg', None, None): _T47,
         (32, 32, 'mem', None, None): _T48,
     },
-    # spec/mmx.r1:517
-    'PSRLQ_MM_MMRM': {
+    # spec/mmx.r1:516
+    'PSUBSW_MM_MMRM': {
         (16, 16, 'reg', None, None): _T49,
-        (16, 16, 'mem', None, None): _T49,
-        (16, 32, 'reg', None, None): _T49,
-        (16, 32, 'mem', None, None): _T49,
-        (32, 16, 'reg', None, None): _T49,
-        (32, 16, 'mem', None, None): _T49,
-        (32, 32, 'reg', None, None): _T49,
-        (32, 32, 'mem', None, None): _T49,
-    },
-    # spec/mmx.r1:527
-    'PSRAW_MM_MMRM': {
-        (16, 16, 'reg', None, None): _T50,
         (16, 16, 'mem', None, None): _T50,
-        (16, 32, 'reg', None, None): _T50,
+        (16, 32, 'reg', None, None): _T49,
         (16, 32, 'mem', None, None): _T50,
-        (32, 16, 'reg', None, None): _T50,
+        (32, 16, 'reg', None, None): _T49,
         (32, 16, 'mem', None, None): _T50,
-        (32, 32, 'reg', None, None): _T50,
+        (32, 32, 'reg', None, None): _T49,
         (32, 32, 'mem', None, None): _T50,
     },
-    # spec/mmx.r1:537
-    'PSRAD_MM_MMRM': {
+    # spec/mmx.r1:527
+    'PSUBUSB_MM_MMRM': {
         (16, 16, 'reg', None, None): _T51,
-        (16, 16, 'mem', None, None): _T51,
+        (16, 16, 'mem', None, None): _T52,
         (16, 32, 'reg', None, None): _T51,
-        (16, 32, 'mem', None, None): _T51,
+        (16, 32, 'mem', None, None): _T52,
         (32, 16, 'reg', None, None): _T51,
-        (32, 16, 'mem', None, None): _T51,
+        (32, 16, 'mem', None, None): _T52,
         (32, 32, 'reg', None, None): _T51,
-        (32, 32, 'mem', None, None): _T51,
+        (32, 32, 'mem', None, None): _T52,
     },
-    # spec/mmx.r1:547
-    'PSLLW_MM_IMM8': {
-        (16, 16, 'reg', None, None): _T52,
-        (16, 32, 'reg', None, None): _T52,
-        (32, 16, 'reg', None, None): _T52,
-        (32, 32, 'reg', None, None): _T52,
-    },
-    # spec/mmx.r1:557
-    'PSLLD_MM_IMM8': {
+    # spec/mmx.r1:538
+    'PSUBUSW_MM_MMRM': {
         (16, 16, 'reg', None, None): _T53,
+        (16, 16, 'mem', None, None): _T54,
         (16, 32, 'reg', None, None): _T53,
+        (16, 32, 'mem', None, None): _T54,
         (32, 16, 'reg', None, None): _T53,
+        (32, 16, 'mem', None, None): _T54,
         (32, 32, 'reg', None, None): _T53,
+        (32, 32, 'mem', None, None): _T54,
     },
-    # spec/mmx.r1:567
-    'PSLLQ_MM_IMM8': {
-        (16, 16, 'reg', None, None): _T54,
-        (16, 32, 'reg', None, None): _T54,
-        (32, 16, 'reg', None, None): _T54,
-        (32, 32, 'reg', None, None): _T54,
-    },
-    # spec/mmx.r1:577
-    'PSRLW_MM_IMM8': {
+    # spec/mmx.r1:549
+    'PMULLW_MM_MMRM': {
         (16, 16, 'reg', None, None): _T55,
+        (16, 16, 'mem', None, None): _T56,
         (16, 32, 'reg', None, None): _T55,
+        (16, 32, 'mem', None, None): _T56,
         (32, 16, 'reg', None, None): _T55,
+        (32, 16, 'mem', None, None): _T56,
         (32, 32, 'reg', None, None): _T55,
+        (32, 32, 'mem', None, None): _T56,
     },
-    # spec/mmx.r1:587
-    'PSRLD_MM_IMM8': {
-        (16, 16, 'reg', None, None): _T56,
-        (16, 32, 'reg', None, None): _T56,
-        (32, 16, 'reg', None, None): _T56,
-        (32, 32, 'reg', None, None): _T56,
-    },
-    # spec/mmx.r1:597
-    'PSRLQ_MM_IMM8': {
+    # spec/mmx.r1:560
+    'PMULHW_MM_MMRM': {
         (16, 16, 'reg', None, None): _T57,
+        (16, 16, 'mem', None, None): _T58,
         (16, 32, 'reg', None, None): _T57,
+        (16, 32, 'mem', None, None): _T58,
         (32, 16, 'reg', None, None): _T57,
+        (32, 16, 'mem', None, None): _T58,
         (32, 32, 'reg', None, None): _T57,
+        (32, 32, 'mem', None, None): _T58,
     },
-    # spec/mmx.r1:607
-    'PSRAW_MM_IMM8': {
-        (16, 16, 'reg', None, None): _T58,
-        (16, 32, 'reg', None, None): _T58,
-        (32, 16, 'reg', None, None): _T58,
-        (32, 32, 'reg', None, None): _T58,
-    },
-    # spec/mmx.r1:617
-    'PSRAD_MM_IMM8': {
+    # spec/mmx.r1:571
+    'PMADDWD_MM_MMRM': {
         (16, 16, 'reg', None, None): _T59,
+        (16, 16, 'mem', None, None): _T60,
         (16, 32, 'reg', None, None): _T59,
+        (16, 32, 'mem', None, None): _T60,
         (32, 16, 'reg', None, None): _T59,
+        (32, 16, 'mem', None, None): _T60,
         (32, 32, 'reg', None, None): _T59,
+        (32, 32, 'mem', None, None): _T60,
+    },
+    # spec/mmx.r1:582
+    'PCMPEQB_MM_MMRM': {
+        (16, 16, 'reg', None, None): _T61,
+        (16, 16, 'mem', None, None): _T62,
+        (16, 32, 'reg', None, None): _T61,
+        (16, 32, 'mem', None, None): _T62,
+        (32, 16, 'reg', None, None): _T61,
+        (32, 16, 'mem', None, None): _T62,
+        (32, 32, 'reg', None, None): _T61,
+        (32, 32, 'mem', None, None): _T62,
+    },
+    # spec/mmx.r1:593
+    'PCMPEQW_MM_MMRM': {
+        (16, 16, 'reg', None, None): _T63,
+        (16, 16, 'mem', None, None): _T64,
+        (16, 32, 'reg', None, None): _T63,
+        (16, 32, 'mem', None, None): _T64,
+        (32, 16, 'reg', None, None): _T63,
+        (32, 16, 'mem', None, None): _T64,
+        (32, 32, 'reg', None, None): _T63,
+        (32, 32, 'mem', None, None): _T64,
+    },
+    # spec/mmx.r1:604
+    'PCMPEQD_MM_MMRM': {
+        (16, 16, 'reg', None, None): _T65,
+        (16, 16, 'mem', None, None): _T66,
+        (16, 32, 'reg', None, None): _T65,
+        (16, 32, 'mem', None, None): _T66,
+        (32, 16, 'reg', None, None): _T65,
+        (32, 16, 'mem', None, None): _T66,
+        (32, 32, 'reg', None, None): _T65,
+        (32, 32, 'mem', None, None): _T66,
+    },
+    # spec/mmx.r1:615
+    'PCMPGTB_MM_MMRM': {
+        (16, 16, 'reg', None, None): _T67,
+        (16, 16, 'mem', None, None): _T68,
+        (16, 32, 'reg', None, None): _T67,
+        (16, 32, 'mem', None, None): _T68,
+        (32, 16, 'reg', None, None): _T67,
+        (32, 16, 'mem', None, None): _T68,
+        (32, 32, 'reg', None, None): _T67,
+        (32, 32, 'mem', None, None): _T68,
+    },
+    # spec/mmx.r1:626
+    'PCMPGTW_MM_MMRM': {
+        (16, 16, 'reg', None, None): _T69,
+        (16, 16, 'mem', None, None): _T70,
+        (16, 32, 'reg', None, None): _T69,
+        (16, 32, 'mem', None, None): _T70,
+        (32, 16, 'reg', None, None): _T69,
+        (32, 16, 'mem', None, None): _T70,
+        (32, 32, 'reg', None, None): _T69,
+        (32, 32, 'mem', None, None): _T70,
+    },
+    # spec/mmx.r1:637
+    'PCMPGTD_MM_MMRM': {
+        (16, 16, 'reg', None, None): _T71,
+        (16, 16, 'mem', None, None): _T72,
+        (16, 32, 'reg', None, None): _T71,
+        (16, 32, 'mem', None, None): _T72,
+        (32, 16, 'reg', None, None): _T71,
+        (32, 16, 'mem', None, None): _T72,
+        (32, 32, 'reg', None, None): _T71,
+        (32, 32, 'mem', None, None): _T72,
+    },
+    # spec/mmx.r1:648
+    'PAND_MM_MMRM': {
+        (16, 16, 'reg', None, None): _T73,
+        (16, 16, 'mem', None, None): _T74,
+        (16, 32, 'reg', None, None): _T73,
+        (16, 32, 'mem', None, None): _T74,
+        (32, 16, 'reg', None, None): _T73,
+        (32, 16, 'mem', None, None): _T74,
+        (32, 32, 'reg', None, None): _T73,
+        (32, 32, 'mem', None, None): _T74,
+    },
+    # spec/mmx.r1:659
+    'PANDN_MM_MMRM': {
+        (16, 16, 'reg', None, None): _T75,
+        (16, 16, 'mem', None, None): _T76,
+        (16, 32, 'reg', None, None): _T75,
+        (16, 32, 'mem', None, None): _T76,
+        (32, 16, 'reg', None, None): _T75,
+        (32, 16, 'mem', None, None): _T76,
+        (32, 32, 'reg', None, None): _T75,
+        (32, 32, 'mem', None, None): _T76,
+    },
+    # spec/mmx.r1:670
+    'POR_MM_MMRM': {
+        (16, 16, 'reg', None, None): _T77,
+        (16, 16, 'mem', None, None): _T78,
+        (16, 32, 'reg', None, None): _T77,
+        (16, 32, 'mem', None, None): _T78,
+        (32, 16, 'reg', None, None): _T77,
+        (32, 16, 'mem', None, None): _T78,
+        (32, 32, 'reg', None, None): _T77,
+        (32, 32, 'mem', None, None): _T78,
+    },
+    # spec/mmx.r1:681
+    'PXOR_MM_MMRM': {
+        (16, 16, 'reg', None, None): _T79,
+        (16, 16, 'mem', None, None): _T80,
+        (16, 32, 'reg', None, None): _T79,
+        (16, 32, 'mem', None, None): _T80,
+        (32, 16, 'reg', None, None): _T79,
+        (32, 16, 'mem', None, None): _T80,
+        (32, 32, 'reg', None, None): _T79,
+        (32, 32, 'mem', None, None): _T80,
+    },
+    # spec/mmx.r1:694
+    'PSLLW_MM_MMRM': {
+        (16, 16, 'reg', None, None): _T81,
+        (16, 16, 'mem', None, None): _T82,
+        (16, 32, 'reg', None, None): _T81,
+        (16, 32, 'mem', None, None): _T82,
+        (32, 16, 'reg', None, None): _T81,
+        (32, 16, 'mem', None, None): _T82,
+        (32, 32, 'reg', None, None): _T81,
+        (32, 32, 'mem', None, None): _T82,
+    },
+    # spec/mmx.r1:705
+    'PSLLD_MM_MMRM': {
+        (16, 16, 'reg', None, None): _T83,
+        (16, 16, 'mem', None, None): _T84,
+        (16, 32, 'reg', None, None): _T83,
+        (16, 32, 'mem', None, None): _T84,
+        (32, 16, 'reg', None, None): _T83,
+        (32, 16, 'mem', None, None): _T84,
+        (32, 32, 'reg', None, None): _T83,
+        (32, 32, 'mem', None, None): _T84,
+    },
+    # spec/mmx.r1:716
+    'PSLLQ_MM_MMRM': {
+        (16, 16, 'reg', None, None): _T85,
+        (16, 16, 'mem', None, None): _T86,
+        (16, 32, 'reg', None, None): _T85,
+        (16, 32, 'mem', None, None): _T86,
+        (32, 16, 'reg', None, None): _T85,
+        (32, 16, 'mem', None, None): _T86,
+        (32, 32, 'reg', None, None): _T85,
+        (32, 32, 'mem', None, None): _T86,
+    },
+    # spec/mmx.r1:727
+    'PSRLW_MM_MMRM': {
+        (16, 16, 'reg', None, None): _T87,
+        (16, 16, 'mem', None, None): _T88,
+        (16, 32, 'reg', None, None): _T87,
+        (16, 32, 'mem', None, None): _T88,
+        (32, 16, 'reg', None, None): _T87,
+        (32, 16, 'mem', None, None): _T88,
+        (32, 32, 'reg', None, None): _T87,
+        (32, 32, 'mem', None, None): _T88,
+    },
+    # spec/mmx.r1:738
+    'PSRLD_MM_MMRM': {
+        (16, 16, 'reg', None, None): _T89,
+        (16, 16, 'mem', None, None): _T90,
+        (16, 32, 'reg', None, None): _T89,
+        (16, 32, 'mem', None, None): _T90,
+        (32, 16, 'reg', None, None): _T89,
+        (32, 16, 'mem', None, None): _T90,
+        (32, 32, 'reg', None, None): _T89,
+        (32, 32, 'mem', None, None): _T90,
+    },
+    # spec/mmx.r1:749
+    'PSRLQ_MM_MMRM': {
+        (16, 16, 'reg', None, None): _T91,
+        (16, 16, 'mem', None, None): _T92,
+        (16, 32, 'reg', None, None): _T91,
+        (16, 32, 'mem', None, None): _T92,
+        (32, 16, 'reg', None, None): _T91,
+        (32, 16, 'mem', None, None): _T92,
+        (32, 32, 'reg', None, None): _T91,
+        (32, 32, 'mem', None, None): _T92,
+    },
+    # spec/mmx.r1:760
+    'PSRAW_MM_MMRM': {
+        (16, 16, 'reg', None, None): _T93,
+        (16, 16, 'mem', None, None): _T94,
+        (16, 32, 'reg', None, None): _T93,
+        (16, 32, 'mem', None, None): _T94,
+        (32, 16, 'reg', None, None): _T93,
+        (32, 16, 'mem', None, None): _T94,
+        (32, 32, 'reg', None, None): _T93,
+        (32, 32, 'mem', None, None): _T94,
+    },
+    # spec/mmx.r1:771
+    'PSRAD_MM_MMRM': {
+        (16, 16, 'reg', None, None): _T95,
+        (16, 16, 'mem', None, None): _T96,
+        (16, 32, 'reg', None, None): _T95,
+        (16, 32, 'mem', None, None): _T96,
+        (32, 16, 'reg', None, None): _T95,
+        (32, 16, 'mem', None, None): _T96,
+        (32, 32, 'reg', None, None): _T95,
+        (32, 32, 'mem', None, None): _T96,
+    },
+    # spec/mmx.r1:782
+    'PSLLW_MM_IMM8': {
+        (16, 16, 'reg', None, None): _T97,
+        (16, 32, 'reg', None, None): _T97,
+        (32, 16, 'reg', None, None): _T97,
+        (32, 32, 'reg', None, None): _T97,
+    },
+    # spec/mmx.r1:793
+    'PSLLD_MM_IMM8': {
+        (16, 16, 'reg', None, None): _T98,
+        (16, 32, 'reg', None, None): _T98,
+        (32, 16, 'reg', None, None): _T98,
+        (32, 32, 'reg', None, None): _T98,
+    },
+    # spec/mmx.r1:804
+    'PSLLQ_MM_IMM8': {
+        (16, 16, 'reg', None, None): _T99,
+        (16, 32, 'reg', None, None): _T99,
+        (32, 16, 'reg', None, None): _T99,
+        (32, 32, 'reg', None, None): _T99,
+    },
+    # spec/mmx.r1:815
+    'PSRLW_MM_IMM8': {
+        (16, 16, 'reg', None, None): _T100,
+        (16, 32, 'reg', None, None): _T100,
+        (32, 16, 'reg', None, None): _T100,
+        (32, 32, 'reg', None, None): _T100,
+    },
+    # spec/mmx.r1:826
+    'PSRLD_MM_IMM8': {
+        (16, 16, 'reg', None, None): _T101,
+        (16, 32, 'reg', None, None): _T101,
+        (32, 16, 'reg', None, None): _T101,
+        (32, 32, 'reg', None, None): _T101,
+    },
+    # spec/mmx.r1:837
+    'PSRLQ_MM_IMM8': {
+        (16, 16, 'reg', None, None): _T102,
+        (16, 32, 'reg', None, None): _T102,
+        (32, 16, 'reg', None, None): _T102,
+        (32, 32, 'reg', None, None): _T102,
+    },
+    # spec/mmx.r1:848
+    'PSRAW_MM_IMM8': {
+        (16, 16, 'reg', None, None): _T103,
+        (16, 32, 'reg', None, None): _T103,
+        (32, 16, 'reg', None, None): _T103,
+        (32, 32, 'reg', None, None): _T103,
+    },
+    # spec/mmx.r1:859
+    'PSRAD_MM_IMM8': {
+        (16, 16, 'reg', None, None): _T104,
+        (16, 32, 'reg', None, None): _T104,
+        (32, 16, 'reg', None, None): _T104,
+        (32, 32, 'reg', None, None): _T104,
     },
 }

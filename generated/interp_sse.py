@@ -8,1431 +8,4341 @@ register-or-memory, condition, REP). `$name` placeholders are filled from the de
 instruction by ring1.runtime.cpu.blocks, which joins templates into one function per block.
 """
 
-# MOVAPS_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:108
+# MOVAPS_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:116
 _T0 = """\
-b_unimplemented('MOVAPS_XMM_XMMRM', 'spec/sse.r1:108')  # sse.r1:108
+b_unimplemented('MOVAPS_XMM_XMMRM', 'spec/sse.r1:116')  # sse.r1:116
 """
 
-# MOVAPS_XMMRM_XMM [o16 a16 reg and 7 more] from spec/sse.r1:118
+# MOVAPS_XMMRM_XMM [o16 a16 reg and 7 more] from spec/sse.r1:126
 _T1 = """\
-b_unimplemented('MOVAPS_XMMRM_XMM', 'spec/sse.r1:118')  # sse.r1:118
+b_unimplemented('MOVAPS_XMMRM_XMM', 'spec/sse.r1:126')  # sse.r1:126
 """
 
-# MOVUPS_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:128
+# MOVUPS_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:136
 _T2 = """\
-b_unimplemented('MOVUPS_XMM_XMMRM', 'spec/sse.r1:128')  # sse.r1:128
+b_unimplemented('MOVUPS_XMM_XMMRM', 'spec/sse.r1:136')  # sse.r1:136
 """
 
-# MOVUPS_XMMRM_XMM [o16 a16 reg and 7 more] from spec/sse.r1:138
+# MOVUPS_XMMRM_XMM [o16 a16 reg and 7 more] from spec/sse.r1:146
 _T3 = """\
-b_unimplemented('MOVUPS_XMMRM_XMM', 'spec/sse.r1:138')  # sse.r1:138
+b_unimplemented('MOVUPS_XMMRM_XMM', 'spec/sse.r1:146')  # sse.r1:146
 """
 
-# MOVSS_XMM_XMM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:148
+# MOVSS_XMM_XMM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:156
 _T4 = """\
-b_unimplemented('MOVSS_XMM_XMM', 'spec/sse.r1:148')  # sse.r1:148
+b_unimplemented('MOVSS_XMM_XMM', 'spec/sse.r1:156')  # sse.r1:156
 """
 
-# MOVSS_XMM_M32 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:158
+# MOVSS_XMM_M32 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:166
 _T5 = """\
-b_unimplemented('MOVSS_XMM_M32', 'spec/sse.r1:158')  # sse.r1:158
+b_unimplemented('MOVSS_XMM_M32', 'spec/sse.r1:166')  # sse.r1:166
 """
 
-# MOVSS_XMM_XMM_0F11 [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:168
+# MOVSS_XMM_XMM_0F11 [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:176
 _T6 = """\
-b_unimplemented('MOVSS_XMM_XMM_0F11', 'spec/sse.r1:168')  # sse.r1:168
+b_unimplemented('MOVSS_XMM_XMM_0F11', 'spec/sse.r1:176')  # sse.r1:176
 """
 
-# MOVSS_M32_XMM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:178
+# MOVSS_M32_XMM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:186
 _T7 = """\
-b_unimplemented('MOVSS_M32_XMM', 'spec/sse.r1:178')  # sse.r1:178
+b_unimplemented('MOVSS_M32_XMM', 'spec/sse.r1:186')  # sse.r1:186
 """
 
-# MOVLPS_XMM_M64 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:188
+# MOVLPS_XMM_M64 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:196
 _T8 = """\
-b_unimplemented('MOVLPS_XMM_M64', 'spec/sse.r1:188')  # sse.r1:188
+b_unimplemented('MOVLPS_XMM_M64', 'spec/sse.r1:196')  # sse.r1:196
 """
 
-# MOVHLPS_XMM_XMM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:198
+# MOVHLPS_XMM_XMM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:206
 _T9 = """\
-b_unimplemented('MOVHLPS_XMM_XMM', 'spec/sse.r1:198')  # sse.r1:198
+b_unimplemented('MOVHLPS_XMM_XMM', 'spec/sse.r1:206')  # sse.r1:206
 """
 
-# MOVLPS_M64_XMM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:208
+# MOVLPS_M64_XMM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:216
 _T10 = """\
-b_unimplemented('MOVLPS_M64_XMM', 'spec/sse.r1:208')  # sse.r1:208
+b_unimplemented('MOVLPS_M64_XMM', 'spec/sse.r1:216')  # sse.r1:216
 """
 
-# MOVHPS_XMM_M64 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:218
+# MOVHPS_XMM_M64 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:226
 _T11 = """\
-b_unimplemented('MOVHPS_XMM_M64', 'spec/sse.r1:218')  # sse.r1:218
+b_unimplemented('MOVHPS_XMM_M64', 'spec/sse.r1:226')  # sse.r1:226
 """
 
-# MOVLHPS_XMM_XMM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:228
+# MOVLHPS_XMM_XMM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:236
 _T12 = """\
-b_unimplemented('MOVLHPS_XMM_XMM', 'spec/sse.r1:228')  # sse.r1:228
+b_unimplemented('MOVLHPS_XMM_XMM', 'spec/sse.r1:236')  # sse.r1:236
 """
 
-# MOVHPS_M64_XMM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:238
+# MOVHPS_M64_XMM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:246
 _T13 = """\
-b_unimplemented('MOVHPS_M64_XMM', 'spec/sse.r1:238')  # sse.r1:238
+b_unimplemented('MOVHPS_M64_XMM', 'spec/sse.r1:246')  # sse.r1:246
 """
 
-# MOVMSKPS_R32_XMM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:248
+# MOVMSKPS_R32_XMM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:256
 _T14 = """\
-b_unimplemented('MOVMSKPS_R32_XMM', 'spec/sse.r1:248')  # sse.r1:248
+b_unimplemented('MOVMSKPS_R32_XMM', 'spec/sse.r1:256')  # sse.r1:256
 """
 
-# ADDPS_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:260
+# ADDPS_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:268
 _T15 = """\
-b_unimplemented('ADDPS_XMM_XMMRM', 'spec/sse.r1:260')  # sse.r1:260
+b_unimplemented('ADDPS_XMM_XMMRM', 'spec/sse.r1:268')  # sse.r1:268
 """
 
-# ADDSS_XMM_XMM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:270
+# ADDSS_XMM_XMM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:278
 _T16 = """\
-b_unimplemented('ADDSS_XMM_XMM', 'spec/sse.r1:270')  # sse.r1:270
+b_unimplemented('ADDSS_XMM_XMM', 'spec/sse.r1:278')  # sse.r1:278
 """
 
-# ADDSS_XMM_M32 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:280
+# ADDSS_XMM_M32 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:288
 _T17 = """\
-b_unimplemented('ADDSS_XMM_M32', 'spec/sse.r1:280')  # sse.r1:280
+b_unimplemented('ADDSS_XMM_M32', 'spec/sse.r1:288')  # sse.r1:288
 """
 
-# SUBPS_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:290
+# SUBPS_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:298
 _T18 = """\
-b_unimplemented('SUBPS_XMM_XMMRM', 'spec/sse.r1:290')  # sse.r1:290
+b_unimplemented('SUBPS_XMM_XMMRM', 'spec/sse.r1:298')  # sse.r1:298
 """
 
-# SUBSS_XMM_XMM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:300
+# SUBSS_XMM_XMM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:308
 _T19 = """\
-b_unimplemented('SUBSS_XMM_XMM', 'spec/sse.r1:300')  # sse.r1:300
+b_unimplemented('SUBSS_XMM_XMM', 'spec/sse.r1:308')  # sse.r1:308
 """
 
-# SUBSS_XMM_M32 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:310
+# SUBSS_XMM_M32 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:318
 _T20 = """\
-b_unimplemented('SUBSS_XMM_M32', 'spec/sse.r1:310')  # sse.r1:310
+b_unimplemented('SUBSS_XMM_M32', 'spec/sse.r1:318')  # sse.r1:318
 """
 
-# MULPS_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:320
+# MULPS_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:328
 _T21 = """\
-b_unimplemented('MULPS_XMM_XMMRM', 'spec/sse.r1:320')  # sse.r1:320
+b_unimplemented('MULPS_XMM_XMMRM', 'spec/sse.r1:328')  # sse.r1:328
 """
 
-# MULSS_XMM_XMM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:330
+# MULSS_XMM_XMM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:338
 _T22 = """\
-b_unimplemented('MULSS_XMM_XMM', 'spec/sse.r1:330')  # sse.r1:330
+b_unimplemented('MULSS_XMM_XMM', 'spec/sse.r1:338')  # sse.r1:338
 """
 
-# MULSS_XMM_M32 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:340
+# MULSS_XMM_M32 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:348
 _T23 = """\
-b_unimplemented('MULSS_XMM_M32', 'spec/sse.r1:340')  # sse.r1:340
+b_unimplemented('MULSS_XMM_M32', 'spec/sse.r1:348')  # sse.r1:348
 """
 
-# DIVPS_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:350
+# DIVPS_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:358
 _T24 = """\
-b_unimplemented('DIVPS_XMM_XMMRM', 'spec/sse.r1:350')  # sse.r1:350
+b_unimplemented('DIVPS_XMM_XMMRM', 'spec/sse.r1:358')  # sse.r1:358
 """
 
-# DIVSS_XMM_XMM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:360
+# DIVSS_XMM_XMM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:368
 _T25 = """\
-b_unimplemented('DIVSS_XMM_XMM', 'spec/sse.r1:360')  # sse.r1:360
+b_unimplemented('DIVSS_XMM_XMM', 'spec/sse.r1:368')  # sse.r1:368
 """
 
-# DIVSS_XMM_M32 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:370
+# DIVSS_XMM_M32 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:378
 _T26 = """\
-b_unimplemented('DIVSS_XMM_M32', 'spec/sse.r1:370')  # sse.r1:370
+b_unimplemented('DIVSS_XMM_M32', 'spec/sse.r1:378')  # sse.r1:378
 """
 
-# MINPS_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:380
+# MINPS_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:388
 _T27 = """\
-b_unimplemented('MINPS_XMM_XMMRM', 'spec/sse.r1:380')  # sse.r1:380
+b_unimplemented('MINPS_XMM_XMMRM', 'spec/sse.r1:388')  # sse.r1:388
 """
 
-# MINSS_XMM_XMM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:390
+# MINSS_XMM_XMM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:398
 _T28 = """\
-b_unimplemented('MINSS_XMM_XMM', 'spec/sse.r1:390')  # sse.r1:390
+b_unimplemented('MINSS_XMM_XMM', 'spec/sse.r1:398')  # sse.r1:398
 """
 
-# MINSS_XMM_M32 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:400
+# MINSS_XMM_M32 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:408
 _T29 = """\
-b_unimplemented('MINSS_XMM_M32', 'spec/sse.r1:400')  # sse.r1:400
+b_unimplemented('MINSS_XMM_M32', 'spec/sse.r1:408')  # sse.r1:408
 """
 
-# MAXPS_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:410
+# MAXPS_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:418
 _T30 = """\
-b_unimplemented('MAXPS_XMM_XMMRM', 'spec/sse.r1:410')  # sse.r1:410
+b_unimplemented('MAXPS_XMM_XMMRM', 'spec/sse.r1:418')  # sse.r1:418
 """
 
-# MAXSS_XMM_XMM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:420
+# MAXSS_XMM_XMM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:428
 _T31 = """\
-b_unimplemented('MAXSS_XMM_XMM', 'spec/sse.r1:420')  # sse.r1:420
+b_unimplemented('MAXSS_XMM_XMM', 'spec/sse.r1:428')  # sse.r1:428
 """
 
-# MAXSS_XMM_M32 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:430
+# MAXSS_XMM_M32 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:438
 _T32 = """\
-b_unimplemented('MAXSS_XMM_M32', 'spec/sse.r1:430')  # sse.r1:430
+b_unimplemented('MAXSS_XMM_M32', 'spec/sse.r1:438')  # sse.r1:438
 """
 
-# SQRTPS_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:440
+# SQRTPS_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:448
 _T33 = """\
-b_unimplemented('SQRTPS_XMM_XMMRM', 'spec/sse.r1:440')  # sse.r1:440
+b_unimplemented('SQRTPS_XMM_XMMRM', 'spec/sse.r1:448')  # sse.r1:448
 """
 
-# SQRTSS_XMM_XMM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:450
+# SQRTSS_XMM_XMM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:458
 _T34 = """\
-b_unimplemented('SQRTSS_XMM_XMM', 'spec/sse.r1:450')  # sse.r1:450
+b_unimplemented('SQRTSS_XMM_XMM', 'spec/sse.r1:458')  # sse.r1:458
 """
 
-# SQRTSS_XMM_M32 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:460
+# SQRTSS_XMM_M32 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:468
 _T35 = """\
-b_unimplemented('SQRTSS_XMM_M32', 'spec/sse.r1:460')  # sse.r1:460
+b_unimplemented('SQRTSS_XMM_M32', 'spec/sse.r1:468')  # sse.r1:468
 """
 
-# RCPPS_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:470
+# RCPPS_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:478
 _T36 = """\
-b_unimplemented('RCPPS_XMM_XMMRM', 'spec/sse.r1:470')  # sse.r1:470
+b_unimplemented('RCPPS_XMM_XMMRM', 'spec/sse.r1:478')  # sse.r1:478
 """
 
-# RCPSS_XMM_XMM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:480
+# RCPSS_XMM_XMM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:488
 _T37 = """\
-b_unimplemented('RCPSS_XMM_XMM', 'spec/sse.r1:480')  # sse.r1:480
+b_unimplemented('RCPSS_XMM_XMM', 'spec/sse.r1:488')  # sse.r1:488
 """
 
-# RCPSS_XMM_M32 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:490
+# RCPSS_XMM_M32 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:498
 _T38 = """\
-b_unimplemented('RCPSS_XMM_M32', 'spec/sse.r1:490')  # sse.r1:490
+b_unimplemented('RCPSS_XMM_M32', 'spec/sse.r1:498')  # sse.r1:498
 """
 
-# RSQRTPS_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:500
+# RSQRTPS_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:508
 _T39 = """\
-b_unimplemented('RSQRTPS_XMM_XMMRM', 'spec/sse.r1:500')  # sse.r1:500
+b_unimplemented('RSQRTPS_XMM_XMMRM', 'spec/sse.r1:508')  # sse.r1:508
 """
 
-# RSQRTSS_XMM_XMM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:510
+# RSQRTSS_XMM_XMM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:518
 _T40 = """\
-b_unimplemented('RSQRTSS_XMM_XMM', 'spec/sse.r1:510')  # sse.r1:510
+b_unimplemented('RSQRTSS_XMM_XMM', 'spec/sse.r1:518')  # sse.r1:518
 """
 
-# RSQRTSS_XMM_M32 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:520
+# RSQRTSS_XMM_M32 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:528
 _T41 = """\
-b_unimplemented('RSQRTSS_XMM_M32', 'spec/sse.r1:520')  # sse.r1:520
+b_unimplemented('RSQRTSS_XMM_M32', 'spec/sse.r1:528')  # sse.r1:528
 """
 
-# CMPPS_XMM_XMMRM_IMM8 [o16 a16 reg and 7 more] from spec/sse.r1:532
+# CMPPS_XMM_XMMRM_IMM8 [o16 a16 reg and 7 more] from spec/sse.r1:540
 _T42 = """\
-b_unimplemented('CMPPS_XMM_XMMRM_IMM8', 'spec/sse.r1:532')  # sse.r1:532
+b_unimplemented('CMPPS_XMM_XMMRM_IMM8', 'spec/sse.r1:540')  # sse.r1:540
 """
 
-# CMPSS_XMM_XMM_IMM8 [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:543
+# CMPSS_XMM_XMM_IMM8 [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:551
 _T43 = """\
-b_unimplemented('CMPSS_XMM_XMM_IMM8', 'spec/sse.r1:543')  # sse.r1:543
+b_unimplemented('CMPSS_XMM_XMM_IMM8', 'spec/sse.r1:551')  # sse.r1:551
 """
 
-# CMPSS_XMM_M32_IMM8 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:554
+# CMPSS_XMM_M32_IMM8 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:562
 _T44 = """\
-b_unimplemented('CMPSS_XMM_M32_IMM8', 'spec/sse.r1:554')  # sse.r1:554
+b_unimplemented('CMPSS_XMM_M32_IMM8', 'spec/sse.r1:562')  # sse.r1:562
 """
 
-# COMISS_XMM_XMM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:565
+# COMISS_XMM_XMM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:573
 _T45 = """\
-b_unimplemented('COMISS_XMM_XMM', 'spec/sse.r1:565')  # sse.r1:565
+b_unimplemented('COMISS_XMM_XMM', 'spec/sse.r1:573')  # sse.r1:573
 """
 
-# COMISS_XMM_M32 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:575
+# COMISS_XMM_M32 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:583
 _T46 = """\
-b_unimplemented('COMISS_XMM_M32', 'spec/sse.r1:575')  # sse.r1:575
+b_unimplemented('COMISS_XMM_M32', 'spec/sse.r1:583')  # sse.r1:583
 """
 
-# UCOMISS_XMM_XMM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:585
+# UCOMISS_XMM_XMM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:593
 _T47 = """\
-b_unimplemented('UCOMISS_XMM_XMM', 'spec/sse.r1:585')  # sse.r1:585
+b_unimplemented('UCOMISS_XMM_XMM', 'spec/sse.r1:593')  # sse.r1:593
 """
 
-# UCOMISS_XMM_M32 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:595
+# UCOMISS_XMM_M32 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:603
 _T48 = """\
-b_unimplemented('UCOMISS_XMM_M32', 'spec/sse.r1:595')  # sse.r1:595
+b_unimplemented('UCOMISS_XMM_M32', 'spec/sse.r1:603')  # sse.r1:603
 """
 
-# ANDPS_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:607
+# ANDPS_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:615
 _T49 = """\
-b_unimplemented('ANDPS_XMM_XMMRM', 'spec/sse.r1:607')  # sse.r1:607
+b_unimplemented('ANDPS_XMM_XMMRM', 'spec/sse.r1:615')  # sse.r1:615
 """
 
-# ANDNPS_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:617
+# ANDNPS_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:625
 _T50 = """\
-b_unimplemented('ANDNPS_XMM_XMMRM', 'spec/sse.r1:617')  # sse.r1:617
+b_unimplemented('ANDNPS_XMM_XMMRM', 'spec/sse.r1:625')  # sse.r1:625
 """
 
-# ORPS_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:627
+# ORPS_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:635
 _T51 = """\
-b_unimplemented('ORPS_XMM_XMMRM', 'spec/sse.r1:627')  # sse.r1:627
+b_unimplemented('ORPS_XMM_XMMRM', 'spec/sse.r1:635')  # sse.r1:635
 """
 
-# XORPS_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:637
+# XORPS_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:645
 _T52 = """\
-b_unimplemented('XORPS_XMM_XMMRM', 'spec/sse.r1:637')  # sse.r1:637
+b_unimplemented('XORPS_XMM_XMMRM', 'spec/sse.r1:645')  # sse.r1:645
 """
 
-# SHUFPS_XMM_XMMRM_IMM8 [o16 a16 reg and 7 more] from spec/sse.r1:647
+# SHUFPS_XMM_XMMRM_IMM8 [o16 a16 reg and 7 more] from spec/sse.r1:655
 _T53 = """\
-b_unimplemented('SHUFPS_XMM_XMMRM_IMM8', 'spec/sse.r1:647')  # sse.r1:647
+b_unimplemented('SHUFPS_XMM_XMMRM_IMM8', 'spec/sse.r1:655')  # sse.r1:655
 """
 
-# UNPCKLPS_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:657
+# UNPCKLPS_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:665
 _T54 = """\
-b_unimplemented('UNPCKLPS_XMM_XMMRM', 'spec/sse.r1:657')  # sse.r1:657
+b_unimplemented('UNPCKLPS_XMM_XMMRM', 'spec/sse.r1:665')  # sse.r1:665
 """
 
-# UNPCKHPS_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:667
+# UNPCKHPS_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:675
 _T55 = """\
-b_unimplemented('UNPCKHPS_XMM_XMMRM', 'spec/sse.r1:667')  # sse.r1:667
+b_unimplemented('UNPCKHPS_XMM_XMMRM', 'spec/sse.r1:675')  # sse.r1:675
 """
 
-# CVTPI2PS_XMM_MMRM [o16 a16 reg and 7 more] from spec/sse.r1:679
+# CVTPI2PS_XMM_MMRM [o16 a16 reg and 7 more] from spec/sse.r1:687
 _T56 = """\
-b_unimplemented('CVTPI2PS_XMM_MMRM', 'spec/sse.r1:679')  # sse.r1:679
+b_unimplemented('CVTPI2PS_XMM_MMRM', 'spec/sse.r1:687')  # sse.r1:687
 """
 
-# CVTPS2PI_MM_XMM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:689
+# CVTPS2PI_MM_XMM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:697
 _T57 = """\
-b_unimplemented('CVTPS2PI_MM_XMM', 'spec/sse.r1:689')  # sse.r1:689
+b_unimplemented('CVTPS2PI_MM_XMM', 'spec/sse.r1:697')  # sse.r1:697
 """
 
-# CVTPS2PI_MM_M64 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:699
+# CVTPS2PI_MM_M64 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:707
 _T58 = """\
-b_unimplemented('CVTPS2PI_MM_M64', 'spec/sse.r1:699')  # sse.r1:699
+b_unimplemented('CVTPS2PI_MM_M64', 'spec/sse.r1:707')  # sse.r1:707
 """
 
-# CVTTPS2PI_MM_XMM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:709
+# CVTTPS2PI_MM_XMM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:717
 _T59 = """\
-b_unimplemented('CVTTPS2PI_MM_XMM', 'spec/sse.r1:709')  # sse.r1:709
+b_unimplemented('CVTTPS2PI_MM_XMM', 'spec/sse.r1:717')  # sse.r1:717
 """
 
-# CVTTPS2PI_MM_M64 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:719
+# CVTTPS2PI_MM_M64 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:727
 _T60 = """\
-b_unimplemented('CVTTPS2PI_MM_M64', 'spec/sse.r1:719')  # sse.r1:719
+b_unimplemented('CVTTPS2PI_MM_M64', 'spec/sse.r1:727')  # sse.r1:727
 """
 
-# CVTSI2SS_XMM_RM32 [o16 a16 reg and 7 more] from spec/sse.r1:729
+# CVTSI2SS_XMM_RM32 [o16 a16 reg and 7 more] from spec/sse.r1:737
 _T61 = """\
-b_unimplemented('CVTSI2SS_XMM_RM32', 'spec/sse.r1:729')  # sse.r1:729
+b_unimplemented('CVTSI2SS_XMM_RM32', 'spec/sse.r1:737')  # sse.r1:737
 """
 
-# CVTSS2SI_R32_XMM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:739
+# CVTSS2SI_R32_XMM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:747
 _T62 = """\
-b_unimplemented('CVTSS2SI_R32_XMM', 'spec/sse.r1:739')  # sse.r1:739
+b_unimplemented('CVTSS2SI_R32_XMM', 'spec/sse.r1:747')  # sse.r1:747
 """
 
-# CVTSS2SI_R32_M32 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:749
+# CVTSS2SI_R32_M32 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:757
 _T63 = """\
-b_unimplemented('CVTSS2SI_R32_M32', 'spec/sse.r1:749')  # sse.r1:749
+b_unimplemented('CVTSS2SI_R32_M32', 'spec/sse.r1:757')  # sse.r1:757
 """
 
-# CVTTSS2SI_R32_XMM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:759
+# CVTTSS2SI_R32_XMM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:767
 _T64 = """\
-b_unimplemented('CVTTSS2SI_R32_XMM', 'spec/sse.r1:759')  # sse.r1:759
+b_unimplemented('CVTTSS2SI_R32_XMM', 'spec/sse.r1:767')  # sse.r1:767
 """
 
-# CVTTSS2SI_R32_M32 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:769
+# CVTTSS2SI_R32_M32 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:777
 _T65 = """\
-b_unimplemented('CVTTSS2SI_R32_M32', 'spec/sse.r1:769')  # sse.r1:769
+b_unimplemented('CVTTSS2SI_R32_M32', 'spec/sse.r1:777')  # sse.r1:777
 """
 
-# LDMXCSR_M32 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:781
+# LDMXCSR_M32 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:789
 _T66 = """\
-b_unimplemented('LDMXCSR_M32', 'spec/sse.r1:781')  # sse.r1:781
+b_unimplemented('LDMXCSR_M32', 'spec/sse.r1:789')  # sse.r1:789
 """
 
-# STMXCSR_M32 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:791
+# STMXCSR_M32 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:799
 _T67 = """\
-b_unimplemented('STMXCSR_M32', 'spec/sse.r1:791')  # sse.r1:791
+b_unimplemented('STMXCSR_M32', 'spec/sse.r1:799')  # sse.r1:799
 """
 
-# FXSAVE_M512 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:801
+# FXSAVE_M512 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:809
 _T68 = """\
 S.eip = $next
 ea = $ea
-if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # sse.r1:45
-    raise Fault(7, None)  # sse.r1:45
-if ((b_seg_base($seg) + ea) & 15):  # sse.r1:46
-    raise Fault(13, 0)  # sse.r1:46
-b_check_write($seg, ea, 4096)  # sse.r1:812
-l_s = $seg  # sse.r1:813
-l_off = ea  # sse.r1:814
-wr16(l_s, l_off, S.fcw)  # sse.r1:815
-wr16(l_s, (l_off + 2), S.fsw)  # sse.r1:816
-wr16(l_s, (l_off + 4), S.ftw)  # sse.r1:817
-wr16(l_s, (l_off + 6), S.fop)  # sse.r1:818
-wr32(l_s, (l_off + 8), S.fip)  # sse.r1:819
-wr32(l_s, (l_off + 12), S.fcs)  # sse.r1:820
-wr32(l_s, (l_off + 16), S.fdp)  # sse.r1:821
-wr32(l_s, (l_off + 20), S.fds)  # sse.r1:822
-if (S.cr[4] >> 9 & 0x1):  # sse.r1:823
-    wr32(l_s, (l_off + 24), S.mxcsr)  # sse.r1:824
-    wr32(l_s, (l_off + 28), 65535)  # sse.r1:825
-l_i = 0  # sse.r1:827
-while (l_i < 8):  # sse.r1:828
-    b_store(l_s, ((l_off + 32) + (16 * l_i)), 80, b_fpr((((S.fsw >> 11 & 0x7) + l_i) & 7)))  # sse.r1:829
-    l_i = (l_i + 1)  # sse.r1:830
-if (S.cr[4] >> 9 & 0x1):  # sse.r1:832
-    l_i = 0  # sse.r1:833
-    while (l_i < 8):  # sse.r1:834
-        b_store(l_s, ((l_off + 160) + (16 * l_i)), 128, b_xmm(l_i))  # sse.r1:835
-        l_i = (l_i + 1)  # sse.r1:836
+if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # sse.r1:46
+    raise Fault(7, None)  # sse.r1:46
+if ((b_seg_base($seg) + ea) & 15):  # sse.r1:47
+    raise Fault(13, 0)  # sse.r1:47
+b_check_write($seg, ea, 4096)  # sse.r1:820
+l_s = $seg  # sse.r1:821
+l_off = ea  # sse.r1:822
+wr16(l_s, l_off, S.fcw)  # sse.r1:823
+wr16(l_s, (l_off + 2), S.fsw)  # sse.r1:824
+wr16(l_s, (l_off + 4), S.ftw)  # sse.r1:825
+wr16(l_s, (l_off + 6), S.fop)  # sse.r1:826
+wr32(l_s, (l_off + 8), S.fip)  # sse.r1:827
+wr32(l_s, (l_off + 12), S.fcs)  # sse.r1:828
+wr32(l_s, (l_off + 16), S.fdp)  # sse.r1:829
+wr32(l_s, (l_off + 20), S.fds)  # sse.r1:830
+if (S.cr[4] >> 9 & 0x1):  # sse.r1:831
+    wr32(l_s, (l_off + 24), S.mxcsr)  # sse.r1:832
+    wr32(l_s, (l_off + 28), 65535)  # sse.r1:833
+l_i = 0  # sse.r1:835
+while (l_i < 8):  # sse.r1:836
+    b_store(l_s, ((l_off + 32) + (16 * l_i)), 80, b_fpr((((S.fsw >> 11 & 0x7) + l_i) & 7)))  # sse.r1:837
+    l_i = (l_i + 1)  # sse.r1:838
+if (S.cr[4] >> 9 & 0x1):  # sse.r1:840
+    l_i = 0  # sse.r1:841
+    while (l_i < 8):  # sse.r1:842
+        b_store(l_s, ((l_off + 160) + (16 * l_i)), 128, b_xmm(l_i))  # sse.r1:843
+        l_i = (l_i + 1)  # sse.r1:844
 """
 
-# FXRSTOR_M512 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:841
+# FXRSTOR_M512 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:849
 _T69 = """\
 ea = $ea
-v_src = b_load($seg, ea, 4096)  # sse.r1:844
-if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # sse.r1:45
-    raise Fault(7, None)  # sse.r1:45
-if ((b_seg_base($seg) + ea) & 15):  # sse.r1:46
-    raise Fault(13, 0)  # sse.r1:46
-l_s = $seg  # sse.r1:852
-l_off = ea  # sse.r1:853
-l_new_mxcsr = (rd32(l_s, (l_off + 24)) if (S.cr[4] >> 9 & 0x1) else S.mxcsr)  # sse.r1:854
-if (l_new_mxcsr & (-65536)):  # sse.r1:855
-    raise Fault(13, 0)  # sse.r1:855
-S.fcw = rd16(l_s, l_off) & 0xffff  # sse.r1:856
+if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # sse.r1:46
+    raise Fault(7, None)  # sse.r1:46
+if ((b_seg_base($seg) + ea) & 15):  # sse.r1:47
+    raise Fault(13, 0)  # sse.r1:47
+v_src = b_load($seg, ea, 4096)  # sse.r1:852
+l_s = $seg  # sse.r1:860
+l_off = ea  # sse.r1:861
+l_new_mxcsr = (rd32(l_s, (l_off + 24)) if (S.cr[4] >> 9 & 0x1) else S.mxcsr)  # sse.r1:862
+if (l_new_mxcsr & (-65536)):  # sse.r1:863
+    raise Fault(13, 0)  # sse.r1:863
+S.fcw = rd16(l_s, l_off) & 0xffff  # sse.r1:864
 a_sw_0 = rd16(l_s, (l_off + 2))
-S.fsw = ((a_sw_0 & 32767) | ((a_sw_0 >> 7 & 1) << 15)) & 0xffff  # sse.r1:857
-S.ftw = rd8(l_s, (l_off + 4)) & 0xff  # sse.r1:858
-S.fop = rd16(l_s, (l_off + 6)) & 0x7ff  # sse.r1:859
-S.fip = rd32(l_s, (l_off + 8)) & 0xffffffff  # sse.r1:860
-S.fcs = rd16(l_s, (l_off + 12)) & 0xffff  # sse.r1:861
-S.fdp = rd32(l_s, (l_off + 16)) & 0xffffffff  # sse.r1:862
-S.fds = rd16(l_s, (l_off + 20)) & 0xffff  # sse.r1:863
-l_i = 0  # sse.r1:864
-while (l_i < 8):  # sse.r1:865
-    b_set_fpr((((S.fsw >> 11 & 0x7) + l_i) & 7), b_load(l_s, ((l_off + 32) + (16 * l_i)), 80))  # sse.r1:866
-    l_i = (l_i + 1)  # sse.r1:867
-if (S.cr[4] >> 9 & 0x1):  # sse.r1:869
-    S.mxcsr = l_new_mxcsr & 0xffffffff  # sse.r1:870
-    l_i = 0  # sse.r1:871
-    while (l_i < 8):  # sse.r1:872
-        b_set_xmm(l_i, b_load(l_s, ((l_off + 160) + (16 * l_i)), 128))  # sse.r1:873
-        l_i = (l_i + 1)  # sse.r1:874
+S.fsw = ((a_sw_0 & 32767) | ((a_sw_0 >> 7 & 1) << 15)) & 0xffff  # sse.r1:865
+S.ftw = rd8(l_s, (l_off + 4)) & 0xff  # sse.r1:866
+S.fop = rd16(l_s, (l_off + 6)) & 0x7ff  # sse.r1:867
+S.fip = rd32(l_s, (l_off + 8)) & 0xffffffff  # sse.r1:868
+S.fcs = rd16(l_s, (l_off + 12)) & 0xffff  # sse.r1:869
+S.fdp = rd32(l_s, (l_off + 16)) & 0xffffffff  # sse.r1:870
+S.fds = rd16(l_s, (l_off + 20)) & 0xffff  # sse.r1:871
+l_i = 0  # sse.r1:872
+while (l_i < 8):  # sse.r1:873
+    b_set_fpr((((S.fsw >> 11 & 0x7) + l_i) & 7), b_load(l_s, ((l_off + 32) + (16 * l_i)), 80))  # sse.r1:874
+    l_i = (l_i + 1)  # sse.r1:875
+if (S.cr[4] >> 9 & 0x1):  # sse.r1:877
+    S.mxcsr = l_new_mxcsr & 0xffffffff  # sse.r1:878
+    l_i = 0  # sse.r1:879
+    while (l_i < 8):  # sse.r1:880
+        b_set_xmm(l_i, b_load(l_s, ((l_off + 160) + (16 * l_i)), 128))  # sse.r1:881
+        l_i = (l_i + 1)  # sse.r1:882
 """
 
-# PREFETCHNTA_M8 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:881
+# PREFETCHNTA_M8 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:889
 _T70 = """\
-b_unimplemented('PREFETCHNTA_M8', 'spec/sse.r1:881')  # sse.r1:881
+b_unimplemented('PREFETCHNTA_M8', 'spec/sse.r1:889')  # sse.r1:889
 """
 
-# PREFETCHT0_M8 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:891
+# PREFETCHT0_M8 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:899
 _T71 = """\
-b_unimplemented('PREFETCHT0_M8', 'spec/sse.r1:891')  # sse.r1:891
+b_unimplemented('PREFETCHT0_M8', 'spec/sse.r1:899')  # sse.r1:899
 """
 
-# PREFETCHT1_M8 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:901
+# PREFETCHT1_M8 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:909
 _T72 = """\
-b_unimplemented('PREFETCHT1_M8', 'spec/sse.r1:901')  # sse.r1:901
+b_unimplemented('PREFETCHT1_M8', 'spec/sse.r1:909')  # sse.r1:909
 """
 
-# PREFETCHT2_M8 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:911
+# PREFETCHT2_M8 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:919
 _T73 = """\
-b_unimplemented('PREFETCHT2_M8', 'spec/sse.r1:911')  # sse.r1:911
+b_unimplemented('PREFETCHT2_M8', 'spec/sse.r1:919')  # sse.r1:919
 """
 
-# SFENCE [o16 a16, o16 a32, o32 a16, o32 a32] from spec/sse.r1:921
+# SFENCE [o16 a16, o16 a32, o32 a16, o32 a32] from spec/sse.r1:929
 _T74 = """\
-b_unimplemented('SFENCE', 'spec/sse.r1:921')  # sse.r1:921
+b_unimplemented('SFENCE', 'spec/sse.r1:929')  # sse.r1:929
 """
 
-# MOVNTQ_M64_MM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:931
+# MOVNTQ_M64_MM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:939
 _T75 = """\
-b_unimplemented('MOVNTQ_M64_MM', 'spec/sse.r1:931')  # sse.r1:931
+ea = $ea
+v_src = (S.fpr[$src] & 0xffffffffffffffff)  # sse.r1:942
+if (S.cr[0] >> 2 & 0x1):  # mmx.r1:29
+    raise Fault(6, None)  # mmx.r1:29
+if (S.cr[0] >> 3 & 0x1):  # mmx.r1:30
+    raise Fault(7, None)  # mmx.r1:30
+if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # mmx.r1:31
+    raise Fault(16, None)  # mmx.r1:31
+b_store($seg, ea, 64, v_src)  # sse.r1:948
+S.fsw = S.fsw & 0xffffc7ff | 0x0  # mmx.r1:38
+S.ftw = 255 & 0xff  # mmx.r1:39
 """
 
-# MOVNTPS_M128_XMM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:941
+# MOVNTPS_M128_XMM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:950
 _T76 = """\
-b_unimplemented('MOVNTPS_M128_XMM', 'spec/sse.r1:941')  # sse.r1:941
+b_unimplemented('MOVNTPS_M128_XMM', 'spec/sse.r1:950')  # sse.r1:950
 """
 
-# MASKMOVQ_MM_MM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:951
+# MASKMOVQ_MM_MM [o16 a16 reg, o32 a16 reg] from spec/sse.r1:960
 _T77 = """\
-b_unimplemented('MASKMOVQ_MM_MM', 'spec/sse.r1:951')  # sse.r1:951
+v_src = (S.fpr[$src] & 0xffffffffffffffff)  # sse.r1:963
+v_mask = (S.fpr[$mask] & 0xffffffffffffffff)  # sse.r1:963
+if (S.cr[0] >> 2 & 0x1):  # mmx.r1:29
+    raise Fault(6, None)  # mmx.r1:29
+if (S.cr[0] >> 3 & 0x1):  # mmx.r1:30
+    raise Fault(7, None)  # mmx.r1:30
+if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # mmx.r1:31
+    raise Fault(16, None)  # mmx.r1:31
+l_i_0 = 0  # mmx.r1:196
+while (l_i_0 < 8):  # mmx.r1:197
+    if (v_mask >> ((8 * l_i_0) + 7) & 1):  # mmx.r1:198
+        wr8($dseg, ((R[7] & 0xffff) + l_i_0), ((v_src >> (8 * l_i_0)) & 255))  # mmx.r1:198
+    l_i_0 = (l_i_0 + 1)  # mmx.r1:199
+S.fsw = S.fsw & 0xffffc7ff | 0x0  # mmx.r1:38
+S.ftw = 255 & 0xff  # mmx.r1:39
 """
 
-# PAVGB_MM_MMRM [o16 a16 reg and 7 more] from spec/sse.r1:963
+# MASKMOVQ_MM_MM [o16 a32 reg, o32 a32 reg] from spec/sse.r1:960
 _T78 = """\
-b_unimplemented('PAVGB_MM_MMRM', 'spec/sse.r1:963')  # sse.r1:963
+v_src = (S.fpr[$src] & 0xffffffffffffffff)  # sse.r1:963
+v_mask = (S.fpr[$mask] & 0xffffffffffffffff)  # sse.r1:963
+if (S.cr[0] >> 2 & 0x1):  # mmx.r1:29
+    raise Fault(6, None)  # mmx.r1:29
+if (S.cr[0] >> 3 & 0x1):  # mmx.r1:30
+    raise Fault(7, None)  # mmx.r1:30
+if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # mmx.r1:31
+    raise Fault(16, None)  # mmx.r1:31
+l_i_0 = 0  # mmx.r1:196
+while (l_i_0 < 8):  # mmx.r1:197
+    if (v_mask >> ((8 * l_i_0) + 7) & 1):  # mmx.r1:198
+        wr8($dseg, (R[7] + l_i_0), ((v_src >> (8 * l_i_0)) & 255))  # mmx.r1:198
+    l_i_0 = (l_i_0 + 1)  # mmx.r1:199
+S.fsw = S.fsw & 0xffffc7ff | 0x0  # mmx.r1:38
+S.ftw = 255 & 0xff  # mmx.r1:39
 """
 
-# PAVGW_MM_MMRM [o16 a16 reg and 7 more] from spec/sse.r1:973
+# PAVGB_MM_MMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:973
 _T79 = """\
-b_unimplemented('PAVGW_MM_MMRM', 'spec/sse.r1:973')  # sse.r1:973
+v_dst = (S.fpr[$dst] & 0xffffffffffffffff)  # sse.r1:976
+v_src = (S.fpr[$src] & 0xffffffffffffffff)  # sse.r1:976
+if (S.cr[0] >> 2 & 0x1):  # mmx.r1:29
+    raise Fault(6, None)  # mmx.r1:29
+if (S.cr[0] >> 3 & 0x1):  # mmx.r1:30
+    raise Fault(7, None)  # mmx.r1:30
+if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # mmx.r1:31
+    raise Fault(16, None)  # mmx.r1:31
+l_r_0 = 0  # mmx.r1:92
+l_i_1 = 0  # mmx.r1:93
+while (l_i_1 < 64):  # mmx.r1:94
+    a_x_2 = ((v_dst >> l_i_1) & 255)
+    a_y_3 = ((v_src >> l_i_1) & 255)
+    l_r_0 = (l_r_0 | (((((a_x_2 + a_y_3) + 1) >> 1) & 255) << l_i_1))  # mmx.r1:95
+    l_i_1 = (l_i_1 + 8)  # mmx.r1:96
+S.fpr[$dst] = l_r_0 & 0xffffffffffffffff | 0xffff0000000000000000  # sse.r1:982
+S.fsw = S.fsw & 0xffffc7ff | 0x0  # mmx.r1:38
+S.ftw = 255 & 0xff  # mmx.r1:39
 """
 
-# PMAXSW_MM_MMRM [o16 a16 reg and 7 more] from spec/sse.r1:983
+# PAVGB_MM_MMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:973
 _T80 = """\
-b_unimplemented('PMAXSW_MM_MMRM', 'spec/sse.r1:983')  # sse.r1:983
+ea = $ea
+v_dst = (S.fpr[$dst] & 0xffffffffffffffff)  # sse.r1:976
+if (S.cr[0] >> 2 & 0x1):  # mmx.r1:29
+    raise Fault(6, None)  # mmx.r1:29
+if (S.cr[0] >> 3 & 0x1):  # mmx.r1:30
+    raise Fault(7, None)  # mmx.r1:30
+if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # mmx.r1:31
+    raise Fault(16, None)  # mmx.r1:31
+v_src = b_load($seg, ea, 64)  # sse.r1:976
+l_r_0 = 0  # mmx.r1:92
+l_i_1 = 0  # mmx.r1:93
+while (l_i_1 < 64):  # mmx.r1:94
+    a_x_2 = ((v_dst >> l_i_1) & 255)
+    a_y_3 = ((v_src >> l_i_1) & 255)
+    l_r_0 = (l_r_0 | (((((a_x_2 + a_y_3) + 1) >> 1) & 255) << l_i_1))  # mmx.r1:95
+    l_i_1 = (l_i_1 + 8)  # mmx.r1:96
+S.fpr[$dst] = l_r_0 & 0xffffffffffffffff | 0xffff0000000000000000  # sse.r1:982
+S.fsw = S.fsw & 0xffffc7ff | 0x0  # mmx.r1:38
+S.ftw = 255 & 0xff  # mmx.r1:39
 """
 
-# PMAXUB_MM_MMRM [o16 a16 reg and 7 more] from spec/sse.r1:993
+# PAVGW_MM_MMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:984
 _T81 = """\
-b_unimplemented('PMAXUB_MM_MMRM', 'spec/sse.r1:993')  # sse.r1:993
+v_dst = (S.fpr[$dst] & 0xffffffffffffffff)  # sse.r1:987
+v_src = (S.fpr[$src] & 0xffffffffffffffff)  # sse.r1:987
+if (S.cr[0] >> 2 & 0x1):  # mmx.r1:29
+    raise Fault(6, None)  # mmx.r1:29
+if (S.cr[0] >> 3 & 0x1):  # mmx.r1:30
+    raise Fault(7, None)  # mmx.r1:30
+if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # mmx.r1:31
+    raise Fault(16, None)  # mmx.r1:31
+l_r_0 = 0  # mmx.r1:92
+l_i_1 = 0  # mmx.r1:93
+while (l_i_1 < 64):  # mmx.r1:94
+    a_x_2 = ((v_dst >> l_i_1) & 65535)
+    a_y_3 = ((v_src >> l_i_1) & 65535)
+    l_r_0 = (l_r_0 | (((((a_x_2 + a_y_3) + 1) >> 1) & 65535) << l_i_1))  # mmx.r1:95
+    l_i_1 = (l_i_1 + 16)  # mmx.r1:96
+S.fpr[$dst] = l_r_0 & 0xffffffffffffffff | 0xffff0000000000000000  # sse.r1:993
+S.fsw = S.fsw & 0xffffc7ff | 0x0  # mmx.r1:38
+S.ftw = 255 & 0xff  # mmx.r1:39
 """
 
-# PMINSW_MM_MMRM [o16 a16 reg and 7 more] from spec/sse.r1:1003
+# PAVGW_MM_MMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:984
 _T82 = """\
-b_unimplemented('PMINSW_MM_MMRM', 'spec/sse.r1:1003')  # sse.r1:1003
+ea = $ea
+v_dst = (S.fpr[$dst] & 0xffffffffffffffff)  # sse.r1:987
+if (S.cr[0] >> 2 & 0x1):  # mmx.r1:29
+    raise Fault(6, None)  # mmx.r1:29
+if (S.cr[0] >> 3 & 0x1):  # mmx.r1:30
+    raise Fault(7, None)  # mmx.r1:30
+if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # mmx.r1:31
+    raise Fault(16, None)  # mmx.r1:31
+v_src = b_load($seg, ea, 64)  # sse.r1:987
+l_r_0 = 0  # mmx.r1:92
+l_i_1 = 0  # mmx.r1:93
+while (l_i_1 < 64):  # mmx.r1:94
+    a_x_2 = ((v_dst >> l_i_1) & 65535)
+    a_y_3 = ((v_src >> l_i_1) & 65535)
+    l_r_0 = (l_r_0 | (((((a_x_2 + a_y_3) + 1) >> 1) & 65535) << l_i_1))  # mmx.r1:95
+    l_i_1 = (l_i_1 + 16)  # mmx.r1:96
+S.fpr[$dst] = l_r_0 & 0xffffffffffffffff | 0xffff0000000000000000  # sse.r1:993
+S.fsw = S.fsw & 0xffffc7ff | 0x0  # mmx.r1:38
+S.ftw = 255 & 0xff  # mmx.r1:39
 """
 
-# PMINUB_MM_MMRM [o16 a16 reg and 7 more] from spec/sse.r1:1013
+# PMAXSW_MM_MMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:995
 _T83 = """\
-b_unimplemented('PMINUB_MM_MMRM', 'spec/sse.r1:1013')  # sse.r1:1013
+v_dst = (S.fpr[$dst] & 0xffffffffffffffff)  # sse.r1:998
+v_src = (S.fpr[$src] & 0xffffffffffffffff)  # sse.r1:998
+if (S.cr[0] >> 2 & 0x1):  # mmx.r1:29
+    raise Fault(6, None)  # mmx.r1:29
+if (S.cr[0] >> 3 & 0x1):  # mmx.r1:30
+    raise Fault(7, None)  # mmx.r1:30
+if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # mmx.r1:31
+    raise Fault(16, None)  # mmx.r1:31
+l_r_0 = 0  # mmx.r1:92
+l_i_1 = 0  # mmx.r1:93
+while (l_i_1 < 64):  # mmx.r1:94
+    a_x_2 = ((v_dst >> l_i_1) & 65535)
+    a_y_3 = ((v_src >> l_i_1) & 65535)
+    l_r_0 = (l_r_0 | (((a_x_2 if (((a_x_2 & 0xffff ^ 0x8000) - 0x8000) > ((a_y_3 & 0xffff ^ 0x8000) - 0x8000)) else a_y_3) & 65535) << l_i_1))  # mmx.r1:95
+    l_i_1 = (l_i_1 + 16)  # mmx.r1:96
+S.fpr[$dst] = l_r_0 & 0xffffffffffffffff | 0xffff0000000000000000  # sse.r1:1004
+S.fsw = S.fsw & 0xffffc7ff | 0x0  # mmx.r1:38
+S.ftw = 255 & 0xff  # mmx.r1:39
 """
 
-# PMULHUW_MM_MMRM [o16 a16 reg and 7 more] from spec/sse.r1:1023
+# PMAXSW_MM_MMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:995
 _T84 = """\
-b_unimplemented('PMULHUW_MM_MMRM', 'spec/sse.r1:1023')  # sse.r1:1023
+ea = $ea
+v_dst = (S.fpr[$dst] & 0xffffffffffffffff)  # sse.r1:998
+if (S.cr[0] >> 2 & 0x1):  # mmx.r1:29
+    raise Fault(6, None)  # mmx.r1:29
+if (S.cr[0] >> 3 & 0x1):  # mmx.r1:30
+    raise Fault(7, None)  # mmx.r1:30
+if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # mmx.r1:31
+    raise Fault(16, None)  # mmx.r1:31
+v_src = b_load($seg, ea, 64)  # sse.r1:998
+l_r_0 = 0  # mmx.r1:92
+l_i_1 = 0  # mmx.r1:93
+while (l_i_1 < 64):  # mmx.r1:94
+    a_x_2 = ((v_dst >> l_i_1) & 65535)
+    a_y_3 = ((v_src >> l_i_1) & 65535)
+    l_r_0 = (l_r_0 | (((a_x_2 if (((a_x_2 & 0xffff ^ 0x8000) - 0x8000) > ((a_y_3 & 0xffff ^ 0x8000) - 0x8000)) else a_y_3) & 65535) << l_i_1))  # mmx.r1:95
+    l_i_1 = (l_i_1 + 16)  # mmx.r1:96
+S.fpr[$dst] = l_r_0 & 0xffffffffffffffff | 0xffff0000000000000000  # sse.r1:1004
+S.fsw = S.fsw & 0xffffc7ff | 0x0  # mmx.r1:38
+S.ftw = 255 & 0xff  # mmx.r1:39
 """
 
-# PSADBW_MM_MMRM [o16 a16 reg and 7 more] from spec/sse.r1:1033
+# PMAXUB_MM_MMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:1006
 _T85 = """\
-b_unimplemented('PSADBW_MM_MMRM', 'spec/sse.r1:1033')  # sse.r1:1033
+v_dst = (S.fpr[$dst] & 0xffffffffffffffff)  # sse.r1:1009
+v_src = (S.fpr[$src] & 0xffffffffffffffff)  # sse.r1:1009
+if (S.cr[0] >> 2 & 0x1):  # mmx.r1:29
+    raise Fault(6, None)  # mmx.r1:29
+if (S.cr[0] >> 3 & 0x1):  # mmx.r1:30
+    raise Fault(7, None)  # mmx.r1:30
+if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # mmx.r1:31
+    raise Fault(16, None)  # mmx.r1:31
+l_r_0 = 0  # mmx.r1:92
+l_i_1 = 0  # mmx.r1:93
+while (l_i_1 < 64):  # mmx.r1:94
+    a_x_2 = ((v_dst >> l_i_1) & 255)
+    a_y_3 = ((v_src >> l_i_1) & 255)
+    l_r_0 = (l_r_0 | (((a_x_2 if (a_x_2 > a_y_3) else a_y_3) & 255) << l_i_1))  # mmx.r1:95
+    l_i_1 = (l_i_1 + 8)  # mmx.r1:96
+S.fpr[$dst] = l_r_0 & 0xffffffffffffffff | 0xffff0000000000000000  # sse.r1:1015
+S.fsw = S.fsw & 0xffffc7ff | 0x0  # mmx.r1:38
+S.ftw = 255 & 0xff  # mmx.r1:39
 """
 
-# PSHUFW_MM_MMRM_IMM8 [o16 a16 reg and 7 more] from spec/sse.r1:1043
+# PMAXUB_MM_MMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:1006
 _T86 = """\
-b_unimplemented('PSHUFW_MM_MMRM_IMM8', 'spec/sse.r1:1043')  # sse.r1:1043
+ea = $ea
+v_dst = (S.fpr[$dst] & 0xffffffffffffffff)  # sse.r1:1009
+if (S.cr[0] >> 2 & 0x1):  # mmx.r1:29
+    raise Fault(6, None)  # mmx.r1:29
+if (S.cr[0] >> 3 & 0x1):  # mmx.r1:30
+    raise Fault(7, None)  # mmx.r1:30
+if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # mmx.r1:31
+    raise Fault(16, None)  # mmx.r1:31
+v_src = b_load($seg, ea, 64)  # sse.r1:1009
+l_r_0 = 0  # mmx.r1:92
+l_i_1 = 0  # mmx.r1:93
+while (l_i_1 < 64):  # mmx.r1:94
+    a_x_2 = ((v_dst >> l_i_1) & 255)
+    a_y_3 = ((v_src >> l_i_1) & 255)
+    l_r_0 = (l_r_0 | (((a_x_2 if (a_x_2 > a_y_3) else a_y_3) & 255) << l_i_1))  # mmx.r1:95
+    l_i_1 = (l_i_1 + 8)  # mmx.r1:96
+S.fpr[$dst] = l_r_0 & 0xffffffffffffffff | 0xffff0000000000000000  # sse.r1:1015
+S.fsw = S.fsw & 0xffffc7ff | 0x0  # mmx.r1:38
+S.ftw = 255 & 0xff  # mmx.r1:39
 """
 
-# PEXTRW_R32_MM_IMM8 [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:1053
+# PMINSW_MM_MMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:1017
 _T87 = """\
-b_unimplemented('PEXTRW_R32_MM_IMM8', 'spec/sse.r1:1053')  # sse.r1:1053
+v_dst = (S.fpr[$dst] & 0xffffffffffffffff)  # sse.r1:1020
+v_src = (S.fpr[$src] & 0xffffffffffffffff)  # sse.r1:1020
+if (S.cr[0] >> 2 & 0x1):  # mmx.r1:29
+    raise Fault(6, None)  # mmx.r1:29
+if (S.cr[0] >> 3 & 0x1):  # mmx.r1:30
+    raise Fault(7, None)  # mmx.r1:30
+if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # mmx.r1:31
+    raise Fault(16, None)  # mmx.r1:31
+l_r_0 = 0  # mmx.r1:92
+l_i_1 = 0  # mmx.r1:93
+while (l_i_1 < 64):  # mmx.r1:94
+    a_x_2 = ((v_dst >> l_i_1) & 65535)
+    a_y_3 = ((v_src >> l_i_1) & 65535)
+    l_r_0 = (l_r_0 | (((a_x_2 if (((a_x_2 & 0xffff ^ 0x8000) - 0x8000) < ((a_y_3 & 0xffff ^ 0x8000) - 0x8000)) else a_y_3) & 65535) << l_i_1))  # mmx.r1:95
+    l_i_1 = (l_i_1 + 16)  # mmx.r1:96
+S.fpr[$dst] = l_r_0 & 0xffffffffffffffff | 0xffff0000000000000000  # sse.r1:1026
+S.fsw = S.fsw & 0xffffc7ff | 0x0  # mmx.r1:38
+S.ftw = 255 & 0xff  # mmx.r1:39
 """
 
-# PINSRW_MM_R32_IMM8 [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:1063
+# PMINSW_MM_MMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:1017
 _T88 = """\
-b_unimplemented('PINSRW_MM_R32_IMM8', 'spec/sse.r1:1063')  # sse.r1:1063
+ea = $ea
+v_dst = (S.fpr[$dst] & 0xffffffffffffffff)  # sse.r1:1020
+if (S.cr[0] >> 2 & 0x1):  # mmx.r1:29
+    raise Fault(6, None)  # mmx.r1:29
+if (S.cr[0] >> 3 & 0x1):  # mmx.r1:30
+    raise Fault(7, None)  # mmx.r1:30
+if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # mmx.r1:31
+    raise Fault(16, None)  # mmx.r1:31
+v_src = b_load($seg, ea, 64)  # sse.r1:1020
+l_r_0 = 0  # mmx.r1:92
+l_i_1 = 0  # mmx.r1:93
+while (l_i_1 < 64):  # mmx.r1:94
+    a_x_2 = ((v_dst >> l_i_1) & 65535)
+    a_y_3 = ((v_src >> l_i_1) & 65535)
+    l_r_0 = (l_r_0 | (((a_x_2 if (((a_x_2 & 0xffff ^ 0x8000) - 0x8000) < ((a_y_3 & 0xffff ^ 0x8000) - 0x8000)) else a_y_3) & 65535) << l_i_1))  # mmx.r1:95
+    l_i_1 = (l_i_1 + 16)  # mmx.r1:96
+S.fpr[$dst] = l_r_0 & 0xffffffffffffffff | 0xffff0000000000000000  # sse.r1:1026
+S.fsw = S.fsw & 0xffffc7ff | 0x0  # mmx.r1:38
+S.ftw = 255 & 0xff  # mmx.r1:39
 """
 
-# PINSRW_MM_M16_IMM8 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:1073
+# PMINUB_MM_MMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:1028
 _T89 = """\
-b_unimplemented('PINSRW_MM_M16_IMM8', 'spec/sse.r1:1073')  # sse.r1:1073
+v_dst = (S.fpr[$dst] & 0xffffffffffffffff)  # sse.r1:1031
+v_src = (S.fpr[$src] & 0xffffffffffffffff)  # sse.r1:1031
+if (S.cr[0] >> 2 & 0x1):  # mmx.r1:29
+    raise Fault(6, None)  # mmx.r1:29
+if (S.cr[0] >> 3 & 0x1):  # mmx.r1:30
+    raise Fault(7, None)  # mmx.r1:30
+if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # mmx.r1:31
+    raise Fault(16, None)  # mmx.r1:31
+l_r_0 = 0  # mmx.r1:92
+l_i_1 = 0  # mmx.r1:93
+while (l_i_1 < 64):  # mmx.r1:94
+    a_x_2 = ((v_dst >> l_i_1) & 255)
+    a_y_3 = ((v_src >> l_i_1) & 255)
+    l_r_0 = (l_r_0 | (((a_x_2 if (a_x_2 < a_y_3) else a_y_3) & 255) << l_i_1))  # mmx.r1:95
+    l_i_1 = (l_i_1 + 8)  # mmx.r1:96
+S.fpr[$dst] = l_r_0 & 0xffffffffffffffff | 0xffff0000000000000000  # sse.r1:1037
+S.fsw = S.fsw & 0xffffc7ff | 0x0  # mmx.r1:38
+S.ftw = 255 & 0xff  # mmx.r1:39
 """
 
-# PMOVMSKB_R32_MM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:1083
+# PMINUB_MM_MMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:1028
 _T90 = """\
-b_unimplemented('PMOVMSKB_R32_MM', 'spec/sse.r1:1083')  # sse.r1:1083
+ea = $ea
+v_dst = (S.fpr[$dst] & 0xffffffffffffffff)  # sse.r1:1031
+if (S.cr[0] >> 2 & 0x1):  # mmx.r1:29
+    raise Fault(6, None)  # mmx.r1:29
+if (S.cr[0] >> 3 & 0x1):  # mmx.r1:30
+    raise Fault(7, None)  # mmx.r1:30
+if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # mmx.r1:31
+    raise Fault(16, None)  # mmx.r1:31
+v_src = b_load($seg, ea, 64)  # sse.r1:1031
+l_r_0 = 0  # mmx.r1:92
+l_i_1 = 0  # mmx.r1:93
+while (l_i_1 < 64):  # mmx.r1:94
+    a_x_2 = ((v_dst >> l_i_1) & 255)
+    a_y_3 = ((v_src >> l_i_1) & 255)
+    l_r_0 = (l_r_0 | (((a_x_2 if (a_x_2 < a_y_3) else a_y_3) & 255) << l_i_1))  # mmx.r1:95
+    l_i_1 = (l_i_1 + 8)  # mmx.r1:96
+S.fpr[$dst] = l_r_0 & 0xffffffffffffffff | 0xffff0000000000000000  # sse.r1:1037
+S.fsw = S.fsw & 0xffffc7ff | 0x0  # mmx.r1:38
+S.ftw = 255 & 0xff  # mmx.r1:39
 """
 
-# MOVAPD_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:1095
+# PMULHUW_MM_MMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:1039
 _T91 = """\
-b_unimplemented('MOVAPD_XMM_XMMRM', 'spec/sse.r1:1095')  # sse.r1:1095
+v_dst = (S.fpr[$dst] & 0xffffffffffffffff)  # sse.r1:1042
+v_src = (S.fpr[$src] & 0xffffffffffffffff)  # sse.r1:1042
+if (S.cr[0] >> 2 & 0x1):  # mmx.r1:29
+    raise Fault(6, None)  # mmx.r1:29
+if (S.cr[0] >> 3 & 0x1):  # mmx.r1:30
+    raise Fault(7, None)  # mmx.r1:30
+if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # mmx.r1:31
+    raise Fault(16, None)  # mmx.r1:31
+l_r_0 = 0  # mmx.r1:92
+l_i_1 = 0  # mmx.r1:93
+while (l_i_1 < 64):  # mmx.r1:94
+    a_x_2 = ((v_dst >> l_i_1) & 65535)
+    a_y_3 = ((v_src >> l_i_1) & 65535)
+    l_r_0 = (l_r_0 | ((((a_x_2 * a_y_3) >> 16) & 65535) << l_i_1))  # mmx.r1:95
+    l_i_1 = (l_i_1 + 16)  # mmx.r1:96
+S.fpr[$dst] = l_r_0 & 0xffffffffffffffff | 0xffff0000000000000000  # sse.r1:1048
+S.fsw = S.fsw & 0xffffc7ff | 0x0  # mmx.r1:38
+S.ftw = 255 & 0xff  # mmx.r1:39
 """
 
-# MOVAPD_XMMRM_XMM [o16 a16 reg and 7 more] from spec/sse.r1:1105
+# PMULHUW_MM_MMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:1039
 _T92 = """\
-b_unimplemented('MOVAPD_XMMRM_XMM', 'spec/sse.r1:1105')  # sse.r1:1105
+ea = $ea
+v_dst = (S.fpr[$dst] & 0xffffffffffffffff)  # sse.r1:1042
+if (S.cr[0] >> 2 & 0x1):  # mmx.r1:29
+    raise Fault(6, None)  # mmx.r1:29
+if (S.cr[0] >> 3 & 0x1):  # mmx.r1:30
+    raise Fault(7, None)  # mmx.r1:30
+if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # mmx.r1:31
+    raise Fault(16, None)  # mmx.r1:31
+v_src = b_load($seg, ea, 64)  # sse.r1:1042
+l_r_0 = 0  # mmx.r1:92
+l_i_1 = 0  # mmx.r1:93
+while (l_i_1 < 64):  # mmx.r1:94
+    a_x_2 = ((v_dst >> l_i_1) & 65535)
+    a_y_3 = ((v_src >> l_i_1) & 65535)
+    l_r_0 = (l_r_0 | ((((a_x_2 * a_y_3) >> 16) & 65535) << l_i_1))  # mmx.r1:95
+    l_i_1 = (l_i_1 + 16)  # mmx.r1:96
+S.fpr[$dst] = l_r_0 & 0xffffffffffffffff | 0xffff0000000000000000  # sse.r1:1048
+S.fsw = S.fsw & 0xffffc7ff | 0x0  # mmx.r1:38
+S.ftw = 255 & 0xff  # mmx.r1:39
 """
 
-# MOVUPD_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:1115
+# PSADBW_MM_MMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:1050
 _T93 = """\
-b_unimplemented('MOVUPD_XMM_XMMRM', 'spec/sse.r1:1115')  # sse.r1:1115
+v_dst = (S.fpr[$dst] & 0xffffffffffffffff)  # sse.r1:1053
+v_src = (S.fpr[$src] & 0xffffffffffffffff)  # sse.r1:1053
+if (S.cr[0] >> 2 & 0x1):  # mmx.r1:29
+    raise Fault(6, None)  # mmx.r1:29
+if (S.cr[0] >> 3 & 0x1):  # mmx.r1:30
+    raise Fault(7, None)  # mmx.r1:30
+if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # mmx.r1:31
+    raise Fault(16, None)  # mmx.r1:31
+l_r_0 = 0  # mmx.r1:162
+l_i_1 = 0  # mmx.r1:163
+while (l_i_1 < 64):  # mmx.r1:164
+    l_s_2 = 0  # mmx.r1:165
+    l_j_3 = l_i_1  # mmx.r1:166
+    while (l_j_3 < (l_i_1 + 64)):  # mmx.r1:167
+        l_x_4 = ((v_dst >> l_j_3) & 255)  # mmx.r1:168
+        l_y_5 = ((v_src >> l_j_3) & 255)  # mmx.r1:169
+        l_s_2 = (l_s_2 + ((l_x_4 - l_y_5) if (l_x_4 > l_y_5) else (l_y_5 - l_x_4)))  # mmx.r1:170
+        l_j_3 = (l_j_3 + 8)  # mmx.r1:171
+    l_r_0 = (l_r_0 | (l_s_2 << l_i_1))  # mmx.r1:173
+    l_i_1 = (l_i_1 + 64)  # mmx.r1:174
+S.fpr[$dst] = l_r_0 & 0xffffffffffffffff | 0xffff0000000000000000  # sse.r1:1059
+S.fsw = S.fsw & 0xffffc7ff | 0x0  # mmx.r1:38
+S.ftw = 255 & 0xff  # mmx.r1:39
 """
 
-# MOVUPD_XMMRM_XMM [o16 a16 reg and 7 more] from spec/sse.r1:1125
+# PSADBW_MM_MMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:1050
 _T94 = """\
-b_unimplemented('MOVUPD_XMMRM_XMM', 'spec/sse.r1:1125')  # sse.r1:1125
+ea = $ea
+v_dst = (S.fpr[$dst] & 0xffffffffffffffff)  # sse.r1:1053
+if (S.cr[0] >> 2 & 0x1):  # mmx.r1:29
+    raise Fault(6, None)  # mmx.r1:29
+if (S.cr[0] >> 3 & 0x1):  # mmx.r1:30
+    raise Fault(7, None)  # mmx.r1:30
+if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # mmx.r1:31
+    raise Fault(16, None)  # mmx.r1:31
+v_src = b_load($seg, ea, 64)  # sse.r1:1053
+l_r_0 = 0  # mmx.r1:162
+l_i_1 = 0  # mmx.r1:163
+while (l_i_1 < 64):  # mmx.r1:164
+    l_s_2 = 0  # mmx.r1:165
+    l_j_3 = l_i_1  # mmx.r1:166
+    while (l_j_3 < (l_i_1 + 64)):  # mmx.r1:167
+        l_x_4 = ((v_dst >> l_j_3) & 255)  # mmx.r1:168
+        l_y_5 = ((v_src >> l_j_3) & 255)  # mmx.r1:169
+        l_s_2 = (l_s_2 + ((l_x_4 - l_y_5) if (l_x_4 > l_y_5) else (l_y_5 - l_x_4)))  # mmx.r1:170
+        l_j_3 = (l_j_3 + 8)  # mmx.r1:171
+    l_r_0 = (l_r_0 | (l_s_2 << l_i_1))  # mmx.r1:173
+    l_i_1 = (l_i_1 + 64)  # mmx.r1:174
+S.fpr[$dst] = l_r_0 & 0xffffffffffffffff | 0xffff0000000000000000  # sse.r1:1059
+S.fsw = S.fsw & 0xffffc7ff | 0x0  # mmx.r1:38
+S.ftw = 255 & 0xff  # mmx.r1:39
 """
 
-# MOVSD_XMM_XMM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:1135
+# PSHUFW_MM_MMRM_IMM8 [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:1061
 _T95 = """\
-v_dst = S.xmm[$dst]  # sse.r1:1138
-v_src = S.xmm[$src]  # sse.r1:1138
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:57
-    raise Fault(6, None)  # sse.r1:57
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:58
-    raise Fault(7, None)  # sse.r1:58
-S.xmm[$dst] = (((v_dst >> 64 & 0xffffffffffffffff) << 64) | (v_src & 0xffffffffffffffff)) & 0xffffffffffffffffffffffffffffffff  # sse.r1:1144
+v_src = (S.fpr[$src] & 0xffffffffffffffff)  # sse.r1:1064
+if (S.cr[0] >> 2 & 0x1):  # mmx.r1:29
+    raise Fault(6, None)  # mmx.r1:29
+if (S.cr[0] >> 3 & 0x1):  # mmx.r1:30
+    raise Fault(7, None)  # mmx.r1:30
+if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # mmx.r1:31
+    raise Fault(16, None)  # mmx.r1:31
+l_r_0 = 0  # mmx.r1:150
+l_i_1 = 0  # mmx.r1:151
+while (l_i_1 < 4):  # mmx.r1:152
+    l_r_0 = (l_r_0 | (((v_src >> ((($imm >> (2 * l_i_1)) & 3) * 16)) & 65535) << (l_i_1 * 16)))  # mmx.r1:153
+    l_i_1 = (l_i_1 + 1)  # mmx.r1:154
+S.fpr[$dst] = l_r_0 & 0xffffffffffffffff | 0xffff0000000000000000  # sse.r1:1070
+S.fsw = S.fsw & 0xffffc7ff | 0x0  # mmx.r1:38
+S.ftw = 255 & 0xff  # mmx.r1:39
 """
 
-# MOVSD_XMM_M64 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:1146
+# PSHUFW_MM_MMRM_IMM8 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:1061
 _T96 = """\
 ea = $ea
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:57
-    raise Fault(6, None)  # sse.r1:57
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:58
-    raise Fault(7, None)  # sse.r1:58
-v_src = b_load($seg, ea, 64)  # sse.r1:1149
-S.xmm[$dst] = v_src & 0xffffffffffffffffffffffffffffffff  # sse.r1:1155
+if (S.cr[0] >> 2 & 0x1):  # mmx.r1:29
+    raise Fault(6, None)  # mmx.r1:29
+if (S.cr[0] >> 3 & 0x1):  # mmx.r1:30
+    raise Fault(7, None)  # mmx.r1:30
+if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # mmx.r1:31
+    raise Fault(16, None)  # mmx.r1:31
+v_src = b_load($seg, ea, 64)  # sse.r1:1064
+l_r_0 = 0  # mmx.r1:150
+l_i_1 = 0  # mmx.r1:151
+while (l_i_1 < 4):  # mmx.r1:152
+    l_r_0 = (l_r_0 | (((v_src >> ((($imm >> (2 * l_i_1)) & 3) * 16)) & 65535) << (l_i_1 * 16)))  # mmx.r1:153
+    l_i_1 = (l_i_1 + 1)  # mmx.r1:154
+S.fpr[$dst] = l_r_0 & 0xffffffffffffffff | 0xffff0000000000000000  # sse.r1:1070
+S.fsw = S.fsw & 0xffffc7ff | 0x0  # mmx.r1:38
+S.ftw = 255 & 0xff  # mmx.r1:39
 """
 
-# MOVSD_XMM_XMM_0F11 [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:1157
+# PEXTRW_R32_MM_IMM8 [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:1072
 _T97 = """\
-v_dst = S.xmm[$dst]  # sse.r1:1160
-v_src = S.xmm[$src]  # sse.r1:1160
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:57
-    raise Fault(6, None)  # sse.r1:57
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:58
-    raise Fault(7, None)  # sse.r1:58
-S.xmm[$dst] = (((v_dst >> 64 & 0xffffffffffffffff) << 64) | (v_src & 0xffffffffffffffff)) & 0xffffffffffffffffffffffffffffffff  # sse.r1:1166
+v_src = (S.fpr[$src] & 0xffffffffffffffff)  # sse.r1:1075
+if (S.cr[0] >> 2 & 0x1):  # mmx.r1:29
+    raise Fault(6, None)  # mmx.r1:29
+if (S.cr[0] >> 3 & 0x1):  # mmx.r1:30
+    raise Fault(7, None)  # mmx.r1:30
+if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # mmx.r1:31
+    raise Fault(16, None)  # mmx.r1:31
+R[$dst] = ((v_src >> (($imm & 3) * 16)) & 65535) & 0xffffffff  # sse.r1:1081
+S.fsw = S.fsw & 0xffffc7ff | 0x0  # mmx.r1:38
+S.ftw = 255 & 0xff  # mmx.r1:39
 """
 
-# MOVSD_M64_XMM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:1168
+# PINSRW_MM_R32_IMM8 [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:1083
 _T98 = """\
-ea = $ea
-v_src = S.xmm[$src]  # sse.r1:1171
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:57
-    raise Fault(6, None)  # sse.r1:57
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:58
-    raise Fault(7, None)  # sse.r1:58
-b_store($seg, ea, 64, (v_src & 0xffffffffffffffff))  # sse.r1:1177
+v_dst = (S.fpr[$dst] & 0xffffffffffffffff)  # sse.r1:1086
+v_src = R[$src]  # sse.r1:1086
+if (S.cr[0] >> 2 & 0x1):  # mmx.r1:29
+    raise Fault(6, None)  # mmx.r1:29
+if (S.cr[0] >> 3 & 0x1):  # mmx.r1:30
+    raise Fault(7, None)  # mmx.r1:30
+if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # mmx.r1:31
+    raise Fault(16, None)  # mmx.r1:31
+a_sel_0 = ($imm & 3)
+S.fpr[$dst] = ((v_dst & (~(65535 << (a_sel_0 * 16)))) | ((v_src & 65535) << (a_sel_0 * 16))) & 0xffffffffffffffff | 0xffff0000000000000000  # sse.r1:1092
+S.fsw = S.fsw & 0xffffc7ff | 0x0  # mmx.r1:38
+S.ftw = 255 & 0xff  # mmx.r1:39
 """
 
-# MOVLPD_XMM_M64 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:1179
+# PINSRW_MM_M16_IMM8 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:1094
 _T99 = """\
-b_unimplemented('MOVLPD_XMM_M64', 'spec/sse.r1:1179')  # sse.r1:1179
-"""
-
-# MOVLPD_M64_XMM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:1189
-_T100 = """\
-b_unimplemented('MOVLPD_M64_XMM', 'spec/sse.r1:1189')  # sse.r1:1189
-"""
-
-# MOVHPD_XMM_M64 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:1199
-_T101 = """\
-b_unimplemented('MOVHPD_XMM_M64', 'spec/sse.r1:1199')  # sse.r1:1199
-"""
-
-# MOVHPD_M64_XMM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:1209
-_T102 = """\
-b_unimplemented('MOVHPD_M64_XMM', 'spec/sse.r1:1209')  # sse.r1:1209
-"""
-
-# MOVMSKPD_R32_XMM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:1219
-_T103 = """\
-b_unimplemented('MOVMSKPD_R32_XMM', 'spec/sse.r1:1219')  # sse.r1:1219
-"""
-
-# ADDPD_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:1231
-_T104 = """\
-b_unimplemented('ADDPD_XMM_XMMRM', 'spec/sse.r1:1231')  # sse.r1:1231
-"""
-
-# ADDSD_XMM_XMM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:1241
-_T105 = """\
-b_unimplemented('ADDSD_XMM_XMM', 'spec/sse.r1:1241')  # sse.r1:1241
-"""
-
-# ADDSD_XMM_M64 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:1251
-_T106 = """\
-b_unimplemented('ADDSD_XMM_M64', 'spec/sse.r1:1251')  # sse.r1:1251
-"""
-
-# SUBPD_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:1261
-_T107 = """\
-b_unimplemented('SUBPD_XMM_XMMRM', 'spec/sse.r1:1261')  # sse.r1:1261
-"""
-
-# SUBSD_XMM_XMM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:1271
-_T108 = """\
-b_unimplemented('SUBSD_XMM_XMM', 'spec/sse.r1:1271')  # sse.r1:1271
-"""
-
-# SUBSD_XMM_M64 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:1281
-_T109 = """\
-b_unimplemented('SUBSD_XMM_M64', 'spec/sse.r1:1281')  # sse.r1:1281
-"""
-
-# MULPD_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:1291
-_T110 = """\
-b_unimplemented('MULPD_XMM_XMMRM', 'spec/sse.r1:1291')  # sse.r1:1291
-"""
-
-# MULSD_XMM_XMM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:1301
-_T111 = """\
-b_unimplemented('MULSD_XMM_XMM', 'spec/sse.r1:1301')  # sse.r1:1301
-"""
-
-# MULSD_XMM_M64 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:1311
-_T112 = """\
-b_unimplemented('MULSD_XMM_M64', 'spec/sse.r1:1311')  # sse.r1:1311
-"""
-
-# DIVPD_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:1321
-_T113 = """\
-b_unimplemented('DIVPD_XMM_XMMRM', 'spec/sse.r1:1321')  # sse.r1:1321
-"""
-
-# DIVSD_XMM_XMM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:1331
-_T114 = """\
-b_unimplemented('DIVSD_XMM_XMM', 'spec/sse.r1:1331')  # sse.r1:1331
-"""
-
-# DIVSD_XMM_M64 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:1341
-_T115 = """\
-b_unimplemented('DIVSD_XMM_M64', 'spec/sse.r1:1341')  # sse.r1:1341
-"""
-
-# MINPD_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:1351
-_T116 = """\
-b_unimplemented('MINPD_XMM_XMMRM', 'spec/sse.r1:1351')  # sse.r1:1351
-"""
-
-# MINSD_XMM_XMM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:1361
-_T117 = """\
-b_unimplemented('MINSD_XMM_XMM', 'spec/sse.r1:1361')  # sse.r1:1361
-"""
-
-# MINSD_XMM_M64 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:1371
-_T118 = """\
-b_unimplemented('MINSD_XMM_M64', 'spec/sse.r1:1371')  # sse.r1:1371
-"""
-
-# MAXPD_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:1381
-_T119 = """\
-b_unimplemented('MAXPD_XMM_XMMRM', 'spec/sse.r1:1381')  # sse.r1:1381
-"""
-
-# MAXSD_XMM_XMM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:1391
-_T120 = """\
-b_unimplemented('MAXSD_XMM_XMM', 'spec/sse.r1:1391')  # sse.r1:1391
-"""
-
-# MAXSD_XMM_M64 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:1401
-_T121 = """\
-b_unimplemented('MAXSD_XMM_M64', 'spec/sse.r1:1401')  # sse.r1:1401
-"""
-
-# SQRTPD_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:1411
-_T122 = """\
-b_unimplemented('SQRTPD_XMM_XMMRM', 'spec/sse.r1:1411')  # sse.r1:1411
-"""
-
-# SQRTSD_XMM_XMM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:1421
-_T123 = """\
-b_unimplemented('SQRTSD_XMM_XMM', 'spec/sse.r1:1421')  # sse.r1:1421
-"""
-
-# SQRTSD_XMM_M64 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:1431
-_T124 = """\
-b_unimplemented('SQRTSD_XMM_M64', 'spec/sse.r1:1431')  # sse.r1:1431
-"""
-
-# CMPPD_XMM_XMMRM_IMM8 [o16 a16 reg and 7 more] from spec/sse.r1:1443
-_T125 = """\
-b_unimplemented('CMPPD_XMM_XMMRM_IMM8', 'spec/sse.r1:1443')  # sse.r1:1443
-"""
-
-# CMPSD_XMM_XMM_IMM8 [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:1454
-_T126 = """\
-v_dst = S.xmm[$dst]  # sse.r1:1457
-v_src = S.xmm[$src]  # sse.r1:1457
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:57
-    raise Fault(6, None)  # sse.r1:57
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:58
-    raise Fault(7, None)  # sse.r1:58
-m_a_0 = (v_dst & 0xffffffffffffffff)
-m_b_1 = (v_src & 0xffffffffffffffff)
-m_p_2 = ($imm & 7)
-l_x_3 = ((m_a_0 & 9223372036854775808) if ((S.mxcsr >> 6 & 0x1) and (((m_a_0 >> 52 & 0x7ff) == 0) and ((m_a_0 & 0xfffffffffffff) != 0))) else m_a_0)  # sse.r1:97
-l_y_4 = ((m_b_1 & 9223372036854775808) if ((S.mxcsr >> 6 & 0x1) and (((m_b_1 >> 52 & 0x7ff) == 0) and ((m_b_1 & 0xfffffffffffff) != 0))) else m_b_1)  # sse.r1:98
-l_nan_5 = ((((l_x_3 >> 52 & 0x7ff) == 2047) and ((l_x_3 & 0xfffffffffffff) != 0)) or (((l_y_4 >> 52 & 0x7ff) == 2047) and ((l_y_4 & 0xfffffffffffff) != 0)))  # sse.r1:99
-l_signalling_6 = ((((m_p_2 == 1) or (m_p_2 == 2)) or (m_p_2 == 5)) or (m_p_2 == 6))  # sse.r1:100
-l_invalid_7 = ((((((l_x_3 >> 52 & 0x7ff) == 2047) and ((l_x_3 & 0xfffffffffffff) != 0)) and (not (l_x_3 >> 51 & 1))) or ((((l_y_4 >> 52 & 0x7ff) == 2047) and ((l_y_4 & 0xfffffffffffff) != 0)) and (not (l_y_4 >> 51 & 1)))) or ((l_nan_5 != 0) and (l_signalling_6 != 0)))  # sse.r1:101
-m_de_8 = ((not l_nan_5) and ((((l_x_3 >> 52 & 0x7ff) == 0) and ((l_x_3 & 0xfffffffffffff) != 0)) or (((l_y_4 >> 52 & 0x7ff) == 0) and ((l_y_4 & 0xfffffffffffff) != 0))))
-if l_invalid_7:  # sse.r1:66
-    S.mxcsr = S.mxcsr & 0xfffffffe | 0x1  # sse.r1:66
-if m_de_8:  # sse.r1:67
-    S.mxcsr = S.mxcsr & 0xfffffffd | 0x2  # sse.r1:67
-if (((l_invalid_7 != 0) and (not (S.mxcsr >> 7 & 0x1))) or (m_de_8 and (not (S.mxcsr >> 8 & 0x1)))):  # sse.r1:68
-    if (S.cr[4] >> 10 & 0x1):  # sse.r1:69
-        raise Fault(19, None)  # sse.r1:69
-    else:
-        raise Fault(6, None)  # sse.r1:69
-a_rel_9 = b_f64_relation(l_x_3, l_y_4)
-r_10 = (18446744073709551615 if ((a_rel_9 == 1) if (m_p_2 == 0) else ((a_rel_9 == 0) if (m_p_2 == 1) else ((a_rel_9 <= 1) if (m_p_2 == 2) else ((a_rel_9 == 3) if (m_p_2 == 3) else ((a_rel_9 != 1) if (m_p_2 == 4) else ((a_rel_9 != 0) if (m_p_2 == 5) else ((a_rel_9 >= 2) if (m_p_2 == 6) else (a_rel_9 != 3)))))))) else 0)
-S.xmm[$dst] = (((v_dst >> 64 & 0xffffffffffffffff) << 64) | r_10) & 0xffffffffffffffffffffffffffffffff  # sse.r1:1466
-"""
-
-# CMPSD_XMM_M64_IMM8 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:1469
-_T127 = """\
 ea = $ea
-v_dst = S.xmm[$dst]  # sse.r1:1472
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:57
-    raise Fault(6, None)  # sse.r1:57
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:58
-    raise Fault(7, None)  # sse.r1:58
-v_src = b_load($seg, ea, 64)  # sse.r1:1472
+v_dst = (S.fpr[$dst] & 0xffffffffffffffff)  # sse.r1:1097
+if (S.cr[0] >> 2 & 0x1):  # mmx.r1:29
+    raise Fault(6, None)  # mmx.r1:29
+if (S.cr[0] >> 3 & 0x1):  # mmx.r1:30
+    raise Fault(7, None)  # mmx.r1:30
+if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # mmx.r1:31
+    raise Fault(16, None)  # mmx.r1:31
+v_src = rd16($seg, ea)  # sse.r1:1097
+a_sel_0 = ($imm & 3)
+S.fpr[$dst] = ((v_dst & (~(65535 << (a_sel_0 * 16)))) | ((v_src & 65535) << (a_sel_0 * 16))) & 0xffffffffffffffff | 0xffff0000000000000000  # sse.r1:1103
+S.fsw = S.fsw & 0xffffc7ff | 0x0  # mmx.r1:38
+S.ftw = 255 & 0xff  # mmx.r1:39
+"""
+
+# PMOVMSKB_R32_MM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:1105
+_T100 = """\
+v_src = (S.fpr[$src] & 0xffffffffffffffff)  # sse.r1:1108
+if (S.cr[0] >> 2 & 0x1):  # mmx.r1:29
+    raise Fault(6, None)  # mmx.r1:29
+if (S.cr[0] >> 3 & 0x1):  # mmx.r1:30
+    raise Fault(7, None)  # mmx.r1:30
+if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # mmx.r1:31
+    raise Fault(16, None)  # mmx.r1:31
+l_r_0 = 0  # mmx.r1:181
+l_i_1 = 0  # mmx.r1:182
+while (l_i_1 < 8):  # mmx.r1:183
+    l_r_0 = (l_r_0 | ((v_src >> ((8 * l_i_1) + 7) & 1) << l_i_1))  # mmx.r1:184
+    l_i_1 = (l_i_1 + 1)  # mmx.r1:185
+R[$dst] = l_r_0 & 0xffffffff  # sse.r1:1114
+S.fsw = S.fsw & 0xffffc7ff | 0x0  # mmx.r1:38
+S.ftw = 255 & 0xff  # mmx.r1:39
+"""
+
+# MOVAPD_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:1118
+_T101 = """\
+b_unimplemented('MOVAPD_XMM_XMMRM', 'spec/sse.r1:1118')  # sse.r1:1118
+"""
+
+# MOVAPD_XMMRM_XMM [o16 a16 reg and 7 more] from spec/sse.r1:1128
+_T102 = """\
+b_unimplemented('MOVAPD_XMMRM_XMM', 'spec/sse.r1:1128')  # sse.r1:1128
+"""
+
+# MOVUPD_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:1138
+_T103 = """\
+b_unimplemented('MOVUPD_XMM_XMMRM', 'spec/sse.r1:1138')  # sse.r1:1138
+"""
+
+# MOVUPD_XMMRM_XMM [o16 a16 reg and 7 more] from spec/sse.r1:1148
+_T104 = """\
+b_unimplemented('MOVUPD_XMMRM_XMM', 'spec/sse.r1:1148')  # sse.r1:1148
+"""
+
+# MOVSD_XMM_XMM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:1158
+_T105 = """\
+v_dst = S.xmm[$dst]  # sse.r1:1161
+v_src = S.xmm[$src]  # sse.r1:1161
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
+    raise Fault(6, None)  # sse.r1:58
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
+    raise Fault(7, None)  # sse.r1:59
+S.xmm[$dst] = (((v_dst >> 64 & 0xffffffffffffffff) << 64) | (v_src & 0xffffffffffffffff)) & 0xffffffffffffffffffffffffffffffff  # sse.r1:1167
+"""
+
+# MOVSD_XMM_M64 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:1169
+_T106 = """\
+ea = $ea
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
+    raise Fault(6, None)  # sse.r1:58
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
+    raise Fault(7, None)  # sse.r1:59
+v_src = b_load($seg, ea, 64)  # sse.r1:1172
+S.xmm[$dst] = v_src & 0xffffffffffffffffffffffffffffffff  # sse.r1:1178
+"""
+
+# MOVSD_XMM_XMM_0F11 [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:1180
+_T107 = """\
+v_dst = S.xmm[$dst]  # sse.r1:1183
+v_src = S.xmm[$src]  # sse.r1:1183
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
+    raise Fault(6, None)  # sse.r1:58
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
+    raise Fault(7, None)  # sse.r1:59
+S.xmm[$dst] = (((v_dst >> 64 & 0xffffffffffffffff) << 64) | (v_src & 0xffffffffffffffff)) & 0xffffffffffffffffffffffffffffffff  # sse.r1:1189
+"""
+
+# MOVSD_M64_XMM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:1191
+_T108 = """\
+ea = $ea
+v_src = S.xmm[$src]  # sse.r1:1194
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
+    raise Fault(6, None)  # sse.r1:58
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
+    raise Fault(7, None)  # sse.r1:59
+b_store($seg, ea, 64, (v_src & 0xffffffffffffffff))  # sse.r1:1200
+"""
+
+# MOVLPD_XMM_M64 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:1202
+_T109 = """\
+b_unimplemented('MOVLPD_XMM_M64', 'spec/sse.r1:1202')  # sse.r1:1202
+"""
+
+# MOVLPD_M64_XMM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:1212
+_T110 = """\
+b_unimplemented('MOVLPD_M64_XMM', 'spec/sse.r1:1212')  # sse.r1:1212
+"""
+
+# MOVHPD_XMM_M64 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:1222
+_T111 = """\
+b_unimplemented('MOVHPD_XMM_M64', 'spec/sse.r1:1222')  # sse.r1:1222
+"""
+
+# MOVHPD_M64_XMM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:1232
+_T112 = """\
+b_unimplemented('MOVHPD_M64_XMM', 'spec/sse.r1:1232')  # sse.r1:1232
+"""
+
+# MOVMSKPD_R32_XMM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:1242
+_T113 = """\
+b_unimplemented('MOVMSKPD_R32_XMM', 'spec/sse.r1:1242')  # sse.r1:1242
+"""
+
+# ADDPD_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:1254
+_T114 = """\
+b_unimplemented('ADDPD_XMM_XMMRM', 'spec/sse.r1:1254')  # sse.r1:1254
+"""
+
+# ADDSD_XMM_XMM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:1264
+_T115 = """\
+b_unimplemented('ADDSD_XMM_XMM', 'spec/sse.r1:1264')  # sse.r1:1264
+"""
+
+# ADDSD_XMM_M64 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:1274
+_T116 = """\
+b_unimplemented('ADDSD_XMM_M64', 'spec/sse.r1:1274')  # sse.r1:1274
+"""
+
+# SUBPD_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:1284
+_T117 = """\
+b_unimplemented('SUBPD_XMM_XMMRM', 'spec/sse.r1:1284')  # sse.r1:1284
+"""
+
+# SUBSD_XMM_XMM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:1294
+_T118 = """\
+b_unimplemented('SUBSD_XMM_XMM', 'spec/sse.r1:1294')  # sse.r1:1294
+"""
+
+# SUBSD_XMM_M64 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:1304
+_T119 = """\
+b_unimplemented('SUBSD_XMM_M64', 'spec/sse.r1:1304')  # sse.r1:1304
+"""
+
+# MULPD_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:1314
+_T120 = """\
+b_unimplemented('MULPD_XMM_XMMRM', 'spec/sse.r1:1314')  # sse.r1:1314
+"""
+
+# MULSD_XMM_XMM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:1324
+_T121 = """\
+b_unimplemented('MULSD_XMM_XMM', 'spec/sse.r1:1324')  # sse.r1:1324
+"""
+
+# MULSD_XMM_M64 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:1334
+_T122 = """\
+b_unimplemented('MULSD_XMM_M64', 'spec/sse.r1:1334')  # sse.r1:1334
+"""
+
+# DIVPD_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:1344
+_T123 = """\
+b_unimplemented('DIVPD_XMM_XMMRM', 'spec/sse.r1:1344')  # sse.r1:1344
+"""
+
+# DIVSD_XMM_XMM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:1354
+_T124 = """\
+b_unimplemented('DIVSD_XMM_XMM', 'spec/sse.r1:1354')  # sse.r1:1354
+"""
+
+# DIVSD_XMM_M64 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:1364
+_T125 = """\
+b_unimplemented('DIVSD_XMM_M64', 'spec/sse.r1:1364')  # sse.r1:1364
+"""
+
+# MINPD_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:1374
+_T126 = """\
+b_unimplemented('MINPD_XMM_XMMRM', 'spec/sse.r1:1374')  # sse.r1:1374
+"""
+
+# MINSD_XMM_XMM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:1384
+_T127 = """\
+b_unimplemented('MINSD_XMM_XMM', 'spec/sse.r1:1384')  # sse.r1:1384
+"""
+
+# MINSD_XMM_M64 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:1394
+_T128 = """\
+b_unimplemented('MINSD_XMM_M64', 'spec/sse.r1:1394')  # sse.r1:1394
+"""
+
+# MAXPD_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:1404
+_T129 = """\
+b_unimplemented('MAXPD_XMM_XMMRM', 'spec/sse.r1:1404')  # sse.r1:1404
+"""
+
+# MAXSD_XMM_XMM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:1414
+_T130 = """\
+b_unimplemented('MAXSD_XMM_XMM', 'spec/sse.r1:1414')  # sse.r1:1414
+"""
+
+# MAXSD_XMM_M64 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:1424
+_T131 = """\
+b_unimplemented('MAXSD_XMM_M64', 'spec/sse.r1:1424')  # sse.r1:1424
+"""
+
+# SQRTPD_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:1434
+_T132 = """\
+b_unimplemented('SQRTPD_XMM_XMMRM', 'spec/sse.r1:1434')  # sse.r1:1434
+"""
+
+# SQRTSD_XMM_XMM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:1444
+_T133 = """\
+b_unimplemented('SQRTSD_XMM_XMM', 'spec/sse.r1:1444')  # sse.r1:1444
+"""
+
+# SQRTSD_XMM_M64 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:1454
+_T134 = """\
+b_unimplemented('SQRTSD_XMM_M64', 'spec/sse.r1:1454')  # sse.r1:1454
+"""
+
+# CMPPD_XMM_XMMRM_IMM8 [o16 a16 reg and 7 more] from spec/sse.r1:1466
+_T135 = """\
+b_unimplemented('CMPPD_XMM_XMMRM_IMM8', 'spec/sse.r1:1466')  # sse.r1:1466
+"""
+
+# CMPSD_XMM_XMM_IMM8 [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:1477
+_T136 = """\
+v_dst = S.xmm[$dst]  # sse.r1:1480
+v_src = S.xmm[$src]  # sse.r1:1480
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
+    raise Fault(6, None)  # sse.r1:58
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
+    raise Fault(7, None)  # sse.r1:59
 m_a_0 = (v_dst & 0xffffffffffffffff)
 m_b_1 = (v_src & 0xffffffffffffffff)
 m_p_2 = ($imm & 7)
-l_x_3 = ((m_a_0 & 9223372036854775808) if ((S.mxcsr >> 6 & 0x1) and (((m_a_0 >> 52 & 0x7ff) == 0) and ((m_a_0 & 0xfffffffffffff) != 0))) else m_a_0)  # sse.r1:97
-l_y_4 = ((m_b_1 & 9223372036854775808) if ((S.mxcsr >> 6 & 0x1) and (((m_b_1 >> 52 & 0x7ff) == 0) and ((m_b_1 & 0xfffffffffffff) != 0))) else m_b_1)  # sse.r1:98
-l_nan_5 = ((((l_x_3 >> 52 & 0x7ff) == 2047) and ((l_x_3 & 0xfffffffffffff) != 0)) or (((l_y_4 >> 52 & 0x7ff) == 2047) and ((l_y_4 & 0xfffffffffffff) != 0)))  # sse.r1:99
-l_signalling_6 = ((((m_p_2 == 1) or (m_p_2 == 2)) or (m_p_2 == 5)) or (m_p_2 == 6))  # sse.r1:100
-l_invalid_7 = ((((((l_x_3 >> 52 & 0x7ff) == 2047) and ((l_x_3 & 0xfffffffffffff) != 0)) and (not (l_x_3 >> 51 & 1))) or ((((l_y_4 >> 52 & 0x7ff) == 2047) and ((l_y_4 & 0xfffffffffffff) != 0)) and (not (l_y_4 >> 51 & 1)))) or ((l_nan_5 != 0) and (l_signalling_6 != 0)))  # sse.r1:101
+l_x_3 = ((m_a_0 & 9223372036854775808) if ((S.mxcsr >> 6 & 0x1) and (((m_a_0 >> 52 & 0x7ff) == 0) and ((m_a_0 & 0xfffffffffffff) != 0))) else m_a_0)  # sse.r1:105
+l_y_4 = ((m_b_1 & 9223372036854775808) if ((S.mxcsr >> 6 & 0x1) and (((m_b_1 >> 52 & 0x7ff) == 0) and ((m_b_1 & 0xfffffffffffff) != 0))) else m_b_1)  # sse.r1:106
+l_nan_5 = ((((l_x_3 >> 52 & 0x7ff) == 2047) and ((l_x_3 & 0xfffffffffffff) != 0)) or (((l_y_4 >> 52 & 0x7ff) == 2047) and ((l_y_4 & 0xfffffffffffff) != 0)))  # sse.r1:107
+l_signalling_6 = ((((m_p_2 == 1) or (m_p_2 == 2)) or (m_p_2 == 5)) or (m_p_2 == 6))  # sse.r1:108
+l_invalid_7 = ((((((l_x_3 >> 52 & 0x7ff) == 2047) and ((l_x_3 & 0xfffffffffffff) != 0)) and (not (l_x_3 >> 51 & 1))) or ((((l_y_4 >> 52 & 0x7ff) == 2047) and ((l_y_4 & 0xfffffffffffff) != 0)) and (not (l_y_4 >> 51 & 1)))) or ((l_nan_5 != 0) and (l_signalling_6 != 0)))  # sse.r1:109
 m_de_8 = ((not l_nan_5) and ((((l_x_3 >> 52 & 0x7ff) == 0) and ((l_x_3 & 0xfffffffffffff) != 0)) or (((l_y_4 >> 52 & 0x7ff) == 0) and ((l_y_4 & 0xfffffffffffff) != 0))))
-if l_invalid_7:  # sse.r1:66
-    S.mxcsr = S.mxcsr & 0xfffffffe | 0x1  # sse.r1:66
-if m_de_8:  # sse.r1:67
-    S.mxcsr = S.mxcsr & 0xfffffffd | 0x2  # sse.r1:67
-if (((l_invalid_7 != 0) and (not (S.mxcsr >> 7 & 0x1))) or (m_de_8 and (not (S.mxcsr >> 8 & 0x1)))):  # sse.r1:68
-    if (S.cr[4] >> 10 & 0x1):  # sse.r1:69
-        raise Fault(19, None)  # sse.r1:69
+if l_invalid_7:  # sse.r1:74
+    S.mxcsr = S.mxcsr & 0xfffffffe | 0x1  # sse.r1:74
+if m_de_8:  # sse.r1:75
+    S.mxcsr = S.mxcsr & 0xfffffffd | 0x2  # sse.r1:75
+if (((l_invalid_7 != 0) and (not (S.mxcsr >> 7 & 0x1))) or (m_de_8 and (not (S.mxcsr >> 8 & 0x1)))):  # sse.r1:76
+    if (S.cr[4] >> 10 & 0x1):  # sse.r1:77
+        raise Fault(19, None)  # sse.r1:77
     else:
-        raise Fault(6, None)  # sse.r1:69
+        raise Fault(6, None)  # sse.r1:77
 a_rel_9 = b_f64_relation(l_x_3, l_y_4)
 r_10 = (18446744073709551615 if ((a_rel_9 == 1) if (m_p_2 == 0) else ((a_rel_9 == 0) if (m_p_2 == 1) else ((a_rel_9 <= 1) if (m_p_2 == 2) else ((a_rel_9 == 3) if (m_p_2 == 3) else ((a_rel_9 != 1) if (m_p_2 == 4) else ((a_rel_9 != 0) if (m_p_2 == 5) else ((a_rel_9 >= 2) if (m_p_2 == 6) else (a_rel_9 != 3)))))))) else 0)
-S.xmm[$dst] = (((v_dst >> 64 & 0xffffffffffffffff) << 64) | r_10) & 0xffffffffffffffffffffffffffffffff  # sse.r1:1481
+S.xmm[$dst] = (((v_dst >> 64 & 0xffffffffffffffff) << 64) | r_10) & 0xffffffffffffffffffffffffffffffff  # sse.r1:1489
 """
 
-# COMISD_XMM_XMM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:1484
-_T128 = """\
-b_unimplemented('COMISD_XMM_XMM', 'spec/sse.r1:1484')  # sse.r1:1484
-"""
-
-# COMISD_XMM_M64 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:1494
-_T129 = """\
-b_unimplemented('COMISD_XMM_M64', 'spec/sse.r1:1494')  # sse.r1:1494
-"""
-
-# UCOMISD_XMM_XMM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:1504
-_T130 = """\
-b_unimplemented('UCOMISD_XMM_XMM', 'spec/sse.r1:1504')  # sse.r1:1504
-"""
-
-# UCOMISD_XMM_M64 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:1514
-_T131 = """\
-b_unimplemented('UCOMISD_XMM_M64', 'spec/sse.r1:1514')  # sse.r1:1514
-"""
-
-# ANDPD_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:1526
-_T132 = """\
-b_unimplemented('ANDPD_XMM_XMMRM', 'spec/sse.r1:1526')  # sse.r1:1526
-"""
-
-# ANDNPD_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:1536
-_T133 = """\
-b_unimplemented('ANDNPD_XMM_XMMRM', 'spec/sse.r1:1536')  # sse.r1:1536
-"""
-
-# ORPD_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:1546
-_T134 = """\
-b_unimplemented('ORPD_XMM_XMMRM', 'spec/sse.r1:1546')  # sse.r1:1546
-"""
-
-# XORPD_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:1556
-_T135 = """\
-b_unimplemented('XORPD_XMM_XMMRM', 'spec/sse.r1:1556')  # sse.r1:1556
-"""
-
-# SHUFPD_XMM_XMMRM_IMM8 [o16 a16 reg and 7 more] from spec/sse.r1:1566
-_T136 = """\
-b_unimplemented('SHUFPD_XMM_XMMRM_IMM8', 'spec/sse.r1:1566')  # sse.r1:1566
-"""
-
-# UNPCKLPD_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:1576
+# CMPSD_XMM_M64_IMM8 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:1492
 _T137 = """\
-b_unimplemented('UNPCKLPD_XMM_XMMRM', 'spec/sse.r1:1576')  # sse.r1:1576
+ea = $ea
+v_dst = S.xmm[$dst]  # sse.r1:1495
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
+    raise Fault(6, None)  # sse.r1:58
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
+    raise Fault(7, None)  # sse.r1:59
+v_src = b_load($seg, ea, 64)  # sse.r1:1495
+m_a_0 = (v_dst & 0xffffffffffffffff)
+m_b_1 = (v_src & 0xffffffffffffffff)
+m_p_2 = ($imm & 7)
+l_x_3 = ((m_a_0 & 9223372036854775808) if ((S.mxcsr >> 6 & 0x1) and (((m_a_0 >> 52 & 0x7ff) == 0) and ((m_a_0 & 0xfffffffffffff) != 0))) else m_a_0)  # sse.r1:105
+l_y_4 = ((m_b_1 & 9223372036854775808) if ((S.mxcsr >> 6 & 0x1) and (((m_b_1 >> 52 & 0x7ff) == 0) and ((m_b_1 & 0xfffffffffffff) != 0))) else m_b_1)  # sse.r1:106
+l_nan_5 = ((((l_x_3 >> 52 & 0x7ff) == 2047) and ((l_x_3 & 0xfffffffffffff) != 0)) or (((l_y_4 >> 52 & 0x7ff) == 2047) and ((l_y_4 & 0xfffffffffffff) != 0)))  # sse.r1:107
+l_signalling_6 = ((((m_p_2 == 1) or (m_p_2 == 2)) or (m_p_2 == 5)) or (m_p_2 == 6))  # sse.r1:108
+l_invalid_7 = ((((((l_x_3 >> 52 & 0x7ff) == 2047) and ((l_x_3 & 0xfffffffffffff) != 0)) and (not (l_x_3 >> 51 & 1))) or ((((l_y_4 >> 52 & 0x7ff) == 2047) and ((l_y_4 & 0xfffffffffffff) != 0)) and (not (l_y_4 >> 51 & 1)))) or ((l_nan_5 != 0) and (l_signalling_6 != 0)))  # sse.r1:109
+m_de_8 = ((not l_nan_5) and ((((l_x_3 >> 52 & 0x7ff) == 0) and ((l_x_3 & 0xfffffffffffff) != 0)) or (((l_y_4 >> 52 & 0x7ff) == 0) and ((l_y_4 & 0xfffffffffffff) != 0))))
+if l_invalid_7:  # sse.r1:74
+    S.mxcsr = S.mxcsr & 0xfffffffe | 0x1  # sse.r1:74
+if m_de_8:  # sse.r1:75
+    S.mxcsr = S.mxcsr & 0xfffffffd | 0x2  # sse.r1:75
+if (((l_invalid_7 != 0) and (not (S.mxcsr >> 7 & 0x1))) or (m_de_8 and (not (S.mxcsr >> 8 & 0x1)))):  # sse.r1:76
+    if (S.cr[4] >> 10 & 0x1):  # sse.r1:77
+        raise Fault(19, None)  # sse.r1:77
+    else:
+        raise Fault(6, None)  # sse.r1:77
+a_rel_9 = b_f64_relation(l_x_3, l_y_4)
+r_10 = (18446744073709551615 if ((a_rel_9 == 1) if (m_p_2 == 0) else ((a_rel_9 == 0) if (m_p_2 == 1) else ((a_rel_9 <= 1) if (m_p_2 == 2) else ((a_rel_9 == 3) if (m_p_2 == 3) else ((a_rel_9 != 1) if (m_p_2 == 4) else ((a_rel_9 != 0) if (m_p_2 == 5) else ((a_rel_9 >= 2) if (m_p_2 == 6) else (a_rel_9 != 3)))))))) else 0)
+S.xmm[$dst] = (((v_dst >> 64 & 0xffffffffffffffff) << 64) | r_10) & 0xffffffffffffffffffffffffffffffff  # sse.r1:1504
 """
 
-# UNPCKHPD_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:1586
+# COMISD_XMM_XMM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:1507
 _T138 = """\
-b_unimplemented('UNPCKHPD_XMM_XMMRM', 'spec/sse.r1:1586')  # sse.r1:1586
+b_unimplemented('COMISD_XMM_XMM', 'spec/sse.r1:1507')  # sse.r1:1507
 """
 
-# CVTPI2PD_XMM_MMRM [o16 a16 reg and 7 more] from spec/sse.r1:1598
+# COMISD_XMM_M64 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:1517
 _T139 = """\
-b_unimplemented('CVTPI2PD_XMM_MMRM', 'spec/sse.r1:1598')  # sse.r1:1598
+b_unimplemented('COMISD_XMM_M64', 'spec/sse.r1:1517')  # sse.r1:1517
 """
 
-# CVTPD2PI_MM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:1608
+# UCOMISD_XMM_XMM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:1527
 _T140 = """\
-b_unimplemented('CVTPD2PI_MM_XMMRM', 'spec/sse.r1:1608')  # sse.r1:1608
+b_unimplemented('UCOMISD_XMM_XMM', 'spec/sse.r1:1527')  # sse.r1:1527
 """
 
-# CVTTPD2PI_MM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:1618
+# UCOMISD_XMM_M64 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:1537
 _T141 = """\
-b_unimplemented('CVTTPD2PI_MM_XMMRM', 'spec/sse.r1:1618')  # sse.r1:1618
+b_unimplemented('UCOMISD_XMM_M64', 'spec/sse.r1:1537')  # sse.r1:1537
 """
 
-# CVTSI2SD_XMM_RM32 [o16 a16 reg and 7 more] from spec/sse.r1:1628
+# ANDPD_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:1549
 _T142 = """\
-b_unimplemented('CVTSI2SD_XMM_RM32', 'spec/sse.r1:1628')  # sse.r1:1628
+b_unimplemented('ANDPD_XMM_XMMRM', 'spec/sse.r1:1549')  # sse.r1:1549
 """
 
-# CVTSD2SI_R32_XMM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:1638
+# ANDNPD_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:1559
 _T143 = """\
-b_unimplemented('CVTSD2SI_R32_XMM', 'spec/sse.r1:1638')  # sse.r1:1638
+b_unimplemented('ANDNPD_XMM_XMMRM', 'spec/sse.r1:1559')  # sse.r1:1559
 """
 
-# CVTSD2SI_R32_M64 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:1648
+# ORPD_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:1569
 _T144 = """\
-b_unimplemented('CVTSD2SI_R32_M64', 'spec/sse.r1:1648')  # sse.r1:1648
+b_unimplemented('ORPD_XMM_XMMRM', 'spec/sse.r1:1569')  # sse.r1:1569
 """
 
-# CVTTSD2SI_R32_XMM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:1658
+# XORPD_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:1579
 _T145 = """\
-b_unimplemented('CVTTSD2SI_R32_XMM', 'spec/sse.r1:1658')  # sse.r1:1658
+b_unimplemented('XORPD_XMM_XMMRM', 'spec/sse.r1:1579')  # sse.r1:1579
 """
 
-# CVTTSD2SI_R32_M64 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:1668
+# SHUFPD_XMM_XMMRM_IMM8 [o16 a16 reg and 7 more] from spec/sse.r1:1589
 _T146 = """\
-b_unimplemented('CVTTSD2SI_R32_M64', 'spec/sse.r1:1668')  # sse.r1:1668
+b_unimplemented('SHUFPD_XMM_XMMRM_IMM8', 'spec/sse.r1:1589')  # sse.r1:1589
 """
 
-# CVTPS2PD_XMM_XMM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:1678
+# UNPCKLPD_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:1599
 _T147 = """\
-b_unimplemented('CVTPS2PD_XMM_XMM', 'spec/sse.r1:1678')  # sse.r1:1678
+b_unimplemented('UNPCKLPD_XMM_XMMRM', 'spec/sse.r1:1599')  # sse.r1:1599
 """
 
-# CVTPS2PD_XMM_M64 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:1688
+# UNPCKHPD_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:1609
 _T148 = """\
-b_unimplemented('CVTPS2PD_XMM_M64', 'spec/sse.r1:1688')  # sse.r1:1688
+b_unimplemented('UNPCKHPD_XMM_XMMRM', 'spec/sse.r1:1609')  # sse.r1:1609
 """
 
-# CVTPD2PS_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:1698
+# CVTPI2PD_XMM_MMRM [o16 a16 reg and 7 more] from spec/sse.r1:1621
 _T149 = """\
-b_unimplemented('CVTPD2PS_XMM_XMMRM', 'spec/sse.r1:1698')  # sse.r1:1698
+b_unimplemented('CVTPI2PD_XMM_MMRM', 'spec/sse.r1:1621')  # sse.r1:1621
 """
 
-# CVTSS2SD_XMM_XMM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:1708
+# CVTPD2PI_MM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:1631
 _T150 = """\
-b_unimplemented('CVTSS2SD_XMM_XMM', 'spec/sse.r1:1708')  # sse.r1:1708
+b_unimplemented('CVTPD2PI_MM_XMMRM', 'spec/sse.r1:1631')  # sse.r1:1631
 """
 
-# CVTSS2SD_XMM_M32 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:1718
+# CVTTPD2PI_MM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:1641
 _T151 = """\
-b_unimplemented('CVTSS2SD_XMM_M32', 'spec/sse.r1:1718')  # sse.r1:1718
+b_unimplemented('CVTTPD2PI_MM_XMMRM', 'spec/sse.r1:1641')  # sse.r1:1641
 """
 
-# CVTSD2SS_XMM_XMM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:1728
+# CVTSI2SD_XMM_RM32 [o16 a16 reg and 7 more] from spec/sse.r1:1651
 _T152 = """\
-b_unimplemented('CVTSD2SS_XMM_XMM', 'spec/sse.r1:1728')  # sse.r1:1728
+b_unimplemented('CVTSI2SD_XMM_RM32', 'spec/sse.r1:1651')  # sse.r1:1651
 """
 
-# CVTSD2SS_XMM_M64 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:1738
+# CVTSD2SI_R32_XMM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:1661
 _T153 = """\
-b_unimplemented('CVTSD2SS_XMM_M64', 'spec/sse.r1:1738')  # sse.r1:1738
+b_unimplemented('CVTSD2SI_R32_XMM', 'spec/sse.r1:1661')  # sse.r1:1661
 """
 
-# CVTDQ2PS_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:1748
+# CVTSD2SI_R32_M64 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:1671
 _T154 = """\
-b_unimplemented('CVTDQ2PS_XMM_XMMRM', 'spec/sse.r1:1748')  # sse.r1:1748
+b_unimplemented('CVTSD2SI_R32_M64', 'spec/sse.r1:1671')  # sse.r1:1671
 """
 
-# CVTPS2DQ_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:1758
+# CVTTSD2SI_R32_XMM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:1681
 _T155 = """\
-b_unimplemented('CVTPS2DQ_XMM_XMMRM', 'spec/sse.r1:1758')  # sse.r1:1758
+b_unimplemented('CVTTSD2SI_R32_XMM', 'spec/sse.r1:1681')  # sse.r1:1681
 """
 
-# CVTTPS2DQ_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:1768
+# CVTTSD2SI_R32_M64 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:1691
 _T156 = """\
-b_unimplemented('CVTTPS2DQ_XMM_XMMRM', 'spec/sse.r1:1768')  # sse.r1:1768
+b_unimplemented('CVTTSD2SI_R32_M64', 'spec/sse.r1:1691')  # sse.r1:1691
 """
 
-# CVTDQ2PD_XMM_XMM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:1778
+# CVTPS2PD_XMM_XMM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:1701
 _T157 = """\
-b_unimplemented('CVTDQ2PD_XMM_XMM', 'spec/sse.r1:1778')  # sse.r1:1778
+b_unimplemented('CVTPS2PD_XMM_XMM', 'spec/sse.r1:1701')  # sse.r1:1701
 """
 
-# CVTDQ2PD_XMM_M64 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:1788
+# CVTPS2PD_XMM_M64 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:1711
 _T158 = """\
-b_unimplemented('CVTDQ2PD_XMM_M64', 'spec/sse.r1:1788')  # sse.r1:1788
+b_unimplemented('CVTPS2PD_XMM_M64', 'spec/sse.r1:1711')  # sse.r1:1711
 """
 
-# CVTPD2DQ_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:1798
+# CVTPD2PS_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:1721
 _T159 = """\
-b_unimplemented('CVTPD2DQ_XMM_XMMRM', 'spec/sse.r1:1798')  # sse.r1:1798
+b_unimplemented('CVTPD2PS_XMM_XMMRM', 'spec/sse.r1:1721')  # sse.r1:1721
 """
 
-# CVTTPD2DQ_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:1808
+# CVTSS2SD_XMM_XMM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:1731
 _T160 = """\
-b_unimplemented('CVTTPD2DQ_XMM_XMMRM', 'spec/sse.r1:1808')  # sse.r1:1808
+b_unimplemented('CVTSS2SD_XMM_XMM', 'spec/sse.r1:1731')  # sse.r1:1731
 """
 
-# MOVDQA_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:1820
+# CVTSS2SD_XMM_M32 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:1741
 _T161 = """\
-b_unimplemented('MOVDQA_XMM_XMMRM', 'spec/sse.r1:1820')  # sse.r1:1820
+b_unimplemented('CVTSS2SD_XMM_M32', 'spec/sse.r1:1741')  # sse.r1:1741
 """
 
-# MOVDQA_XMMRM_XMM [o16 a16 reg and 7 more] from spec/sse.r1:1830
+# CVTSD2SS_XMM_XMM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:1751
 _T162 = """\
-b_unimplemented('MOVDQA_XMMRM_XMM', 'spec/sse.r1:1830')  # sse.r1:1830
+b_unimplemented('CVTSD2SS_XMM_XMM', 'spec/sse.r1:1751')  # sse.r1:1751
 """
 
-# MOVDQU_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:1840
+# CVTSD2SS_XMM_M64 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:1761
 _T163 = """\
-b_unimplemented('MOVDQU_XMM_XMMRM', 'spec/sse.r1:1840')  # sse.r1:1840
+b_unimplemented('CVTSD2SS_XMM_M64', 'spec/sse.r1:1761')  # sse.r1:1761
 """
 
-# MOVDQU_XMMRM_XMM [o16 a16 reg and 7 more] from spec/sse.r1:1850
+# CVTDQ2PS_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:1771
 _T164 = """\
-b_unimplemented('MOVDQU_XMMRM_XMM', 'spec/sse.r1:1850')  # sse.r1:1850
+b_unimplemented('CVTDQ2PS_XMM_XMMRM', 'spec/sse.r1:1771')  # sse.r1:1771
 """
 
-# MOVD_XMM_RM32 [o16 a16 reg and 7 more] from spec/sse.r1:1860
+# CVTPS2DQ_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:1781
 _T165 = """\
-b_unimplemented('MOVD_XMM_RM32', 'spec/sse.r1:1860')  # sse.r1:1860
+b_unimplemented('CVTPS2DQ_XMM_XMMRM', 'spec/sse.r1:1781')  # sse.r1:1781
 """
 
-# MOVD_RM32_XMM [o16 a16 reg and 7 more] from spec/sse.r1:1870
+# CVTTPS2DQ_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:1791
 _T166 = """\
-b_unimplemented('MOVD_RM32_XMM', 'spec/sse.r1:1870')  # sse.r1:1870
+b_unimplemented('CVTTPS2DQ_XMM_XMMRM', 'spec/sse.r1:1791')  # sse.r1:1791
 """
 
-# MOVQ_XMM_XMM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:1880
+# CVTDQ2PD_XMM_XMM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:1801
 _T167 = """\
-b_unimplemented('MOVQ_XMM_XMM', 'spec/sse.r1:1880')  # sse.r1:1880
+b_unimplemented('CVTDQ2PD_XMM_XMM', 'spec/sse.r1:1801')  # sse.r1:1801
 """
 
-# MOVQ_XMM_M64 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:1890
+# CVTDQ2PD_XMM_M64 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:1811
 _T168 = """\
-b_unimplemented('MOVQ_XMM_M64', 'spec/sse.r1:1890')  # sse.r1:1890
+b_unimplemented('CVTDQ2PD_XMM_M64', 'spec/sse.r1:1811')  # sse.r1:1811
 """
 
-# MOVQ_XMM_XMM_0FD6 [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:1900
+# CVTPD2DQ_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:1821
 _T169 = """\
-b_unimplemented('MOVQ_XMM_XMM_0FD6', 'spec/sse.r1:1900')  # sse.r1:1900
+b_unimplemented('CVTPD2DQ_XMM_XMMRM', 'spec/sse.r1:1821')  # sse.r1:1821
 """
 
-# MOVQ_M64_XMM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:1910
+# CVTTPD2DQ_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:1831
 _T170 = """\
-b_unimplemented('MOVQ_M64_XMM', 'spec/sse.r1:1910')  # sse.r1:1910
+b_unimplemented('CVTTPD2DQ_XMM_XMMRM', 'spec/sse.r1:1831')  # sse.r1:1831
 """
 
-# MOVQ2DQ_XMM_MM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:1920
+# MOVDQA_XMM_XMMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:1843
 _T171 = """\
-b_unimplemented('MOVQ2DQ_XMM_MM', 'spec/sse.r1:1920')  # sse.r1:1920
+v_src = S.xmm[$src]  # sse.r1:1846
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
+    raise Fault(6, None)  # sse.r1:58
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
+    raise Fault(7, None)  # sse.r1:59
+S.xmm[$dst] = v_src & 0xffffffffffffffffffffffffffffffff  # sse.r1:1852
 """
 
-# MOVDQ2Q_MM_XMM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:1930
+# MOVDQA_XMM_XMMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:1843
 _T172 = """\
-b_unimplemented('MOVDQ2Q_MM_XMM', 'spec/sse.r1:1930')  # sse.r1:1930
+ea = $ea
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
+    raise Fault(6, None)  # sse.r1:58
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
+    raise Fault(7, None)  # sse.r1:59
+if ((b_seg_base($seg) + ea) & 15):  # sse.r1:66
+    raise Fault(13, 0)  # sse.r1:66
+v_src = b_load($seg, ea, 128)  # sse.r1:1846
+S.xmm[$dst] = v_src & 0xffffffffffffffffffffffffffffffff  # sse.r1:1852
 """
 
-# MOVNTPD_M128_XMM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:1942
+# MOVDQA_XMMRM_XMM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:1854
 _T173 = """\
-b_unimplemented('MOVNTPD_M128_XMM', 'spec/sse.r1:1942')  # sse.r1:1942
+v_src = S.xmm[$src]  # sse.r1:1857
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
+    raise Fault(6, None)  # sse.r1:58
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
+    raise Fault(7, None)  # sse.r1:59
+S.xmm[$dst] = v_src & 0xffffffffffffffffffffffffffffffff  # sse.r1:1863
 """
 
-# MOVNTDQ_M128_XMM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:1952
+# MOVDQA_XMMRM_XMM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:1854
 _T174 = """\
-b_unimplemented('MOVNTDQ_M128_XMM', 'spec/sse.r1:1952')  # sse.r1:1952
+ea = $ea
+v_src = S.xmm[$src]  # sse.r1:1857
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
+    raise Fault(6, None)  # sse.r1:58
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
+    raise Fault(7, None)  # sse.r1:59
+if ((b_seg_base($seg) + ea) & 15):  # sse.r1:66
+    raise Fault(13, 0)  # sse.r1:66
+b_store($seg, ea, 128, v_src)  # sse.r1:1863
 """
 
-# MOVNTI_M32_R32 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:1962
+# MOVDQU_XMM_XMMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:1865
 _T175 = """\
-b_unimplemented('MOVNTI_M32_R32', 'spec/sse.r1:1962')  # sse.r1:1962
+v_src = S.xmm[$src]  # sse.r1:1868
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
+    raise Fault(6, None)  # sse.r1:58
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
+    raise Fault(7, None)  # sse.r1:59
+S.xmm[$dst] = v_src & 0xffffffffffffffffffffffffffffffff  # sse.r1:1874
 """
 
-# MASKMOVDQU_XMM_XMM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:1972
+# MOVDQU_XMM_XMMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:1865
 _T176 = """\
-b_unimplemented('MASKMOVDQU_XMM_XMM', 'spec/sse.r1:1972')  # sse.r1:1972
+ea = $ea
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
+    raise Fault(6, None)  # sse.r1:58
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
+    raise Fault(7, None)  # sse.r1:59
+v_src = b_load($seg, ea, 128)  # sse.r1:1868
+S.xmm[$dst] = v_src & 0xffffffffffffffffffffffffffffffff  # sse.r1:1874
 """
 
-# CLFLUSH_M8 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:1982
+# MOVDQU_XMMRM_XMM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:1876
 _T177 = """\
-b_unimplemented('CLFLUSH_M8', 'spec/sse.r1:1982')  # sse.r1:1982
+v_src = S.xmm[$src]  # sse.r1:1879
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
+    raise Fault(6, None)  # sse.r1:58
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
+    raise Fault(7, None)  # sse.r1:59
+S.xmm[$dst] = v_src & 0xffffffffffffffffffffffffffffffff  # sse.r1:1885
 """
 
-# LFENCE [o16 a16, o16 a32, o32 a16, o32 a32] from spec/sse.r1:1992
+# MOVDQU_XMMRM_XMM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:1876
 _T178 = """\
-b_unimplemented('LFENCE', 'spec/sse.r1:1992')  # sse.r1:1992
+ea = $ea
+v_src = S.xmm[$src]  # sse.r1:1879
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
+    raise Fault(6, None)  # sse.r1:58
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
+    raise Fault(7, None)  # sse.r1:59
+b_store($seg, ea, 128, v_src)  # sse.r1:1885
 """
 
-# MFENCE [o16 a16, o16 a32, o32 a16, o32 a32] from spec/sse.r1:2002
+# MOVD_XMM_RM32 [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:1887
 _T179 = """\
-b_unimplemented('MFENCE', 'spec/sse.r1:2002')  # sse.r1:2002
+v_src = R[$src]  # sse.r1:1890
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
+    raise Fault(6, None)  # sse.r1:58
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
+    raise Fault(7, None)  # sse.r1:59
+S.xmm[$dst] = v_src & 0xffffffffffffffffffffffffffffffff  # sse.r1:1896
 """
 
-# PAUSE [o16 a16, o16 a32, o32 a16, o32 a32] from spec/sse.r1:2012
+# MOVD_XMM_RM32 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:1887
 _T180 = """\
+ea = $ea
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
+    raise Fault(6, None)  # sse.r1:58
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
+    raise Fault(7, None)  # sse.r1:59
+v_src = rd32($seg, ea)  # sse.r1:1890
+S.xmm[$dst] = v_src & 0xffffffffffffffffffffffffffffffff  # sse.r1:1896
 """
 
-# PADDQ_MM_MMRM [o16 a16 reg and 7 more] from spec/sse.r1:2024
+# MOVD_RM32_XMM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:1898
 _T181 = """\
-b_unimplemented('PADDQ_MM_MMRM', 'spec/sse.r1:2024')  # sse.r1:2024
+v_src = S.xmm[$src]  # sse.r1:1901
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
+    raise Fault(6, None)  # sse.r1:58
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
+    raise Fault(7, None)  # sse.r1:59
+R[$dst] = (v_src & 0xffffffff) & 0xffffffff  # sse.r1:1907
 """
 
-# PADDQ_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:2034
+# MOVD_RM32_XMM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:1898
 _T182 = """\
-b_unimplemented('PADDQ_XMM_XMMRM', 'spec/sse.r1:2034')  # sse.r1:2034
+ea = $ea
+v_src = S.xmm[$src]  # sse.r1:1901
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
+    raise Fault(6, None)  # sse.r1:58
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
+    raise Fault(7, None)  # sse.r1:59
+wr32($seg, ea, (v_src & 0xffffffff))  # sse.r1:1907
 """
 
-# PSUBQ_MM_MMRM [o16 a16 reg and 7 more] from spec/sse.r1:2044
+# MOVQ_XMM_XMM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:1909
 _T183 = """\
-b_unimplemented('PSUBQ_MM_MMRM', 'spec/sse.r1:2044')  # sse.r1:2044
+v_src = S.xmm[$src]  # sse.r1:1912
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
+    raise Fault(6, None)  # sse.r1:58
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
+    raise Fault(7, None)  # sse.r1:59
+S.xmm[$dst] = (v_src & 0xffffffffffffffff) & 0xffffffffffffffffffffffffffffffff  # sse.r1:1918
 """
 
-# PSUBQ_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:2054
+# MOVQ_XMM_M64 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:1920
 _T184 = """\
-b_unimplemented('PSUBQ_XMM_XMMRM', 'spec/sse.r1:2054')  # sse.r1:2054
+ea = $ea
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
+    raise Fault(6, None)  # sse.r1:58
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
+    raise Fault(7, None)  # sse.r1:59
+v_src = b_load($seg, ea, 64)  # sse.r1:1923
+S.xmm[$dst] = v_src & 0xffffffffffffffffffffffffffffffff  # sse.r1:1929
 """
 
-# PMULUDQ_MM_MMRM [o16 a16 reg and 7 more] from spec/sse.r1:2064
+# MOVQ_XMM_XMM_0FD6 [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:1931
 _T185 = """\
-b_unimplemented('PMULUDQ_MM_MMRM', 'spec/sse.r1:2064')  # sse.r1:2064
+v_src = S.xmm[$src]  # sse.r1:1934
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
+    raise Fault(6, None)  # sse.r1:58
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
+    raise Fault(7, None)  # sse.r1:59
+S.xmm[$dst] = (v_src & 0xffffffffffffffff) & 0xffffffffffffffffffffffffffffffff  # sse.r1:1940
 """
 
-# PMULUDQ_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:2074
+# MOVQ_M64_XMM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:1942
 _T186 = """\
-b_unimplemented('PMULUDQ_XMM_XMMRM', 'spec/sse.r1:2074')  # sse.r1:2074
+ea = $ea
+v_src = S.xmm[$src]  # sse.r1:1945
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
+    raise Fault(6, None)  # sse.r1:58
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
+    raise Fault(7, None)  # sse.r1:59
+b_store($seg, ea, 64, (v_src & 0xffffffffffffffff))  # sse.r1:1951
 """
 
-# PSHUFD_XMM_XMMRM_IMM8 [o16 a16 reg and 7 more] from spec/sse.r1:2084
+# MOVQ2DQ_XMM_MM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:1953
 _T187 = """\
-b_unimplemented('PSHUFD_XMM_XMMRM_IMM8', 'spec/sse.r1:2084')  # sse.r1:2084
+v_src = (S.fpr[$src] & 0xffffffffffffffff)  # sse.r1:1956
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
+    raise Fault(6, None)  # sse.r1:58
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
+    raise Fault(7, None)  # sse.r1:59
+if (S.cr[0] >> 2 & 0x1):  # mmx.r1:29
+    raise Fault(6, None)  # mmx.r1:29
+if (S.cr[0] >> 3 & 0x1):  # mmx.r1:30
+    raise Fault(7, None)  # mmx.r1:30
+if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # mmx.r1:31
+    raise Fault(16, None)  # mmx.r1:31
+S.xmm[$dst] = v_src & 0xffffffffffffffffffffffffffffffff  # sse.r1:1962
+S.fsw = S.fsw & 0xffffc7ff | 0x0  # mmx.r1:38
+S.ftw = 255 & 0xff  # mmx.r1:39
 """
 
-# PSHUFHW_XMM_XMMRM_IMM8 [o16 a16 reg and 7 more] from spec/sse.r1:2094
+# MOVDQ2Q_MM_XMM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:1964
 _T188 = """\
-b_unimplemented('PSHUFHW_XMM_XMMRM_IMM8', 'spec/sse.r1:2094')  # sse.r1:2094
+v_src = S.xmm[$src]  # sse.r1:1967
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
+    raise Fault(6, None)  # sse.r1:58
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
+    raise Fault(7, None)  # sse.r1:59
+if (S.cr[0] >> 2 & 0x1):  # mmx.r1:29
+    raise Fault(6, None)  # mmx.r1:29
+if (S.cr[0] >> 3 & 0x1):  # mmx.r1:30
+    raise Fault(7, None)  # mmx.r1:30
+if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # mmx.r1:31
+    raise Fault(16, None)  # mmx.r1:31
+S.fpr[$dst] = (v_src & 0xffffffffffffffff) & 0xffffffffffffffff | 0xffff0000000000000000  # sse.r1:1973
+S.fsw = S.fsw & 0xffffc7ff | 0x0  # mmx.r1:38
+S.ftw = 255 & 0xff  # mmx.r1:39
 """
 
-# PSHUFLW_XMM_XMMRM_IMM8 [o16 a16 reg and 7 more] from spec/sse.r1:2104
+# MOVNTPD_M128_XMM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:1977
 _T189 = """\
-b_unimplemented('PSHUFLW_XMM_XMMRM_IMM8', 'spec/sse.r1:2104')  # sse.r1:2104
+b_unimplemented('MOVNTPD_M128_XMM', 'spec/sse.r1:1977')  # sse.r1:1977
 """
 
-# PSLLDQ_XMM_IMM8 [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:2114
+# MOVNTDQ_M128_XMM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:1987
 _T190 = """\
-b_unimplemented('PSLLDQ_XMM_IMM8', 'spec/sse.r1:2114')  # sse.r1:2114
+ea = $ea
+v_src = S.xmm[$src]  # sse.r1:1990
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
+    raise Fault(6, None)  # sse.r1:58
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
+    raise Fault(7, None)  # sse.r1:59
+if ((b_seg_base($seg) + ea) & 15):  # sse.r1:66
+    raise Fault(13, 0)  # sse.r1:66
+b_store($seg, ea, 128, v_src)  # sse.r1:1996
 """
 
-# PSRLDQ_XMM_IMM8 [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:2124
+# MOVNTI_M32_R32 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:1998
 _T191 = """\
-b_unimplemented('PSRLDQ_XMM_IMM8', 'spec/sse.r1:2124')  # sse.r1:2124
+ea = $ea
+v_src = R[$src]  # sse.r1:2001
+wr32($seg, ea, v_src)  # sse.r1:2007
 """
 
-# PUNPCKLQDQ_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:2134
+# MASKMOVDQU_XMM_XMM [o16 a16 reg, o32 a16 reg] from spec/sse.r1:2009
 _T192 = """\
-b_unimplemented('PUNPCKLQDQ_XMM_XMMRM', 'spec/sse.r1:2134')  # sse.r1:2134
+v_src = S.xmm[$src]  # sse.r1:2012
+v_mask = S.xmm[$mask]  # sse.r1:2012
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
+    raise Fault(6, None)  # sse.r1:58
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
+    raise Fault(7, None)  # sse.r1:59
+l_i_0 = 0  # mmx.r1:196
+while (l_i_0 < 16):  # mmx.r1:197
+    if (v_mask >> ((8 * l_i_0) + 7) & 1):  # mmx.r1:198
+        wr8($dseg, ((R[7] & 0xffff) + l_i_0), ((v_src >> (8 * l_i_0)) & 255))  # mmx.r1:198
+    l_i_0 = (l_i_0 + 1)  # mmx.r1:199
 """
 
-# PUNPCKHQDQ_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:2144
+# MASKMOVDQU_XMM_XMM [o16 a32 reg, o32 a32 reg] from spec/sse.r1:2009
 _T193 = """\
-b_unimplemented('PUNPCKHQDQ_XMM_XMMRM', 'spec/sse.r1:2144')  # sse.r1:2144
+v_src = S.xmm[$src]  # sse.r1:2012
+v_mask = S.xmm[$mask]  # sse.r1:2012
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
+    raise Fault(6, None)  # sse.r1:58
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
+    raise Fault(7, None)  # sse.r1:59
+l_i_0 = 0  # mmx.r1:196
+while (l_i_0 < 16):  # mmx.r1:197
+    if (v_mask >> ((8 * l_i_0) + 7) & 1):  # mmx.r1:198
+        wr8($dseg, (R[7] + l_i_0), ((v_src >> (8 * l_i_0)) & 255))  # mmx.r1:198
+    l_i_0 = (l_i_0 + 1)  # mmx.r1:199
 """
 
-# PUNPCKLBW_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:2156
+# CLFLUSH_M8 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:2020
 _T194 = """\
-b_unimplemented('PUNPCKLBW_XMM_XMMRM', 'spec/sse.r1:2156')  # sse.r1:2156
+b_unimplemented('CLFLUSH_M8', 'spec/sse.r1:2020')  # sse.r1:2020
 """
 
-# PUNPCKLWD_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:2166
+# LFENCE [o16 a16, o16 a32, o32 a16, o32 a32] from spec/sse.r1:2030
 _T195 = """\
-b_unimplemented('PUNPCKLWD_XMM_XMMRM', 'spec/sse.r1:2166')  # sse.r1:2166
+b_unimplemented('LFENCE', 'spec/sse.r1:2030')  # sse.r1:2030
 """
 
-# PUNPCKLDQ_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:2176
+# MFENCE [o16 a16, o16 a32, o32 a16, o32 a32] from spec/sse.r1:2040
 _T196 = """\
-b_unimplemented('PUNPCKLDQ_XMM_XMMRM', 'spec/sse.r1:2176')  # sse.r1:2176
+b_unimplemented('MFENCE', 'spec/sse.r1:2040')  # sse.r1:2040
 """
 
-# PUNPCKHBW_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:2186
+# PAUSE [o16 a16, o16 a32, o32 a16, o32 a32] from spec/sse.r1:2050
 _T197 = """\
-b_unimplemented('PUNPCKHBW_XMM_XMMRM', 'spec/sse.r1:2186')  # sse.r1:2186
 """
 
-# PUNPCKHWD_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:2196
+# PADDQ_MM_MMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:2062
 _T198 = """\
-b_unimplemented('PUNPCKHWD_XMM_XMMRM', 'spec/sse.r1:2196')  # sse.r1:2196
+v_dst = (S.fpr[$dst] & 0xffffffffffffffff)  # sse.r1:2065
+v_src = (S.fpr[$src] & 0xffffffffffffffff)  # sse.r1:2065
+if (S.cr[0] >> 2 & 0x1):  # mmx.r1:29
+    raise Fault(6, None)  # mmx.r1:29
+if (S.cr[0] >> 3 & 0x1):  # mmx.r1:30
+    raise Fault(7, None)  # mmx.r1:30
+if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # mmx.r1:31
+    raise Fault(16, None)  # mmx.r1:31
+l_r_0 = 0  # mmx.r1:92
+l_i_1 = 0  # mmx.r1:93
+while (l_i_1 < 64):  # mmx.r1:94
+    a_x_2 = ((v_dst >> l_i_1) & 18446744073709551615)
+    a_y_3 = ((v_src >> l_i_1) & 18446744073709551615)
+    l_r_0 = (l_r_0 | (((a_x_2 + a_y_3) & 18446744073709551615) << l_i_1))  # mmx.r1:95
+    l_i_1 = (l_i_1 + 64)  # mmx.r1:96
+S.fpr[$dst] = l_r_0 & 0xffffffffffffffff | 0xffff0000000000000000  # sse.r1:2071
+S.fsw = S.fsw & 0xffffc7ff | 0x0  # mmx.r1:38
+S.ftw = 255 & 0xff  # mmx.r1:39
 """
 
-# PUNPCKHDQ_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:2206
+# PADDQ_MM_MMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:2062
 _T199 = """\
-b_unimplemented('PUNPCKHDQ_XMM_XMMRM', 'spec/sse.r1:2206')  # sse.r1:2206
+ea = $ea
+v_dst = (S.fpr[$dst] & 0xffffffffffffffff)  # sse.r1:2065
+if (S.cr[0] >> 2 & 0x1):  # mmx.r1:29
+    raise Fault(6, None)  # mmx.r1:29
+if (S.cr[0] >> 3 & 0x1):  # mmx.r1:30
+    raise Fault(7, None)  # mmx.r1:30
+if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # mmx.r1:31
+    raise Fault(16, None)  # mmx.r1:31
+v_src = b_load($seg, ea, 64)  # sse.r1:2065
+l_r_0 = 0  # mmx.r1:92
+l_i_1 = 0  # mmx.r1:93
+while (l_i_1 < 64):  # mmx.r1:94
+    a_x_2 = ((v_dst >> l_i_1) & 18446744073709551615)
+    a_y_3 = ((v_src >> l_i_1) & 18446744073709551615)
+    l_r_0 = (l_r_0 | (((a_x_2 + a_y_3) & 18446744073709551615) << l_i_1))  # mmx.r1:95
+    l_i_1 = (l_i_1 + 64)  # mmx.r1:96
+S.fpr[$dst] = l_r_0 & 0xffffffffffffffff | 0xffff0000000000000000  # sse.r1:2071
+S.fsw = S.fsw & 0xffffc7ff | 0x0  # mmx.r1:38
+S.ftw = 255 & 0xff  # mmx.r1:39
 """
 
-# PACKSSWB_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:2216
+# PADDQ_XMM_XMMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:2073
 _T200 = """\
-b_unimplemented('PACKSSWB_XMM_XMMRM', 'spec/sse.r1:2216')  # sse.r1:2216
+v_dst = S.xmm[$dst]  # sse.r1:2076
+v_src = S.xmm[$src]  # sse.r1:2076
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
+    raise Fault(6, None)  # sse.r1:58
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
+    raise Fault(7, None)  # sse.r1:59
+l_r_0 = 0  # mmx.r1:92
+l_i_1 = 0  # mmx.r1:93
+while (l_i_1 < 128):  # mmx.r1:94
+    a_x_2 = ((v_dst >> l_i_1) & 18446744073709551615)
+    a_y_3 = ((v_src >> l_i_1) & 18446744073709551615)
+    l_r_0 = (l_r_0 | (((a_x_2 + a_y_3) & 18446744073709551615) << l_i_1))  # mmx.r1:95
+    l_i_1 = (l_i_1 + 64)  # mmx.r1:96
+S.xmm[$dst] = l_r_0 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2082
 """
 
-# PACKUSWB_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:2226
+# PADDQ_XMM_XMMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:2073
 _T201 = """\
-b_unimplemented('PACKUSWB_XMM_XMMRM', 'spec/sse.r1:2226')  # sse.r1:2226
+ea = $ea
+v_dst = S.xmm[$dst]  # sse.r1:2076
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
+    raise Fault(6, None)  # sse.r1:58
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
+    raise Fault(7, None)  # sse.r1:59
+if ((b_seg_base($seg) + ea) & 15):  # sse.r1:66
+    raise Fault(13, 0)  # sse.r1:66
+v_src = b_load($seg, ea, 128)  # sse.r1:2076
+l_r_0 = 0  # mmx.r1:92
+l_i_1 = 0  # mmx.r1:93
+while (l_i_1 < 128):  # mmx.r1:94
+    a_x_2 = ((v_dst >> l_i_1) & 18446744073709551615)
+    a_y_3 = ((v_src >> l_i_1) & 18446744073709551615)
+    l_r_0 = (l_r_0 | (((a_x_2 + a_y_3) & 18446744073709551615) << l_i_1))  # mmx.r1:95
+    l_i_1 = (l_i_1 + 64)  # mmx.r1:96
+S.xmm[$dst] = l_r_0 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2082
 """
 
-# PACKSSDW_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:2236
+# PSUBQ_MM_MMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:2084
 _T202 = """\
-b_unimplemented('PACKSSDW_XMM_XMMRM', 'spec/sse.r1:2236')  # sse.r1:2236
+v_dst = (S.fpr[$dst] & 0xffffffffffffffff)  # sse.r1:2087
+v_src = (S.fpr[$src] & 0xffffffffffffffff)  # sse.r1:2087
+if (S.cr[0] >> 2 & 0x1):  # mmx.r1:29
+    raise Fault(6, None)  # mmx.r1:29
+if (S.cr[0] >> 3 & 0x1):  # mmx.r1:30
+    raise Fault(7, None)  # mmx.r1:30
+if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # mmx.r1:31
+    raise Fault(16, None)  # mmx.r1:31
+l_r_0 = 0  # mmx.r1:92
+l_i_1 = 0  # mmx.r1:93
+while (l_i_1 < 64):  # mmx.r1:94
+    a_x_2 = ((v_dst >> l_i_1) & 18446744073709551615)
+    a_y_3 = ((v_src >> l_i_1) & 18446744073709551615)
+    l_r_0 = (l_r_0 | (((a_x_2 - a_y_3) & 18446744073709551615) << l_i_1))  # mmx.r1:95
+    l_i_1 = (l_i_1 + 64)  # mmx.r1:96
+S.fpr[$dst] = l_r_0 & 0xffffffffffffffff | 0xffff0000000000000000  # sse.r1:2093
+S.fsw = S.fsw & 0xffffc7ff | 0x0  # mmx.r1:38
+S.ftw = 255 & 0xff  # mmx.r1:39
 """
 
-# PADDB_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:2246
+# PSUBQ_MM_MMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:2084
 _T203 = """\
-b_unimplemented('PADDB_XMM_XMMRM', 'spec/sse.r1:2246')  # sse.r1:2246
+ea = $ea
+v_dst = (S.fpr[$dst] & 0xffffffffffffffff)  # sse.r1:2087
+if (S.cr[0] >> 2 & 0x1):  # mmx.r1:29
+    raise Fault(6, None)  # mmx.r1:29
+if (S.cr[0] >> 3 & 0x1):  # mmx.r1:30
+    raise Fault(7, None)  # mmx.r1:30
+if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # mmx.r1:31
+    raise Fault(16, None)  # mmx.r1:31
+v_src = b_load($seg, ea, 64)  # sse.r1:2087
+l_r_0 = 0  # mmx.r1:92
+l_i_1 = 0  # mmx.r1:93
+while (l_i_1 < 64):  # mmx.r1:94
+    a_x_2 = ((v_dst >> l_i_1) & 18446744073709551615)
+    a_y_3 = ((v_src >> l_i_1) & 18446744073709551615)
+    l_r_0 = (l_r_0 | (((a_x_2 - a_y_3) & 18446744073709551615) << l_i_1))  # mmx.r1:95
+    l_i_1 = (l_i_1 + 64)  # mmx.r1:96
+S.fpr[$dst] = l_r_0 & 0xffffffffffffffff | 0xffff0000000000000000  # sse.r1:2093
+S.fsw = S.fsw & 0xffffc7ff | 0x0  # mmx.r1:38
+S.ftw = 255 & 0xff  # mmx.r1:39
 """
 
-# PADDW_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:2256
+# PSUBQ_XMM_XMMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:2095
 _T204 = """\
-b_unimplemented('PADDW_XMM_XMMRM', 'spec/sse.r1:2256')  # sse.r1:2256
+v_dst = S.xmm[$dst]  # sse.r1:2098
+v_src = S.xmm[$src]  # sse.r1:2098
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
+    raise Fault(6, None)  # sse.r1:58
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
+    raise Fault(7, None)  # sse.r1:59
+l_r_0 = 0  # mmx.r1:92
+l_i_1 = 0  # mmx.r1:93
+while (l_i_1 < 128):  # mmx.r1:94
+    a_x_2 = ((v_dst >> l_i_1) & 18446744073709551615)
+    a_y_3 = ((v_src >> l_i_1) & 18446744073709551615)
+    l_r_0 = (l_r_0 | (((a_x_2 - a_y_3) & 18446744073709551615) << l_i_1))  # mmx.r1:95
+    l_i_1 = (l_i_1 + 64)  # mmx.r1:96
+S.xmm[$dst] = l_r_0 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2104
 """
 
-# PADDD_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:2266
+# PSUBQ_XMM_XMMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:2095
 _T205 = """\
-b_unimplemented('PADDD_XMM_XMMRM', 'spec/sse.r1:2266')  # sse.r1:2266
+ea = $ea
+v_dst = S.xmm[$dst]  # sse.r1:2098
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
+    raise Fault(6, None)  # sse.r1:58
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
+    raise Fault(7, None)  # sse.r1:59
+if ((b_seg_base($seg) + ea) & 15):  # sse.r1:66
+    raise Fault(13, 0)  # sse.r1:66
+v_src = b_load($seg, ea, 128)  # sse.r1:2098
+l_r_0 = 0  # mmx.r1:92
+l_i_1 = 0  # mmx.r1:93
+while (l_i_1 < 128):  # mmx.r1:94
+    a_x_2 = ((v_dst >> l_i_1) & 18446744073709551615)
+    a_y_3 = ((v_src >> l_i_1) & 18446744073709551615)
+    l_r_0 = (l_r_0 | (((a_x_2 - a_y_3) & 18446744073709551615) << l_i_1))  # mmx.r1:95
+    l_i_1 = (l_i_1 + 64)  # mmx.r1:96
+S.xmm[$dst] = l_r_0 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2104
 """
 
-# PADDSB_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:2276
+# PMULUDQ_MM_MMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:2106
 _T206 = """\
-b_unimplemented('PADDSB_XMM_XMMRM', 'spec/sse.r1:2276')  # sse.r1:2276
+v_dst = (S.fpr[$dst] & 0xffffffffffffffff)  # sse.r1:2109
+v_src = (S.fpr[$src] & 0xffffffffffffffff)  # sse.r1:2109
+if (S.cr[0] >> 2 & 0x1):  # mmx.r1:29
+    raise Fault(6, None)  # mmx.r1:29
+if (S.cr[0] >> 3 & 0x1):  # mmx.r1:30
+    raise Fault(7, None)  # mmx.r1:30
+if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # mmx.r1:31
+    raise Fault(16, None)  # mmx.r1:31
+l_r_0 = 0  # mmx.r1:92
+l_i_1 = 0  # mmx.r1:93
+while (l_i_1 < 64):  # mmx.r1:94
+    a_x_2 = ((v_dst >> l_i_1) & 18446744073709551615)
+    a_y_3 = ((v_src >> l_i_1) & 18446744073709551615)
+    l_r_0 = (l_r_0 | ((((a_x_2 & 0xffffffff) * (a_y_3 & 0xffffffff)) & 18446744073709551615) << l_i_1))  # mmx.r1:95
+    l_i_1 = (l_i_1 + 64)  # mmx.r1:96
+S.fpr[$dst] = l_r_0 & 0xffffffffffffffff | 0xffff0000000000000000  # sse.r1:2115
+S.fsw = S.fsw & 0xffffc7ff | 0x0  # mmx.r1:38
+S.ftw = 255 & 0xff  # mmx.r1:39
 """
 
-# PADDSW_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:2286
+# PMULUDQ_MM_MMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:2106
 _T207 = """\
-b_unimplemented('PADDSW_XMM_XMMRM', 'spec/sse.r1:2286')  # sse.r1:2286
+ea = $ea
+v_dst = (S.fpr[$dst] & 0xffffffffffffffff)  # sse.r1:2109
+if (S.cr[0] >> 2 & 0x1):  # mmx.r1:29
+    raise Fault(6, None)  # mmx.r1:29
+if (S.cr[0] >> 3 & 0x1):  # mmx.r1:30
+    raise Fault(7, None)  # mmx.r1:30
+if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # mmx.r1:31
+    raise Fault(16, None)  # mmx.r1:31
+v_src = b_load($seg, ea, 64)  # sse.r1:2109
+l_r_0 = 0  # mmx.r1:92
+l_i_1 = 0  # mmx.r1:93
+while (l_i_1 < 64):  # mmx.r1:94
+    a_x_2 = ((v_dst >> l_i_1) & 18446744073709551615)
+    a_y_3 = ((v_src >> l_i_1) & 18446744073709551615)
+    l_r_0 = (l_r_0 | ((((a_x_2 & 0xffffffff) * (a_y_3 & 0xffffffff)) & 18446744073709551615) << l_i_1))  # mmx.r1:95
+    l_i_1 = (l_i_1 + 64)  # mmx.r1:96
+S.fpr[$dst] = l_r_0 & 0xffffffffffffffff | 0xffff0000000000000000  # sse.r1:2115
+S.fsw = S.fsw & 0xffffc7ff | 0x0  # mmx.r1:38
+S.ftw = 255 & 0xff  # mmx.r1:39
 """
 
-# PADDUSB_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:2296
+# PMULUDQ_XMM_XMMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:2117
 _T208 = """\
-b_unimplemented('PADDUSB_XMM_XMMRM', 'spec/sse.r1:2296')  # sse.r1:2296
+v_dst = S.xmm[$dst]  # sse.r1:2120
+v_src = S.xmm[$src]  # sse.r1:2120
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
+    raise Fault(6, None)  # sse.r1:58
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
+    raise Fault(7, None)  # sse.r1:59
+l_r_0 = 0  # mmx.r1:92
+l_i_1 = 0  # mmx.r1:93
+while (l_i_1 < 128):  # mmx.r1:94
+    a_x_2 = ((v_dst >> l_i_1) & 18446744073709551615)
+    a_y_3 = ((v_src >> l_i_1) & 18446744073709551615)
+    l_r_0 = (l_r_0 | ((((a_x_2 & 0xffffffff) * (a_y_3 & 0xffffffff)) & 18446744073709551615) << l_i_1))  # mmx.r1:95
+    l_i_1 = (l_i_1 + 64)  # mmx.r1:96
+S.xmm[$dst] = l_r_0 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2126
 """
 
-# PADDUSW_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:2306
+# PMULUDQ_XMM_XMMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:2117
 _T209 = """\
-b_unimplemented('PADDUSW_XMM_XMMRM', 'spec/sse.r1:2306')  # sse.r1:2306
+ea = $ea
+v_dst = S.xmm[$dst]  # sse.r1:2120
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
+    raise Fault(6, None)  # sse.r1:58
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
+    raise Fault(7, None)  # sse.r1:59
+if ((b_seg_base($seg) + ea) & 15):  # sse.r1:66
+    raise Fault(13, 0)  # sse.r1:66
+v_src = b_load($seg, ea, 128)  # sse.r1:2120
+l_r_0 = 0  # mmx.r1:92
+l_i_1 = 0  # mmx.r1:93
+while (l_i_1 < 128):  # mmx.r1:94
+    a_x_2 = ((v_dst >> l_i_1) & 18446744073709551615)
+    a_y_3 = ((v_src >> l_i_1) & 18446744073709551615)
+    l_r_0 = (l_r_0 | ((((a_x_2 & 0xffffffff) * (a_y_3 & 0xffffffff)) & 18446744073709551615) << l_i_1))  # mmx.r1:95
+    l_i_1 = (l_i_1 + 64)  # mmx.r1:96
+S.xmm[$dst] = l_r_0 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2126
 """
 
-# PSUBB_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:2316
+# PSHUFD_XMM_XMMRM_IMM8 [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:2128
 _T210 = """\
-b_unimplemented('PSUBB_XMM_XMMRM', 'spec/sse.r1:2316')  # sse.r1:2316
+v_src = S.xmm[$src]  # sse.r1:2131
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
+    raise Fault(6, None)  # sse.r1:58
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
+    raise Fault(7, None)  # sse.r1:59
+l_r_0 = 0  # mmx.r1:150
+l_i_1 = 0  # mmx.r1:151
+while (l_i_1 < 4):  # mmx.r1:152
+    l_r_0 = (l_r_0 | (((v_src >> ((($imm >> (2 * l_i_1)) & 3) * 32)) & 4294967295) << (l_i_1 * 32)))  # mmx.r1:153
+    l_i_1 = (l_i_1 + 1)  # mmx.r1:154
+S.xmm[$dst] = l_r_0 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2137
 """
 
-# PSUBW_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:2326
+# PSHUFD_XMM_XMMRM_IMM8 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:2128
 _T211 = """\
-b_unimplemented('PSUBW_XMM_XMMRM', 'spec/sse.r1:2326')  # sse.r1:2326
+ea = $ea
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
+    raise Fault(6, None)  # sse.r1:58
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
+    raise Fault(7, None)  # sse.r1:59
+if ((b_seg_base($seg) + ea) & 15):  # sse.r1:66
+    raise Fault(13, 0)  # sse.r1:66
+v_src = b_load($seg, ea, 128)  # sse.r1:2131
+l_r_0 = 0  # mmx.r1:150
+l_i_1 = 0  # mmx.r1:151
+while (l_i_1 < 4):  # mmx.r1:152
+    l_r_0 = (l_r_0 | (((v_src >> ((($imm >> (2 * l_i_1)) & 3) * 32)) & 4294967295) << (l_i_1 * 32)))  # mmx.r1:153
+    l_i_1 = (l_i_1 + 1)  # mmx.r1:154
+S.xmm[$dst] = l_r_0 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2137
 """
 
-# PSUBD_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:2336
+# PSHUFHW_XMM_XMMRM_IMM8 [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:2139
 _T212 = """\
-b_unimplemented('PSUBD_XMM_XMMRM', 'spec/sse.r1:2336')  # sse.r1:2336
+v_src = S.xmm[$src]  # sse.r1:2142
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
+    raise Fault(6, None)  # sse.r1:58
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
+    raise Fault(7, None)  # sse.r1:59
+m_x_0 = (v_src >> 64 & 0xffffffffffffffff)
+l_r_1 = 0  # mmx.r1:150
+l_i_2 = 0  # mmx.r1:151
+while (l_i_2 < 4):  # mmx.r1:152
+    l_r_1 = (l_r_1 | (((m_x_0 >> ((($imm >> (2 * l_i_2)) & 3) * 16)) & 65535) << (l_i_2 * 16)))  # mmx.r1:153
+    l_i_2 = (l_i_2 + 1)  # mmx.r1:154
+S.xmm[$dst] = ((l_r_1 << 64) | (v_src & 0xffffffffffffffff)) & 0xffffffffffffffffffffffffffffffff  # sse.r1:2148
 """
 
-# PSUBSB_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:2346
+# PSHUFHW_XMM_XMMRM_IMM8 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:2139
 _T213 = """\
-b_unimplemented('PSUBSB_XMM_XMMRM', 'spec/sse.r1:2346')  # sse.r1:2346
+ea = $ea
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
+    raise Fault(6, None)  # sse.r1:58
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
+    raise Fault(7, None)  # sse.r1:59
+if ((b_seg_base($seg) + ea) & 15):  # sse.r1:66
+    raise Fault(13, 0)  # sse.r1:66
+v_src = b_load($seg, ea, 128)  # sse.r1:2142
+m_x_0 = (v_src >> 64 & 0xffffffffffffffff)
+l_r_1 = 0  # mmx.r1:150
+l_i_2 = 0  # mmx.r1:151
+while (l_i_2 < 4):  # mmx.r1:152
+    l_r_1 = (l_r_1 | (((m_x_0 >> ((($imm >> (2 * l_i_2)) & 3) * 16)) & 65535) << (l_i_2 * 16)))  # mmx.r1:153
+    l_i_2 = (l_i_2 + 1)  # mmx.r1:154
+S.xmm[$dst] = ((l_r_1 << 64) | (v_src & 0xffffffffffffffff)) & 0xffffffffffffffffffffffffffffffff  # sse.r1:2148
 """
 
-# PSUBSW_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:2356
+# PSHUFLW_XMM_XMMRM_IMM8 [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:2150
 _T214 = """\
-b_unimplemented('PSUBSW_XMM_XMMRM', 'spec/sse.r1:2356')  # sse.r1:2356
+v_src = S.xmm[$src]  # sse.r1:2153
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
+    raise Fault(6, None)  # sse.r1:58
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
+    raise Fault(7, None)  # sse.r1:59
+m_x_0 = (v_src & 0xffffffffffffffff)
+l_r_1 = 0  # mmx.r1:150
+l_i_2 = 0  # mmx.r1:151
+while (l_i_2 < 4):  # mmx.r1:152
+    l_r_1 = (l_r_1 | (((m_x_0 >> ((($imm >> (2 * l_i_2)) & 3) * 16)) & 65535) << (l_i_2 * 16)))  # mmx.r1:153
+    l_i_2 = (l_i_2 + 1)  # mmx.r1:154
+S.xmm[$dst] = (((v_src >> 64 & 0xffffffffffffffff) << 64) | l_r_1) & 0xffffffffffffffffffffffffffffffff  # sse.r1:2159
 """
 
-# PSUBUSB_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:2366
+# PSHUFLW_XMM_XMMRM_IMM8 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:2150
 _T215 = """\
-b_unimplemented('PSUBUSB_XMM_XMMRM', 'spec/sse.r1:2366')  # sse.r1:2366
+ea = $ea
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
+    raise Fault(6, None)  # sse.r1:58
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
+    raise Fault(7, None)  # sse.r1:59
+if ((b_seg_base($seg) + ea) & 15):  # sse.r1:66
+    raise Fault(13, 0)  # sse.r1:66
+v_src = b_load($seg, ea, 128)  # sse.r1:2153
+m_x_0 = (v_src & 0xffffffffffffffff)
+l_r_1 = 0  # mmx.r1:150
+l_i_2 = 0  # mmx.r1:151
+while (l_i_2 < 4):  # mmx.r1:152
+    l_r_1 = (l_r_1 | (((m_x_0 >> ((($imm >> (2 * l_i_2)) & 3) * 16)) & 65535) << (l_i_2 * 16)))  # mmx.r1:153
+    l_i_2 = (l_i_2 + 1)  # mmx.r1:154
+S.xmm[$dst] = (((v_src >> 64 & 0xffffffffffffffff) << 64) | l_r_1) & 0xffffffffffffffffffffffffffffffff  # sse.r1:2159
 """
 
-# PSUBUSW_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:2376
+# PSLLDQ_XMM_IMM8 [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:2161
 _T216 = """\
-b_unimplemented('PSUBUSW_XMM_XMMRM', 'spec/sse.r1:2376')  # sse.r1:2376
+v_dst = S.xmm[$dst]  # sse.r1:2164
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
+    raise Fault(6, None)  # sse.r1:58
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
+    raise Fault(7, None)  # sse.r1:59
+S.xmm[$dst] = (0 if ($imm > 15) else (v_dst << ($imm * 8))) & 0xffffffffffffffffffffffffffffffff  # sse.r1:2170
 """
 
-# PMULLW_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:2386
+# PSRLDQ_XMM_IMM8 [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:2172
 _T217 = """\
-b_unimplemented('PMULLW_XMM_XMMRM', 'spec/sse.r1:2386')  # sse.r1:2386
+v_dst = S.xmm[$dst]  # sse.r1:2175
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
+    raise Fault(6, None)  # sse.r1:58
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
+    raise Fault(7, None)  # sse.r1:59
+S.xmm[$dst] = (v_dst >> ($imm * 8)) & 0xffffffffffffffffffffffffffffffff  # sse.r1:2181
 """
 
-# PMULHW_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:2396
+# PUNPCKLQDQ_XMM_XMMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:2183
 _T218 = """\
-b_unimplemented('PMULHW_XMM_XMMRM', 'spec/sse.r1:2396')  # sse.r1:2396
+v_dst = S.xmm[$dst]  # sse.r1:2186
+v_src = S.xmm[$src]  # sse.r1:2186
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
+    raise Fault(6, None)  # sse.r1:58
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
+    raise Fault(7, None)  # sse.r1:59
+m_a_0 = (v_dst & 0xffffffffffffffff)
+m_b_1 = (v_src & 0xffffffffffffffff)
+l_r_2 = 0  # mmx.r1:121
+l_i_3 = 0  # mmx.r1:122
+while (l_i_3 < 64):  # mmx.r1:123
+    l_r_2 = (l_r_2 | ((((m_a_0 >> l_i_3) & 18446744073709551615) << (2 * l_i_3)) | (((m_b_1 >> l_i_3) & 18446744073709551615) << ((2 * l_i_3) + 64))))  # mmx.r1:124
+    l_i_3 = (l_i_3 + 64)  # mmx.r1:125
+S.xmm[$dst] = l_r_2 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2192
 """
 
-# PMADDWD_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:2406
+# PUNPCKLQDQ_XMM_XMMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:2183
 _T219 = """\
-b_unimplemented('PMADDWD_XMM_XMMRM', 'spec/sse.r1:2406')  # sse.r1:2406
+ea = $ea
+v_dst = S.xmm[$dst]  # sse.r1:2186
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
+    raise Fault(6, None)  # sse.r1:58
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
+    raise Fault(7, None)  # sse.r1:59
+if ((b_seg_base($seg) + ea) & 15):  # sse.r1:66
+    raise Fault(13, 0)  # sse.r1:66
+v_src = b_load($seg, ea, 128)  # sse.r1:2186
+m_a_0 = (v_dst & 0xffffffffffffffff)
+m_b_1 = (v_src & 0xffffffffffffffff)
+l_r_2 = 0  # mmx.r1:121
+l_i_3 = 0  # mmx.r1:122
+while (l_i_3 < 64):  # mmx.r1:123
+    l_r_2 = (l_r_2 | ((((m_a_0 >> l_i_3) & 18446744073709551615) << (2 * l_i_3)) | (((m_b_1 >> l_i_3) & 18446744073709551615) << ((2 * l_i_3) + 64))))  # mmx.r1:124
+    l_i_3 = (l_i_3 + 64)  # mmx.r1:125
+S.xmm[$dst] = l_r_2 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2192
 """
 
-# PCMPEQB_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:2416
+# PUNPCKHQDQ_XMM_XMMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:2194
 _T220 = """\
-b_unimplemented('PCMPEQB_XMM_XMMRM', 'spec/sse.r1:2416')  # sse.r1:2416
+v_dst = S.xmm[$dst]  # sse.r1:2197
+v_src = S.xmm[$src]  # sse.r1:2197
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
+    raise Fault(6, None)  # sse.r1:58
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
+    raise Fault(7, None)  # sse.r1:59
+m_a_0 = (v_dst >> 64 & 0xffffffffffffffff)
+m_b_1 = (v_src >> 64 & 0xffffffffffffffff)
+l_r_2 = 0  # mmx.r1:121
+l_i_3 = 0  # mmx.r1:122
+while (l_i_3 < 64):  # mmx.r1:123
+    l_r_2 = (l_r_2 | ((((m_a_0 >> l_i_3) & 18446744073709551615) << (2 * l_i_3)) | (((m_b_1 >> l_i_3) & 18446744073709551615) << ((2 * l_i_3) + 64))))  # mmx.r1:124
+    l_i_3 = (l_i_3 + 64)  # mmx.r1:125
+S.xmm[$dst] = l_r_2 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2203
 """
 
-# PCMPEQW_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:2426
+# PUNPCKHQDQ_XMM_XMMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:2194
 _T221 = """\
-b_unimplemented('PCMPEQW_XMM_XMMRM', 'spec/sse.r1:2426')  # sse.r1:2426
+ea = $ea
+v_dst = S.xmm[$dst]  # sse.r1:2197
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
+    raise Fault(6, None)  # sse.r1:58
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
+    raise Fault(7, None)  # sse.r1:59
+if ((b_seg_base($seg) + ea) & 15):  # sse.r1:66
+    raise Fault(13, 0)  # sse.r1:66
+v_src = b_load($seg, ea, 128)  # sse.r1:2197
+m_a_0 = (v_dst >> 64 & 0xffffffffffffffff)
+m_b_1 = (v_src >> 64 & 0xffffffffffffffff)
+l_r_2 = 0  # mmx.r1:121
+l_i_3 = 0  # mmx.r1:122
+while (l_i_3 < 64):  # mmx.r1:123
+    l_r_2 = (l_r_2 | ((((m_a_0 >> l_i_3) & 18446744073709551615) << (2 * l_i_3)) | (((m_b_1 >> l_i_3) & 18446744073709551615) << ((2 * l_i_3) + 64))))  # mmx.r1:124
+    l_i_3 = (l_i_3 + 64)  # mmx.r1:125
+S.xmm[$dst] = l_r_2 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2203
 """
 
-# PCMPEQD_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:2436
+# PUNPCKLBW_XMM_XMMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:2207
 _T222 = """\
-b_unimplemented('PCMPEQD_XMM_XMMRM', 'spec/sse.r1:2436')  # sse.r1:2436
+v_dst = S.xmm[$dst]  # sse.r1:2210
+v_src = S.xmm[$src]  # sse.r1:2210
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
+    raise Fault(6, None)  # sse.r1:58
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
+    raise Fault(7, None)  # sse.r1:59
+m_a_0 = (v_dst & 0xffffffffffffffff)
+m_b_1 = (v_src & 0xffffffffffffffff)
+l_r_2 = 0  # mmx.r1:121
+l_i_3 = 0  # mmx.r1:122
+while (l_i_3 < 64):  # mmx.r1:123
+    l_r_2 = (l_r_2 | ((((m_a_0 >> l_i_3) & 255) << (2 * l_i_3)) | (((m_b_1 >> l_i_3) & 255) << ((2 * l_i_3) + 8))))  # mmx.r1:124
+    l_i_3 = (l_i_3 + 8)  # mmx.r1:125
+S.xmm[$dst] = l_r_2 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2216
 """
 
-# PCMPGTB_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:2446
+# PUNPCKLBW_XMM_XMMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:2207
 _T223 = """\
-b_unimplemented('PCMPGTB_XMM_XMMRM', 'spec/sse.r1:2446')  # sse.r1:2446
+ea = $ea
+v_dst = S.xmm[$dst]  # sse.r1:2210
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
+    raise Fault(6, None)  # sse.r1:58
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
+    raise Fault(7, None)  # sse.r1:59
+if ((b_seg_base($seg) + ea) & 15):  # sse.r1:66
+    raise Fault(13, 0)  # sse.r1:66
+v_src = b_load($seg, ea, 128)  # sse.r1:2210
+m_a_0 = (v_dst & 0xffffffffffffffff)
+m_b_1 = (v_src & 0xffffffffffffffff)
+l_r_2 = 0  # mmx.r1:121
+l_i_3 = 0  # mmx.r1:122
+while (l_i_3 < 64):  # mmx.r1:123
+    l_r_2 = (l_r_2 | ((((m_a_0 >> l_i_3) & 255) << (2 * l_i_3)) | (((m_b_1 >> l_i_3) & 255) << ((2 * l_i_3) + 8))))  # mmx.r1:124
+    l_i_3 = (l_i_3 + 8)  # mmx.r1:125
+S.xmm[$dst] = l_r_2 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2216
 """
 
-# PCMPGTW_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:2456
+# PUNPCKLWD_XMM_XMMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:2218
 _T224 = """\
-b_unimplemented('PCMPGTW_XMM_XMMRM', 'spec/sse.r1:2456')  # sse.r1:2456
+v_dst = S.xmm[$dst]  # sse.r1:2221
+v_src = S.xmm[$src]  # sse.r1:2221
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
+    raise Fault(6, None)  # sse.r1:58
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
+    raise Fault(7, None)  # sse.r1:59
+m_a_0 = (v_dst & 0xffffffffffffffff)
+m_b_1 = (v_src & 0xffffffffffffffff)
+l_r_2 = 0  # mmx.r1:121
+l_i_3 = 0  # mmx.r1:122
+while (l_i_3 < 64):  # mmx.r1:123
+    l_r_2 = (l_r_2 | ((((m_a_0 >> l_i_3) & 65535) << (2 * l_i_3)) | (((m_b_1 >> l_i_3) & 65535) << ((2 * l_i_3) + 16))))  # mmx.r1:124
+    l_i_3 = (l_i_3 + 16)  # mmx.r1:125
+S.xmm[$dst] = l_r_2 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2227
 """
 
-# PCMPGTD_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:2466
+# PUNPCKLWD_XMM_XMMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:2218
 _T225 = """\
-b_unimplemented('PCMPGTD_XMM_XMMRM', 'spec/sse.r1:2466')  # sse.r1:2466
+ea = $ea
+v_dst = S.xmm[$dst]  # sse.r1:2221
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
+    raise Fault(6, None)  # sse.r1:58
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
+    raise Fault(7, None)  # sse.r1:59
+if ((b_seg_base($seg) + ea) & 15):  # sse.r1:66
+    raise Fault(13, 0)  # sse.r1:66
+v_src = b_load($seg, ea, 128)  # sse.r1:2221
+m_a_0 = (v_dst & 0xffffffffffffffff)
+m_b_1 = (v_src & 0xffffffffffffffff)
+l_r_2 = 0  # mmx.r1:121
+l_i_3 = 0  # mmx.r1:122
+while (l_i_3 < 64):  # mmx.r1:123
+    l_r_2 = (l_r_2 | ((((m_a_0 >> l_i_3) & 65535) << (2 * l_i_3)) | (((m_b_1 >> l_i_3) & 65535) << ((2 * l_i_3) + 16))))  # mmx.r1:124
+    l_i_3 = (l_i_3 + 16)  # mmx.r1:125
+S.xmm[$dst] = l_r_2 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2227
 """
 
-# PAND_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:2476
+# PUNPCKLDQ_XMM_XMMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:2229
 _T226 = """\
-b_unimplemented('PAND_XMM_XMMRM', 'spec/sse.r1:2476')  # sse.r1:2476
+v_dst = S.xmm[$dst]  # sse.r1:2232
+v_src = S.xmm[$src]  # sse.r1:2232
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
+    raise Fault(6, None)  # sse.r1:58
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
+    raise Fault(7, None)  # sse.r1:59
+m_a_0 = (v_dst & 0xffffffffffffffff)
+m_b_1 = (v_src & 0xffffffffffffffff)
+l_r_2 = 0  # mmx.r1:121
+l_i_3 = 0  # mmx.r1:122
+while (l_i_3 < 64):  # mmx.r1:123
+    l_r_2 = (l_r_2 | ((((m_a_0 >> l_i_3) & 4294967295) << (2 * l_i_3)) | (((m_b_1 >> l_i_3) & 4294967295) << ((2 * l_i_3) + 32))))  # mmx.r1:124
+    l_i_3 = (l_i_3 + 32)  # mmx.r1:125
+S.xmm[$dst] = l_r_2 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2238
 """
 
-# PANDN_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:2486
+# PUNPCKLDQ_XMM_XMMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:2229
 _T227 = """\
-b_unimplemented('PANDN_XMM_XMMRM', 'spec/sse.r1:2486')  # sse.r1:2486
+ea = $ea
+v_dst = S.xmm[$dst]  # sse.r1:2232
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
+    raise Fault(6, None)  # sse.r1:58
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
+    raise Fault(7, None)  # sse.r1:59
+if ((b_seg_base($seg) + ea) & 15):  # sse.r1:66
+    raise Fault(13, 0)  # sse.r1:66
+v_src = b_load($seg, ea, 128)  # sse.r1:2232
+m_a_0 = (v_dst & 0xffffffffffffffff)
+m_b_1 = (v_src & 0xffffffffffffffff)
+l_r_2 = 0  # mmx.r1:121
+l_i_3 = 0  # mmx.r1:122
+while (l_i_3 < 64):  # mmx.r1:123
+    l_r_2 = (l_r_2 | ((((m_a_0 >> l_i_3) & 4294967295) << (2 * l_i_3)) | (((m_b_1 >> l_i_3) & 4294967295) << ((2 * l_i_3) + 32))))  # mmx.r1:124
+    l_i_3 = (l_i_3 + 32)  # mmx.r1:125
+S.xmm[$dst] = l_r_2 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2238
 """
 
-# POR_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:2496
+# PUNPCKHBW_XMM_XMMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:2240
 _T228 = """\
-b_unimplemented('POR_XMM_XMMRM', 'spec/sse.r1:2496')  # sse.r1:2496
+v_dst = S.xmm[$dst]  # sse.r1:2243
+v_src = S.xmm[$src]  # sse.r1:2243
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
+    raise Fault(6, None)  # sse.r1:58
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
+    raise Fault(7, None)  # sse.r1:59
+m_a_0 = (v_dst >> 64 & 0xffffffffffffffff)
+m_b_1 = (v_src >> 64 & 0xffffffffffffffff)
+l_r_2 = 0  # mmx.r1:121
+l_i_3 = 0  # mmx.r1:122
+while (l_i_3 < 64):  # mmx.r1:123
+    l_r_2 = (l_r_2 | ((((m_a_0 >> l_i_3) & 255) << (2 * l_i_3)) | (((m_b_1 >> l_i_3) & 255) << ((2 * l_i_3) + 8))))  # mmx.r1:124
+    l_i_3 = (l_i_3 + 8)  # mmx.r1:125
+S.xmm[$dst] = l_r_2 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2249
 """
 
-# PXOR_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:2506
+# PUNPCKHBW_XMM_XMMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:2240
 _T229 = """\
-b_unimplemented('PXOR_XMM_XMMRM', 'spec/sse.r1:2506')  # sse.r1:2506
+ea = $ea
+v_dst = S.xmm[$dst]  # sse.r1:2243
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
+    raise Fault(6, None)  # sse.r1:58
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
+    raise Fault(7, None)  # sse.r1:59
+if ((b_seg_base($seg) + ea) & 15):  # sse.r1:66
+    raise Fault(13, 0)  # sse.r1:66
+v_src = b_load($seg, ea, 128)  # sse.r1:2243
+m_a_0 = (v_dst >> 64 & 0xffffffffffffffff)
+m_b_1 = (v_src >> 64 & 0xffffffffffffffff)
+l_r_2 = 0  # mmx.r1:121
+l_i_3 = 0  # mmx.r1:122
+while (l_i_3 < 64):  # mmx.r1:123
+    l_r_2 = (l_r_2 | ((((m_a_0 >> l_i_3) & 255) << (2 * l_i_3)) | (((m_b_1 >> l_i_3) & 255) << ((2 * l_i_3) + 8))))  # mmx.r1:124
+    l_i_3 = (l_i_3 + 8)  # mmx.r1:125
+S.xmm[$dst] = l_r_2 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2249
 """
 
-# PSLLW_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:2516
+# PUNPCKHWD_XMM_XMMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:2251
 _T230 = """\
-b_unimplemented('PSLLW_XMM_XMMRM', 'spec/sse.r1:2516')  # sse.r1:2516
+v_dst = S.xmm[$dst]  # sse.r1:2254
+v_src = S.xmm[$src]  # sse.r1:2254
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
+    raise Fault(6, None)  # sse.r1:58
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
+    raise Fault(7, None)  # sse.r1:59
+m_a_0 = (v_dst >> 64 & 0xffffffffffffffff)
+m_b_1 = (v_src >> 64 & 0xffffffffffffffff)
+l_r_2 = 0  # mmx.r1:121
+l_i_3 = 0  # mmx.r1:122
+while (l_i_3 < 64):  # mmx.r1:123
+    l_r_2 = (l_r_2 | ((((m_a_0 >> l_i_3) & 65535) << (2 * l_i_3)) | (((m_b_1 >> l_i_3) & 65535) << ((2 * l_i_3) + 16))))  # mmx.r1:124
+    l_i_3 = (l_i_3 + 16)  # mmx.r1:125
+S.xmm[$dst] = l_r_2 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2260
 """
 
-# PSLLD_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:2526
+# PUNPCKHWD_XMM_XMMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:2251
 _T231 = """\
-b_unimplemented('PSLLD_XMM_XMMRM', 'spec/sse.r1:2526')  # sse.r1:2526
+ea = $ea
+v_dst = S.xmm[$dst]  # sse.r1:2254
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
+    raise Fault(6, None)  # sse.r1:58
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
+    raise Fault(7, None)  # sse.r1:59
+if ((b_seg_base($seg) + ea) & 15):  # sse.r1:66
+    raise Fault(13, 0)  # sse.r1:66
+v_src = b_load($seg, ea, 128)  # sse.r1:2254
+m_a_0 = (v_dst >> 64 & 0xffffffffffffffff)
+m_b_1 = (v_src >> 64 & 0xffffffffffffffff)
+l_r_2 = 0  # mmx.r1:121
+l_i_3 = 0  # mmx.r1:122
+while (l_i_3 < 64):  # mmx.r1:123
+    l_r_2 = (l_r_2 | ((((m_a_0 >> l_i_3) & 65535) << (2 * l_i_3)) | (((m_b_1 >> l_i_3) & 65535) << ((2 * l_i_3) + 16))))  # mmx.r1:124
+    l_i_3 = (l_i_3 + 16)  # mmx.r1:125
+S.xmm[$dst] = l_r_2 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2260
 """
 
-# PSLLQ_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:2536
+# PUNPCKHDQ_XMM_XMMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:2262
 _T232 = """\
-b_unimplemented('PSLLQ_XMM_XMMRM', 'spec/sse.r1:2536')  # sse.r1:2536
+v_dst = S.xmm[$dst]  # sse.r1:2265
+v_src = S.xmm[$src]  # sse.r1:2265
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
+    raise Fault(6, None)  # sse.r1:58
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
+    raise Fault(7, None)  # sse.r1:59
+m_a_0 = (v_dst >> 64 & 0xffffffffffffffff)
+m_b_1 = (v_src >> 64 & 0xffffffffffffffff)
+l_r_2 = 0  # mmx.r1:121
+l_i_3 = 0  # mmx.r1:122
+while (l_i_3 < 64):  # mmx.r1:123
+    l_r_2 = (l_r_2 | ((((m_a_0 >> l_i_3) & 4294967295) << (2 * l_i_3)) | (((m_b_1 >> l_i_3) & 4294967295) << ((2 * l_i_3) + 32))))  # mmx.r1:124
+    l_i_3 = (l_i_3 + 32)  # mmx.r1:125
+S.xmm[$dst] = l_r_2 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2271
 """
 
-# PSRLW_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:2546
+# PUNPCKHDQ_XMM_XMMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:2262
 _T233 = """\
-b_unimplemented('PSRLW_XMM_XMMRM', 'spec/sse.r1:2546')  # sse.r1:2546
+ea = $ea
+v_dst = S.xmm[$dst]  # sse.r1:2265
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
+    raise Fault(6, None)  # sse.r1:58
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
+    raise Fault(7, None)  # sse.r1:59
+if ((b_seg_base($seg) + ea) & 15):  # sse.r1:66
+    raise Fault(13, 0)  # sse.r1:66
+v_src = b_load($seg, ea, 128)  # sse.r1:2265
+m_a_0 = (v_dst >> 64 & 0xffffffffffffffff)
+m_b_1 = (v_src >> 64 & 0xffffffffffffffff)
+l_r_2 = 0  # mmx.r1:121
+l_i_3 = 0  # mmx.r1:122
+while (l_i_3 < 64):  # mmx.r1:123
+    l_r_2 = (l_r_2 | ((((m_a_0 >> l_i_3) & 4294967295) << (2 * l_i_3)) | (((m_b_1 >> l_i_3) & 4294967295) << ((2 * l_i_3) + 32))))  # mmx.r1:124
+    l_i_3 = (l_i_3 + 32)  # mmx.r1:125
+S.xmm[$dst] = l_r_2 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2271
 """
 
-# PSRLD_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:2556
+# PACKSSWB_XMM_XMMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:2273
 _T234 = """\
-b_unimplemented('PSRLD_XMM_XMMRM', 'spec/sse.r1:2556')  # sse.r1:2556
+v_dst = S.xmm[$dst]  # sse.r1:2276
+v_src = S.xmm[$src]  # sse.r1:2276
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
+    raise Fault(6, None)  # sse.r1:58
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
+    raise Fault(7, None)  # sse.r1:59
+l_r_0 = 0  # mmx.r1:135
+l_i_1 = 0  # mmx.r1:136
+while (l_i_1 < 128):  # mmx.r1:137
+    l_x_2 = ((((v_dst >> l_i_1) & 65535) & 0xffff ^ 0x8000) - 0x8000)  # mmx.r1:138
+    l_y_3 = ((((v_src >> l_i_1) & 65535) & 0xffff ^ 0x8000) - 0x8000)  # mmx.r1:139
+    l_r_0 = (l_r_0 | ((128 if (l_x_2 < (-128)) else (127 if (l_x_2 > 127) else (l_x_2 & 255))) << (l_i_1 // 2)))  # mmx.r1:140
+    l_r_0 = (l_r_0 | ((128 if (l_y_3 < (-128)) else (127 if (l_y_3 > 127) else (l_y_3 & 255))) << ((128 + l_i_1) // 2)))  # mmx.r1:141
+    l_i_1 = (l_i_1 + 16)  # mmx.r1:142
+S.xmm[$dst] = l_r_0 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2282
 """
 
-# PSRLQ_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:2566
+# PACKSSWB_XMM_XMMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:2273
 _T235 = """\
-b_unimplemented('PSRLQ_XMM_XMMRM', 'spec/sse.r1:2566')  # sse.r1:2566
+ea = $ea
+v_dst = S.xmm[$dst]  # sse.r1:2276
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
+    raise Fault(6, None)  # sse.r1:58
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
+    raise Fault(7, None)  # sse.r1:59
+if ((b_seg_base($seg) + ea) & 15):  # sse.r1:66
+    raise Fault(13, 0)  # sse.r1:66
+v_src = b_load($seg, ea, 128)  # sse.r1:2276
+l_r_0 = 0  # mmx.r1:135
+l_i_1 = 0  # mmx.r1:136
+while (l_i_1 < 128):  # mmx.r1:137
+    l_x_2 = ((((v_dst >> l_i_1) & 65535) & 0xffff ^ 0x8000) - 0x8000)  # mmx.r1:138
+    l_y_3 = ((((v_src >> l_i_1) & 65535) & 0xffff ^ 0x8000) - 0x8000)  # mmx.r1:139
+    l_r_0 = (l_r_0 | ((128 if (l_x_2 < (-128)) else (127 if (l_x_2 > 127) else (l_x_2 & 255))) << (l_i_1 // 2)))  # mmx.r1:140
+    l_r_0 = (l_r_0 | ((128 if (l_y_3 < (-128)) else (127 if (l_y_3 > 127) else (l_y_3 & 255))) << ((128 + l_i_1) // 2)))  # mmx.r1:141
+    l_i_1 = (l_i_1 + 16)  # mmx.r1:142
+S.xmm[$dst] = l_r_0 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2282
 """
 
-# PSRAW_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:2576
+# PACKUSWB_XMM_XMMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:2284
 _T236 = """\
-b_unimplemented('PSRAW_XMM_XMMRM', 'spec/sse.r1:2576')  # sse.r1:2576
+v_dst = S.xmm[$dst]  # sse.r1:2287
+v_src = S.xmm[$src]  # sse.r1:2287
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
+    raise Fault(6, None)  # sse.r1:58
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
+    raise Fault(7, None)  # sse.r1:59
+l_r_0 = 0  # mmx.r1:135
+l_i_1 = 0  # mmx.r1:136
+while (l_i_1 < 128):  # mmx.r1:137
+    l_x_2 = ((((v_dst >> l_i_1) & 65535) & 0xffff ^ 0x8000) - 0x8000)  # mmx.r1:138
+    l_y_3 = ((((v_src >> l_i_1) & 65535) & 0xffff ^ 0x8000) - 0x8000)  # mmx.r1:139
+    l_r_0 = (l_r_0 | ((0 if (l_x_2 < 0) else (255 if (l_x_2 > 255) else l_x_2)) << (l_i_1 // 2)))  # mmx.r1:140
+    l_r_0 = (l_r_0 | ((0 if (l_y_3 < 0) else (255 if (l_y_3 > 255) else l_y_3)) << ((128 + l_i_1) // 2)))  # mmx.r1:141
+    l_i_1 = (l_i_1 + 16)  # mmx.r1:142
+S.xmm[$dst] = l_r_0 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2293
 """
 
-# PSRAD_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:2586
+# PACKUSWB_XMM_XMMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:2284
 _T237 = """\
-b_unimplemented('PSRAD_XMM_XMMRM', 'spec/sse.r1:2586')  # sse.r1:2586
+ea = $ea
+v_dst = S.xmm[$dst]  # sse.r1:2287
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
+    raise Fault(6, None)  # sse.r1:58
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
+    raise Fault(7, None)  # sse.r1:59
+if ((b_seg_base($seg) + ea) & 15):  # sse.r1:66
+    raise Fault(13, 0)  # sse.r1:66
+v_src = b_load($seg, ea, 128)  # sse.r1:2287
+l_r_0 = 0  # mmx.r1:135
+l_i_1 = 0  # mmx.r1:136
+while (l_i_1 < 128):  # mmx.r1:137
+    l_x_2 = ((((v_dst >> l_i_1) & 65535) & 0xffff ^ 0x8000) - 0x8000)  # mmx.r1:138
+    l_y_3 = ((((v_src >> l_i_1) & 65535) & 0xffff ^ 0x8000) - 0x8000)  # mmx.r1:139
+    l_r_0 = (l_r_0 | ((0 if (l_x_2 < 0) else (255 if (l_x_2 > 255) else l_x_2)) << (l_i_1 // 2)))  # mmx.r1:140
+    l_r_0 = (l_r_0 | ((0 if (l_y_3 < 0) else (255 if (l_y_3 > 255) else l_y_3)) << ((128 + l_i_1) // 2)))  # mmx.r1:141
+    l_i_1 = (l_i_1 + 16)  # mmx.r1:142
+S.xmm[$dst] = l_r_0 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2293
 """
 
-# PSLLW_XMM_IMM8 [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:2596
+# PACKSSDW_XMM_XMMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:2295
 _T238 = """\
-b_unimplemented('PSLLW_XMM_IMM8', 'spec/sse.r1:2596')  # sse.r1:2596
+v_dst = S.xmm[$dst]  # sse.r1:2298
+v_src = S.xmm[$src]  # sse.r1:2298
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
+    raise Fault(6, None)  # sse.r1:58
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
+    raise Fault(7, None)  # sse.r1:59
+l_r_0 = 0  # mmx.r1:135
+l_i_1 = 0  # mmx.r1:136
+while (l_i_1 < 128):  # mmx.r1:137
+    l_x_2 = ((((v_dst >> l_i_1) & 4294967295) & 0xffffffff ^ 0x80000000) - 0x80000000)  # mmx.r1:138
+    l_y_3 = ((((v_src >> l_i_1) & 4294967295) & 0xffffffff ^ 0x80000000) - 0x80000000)  # mmx.r1:139
+    l_r_0 = (l_r_0 | ((32768 if (l_x_2 < (-32768)) else (32767 if (l_x_2 > 32767) else (l_x_2 & 65535))) << (l_i_1 // 2)))  # mmx.r1:140
+    l_r_0 = (l_r_0 | ((32768 if (l_y_3 < (-32768)) else (32767 if (l_y_3 > 32767) else (l_y_3 & 65535))) << ((128 + l_i_1) // 2)))  # mmx.r1:141
+    l_i_1 = (l_i_1 + 32)  # mmx.r1:142
+S.xmm[$dst] = l_r_0 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2304
 """
 
-# PSLLD_XMM_IMM8 [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:2606
+# PACKSSDW_XMM_XMMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:2295
 _T239 = """\
-b_unimplemented('PSLLD_XMM_IMM8', 'spec/sse.r1:2606')  # sse.r1:2606
+ea = $ea
+v_dst = S.xmm[$dst]  # sse.r1:2298
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
+    raise Fault(6, None)  # sse.r1:58
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
+    raise Fault(7, None)  # sse.r1:59
+if ((b_seg_base($seg) + ea) & 15):  # sse.r1:66
+    raise Fault(13, 0)  # sse.r1:66
+v_src = b_load($seg, ea, 128)  # sse.r1:2298
+l_r_0 = 0  # mmx.r1:135
+l_i_1 = 0  # mmx.r1:136
+while (l_i_1 < 128):  # mmx.r1:137
+    l_x_2 = ((((v_dst >> l_i_1) & 4294967295) & 0xffffffff ^ 0x80000000) - 0x80000000)  # mmx.r1:138
+    l_y_3 = ((((v_src >> l_i_1) & 4294967295) & 0xffffffff ^ 0x80000000) - 0x80000000)  # mmx.r1:139
+    l_r_0 = (l_r_0 | ((32768 if (l_x_2 < (-32768)) else (32767 if (l_x_2 > 32767) else (l_x_2 & 65535))) << (l_i_1 // 2)))  # mmx.r1:140
+    l_r_0 = (l_r_0 | ((32768 if (l_y_3 < (-32768)) else (32767 if (l_y_3 > 32767) else (l_y_3 & 65535))) << ((128 + l_i_1) // 2)))  # mmx.r1:141
+    l_i_1 = (l_i_1 + 32)  # mmx.r1:142
+S.xmm[$dst] = l_r_0 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2304
 """
 
-# PSLLQ_XMM_IMM8 [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:2616
+# PADDB_XMM_XMMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:2306
 _T240 = """\
-b_unimplemented('PSLLQ_XMM_IMM8', 'spec/sse.r1:2616')  # sse.r1:2616
+v_dst = S.xmm[$dst]  # sse.r1:2309
+v_src = S.xmm[$src]  # sse.r1:2309
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
+    raise Fault(6, None)  # sse.r1:58
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
+    raise Fault(7, None)  # sse.r1:59
+l_r_0 = 0  # mmx.r1:92
+l_i_1 = 0  # mmx.r1:93
+while (l_i_1 < 128):  # mmx.r1:94
+    a_x_2 = ((v_dst >> l_i_1) & 255)
+    a_y_3 = ((v_src >> l_i_1) & 255)
+    l_r_0 = (l_r_0 | (((a_x_2 + a_y_3) & 255) << l_i_1))  # mmx.r1:95
+    l_i_1 = (l_i_1 + 8)  # mmx.r1:96
+S.xmm[$dst] = l_r_0 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2315
 """
 
-# PSRLW_XMM_IMM8 [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:2626
+# PADDB_XMM_XMMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:2306
 _T241 = """\
-b_unimplemented('PSRLW_XMM_IMM8', 'spec/sse.r1:2626')  # sse.r1:2626
+ea = $ea
+v_dst = S.xmm[$dst]  # sse.r1:2309
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
+    raise Fault(6, None)  # sse.r1:58
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
+    raise Fault(7, None)  # sse.r1:59
+if ((b_seg_base($seg) + ea) & 15):  # sse.r1:66
+    raise Fault(13, 0)  # sse.r1:66
+v_src = b_load($seg, ea, 128)  # sse.r1:2309
+l_r_0 = 0  # mmx.r1:92
+l_i_1 = 0  # mmx.r1:93
+while (l_i_1 < 128):  # mmx.r1:94
+    a_x_2 = ((v_dst >> l_i_1) & 255)
+    a_y_3 = ((v_src >> l_i_1) & 255)
+    l_r_0 = (l_r_0 | (((a_x_2 + a_y_3) & 255) << l_i_1))  # mmx.r1:95
+    l_i_1 = (l_i_1 + 8)  # mmx.r1:96
+S.xmm[$dst] = l_r_0 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2315
 """
 
-# PSRLD_XMM_IMM8 [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:2636
+# PADDW_XMM_XMMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:2317
 _T242 = """\
-b_unimplemented('PSRLD_XMM_IMM8', 'spec/sse.r1:2636')  # sse.r1:2636
+v_dst = S.xmm[$dst]  # sse.r1:2320
+v_src = S.xmm[$src]  # sse.r1:2320
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
+    raise Fault(6, None)  # sse.r1:58
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
+    raise Fault(7, None)  # sse.r1:59
+l_r_0 = 0  # mmx.r1:92
+l_i_1 = 0  # mmx.r1:93
+while (l_i_1 < 128):  # mmx.r1:94
+    a_x_2 = ((v_dst >> l_i_1) & 65535)
+    a_y_3 = ((v_src >> l_i_1) & 65535)
+    l_r_0 = (l_r_0 | (((a_x_2 + a_y_3) & 65535) << l_i_1))  # mmx.r1:95
+    l_i_1 = (l_i_1 + 16)  # mmx.r1:96
+S.xmm[$dst] = l_r_0 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2326
 """
 
-# PSRLQ_XMM_IMM8 [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:2646
+# PADDW_XMM_XMMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:2317
 _T243 = """\
-b_unimplemented('PSRLQ_XMM_IMM8', 'spec/sse.r1:2646')  # sse.r1:2646
+ea = $ea
+v_dst = S.xmm[$dst]  # sse.r1:2320
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
+    raise Fault(6, None)  # sse.r1:58
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
+    raise Fault(7, None)  # sse.r1:59
+if ((b_seg_base($seg) + ea) & 15):  # sse.r1:66
+    raise Fault(13, 0)  # sse.r1:66
+v_src = b_load($seg, ea, 128)  # sse.r1:2320
+l_r_0 = 0  # mmx.r1:92
+l_i_1 = 0  # mmx.r1:93
+while (l_i_1 < 128):  # mmx.r1:94
+    a_x_2 = ((v_dst >> l_i_1) & 65535)
+    a_y_3 = ((v_src >> l_i_1) & 65535)
+    l_r_0 = (l_r_0 | (((a_x_2 + a_y_3) & 65535) << l_i_1))  # mmx.r1:95
+    l_i_1 = (l_i_1 + 16)  # mmx.r1:96
+S.xmm[$dst] = l_r_0 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2326
 """
 
-# PSRAW_XMM_IMM8 [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:2656
+# PADDD_XMM_XMMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:2328
 _T244 = """\
-b_unimplemented('PSRAW_XMM_IMM8', 'spec/sse.r1:2656')  # sse.r1:2656
+v_dst = S.xmm[$dst]  # sse.r1:2331
+v_src = S.xmm[$src]  # sse.r1:2331
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
+    raise Fault(6, None)  # sse.r1:58
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
+    raise Fault(7, None)  # sse.r1:59
+l_r_0 = 0  # mmx.r1:92
+l_i_1 = 0  # mmx.r1:93
+while (l_i_1 < 128):  # mmx.r1:94
+    a_x_2 = ((v_dst >> l_i_1) & 4294967295)
+    a_y_3 = ((v_src >> l_i_1) & 4294967295)
+    l_r_0 = (l_r_0 | (((a_x_2 + a_y_3) & 4294967295) << l_i_1))  # mmx.r1:95
+    l_i_1 = (l_i_1 + 32)  # mmx.r1:96
+S.xmm[$dst] = l_r_0 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2337
 """
 
-# PSRAD_XMM_IMM8 [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:2666
+# PADDD_XMM_XMMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:2328
 _T245 = """\
-b_unimplemented('PSRAD_XMM_IMM8', 'spec/sse.r1:2666')  # sse.r1:2666
+ea = $ea
+v_dst = S.xmm[$dst]  # sse.r1:2331
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
+    raise Fault(6, None)  # sse.r1:58
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
+    raise Fault(7, None)  # sse.r1:59
+if ((b_seg_base($seg) + ea) & 15):  # sse.r1:66
+    raise Fault(13, 0)  # sse.r1:66
+v_src = b_load($seg, ea, 128)  # sse.r1:2331
+l_r_0 = 0  # mmx.r1:92
+l_i_1 = 0  # mmx.r1:93
+while (l_i_1 < 128):  # mmx.r1:94
+    a_x_2 = ((v_dst >> l_i_1) & 4294967295)
+    a_y_3 = ((v_src >> l_i_1) & 4294967295)
+    l_r_0 = (l_r_0 | (((a_x_2 + a_y_3) & 4294967295) << l_i_1))  # mmx.r1:95
+    l_i_1 = (l_i_1 + 32)  # mmx.r1:96
+S.xmm[$dst] = l_r_0 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2337
 """
 
-# PAVGB_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:2678
+# PADDSB_XMM_XMMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:2339
 _T246 = """\
-b_unimplemented('PAVGB_XMM_XMMRM', 'spec/sse.r1:2678')  # sse.r1:2678
+v_dst = S.xmm[$dst]  # sse.r1:2342
+v_src = S.xmm[$src]  # sse.r1:2342
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
+    raise Fault(6, None)  # sse.r1:58
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
+    raise Fault(7, None)  # sse.r1:59
+l_r_0 = 0  # mmx.r1:92
+l_i_1 = 0  # mmx.r1:93
+while (l_i_1 < 128):  # mmx.r1:94
+    a_x_2 = ((v_dst >> l_i_1) & 255)
+    a_y_3 = ((v_src >> l_i_1) & 255)
+    a_v_4 = (((a_x_2 & 0xff ^ 0x80) - 0x80) + ((a_y_3 & 0xff ^ 0x80) - 0x80))
+    l_r_0 = (l_r_0 | (((128 if (a_v_4 < (-128)) else (127 if (a_v_4 > 127) else (a_v_4 & 255))) & 255) << l_i_1))  # mmx.r1:95
+    l_i_1 = (l_i_1 + 8)  # mmx.r1:96
+S.xmm[$dst] = l_r_0 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2348
 """
 
-# PAVGW_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:2688
+# PADDSB_XMM_XMMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:2339
 _T247 = """\
-b_unimplemented('PAVGW_XMM_XMMRM', 'spec/sse.r1:2688')  # sse.r1:2688
+ea = $ea
+v_dst = S.xmm[$dst]  # sse.r1:2342
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
+    raise Fault(6, None)  # sse.r1:58
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
+    raise Fault(7, None)  # sse.r1:59
+if ((b_seg_base($seg) + ea) & 15):  # sse.r1:66
+    raise Fault(13, 0)  # sse.r1:66
+v_src = b_load($seg, ea, 128)  # sse.r1:2342
+l_r_0 = 0  # mmx.r1:92
+l_i_1 = 0  # mmx.r1:93
+while (l_i_1 < 128):  # mmx.r1:94
+    a_x_2 = ((v_dst >> l_i_1) & 255)
+    a_y_3 = ((v_src >> l_i_1) & 255)
+    a_v_4 = (((a_x_2 & 0xff ^ 0x80) - 0x80) + ((a_y_3 & 0xff ^ 0x80) - 0x80))
+    l_r_0 = (l_r_0 | (((128 if (a_v_4 < (-128)) else (127 if (a_v_4 > 127) else (a_v_4 & 255))) & 255) << l_i_1))  # mmx.r1:95
+    l_i_1 = (l_i_1 + 8)  # mmx.r1:96
+S.xmm[$dst] = l_r_0 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2348
 """
 
-# PMAXSW_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:2698
+# PADDSW_XMM_XMMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:2350
 _T248 = """\
-b_unimplemented('PMAXSW_XMM_XMMRM', 'spec/sse.r1:2698')  # sse.r1:2698
+v_dst = S.xmm[$dst]  # sse.r1:2353
+v_src = S.xmm[$src]  # sse.r1:2353
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
+    raise Fault(6, None)  # sse.r1:58
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
+    raise Fault(7, None)  # sse.r1:59
+l_r_0 = 0  # mmx.r1:92
+l_i_1 = 0  # mmx.r1:93
+while (l_i_1 < 128):  # mmx.r1:94
+    a_x_2 = ((v_dst >> l_i_1) & 65535)
+    a_y_3 = ((v_src >> l_i_1) & 65535)
+    a_v_4 = (((a_x_2 & 0xffff ^ 0x8000) - 0x8000) + ((a_y_3 & 0xffff ^ 0x8000) - 0x8000))
+    l_r_0 = (l_r_0 | (((32768 if (a_v_4 < (-32768)) else (32767 if (a_v_4 > 32767) else (a_v_4 & 65535))) & 65535) << l_i_1))  # mmx.r1:95
+    l_i_1 = (l_i_1 + 16)  # mmx.r1:96
+S.xmm[$dst] = l_r_0 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2359
 """
 
-# PMAXUB_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:2708
+# PADDSW_XMM_XMMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:2350
 _T249 = """\
-b_unimplemented('PMAXUB_XMM_XMMRM', 'spec/sse.r1:2708')  # sse.r1:2708
+ea = $ea
+v_dst = S.xmm[$dst]  # sse.r1:2353
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
+    raise Fault(6, None)  # sse.r1:58
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
+    raise Fault(7, None)  # sse.r1:59
+if ((b_seg_base($seg) + ea) & 15):  # sse.r1:66
+    raise Fault(13, 0)  # sse.r1:66
+v_src = b_load($seg, ea, 128)  # sse.r1:2353
+l_r_0 = 0  # mmx.r1:92
+l_i_1 = 0  # mmx.r1:93
+while (l_i_1 < 128):  # mmx.r1:94
+    a_x_2 = ((v_dst >> l_i_1) & 65535)
+    a_y_3 = ((v_src >> l_i_1) & 65535)
+    a_v_4 = (((a_x_2 & 0xffff ^ 0x8000) - 0x8000) + ((a_y_3 & 0xffff ^ 0x8000) - 0x8000))
+    l_r_0 = (l_r_0 | (((32768 if (a_v_4 < (-32768)) else (32767 if (a_v_4 > 32767) else (a_v_4 & 65535))) & 65535) << l_i_1))  # mmx.r1:95
+    l_i_1 = (l_i_1 + 16)  # mmx.r1:96
+S.xmm[$dst] = l_r_0 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2359
 """
 
-# PMINSW_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:2718
+# PADDUSB_XMM_XMMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:2361
 _T250 = """\
-b_unimplemented('PMINSW_XMM_XMMRM', 'spec/sse.r1:2718')  # sse.r1:2718
+v_dst = S.xmm[$dst]  # sse.r1:2364
+v_src = S.xmm[$src]  # sse.r1:2364
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
+    raise Fault(6, None)  # sse.r1:58
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
+    raise Fault(7, None)  # sse.r1:59
+l_r_0 = 0  # mmx.r1:92
+l_i_1 = 0  # mmx.r1:93
+while (l_i_1 < 128):  # mmx.r1:94
+    a_x_2 = ((v_dst >> l_i_1) & 255)
+    a_y_3 = ((v_src >> l_i_1) & 255)
+    a_v_4 = (a_x_2 + a_y_3)
+    l_r_0 = (l_r_0 | (((0 if (a_v_4 < 0) else (255 if (a_v_4 > 255) else a_v_4)) & 255) << l_i_1))  # mmx.r1:95
+    l_i_1 = (l_i_1 + 8)  # mmx.r1:96
+S.xmm[$dst] = l_r_0 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2370
 """
 
-# PMINUB_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:2728
+# PADDUSB_XMM_XMMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:2361
 _T251 = """\
-b_unimplemented('PMINUB_XMM_XMMRM', 'spec/sse.r1:2728')  # sse.r1:2728
+ea = $ea
+v_dst = S.xmm[$dst]  # sse.r1:2364
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
+    raise Fault(6, None)  # sse.r1:58
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
+    raise Fault(7, None)  # sse.r1:59
+if ((b_seg_base($seg) + ea) & 15):  # sse.r1:66
+    raise Fault(13, 0)  # sse.r1:66
+v_src = b_load($seg, ea, 128)  # sse.r1:2364
+l_r_0 = 0  # mmx.r1:92
+l_i_1 = 0  # mmx.r1:93
+while (l_i_1 < 128):  # mmx.r1:94
+    a_x_2 = ((v_dst >> l_i_1) & 255)
+    a_y_3 = ((v_src >> l_i_1) & 255)
+    a_v_4 = (a_x_2 + a_y_3)
+    l_r_0 = (l_r_0 | (((0 if (a_v_4 < 0) else (255 if (a_v_4 > 255) else a_v_4)) & 255) << l_i_1))  # mmx.r1:95
+    l_i_1 = (l_i_1 + 8)  # mmx.r1:96
+S.xmm[$dst] = l_r_0 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2370
 """
 
-# PMULHUW_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:2738
+# PADDUSW_XMM_XMMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:2372
 _T252 = """\
-b_unimplemented('PMULHUW_XMM_XMMRM', 'spec/sse.r1:2738')  # sse.r1:2738
+v_dst = S.xmm[$dst]  # sse.r1:2375
+v_src = S.xmm[$src]  # sse.r1:2375
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
+    raise Fault(6, None)  # sse.r1:58
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
+    raise Fault(7, None)  # sse.r1:59
+l_r_0 = 0  # mmx.r1:92
+l_i_1 = 0  # mmx.r1:93
+while (l_i_1 < 128):  # mmx.r1:94
+    a_x_2 = ((v_dst >> l_i_1) & 65535)
+    a_y_3 = ((v_src >> l_i_1) & 65535)
+    a_v_4 = (a_x_2 + a_y_3)
+    l_r_0 = (l_r_0 | (((0 if (a_v_4 < 0) else (65535 if (a_v_4 > 65535) else a_v_4)) & 65535) << l_i_1))  # mmx.r1:95
+    l_i_1 = (l_i_1 + 16)  # mmx.r1:96
+S.xmm[$dst] = l_r_0 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2381
 """
 
-# PSADBW_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:2748
+# PADDUSW_XMM_XMMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:2372
 _T253 = """\
-b_unimplemented('PSADBW_XMM_XMMRM', 'spec/sse.r1:2748')  # sse.r1:2748
+ea = $ea
+v_dst = S.xmm[$dst]  # sse.r1:2375
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
+    raise Fault(6, None)  # sse.r1:58
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
+    raise Fault(7, None)  # sse.r1:59
+if ((b_seg_base($seg) + ea) & 15):  # sse.r1:66
+    raise Fault(13, 0)  # sse.r1:66
+v_src = b_load($seg, ea, 128)  # sse.r1:2375
+l_r_0 = 0  # mmx.r1:92
+l_i_1 = 0  # mmx.r1:93
+while (l_i_1 < 128):  # mmx.r1:94
+    a_x_2 = ((v_dst >> l_i_1) & 65535)
+    a_y_3 = ((v_src >> l_i_1) & 65535)
+    a_v_4 = (a_x_2 + a_y_3)
+    l_r_0 = (l_r_0 | (((0 if (a_v_4 < 0) else (65535 if (a_v_4 > 65535) else a_v_4)) & 65535) << l_i_1))  # mmx.r1:95
+    l_i_1 = (l_i_1 + 16)  # mmx.r1:96
+S.xmm[$dst] = l_r_0 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2381
 """
 
-# PEXTRW_R32_XMM_IMM8 [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:2758
+# PSUBB_XMM_XMMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:2383
 _T254 = """\
-b_unimplemented('PEXTRW_R32_XMM_IMM8', 'spec/sse.r1:2758')  # sse.r1:2758
+v_dst = S.xmm[$dst]  # sse.r1:2386
+v_src = S.xmm[$src]  # sse.r1:2386
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
+    raise Fault(6, None)  # sse.r1:58
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
+    raise Fault(7, None)  # sse.r1:59
+l_r_0 = 0  # mmx.r1:92
+l_i_1 = 0  # mmx.r1:93
+while (l_i_1 < 128):  # mmx.r1:94
+    a_x_2 = ((v_dst >> l_i_1) & 255)
+    a_y_3 = ((v_src >> l_i_1) & 255)
+    l_r_0 = (l_r_0 | (((a_x_2 - a_y_3) & 255) << l_i_1))  # mmx.r1:95
+    l_i_1 = (l_i_1 + 8)  # mmx.r1:96
+S.xmm[$dst] = l_r_0 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2392
 """
 
-# PINSRW_XMM_R32_IMM8 [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:2768
+# PSUBB_XMM_XMMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:2383
 _T255 = """\
-b_unimplemented('PINSRW_XMM_R32_IMM8', 'spec/sse.r1:2768')  # sse.r1:2768
+ea = $ea
+v_dst = S.xmm[$dst]  # sse.r1:2386
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
+    raise Fault(6, None)  # sse.r1:58
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
+    raise Fault(7, None)  # sse.r1:59
+if ((b_seg_base($seg) + ea) & 15):  # sse.r1:66
+    raise Fault(13, 0)  # sse.r1:66
+v_src = b_load($seg, ea, 128)  # sse.r1:2386
+l_r_0 = 0  # mmx.r1:92
+l_i_1 = 0  # mmx.r1:93
+while (l_i_1 < 128):  # mmx.r1:94
+    a_x_2 = ((v_dst >> l_i_1) & 255)
+    a_y_3 = ((v_src >> l_i_1) & 255)
+    l_r_0 = (l_r_0 | (((a_x_2 - a_y_3) & 255) << l_i_1))  # mmx.r1:95
+    l_i_1 = (l_i_1 + 8)  # mmx.r1:96
+S.xmm[$dst] = l_r_0 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2392
 """
 
-# PINSRW_XMM_M16_IMM8 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:2778
+# PSUBW_XMM_XMMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:2394
 _T256 = """\
-b_unimplemented('PINSRW_XMM_M16_IMM8', 'spec/sse.r1:2778')  # sse.r1:2778
+v_dst = S.xmm[$dst]  # sse.r1:2397
+v_src = S.xmm[$src]  # sse.r1:2397
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
+    raise Fault(6, None)  # sse.r1:58
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
+    raise Fault(7, None)  # sse.r1:59
+l_r_0 = 0  # mmx.r1:92
+l_i_1 = 0  # mmx.r1:93
+while (l_i_1 < 128):  # mmx.r1:94
+    a_x_2 = ((v_dst >> l_i_1) & 65535)
+    a_y_3 = ((v_src >> l_i_1) & 65535)
+    l_r_0 = (l_r_0 | (((a_x_2 - a_y_3) & 65535) << l_i_1))  # mmx.r1:95
+    l_i_1 = (l_i_1 + 16)  # mmx.r1:96
+S.xmm[$dst] = l_r_0 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2403
 """
 
-# PMOVMSKB_R32_XMM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:2788
+# PSUBW_XMM_XMMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:2394
 _T257 = """\
-b_unimplemented('PMOVMSKB_R32_XMM', 'spec/sse.r1:2788')  # sse.r1:2788
+ea = $ea
+v_dst = S.xmm[$dst]  # sse.r1:2397
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
+    raise Fault(6, None)  # sse.r1:58
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
+    raise Fault(7, None)  # sse.r1:59
+if ((b_seg_base($seg) + ea) & 15):  # sse.r1:66
+    raise Fault(13, 0)  # sse.r1:66
+v_src = b_load($seg, ea, 128)  # sse.r1:2397
+l_r_0 = 0  # mmx.r1:92
+l_i_1 = 0  # mmx.r1:93
+while (l_i_1 < 128):  # mmx.r1:94
+    a_x_2 = ((v_dst >> l_i_1) & 65535)
+    a_y_3 = ((v_src >> l_i_1) & 65535)
+    l_r_0 = (l_r_0 | (((a_x_2 - a_y_3) & 65535) << l_i_1))  # mmx.r1:95
+    l_i_1 = (l_i_1 + 16)  # mmx.r1:96
+S.xmm[$dst] = l_r_0 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2403
+"""
+
+# PSUBD_XMM_XMMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:2405
+_T258 = """\
+v_dst = S.xmm[$dst]  # sse.r1:2408
+v_src = S.xmm[$src]  # sse.r1:2408
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
+    raise Fault(6, None)  # sse.r1:58
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
+    raise Fault(7, None)  # sse.r1:59
+l_r_0 = 0  # mmx.r1:92
+l_i_1 = 0  # mmx.r1:93
+while (l_i_1 < 128):  # mmx.r1:94
+    a_x_2 = ((v_dst >> l_i_1) & 4294967295)
+    a_y_3 = ((v_src >> l_i_1) & 4294967295)
+    l_r_0 = (l_r_0 | (((a_x_2 - a_y_3) & 4294967295) << l_i_1))  # mmx.r1:95
+    l_i_1 = (l_i_1 + 32)  # mmx.r1:96
+S.xmm[$dst] = l_r_0 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2414
+"""
+
+# PSUBD_XMM_XMMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:2405
+_T259 = """\
+ea = $ea
+v_dst = S.xmm[$dst]  # sse.r1:2408
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
+    raise Fault(6, None)  # sse.r1:58
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
+    raise Fault(7, None)  # sse.r1:59
+if ((b_seg_base($seg) + ea) & 15):  # sse.r1:66
+    raise Fault(13, 0)  # sse.r1:66
+v_src = b_load($seg, ea, 128)  # sse.r1:2408
+l_r_0 = 0  # mmx.r1:92
+l_i_1 = 0  # mmx.r1:93
+while (l_i_1 < 128):  # mmx.r1:94
+    a_x_2 = ((v_dst >> l_i_1) & 4294967295)
+    a_y_3 = ((v_src >> l_i_1) & 4294967295)
+    l_r_0 = (l_r_0 | (((a_x_2 - a_y_3) & 4294967295) << l_i_1))  # mmx.r1:95
+    l_i_1 = (l_i_1 + 32)  # mmx.r1:96
+S.xmm[$dst] = l_r_0 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2414
+"""
+
+# PSUBSB_XMM_XMMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:2416
+_T260 = """\
+v_dst = S.xmm[$dst]  # sse.r1:2419
+v_src = S.xmm[$src]  # sse.r1:2419
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
+    raise Fault(6, None)  # sse.r1:58
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
+    raise Fault(7, None)  # sse.r1:59
+l_r_0 = 0  # mmx.r1:92
+l_i_1 = 0  # mmx.r1:93
+while (l_i_1 < 128):  # mmx.r1:94
+    a_x_2 = ((v_dst >> l_i_1) & 255)
+    a_y_3 = ((v_src >> l_i_1) & 255)
+    a_v_4 = (((a_x_2 & 0xff ^ 0x80) - 0x80) - ((a_y_3 & 0xff ^ 0x80) - 0x80))
+    l_r_0 = (l_r_0 | (((128 if (a_v_4 < (-128)) else (127 if (a_v_4 > 127) else (a_v_4 & 255))) & 255) << l_i_1))  # mmx.r1:95
+    l_i_1 = (l_i_1 + 8)  # mmx.r1:96
+S.xmm[$dst] = l_r_0 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2425
+"""
+
+# PSUBSB_XMM_XMMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:2416
+_T261 = """\
+ea = $ea
+v_dst = S.xmm[$dst]  # sse.r1:2419
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
+    raise Fault(6, None)  # sse.r1:58
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
+    raise Fault(7, None)  # sse.r1:59
+if ((b_seg_base($seg) + ea) & 15):  # sse.r1:66
+    raise Fault(13, 0)  # sse.r1:66
+v_src = b_load($seg, ea, 128)  # sse.r1:2419
+l_r_0 = 0  # mmx.r1:92
+l_i_1 = 0  # mmx.r1:93
+while (l_i_1 < 128):  # mmx.r1:94
+    a_x_2 = ((v_dst >> l_i_1) & 255)
+    a_y_3 = ((v_src >> l_i_1) & 255)
+    a_v_4 = (((a_x_2 & 0xff ^ 0x80) - 0x80) - ((a_y_3 & 0xff ^ 0x80) - 0x80))
+    l_r_0 = (l_r_0 | (((128 if (a_v_4 < (-128)) else (127 if (a_v_4 > 127) else (a_v_4 & 255))) & 255) << l_i_1))  # mmx.r1:95
+    l_i_1 = (l_i_1 + 8)  # mmx.r1:96
+S.xmm[$dst] = l_r_0 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2425
+"""
+
+# PSUBSW_XMM_XMMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:2427
+_T262 = """\
+v_dst = S.xmm[$dst]  # sse.r1:2430
+v_src = S.xmm[$src]  # sse.r1:2430
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
+    raise Fault(6, None)  # sse.r1:58
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
+    raise Fault(7, None)  # sse.r1:59
+l_r_0 = 0  # mmx.r1:92
+l_i_1 = 0  # mmx.r1:93
+while (l_i_1 < 128):  # mmx.r1:94
+    a_x_2 = ((v_dst >> l_i_1) & 65535)
+    a_y_3 = ((v_src >> l_i_1) & 65535)
+    a_v_4 = (((a_x_2 & 0xffff ^ 0x8000) - 0x8000) - ((a_y_3 & 0xffff ^ 0x8000) - 0x8000))
+    l_r_0 = (l_r_0 | (((32768 if (a_v_4 < (-32768)) else (32767 if (a_v_4 > 32767) else (a_v_4 & 65535))) & 65535) << l_i_1))  # mmx.r1:95
+    l_i_1 = (l_i_1 + 16)  # mmx.r1:96
+S.xmm[$dst] = l_r_0 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2436
+"""
+
+# PSUBSW_XMM_XMMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:2427
+_T263 = """\
+ea = $ea
+v_dst = S.xmm[$dst]  # sse.r1:2430
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
+    raise Fault(6, None)  # sse.r1:58
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
+    raise Fault(7, None)  # sse.r1:59
+if ((b_seg_base($seg) + ea) & 15):  # sse.r1:66
+    raise Fault(13, 0)  # sse.r1:66
+v_src = b_load($seg, ea, 128)  # sse.r1:2430
+l_r_0 = 0  # mmx.r1:92
+l_i_1 = 0  # mmx.r1:93
+while (l_i_1 < 128):  # mmx.r1:94
+    a_x_2 = ((v_dst >> l_i_1) & 65535)
+    a_y_3 = ((v_src >> l_i_1) & 65535)
+    a_v_4 = (((a_x_2 & 0xffff ^ 0x8000) - 0x8000) - ((a_y_3 & 0xffff ^ 0x8000) - 0x8000))
+    l_r_0 = (l_r_0 | (((32768 if (a_v_4 < (-32768)) else (32767 if (a_v_4 > 32767) else (a_v_4 & 65535))) & 65535) << l_i_1))  # mmx.r1:95
+    l_i_1 = (l_i_1 + 16)  # mmx.r1:96
+S.xmm[$dst] = l_r_0 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2436
+"""
+
+# PSUBUSB_XMM_XMMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:2438
+_T264 = """\
+v_dst = S.xmm[$dst]  # sse.r1:2441
+v_src = S.xmm[$src]  # sse.r1:2441
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
+    raise Fault(6, None)  # sse.r1:58
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
+    raise Fault(7, None)  # sse.r1:59
+l_r_0 = 0  # mmx.r1:92
+l_i_1 = 0  # mmx.r1:93
+while (l_i_1 < 128):  # mmx.r1:94
+    a_x_2 = ((v_dst >> l_i_1) & 255)
+    a_y_3 = ((v_src >> l_i_1) & 255)
+    a_v_4 = (a_x_2 - a_y_3)
+    l_r_0 = (l_r_0 | (((0 if (a_v_4 < 0) else (255 if (a_v_4 > 255) else a_v_4)) & 255) << l_i_1))  # mmx.r1:95
+    l_i_1 = (l_i_1 + 8)  # mmx.r1:96
+S.xmm[$dst] = l_r_0 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2447
+"""
+
+# PSUBUSB_XMM_XMMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:2438
+_T265 = """\
+ea = $ea
+v_dst = S.xmm[$dst]  # sse.r1:2441
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
+    raise Fault(6, None)  # sse.r1:58
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
+    raise Fault(7, None)  # sse.r1:59
+if ((b_seg_base($seg) + ea) & 15):  # sse.r1:66
+    raise Fault(13, 0)  # sse.r1:66
+v_src = b_load($seg, ea, 128)  # sse.r1:2441
+l_r_0 = 0  # mmx.r1:92
+l_i_1 = 0  # mmx.r1:93
+while (l_i_1 < 128):  # mmx.r1:94
+    a_x_2 = ((v_dst >> l_i_1) & 255)
+    a_y_3 = ((v_src >> l_i_1) & 255)
+    a_v_4 = (a_x_2 - a_y_3)
+    l_r_0 = (l_r_0 | (((0 if (a_v_4 < 0) else (255 if (a_v_4 > 255) else a_v_4)) & 255) << l_i_1))  # mmx.r1:95
+    l_i_1 = (l_i_1 + 8)  # mmx.r1:96
+S.xmm[$dst] = l_r_0 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2447
+"""
+
+# PSUBUSW_XMM_XMMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:2449
+_T266 = """\
+v_dst = S.xmm[$dst]  # sse.r1:2452
+v_src = S.xmm[$src]  # sse.r1:2452
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
+    raise Fault(6, None)  # sse.r1:58
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
+    raise Fault(7, None)  # sse.r1:59
+l_r_0 = 0  # mmx.r1:92
+l_i_1 = 0  # mmx.r1:93
+while (l_i_1 < 128):  # mmx.r1:94
+    a_x_2 = ((v_dst >> l_i_1) & 65535)
+    a_y_3 = ((v_src >> l_i_1) & 65535)
+    a_v_4 = (a_x_2 - a_y_3)
+    l_r_0 = (l_r_0 | (((0 if (a_v_4 < 0) else (65535 if (a_v_4 > 65535) else a_v_4)) & 65535) << l_i_1))  # mmx.r1:95
+    l_i_1 = (l_i_1 + 16)  # mmx.r1:96
+S.xmm[$dst] = l_r_0 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2458
+"""
+
+# PSUBUSW_XMM_XMMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:2449
+_T267 = """\
+ea = $ea
+v_dst = S.xmm[$dst]  # sse.r1:2452
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
+    raise Fault(6, None)  # sse.r1:58
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
+    raise Fault(7, None)  # sse.r1:59
+if ((b_seg_base($seg) + ea) & 15):  # sse.r1:66
+    raise Fault(13, 0)  # sse.r1:66
+v_src = b_load($seg, ea, 128)  # sse.r1:2452
+l_r_0 = 0  # mmx.r1:92
+l_i_1 = 0  # mmx.r1:93
+while (l_i_1 < 128):  # mmx.r1:94
+    a_x_2 = ((v_dst >> l_i_1) & 65535)
+    a_y_3 = ((v_src >> l_i_1) & 65535)
+    a_v_4 = (a_x_2 - a_y_3)
+    l_r_0 = (l_r_0 | (((0 if (a_v_4 < 0) else (65535 if (a_v_4 > 65535) else a_v_4)) & 65535) << l_i_1))  # mmx.r1:95
+    l_i_1 = (l_i_1 + 16)  # mmx.r1:96
+S.xmm[$dst] = l_r_0 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2458
+"""
+
+# PMULLW_XMM_XMMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:2460
+_T268 = """\
+v_dst = S.xmm[$dst]  # sse.r1:2463
+v_src = S.xmm[$src]  # sse.r1:2463
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
+    raise Fault(6, None)  # sse.r1:58
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
+    raise Fault(7, None)  # sse.r1:59
+l_r_0 = 0  # mmx.r1:92
+l_i_1 = 0  # mmx.r1:93
+while (l_i_1 < 128):  # mmx.r1:94
+    a_x_2 = ((v_dst >> l_i_1) & 65535)
+    a_y_3 = ((v_src >> l_i_1) & 65535)
+    l_r_0 = (l_r_0 | (((a_x_2 * a_y_3) & 65535) << l_i_1))  # mmx.r1:95
+    l_i_1 = (l_i_1 + 16)  # mmx.r1:96
+S.xmm[$dst] = l_r_0 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2469
+"""
+
+# PMULLW_XMM_XMMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:2460
+_T269 = """\
+ea = $ea
+v_dst = S.xmm[$dst]  # sse.r1:2463
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
+    raise Fault(6, None)  # sse.r1:58
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
+    raise Fault(7, None)  # sse.r1:59
+if ((b_seg_base($seg) + ea) & 15):  # sse.r1:66
+    raise Fault(13, 0)  # sse.r1:66
+v_src = b_load($seg, ea, 128)  # sse.r1:2463
+l_r_0 = 0  # mmx.r1:92
+l_i_1 = 0  # mmx.r1:93
+while (l_i_1 < 128):  # mmx.r1:94
+    a_x_2 = ((v_dst >> l_i_1) & 65535)
+    a_y_3 = ((v_src >> l_i_1) & 65535)
+    l_r_0 = (l_r_0 | (((a_x_2 * a_y_3) & 65535) << l_i_1))  # mmx.r1:95
+    l_i_1 = (l_i_1 + 16)  # mmx.r1:96
+S.xmm[$dst] = l_r_0 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2469
+"""
+
+# PMULHW_XMM_XMMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:2471
+_T270 = """\
+v_dst = S.xmm[$dst]  # sse.r1:2474
+v_src = S.xmm[$src]  # sse.r1:2474
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
+    raise Fault(6, None)  # sse.r1:58
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
+    raise Fault(7, None)  # sse.r1:59
+l_r_0 = 0  # mmx.r1:92
+l_i_1 = 0  # mmx.r1:93
+while (l_i_1 < 128):  # mmx.r1:94
+    a_x_2 = ((v_dst >> l_i_1) & 65535)
+    a_y_3 = ((v_src >> l_i_1) & 65535)
+    l_r_0 = (l_r_0 | ((((((a_x_2 & 0xffff ^ 0x8000) - 0x8000) * ((a_y_3 & 0xffff ^ 0x8000) - 0x8000)) >> 16) & 65535) << l_i_1))  # mmx.r1:95
+    l_i_1 = (l_i_1 + 16)  # mmx.r1:96
+S.xmm[$dst] = l_r_0 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2480
+"""
+
+# PMULHW_XMM_XMMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:2471
+_T271 = """\
+ea = $ea
+v_dst = S.xmm[$dst]  # sse.r1:2474
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
+    raise Fault(6, None)  # sse.r1:58
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
+    raise Fault(7, None)  # sse.r1:59
+if ((b_seg_base($seg) + ea) & 15):  # sse.r1:66
+    raise Fault(13, 0)  # sse.r1:66
+v_src = b_load($seg, ea, 128)  # sse.r1:2474
+l_r_0 = 0  # mmx.r1:92
+l_i_1 = 0  # mmx.r1:93
+while (l_i_1 < 128):  # mmx.r1:94
+    a_x_2 = ((v_dst >> l_i_1) & 65535)
+    a_y_3 = ((v_src >> l_i_1) & 65535)
+    l_r_0 = (l_r_0 | ((((((a_x_2 & 0xffff ^ 0x8000) - 0x8000) * ((a_y_3 & 0xffff ^ 0x8000) - 0x8000)) >> 16) & 65535) << l_i_1))  # mmx.r1:95
+    l_i_1 = (l_i_1 + 16)  # mmx.r1:96
+S.xmm[$dst] = l_r_0 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2480
+"""
+
+# PMADDWD_XMM_XMMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:2482
+_T272 = """\
+v_dst = S.xmm[$dst]  # sse.r1:2485
+v_src = S.xmm[$src]  # sse.r1:2485
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
+    raise Fault(6, None)  # sse.r1:58
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
+    raise Fault(7, None)  # sse.r1:59
+l_r_0 = 0  # mmx.r1:92
+l_i_1 = 0  # mmx.r1:93
+while (l_i_1 < 128):  # mmx.r1:94
+    a_x_2 = ((v_dst >> l_i_1) & 4294967295)
+    a_y_3 = ((v_src >> l_i_1) & 4294967295)
+    l_r_0 = (l_r_0 | (((((((a_x_2 & 0xffff) & 0xffff ^ 0x8000) - 0x8000) * (((a_y_3 & 0xffff) & 0xffff ^ 0x8000) - 0x8000)) + ((((a_x_2 >> 16 & 0xffff) & 0xffff ^ 0x8000) - 0x8000) * (((a_y_3 >> 16 & 0xffff) & 0xffff ^ 0x8000) - 0x8000))) & 4294967295) << l_i_1))  # mmx.r1:95
+    l_i_1 = (l_i_1 + 32)  # mmx.r1:96
+S.xmm[$dst] = l_r_0 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2491
+"""
+
+# PMADDWD_XMM_XMMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:2482
+_T273 = """\
+ea = $ea
+v_dst = S.xmm[$dst]  # sse.r1:2485
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
+    raise Fault(6, None)  # sse.r1:58
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
+    raise Fault(7, None)  # sse.r1:59
+if ((b_seg_base($seg) + ea) & 15):  # sse.r1:66
+    raise Fault(13, 0)  # sse.r1:66
+v_src = b_load($seg, ea, 128)  # sse.r1:2485
+l_r_0 = 0  # mmx.r1:92
+l_i_1 = 0  # mmx.r1:93
+while (l_i_1 < 128):  # mmx.r1:94
+    a_x_2 = ((v_dst >> l_i_1) & 4294967295)
+    a_y_3 = ((v_src >> l_i_1) & 4294967295)
+    l_r_0 = (l_r_0 | (((((((a_x_2 & 0xffff) & 0xffff ^ 0x8000) - 0x8000) * (((a_y_3 & 0xffff) & 0xffff ^ 0x8000) - 0x8000)) + ((((a_x_2 >> 16 & 0xffff) & 0xffff ^ 0x8000) - 0x8000) * (((a_y_3 >> 16 & 0xffff) & 0xffff ^ 0x8000) - 0x8000))) & 4294967295) << l_i_1))  # mmx.r1:95
+    l_i_1 = (l_i_1 + 32)  # mmx.r1:96
+S.xmm[$dst] = l_r_0 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2491
+"""
+
+# PCMPEQB_XMM_XMMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:2493
+_T274 = """\
+v_dst = S.xmm[$dst]  # sse.r1:2496
+v_src = S.xmm[$src]  # sse.r1:2496
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
+    raise Fault(6, None)  # sse.r1:58
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
+    raise Fault(7, None)  # sse.r1:59
+l_r_0 = 0  # mmx.r1:92
+l_i_1 = 0  # mmx.r1:93
+while (l_i_1 < 128):  # mmx.r1:94
+    a_x_2 = ((v_dst >> l_i_1) & 255)
+    a_y_3 = ((v_src >> l_i_1) & 255)
+    l_r_0 = (l_r_0 | (((255 if (a_x_2 == a_y_3) else 0) & 255) << l_i_1))  # mmx.r1:95
+    l_i_1 = (l_i_1 + 8)  # mmx.r1:96
+S.xmm[$dst] = l_r_0 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2502
+"""
+
+# PCMPEQB_XMM_XMMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:2493
+_T275 = """\
+ea = $ea
+v_dst = S.xmm[$dst]  # sse.r1:2496
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
+    raise Fault(6, None)  # sse.r1:58
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
+    raise Fault(7, None)  # sse.r1:59
+if ((b_seg_base($seg) + ea) & 15):  # sse.r1:66
+    raise Fault(13, 0)  # sse.r1:66
+v_src = b_load($seg, ea, 128)  # sse.r1:2496
+l_r_0 = 0  # mmx.r1:92
+l_i_1 = 0  # mmx.r1:93
+while (l_i_1 < 128):  # mmx.r1:94
+    a_x_2 = ((v_dst >> l_i_1) & 255)
+    a_y_3 = ((v_src >> l_i_1) & 255)
+    l_r_0 = (l_r_0 | (((255 if (a_x_2 == a_y_3) else 0) & 255) << l_i_1))  # mmx.r1:95
+    l_i_1 = (l_i_1 + 8)  # mmx.r1:96
+S.xmm[$dst] = l_r_0 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2502
+"""
+
+# PCMPEQW_XMM_XMMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:2504
+_T276 = """\
+v_dst = S.xmm[$dst]  # sse.r1:2507
+v_src = S.xmm[$src]  # sse.r1:2507
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
+    raise Fault(6, None)  # sse.r1:58
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
+    raise Fault(7, None)  # sse.r1:59
+l_r_0 = 0  # mmx.r1:92
+l_i_1 = 0  # mmx.r1:93
+while (l_i_1 < 128):  # mmx.r1:94
+    a_x_2 = ((v_dst >> l_i_1) & 65535)
+    a_y_3 = ((v_src >> l_i_1) & 65535)
+    l_r_0 = (l_r_0 | (((65535 if (a_x_2 == a_y_3) else 0) & 65535) << l_i_1))  # mmx.r1:95
+    l_i_1 = (l_i_1 + 16)  # mmx.r1:96
+S.xmm[$dst] = l_r_0 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2513
+"""
+
+# PCMPEQW_XMM_XMMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:2504
+_T277 = """\
+ea = $ea
+v_dst = S.xmm[$dst]  # sse.r1:2507
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
+    raise Fault(6, None)  # sse.r1:58
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
+    raise Fault(7, None)  # sse.r1:59
+if ((b_seg_base($seg) + ea) & 15):  # sse.r1:66
+    raise Fault(13, 0)  # sse.r1:66
+v_src = b_load($seg, ea, 128)  # sse.r1:2507
+l_r_0 = 0  # mmx.r1:92
+l_i_1 = 0  # mmx.r1:93
+while (l_i_1 < 128):  # mmx.r1:94
+    a_x_2 = ((v_dst >> l_i_1) & 65535)
+    a_y_3 = ((v_src >> l_i_1) & 65535)
+    l_r_0 = (l_r_0 | (((65535 if (a_x_2 == a_y_3) else 0) & 65535) << l_i_1))  # mmx.r1:95
+    l_i_1 = (l_i_1 + 16)  # mmx.r1:96
+S.xmm[$dst] = l_r_0 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2513
+"""
+
+# PCMPEQD_XMM_XMMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:2515
+_T278 = """\
+v_dst = S.xmm[$dst]  # sse.r1:2518
+v_src = S.xmm[$src]  # sse.r1:2518
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
+    raise Fault(6, None)  # sse.r1:58
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
+    raise Fault(7, None)  # sse.r1:59
+l_r_0 = 0  # mmx.r1:92
+l_i_1 = 0  # mmx.r1:93
+while (l_i_1 < 128):  # mmx.r1:94
+    a_x_2 = ((v_dst >> l_i_1) & 4294967295)
+    a_y_3 = ((v_src >> l_i_1) & 4294967295)
+    l_r_0 = (l_r_0 | (((4294967295 if (a_x_2 == a_y_3) else 0) & 4294967295) << l_i_1))  # mmx.r1:95
+    l_i_1 = (l_i_1 + 32)  # mmx.r1:96
+S.xmm[$dst] = l_r_0 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2524
+"""
+
+# PCMPEQD_XMM_XMMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:2515
+_T279 = """\
+ea = $ea
+v_dst = S.xmm[$dst]  # sse.r1:2518
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
+    raise Fault(6, None)  # sse.r1:58
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
+    raise Fault(7, None)  # sse.r1:59
+if ((b_seg_base($seg) + ea) & 15):  # sse.r1:66
+    raise Fault(13, 0)  # sse.r1:66
+v_src = b_load($seg, ea, 128)  # sse.r1:2518
+l_r_0 = 0  # mmx.r1:92
+l_i_1 = 0  # mmx.r1:93
+while (l_i_1 < 128):  # mmx.r1:94
+    a_x_2 = ((v_dst >> l_i_1) & 4294967295)
+    a_y_3 = ((v_src >> l_i_1) & 4294967295)
+    l_r_0 = (l_r_0 | (((4294967295 if (a_x_2 == a_y_3) else 0) & 4294967295) << l_i_1))  # mmx.r1:95
+    l_i_1 = (l_i_1 + 32)  # mmx.r1:96
+S.xmm[$dst] = l_r_0 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2524
+"""
+
+# PCMPGTB_XMM_XMMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:2526
+_T280 = """\
+v_dst = S.xmm[$dst]  # sse.r1:2529
+v_src = S.xmm[$src]  # sse.r1:2529
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
+    raise Fault(6, None)  # sse.r1:58
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
+    raise Fault(7, None)  # sse.r1:59
+l_r_0 = 0  # mmx.r1:92
+l_i_1 = 0  # mmx.r1:93
+while (l_i_1 < 128):  # mmx.r1:94
+    a_x_2 = ((v_dst >> l_i_1) & 255)
+    a_y_3 = ((v_src >> l_i_1) & 255)
+    l_r_0 = (l_r_0 | (((255 if (((a_x_2 & 0xff ^ 0x80) - 0x80) > ((a_y_3 & 0xff ^ 0x80) - 0x80)) else 0) & 255) << l_i_1))  # mmx.r1:95
+    l_i_1 = (l_i_1 + 8)  # mmx.r1:96
+S.xmm[$dst] = l_r_0 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2535
+"""
+
+# PCMPGTB_XMM_XMMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:2526
+_T281 = """\
+ea = $ea
+v_dst = S.xmm[$dst]  # sse.r1:2529
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
+    raise Fault(6, None)  # sse.r1:58
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
+    raise Fault(7, None)  # sse.r1:59
+if ((b_seg_base($seg) + ea) & 15):  # sse.r1:66
+    raise Fault(13, 0)  # sse.r1:66
+v_src = b_load($seg, ea, 128)  # sse.r1:2529
+l_r_0 = 0  # mmx.r1:92
+l_i_1 = 0  # mmx.r1:93
+while (l_i_1 < 128):  # mmx.r1:94
+    a_x_2 = ((v_dst >> l_i_1) & 255)
+    a_y_3 = ((v_src >> l_i_1) & 255)
+    l_r_0 = (l_r_0 | (((255 if (((a_x_2 & 0xff ^ 0x80) - 0x80) > ((a_y_3 & 0xff ^ 0x80) - 0x80)) else 0) & 255) << l_i_1))  # mmx.r1:95
+    l_i_1 = (l_i_1 + 8)  # mmx.r1:96
+S.xmm[$dst] = l_r_0 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2535
+"""
+
+# PCMPGTW_XMM_XMMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:2537
+_T282 = """\
+v_dst = S.xmm[$dst]  # sse.r1:2540
+v_src = S.xmm[$src]  # sse.r1:2540
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
+    raise Fault(6, None)  # sse.r1:58
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
+    raise Fault(7, None)  # sse.r1:59
+l_r_0 = 0  # mmx.r1:92
+l_i_1 = 0  # mmx.r1:93
+while (l_i_1 < 128):  # mmx.r1:94
+    a_x_2 = ((v_dst >> l_i_1) & 65535)
+    a_y_3 = ((v_src >> l_i_1) & 65535)
+    l_r_0 = (l_r_0 | (((65535 if (((a_x_2 & 0xffff ^ 0x8000) - 0x8000) > ((a_y_3 & 0xffff ^ 0x8000) - 0x8000)) else 0) & 65535) << l_i_1))  # mmx.r1:95
+    l_i_1 = (l_i_1 + 16)  # mmx.r1:96
+S.xmm[$dst] = l_r_0 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2546
+"""
+
+# PCMPGTW_XMM_XMMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:2537
+_T283 = """\
+ea = $ea
+v_dst = S.xmm[$dst]  # sse.r1:2540
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
+    raise Fault(6, None)  # sse.r1:58
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
+    raise Fault(7, None)  # sse.r1:59
+if ((b_seg_base($seg) + ea) & 15):  # sse.r1:66
+    raise Fault(13, 0)  # sse.r1:66
+v_src = b_load($seg, ea, 128)  # sse.r1:2540
+l_r_0 = 0  # mmx.r1:92
+l_i_1 = 0  # mmx.r1:93
+while (l_i_1 < 128):  # mmx.r1:94
+    a_x_2 = ((v_dst >> l_i_1) & 65535)
+    a_y_3 = ((v_src >> l_i_1) & 65535)
+    l_r_0 = (l_r_0 | (((65535 if (((a_x_2 & 0xffff ^ 0x8000) - 0x8000) > ((a_y_3 & 0xffff ^ 0x8000) - 0x8000)) else 0) & 65535) << l_i_1))  # mmx.r1:95
+    l_i_1 = (l_i_1 + 16)  # mmx.r1:96
+S.xmm[$dst] = l_r_0 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2546
+"""
+
+# PCMPGTD_XMM_XMMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:2548
+_T284 = """\
+v_dst = S.xmm[$dst]  # sse.r1:2551
+v_src = S.xmm[$src]  # sse.r1:2551
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
+    raise Fault(6, None)  # sse.r1:58
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
+    raise Fault(7, None)  # sse.r1:59
+l_r_0 = 0  # mmx.r1:92
+l_i_1 = 0  # mmx.r1:93
+while (l_i_1 < 128):  # mmx.r1:94
+    a_x_2 = ((v_dst >> l_i_1) & 4294967295)
+    a_y_3 = ((v_src >> l_i_1) & 4294967295)
+    l_r_0 = (l_r_0 | (((4294967295 if (((a_x_2 & 0xffffffff ^ 0x80000000) - 0x80000000) > ((a_y_3 & 0xffffffff ^ 0x80000000) - 0x80000000)) else 0) & 4294967295) << l_i_1))  # mmx.r1:95
+    l_i_1 = (l_i_1 + 32)  # mmx.r1:96
+S.xmm[$dst] = l_r_0 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2557
+"""
+
+# PCMPGTD_XMM_XMMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:2548
+_T285 = """\
+ea = $ea
+v_dst = S.xmm[$dst]  # sse.r1:2551
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
+    raise Fault(6, None)  # sse.r1:58
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
+    raise Fault(7, None)  # sse.r1:59
+if ((b_seg_base($seg) + ea) & 15):  # sse.r1:66
+    raise Fault(13, 0)  # sse.r1:66
+v_src = b_load($seg, ea, 128)  # sse.r1:2551
+l_r_0 = 0  # mmx.r1:92
+l_i_1 = 0  # mmx.r1:93
+while (l_i_1 < 128):  # mmx.r1:94
+    a_x_2 = ((v_dst >> l_i_1) & 4294967295)
+    a_y_3 = ((v_src >> l_i_1) & 4294967295)
+    l_r_0 = (l_r_0 | (((4294967295 if (((a_x_2 & 0xffffffff ^ 0x80000000) - 0x80000000) > ((a_y_3 & 0xffffffff ^ 0x80000000) - 0x80000000)) else 0) & 4294967295) << l_i_1))  # mmx.r1:95
+    l_i_1 = (l_i_1 + 32)  # mmx.r1:96
+S.xmm[$dst] = l_r_0 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2557
+"""
+
+# PAND_XMM_XMMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:2559
+_T286 = """\
+v_dst = S.xmm[$dst]  # sse.r1:2562
+v_src = S.xmm[$src]  # sse.r1:2562
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
+    raise Fault(6, None)  # sse.r1:58
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
+    raise Fault(7, None)  # sse.r1:59
+S.xmm[$dst] = (v_dst & v_src) & 0xffffffffffffffffffffffffffffffff  # sse.r1:2568
+"""
+
+# PAND_XMM_XMMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:2559
+_T287 = """\
+ea = $ea
+v_dst = S.xmm[$dst]  # sse.r1:2562
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
+    raise Fault(6, None)  # sse.r1:58
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
+    raise Fault(7, None)  # sse.r1:59
+if ((b_seg_base($seg) + ea) & 15):  # sse.r1:66
+    raise Fault(13, 0)  # sse.r1:66
+v_src = b_load($seg, ea, 128)  # sse.r1:2562
+S.xmm[$dst] = (v_dst & v_src) & 0xffffffffffffffffffffffffffffffff  # sse.r1:2568
+"""
+
+# PANDN_XMM_XMMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:2570
+_T288 = """\
+v_dst = S.xmm[$dst]  # sse.r1:2573
+v_src = S.xmm[$src]  # sse.r1:2573
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
+    raise Fault(6, None)  # sse.r1:58
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
+    raise Fault(7, None)  # sse.r1:59
+S.xmm[$dst] = ((~v_dst) & v_src) & 0xffffffffffffffffffffffffffffffff  # sse.r1:2579
+"""
+
+# PANDN_XMM_XMMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:2570
+_T289 = """\
+ea = $ea
+v_dst = S.xmm[$dst]  # sse.r1:2573
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
+    raise Fault(6, None)  # sse.r1:58
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
+    raise Fault(7, None)  # sse.r1:59
+if ((b_seg_base($seg) + ea) & 15):  # sse.r1:66
+    raise Fault(13, 0)  # sse.r1:66
+v_src = b_load($seg, ea, 128)  # sse.r1:2573
+S.xmm[$dst] = ((~v_dst) & v_src) & 0xffffffffffffffffffffffffffffffff  # sse.r1:2579
+"""
+
+# POR_XMM_XMMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:2581
+_T290 = """\
+v_dst = S.xmm[$dst]  # sse.r1:2584
+v_src = S.xmm[$src]  # sse.r1:2584
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
+    raise Fault(6, None)  # sse.r1:58
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
+    raise Fault(7, None)  # sse.r1:59
+S.xmm[$dst] = (v_dst | v_src) & 0xffffffffffffffffffffffffffffffff  # sse.r1:2590
+"""
+
+# POR_XMM_XMMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:2581
+_T291 = """\
+ea = $ea
+v_dst = S.xmm[$dst]  # sse.r1:2584
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
+    raise Fault(6, None)  # sse.r1:58
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
+    raise Fault(7, None)  # sse.r1:59
+if ((b_seg_base($seg) + ea) & 15):  # sse.r1:66
+    raise Fault(13, 0)  # sse.r1:66
+v_src = b_load($seg, ea, 128)  # sse.r1:2584
+S.xmm[$dst] = (v_dst | v_src) & 0xffffffffffffffffffffffffffffffff  # sse.r1:2590
+"""
+
+# PXOR_XMM_XMMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:2592
+_T292 = """\
+v_dst = S.xmm[$dst]  # sse.r1:2595
+v_src = S.xmm[$src]  # sse.r1:2595
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
+    raise Fault(6, None)  # sse.r1:58
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
+    raise Fault(7, None)  # sse.r1:59
+S.xmm[$dst] = (v_dst ^ v_src) & 0xffffffffffffffffffffffffffffffff  # sse.r1:2601
+"""
+
+# PXOR_XMM_XMMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:2592
+_T293 = """\
+ea = $ea
+v_dst = S.xmm[$dst]  # sse.r1:2595
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
+    raise Fault(6, None)  # sse.r1:58
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
+    raise Fault(7, None)  # sse.r1:59
+if ((b_seg_base($seg) + ea) & 15):  # sse.r1:66
+    raise Fault(13, 0)  # sse.r1:66
+v_src = b_load($seg, ea, 128)  # sse.r1:2595
+S.xmm[$dst] = (v_dst ^ v_src) & 0xffffffffffffffffffffffffffffffff  # sse.r1:2601
+"""
+
+# PSLLW_XMM_XMMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:2603
+_T294 = """\
+v_dst = S.xmm[$dst]  # sse.r1:2606
+v_src = S.xmm[$src]  # sse.r1:2606
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
+    raise Fault(6, None)  # sse.r1:58
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
+    raise Fault(7, None)  # sse.r1:59
+m_count_0 = (v_src & 0xffffffffffffffff)
+l_c_1 = (16 if (m_count_0 > 15) else m_count_0)  # mmx.r1:107
+l_r_2 = 0  # mmx.r1:108
+l_i_3 = 0  # mmx.r1:109
+while (l_i_3 < 128):  # mmx.r1:110
+    l_x_4 = ((v_dst >> l_i_3) & 65535)  # mmx.r1:111
+    l_r_2 = (l_r_2 | (((l_x_4 << l_c_1) & 65535) << l_i_3))  # mmx.r1:112
+    l_i_3 = (l_i_3 + 16)  # mmx.r1:113
+S.xmm[$dst] = l_r_2 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2612
+"""
+
+# PSLLW_XMM_XMMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:2603
+_T295 = """\
+ea = $ea
+v_dst = S.xmm[$dst]  # sse.r1:2606
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
+    raise Fault(6, None)  # sse.r1:58
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
+    raise Fault(7, None)  # sse.r1:59
+if ((b_seg_base($seg) + ea) & 15):  # sse.r1:66
+    raise Fault(13, 0)  # sse.r1:66
+v_src = b_load($seg, ea, 128)  # sse.r1:2606
+m_count_0 = (v_src & 0xffffffffffffffff)
+l_c_1 = (16 if (m_count_0 > 15) else m_count_0)  # mmx.r1:107
+l_r_2 = 0  # mmx.r1:108
+l_i_3 = 0  # mmx.r1:109
+while (l_i_3 < 128):  # mmx.r1:110
+    l_x_4 = ((v_dst >> l_i_3) & 65535)  # mmx.r1:111
+    l_r_2 = (l_r_2 | (((l_x_4 << l_c_1) & 65535) << l_i_3))  # mmx.r1:112
+    l_i_3 = (l_i_3 + 16)  # mmx.r1:113
+S.xmm[$dst] = l_r_2 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2612
+"""
+
+# PSLLD_XMM_XMMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:2614
+_T296 = """\
+v_dst = S.xmm[$dst]  # sse.r1:2617
+v_src = S.xmm[$src]  # sse.r1:2617
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
+    raise Fault(6, None)  # sse.r1:58
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
+    raise Fault(7, None)  # sse.r1:59
+m_count_0 = (v_src & 0xffffffffffffffff)
+l_c_1 = (32 if (m_count_0 > 31) else m_count_0)  # mmx.r1:107
+l_r_2 = 0  # mmx.r1:108
+l_i_3 = 0  # mmx.r1:109
+while (l_i_3 < 128):  # mmx.r1:110
+    l_x_4 = ((v_dst >> l_i_3) & 4294967295)  # mmx.r1:111
+    l_r_2 = (l_r_2 | (((l_x_4 << l_c_1) & 4294967295) << l_i_3))  # mmx.r1:112
+    l_i_3 = (l_i_3 + 32)  # mmx.r1:113
+S.xmm[$dst] = l_r_2 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2623
+"""
+
+# PSLLD_XMM_XMMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:2614
+_T297 = """\
+ea = $ea
+v_dst = S.xmm[$dst]  # sse.r1:2617
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
+    raise Fault(6, None)  # sse.r1:58
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
+    raise Fault(7, None)  # sse.r1:59
+if ((b_seg_base($seg) + ea) & 15):  # sse.r1:66
+    raise Fault(13, 0)  # sse.r1:66
+v_src = b_load($seg, ea, 128)  # sse.r1:2617
+m_count_0 = (v_src & 0xffffffffffffffff)
+l_c_1 = (32 if (m_count_0 > 31) else m_count_0)  # mmx.r1:107
+l_r_2 = 0  # mmx.r1:108
+l_i_3 = 0  # mmx.r1:109
+while (l_i_3 < 128):  # mmx.r1:110
+    l_x_4 = ((v_dst >> l_i_3) & 4294967295)  # mmx.r1:111
+    l_r_2 = (l_r_2 | (((l_x_4 << l_c_1) & 4294967295) << l_i_3))  # mmx.r1:112
+    l_i_3 = (l_i_3 + 32)  # mmx.r1:113
+S.xmm[$dst] = l_r_2 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2623
+"""
+
+# PSLLQ_XMM_XMMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:2625
+_T298 = """\
+v_dst = S.xmm[$dst]  # sse.r1:2628
+v_src = S.xmm[$src]  # sse.r1:2628
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
+    raise Fault(6, None)  # sse.r1:58
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
+    raise Fault(7, None)  # sse.r1:59
+m_count_0 = (v_src & 0xffffffffffffffff)
+l_c_1 = (64 if (m_count_0 > 63) else m_count_0)  # mmx.r1:107
+l_r_2 = 0  # mmx.r1:108
+l_i_3 = 0  # mmx.r1:109
+while (l_i_3 < 128):  # mmx.r1:110
+    l_x_4 = ((v_dst >> l_i_3) & 18446744073709551615)  # mmx.r1:111
+    l_r_2 = (l_r_2 | (((l_x_4 << l_c_1) & 18446744073709551615) << l_i_3))  # mmx.r1:112
+    l_i_3 = (l_i_3 + 64)  # mmx.r1:113
+S.xmm[$dst] = l_r_2 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2634
+"""
+
+# PSLLQ_XMM_XMMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:2625
+_T299 = """\
+ea = $ea
+v_dst = S.xmm[$dst]  # sse.r1:2628
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
+    raise Fault(6, None)  # sse.r1:58
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
+    raise Fault(7, None)  # sse.r1:59
+if ((b_seg_base($seg) + ea) & 15):  # sse.r1:66
+    raise Fault(13, 0)  # sse.r1:66
+v_src = b_load($seg, ea, 128)  # sse.r1:2628
+m_count_0 = (v_src & 0xffffffffffffffff)
+l_c_1 = (64 if (m_count_0 > 63) else m_count_0)  # mmx.r1:107
+l_r_2 = 0  # mmx.r1:108
+l_i_3 = 0  # mmx.r1:109
+while (l_i_3 < 128):  # mmx.r1:110
+    l_x_4 = ((v_dst >> l_i_3) & 18446744073709551615)  # mmx.r1:111
+    l_r_2 = (l_r_2 | (((l_x_4 << l_c_1) & 18446744073709551615) << l_i_3))  # mmx.r1:112
+    l_i_3 = (l_i_3 + 64)  # mmx.r1:113
+S.xmm[$dst] = l_r_2 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2634
+"""
+
+# PSRLW_XMM_XMMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:2636
+_T300 = """\
+v_dst = S.xmm[$dst]  # sse.r1:2639
+v_src = S.xmm[$src]  # sse.r1:2639
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
+    raise Fault(6, None)  # sse.r1:58
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
+    raise Fault(7, None)  # sse.r1:59
+m_count_0 = (v_src & 0xffffffffffffffff)
+l_c_1 = (16 if (m_count_0 > 15) else m_count_0)  # mmx.r1:107
+l_r_2 = 0  # mmx.r1:108
+l_i_3 = 0  # mmx.r1:109
+while (l_i_3 < 128):  # mmx.r1:110
+    l_x_4 = ((v_dst >> l_i_3) & 65535)  # mmx.r1:111
+    l_r_2 = (l_r_2 | (((l_x_4 >> l_c_1) & 65535) << l_i_3))  # mmx.r1:112
+    l_i_3 = (l_i_3 + 16)  # mmx.r1:113
+S.xmm[$dst] = l_r_2 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2645
+"""
+
+# PSRLW_XMM_XMMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:2636
+_T301 = """\
+ea = $ea
+v_dst = S.xmm[$dst]  # sse.r1:2639
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
+    raise Fault(6, None)  # sse.r1:58
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
+    raise Fault(7, None)  # sse.r1:59
+if ((b_seg_base($seg) + ea) & 15):  # sse.r1:66
+    raise Fault(13, 0)  # sse.r1:66
+v_src = b_load($seg, ea, 128)  # sse.r1:2639
+m_count_0 = (v_src & 0xffffffffffffffff)
+l_c_1 = (16 if (m_count_0 > 15) else m_count_0)  # mmx.r1:107
+l_r_2 = 0  # mmx.r1:108
+l_i_3 = 0  # mmx.r1:109
+while (l_i_3 < 128):  # mmx.r1:110
+    l_x_4 = ((v_dst >> l_i_3) & 65535)  # mmx.r1:111
+    l_r_2 = (l_r_2 | (((l_x_4 >> l_c_1) & 65535) << l_i_3))  # mmx.r1:112
+    l_i_3 = (l_i_3 + 16)  # mmx.r1:113
+S.xmm[$dst] = l_r_2 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2645
+"""
+
+# PSRLD_XMM_XMMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:2647
+_T302 = """\
+v_dst = S.xmm[$dst]  # sse.r1:2650
+v_src = S.xmm[$src]  # sse.r1:2650
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
+    raise Fault(6, None)  # sse.r1:58
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
+    raise Fault(7, None)  # sse.r1:59
+m_count_0 = (v_src & 0xffffffffffffffff)
+l_c_1 = (32 if (m_count_0 > 31) else m_count_0)  # mmx.r1:107
+l_r_2 = 0  # mmx.r1:108
+l_i_3 = 0  # mmx.r1:109
+while (l_i_3 < 128):  # mmx.r1:110
+    l_x_4 = ((v_dst >> l_i_3) & 4294967295)  # mmx.r1:111
+    l_r_2 = (l_r_2 | (((l_x_4 >> l_c_1) & 4294967295) << l_i_3))  # mmx.r1:112
+    l_i_3 = (l_i_3 + 32)  # mmx.r1:113
+S.xmm[$dst] = l_r_2 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2656
+"""
+
+# PSRLD_XMM_XMMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:2647
+_T303 = """\
+ea = $ea
+v_dst = S.xmm[$dst]  # sse.r1:2650
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
+    raise Fault(6, None)  # sse.r1:58
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
+    raise Fault(7, None)  # sse.r1:59
+if ((b_seg_base($seg) + ea) & 15):  # sse.r1:66
+    raise Fault(13, 0)  # sse.r1:66
+v_src = b_load($seg, ea, 128)  # sse.r1:2650
+m_count_0 = (v_src & 0xffffffffffffffff)
+l_c_1 = (32 if (m_count_0 > 31) else m_count_0)  # mmx.r1:107
+l_r_2 = 0  # mmx.r1:108
+l_i_3 = 0  # mmx.r1:109
+while (l_i_3 < 128):  # mmx.r1:110
+    l_x_4 = ((v_dst >> l_i_3) & 4294967295)  # mmx.r1:111
+    l_r_2 = (l_r_2 | (((l_x_4 >> l_c_1) & 4294967295) << l_i_3))  # mmx.r1:112
+    l_i_3 = (l_i_3 + 32)  # mmx.r1:113
+S.xmm[$dst] = l_r_2 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2656
+"""
+
+# PSRLQ_XMM_XMMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:2658
+_T304 = """\
+v_dst = S.xmm[$dst]  # sse.r1:2661
+v_src = S.xmm[$src]  # sse.r1:2661
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
+    raise Fault(6, None)  # sse.r1:58
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
+    raise Fault(7, None)  # sse.r1:59
+m_count_0 = (v_src & 0xffffffffffffffff)
+l_c_1 = (64 if (m_count_0 > 63) else m_count_0)  # mmx.r1:107
+l_r_2 = 0  # mmx.r1:108
+l_i_3 = 0  # mmx.r1:109
+while (l_i_3 < 128):  # mmx.r1:110
+    l_x_4 = ((v_dst >> l_i_3) & 18446744073709551615)  # mmx.r1:111
+    l_r_2 = (l_r_2 | (((l_x_4 >> l_c_1) & 18446744073709551615) << l_i_3))  # mmx.r1:112
+    l_i_3 = (l_i_3 + 64)  # mmx.r1:113
+S.xmm[$dst] = l_r_2 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2667
+"""
+
+# PSRLQ_XMM_XMMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:2658
+_T305 = """\
+ea = $ea
+v_dst = S.xmm[$dst]  # sse.r1:2661
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
+    raise Fault(6, None)  # sse.r1:58
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
+    raise Fault(7, None)  # sse.r1:59
+if ((b_seg_base($seg) + ea) & 15):  # sse.r1:66
+    raise Fault(13, 0)  # sse.r1:66
+v_src = b_load($seg, ea, 128)  # sse.r1:2661
+m_count_0 = (v_src & 0xffffffffffffffff)
+l_c_1 = (64 if (m_count_0 > 63) else m_count_0)  # mmx.r1:107
+l_r_2 = 0  # mmx.r1:108
+l_i_3 = 0  # mmx.r1:109
+while (l_i_3 < 128):  # mmx.r1:110
+    l_x_4 = ((v_dst >> l_i_3) & 18446744073709551615)  # mmx.r1:111
+    l_r_2 = (l_r_2 | (((l_x_4 >> l_c_1) & 18446744073709551615) << l_i_3))  # mmx.r1:112
+    l_i_3 = (l_i_3 + 64)  # mmx.r1:113
+S.xmm[$dst] = l_r_2 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2667
+"""
+
+# PSRAW_XMM_XMMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:2669
+_T306 = """\
+v_dst = S.xmm[$dst]  # sse.r1:2672
+v_src = S.xmm[$src]  # sse.r1:2672
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
+    raise Fault(6, None)  # sse.r1:58
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
+    raise Fault(7, None)  # sse.r1:59
+m_count_0 = (v_src & 0xffffffffffffffff)
+l_c_1 = (16 if (m_count_0 > 15) else m_count_0)  # mmx.r1:107
+l_r_2 = 0  # mmx.r1:108
+l_i_3 = 0  # mmx.r1:109
+while (l_i_3 < 128):  # mmx.r1:110
+    l_x_4 = ((v_dst >> l_i_3) & 65535)  # mmx.r1:111
+    l_r_2 = (l_r_2 | (((((l_x_4 & 0xffff ^ 0x8000) - 0x8000) >> l_c_1) & 65535) << l_i_3))  # mmx.r1:112
+    l_i_3 = (l_i_3 + 16)  # mmx.r1:113
+S.xmm[$dst] = l_r_2 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2678
+"""
+
+# PSRAW_XMM_XMMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:2669
+_T307 = """\
+ea = $ea
+v_dst = S.xmm[$dst]  # sse.r1:2672
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
+    raise Fault(6, None)  # sse.r1:58
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
+    raise Fault(7, None)  # sse.r1:59
+if ((b_seg_base($seg) + ea) & 15):  # sse.r1:66
+    raise Fault(13, 0)  # sse.r1:66
+v_src = b_load($seg, ea, 128)  # sse.r1:2672
+m_count_0 = (v_src & 0xffffffffffffffff)
+l_c_1 = (16 if (m_count_0 > 15) else m_count_0)  # mmx.r1:107
+l_r_2 = 0  # mmx.r1:108
+l_i_3 = 0  # mmx.r1:109
+while (l_i_3 < 128):  # mmx.r1:110
+    l_x_4 = ((v_dst >> l_i_3) & 65535)  # mmx.r1:111
+    l_r_2 = (l_r_2 | (((((l_x_4 & 0xffff ^ 0x8000) - 0x8000) >> l_c_1) & 65535) << l_i_3))  # mmx.r1:112
+    l_i_3 = (l_i_3 + 16)  # mmx.r1:113
+S.xmm[$dst] = l_r_2 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2678
+"""
+
+# PSRAD_XMM_XMMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:2680
+_T308 = """\
+v_dst = S.xmm[$dst]  # sse.r1:2683
+v_src = S.xmm[$src]  # sse.r1:2683
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
+    raise Fault(6, None)  # sse.r1:58
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
+    raise Fault(7, None)  # sse.r1:59
+m_count_0 = (v_src & 0xffffffffffffffff)
+l_c_1 = (32 if (m_count_0 > 31) else m_count_0)  # mmx.r1:107
+l_r_2 = 0  # mmx.r1:108
+l_i_3 = 0  # mmx.r1:109
+while (l_i_3 < 128):  # mmx.r1:110
+    l_x_4 = ((v_dst >> l_i_3) & 4294967295)  # mmx.r1:111
+    l_r_2 = (l_r_2 | (((((l_x_4 & 0xffffffff ^ 0x80000000) - 0x80000000) >> l_c_1) & 4294967295) << l_i_3))  # mmx.r1:112
+    l_i_3 = (l_i_3 + 32)  # mmx.r1:113
+S.xmm[$dst] = l_r_2 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2689
+"""
+
+# PSRAD_XMM_XMMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:2680
+_T309 = """\
+ea = $ea
+v_dst = S.xmm[$dst]  # sse.r1:2683
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
+    raise Fault(6, None)  # sse.r1:58
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
+    raise Fault(7, None)  # sse.r1:59
+if ((b_seg_base($seg) + ea) & 15):  # sse.r1:66
+    raise Fault(13, 0)  # sse.r1:66
+v_src = b_load($seg, ea, 128)  # sse.r1:2683
+m_count_0 = (v_src & 0xffffffffffffffff)
+l_c_1 = (32 if (m_count_0 > 31) else m_count_0)  # mmx.r1:107
+l_r_2 = 0  # mmx.r1:108
+l_i_3 = 0  # mmx.r1:109
+while (l_i_3 < 128):  # mmx.r1:110
+    l_x_4 = ((v_dst >> l_i_3) & 4294967295)  # mmx.r1:111
+    l_r_2 = (l_r_2 | (((((l_x_4 & 0xffffffff ^ 0x80000000) - 0x80000000) >> l_c_1) & 4294967295) << l_i_3))  # mmx.r1:112
+    l_i_3 = (l_i_3 + 32)  # mmx.r1:113
+S.xmm[$dst] = l_r_2 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2689
+"""
+
+# PSLLW_XMM_IMM8 [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:2691
+_T310 = """\
+v_dst = S.xmm[$dst]  # sse.r1:2694
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
+    raise Fault(6, None)  # sse.r1:58
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
+    raise Fault(7, None)  # sse.r1:59
+l_c_0 = (16 if ($imm > 15) else $imm)  # mmx.r1:107
+l_r_1 = 0  # mmx.r1:108
+l_i_2 = 0  # mmx.r1:109
+while (l_i_2 < 128):  # mmx.r1:110
+    l_x_3 = ((v_dst >> l_i_2) & 65535)  # mmx.r1:111
+    l_r_1 = (l_r_1 | (((l_x_3 << l_c_0) & 65535) << l_i_2))  # mmx.r1:112
+    l_i_2 = (l_i_2 + 16)  # mmx.r1:113
+S.xmm[$dst] = l_r_1 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2700
+"""
+
+# PSLLD_XMM_IMM8 [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:2702
+_T311 = """\
+v_dst = S.xmm[$dst]  # sse.r1:2705
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
+    raise Fault(6, None)  # sse.r1:58
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
+    raise Fault(7, None)  # sse.r1:59
+l_c_0 = (32 if ($imm > 31) else $imm)  # mmx.r1:107
+l_r_1 = 0  # mmx.r1:108
+l_i_2 = 0  # mmx.r1:109
+while (l_i_2 < 128):  # mmx.r1:110
+    l_x_3 = ((v_dst >> l_i_2) & 4294967295)  # mmx.r1:111
+    l_r_1 = (l_r_1 | (((l_x_3 << l_c_0) & 4294967295) << l_i_2))  # mmx.r1:112
+    l_i_2 = (l_i_2 + 32)  # mmx.r1:113
+S.xmm[$dst] = l_r_1 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2711
+"""
+
+# PSLLQ_XMM_IMM8 [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:2713
+_T312 = """\
+v_dst = S.xmm[$dst]  # sse.r1:2716
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
+    raise Fault(6, None)  # sse.r1:58
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
+    raise Fault(7, None)  # sse.r1:59
+l_c_0 = (64 if ($imm > 63) else $imm)  # mmx.r1:107
+l_r_1 = 0  # mmx.r1:108
+l_i_2 = 0  # mmx.r1:109
+while (l_i_2 < 128):  # mmx.r1:110
+    l_x_3 = ((v_dst >> l_i_2) & 18446744073709551615)  # mmx.r1:111
+    l_r_1 = (l_r_1 | (((l_x_3 << l_c_0) & 18446744073709551615) << l_i_2))  # mmx.r1:112
+    l_i_2 = (l_i_2 + 64)  # mmx.r1:113
+S.xmm[$dst] = l_r_1 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2722
+"""
+
+# PSRLW_XMM_IMM8 [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:2724
+_T313 = """\
+v_dst = S.xmm[$dst]  # sse.r1:2727
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
+    raise Fault(6, None)  # sse.r1:58
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
+    raise Fault(7, None)  # sse.r1:59
+l_c_0 = (16 if ($imm > 15) else $imm)  # mmx.r1:107
+l_r_1 = 0  # mmx.r1:108
+l_i_2 = 0  # mmx.r1:109
+while (l_i_2 < 128):  # mmx.r1:110
+    l_x_3 = ((v_dst >> l_i_2) & 65535)  # mmx.r1:111
+    l_r_1 = (l_r_1 | (((l_x_3 >> l_c_0) & 65535) << l_i_2))  # mmx.r1:112
+    l_i_2 = (l_i_2 + 16)  # mmx.r1:113
+S.xmm[$dst] = l_r_1 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2733
+"""
+
+# PSRLD_XMM_IMM8 [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:2735
+_T314 = """\
+v_dst = S.xmm[$dst]  # sse.r1:2738
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
+    raise Fault(6, None)  # sse.r1:58
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
+    raise Fault(7, None)  # sse.r1:59
+l_c_0 = (32 if ($imm > 31) else $imm)  # mmx.r1:107
+l_r_1 = 0  # mmx.r1:108
+l_i_2 = 0  # mmx.r1:109
+while (l_i_2 < 128):  # mmx.r1:110
+    l_x_3 = ((v_dst >> l_i_2) & 4294967295)  # mmx.r1:111
+    l_r_1 = (l_r_1 | (((l_x_3 >> l_c_0) & 4294967295) << l_i_2))  # mmx.r1:112
+    l_i_2 = (l_i_2 + 32)  # mmx.r1:113
+S.xmm[$dst] = l_r_1 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2744
+"""
+
+# PSRLQ_XMM_IMM8 [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:2746
+_T315 = """\
+v_dst = S.xmm[$dst]  # sse.r1:2749
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
+    raise Fault(6, None)  # sse.r1:58
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
+    raise Fault(7, None)  # sse.r1:59
+l_c_0 = (64 if ($imm > 63) else $imm)  # mmx.r1:107
+l_r_1 = 0  # mmx.r1:108
+l_i_2 = 0  # mmx.r1:109
+while (l_i_2 < 128):  # mmx.r1:110
+    l_x_3 = ((v_dst >> l_i_2) & 18446744073709551615)  # mmx.r1:111
+    l_r_1 = (l_r_1 | (((l_x_3 >> l_c_0) & 18446744073709551615) << l_i_2))  # mmx.r1:112
+    l_i_2 = (l_i_2 + 64)  # mmx.r1:113
+S.xmm[$dst] = l_r_1 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2755
+"""
+
+# PSRAW_XMM_IMM8 [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:2757
+_T316 = """\
+v_dst = S.xmm[$dst]  # sse.r1:2760
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
+    raise Fault(6, None)  # sse.r1:58
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
+    raise Fault(7, None)  # sse.r1:59
+l_c_0 = (16 if ($imm > 15) else $imm)  # mmx.r1:107
+l_r_1 = 0  # mmx.r1:108
+l_i_2 = 0  # mmx.r1:109
+while (l_i_2 < 128):  # mmx.r1:110
+    l_x_3 = ((v_dst >> l_i_2) & 65535)  # mmx.r1:111
+    l_r_1 = (l_r_1 | (((((l_x_3 & 0xffff ^ 0x8000) - 0x8000) >> l_c_0) & 65535) << l_i_2))  # mmx.r1:112
+    l_i_2 = (l_i_2 + 16)  # mmx.r1:113
+S.xmm[$dst] = l_r_1 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2766
+"""
+
+# PSRAD_XMM_IMM8 [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:2768
+_T317 = """\
+v_dst = S.xmm[$dst]  # sse.r1:2771
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
+    raise Fault(6, None)  # sse.r1:58
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
+    raise Fault(7, None)  # sse.r1:59
+l_c_0 = (32 if ($imm > 31) else $imm)  # mmx.r1:107
+l_r_1 = 0  # mmx.r1:108
+l_i_2 = 0  # mmx.r1:109
+while (l_i_2 < 128):  # mmx.r1:110
+    l_x_3 = ((v_dst >> l_i_2) & 4294967295)  # mmx.r1:111
+    l_r_1 = (l_r_1 | (((((l_x_3 & 0xffffffff ^ 0x80000000) - 0x80000000) >> l_c_0) & 4294967295) << l_i_2))  # mmx.r1:112
+    l_i_2 = (l_i_2 + 32)  # mmx.r1:113
+S.xmm[$dst] = l_r_1 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2777
+"""
+
+# PAVGB_XMM_XMMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:2781
+_T318 = """\
+v_dst = S.xmm[$dst]  # sse.r1:2784
+v_src = S.xmm[$src]  # sse.r1:2784
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
+    raise Fault(6, None)  # sse.r1:58
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
+    raise Fault(7, None)  # sse.r1:59
+l_r_0 = 0  # mmx.r1:92
+l_i_1 = 0  # mmx.r1:93
+while (l_i_1 < 128):  # mmx.r1:94
+    a_x_2 = ((v_dst >> l_i_1) & 255)
+    a_y_3 = ((v_src >> l_i_1) & 255)
+    l_r_0 = (l_r_0 | (((((a_x_2 + a_y_3) + 1) >> 1) & 255) << l_i_1))  # mmx.r1:95
+    l_i_1 = (l_i_1 + 8)  # mmx.r1:96
+S.xmm[$dst] = l_r_0 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2790
+"""
+
+# PAVGB_XMM_XMMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:2781
+_T319 = """\
+ea = $ea
+v_dst = S.xmm[$dst]  # sse.r1:2784
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
+    raise Fault(6, None)  # sse.r1:58
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
+    raise Fault(7, None)  # sse.r1:59
+if ((b_seg_base($seg) + ea) & 15):  # sse.r1:66
+    raise Fault(13, 0)  # sse.r1:66
+v_src = b_load($seg, ea, 128)  # sse.r1:2784
+l_r_0 = 0  # mmx.r1:92
+l_i_1 = 0  # mmx.r1:93
+while (l_i_1 < 128):  # mmx.r1:94
+    a_x_2 = ((v_dst >> l_i_1) & 255)
+    a_y_3 = ((v_src >> l_i_1) & 255)
+    l_r_0 = (l_r_0 | (((((a_x_2 + a_y_3) + 1) >> 1) & 255) << l_i_1))  # mmx.r1:95
+    l_i_1 = (l_i_1 + 8)  # mmx.r1:96
+S.xmm[$dst] = l_r_0 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2790
+"""
+
+# PAVGW_XMM_XMMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:2792
+_T320 = """\
+v_dst = S.xmm[$dst]  # sse.r1:2795
+v_src = S.xmm[$src]  # sse.r1:2795
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
+    raise Fault(6, None)  # sse.r1:58
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
+    raise Fault(7, None)  # sse.r1:59
+l_r_0 = 0  # mmx.r1:92
+l_i_1 = 0  # mmx.r1:93
+while (l_i_1 < 128):  # mmx.r1:94
+    a_x_2 = ((v_dst >> l_i_1) & 65535)
+    a_y_3 = ((v_src >> l_i_1) & 65535)
+    l_r_0 = (l_r_0 | (((((a_x_2 + a_y_3) + 1) >> 1) & 65535) << l_i_1))  # mmx.r1:95
+    l_i_1 = (l_i_1 + 16)  # mmx.r1:96
+S.xmm[$dst] = l_r_0 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2801
+"""
+
+# PAVGW_XMM_XMMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:2792
+_T321 = """\
+ea = $ea
+v_dst = S.xmm[$dst]  # sse.r1:2795
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
+    raise Fault(6, None)  # sse.r1:58
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
+    raise Fault(7, None)  # sse.r1:59
+if ((b_seg_base($seg) + ea) & 15):  # sse.r1:66
+    raise Fault(13, 0)  # sse.r1:66
+v_src = b_load($seg, ea, 128)  # sse.r1:2795
+l_r_0 = 0  # mmx.r1:92
+l_i_1 = 0  # mmx.r1:93
+while (l_i_1 < 128):  # mmx.r1:94
+    a_x_2 = ((v_dst >> l_i_1) & 65535)
+    a_y_3 = ((v_src >> l_i_1) & 65535)
+    l_r_0 = (l_r_0 | (((((a_x_2 + a_y_3) + 1) >> 1) & 65535) << l_i_1))  # mmx.r1:95
+    l_i_1 = (l_i_1 + 16)  # mmx.r1:96
+S.xmm[$dst] = l_r_0 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2801
+"""
+
+# PMAXSW_XMM_XMMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:2803
+_T322 = """\
+v_dst = S.xmm[$dst]  # sse.r1:2806
+v_src = S.xmm[$src]  # sse.r1:2806
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
+    raise Fault(6, None)  # sse.r1:58
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
+    raise Fault(7, None)  # sse.r1:59
+l_r_0 = 0  # mmx.r1:92
+l_i_1 = 0  # mmx.r1:93
+while (l_i_1 < 128):  # mmx.r1:94
+    a_x_2 = ((v_dst >> l_i_1) & 65535)
+    a_y_3 = ((v_src >> l_i_1) & 65535)
+    l_r_0 = (l_r_0 | (((a_x_2 if (((a_x_2 & 0xffff ^ 0x8000) - 0x8000) > ((a_y_3 & 0xffff ^ 0x8000) - 0x8000)) else a_y_3) & 65535) << l_i_1))  # mmx.r1:95
+    l_i_1 = (l_i_1 + 16)  # mmx.r1:96
+S.xmm[$dst] = l_r_0 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2812
+"""
+
+# PMAXSW_XMM_XMMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:2803
+_T323 = """\
+ea = $ea
+v_dst = S.xmm[$dst]  # sse.r1:2806
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
+    raise Fault(6, None)  # sse.r1:58
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
+    raise Fault(7, None)  # sse.r1:59
+if ((b_seg_base($seg) + ea) & 15):  # sse.r1:66
+    raise Fault(13, 0)  # sse.r1:66
+v_src = b_load($seg, ea, 128)  # sse.r1:2806
+l_r_0 = 0  # mmx.r1:92
+l_i_1 = 0  # mmx.r1:93
+while (l_i_1 < 128):  # mmx.r1:94
+    a_x_2 = ((v_dst >> l_i_1) & 65535)
+    a_y_3 = ((v_src >> l_i_1) & 65535)
+    l_r_0 = (l_r_0 | (((a_x_2 if (((a_x_2 & 0xffff ^ 0x8000) - 0x8000) > ((a_y_3 & 0xffff ^ 0x8000) - 0x8000)) else a_y_3) & 65535) << l_i_1))  # mmx.r1:95
+    l_i_1 = (l_i_1 + 16)  # mmx.r1:96
+S.xmm[$dst] = l_r_0 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2812
+"""
+
+# PMAXUB_XMM_XMMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:2814
+_T324 = """\
+v_dst = S.xmm[$dst]  # sse.r1:2817
+v_src = S.xmm[$src]  # sse.r1:2817
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
+    raise Fault(6, None)  # sse.r1:58
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
+    raise Fault(7, None)  # sse.r1:59
+l_r_0 = 0  # mmx.r1:92
+l_i_1 = 0  # mmx.r1:93
+while (l_i_1 < 128):  # mmx.r1:94
+    a_x_2 = ((v_dst >> l_i_1) & 255)
+    a_y_3 = ((v_src >> l_i_1) & 255)
+    l_r_0 = (l_r_0 | (((a_x_2 if (a_x_2 > a_y_3) else a_y_3) & 255) << l_i_1))  # mmx.r1:95
+    l_i_1 = (l_i_1 + 8)  # mmx.r1:96
+S.xmm[$dst] = l_r_0 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2823
+"""
+
+# PMAXUB_XMM_XMMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:2814
+_T325 = """\
+ea = $ea
+v_dst = S.xmm[$dst]  # sse.r1:2817
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
+    raise Fault(6, None)  # sse.r1:58
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
+    raise Fault(7, None)  # sse.r1:59
+if ((b_seg_base($seg) + ea) & 15):  # sse.r1:66
+    raise Fault(13, 0)  # sse.r1:66
+v_src = b_load($seg, ea, 128)  # sse.r1:2817
+l_r_0 = 0  # mmx.r1:92
+l_i_1 = 0  # mmx.r1:93
+while (l_i_1 < 128):  # mmx.r1:94
+    a_x_2 = ((v_dst >> l_i_1) & 255)
+    a_y_3 = ((v_src >> l_i_1) & 255)
+    l_r_0 = (l_r_0 | (((a_x_2 if (a_x_2 > a_y_3) else a_y_3) & 255) << l_i_1))  # mmx.r1:95
+    l_i_1 = (l_i_1 + 8)  # mmx.r1:96
+S.xmm[$dst] = l_r_0 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2823
+"""
+
+# PMINSW_XMM_XMMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:2825
+_T326 = """\
+v_dst = S.xmm[$dst]  # sse.r1:2828
+v_src = S.xmm[$src]  # sse.r1:2828
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
+    raise Fault(6, None)  # sse.r1:58
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
+    raise Fault(7, None)  # sse.r1:59
+l_r_0 = 0  # mmx.r1:92
+l_i_1 = 0  # mmx.r1:93
+while (l_i_1 < 128):  # mmx.r1:94
+    a_x_2 = ((v_dst >> l_i_1) & 65535)
+    a_y_3 = ((v_src >> l_i_1) & 65535)
+    l_r_0 = (l_r_0 | (((a_x_2 if (((a_x_2 & 0xffff ^ 0x8000) - 0x8000) < ((a_y_3 & 0xffff ^ 0x8000) - 0x8000)) else a_y_3) & 65535) << l_i_1))  # mmx.r1:95
+    l_i_1 = (l_i_1 + 16)  # mmx.r1:96
+S.xmm[$dst] = l_r_0 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2834
+"""
+
+# PMINSW_XMM_XMMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:2825
+_T327 = """\
+ea = $ea
+v_dst = S.xmm[$dst]  # sse.r1:2828
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
+    raise Fault(6, None)  # sse.r1:58
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
+    raise Fault(7, None)  # sse.r1:59
+if ((b_seg_base($seg) + ea) & 15):  # sse.r1:66
+    raise Fault(13, 0)  # sse.r1:66
+v_src = b_load($seg, ea, 128)  # sse.r1:2828
+l_r_0 = 0  # mmx.r1:92
+l_i_1 = 0  # mmx.r1:93
+while (l_i_1 < 128):  # mmx.r1:94
+    a_x_2 = ((v_dst >> l_i_1) & 65535)
+    a_y_3 = ((v_src >> l_i_1) & 65535)
+    l_r_0 = (l_r_0 | (((a_x_2 if (((a_x_2 & 0xffff ^ 0x8000) - 0x8000) < ((a_y_3 & 0xffff ^ 0x8000) - 0x8000)) else a_y_3) & 65535) << l_i_1))  # mmx.r1:95
+    l_i_1 = (l_i_1 + 16)  # mmx.r1:96
+S.xmm[$dst] = l_r_0 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2834
+"""
+
+# PMINUB_XMM_XMMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:2836
+_T328 = """\
+v_dst = S.xmm[$dst]  # sse.r1:2839
+v_src = S.xmm[$src]  # sse.r1:2839
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
+    raise Fault(6, None)  # sse.r1:58
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
+    raise Fault(7, None)  # sse.r1:59
+l_r_0 = 0  # mmx.r1:92
+l_i_1 = 0  # mmx.r1:93
+while (l_i_1 < 128):  # mmx.r1:94
+    a_x_2 = ((v_dst >> l_i_1) & 255)
+    a_y_3 = ((v_src >> l_i_1) & 255)
+    l_r_0 = (l_r_0 | (((a_x_2 if (a_x_2 < a_y_3) else a_y_3) & 255) << l_i_1))  # mmx.r1:95
+    l_i_1 = (l_i_1 + 8)  # mmx.r1:96
+S.xmm[$dst] = l_r_0 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2845
+"""
+
+# PMINUB_XMM_XMMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:2836
+_T329 = """\
+ea = $ea
+v_dst = S.xmm[$dst]  # sse.r1:2839
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
+    raise Fault(6, None)  # sse.r1:58
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
+    raise Fault(7, None)  # sse.r1:59
+if ((b_seg_base($seg) + ea) & 15):  # sse.r1:66
+    raise Fault(13, 0)  # sse.r1:66
+v_src = b_load($seg, ea, 128)  # sse.r1:2839
+l_r_0 = 0  # mmx.r1:92
+l_i_1 = 0  # mmx.r1:93
+while (l_i_1 < 128):  # mmx.r1:94
+    a_x_2 = ((v_dst >> l_i_1) & 255)
+    a_y_3 = ((v_src >> l_i_1) & 255)
+    l_r_0 = (l_r_0 | (((a_x_2 if (a_x_2 < a_y_3) else a_y_3) & 255) << l_i_1))  # mmx.r1:95
+    l_i_1 = (l_i_1 + 8)  # mmx.r1:96
+S.xmm[$dst] = l_r_0 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2845
+"""
+
+# PMULHUW_XMM_XMMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:2847
+_T330 = """\
+v_dst = S.xmm[$dst]  # sse.r1:2850
+v_src = S.xmm[$src]  # sse.r1:2850
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
+    raise Fault(6, None)  # sse.r1:58
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
+    raise Fault(7, None)  # sse.r1:59
+l_r_0 = 0  # mmx.r1:92
+l_i_1 = 0  # mmx.r1:93
+while (l_i_1 < 128):  # mmx.r1:94
+    a_x_2 = ((v_dst >> l_i_1) & 65535)
+    a_y_3 = ((v_src >> l_i_1) & 65535)
+    l_r_0 = (l_r_0 | ((((a_x_2 * a_y_3) >> 16) & 65535) << l_i_1))  # mmx.r1:95
+    l_i_1 = (l_i_1 + 16)  # mmx.r1:96
+S.xmm[$dst] = l_r_0 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2856
+"""
+
+# PMULHUW_XMM_XMMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:2847
+_T331 = """\
+ea = $ea
+v_dst = S.xmm[$dst]  # sse.r1:2850
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
+    raise Fault(6, None)  # sse.r1:58
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
+    raise Fault(7, None)  # sse.r1:59
+if ((b_seg_base($seg) + ea) & 15):  # sse.r1:66
+    raise Fault(13, 0)  # sse.r1:66
+v_src = b_load($seg, ea, 128)  # sse.r1:2850
+l_r_0 = 0  # mmx.r1:92
+l_i_1 = 0  # mmx.r1:93
+while (l_i_1 < 128):  # mmx.r1:94
+    a_x_2 = ((v_dst >> l_i_1) & 65535)
+    a_y_3 = ((v_src >> l_i_1) & 65535)
+    l_r_0 = (l_r_0 | ((((a_x_2 * a_y_3) >> 16) & 65535) << l_i_1))  # mmx.r1:95
+    l_i_1 = (l_i_1 + 16)  # mmx.r1:96
+S.xmm[$dst] = l_r_0 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2856
+"""
+
+# PSADBW_XMM_XMMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:2858
+_T332 = """\
+v_dst = S.xmm[$dst]  # sse.r1:2861
+v_src = S.xmm[$src]  # sse.r1:2861
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
+    raise Fault(6, None)  # sse.r1:58
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
+    raise Fault(7, None)  # sse.r1:59
+l_r_0 = 0  # mmx.r1:162
+l_i_1 = 0  # mmx.r1:163
+while (l_i_1 < 128):  # mmx.r1:164
+    l_s_2 = 0  # mmx.r1:165
+    l_j_3 = l_i_1  # mmx.r1:166
+    while (l_j_3 < (l_i_1 + 64)):  # mmx.r1:167
+        l_x_4 = ((v_dst >> l_j_3) & 255)  # mmx.r1:168
+        l_y_5 = ((v_src >> l_j_3) & 255)  # mmx.r1:169
+        l_s_2 = (l_s_2 + ((l_x_4 - l_y_5) if (l_x_4 > l_y_5) else (l_y_5 - l_x_4)))  # mmx.r1:170
+        l_j_3 = (l_j_3 + 8)  # mmx.r1:171
+    l_r_0 = (l_r_0 | (l_s_2 << l_i_1))  # mmx.r1:173
+    l_i_1 = (l_i_1 + 64)  # mmx.r1:174
+S.xmm[$dst] = l_r_0 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2867
+"""
+
+# PSADBW_XMM_XMMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:2858
+_T333 = """\
+ea = $ea
+v_dst = S.xmm[$dst]  # sse.r1:2861
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
+    raise Fault(6, None)  # sse.r1:58
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
+    raise Fault(7, None)  # sse.r1:59
+if ((b_seg_base($seg) + ea) & 15):  # sse.r1:66
+    raise Fault(13, 0)  # sse.r1:66
+v_src = b_load($seg, ea, 128)  # sse.r1:2861
+l_r_0 = 0  # mmx.r1:162
+l_i_1 = 0  # mmx.r1:163
+while (l_i_1 < 128):  # mmx.r1:164
+    l_s_2 = 0  # mmx.r1:165
+    l_j_3 = l_i_1  # mmx.r1:166
+    while (l_j_3 < (l_i_1 + 64)):  # mmx.r1:167
+        l_x_4 = ((v_dst >> l_j_3) & 255)  # mmx.r1:168
+        l_y_5 = ((v_src >> l_j_3) & 255)  # mmx.r1:169
+        l_s_2 = (l_s_2 + ((l_x_4 - l_y_5) if (l_x_4 > l_y_5) else (l_y_5 - l_x_4)))  # mmx.r1:170
+        l_j_3 = (l_j_3 + 8)  # mmx.r1:171
+    l_r_0 = (l_r_0 | (l_s_2 << l_i_1))  # mmx.r1:173
+    l_i_1 = (l_i_1 + 64)  # mmx.r1:174
+S.xmm[$dst] = l_r_0 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2867
+"""
+
+# PEXTRW_R32_XMM_IMM8 [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:2869
+_T334 = """\
+v_src = S.xmm[$src]  # sse.r1:2872
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
+    raise Fault(6, None)  # sse.r1:58
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
+    raise Fault(7, None)  # sse.r1:59
+R[$dst] = ((v_src >> (($imm & 7) * 16)) & 65535) & 0xffffffff  # sse.r1:2878
+"""
+
+# PINSRW_XMM_R32_IMM8 [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:2880
+_T335 = """\
+v_dst = S.xmm[$dst]  # sse.r1:2883
+v_src = R[$src]  # sse.r1:2883
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
+    raise Fault(6, None)  # sse.r1:58
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
+    raise Fault(7, None)  # sse.r1:59
+a_sel_0 = ($imm & 7)
+S.xmm[$dst] = ((v_dst & (~(65535 << (a_sel_0 * 16)))) | ((v_src & 65535) << (a_sel_0 * 16))) & 0xffffffffffffffffffffffffffffffff  # sse.r1:2889
+"""
+
+# PINSRW_XMM_M16_IMM8 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:2891
+_T336 = """\
+ea = $ea
+v_dst = S.xmm[$dst]  # sse.r1:2894
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
+    raise Fault(6, None)  # sse.r1:58
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
+    raise Fault(7, None)  # sse.r1:59
+v_src = rd16($seg, ea)  # sse.r1:2894
+a_sel_0 = ($imm & 7)
+S.xmm[$dst] = ((v_dst & (~(65535 << (a_sel_0 * 16)))) | ((v_src & 65535) << (a_sel_0 * 16))) & 0xffffffffffffffffffffffffffffffff  # sse.r1:2900
+"""
+
+# PMOVMSKB_R32_XMM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:2902
+_T337 = """\
+v_src = S.xmm[$src]  # sse.r1:2905
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
+    raise Fault(6, None)  # sse.r1:58
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
+    raise Fault(7, None)  # sse.r1:59
+l_r_0 = 0  # mmx.r1:181
+l_i_1 = 0  # mmx.r1:182
+while (l_i_1 < 16):  # mmx.r1:183
+    l_r_0 = (l_r_0 | ((v_src >> ((8 * l_i_1) + 7) & 1) << l_i_1))  # mmx.r1:184
+    l_i_1 = (l_i_1 + 1)  # mmx.r1:185
+R[$dst] = l_r_0 & 0xffffffff  # sse.r1:2911
 """
 
 TEMPLATES = {
-    # spec/sse.r1:108
+    # spec/sse.r1:116
     'MOVAPS_XMM_XMMRM': {
         (16, 16, 'reg', None, None): _T0,
         (16, 16, 'mem', None, None): _T0,
@@ -1443,7 +4353,7 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T0,
         (32, 32, 'mem', None, None): _T0,
     },
-    # spec/sse.r1:118
+    # spec/sse.r1:126
     'MOVAPS_XMMRM_XMM': {
         (16, 16, 'reg', None, None): _T1,
         (16, 16, 'mem', None, None): _T1,
@@ -1454,7 +4364,7 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T1,
         (32, 32, 'mem', None, None): _T1,
     },
-    # spec/sse.r1:128
+    # spec/sse.r1:136
     'MOVUPS_XMM_XMMRM': {
         (16, 16, 'reg', None, None): _T2,
         (16, 16, 'mem', None, None): _T2,
@@ -1465,7 +4375,7 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T2,
         (32, 32, 'mem', None, None): _T2,
     },
-    # spec/sse.r1:138
+    # spec/sse.r1:146
     'MOVUPS_XMMRM_XMM': {
         (16, 16, 'reg', None, None): _T3,
         (16, 16, 'mem', None, None): _T3,
@@ -1476,84 +4386,84 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T3,
         (32, 32, 'mem', None, None): _T3,
     },
-    # spec/sse.r1:148
+    # spec/sse.r1:156
     'MOVSS_XMM_XMM': {
         (16, 16, 'reg', None, None): _T4,
         (16, 32, 'reg', None, None): _T4,
         (32, 16, 'reg', None, None): _T4,
         (32, 32, 'reg', None, None): _T4,
     },
-    # spec/sse.r1:158
+    # spec/sse.r1:166
     'MOVSS_XMM_M32': {
         (16, 16, 'mem', None, None): _T5,
         (16, 32, 'mem', None, None): _T5,
         (32, 16, 'mem', None, None): _T5,
         (32, 32, 'mem', None, None): _T5,
     },
-    # spec/sse.r1:168
+    # spec/sse.r1:176
     'MOVSS_XMM_XMM_0F11': {
         (16, 16, 'reg', None, None): _T6,
         (16, 32, 'reg', None, None): _T6,
         (32, 16, 'reg', None, None): _T6,
         (32, 32, 'reg', None, None): _T6,
     },
-    # spec/sse.r1:178
+    # spec/sse.r1:186
     'MOVSS_M32_XMM': {
         (16, 16, 'mem', None, None): _T7,
         (16, 32, 'mem', None, None): _T7,
         (32, 16, 'mem', None, None): _T7,
         (32, 32, 'mem', None, None): _T7,
     },
-    # spec/sse.r1:188
+    # spec/sse.r1:196
     'MOVLPS_XMM_M64': {
         (16, 16, 'mem', None, None): _T8,
         (16, 32, 'mem', None, None): _T8,
         (32, 16, 'mem', None, None): _T8,
         (32, 32, 'mem', None, None): _T8,
     },
-    # spec/sse.r1:198
+    # spec/sse.r1:206
     'MOVHLPS_XMM_XMM': {
         (16, 16, 'reg', None, None): _T9,
         (16, 32, 'reg', None, None): _T9,
         (32, 16, 'reg', None, None): _T9,
         (32, 32, 'reg', None, None): _T9,
     },
-    # spec/sse.r1:208
+    # spec/sse.r1:216
     'MOVLPS_M64_XMM': {
         (16, 16, 'mem', None, None): _T10,
         (16, 32, 'mem', None, None): _T10,
         (32, 16, 'mem', None, None): _T10,
         (32, 32, 'mem', None, None): _T10,
     },
-    # spec/sse.r1:218
+    # spec/sse.r1:226
     'MOVHPS_XMM_M64': {
         (16, 16, 'mem', None, None): _T11,
         (16, 32, 'mem', None, None): _T11,
         (32, 16, 'mem', None, None): _T11,
         (32, 32, 'mem', None, None): _T11,
     },
-    # spec/sse.r1:228
+    # spec/sse.r1:236
     'MOVLHPS_XMM_XMM': {
         (16, 16, 'reg', None, None): _T12,
         (16, 32, 'reg', None, None): _T12,
         (32, 16, 'reg', None, None): _T12,
         (32, 32, 'reg', None, None): _T12,
     },
-    # spec/sse.r1:238
+    # spec/sse.r1:246
     'MOVHPS_M64_XMM': {
         (16, 16, 'mem', None, None): _T13,
         (16, 32, 'mem', None, None): _T13,
         (32, 16, 'mem', None, None): _T13,
         (32, 32, 'mem', None, None): _T13,
     },
-    # spec/sse.r1:248
+    # spec/sse.r1:256
     'MOVMSKPS_R32_XMM': {
         (16, 16, 'reg', None, None): _T14,
         (16, 32, 'reg', None, None): _T14,
         (32, 16, 'reg', None, None): _T14,
         (32, 32, 'reg', None, None): _T14,
     },
-    # spec/sse.r1:260
+    # spec/sse.r1:268
     'ADDPS_XMM_XMMRM': {
         (16, 16, 'reg', None, None): _T15,
         (16, 16, 'mem', None, None): _T15,
@@ -1564,21 +4474,21 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T15,
         (32, 32, 'mem', None, None): _T15,
     },
-    # spec/sse.r1:270
+    # spec/sse.r1:278
     'ADDSS_XMM_XMM': {
         (16, 16, 'reg', None, None): _T16,
         (16, 32, 'reg', None, None): _T16,
         (32, 16, 'reg', None, None): _T16,
         (32, 32, 'reg', None, None): _T16,
     },
-    # spec/sse.r1:280
+    # spec/sse.r1:288
     'ADDSS_XMM_M32': {
         (16, 16, 'mem', None, None): _T17,
         (16, 32, 'mem', None, None): _T17,
         (32, 16, 'mem', None, None): _T17,
         (32, 32, 'mem', None, None): _T17,
     },
-    # spec/sse.r1:290
+    # spec/sse.r1:298
     'SUBPS_XMM_XMMRM': {
         (16, 16, 'reg', None, None): _T18,
         (16, 16, 'mem', None, None): _T18,
@@ -1589,21 +4499,21 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T18,
         (32, 32, 'mem', None, None): _T18,
     },
-    # spec/sse.r1:300
+    # spec/sse.r1:308
     'SUBSS_XMM_XMM': {
         (16, 16, 'reg', None, None): _T19,
         (16, 32, 'reg', None, None): _T19,
         (32, 16, 'reg', None, None): _T19,
         (32, 32, 'reg', None, None): _T19,
     },
-    # spec/sse.r1:310
+    # spec/sse.r1:318
     'SUBSS_XMM_M32': {
         (16, 16, 'mem', None, None): _T20,
         (16, 32, 'mem', None, None): _T20,
         (32, 16, 'mem', None, None): _T20,
         (32, 32, 'mem', None, None): _T20,
     },
-    # spec/sse.r1:320
+    # spec/sse.r1:328
     'MULPS_XMM_XMMRM': {
         (16, 16, 'reg', None, None): _T21,
         (16, 16, 'mem', None, None): _T21,
@@ -1614,21 +4524,21 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T21,
         (32, 32, 'mem', None, None): _T21,
     },
-    # spec/sse.r1:330
+    # spec/sse.r1:338
     'MULSS_XMM_XMM': {
         (16, 16, 'reg', None, None): _T22,
         (16, 32, 'reg', None, None): _T22,
         (32, 16, 'reg', None, None): _T22,
         (32, 32, 'reg', None, None): _T22,
     },
-    # spec/sse.r1:340
+    # spec/sse.r1:348
     'MULSS_XMM_M32': {
         (16, 16, 'mem', None, None): _T23,
         (16, 32, 'mem', None, None): _T23,
         (32, 16, 'mem', None, None): _T23,
         (32, 32, 'mem', None, None): _T23,
     },
-    # spec/sse.r1:350
+    # spec/sse.r1:358
     'DIVPS_XMM_XMMRM': {
         (16, 16, 'reg', None, None): _T24,
         (16, 16, 'mem', None, None): _T24,
@@ -1639,21 +4549,21 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T24,
         (32, 32, 'mem', None, None): _T24,
     },
-    # spec/sse.r1:360
+    # spec/sse.r1:368
     'DIVSS_XMM_XMM': {
         (16, 16, 'reg', None, None): _T25,
         (16, 32, 'reg', None, None): _T25,
         (32, 16, 'reg', None, None): _T25,
         (32, 32, 'reg', None, None): _T25,
     },
-    # spec/sse.r1:370
+    # spec/sse.r1:378
     'DIVSS_XMM_M32': {
         (16, 16, 'mem', None, None): _T26,
         (16, 32, 'mem', None, None): _T26,
         (32, 16, 'mem', None, None): _T26,
         (32, 32, 'mem', None, None): _T26,
     },
-    # spec/sse.r1:380
+    # spec/sse.r1:388
     'MINPS_XMM_XMMRM': {
         (16, 16, 'reg', None, None): _T27,
         (16, 16, 'mem', None, None): _T27,
@@ -1664,21 +4574,21 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T27,
         (32, 32, 'mem', None, None): _T27,
     },
-    # spec/sse.r1:390
+    # spec/sse.r1:398
     'MINSS_XMM_XMM': {
         (16, 16, 'reg', None, None): _T28,
         (16, 32, 'reg', None, None): _T28,
         (32, 16, 'reg', None, None): _T28,
         (32, 32, 'reg', None, None): _T28,
     },
-    # spec/sse.r1:400
+    # spec/sse.r1:408
     'MINSS_XMM_M32': {
         (16, 16, 'mem', None, None): _T29,
         (16, 32, 'mem', None, None): _T29,
         (32, 16, 'mem', None, None): _T29,
         (32, 32, 'mem', None, None): _T29,
     },
-    # spec/sse.r1:410
+    # spec/sse.r1:418
     'MAXPS_XMM_XMMRM': {
         (16, 16, 'reg', None, None): _T30,
         (16, 16, 'mem', None, None): _T30,
@@ -1689,21 +4599,21 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T30,
         (32, 32, 'mem', None, None): _T30,
     },
-    # spec/sse.r1:420
+    # spec/sse.r1:428
     'MAXSS_XMM_XMM': {
         (16, 16, 'reg', None, None): _T31,
         (16, 32, 'reg', None, None): _T31,
         (32, 16, 'reg', None, None): _T31,
         (32, 32, 'reg', None, None): _T31,
     },
-    # spec/sse.r1:430
+    # spec/sse.r1:438
     'MAXSS_XMM_M32': {
         (16, 16, 'mem', None, None): _T32,
         (16, 32, 'mem', None, None): _T32,
         (32, 16, 'mem', None, None): _T32,
         (32, 32, 'mem', None, None): _T32,
     },
-    # spec/sse.r1:440
+    # spec/sse.r1:448
     'SQRTPS_XMM_XMMRM': {
         (16, 16, 'reg', None, None): _T33,
         (16, 16, 'mem', None, None): _T33,
@@ -1714,21 +4624,21 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T33,
         (32, 32, 'mem', None, None): _T33,
     },
-    # spec/sse.r1:450
+    # spec/sse.r1:458
     'SQRTSS_XMM_XMM': {
         (16, 16, 'reg', None, None): _T34,
         (16, 32, 'reg', None, None): _T34,
         (32, 16, 'reg', None, None): _T34,
         (32, 32, 'reg', None, None): _T34,
     },
-    # spec/sse.r1:460
+    # spec/sse.r1:468
     'SQRTSS_XMM_M32': {
         (16, 16, 'mem', None, None): _T35,
         (16, 32, 'mem', None, None): _T35,
         (32, 16, 'mem', None, None): _T35,
         (32, 32, 'mem', None, None): _T35,
     },
-    # spec/sse.r1:470
+    # spec/sse.r1:478
     'RCPPS_XMM_XMMRM': {
         (16, 16, 'reg', None, None): _T36,
         (16, 16, 'mem', None, None): _T36,
@@ -1739,21 +4649,21 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T36,
         (32, 32, 'mem', None, None): _T36,
     },
-    # spec/sse.r1:480
+    # spec/sse.r1:488
     'RCPSS_XMM_XMM': {
         (16, 16, 'reg', None, None): _T37,
         (16, 32, 'reg', None, None): _T37,
         (32, 16, 'reg', None, None): _T37,
         (32, 32, 'reg', None, None): _T37,
     },
-    # spec/sse.r1:490
+    # spec/sse.r1:498
     'RCPSS_XMM_M32': {
         (16, 16, 'mem', None, None): _T38,
         (16, 32, 'mem', None, None): _T38,
         (32, 16, 'mem', None, None): _T38,
         (32, 32, 'mem', None, None): _T38,
     },
-    # spec/sse.r1:500
+    # spec/sse.r1:508
     'RSQRTPS_XMM_XMMRM': {
         (16, 16, 'reg', None, None): _T39,
         (16, 16, 'mem', None, None): _T39,
@@ -1764,21 +4674,21 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T39,
         (32, 32, 'mem', None, None): _T39,
     },
-    # spec/sse.r1:510
+    # spec/sse.r1:518
     'RSQRTSS_XMM_XMM': {
         (16, 16, 'reg', None, None): _T40,
         (16, 32, 'reg', None, None): _T40,
         (32, 16, 'reg', None, None): _T40,
         (32, 32, 'reg', None, None): _T40,
     },
-    # spec/sse.r1:520
+    # spec/sse.r1:528
     'RSQRTSS_XMM_M32': {
         (16, 16, 'mem', None, None): _T41,
         (16, 32, 'mem', None, None): _T41,
         (32, 16, 'mem', None, None): _T41,
         (32, 32, 'mem', None, None): _T41,
     },
-    # spec/sse.r1:532
+    # spec/sse.r1:540
     'CMPPS_XMM_XMMRM_IMM8': {
         (16, 16, 'reg', None, None): _T42,
         (16, 16, 'mem', None, None): _T42,
@@ -1789,49 +4699,49 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T42,
         (32, 32, 'mem', None, None): _T42,
     },
-    # spec/sse.r1:543
+    # spec/sse.r1:551
     'CMPSS_XMM_XMM_IMM8': {
         (16, 16, 'reg', None, None): _T43,
         (16, 32, 'reg', None, None): _T43,
         (32, 16, 'reg', None, None): _T43,
         (32, 32, 'reg', None, None): _T43,
     },
-    # spec/sse.r1:554
+    # spec/sse.r1:562
     'CMPSS_XMM_M32_IMM8': {
         (16, 16, 'mem', None, None): _T44,
         (16, 32, 'mem', None, None): _T44,
         (32, 16, 'mem', None, None): _T44,
         (32, 32, 'mem', None, None): _T44,
     },
-    # spec/sse.r1:565
+    # spec/sse.r1:573
     'COMISS_XMM_XMM': {
         (16, 16, 'reg', None, None): _T45,
         (16, 32, 'reg', None, None): _T45,
         (32, 16, 'reg', None, None): _T45,
         (32, 32, 'reg', None, None): _T45,
     },
-    # spec/sse.r1:575
+    # spec/sse.r1:583
     'COMISS_XMM_M32': {
         (16, 16, 'mem', None, None): _T46,
         (16, 32, 'mem', None, None): _T46,
         (32, 16, 'mem', None, None): _T46,
         (32, 32, 'mem', None, None): _T46,
     },
-    # spec/sse.r1:585
+    # spec/sse.r1:593
     'UCOMISS_XMM_XMM': {
         (16, 16, 'reg', None, None): _T47,
         (16, 32, 'reg', None, None): _T47,
         (32, 16, 'reg', None, None): _T47,
         (32, 32, 'reg', None, None): _T47,
     },
-    # spec/sse.r1:595
+    # spec/sse.r1:603
     'UCOMISS_XMM_M32': {
         (16, 16, 'mem', None, None): _T48,
         (16, 32, 'mem', None, None): _T48,
         (32, 16, 'mem', None, None): _T48,
         (32, 32, 'mem', None, None): _T48,
     },
-    # spec/sse.r1:607
+    # spec/sse.r1:615
     'ANDPS_XMM_XMMRM': {
         (16, 16, 'reg', None, None): _T49,
         (16, 16, 'mem', None, None): _T49,
@@ -1842,7 +4752,7 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T49,
         (32, 32, 'mem', None, None): _T49,
     },
-    # spec/sse.r1:617
+    # spec/sse.r1:625
     'ANDNPS_XMM_XMMRM': {
         (16, 16, 'reg', None, None): _T50,
         (16, 16, 'mem', None, None): _T50,
@@ -1853,7 +4763,7 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T50,
         (32, 32, 'mem', None, None): _T50,
     },
-    # spec/sse.r1:627
+    # spec/sse.r1:635
     'ORPS_XMM_XMMRM': {
         (16, 16, 'reg', None, None): _T51,
         (16, 16, 'mem', None, None): _T51,
@@ -1864,7 +4774,7 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T51,
         (32, 32, 'mem', None, None): _T51,
     },
-    # spec/sse.r1:637
+    # spec/sse.r1:645
     'XORPS_XMM_XMMRM': {
         (16, 16, 'reg', None, None): _T52,
         (16, 16, 'mem', None, None): _T52,
@@ -1875,7 +4785,7 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T52,
         (32, 32, 'mem', None, None): _T52,
     },
-    # spec/sse.r1:647
+    # spec/sse.r1:655
     'SHUFPS_XMM_XMMRM_IMM8': {
         (16, 16, 'reg', None, None): _T53,
         (16, 16, 'mem', None, None): _T53,
@@ -1886,7 +4796,7 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T53,
         (32, 32, 'mem', None, None): _T53,
     },
-    # spec/sse.r1:657
+    # spec/sse.r1:665
     'UNPCKLPS_XMM_XMMRM': {
         (16, 16, 'reg', None, None): _T54,
         (16, 16, 'mem', None, None): _T54,
@@ -1897,7 +4807,7 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T54,
         (32, 32, 'mem', None, None): _T54,
     },
-    # spec/sse.r1:667
+    # spec/sse.r1:675
     'UNPCKHPS_XMM_XMMRM': {
         (16, 16, 'reg', None, None): _T55,
         (16, 16, 'mem', None, None): _T55,
@@ -1908,7 +4818,7 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T55,
         (32, 32, 'mem', None, None): _T55,
     },
-    # spec/sse.r1:679
+    # spec/sse.r1:687
     'CVTPI2PS_XMM_MMRM': {
         (16, 16, 'reg', None, None): _T56,
         (16, 16, 'mem', None, None): _T56,
@@ -1919,35 +4829,35 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T56,
         (32, 32, 'mem', None, None): _T56,
     },
-    # spec/sse.r1:689
+    # spec/sse.r1:697
     'CVTPS2PI_MM_XMM': {
         (16, 16, 'reg', None, None): _T57,
         (16, 32, 'reg', None, None): _T57,
         (32, 16, 'reg', None, None): _T57,
         (32, 32, 'reg', None, None): _T57,
     },
-    # spec/sse.r1:699
+    # spec/sse.r1:707
     'CVTPS2PI_MM_M64': {
         (16, 16, 'mem', None, None): _T58,
         (16, 32, 'mem', None, None): _T58,
         (32, 16, 'mem', None, None): _T58,
         (32, 32, 'mem', None, None): _T58,
     },
-    # spec/sse.r1:709
+    # spec/sse.r1:717
     'CVTTPS2PI_MM_XMM': {
         (16, 16, 'reg', None, None): _T59,
         (16, 32, 'reg', None, None): _T59,
         (32, 16, 'reg', None, None): _T59,
         (32, 32, 'reg', None, None): _T59,
     },
-    # spec/sse.r1:719
+    # spec/sse.r1:727
     'CVTTPS2PI_MM_M64': {
         (16, 16, 'mem', None, None): _T60,
         (16, 32, 'mem', None, None): _T60,
         (32, 16, 'mem', None, None): _T60,
         (32, 32, 'mem', None, None): _T60,
     },
-    # spec/sse.r1:729
+    # spec/sse.r1:737
     'CVTSI2SS_XMM_RM32': {
         (16, 16, 'reg', None, None): _T61,
         (16, 16, 'mem', None, None): _T61,
@@ -1958,354 +4868,280 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T61,
         (32, 32, 'mem', None, None): _T61,
     },
-    # spec/sse.r1:739
+    # spec/sse.r1:747
     'CVTSS2SI_R32_XMM': {
         (16, 16, 'reg', None, None): _T62,
         (16, 32, 'reg', None, None): _T62,
         (32, 16, 'reg', None, None): _T62,
         (32, 32, 'reg', None, None): _T62,
     },
-    # spec/sse.r1:749
+    # spec/sse.r1:757
     'CVTSS2SI_R32_M32': {
         (16, 16, 'mem', None, None): _T63,
         (16, 32, 'mem', None, None): _T63,
         (32, 16, 'mem', None, None): _T63,
         (32, 32, 'mem', None, None): _T63,
     },
-    # spec/sse.r1:759
+    # spec/sse.r1:767
     'CVTTSS2SI_R32_XMM': {
         (16, 16, 'reg', None, None): _T64,
         (16, 32, 'reg', None, None): _T64,
         (32, 16, 'reg', None, None): _T64,
         (32, 32, 'reg', None, None): _T64,
     },
-    # spec/sse.r1:769
+    # spec/sse.r1:777
     'CVTTSS2SI_R32_M32': {
         (16, 16, 'mem', None, None): _T65,
         (16, 32, 'mem', None, None): _T65,
         (32, 16, 'mem', None, None): _T65,
         (32, 32, 'mem', None, None): _T65,
     },
-    # spec/sse.r1:781
+    # spec/sse.r1:789
     'LDMXCSR_M32': {
         (16, 16, 'mem', None, None): _T66,
         (16, 32, 'mem', None, None): _T66,
         (32, 16, 'mem', None, None): _T66,
         (32, 32, 'mem', None, None): _T66,
     },
-    # spec/sse.r1:791
+    # spec/sse.r1:799
     'STMXCSR_M32': {
         (16, 16, 'mem', None, None): _T67,
         (16, 32, 'mem', None, None): _T67,
         (32, 16, 'mem', None, None): _T67,
         (32, 32, 'mem', None, None): _T67,
     },
-    # spec/sse.r1:801
+    # spec/sse.r1:809
     'FXSAVE_M512': {
         (16, 16, 'mem', None, None): _T68,
         (16, 32, 'mem', None, None): _T68,
         (32, 16, 'mem', None, None): _T68,
         (32, 32, 'mem', None, None): _T68,
     },
-    # spec/sse.r1:841
+    # spec/sse.r1:849
     'FXRSTOR_M512': {
         (16, 16, 'mem', None, None): _T69,
         (16, 32, 'mem', None, None): _T69,
         (32, 16, 'mem', None, None): _T69,
         (32, 32, 'mem', None, None): _T69,
     },
-    # spec/sse.r1:881
+    # spec/sse.r1:889
     'PREFETCHNTA_M8': {
         (16, 16, 'mem', None, None): _T70,
         (16, 32, 'mem', None, None): _T70,
         (32, 16, 'mem', None, None): _T70,
         (32, 32, 'mem', None, None): _T70,
     },
-    # spec/sse.r1:891
+    # spec/sse.r1:899
     'PREFETCHT0_M8': {
         (16, 16, 'mem', None, None): _T71,
         (16, 32, 'mem', None, None): _T71,
         (32, 16, 'mem', None, None): _T71,
         (32, 32, 'mem', None, None): _T71,
     },
-    # spec/sse.r1:901
+    # spec/sse.r1:909
     'PREFETCHT1_M8': {
         (16, 16, 'mem', None, None): _T72,
         (16, 32, 'mem', None, None): _T72,
         (32, 16, 'mem', None, None): _T72,
         (32, 32, 'mem', None, None): _T72,
     },
-    # spec/sse.r1:911
+    # spec/sse.r1:919
     'PREFETCHT2_M8': {
         (16, 16, 'mem', None, None): _T73,
         (16, 32, 'mem', None, None): _T73,
         (32, 16, 'mem', None, None): _T73,
         (32, 32, 'mem', None, None): _T73,
     },
-    # spec/sse.r1:921
+    # spec/sse.r1:929
     'SFENCE': {
         (16, 16, None, None, None): _T74,
         (16, 32, None, None, None): _T74,
         (32, 16, None, None, None): _T74,
         (32, 32, None, None, None): _T74,
     },
-    # spec/sse.r1:931
+    # spec/sse.r1:939
     'MOVNTQ_M64_MM': {
         (16, 16, 'mem', None, None): _T75,
         (16, 32, 'mem', None, None): _T75,
         (32, 16, 'mem', None, None): _T75,
         (32, 32, 'mem', None, None): _T75,
     },
-    # spec/sse.r1:941
+    # spec/sse.r1:950
     'MOVNTPS_M128_XMM': {
         (16, 16, 'mem', None, None): _T76,
         (16, 32, 'mem', None, None): _T76,
         (32, 16, 'mem', None, None): _T76,
         (32, 32, 'mem', None, None): _T76,
     },
-    # spec/sse.r1:951
+    # spec/sse.r1:960
     'MASKMOVQ_MM_MM': {
         (16, 16, 'reg', None, None): _T77,
-        (16, 32, 'reg', None, None): _T77,
-        (32, 16, 'reg', None, None): _T77,
-        (32, 32, 'reg', None, None): _T77,
-    },
-    # spec/sse.r1:963
-    'PAVGB_MM_MMRM': {
-        (16, 16, 'reg', None, None): _T78,
-        (16, 16, 'mem', None, None): _T78,
         (16, 32, 'reg', None, None): _T78,
-        (16, 32, 'mem', None, None): _T78,
-        (32, 16, 'reg', None, None): _T78,
-        (32, 16, 'mem', None, None): _T78,
+        (32, 16, 'reg', None, None): _T77,
         (32, 32, 'reg', None, None): _T78,
-        (32, 32, 'mem', None, None): _T78,
     },
     # spec/sse.r1:973
-    'PAVGW_MM_MMRM': {
+    'PAVGB_MM_MMRM': {
         (16, 16, 'reg', None, None): _T79,
-        (16, 16, 'mem', None, None): _T79,
-        (16, 32, 'reg', None, None): _T79,
-        (16, 32, 'mem', None, None): _T79,
-        (32, 16, 'reg', None, None): _T79,
-        (32, 16, 'mem', None, None): _T79,
-        (32, 32, 'reg', None, None): _T79,
-        (32, 32, 'mem', None, None): _T79,
-    },
-    # spec/sse.r1:983
-    'PMAXSW_MM_MMRM': {
-        (16, 16, 'reg', None, None): _T80,
         (16, 16, 'mem', None, None): _T80,
-        (16, 32, 'reg', None, None): _T80,
+        (16, 32, 'reg', None, None): _T79,
         (16, 32, 'mem', None, None): _T80,
-        (32, 16, 'reg', None, None): _T80,
+        (32, 16, 'reg', None, None): _T79,
         (32, 16, 'mem', None, None): _T80,
-        (32, 32, 'reg', None, None): _T80,
+        (32, 32, 'reg', None, None): _T79,
         (32, 32, 'mem', None, None): _T80,
     },
-    # spec/sse.r1:993
-    'PMAXUB_MM_MMRM': {
+    # spec/sse.r1:984
+    'PAVGW_MM_MMRM': {
         (16, 16, 'reg', None, None): _T81,
-        (16, 16, 'mem', None, None): _T81,
-        (16, 32, 'reg', None, None): _T81,
-        (16, 32, 'mem', None, None): _T81,
-        (32, 16, 'reg', None, None): _T81,
-        (32, 16, 'mem', None, None): _T81,
-        (32, 32, 'reg', None, None): _T81,
-        (32, 32, 'mem', None, None): _T81,
-    },
-    # spec/sse.r1:1003
-    'PMINSW_MM_MMRM': {
-        (16, 16, 'reg', None, None): _T82,
         (16, 16, 'mem', None, None): _T82,
-        (16, 32, 'reg', None, None): _T82,
+        (16, 32, 'reg', None, None): _T81,
         (16, 32, 'mem', None, None): _T82,
-        (32, 16, 'reg', None, None): _T82,
+        (32, 16, 'reg', None, None): _T81,
         (32, 16, 'mem', None, None): _T82,
-        (32, 32, 'reg', None, None): _T82,
+        (32, 32, 'reg', None, None): _T81,
         (32, 32, 'mem', None, None): _T82,
     },
-    # spec/sse.r1:1013
-    'PMINUB_MM_MMRM': {
+    # spec/sse.r1:995
+    'PMAXSW_MM_MMRM': {
         (16, 16, 'reg', None, None): _T83,
-        (16, 16, 'mem', None, None): _T83,
-        (16, 32, 'reg', None, None): _T83,
-        (16, 32, 'mem', None, None): _T83,
-        (32, 16, 'reg', None, None): _T83,
-        (32, 16, 'mem', None, None): _T83,
-        (32, 32, 'reg', None, None): _T83,
-        (32, 32, 'mem', None, None): _T83,
-    },
-    # spec/sse.r1:1023
-    'PMULHUW_MM_MMRM': {
-        (16, 16, 'reg', None, None): _T84,
         (16, 16, 'mem', None, None): _T84,
-        (16, 32, 'reg', None, None): _T84,
+        (16, 32, 'reg', None, None): _T83,
         (16, 32, 'mem', None, None): _T84,
-        (32, 16, 'reg', None, None): _T84,
+        (32, 16, 'reg', None, None): _T83,
         (32, 16, 'mem', None, None): _T84,
-        (32, 32, 'reg', None, None): _T84,
+        (32, 32, 'reg', None, None): _T83,
         (32, 32, 'mem', None, None): _T84,
     },
-    # spec/sse.r1:1033
-    'PSADBW_MM_MMRM': {
+    # spec/sse.r1:1006
+    'PMAXUB_MM_MMRM': {
         (16, 16, 'reg', None, None): _T85,
-        (16, 16, 'mem', None, None): _T85,
-        (16, 32, 'reg', None, None): _T85,
-        (16, 32, 'mem', None, None): _T85,
-        (32, 16, 'reg', None, None): _T85,
-        (32, 16, 'mem', None, None): _T85,
-        (32, 32, 'reg', None, None): _T85,
-        (32, 32, 'mem', None, None): _T85,
-    },
-    # spec/sse.r1:1043
-    'PSHUFW_MM_MMRM_IMM8': {
-        (16, 16, 'reg', None, None): _T86,
         (16, 16, 'mem', None, None): _T86,
-        (16, 32, 'reg', None, None): _T86,
+        (16, 32, 'reg', None, None): _T85,
         (16, 32, 'mem', None, None): _T86,
-        (32, 16, 'reg', None, None): _T86,
+        (32, 16, 'reg', None, None): _T85,
         (32, 16, 'mem', None, None): _T86,
-        (32, 32, 'reg', None, None): _T86,
+        (32, 32, 'reg', None, None): _T85,
         (32, 32, 'mem', None, None): _T86,
     },
-    # spec/sse.r1:1053
-    'PEXTRW_R32_MM_IMM8': {
+    # spec/sse.r1:1017
+    'PMINSW_MM_MMRM': {
         (16, 16, 'reg', None, None): _T87,
+        (16, 16, 'mem', None, None): _T88,
         (16, 32, 'reg', None, None): _T87,
+        (16, 32, 'mem', None, None): _T88,
         (32, 16, 'reg', None, None): _T87,
+        (32, 16, 'mem', None, None): _T88,
         (32, 32, 'reg', None, None): _T87,
+        (32, 32, 'mem', None, None): _T88,
     },
-    # spec/sse.r1:1063
-    'PINSRW_MM_R32_IMM8': {
-        (16, 16, 'reg', None, None): _T88,
-        (16, 32, 'reg', None, None): _T88,
-        (32, 16, 'reg', None, None): _T88,
-        (32, 32, 'reg', None, None): _T88,
+    # spec/sse.r1:1028
+    'PMINUB_MM_MMRM': {
+        (16, 16, 'reg', None, None): _T89,
+        (16, 16, 'mem', None, None): _T90,
+        (16, 32, 'reg', None, None): _T89,
+        (16, 32, 'mem', None, None): _T90,
+        (32, 16, 'reg', None, None): _T89,
+        (32, 16, 'mem', None, None): _T90,
+        (32, 32, 'reg', None, None): _T89,
+        (32, 32, 'mem', None, None): _T90,
     },
-    # spec/sse.r1:1073
-    'PINSRW_MM_M16_IMM8': {
-        (16, 16, 'mem', None, None): _T89,
-        (16, 32, 'mem', None, None): _T89,
-        (32, 16, 'mem', None, None): _T89,
-        (32, 32, 'mem', None, None): _T89,
-    },
-    # spec/sse.r1:1083
-    'PMOVMSKB_R32_MM': {
-        (16, 16, 'reg', None, None): _T90,
-        (16, 32, 'reg', None, None): _T90,
-        (32, 16, 'reg', None, None): _T90,
-        (32, 32, 'reg', None, None): _T90,
-    },
-    # spec/sse.r1:1095
-    'MOVAPD_XMM_XMMRM': {
+    # spec/sse.r1:1039
+    'PMULHUW_MM_MMRM': {
         (16, 16, 'reg', None, None): _T91,
-        (16, 16, 'mem', None, None): _T91,
-        (16, 32, 'reg', None, None): _T91,
-        (16, 32, 'mem', None, None): _T91,
-        (32, 16, 'reg', None, None): _T91,
-        (32, 16, 'mem', None, None): _T91,
-        (32, 32, 'reg', None, None): _T91,
-        (32, 32, 'mem', None, None): _T91,
-    },
-    # spec/sse.r1:1105
-    'MOVAPD_XMMRM_XMM': {
-        (16, 16, 'reg', None, None): _T92,
         (16, 16, 'mem', None, None): _T92,
-        (16, 32, 'reg', None, None): _T92,
+        (16, 32, 'reg', None, None): _T91,
         (16, 32, 'mem', None, None): _T92,
-        (32, 16, 'reg', None, None): _T92,
+        (32, 16, 'reg', None, None): _T91,
         (32, 16, 'mem', None, None): _T92,
-        (32, 32, 'reg', None, None): _T92,
+        (32, 32, 'reg', None, None): _T91,
         (32, 32, 'mem', None, None): _T92,
     },
-    # spec/sse.r1:1115
-    'MOVUPD_XMM_XMMRM': {
+    # spec/sse.r1:1050
+    'PSADBW_MM_MMRM': {
         (16, 16, 'reg', None, None): _T93,
-        (16, 16, 'mem', None, None): _T93,
-        (16, 32, 'reg', None, None): _T93,
-        (16, 32, 'mem', None, None): _T93,
-        (32, 16, 'reg', None, None): _T93,
-        (32, 16, 'mem', None, None): _T93,
-        (32, 32, 'reg', None, None): _T93,
-        (32, 32, 'mem', None, None): _T93,
-    },
-    # spec/sse.r1:1125
-    'MOVUPD_XMMRM_XMM': {
-        (16, 16, 'reg', None, None): _T94,
         (16, 16, 'mem', None, None): _T94,
-        (16, 32, 'reg', None, None): _T94,
+        (16, 32, 'reg', None, None): _T93,
         (16, 32, 'mem', None, None): _T94,
-        (32, 16, 'reg', None, None): _T94,
+        (32, 16, 'reg', None, None): _T93,
         (32, 16, 'mem', None, None): _T94,
-        (32, 32, 'reg', None, None): _T94,
+        (32, 32, 'reg', None, None): _T93,
         (32, 32, 'mem', None, None): _T94,
     },
-    # spec/sse.r1:1135
-    'MOVSD_XMM_XMM': {
+    # spec/sse.r1:1061
+    'PSHUFW_MM_MMRM_IMM8': {
         (16, 16, 'reg', None, None): _T95,
-        (16, 32, 'reg', None, None): _T95,
-        (32, 16, 'reg', None, None): _T95,
-        (32, 32, 'reg', None, None): _T95,
-    },
-    # spec/sse.r1:1146
-    'MOVSD_XMM_M64': {
         (16, 16, 'mem', None, None): _T96,
+        (16, 32, 'reg', None, None): _T95,
         (16, 32, 'mem', None, None): _T96,
+        (32, 16, 'reg', None, None): _T95,
         (32, 16, 'mem', None, None): _T96,
+        (32, 32, 'reg', None, None): _T95,
         (32, 32, 'mem', None, None): _T96,
     },
-    # spec/sse.r1:1157
-    'MOVSD_XMM_XMM_0F11': {
+    # spec/sse.r1:1072
+    'PEXTRW_R32_MM_IMM8': {
         (16, 16, 'reg', None, None): _T97,
         (16, 32, 'reg', None, None): _T97,
         (32, 16, 'reg', None, None): _T97,
         (32, 32, 'reg', None, None): _T97,
     },
-    # spec/sse.r1:1168
-    'MOVSD_M64_XMM': {
-        (16, 16, 'mem', None, None): _T98,
-        (16, 32, 'mem', None, None): _T98,
-        (32, 16, 'mem', None, None): _T98,
-        (32, 32, 'mem', None, None): _T98,
+    # spec/sse.r1:1083
+    'PINSRW_MM_R32_IMM8': {
+        (16, 16, 'reg', None, None): _T98,
+        (16, 32, 'reg', None, None): _T98,
+        (32, 16, 'reg', None, None): _T98,
+        (32, 32, 'reg', None, None): _T98,
     },
-    # spec/sse.r1:1179
-    'MOVLPD_XMM_M64': {
+    # spec/sse.r1:1094
+    'PINSRW_MM_M16_IMM8': {
         (16, 16, 'mem', None, None): _T99,
         (16, 32, 'mem', None, None): _T99,
         (32, 16, 'mem', None, None): _T99,
         (32, 32, 'mem', None, None): _T99,
     },
-    # spec/sse.r1:1189
-    'MOVLPD_M64_XMM': {
-        (16, 16, 'mem', None, None): _T100,
-        (16, 32, 'mem', None, None): _T100,
-        (32, 16, 'mem', None, None): _T100,
-        (32, 32, 'mem', None, None): _T100,
+    # spec/sse.r1:1105
+    'PMOVMSKB_R32_MM': {
+        (16, 16, 'reg', None, None): _T100,
+        (16, 32, 'reg', None, None): _T100,
+        (32, 16, 'reg', None, None): _T100,
+        (32, 32, 'reg', None, None): _T100,
     },
-    # spec/sse.r1:1199
-    'MOVHPD_XMM_M64': {
+    # spec/sse.r1:1118
+    'MOVAPD_XMM_XMMRM': {
+        (16, 16, 'reg', None, None): _T101,
         (16, 16, 'mem', None, None): _T101,
+        (16, 32, 'reg', None, None): _T101,
         (16, 32, 'mem', None, None): _T101,
+        (32, 16, 'reg', None, None): _T101,
         (32, 16, 'mem', None, None): _T101,
+        (32, 32, 'reg', None, None): _T101,
         (32, 32, 'mem', None, None): _T101,
     },
-    # spec/sse.r1:1209
-    'MOVHPD_M64_XMM': {
+    # spec/sse.r1:1128
+    'MOVAPD_XMMRM_XMM': {
+        (16, 16, 'reg', None, None): _T102,
         (16, 16, 'mem', None, None): _T102,
+        (16, 32, 'reg', None, None): _T102,
         (16, 32, 'mem', None, None): _T102,
+        (32, 16, 'reg', None, None): _T102,
         (32, 16, 'mem', None, None): _T102,
+        (32, 32, 'reg', None, None): _T102,
         (32, 32, 'mem', None, None): _T102,
     },
-    # spec/sse.r1:1219
-    'MOVMSKPD_R32_XMM': {
+    # spec/sse.r1:1138
+    'MOVUPD_XMM_XMMRM': {
         (16, 16, 'reg', None, None): _T103,
+        (16, 16, 'mem', None, None): _T103,
         (16, 32, 'reg', None, None): _T103,
+        (16, 32, 'mem', None, None): _T103,
         (32, 16, 'reg', None, None): _T103,
+        (32, 16, 'mem', None, None): _T103,
         (32, 32, 'reg', None, None): _T103,
+        (32, 32, 'mem', None, None): _T103,
     },
-    # spec/sse.r1:1231
-    'ADDPD_XMM_XMMRM': {
+    # spec/sse.r1:1148
+    'MOVUPD_XMMRM_XMM': {
         (16, 16, 'reg', None, None): _T104,
         (16, 16, 'mem', None, None): _T104,
         (16, 32, 'reg', None, None): _T104,
@@ -2315,225 +5151,221 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T104,
         (32, 32, 'mem', None, None): _T104,
     },
-    # spec/sse.r1:1241
-    'ADDSD_XMM_XMM': {
+    # spec/sse.r1:1158
+    'MOVSD_XMM_XMM': {
         (16, 16, 'reg', None, None): _T105,
         (16, 32, 'reg', None, None): _T105,
         (32, 16, 'reg', None, None): _T105,
         (32, 32, 'reg', None, None): _T105,
     },
-    # spec/sse.r1:1251
-    'ADDSD_XMM_M64': {
+    # spec/sse.r1:1169
+    'MOVSD_XMM_M64': {
         (16, 16, 'mem', None, None): _T106,
         (16, 32, 'mem', None, None): _T106,
         (32, 16, 'mem', None, None): _T106,
         (32, 32, 'mem', None, None): _T106,
     },
-    # spec/sse.r1:1261
-    'SUBPD_XMM_XMMRM': {
+    # spec/sse.r1:1180
+    'MOVSD_XMM_XMM_0F11': {
         (16, 16, 'reg', None, None): _T107,
-        (16, 16, 'mem', None, None): _T107,
         (16, 32, 'reg', None, None): _T107,
-        (16, 32, 'mem', None, None): _T107,
         (32, 16, 'reg', None, None): _T107,
-        (32, 16, 'mem', None, None): _T107,
         (32, 32, 'reg', None, None): _T107,
-        (32, 32, 'mem', None, None): _T107,
     },
-    # spec/sse.r1:1271
-    'SUBSD_XMM_XMM': {
-        (16, 16, 'reg', None, None): _T108,
-        (16, 32, 'reg', None, None): _T108,
-        (32, 16, 'reg', None, None): _T108,
-        (32, 32, 'reg', None, None): _T108,
+    # spec/sse.r1:1191
+    'MOVSD_M64_XMM': {
+        (16, 16, 'mem', None, None): _T108,
+        (16, 32, 'mem', None, None): _T108,
+        (32, 16, 'mem', None, None): _T108,
+        (32, 32, 'mem', None, None): _T108,
     },
-    # spec/sse.r1:1281
-    'SUBSD_XMM_M64': {
+    # spec/sse.r1:1202
+    'MOVLPD_XMM_M64': {
         (16, 16, 'mem', None, None): _T109,
         (16, 32, 'mem', None, None): _T109,
         (32, 16, 'mem', None, None): _T109,
         (32, 32, 'mem', None, None): _T109,
     },
-    # spec/sse.r1:1291
-    'MULPD_XMM_XMMRM': {
-        (16, 16, 'reg', None, None): _T110,
+    # spec/sse.r1:1212
+    'MOVLPD_M64_XMM': {
         (16, 16, 'mem', None, None): _T110,
-        (16, 32, 'reg', None, None): _T110,
         (16, 32, 'mem', None, None): _T110,
-        (32, 16, 'reg', None, None): _T110,
         (32, 16, 'mem', None, None): _T110,
-        (32, 32, 'reg', None, None): _T110,
         (32, 32, 'mem', None, None): _T110,
     },
-    # spec/sse.r1:1301
-    'MULSD_XMM_XMM': {
-        (16, 16, 'reg', None, None): _T111,
-        (16, 32, 'reg', None, None): _T111,
-        (32, 16, 'reg', None, None): _T111,
-        (32, 32, 'reg', None, None): _T111,
+    # spec/sse.r1:1222
+    'MOVHPD_XMM_M64': {
+        (16, 16, 'mem', None, None): _T111,
+        (16, 32, 'mem', None, None): _T111,
+        (32, 16, 'mem', None, None): _T111,
+        (32, 32, 'mem', None, None): _T111,
     },
-    # spec/sse.r1:1311
-    'MULSD_XMM_M64': {
+    # spec/sse.r1:1232
+    'MOVHPD_M64_XMM': {
         (16, 16, 'mem', None, None): _T112,
         (16, 32, 'mem', None, None): _T112,
         (32, 16, 'mem', None, None): _T112,
         (32, 32, 'mem', None, None): _T112,
     },
-    # spec/sse.r1:1321
-    'DIVPD_XMM_XMMRM': {
+    # spec/sse.r1:1242
+    'MOVMSKPD_R32_XMM': {
         (16, 16, 'reg', None, None): _T113,
-        (16, 16, 'mem', None, None): _T113,
         (16, 32, 'reg', None, None): _T113,
-        (16, 32, 'mem', None, None): _T113,
         (32, 16, 'reg', None, None): _T113,
-        (32, 16, 'mem', None, None): _T113,
         (32, 32, 'reg', None, None): _T113,
-        (32, 32, 'mem', None, None): _T113,
     },
-    # spec/sse.r1:1331
-    'DIVSD_XMM_XMM': {
+    # spec/sse.r1:1254
+    'ADDPD_XMM_XMMRM': {
         (16, 16, 'reg', None, None): _T114,
+        (16, 16, 'mem', None, None): _T114,
         (16, 32, 'reg', None, None): _T114,
+        (16, 32, 'mem', None, None): _T114,
         (32, 16, 'reg', None, None): _T114,
+        (32, 16, 'mem', None, None): _T114,
         (32, 32, 'reg', None, None): _T114,
+        (32, 32, 'mem', None, None): _T114,
     },
-    # spec/sse.r1:1341
-    'DIVSD_XMM_M64': {
-        (16, 16, 'mem', None, None): _T115,
-        (16, 32, 'mem', None, None): _T115,
-        (32, 16, 'mem', None, None): _T115,
-        (32, 32, 'mem', None, None): _T115,
+    # spec/sse.r1:1264
+    'ADDSD_XMM_XMM': {
+        (16, 16, 'reg', None, None): _T115,
+        (16, 32, 'reg', None, None): _T115,
+        (32, 16, 'reg', None, None): _T115,
+        (32, 32, 'reg', None, None): _T115,
     },
-    # spec/sse.r1:1351
-    'MINPD_XMM_XMMRM': {
-        (16, 16, 'reg', None, None): _T116,
+    # spec/sse.r1:1274
+    'ADDSD_XMM_M64': {
         (16, 16, 'mem', None, None): _T116,
-        (16, 32, 'reg', None, None): _T116,
         (16, 32, 'mem', None, None): _T116,
-        (32, 16, 'reg', None, None): _T116,
         (32, 16, 'mem', None, None): _T116,
-        (32, 32, 'reg', None, None): _T116,
         (32, 32, 'mem', None, None): _T116,
     },
-    # spec/sse.r1:1361
-    'MINSD_XMM_XMM': {
+    # spec/sse.r1:1284
+    'SUBPD_XMM_XMMRM': {
         (16, 16, 'reg', None, None): _T117,
+        (16, 16, 'mem', None, None): _T117,
         (16, 32, 'reg', None, None): _T117,
+        (16, 32, 'mem', None, None): _T117,
         (32, 16, 'reg', None, None): _T117,
+        (32, 16, 'mem', None, None): _T117,
         (32, 32, 'reg', None, None): _T117,
+        (32, 32, 'mem', None, None): _T117,
     },
-    # spec/sse.r1:1371
-    'MINSD_XMM_M64': {
-        (16, 16, 'mem', None, None): _T118,
-        (16, 32, 'mem', None, None): _T118,
-        (32, 16, 'mem', None, None): _T118,
-        (32, 32, 'mem', None, None): _T118,
+    # spec/sse.r1:1294
+    'SUBSD_XMM_XMM': {
+        (16, 16, 'reg', None, None): _T118,
+        (16, 32, 'reg', None, None): _T118,
+        (32, 16, 'reg', None, None): _T118,
+        (32, 32, 'reg', None, None): _T118,
     },
-    # spec/sse.r1:1381
-    'MAXPD_XMM_XMMRM': {
-        (16, 16, 'reg', None, None): _T119,
+    # spec/sse.r1:1304
+    'SUBSD_XMM_M64': {
         (16, 16, 'mem', None, None): _T119,
-        (16, 32, 'reg', None, None): _T119,
         (16, 32, 'mem', None, None): _T119,
-        (32, 16, 'reg', None, None): _T119,
         (32, 16, 'mem', None, None): _T119,
-        (32, 32, 'reg', None, None): _T119,
         (32, 32, 'mem', None, None): _T119,
     },
-    # spec/sse.r1:1391
-    'MAXSD_XMM_XMM': {
+    # spec/sse.r1:1314
+    'MULPD_XMM_XMMRM': {
         (16, 16, 'reg', None, None): _T120,
+        (16, 16, 'mem', None, None): _T120,
         (16, 32, 'reg', None, None): _T120,
+        (16, 32, 'mem', None, None): _T120,
         (32, 16, 'reg', None, None): _T120,
+        (32, 16, 'mem', None, None): _T120,
         (32, 32, 'reg', None, None): _T120,
+        (32, 32, 'mem', None, None): _T120,
     },
-    # spec/sse.r1:1401
-    'MAXSD_XMM_M64': {
-        (16, 16, 'mem', None, None): _T121,
-        (16, 32, 'mem', None, None): _T121,
-        (32, 16, 'mem', None, None): _T121,
-        (32, 32, 'mem', None, None): _T121,
+    # spec/sse.r1:1324
+    'MULSD_XMM_XMM': {
+        (16, 16, 'reg', None, None): _T121,
+        (16, 32, 'reg', None, None): _T121,
+        (32, 16, 'reg', None, None): _T121,
+        (32, 32, 'reg', None, None): _T121,
     },
-    # spec/sse.r1:1411
-    'SQRTPD_XMM_XMMRM': {
-        (16, 16, 'reg', None, None): _T122,
+    # spec/sse.r1:1334
+    'MULSD_XMM_M64': {
         (16, 16, 'mem', None, None): _T122,
-        (16, 32, 'reg', None, None): _T122,
         (16, 32, 'mem', None, None): _T122,
-        (32, 16, 'reg', None, None): _T122,
         (32, 16, 'mem', None, None): _T122,
-        (32, 32, 'reg', None, None): _T122,
         (32, 32, 'mem', None, None): _T122,
     },
-    # spec/sse.r1:1421
-    'SQRTSD_XMM_XMM': {
+    # spec/sse.r1:1344
+    'DIVPD_XMM_XMMRM': {
         (16, 16, 'reg', None, None): _T123,
+        (16, 16, 'mem', None, None): _T123,
         (16, 32, 'reg', None, None): _T123,
+        (16, 32, 'mem', None, None): _T123,
         (32, 16, 'reg', None, None): _T123,
+        (32, 16, 'mem', None, None): _T123,
         (32, 32, 'reg', None, None): _T123,
+        (32, 32, 'mem', None, None): _T123,
     },
-    # spec/sse.r1:1431
-    'SQRTSD_XMM_M64': {
-        (16, 16, 'mem', None, None): _T124,
-        (16, 32, 'mem', None, None): _T124,
-        (32, 16, 'mem', None, None): _T124,
-        (32, 32, 'mem', None, None): _T124,
+    # spec/sse.r1:1354
+    'DIVSD_XMM_XMM': {
+        (16, 16, 'reg', None, None): _T124,
+        (16, 32, 'reg', None, None): _T124,
+        (32, 16, 'reg', None, None): _T124,
+        (32, 32, 'reg', None, None): _T124,
     },
-    # spec/sse.r1:1443
-    'CMPPD_XMM_XMMRM_IMM8': {
-        (16, 16, 'reg', None, None): _T125,
+    # spec/sse.r1:1364
+    'DIVSD_XMM_M64': {
         (16, 16, 'mem', None, None): _T125,
-        (16, 32, 'reg', None, None): _T125,
         (16, 32, 'mem', None, None): _T125,
-        (32, 16, 'reg', None, None): _T125,
         (32, 16, 'mem', None, None): _T125,
-        (32, 32, 'reg', None, None): _T125,
         (32, 32, 'mem', None, None): _T125,
     },
-    # spec/sse.r1:1454
-    'CMPSD_XMM_XMM_IMM8': {
+    # spec/sse.r1:1374
+    'MINPD_XMM_XMMRM': {
         (16, 16, 'reg', None, None): _T126,
+        (16, 16, 'mem', None, None): _T126,
         (16, 32, 'reg', None, None): _T126,
+        (16, 32, 'mem', None, None): _T126,
         (32, 16, 'reg', None, None): _T126,
+        (32, 16, 'mem', None, None): _T126,
         (32, 32, 'reg', None, None): _T126,
+        (32, 32, 'mem', None, None): _T126,
     },
-    # spec/sse.r1:1469
-    'CMPSD_XMM_M64_IMM8': {
-        (16, 16, 'mem', None, None): _T127,
-        (16, 32, 'mem', None, None): _T127,
-        (32, 16, 'mem', None, None): _T127,
-        (32, 32, 'mem', None, None): _T127,
+    # spec/sse.r1:1384
+    'MINSD_XMM_XMM': {
+        (16, 16, 'reg', None, None): _T127,
+        (16, 32, 'reg', None, None): _T127,
+        (32, 16, 'reg', None, None): _T127,
+        (32, 32, 'reg', None, None): _T127,
     },
-    # spec/sse.r1:1484
-    'COMISD_XMM_XMM': {
-        (16, 16, 'reg', None, None): _T128,
-        (16, 32, 'reg', None, None): _T128,
-        (32, 16, 'reg', None, None): _T128,
-        (32, 32, 'reg', None, None): _T128,
+    # spec/sse.r1:1394
+    'MINSD_XMM_M64': {
+        (16, 16, 'mem', None, None): _T128,
+        (16, 32, 'mem', None, None): _T128,
+        (32, 16, 'mem', None, None): _T128,
+        (32, 32, 'mem', None, None): _T128,
     },
-    # spec/sse.r1:1494
-    'COMISD_XMM_M64': {
+    # spec/sse.r1:1404
+    'MAXPD_XMM_XMMRM': {
+        (16, 16, 'reg', None, None): _T129,
         (16, 16, 'mem', None, None): _T129,
+        (16, 32, 'reg', None, None): _T129,
         (16, 32, 'mem', None, None): _T129,
+        (32, 16, 'reg', None, None): _T129,
         (32, 16, 'mem', None, None): _T129,
+        (32, 32, 'reg', None, None): _T129,
         (32, 32, 'mem', None, None): _T129,
     },
-    # spec/sse.r1:1504
-    'UCOMISD_XMM_XMM': {
+    # spec/sse.r1:1414
+    'MAXSD_XMM_XMM': {
         (16, 16, 'reg', None, None): _T130,
         (16, 32, 'reg', None, None): _T130,
         (32, 16, 'reg', None, None): _T130,
         (32, 32, 'reg', None, None): _T130,
     },
-    # spec/sse.r1:1514
-    'UCOMISD_XMM_M64': {
+    # spec/sse.r1:1424
+    'MAXSD_XMM_M64': {
         (16, 16, 'mem', None, None): _T131,
         (16, 32, 'mem', None, None): _T131,
         (32, 16, 'mem', None, None): _T131,
         (32, 32, 'mem', None, None): _T131,
     },
-    # spec/sse.r1:1526
-    'ANDPD_XMM_XMMRM': {
+    # spec/sse.r1:1434
+    'SQRTPD_XMM_XMMRM': {
         (16, 16, 'reg', None, None): _T132,
         (16, 16, 'mem', None, None): _T132,
         (16, 32, 'reg', None, None): _T132,
@@ -2543,30 +5375,22 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T132,
         (32, 32, 'mem', None, None): _T132,
     },
-    # spec/sse.r1:1536
-    'ANDNPD_XMM_XMMRM': {
+    # spec/sse.r1:1444
+    'SQRTSD_XMM_XMM': {
         (16, 16, 'reg', None, None): _T133,
-        (16, 16, 'mem', None, None): _T133,
         (16, 32, 'reg', None, None): _T133,
-        (16, 32, 'mem', None, None): _T133,
         (32, 16, 'reg', None, None): _T133,
-        (32, 16, 'mem', None, None): _T133,
         (32, 32, 'reg', None, None): _T133,
-        (32, 32, 'mem', None, None): _T133,
     },
-    # spec/sse.r1:1546
-    'ORPD_XMM_XMMRM': {
-        (16, 16, 'reg', None, None): _T134,
+    # spec/sse.r1:1454
+    'SQRTSD_XMM_M64': {
         (16, 16, 'mem', None, None): _T134,
-        (16, 32, 'reg', None, None): _T134,
         (16, 32, 'mem', None, None): _T134,
-        (32, 16, 'reg', None, None): _T134,
         (32, 16, 'mem', None, None): _T134,
-        (32, 32, 'reg', None, None): _T134,
         (32, 32, 'mem', None, None): _T134,
     },
-    # spec/sse.r1:1556
-    'XORPD_XMM_XMMRM': {
+    # spec/sse.r1:1466
+    'CMPPD_XMM_XMMRM_IMM8': {
         (16, 16, 'reg', None, None): _T135,
         (16, 16, 'mem', None, None): _T135,
         (16, 32, 'reg', None, None): _T135,
@@ -2576,74 +5400,50 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T135,
         (32, 32, 'mem', None, None): _T135,
     },
-    # spec/sse.r1:1566
-    'SHUFPD_XMM_XMMRM_IMM8': {
+    # spec/sse.r1:1477
+    'CMPSD_XMM_XMM_IMM8': {
         (16, 16, 'reg', None, None): _T136,
-        (16, 16, 'mem', None, None): _T136,
         (16, 32, 'reg', None, None): _T136,
-        (16, 32, 'mem', None, None): _T136,
         (32, 16, 'reg', None, None): _T136,
-        (32, 16, 'mem', None, None): _T136,
         (32, 32, 'reg', None, None): _T136,
-        (32, 32, 'mem', None, None): _T136,
     },
-    # spec/sse.r1:1576
-    'UNPCKLPD_XMM_XMMRM': {
-        (16, 16, 'reg', None, None): _T137,
+    # spec/sse.r1:1492
+    'CMPSD_XMM_M64_IMM8': {
         (16, 16, 'mem', None, None): _T137,
-        (16, 32, 'reg', None, None): _T137,
         (16, 32, 'mem', None, None): _T137,
-        (32, 16, 'reg', None, None): _T137,
         (32, 16, 'mem', None, None): _T137,
-        (32, 32, 'reg', None, None): _T137,
         (32, 32, 'mem', None, None): _T137,
     },
-    # spec/sse.r1:1586
-    'UNPCKHPD_XMM_XMMRM': {
+    # spec/sse.r1:1507
+    'COMISD_XMM_XMM': {
         (16, 16, 'reg', None, None): _T138,
-        (16, 16, 'mem', None, None): _T138,
         (16, 32, 'reg', None, None): _T138,
-        (16, 32, 'mem', None, None): _T138,
         (32, 16, 'reg', None, None): _T138,
-        (32, 16, 'mem', None, None): _T138,
         (32, 32, 'reg', None, None): _T138,
-        (32, 32, 'mem', None, None): _T138,
     },
-    # spec/sse.r1:1598
-    'CVTPI2PD_XMM_MMRM': {
-        (16, 16, 'reg', None, None): _T139,
+    # spec/sse.r1:1517
+    'COMISD_XMM_M64': {
         (16, 16, 'mem', None, None): _T139,
-        (16, 32, 'reg', None, None): _T139,
         (16, 32, 'mem', None, None): _T139,
-        (32, 16, 'reg', None, None): _T139,
         (32, 16, 'mem', None, None): _T139,
-        (32, 32, 'reg', None, None): _T139,
         (32, 32, 'mem', None, None): _T139,
     },
-    # spec/sse.r1:1608
-    'CVTPD2PI_MM_XMMRM': {
+    # spec/sse.r1:1527
+    'UCOMISD_XMM_XMM': {
         (16, 16, 'reg', None, None): _T140,
-        (16, 16, 'mem', None, None): _T140,
         (16, 32, 'reg', None, None): _T140,
-        (16, 32, 'mem', None, None): _T140,
         (32, 16, 'reg', None, None): _T140,
-        (32, 16, 'mem', None, None): _T140,
         (32, 32, 'reg', None, None): _T140,
-        (32, 32, 'mem', None, None): _T140,
     },
-    # spec/sse.r1:1618
-    'CVTTPD2PI_MM_XMMRM': {
-        (16, 16, 'reg', None, None): _T141,
+    # spec/sse.r1:1537
+    'UCOMISD_XMM_M64': {
         (16, 16, 'mem', None, None): _T141,
-        (16, 32, 'reg', None, None): _T141,
         (16, 32, 'mem', None, None): _T141,
-        (32, 16, 'reg', None, None): _T141,
         (32, 16, 'mem', None, None): _T141,
-        (32, 32, 'reg', None, None): _T141,
         (32, 32, 'mem', None, None): _T141,
     },
-    # spec/sse.r1:1628
-    'CVTSI2SD_XMM_RM32': {
+    # spec/sse.r1:1549
+    'ANDPD_XMM_XMMRM': {
         (16, 16, 'reg', None, None): _T142,
         (16, 16, 'mem', None, None): _T142,
         (16, 32, 'reg', None, None): _T142,
@@ -2653,50 +5453,74 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T142,
         (32, 32, 'mem', None, None): _T142,
     },
-    # spec/sse.r1:1638
-    'CVTSD2SI_R32_XMM': {
+    # spec/sse.r1:1559
+    'ANDNPD_XMM_XMMRM': {
         (16, 16, 'reg', None, None): _T143,
+        (16, 16, 'mem', None, None): _T143,
         (16, 32, 'reg', None, None): _T143,
+        (16, 32, 'mem', None, None): _T143,
         (32, 16, 'reg', None, None): _T143,
+        (32, 16, 'mem', None, None): _T143,
         (32, 32, 'reg', None, None): _T143,
+        (32, 32, 'mem', None, None): _T143,
     },
-    # spec/sse.r1:1648
-    'CVTSD2SI_R32_M64': {
+    # spec/sse.r1:1569
+    'ORPD_XMM_XMMRM': {
+        (16, 16, 'reg', None, None): _T144,
         (16, 16, 'mem', None, None): _T144,
+        (16, 32, 'reg', None, None): _T144,
         (16, 32, 'mem', None, None): _T144,
+        (32, 16, 'reg', None, None): _T144,
         (32, 16, 'mem', None, None): _T144,
+        (32, 32, 'reg', None, None): _T144,
         (32, 32, 'mem', None, None): _T144,
     },
-    # spec/sse.r1:1658
-    'CVTTSD2SI_R32_XMM': {
+    # spec/sse.r1:1579
+    'XORPD_XMM_XMMRM': {
         (16, 16, 'reg', None, None): _T145,
+        (16, 16, 'mem', None, None): _T145,
         (16, 32, 'reg', None, None): _T145,
+        (16, 32, 'mem', None, None): _T145,
         (32, 16, 'reg', None, None): _T145,
+        (32, 16, 'mem', None, None): _T145,
         (32, 32, 'reg', None, None): _T145,
+        (32, 32, 'mem', None, None): _T145,
     },
-    # spec/sse.r1:1668
-    'CVTTSD2SI_R32_M64': {
+    # spec/sse.r1:1589
+    'SHUFPD_XMM_XMMRM_IMM8': {
+        (16, 16, 'reg', None, None): _T146,
         (16, 16, 'mem', None, None): _T146,
+        (16, 32, 'reg', None, None): _T146,
         (16, 32, 'mem', None, None): _T146,
+        (32, 16, 'reg', None, None): _T146,
         (32, 16, 'mem', None, None): _T146,
+        (32, 32, 'reg', None, None): _T146,
         (32, 32, 'mem', None, None): _T146,
     },
-    # spec/sse.r1:1678
-    'CVTPS2PD_XMM_XMM': {
+    # spec/sse.r1:1599
+    'UNPCKLPD_XMM_XMMRM': {
         (16, 16, 'reg', None, None): _T147,
+        (16, 16, 'mem', None, None): _T147,
         (16, 32, 'reg', None, None): _T147,
+        (16, 32, 'mem', None, None): _T147,
         (32, 16, 'reg', None, None): _T147,
+        (32, 16, 'mem', None, None): _T147,
         (32, 32, 'reg', None, None): _T147,
+        (32, 32, 'mem', None, None): _T147,
     },
-    # spec/sse.r1:1688
-    'CVTPS2PD_XMM_M64': {
+    # spec/sse.r1:1609
+    'UNPCKHPD_XMM_XMMRM': {
+        (16, 16, 'reg', None, None): _T148,
         (16, 16, 'mem', None, None): _T148,
+        (16, 32, 'reg', None, None): _T148,
         (16, 32, 'mem', None, None): _T148,
+        (32, 16, 'reg', None, None): _T148,
         (32, 16, 'mem', None, None): _T148,
+        (32, 32, 'reg', None, None): _T148,
         (32, 32, 'mem', None, None): _T148,
     },
-    # spec/sse.r1:1698
-    'CVTPD2PS_XMM_XMMRM': {
+    # spec/sse.r1:1621
+    'CVTPI2PD_XMM_MMRM': {
         (16, 16, 'reg', None, None): _T149,
         (16, 16, 'mem', None, None): _T149,
         (16, 32, 'reg', None, None): _T149,
@@ -2706,83 +5530,83 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T149,
         (32, 32, 'mem', None, None): _T149,
     },
-    # spec/sse.r1:1708
-    'CVTSS2SD_XMM_XMM': {
+    # spec/sse.r1:1631
+    'CVTPD2PI_MM_XMMRM': {
         (16, 16, 'reg', None, None): _T150,
+        (16, 16, 'mem', None, None): _T150,
         (16, 32, 'reg', None, None): _T150,
+        (16, 32, 'mem', None, None): _T150,
         (32, 16, 'reg', None, None): _T150,
+        (32, 16, 'mem', None, None): _T150,
         (32, 32, 'reg', None, None): _T150,
+        (32, 32, 'mem', None, None): _T150,
     },
-    # spec/sse.r1:1718
-    'CVTSS2SD_XMM_M32': {
+    # spec/sse.r1:1641
+    'CVTTPD2PI_MM_XMMRM': {
+        (16, 16, 'reg', None, None): _T151,
         (16, 16, 'mem', None, None): _T151,
+        (16, 32, 'reg', None, None): _T151,
         (16, 32, 'mem', None, None): _T151,
+        (32, 16, 'reg', None, None): _T151,
         (32, 16, 'mem', None, None): _T151,
+        (32, 32, 'reg', None, None): _T151,
         (32, 32, 'mem', None, None): _T151,
     },
-    # spec/sse.r1:1728
-    'CVTSD2SS_XMM_XMM': {
+    # spec/sse.r1:1651
+    'CVTSI2SD_XMM_RM32': {
         (16, 16, 'reg', None, None): _T152,
+        (16, 16, 'mem', None, None): _T152,
         (16, 32, 'reg', None, None): _T152,
+        (16, 32, 'mem', None, None): _T152,
         (32, 16, 'reg', None, None): _T152,
+        (32, 16, 'mem', None, None): _T152,
         (32, 32, 'reg', None, None): _T152,
+        (32, 32, 'mem', None, None): _T152,
     },
-    # spec/sse.r1:1738
-    'CVTSD2SS_XMM_M64': {
-        (16, 16, 'mem', None, None): _T153,
-        (16, 32, 'mem', None, None): _T153,
-        (32, 16, 'mem', None, None): _T153,
-        (32, 32, 'mem', None, None): _T153,
+    # spec/sse.r1:1661
+    'CVTSD2SI_R32_XMM': {
+        (16, 16, 'reg', None, None): _T153,
+        (16, 32, 'reg', None, None): _T153,
+        (32, 16, 'reg', None, None): _T153,
+        (32, 32, 'reg', None, None): _T153,
     },
-    # spec/sse.r1:1748
-    'CVTDQ2PS_XMM_XMMRM': {
-        (16, 16, 'reg', None, None): _T154,
+    # spec/sse.r1:1671
+    'CVTSD2SI_R32_M64': {
         (16, 16, 'mem', None, None): _T154,
-        (16, 32, 'reg', None, None): _T154,
         (16, 32, 'mem', None, None): _T154,
-        (32, 16, 'reg', None, None): _T154,
         (32, 16, 'mem', None, None): _T154,
-        (32, 32, 'reg', None, None): _T154,
         (32, 32, 'mem', None, None): _T154,
     },
-    # spec/sse.r1:1758
-    'CVTPS2DQ_XMM_XMMRM': {
+    # spec/sse.r1:1681
+    'CVTTSD2SI_R32_XMM': {
         (16, 16, 'reg', None, None): _T155,
-        (16, 16, 'mem', None, None): _T155,
         (16, 32, 'reg', None, None): _T155,
-        (16, 32, 'mem', None, None): _T155,
         (32, 16, 'reg', None, None): _T155,
-        (32, 16, 'mem', None, None): _T155,
         (32, 32, 'reg', None, None): _T155,
-        (32, 32, 'mem', None, None): _T155,
     },
-    # spec/sse.r1:1768
-    'CVTTPS2DQ_XMM_XMMRM': {
-        (16, 16, 'reg', None, None): _T156,
+    # spec/sse.r1:1691
+    'CVTTSD2SI_R32_M64': {
         (16, 16, 'mem', None, None): _T156,
-        (16, 32, 'reg', None, None): _T156,
         (16, 32, 'mem', None, None): _T156,
-        (32, 16, 'reg', None, None): _T156,
         (32, 16, 'mem', None, None): _T156,
-        (32, 32, 'reg', None, None): _T156,
         (32, 32, 'mem', None, None): _T156,
     },
-    # spec/sse.r1:1778
-    'CVTDQ2PD_XMM_XMM': {
+    # spec/sse.r1:1701
+    'CVTPS2PD_XMM_XMM': {
         (16, 16, 'reg', None, None): _T157,
         (16, 32, 'reg', None, None): _T157,
         (32, 16, 'reg', None, None): _T157,
         (32, 32, 'reg', None, None): _T157,
     },
-    # spec/sse.r1:1788
-    'CVTDQ2PD_XMM_M64': {
+    # spec/sse.r1:1711
+    'CVTPS2PD_XMM_M64': {
         (16, 16, 'mem', None, None): _T158,
         (16, 32, 'mem', None, None): _T158,
         (32, 16, 'mem', None, None): _T158,
         (32, 32, 'mem', None, None): _T158,
     },
-    # spec/sse.r1:1798
-    'CVTPD2DQ_XMM_XMMRM': {
+    # spec/sse.r1:1721
+    'CVTPD2PS_XMM_XMMRM': {
         (16, 16, 'reg', None, None): _T159,
         (16, 16, 'mem', None, None): _T159,
         (16, 32, 'reg', None, None): _T159,
@@ -2792,52 +5616,36 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T159,
         (32, 32, 'mem', None, None): _T159,
     },
-    # spec/sse.r1:1808
-    'CVTTPD2DQ_XMM_XMMRM': {
+    # spec/sse.r1:1731
+    'CVTSS2SD_XMM_XMM': {
         (16, 16, 'reg', None, None): _T160,
-        (16, 16, 'mem', None, None): _T160,
         (16, 32, 'reg', None, None): _T160,
-        (16, 32, 'mem', None, None): _T160,
         (32, 16, 'reg', None, None): _T160,
-        (32, 16, 'mem', None, None): _T160,
         (32, 32, 'reg', None, None): _T160,
-        (32, 32, 'mem', None, None): _T160,
     },
-    # spec/sse.r1:1820
-    'MOVDQA_XMM_XMMRM': {
-        (16, 16, 'reg', None, None): _T161,
+    # spec/sse.r1:1741
+    'CVTSS2SD_XMM_M32': {
         (16, 16, 'mem', None, None): _T161,
-        (16, 32, 'reg', None, None): _T161,
         (16, 32, 'mem', None, None): _T161,
-        (32, 16, 'reg', None, None): _T161,
         (32, 16, 'mem', None, None): _T161,
-        (32, 32, 'reg', None, None): _T161,
         (32, 32, 'mem', None, None): _T161,
     },
-    # spec/sse.r1:1830
-    'MOVDQA_XMMRM_XMM': {
+    # spec/sse.r1:1751
+    'CVTSD2SS_XMM_XMM': {
         (16, 16, 'reg', None, None): _T162,
-        (16, 16, 'mem', None, None): _T162,
         (16, 32, 'reg', None, None): _T162,
-        (16, 32, 'mem', None, None): _T162,
         (32, 16, 'reg', None, None): _T162,
-        (32, 16, 'mem', None, None): _T162,
         (32, 32, 'reg', None, None): _T162,
-        (32, 32, 'mem', None, None): _T162,
     },
-    # spec/sse.r1:1840
-    'MOVDQU_XMM_XMMRM': {
-        (16, 16, 'reg', None, None): _T163,
+    # spec/sse.r1:1761
+    'CVTSD2SS_XMM_M64': {
         (16, 16, 'mem', None, None): _T163,
-        (16, 32, 'reg', None, None): _T163,
         (16, 32, 'mem', None, None): _T163,
-        (32, 16, 'reg', None, None): _T163,
         (32, 16, 'mem', None, None): _T163,
-        (32, 32, 'reg', None, None): _T163,
         (32, 32, 'mem', None, None): _T163,
     },
-    # spec/sse.r1:1850
-    'MOVDQU_XMMRM_XMM': {
+    # spec/sse.r1:1771
+    'CVTDQ2PS_XMM_XMMRM': {
         (16, 16, 'reg', None, None): _T164,
         (16, 16, 'mem', None, None): _T164,
         (16, 32, 'reg', None, None): _T164,
@@ -2847,8 +5655,8 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T164,
         (32, 32, 'mem', None, None): _T164,
     },
-    # spec/sse.r1:1860
-    'MOVD_XMM_RM32': {
+    # spec/sse.r1:1781
+    'CVTPS2DQ_XMM_XMMRM': {
         (16, 16, 'reg', None, None): _T165,
         (16, 16, 'mem', None, None): _T165,
         (16, 32, 'reg', None, None): _T165,
@@ -2858,8 +5666,8 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T165,
         (32, 32, 'mem', None, None): _T165,
     },
-    # spec/sse.r1:1870
-    'MOVD_RM32_XMM': {
+    # spec/sse.r1:1791
+    'CVTTPS2DQ_XMM_XMMRM': {
         (16, 16, 'reg', None, None): _T166,
         (16, 16, 'mem', None, None): _T166,
         (16, 32, 'reg', None, None): _T166,
@@ -2869,893 +5677,995 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T166,
         (32, 32, 'mem', None, None): _T166,
     },
-    # spec/sse.r1:1880
-    'MOVQ_XMM_XMM': {
+    # spec/sse.r1:1801
+    'CVTDQ2PD_XMM_XMM': {
         (16, 16, 'reg', None, None): _T167,
         (16, 32, 'reg', None, None): _T167,
         (32, 16, 'reg', None, None): _T167,
         (32, 32, 'reg', None, None): _T167,
     },
-    # spec/sse.r1:1890
-    'MOVQ_XMM_M64': {
+    # spec/sse.r1:1811
+    'CVTDQ2PD_XMM_M64': {
         (16, 16, 'mem', None, None): _T168,
         (16, 32, 'mem', None, None): _T168,
         (32, 16, 'mem', None, None): _T168,
         (32, 32, 'mem', None, None): _T168,
     },
-    # spec/sse.r1:1900
-    'MOVQ_XMM_XMM_0FD6': {
+    # spec/sse.r1:1821
+    'CVTPD2DQ_XMM_XMMRM': {
         (16, 16, 'reg', None, None): _T169,
+        (16, 16, 'mem', None, None): _T169,
         (16, 32, 'reg', None, None): _T169,
+        (16, 32, 'mem', None, None): _T169,
         (32, 16, 'reg', None, None): _T169,
+        (32, 16, 'mem', None, None): _T169,
         (32, 32, 'reg', None, None): _T169,
+        (32, 32, 'mem', None, None): _T169,
     },
-    # spec/sse.r1:1910
-    'MOVQ_M64_XMM': {
+    # spec/sse.r1:1831
+    'CVTTPD2DQ_XMM_XMMRM': {
+        (16, 16, 'reg', None, None): _T170,
         (16, 16, 'mem', None, None): _T170,
+        (16, 32, 'reg', None, None): _T170,
         (16, 32, 'mem', None, None): _T170,
+        (32, 16, 'reg', None, None): _T170,
         (32, 16, 'mem', None, None): _T170,
+        (32, 32, 'reg', None, None): _T170,
         (32, 32, 'mem', None, None): _T170,
     },
-    # spec/sse.r1:1920
-    'MOVQ2DQ_XMM_MM': {
+    # spec/sse.r1:1843
+    'MOVDQA_XMM_XMMRM': {
         (16, 16, 'reg', None, None): _T171,
+        (16, 16, 'mem', None, None): _T172,
         (16, 32, 'reg', None, None): _T171,
+        (16, 32, 'mem', None, None): _T172,
         (32, 16, 'reg', None, None): _T171,
+        (32, 16, 'mem', None, None): _T172,
         (32, 32, 'reg', None, None): _T171,
+        (32, 32, 'mem', None, None): _T172,
     },
-    # spec/sse.r1:1930
-    'MOVDQ2Q_MM_XMM': {
-        (16, 16, 'reg', None, None): _T172,
-        (16, 32, 'reg', None, None): _T172,
-        (32, 16, 'reg', None, None): _T172,
-        (32, 32, 'reg', None, None): _T172,
-    },
-    # spec/sse.r1:1942
-    'MOVNTPD_M128_XMM': {
-        (16, 16, 'mem', None, None): _T173,
-        (16, 32, 'mem', None, None): _T173,
-        (32, 16, 'mem', None, None): _T173,
-        (32, 32, 'mem', None, None): _T173,
-    },
-    # spec/sse.r1:1952
-    'MOVNTDQ_M128_XMM': {
+    # spec/sse.r1:1854
+    'MOVDQA_XMMRM_XMM': {
+        (16, 16, 'reg', None, None): _T173,
         (16, 16, 'mem', None, None): _T174,
+        (16, 32, 'reg', None, None): _T173,
         (16, 32, 'mem', None, None): _T174,
+        (32, 16, 'reg', None, None): _T173,
         (32, 16, 'mem', None, None): _T174,
+        (32, 32, 'reg', None, None): _T173,
         (32, 32, 'mem', None, None): _T174,
     },
-    # spec/sse.r1:1962
-    'MOVNTI_M32_R32': {
-        (16, 16, 'mem', None, None): _T175,
-        (16, 32, 'mem', None, None): _T175,
-        (32, 16, 'mem', None, None): _T175,
-        (32, 32, 'mem', None, None): _T175,
+    # spec/sse.r1:1865
+    'MOVDQU_XMM_XMMRM': {
+        (16, 16, 'reg', None, None): _T175,
+        (16, 16, 'mem', None, None): _T176,
+        (16, 32, 'reg', None, None): _T175,
+        (16, 32, 'mem', None, None): _T176,
+        (32, 16, 'reg', None, None): _T175,
+        (32, 16, 'mem', None, None): _T176,
+        (32, 32, 'reg', None, None): _T175,
+        (32, 32, 'mem', None, None): _T176,
     },
-    # spec/sse.r1:1972
-    'MASKMOVDQU_XMM_XMM': {
-        (16, 16, 'reg', None, None): _T176,
-        (16, 32, 'reg', None, None): _T176,
-        (32, 16, 'reg', None, None): _T176,
-        (32, 32, 'reg', None, None): _T176,
+    # spec/sse.r1:1876
+    'MOVDQU_XMMRM_XMM': {
+        (16, 16, 'reg', None, None): _T177,
+        (16, 16, 'mem', None, None): _T178,
+        (16, 32, 'reg', None, None): _T177,
+        (16, 32, 'mem', None, None): _T178,
+        (32, 16, 'reg', None, None): _T177,
+        (32, 16, 'mem', None, None): _T178,
+        (32, 32, 'reg', None, None): _T177,
+        (32, 32, 'mem', None, None): _T178,
     },
-    # spec/sse.r1:1982
-    'CLFLUSH_M8': {
-        (16, 16, 'mem', None, None): _T177,
-        (16, 32, 'mem', None, None): _T177,
-        (32, 16, 'mem', None, None): _T177,
-        (32, 32, 'mem', None, None): _T177,
+    # spec/sse.r1:1887
+    'MOVD_XMM_RM32': {
+        (16, 16, 'reg', None, None): _T179,
+        (16, 16, 'mem', None, None): _T180,
+        (16, 32, 'reg', None, None): _T179,
+        (16, 32, 'mem', None, None): _T180,
+        (32, 16, 'reg', None, None): _T179,
+        (32, 16, 'mem', None, None): _T180,
+        (32, 32, 'reg', None, None): _T179,
+        (32, 32, 'mem', None, None): _T180,
     },
-    # spec/sse.r1:1992
-    'LFENCE': {
-        (16, 16, None, None, None): _T178,
-        (16, 32, None, None, None): _T178,
-        (32, 16, None, None, None): _T178,
-        (32, 32, None, None, None): _T178,
-    },
-    # spec/sse.r1:2002
-    'MFENCE': {
-        (16, 16, None, None, None): _T179,
-        (16, 32, None, None, None): _T179,
-        (32, 16, None, None, None): _T179,
-        (32, 32, None, None, None): _T179,
-    },
-    # spec/sse.r1:2012
-    'PAUSE': {
-        (16, 16, None, None, None): _T180,
-        (16, 32, None, None, None): _T180,
-        (32, 16, None, None, None): _T180,
-        (32, 32, None, None, None): _T180,
-    },
-    # spec/sse.r1:2024
-    'PADDQ_MM_MMRM': {
+    # spec/sse.r1:1898
+    'MOVD_RM32_XMM': {
         (16, 16, 'reg', None, None): _T181,
-        (16, 16, 'mem', None, None): _T181,
-        (16, 32, 'reg', None, None): _T181,
-        (16, 32, 'mem', None, None): _T181,
-        (32, 16, 'reg', None, None): _T181,
-        (32, 16, 'mem', None, None): _T181,
-        (32, 32, 'reg', None, None): _T181,
-        (32, 32, 'mem', None, None): _T181,
-    },
-    # spec/sse.r1:2034
-    'PADDQ_XMM_XMMRM': {
-        (16, 16, 'reg', None, None): _T182,
         (16, 16, 'mem', None, None): _T182,
-        (16, 32, 'reg', None, None): _T182,
+        (16, 32, 'reg', None, None): _T181,
         (16, 32, 'mem', None, None): _T182,
-        (32, 16, 'reg', None, None): _T182,
+        (32, 16, 'reg', None, None): _T181,
         (32, 16, 'mem', None, None): _T182,
-        (32, 32, 'reg', None, None): _T182,
+        (32, 32, 'reg', None, None): _T181,
         (32, 32, 'mem', None, None): _T182,
     },
-    # spec/sse.r1:2044
-    'PSUBQ_MM_MMRM': {
+    # spec/sse.r1:1909
+    'MOVQ_XMM_XMM': {
         (16, 16, 'reg', None, None): _T183,
-        (16, 16, 'mem', None, None): _T183,
         (16, 32, 'reg', None, None): _T183,
-        (16, 32, 'mem', None, None): _T183,
         (32, 16, 'reg', None, None): _T183,
-        (32, 16, 'mem', None, None): _T183,
         (32, 32, 'reg', None, None): _T183,
-        (32, 32, 'mem', None, None): _T183,
     },
-    # spec/sse.r1:2054
-    'PSUBQ_XMM_XMMRM': {
-        (16, 16, 'reg', None, None): _T184,
+    # spec/sse.r1:1920
+    'MOVQ_XMM_M64': {
         (16, 16, 'mem', None, None): _T184,
-        (16, 32, 'reg', None, None): _T184,
         (16, 32, 'mem', None, None): _T184,
-        (32, 16, 'reg', None, None): _T184,
         (32, 16, 'mem', None, None): _T184,
-        (32, 32, 'reg', None, None): _T184,
         (32, 32, 'mem', None, None): _T184,
     },
-    # spec/sse.r1:2064
-    'PMULUDQ_MM_MMRM': {
+    # spec/sse.r1:1931
+    'MOVQ_XMM_XMM_0FD6': {
         (16, 16, 'reg', None, None): _T185,
-        (16, 16, 'mem', None, None): _T185,
         (16, 32, 'reg', None, None): _T185,
-        (16, 32, 'mem', None, None): _T185,
         (32, 16, 'reg', None, None): _T185,
-        (32, 16, 'mem', None, None): _T185,
         (32, 32, 'reg', None, None): _T185,
-        (32, 32, 'mem', None, None): _T185,
     },
-    # spec/sse.r1:2074
-    'PMULUDQ_XMM_XMMRM': {
-        (16, 16, 'reg', None, None): _T186,
+    # spec/sse.r1:1942
+    'MOVQ_M64_XMM': {
         (16, 16, 'mem', None, None): _T186,
-        (16, 32, 'reg', None, None): _T186,
         (16, 32, 'mem', None, None): _T186,
-        (32, 16, 'reg', None, None): _T186,
         (32, 16, 'mem', None, None): _T186,
-        (32, 32, 'reg', None, None): _T186,
         (32, 32, 'mem', None, None): _T186,
     },
-    # spec/sse.r1:2084
-    'PSHUFD_XMM_XMMRM_IMM8': {
+    # spec/sse.r1:1953
+    'MOVQ2DQ_XMM_MM': {
         (16, 16, 'reg', None, None): _T187,
-        (16, 16, 'mem', None, None): _T187,
         (16, 32, 'reg', None, None): _T187,
-        (16, 32, 'mem', None, None): _T187,
         (32, 16, 'reg', None, None): _T187,
-        (32, 16, 'mem', None, None): _T187,
         (32, 32, 'reg', None, None): _T187,
-        (32, 32, 'mem', None, None): _T187,
     },
-    # spec/sse.r1:2094
-    'PSHUFHW_XMM_XMMRM_IMM8': {
+    # spec/sse.r1:1964
+    'MOVDQ2Q_MM_XMM': {
         (16, 16, 'reg', None, None): _T188,
-        (16, 16, 'mem', None, None): _T188,
         (16, 32, 'reg', None, None): _T188,
-        (16, 32, 'mem', None, None): _T188,
         (32, 16, 'reg', None, None): _T188,
-        (32, 16, 'mem', None, None): _T188,
         (32, 32, 'reg', None, None): _T188,
-        (32, 32, 'mem', None, None): _T188,
     },
-    # spec/sse.r1:2104
-    'PSHUFLW_XMM_XMMRM_IMM8': {
-        (16, 16, 'reg', None, None): _T189,
+    # spec/sse.r1:1977
+    'MOVNTPD_M128_XMM': {
         (16, 16, 'mem', None, None): _T189,
-        (16, 32, 'reg', None, None): _T189,
         (16, 32, 'mem', None, None): _T189,
-        (32, 16, 'reg', None, None): _T189,
         (32, 16, 'mem', None, None): _T189,
-        (32, 32, 'reg', None, None): _T189,
         (32, 32, 'mem', None, None): _T189,
     },
-    # spec/sse.r1:2114
-    'PSLLDQ_XMM_IMM8': {
-        (16, 16, 'reg', None, None): _T190,
-        (16, 32, 'reg', None, None): _T190,
-        (32, 16, 'reg', None, None): _T190,
-        (32, 32, 'reg', None, None): _T190,
+    # spec/sse.r1:1987
+    'MOVNTDQ_M128_XMM': {
+        (16, 16, 'mem', None, None): _T190,
+        (16, 32, 'mem', None, None): _T190,
+        (32, 16, 'mem', None, None): _T190,
+        (32, 32, 'mem', None, None): _T190,
     },
-    # spec/sse.r1:2124
-    'PSRLDQ_XMM_IMM8': {
-        (16, 16, 'reg', None, None): _T191,
-        (16, 32, 'reg', None, None): _T191,
-        (32, 16, 'reg', None, None): _T191,
-        (32, 32, 'reg', None, None): _T191,
+    # spec/sse.r1:1998
+    'MOVNTI_M32_R32': {
+        (16, 16, 'mem', None, None): _T191,
+        (16, 32, 'mem', None, None): _T191,
+        (32, 16, 'mem', None, None): _T191,
+        (32, 32, 'mem', None, None): _T191,
     },
-    # spec/sse.r1:2134
-    'PUNPCKLQDQ_XMM_XMMRM': {
+    # spec/sse.r1:2009
+    'MASKMOVDQU_XMM_XMM': {
         (16, 16, 'reg', None, None): _T192,
-        (16, 16, 'mem', None, None): _T192,
-        (16, 32, 'reg', None, None): _T192,
-        (16, 32, 'mem', None, None): _T192,
-        (32, 16, 'reg', None, None): _T192,
-        (32, 16, 'mem', None, None): _T192,
-        (32, 32, 'reg', None, None): _T192,
-        (32, 32, 'mem', None, None): _T192,
-    },
-    # spec/sse.r1:2144
-    'PUNPCKHQDQ_XMM_XMMRM': {
-        (16, 16, 'reg', None, None): _T193,
-        (16, 16, 'mem', None, None): _T193,
         (16, 32, 'reg', None, None): _T193,
-        (16, 32, 'mem', None, None): _T193,
-        (32, 16, 'reg', None, None): _T193,
-        (32, 16, 'mem', None, None): _T193,
+        (32, 16, 'reg', None, None): _T192,
         (32, 32, 'reg', None, None): _T193,
-        (32, 32, 'mem', None, None): _T193,
     },
-    # spec/sse.r1:2156
-    'PUNPCKLBW_XMM_XMMRM': {
-        (16, 16, 'reg', None, None): _T194,
+    # spec/sse.r1:2020
+    'CLFLUSH_M8': {
         (16, 16, 'mem', None, None): _T194,
-        (16, 32, 'reg', None, None): _T194,
         (16, 32, 'mem', None, None): _T194,
-        (32, 16, 'reg', None, None): _T194,
         (32, 16, 'mem', None, None): _T194,
-        (32, 32, 'reg', None, None): _T194,
         (32, 32, 'mem', None, None): _T194,
     },
-    # spec/sse.r1:2166
-    'PUNPCKLWD_XMM_XMMRM': {
-        (16, 16, 'reg', None, None): _T195,
-        (16, 16, 'mem', None, None): _T195,
-        (16, 32, 'reg', None, None): _T195,
-        (16, 32, 'mem', None, None): _T195,
-        (32, 16, 'reg', None, None): _T195,
-        (32, 16, 'mem', None, None): _T195,
-        (32, 32, 'reg', None, None): _T195,
-        (32, 32, 'mem', None, None): _T195,
+    # spec/sse.r1:2030
+    'LFENCE': {
+        (16, 16, None, None, None): _T195,
+        (16, 32, None, None, None): _T195,
+        (32, 16, None, None, None): _T195,
+        (32, 32, None, None, None): _T195,
     },
-    # spec/sse.r1:2176
-    'PUNPCKLDQ_XMM_XMMRM': {
-        (16, 16, 'reg', None, None): _T196,
-        (16, 16, 'mem', None, None): _T196,
-        (16, 32, 'reg', None, None): _T196,
-        (16, 32, 'mem', None, None): _T196,
-        (32, 16, 'reg', None, None): _T196,
-        (32, 16, 'mem', None, None): _T196,
-        (32, 32, 'reg', None, None): _T196,
-        (32, 32, 'mem', None, None): _T196,
+    # spec/sse.r1:2040
+    'MFENCE': {
+        (16, 16, None, None, None): _T196,
+        (16, 32, None, None, None): _T196,
+        (32, 16, None, None, None): _T196,
+        (32, 32, None, None, None): _T196,
     },
-    # spec/sse.r1:2186
-    'PUNPCKHBW_XMM_XMMRM': {
-        (16, 16, 'reg', None, None): _T197,
-        (16, 16, 'mem', None, None): _T197,
-        (16, 32, 'reg', None, None): _T197,
-        (16, 32, 'mem', None, None): _T197,
-        (32, 16, 'reg', None, None): _T197,
-        (32, 16, 'mem', None, None): _T197,
-        (32, 32, 'reg', None, None): _T197,
-        (32, 32, 'mem', None, None): _T197,
+    # spec/sse.r1:2050
+    'PAUSE': {
+        (16, 16, None, None, None): _T197,
+        (16, 32, None, None, None): _T197,
+        (32, 16, None, None, None): _T197,
+        (32, 32, None, None, None): _T197,
     },
-    # spec/sse.r1:2196
-    'PUNPCKHWD_XMM_XMMRM': {
+    # spec/sse.r1:2062
+    'PADDQ_MM_MMRM': {
         (16, 16, 'reg', None, None): _T198,
-        (16, 16, 'mem', None, None): _T198,
-        (16, 32, 'reg', None, None): _T198,
-        (16, 32, 'mem', None, None): _T198,
-        (32, 16, 'reg', None, None): _T198,
-        (32, 16, 'mem', None, None): _T198,
-        (32, 32, 'reg', None, None): _T198,
-        (32, 32, 'mem', None, None): _T198,
-    },
-    # spec/sse.r1:2206
-    'PUNPCKHDQ_XMM_XMMRM': {
-        (16, 16, 'reg', None, None): _T199,
         (16, 16, 'mem', None, None): _T199,
-        (16, 32, 'reg', None, None): _T199,
+        (16, 32, 'reg', None, None): _T198,
         (16, 32, 'mem', None, None): _T199,
-        (32, 16, 'reg', None, None): _T199,
+        (32, 16, 'reg', None, None): _T198,
         (32, 16, 'mem', None, None): _T199,
-        (32, 32, 'reg', None, None): _T199,
+        (32, 32, 'reg', None, None): _T198,
         (32, 32, 'mem', None, None): _T199,
     },
-    # spec/sse.r1:2216
-    'PACKSSWB_XMM_XMMRM': {
+    # spec/sse.r1:2073
+    'PADDQ_XMM_XMMRM': {
         (16, 16, 'reg', None, None): _T200,
-        (16, 16, 'mem', None, None): _T200,
-        (16, 32, 'reg', None, None): _T200,
-        (16, 32, 'mem', None, None): _T200,
-        (32, 16, 'reg', None, None): _T200,
-        (32, 16, 'mem', None, None): _T200,
-        (32, 32, 'reg', None, None): _T200,
-        (32, 32, 'mem', None, None): _T200,
-    },
-    # spec/sse.r1:2226
-    'PACKUSWB_XMM_XMMRM': {
-        (16, 16, 'reg', None, None): _T201,
         (16, 16, 'mem', None, None): _T201,
-        (16, 32, 'reg', None, None): _T201,
+        (16, 32, 'reg', None, None): _T200,
         (16, 32, 'mem', None, None): _T201,
-        (32, 16, 'reg', None, None): _T201,
+        (32, 16, 'reg', None, None): _T200,
         (32, 16, 'mem', None, None): _T201,
-        (32, 32, 'reg', None, None): _T201,
+        (32, 32, 'reg', None, None): _T200,
         (32, 32, 'mem', None, None): _T201,
     },
-    # spec/sse.r1:2236
-    'PACKSSDW_XMM_XMMRM': {
+    # spec/sse.r1:2084
+    'PSUBQ_MM_MMRM': {
         (16, 16, 'reg', None, None): _T202,
-        (16, 16, 'mem', None, None): _T202,
-        (16, 32, 'reg', None, None): _T202,
-        (16, 32, 'mem', None, None): _T202,
-        (32, 16, 'reg', None, None): _T202,
-        (32, 16, 'mem', None, None): _T202,
-        (32, 32, 'reg', None, None): _T202,
-        (32, 32, 'mem', None, None): _T202,
-    },
-    # spec/sse.r1:2246
-    'PADDB_XMM_XMMRM': {
-        (16, 16, 'reg', None, None): _T203,
         (16, 16, 'mem', None, None): _T203,
-        (16, 32, 'reg', None, None): _T203,
+        (16, 32, 'reg', None, None): _T202,
         (16, 32, 'mem', None, None): _T203,
-        (32, 16, 'reg', None, None): _T203,
+        (32, 16, 'reg', None, None): _T202,
         (32, 16, 'mem', None, None): _T203,
-        (32, 32, 'reg', None, None): _T203,
+        (32, 32, 'reg', None, None): _T202,
         (32, 32, 'mem', None, None): _T203,
     },
-    # spec/sse.r1:2256
-    'PADDW_XMM_XMMRM': {
+    # spec/sse.r1:2095
+    'PSUBQ_XMM_XMMRM': {
         (16, 16, 'reg', None, None): _T204,
-        (16, 16, 'mem', None, None): _T204,
-        (16, 32, 'reg', None, None): _T204,
-        (16, 32, 'mem', None, None): _T204,
-        (32, 16, 'reg', None, None): _T204,
-        (32, 16, 'mem', None, None): _T204,
-        (32, 32, 'reg', None, None): _T204,
-        (32, 32, 'mem', None, None): _T204,
-    },
-    # spec/sse.r1:2266
-    'PADDD_XMM_XMMRM': {
-        (16, 16, 'reg', None, None): _T205,
         (16, 16, 'mem', None, None): _T205,
-        (16, 32, 'reg', None, None): _T205,
+        (16, 32, 'reg', None, None): _T204,
         (16, 32, 'mem', None, None): _T205,
-        (32, 16, 'reg', None, None): _T205,
+        (32, 16, 'reg', None, None): _T204,
         (32, 16, 'mem', None, None): _T205,
-        (32, 32, 'reg', None, None): _T205,
+        (32, 32, 'reg', None, None): _T204,
         (32, 32, 'mem', None, None): _T205,
     },
-    # spec/sse.r1:2276
-    'PADDSB_XMM_XMMRM': {
+    # spec/sse.r1:2106
+    'PMULUDQ_MM_MMRM': {
         (16, 16, 'reg', None, None): _T206,
-        (16, 16, 'mem', None, None): _T206,
-        (16, 32, 'reg', None, None): _T206,
-        (16, 32, 'mem', None, None): _T206,
-        (32, 16, 'reg', None, None): _T206,
-        (32, 16, 'mem', None, None): _T206,
-        (32, 32, 'reg', None, None): _T206,
-        (32, 32, 'mem', None, None): _T206,
-    },
-    # spec/sse.r1:2286
-    'PADDSW_XMM_XMMRM': {
-        (16, 16, 'reg', None, None): _T207,
         (16, 16, 'mem', None, None): _T207,
-        (16, 32, 'reg', None, None): _T207,
+        (16, 32, 'reg', None, None): _T206,
         (16, 32, 'mem', None, None): _T207,
-        (32, 16, 'reg', None, None): _T207,
+        (32, 16, 'reg', None, None): _T206,
         (32, 16, 'mem', None, None): _T207,
-        (32, 32, 'reg', None, None): _T207,
+        (32, 32, 'reg', None, None): _T206,
         (32, 32, 'mem', None, None): _T207,
     },
-    # spec/sse.r1:2296
-    'PADDUSB_XMM_XMMRM': {
+    # spec/sse.r1:2117
+    'PMULUDQ_XMM_XMMRM': {
         (16, 16, 'reg', None, None): _T208,
-        (16, 16, 'mem', None, None): _T208,
-        (16, 32, 'reg', None, None): _T208,
-        (16, 32, 'mem', None, None): _T208,
-        (32, 16, 'reg', None, None): _T208,
-        (32, 16, 'mem', None, None): _T208,
-        (32, 32, 'reg', None, None): _T208,
-        (32, 32, 'mem', None, None): _T208,
-    },
-    # spec/sse.r1:2306
-    'PADDUSW_XMM_XMMRM': {
-        (16, 16, 'reg', None, None): _T209,
         (16, 16, 'mem', None, None): _T209,
-        (16, 32, 'reg', None, None): _T209,
+        (16, 32, 'reg', None, None): _T208,
         (16, 32, 'mem', None, None): _T209,
-        (32, 16, 'reg', None, None): _T209,
+        (32, 16, 'reg', None, None): _T208,
         (32, 16, 'mem', None, None): _T209,
-        (32, 32, 'reg', None, None): _T209,
+        (32, 32, 'reg', None, None): _T208,
         (32, 32, 'mem', None, None): _T209,
     },
-    # spec/sse.r1:2316
-    'PSUBB_XMM_XMMRM': {
+    # spec/sse.r1:2128
+    'PSHUFD_XMM_XMMRM_IMM8': {
         (16, 16, 'reg', None, None): _T210,
-        (16, 16, 'mem', None, None): _T210,
-        (16, 32, 'reg', None, None): _T210,
-        (16, 32, 'mem', None, None): _T210,
-        (32, 16, 'reg', None, None): _T210,
-        (32, 16, 'mem', None, None): _T210,
-        (32, 32, 'reg', None, None): _T210,
-        (32, 32, 'mem', None, None): _T210,
-    },
-    # spec/sse.r1:2326
-    'PSUBW_XMM_XMMRM': {
-        (16, 16, 'reg', None, None): _T211,
         (16, 16, 'mem', None, None): _T211,
-        (16, 32, 'reg', None, None): _T211,
+        (16, 32, 'reg', None, None): _T210,
         (16, 32, 'mem', None, None): _T211,
-        (32, 16, 'reg', None, None): _T211,
+        (32, 16, 'reg', None, None): _T210,
         (32, 16, 'mem', None, None): _T211,
-        (32, 32, 'reg', None, None): _T211,
+        (32, 32, 'reg', None, None): _T210,
         (32, 32, 'mem', None, None): _T211,
     },
-    # spec/sse.r1:2336
-    'PSUBD_XMM_XMMRM': {
+    # spec/sse.r1:2139
+    'PSHUFHW_XMM_XMMRM_IMM8': {
         (16, 16, 'reg', None, None): _T212,
-        (16, 16, 'mem', None, None): _T212,
-        (16, 32, 'reg', None, None): _T212,
-        (16, 32, 'mem', None, None): _T212,
-        (32, 16, 'reg', None, None): _T212,
-        (32, 16, 'mem', None, None): _T212,
-        (32, 32, 'reg', None, None): _T212,
-        (32, 32, 'mem', None, None): _T212,
-    },
-    # spec/sse.r1:2346
-    'PSUBSB_XMM_XMMRM': {
-        (16, 16, 'reg', None, None): _T213,
         (16, 16, 'mem', None, None): _T213,
-        (16, 32, 'reg', None, None): _T213,
+        (16, 32, 'reg', None, None): _T212,
         (16, 32, 'mem', None, None): _T213,
-        (32, 16, 'reg', None, None): _T213,
+        (32, 16, 'reg', None, None): _T212,
         (32, 16, 'mem', None, None): _T213,
-        (32, 32, 'reg', None, None): _T213,
+        (32, 32, 'reg', None, None): _T212,
         (32, 32, 'mem', None, None): _T213,
     },
-    # spec/sse.r1:2356
-    'PSUBSW_XMM_XMMRM': {
+    # spec/sse.r1:2150
+    'PSHUFLW_XMM_XMMRM_IMM8': {
         (16, 16, 'reg', None, None): _T214,
-        (16, 16, 'mem', None, None): _T214,
-        (16, 32, 'reg', None, None): _T214,
-        (16, 32, 'mem', None, None): _T214,
-        (32, 16, 'reg', None, None): _T214,
-        (32, 16, 'mem', None, None): _T214,
-        (32, 32, 'reg', None, None): _T214,
-        (32, 32, 'mem', None, None): _T214,
-    },
-    # spec/sse.r1:2366
-    'PSUBUSB_XMM_XMMRM': {
-        (16, 16, 'reg', None, None): _T215,
         (16, 16, 'mem', None, None): _T215,
-        (16, 32, 'reg', None, None): _T215,
+        (16, 32, 'reg', None, None): _T214,
         (16, 32, 'mem', None, None): _T215,
-        (32, 16, 'reg', None, None): _T215,
+        (32, 16, 'reg', None, None): _T214,
         (32, 16, 'mem', None, None): _T215,
-        (32, 32, 'reg', None, None): _T215,
+        (32, 32, 'reg', None, None): _T214,
         (32, 32, 'mem', None, None): _T215,
     },
-    # spec/sse.r1:2376
-    'PSUBUSW_XMM_XMMRM': {
+    # spec/sse.r1:2161
+    'PSLLDQ_XMM_IMM8': {
         (16, 16, 'reg', None, None): _T216,
-        (16, 16, 'mem', None, None): _T216,
         (16, 32, 'reg', None, None): _T216,
-        (16, 32, 'mem', None, None): _T216,
         (32, 16, 'reg', None, None): _T216,
-        (32, 16, 'mem', None, None): _T216,
         (32, 32, 'reg', None, None): _T216,
-        (32, 32, 'mem', None, None): _T216,
     },
-    # spec/sse.r1:2386
-    'PMULLW_XMM_XMMRM': {
+    # spec/sse.r1:2172
+    'PSRLDQ_XMM_IMM8': {
         (16, 16, 'reg', None, None): _T217,
-        (16, 16, 'mem', None, None): _T217,
         (16, 32, 'reg', None, None): _T217,
-        (16, 32, 'mem', None, None): _T217,
         (32, 16, 'reg', None, None): _T217,
-        (32, 16, 'mem', None, None): _T217,
         (32, 32, 'reg', None, None): _T217,
-        (32, 32, 'mem', None, None): _T217,
     },
-    # spec/sse.r1:2396
-    'PMULHW_XMM_XMMRM': {
+    # spec/sse.r1:2183
+    'PUNPCKLQDQ_XMM_XMMRM': {
         (16, 16, 'reg', None, None): _T218,
-        (16, 16, 'mem', None, None): _T218,
-        (16, 32, 'reg', None, None): _T218,
-        (16, 32, 'mem', None, None): _T218,
-        (32, 16, 'reg', None, None): _T218,
-        (32, 16, 'mem', None, None): _T218,
-        (32, 32, 'reg', None, None): _T218,
-        (32, 32, 'mem', None, None): _T218,
-    },
-    # spec/sse.r1:2406
-    'PMADDWD_XMM_XMMRM': {
-        (16, 16, 'reg', None, None): _T219,
         (16, 16, 'mem', None, None): _T219,
-        (16, 32, 'reg', None, None): _T219,
+        (16, 32, 'reg', None, None): _T218,
         (16, 32, 'mem', None, None): _T219,
-        (32, 16, 'reg', None, None): _T219,
+        (32, 16, 'reg', None, None): _T218,
         (32, 16, 'mem', None, None): _T219,
-        (32, 32, 'reg', None, None): _T219,
+        (32, 32, 'reg', None, None): _T218,
         (32, 32, 'mem', None, None): _T219,
     },
-    # spec/sse.r1:2416
-    'PCMPEQB_XMM_XMMRM': {
+    # spec/sse.r1:2194
+    'PUNPCKHQDQ_XMM_XMMRM': {
         (16, 16, 'reg', None, None): _T220,
-        (16, 16, 'mem', None, None): _T220,
-        (16, 32, 'reg', None, None): _T220,
-        (16, 32, 'mem', None, None): _T220,
-        (32, 16, 'reg', None, None): _T220,
-        (32, 16, 'mem', None, None): _T220,
-        (32, 32, 'reg', None, None): _T220,
-        (32, 32, 'mem', None, None): _T220,
-    },
-    # spec/sse.r1:2426
-    'PCMPEQW_XMM_XMMRM': {
-        (16, 16, 'reg', None, None): _T221,
         (16, 16, 'mem', None, None): _T221,
-        (16, 32, 'reg', None, None): _T221,
+        (16, 32, 'reg', None, None): _T220,
         (16, 32, 'mem', None, None): _T221,
-        (32, 16, 'reg', None, None): _T221,
+        (32, 16, 'reg', None, None): _T220,
         (32, 16, 'mem', None, None): _T221,
-        (32, 32, 'reg', None, None): _T221,
+        (32, 32, 'reg', None, None): _T220,
         (32, 32, 'mem', None, None): _T221,
     },
-    # spec/sse.r1:2436
-    'PCMPEQD_XMM_XMMRM': {
+    # spec/sse.r1:2207
+    'PUNPCKLBW_XMM_XMMRM': {
         (16, 16, 'reg', None, None): _T222,
-        (16, 16, 'mem', None, None): _T222,
-        (16, 32, 'reg', None, None): _T222,
-        (16, 32, 'mem', None, None): _T222,
-        (32, 16, 'reg', None, None): _T222,
-        (32, 16, 'mem', None, None): _T222,
-        (32, 32, 'reg', None, None): _T222,
-        (32, 32, 'mem', None, None): _T222,
-    },
-    # spec/sse.r1:2446
-    'PCMPGTB_XMM_XMMRM': {
-        (16, 16, 'reg', None, None): _T223,
         (16, 16, 'mem', None, None): _T223,
-        (16, 32, 'reg', None, None): _T223,
+        (16, 32, 'reg', None, None): _T222,
         (16, 32, 'mem', None, None): _T223,
-        (32, 16, 'reg', None, None): _T223,
+        (32, 16, 'reg', None, None): _T222,
         (32, 16, 'mem', None, None): _T223,
-        (32, 32, 'reg', None, None): _T223,
+        (32, 32, 'reg', None, None): _T222,
         (32, 32, 'mem', None, None): _T223,
     },
-    # spec/sse.r1:2456
-    'PCMPGTW_XMM_XMMRM': {
+    # spec/sse.r1:2218
+    'PUNPCKLWD_XMM_XMMRM': {
         (16, 16, 'reg', None, None): _T224,
-        (16, 16, 'mem', None, None): _T224,
-        (16, 32, 'reg', None, None): _T224,
-        (16, 32, 'mem', None, None): _T224,
-        (32, 16, 'reg', None, None): _T224,
-        (32, 16, 'mem', None, None): _T224,
-        (32, 32, 'reg', None, None): _T224,
-        (32, 32, 'mem', None, None): _T224,
-    },
-    # spec/sse.r1:2466
-    'PCMPGTD_XMM_XMMRM': {
-        (16, 16, 'reg', None, None): _T225,
         (16, 16, 'mem', None, None): _T225,
-        (16, 32, 'reg', None, None): _T225,
+        (16, 32, 'reg', None, None): _T224,
         (16, 32, 'mem', None, None): _T225,
-        (32, 16, 'reg', None, None): _T225,
+        (32, 16, 'reg', None, None): _T224,
         (32, 16, 'mem', None, None): _T225,
-        (32, 32, 'reg', None, None): _T225,
+        (32, 32, 'reg', None, None): _T224,
         (32, 32, 'mem', None, None): _T225,
     },
-    # spec/sse.r1:2476
-    'PAND_XMM_XMMRM': {
+    # spec/sse.r1:2229
+    'PUNPCKLDQ_XMM_XMMRM': {
         (16, 16, 'reg', None, None): _T226,
-        (16, 16, 'mem', None, None): _T226,
-        (16, 32, 'reg', None, None): _T226,
-        (16, 32, 'mem', None, None): _T226,
-        (32, 16, 'reg', None, None): _T226,
-        (32, 16, 'mem', None, None): _T226,
-        (32, 32, 'reg', None, None): _T226,
-        (32, 32, 'mem', None, None): _T226,
-    },
-    # spec/sse.r1:2486
-    'PANDN_XMM_XMMRM': {
-        (16, 16, 'reg', None, None): _T227,
         (16, 16, 'mem', None, None): _T227,
-        (16, 32, 'reg', None, None): _T227,
+        (16, 32, 'reg', None, None): _T226,
         (16, 32, 'mem', None, None): _T227,
-        (32, 16, 'reg', None, None): _T227,
+        (32, 16, 'reg', None, None): _T226,
         (32, 16, 'mem', None, None): _T227,
-        (32, 32, 'reg', None, None): _T227,
+        (32, 32, 'reg', None, None): _T226,
         (32, 32, 'mem', None, None): _T227,
     },
-    # spec/sse.r1:2496
-    'POR_XMM_XMMRM': {
+    # spec/sse.r1:2240
+    'PUNPCKHBW_XMM_XMMRM': {
         (16, 16, 'reg', None, None): _T228,
-        (16, 16, 'mem', None, None): _T228,
-        (16, 32, 'reg', None, None): _T228,
-        (16, 32, 'mem', None, None): _T228,
-        (32, 16, 'reg', None, None): _T228,
-        (32, 16, 'mem', None, None): _T228,
-        (32, 32, 'reg', None, None): _T228,
-        (32, 32, 'mem', None, None): _T228,
-    },
-    # spec/sse.r1:2506
-    'PXOR_XMM_XMMRM': {
-        (16, 16, 'reg', None, None): _T229,
         (16, 16, 'mem', None, None): _T229,
-        (16, 32, 'reg', None, None): _T229,
+        (16, 32, 'reg', None, None): _T228,
         (16, 32, 'mem', None, None): _T229,
-        (32, 16, 'reg', None, None): _T229,
+        (32, 16, 'reg', None, None): _T228,
         (32, 16, 'mem', None, None): _T229,
-        (32, 32, 'reg', None, None): _T229,
+        (32, 32, 'reg', None, None): _T228,
         (32, 32, 'mem', None, None): _T229,
     },
-    # spec/sse.r1:2516
-    'PSLLW_XMM_XMMRM': {
+    # spec/sse.r1:2251
+    'PUNPCKHWD_XMM_XMMRM': {
         (16, 16, 'reg', None, None): _T230,
-        (16, 16, 'mem', None, None): _T230,
-        (16, 32, 'reg', None, None): _T230,
-        (16, 32, 'mem', None, None): _T230,
-        (32, 16, 'reg', None, None): _T230,
-        (32, 16, 'mem', None, None): _T230,
-        (32, 32, 'reg', None, None): _T230,
-        (32, 32, 'mem', None, None): _T230,
-    },
-    # spec/sse.r1:2526
-    'PSLLD_XMM_XMMRM': {
-        (16, 16, 'reg', None, None): _T231,
         (16, 16, 'mem', None, None): _T231,
-        (16, 32, 'reg', None, None): _T231,
+        (16, 32, 'reg', None, None): _T230,
         (16, 32, 'mem', None, None): _T231,
-        (32, 16, 'reg', None, None): _T231,
+        (32, 16, 'reg', None, None): _T230,
         (32, 16, 'mem', None, None): _T231,
-        (32, 32, 'reg', None, None): _T231,
+        (32, 32, 'reg', None, None): _T230,
         (32, 32, 'mem', None, None): _T231,
     },
-    # spec/sse.r1:2536
-    'PSLLQ_XMM_XMMRM': {
+    # spec/sse.r1:2262
+    'PUNPCKHDQ_XMM_XMMRM': {
         (16, 16, 'reg', None, None): _T232,
-        (16, 16, 'mem', None, None): _T232,
-        (16, 32, 'reg', None, None): _T232,
-        (16, 32, 'mem', None, None): _T232,
-        (32, 16, 'reg', None, None): _T232,
-        (32, 16, 'mem', None, None): _T232,
-        (32, 32, 'reg', None, None): _T232,
-        (32, 32, 'mem', None, None): _T232,
-    },
-    # spec/sse.r1:2546
-    'PSRLW_XMM_XMMRM': {
-        (16, 16, 'reg', None, None): _T233,
         (16, 16, 'mem', None, None): _T233,
-        (16, 32, 'reg', None, None): _T233,
+        (16, 32, 'reg', None, None): _T232,
         (16, 32, 'mem', None, None): _T233,
-        (32, 16, 'reg', None, None): _T233,
+        (32, 16, 'reg', None, None): _T232,
         (32, 16, 'mem', None, None): _T233,
-        (32, 32, 'reg', None, None): _T233,
+        (32, 32, 'reg', None, None): _T232,
         (32, 32, 'mem', None, None): _T233,
     },
-    # spec/sse.r1:2556
-    'PSRLD_XMM_XMMRM': {
+    # spec/sse.r1:2273
+    'PACKSSWB_XMM_XMMRM': {
         (16, 16, 'reg', None, None): _T234,
-        (16, 16, 'mem', None, None): _T234,
-        (16, 32, 'reg', None, None): _T234,
-        (16, 32, 'mem', None, None): _T234,
-        (32, 16, 'reg', None, None): _T234,
-        (32, 16, 'mem', None, None): _T234,
-        (32, 32, 'reg', None, None): _T234,
-        (32, 32, 'mem', None, None): _T234,
-    },
-    # spec/sse.r1:2566
-    'PSRLQ_XMM_XMMRM': {
-        (16, 16, 'reg', None, None): _T235,
         (16, 16, 'mem', None, None): _T235,
-        (16, 32, 'reg', None, None): _T235,
+        (16, 32, 'reg', None, None): _T234,
         (16, 32, 'mem', None, None): _T235,
-        (32, 16, 'reg', None, None): _T235,
+        (32, 16, 'reg', None, None): _T234,
         (32, 16, 'mem', None, None): _T235,
-        (32, 32, 'reg', None, None): _T235,
+        (32, 32, 'reg', None, None): _T234,
         (32, 32, 'mem', None, None): _T235,
     },
-    # spec/sse.r1:2576
-    'PSRAW_XMM_XMMRM': {
+    # spec/sse.r1:2284
+    'PACKUSWB_XMM_XMMRM': {
         (16, 16, 'reg', None, None): _T236,
-        (16, 16, 'mem', None, None): _T236,
-        (16, 32, 'reg', None, None): _T236,
-        (16, 32, 'mem', None, None): _T236,
-        (32, 16, 'reg', None, None): _T236,
-        (32, 16, 'mem', None, None): _T236,
-        (32, 32, 'reg', None, None): _T236,
-        (32, 32, 'mem', None, None): _T236,
-    },
-    # spec/sse.r1:2586
-    'PSRAD_XMM_XMMRM': {
-        (16, 16, 'reg', None, None): _T237,
         (16, 16, 'mem', None, None): _T237,
-        (16, 32, 'reg', None, None): _T237,
+        (16, 32, 'reg', None, None): _T236,
         (16, 32, 'mem', None, None): _T237,
-        (32, 16, 'reg', None, None): _T237,
+        (32, 16, 'reg', None, None): _T236,
         (32, 16, 'mem', None, None): _T237,
-        (32, 32, 'reg', None, None): _T237,
+        (32, 32, 'reg', None, None): _T236,
         (32, 32, 'mem', None, None): _T237,
     },
-    # spec/sse.r1:2596
-    'PSLLW_XMM_IMM8': {
+    # spec/sse.r1:2295
+    'PACKSSDW_XMM_XMMRM': {
         (16, 16, 'reg', None, None): _T238,
+        (16, 16, 'mem', None, None): _T239,
         (16, 32, 'reg', None, None): _T238,
+        (16, 32, 'mem', None, None): _T239,
         (32, 16, 'reg', None, None): _T238,
+        (32, 16, 'mem', None, None): _T239,
         (32, 32, 'reg', None, None): _T238,
+        (32, 32, 'mem', None, None): _T239,
     },
-    # spec/sse.r1:2606
-    'PSLLD_XMM_IMM8': {
-        (16, 16, 'reg', None, None): _T239,
-        (16, 32, 'reg', None, None): _T239,
-        (32, 16, 'reg', None, None): _T239,
-        (32, 32, 'reg', None, None): _T239,
-    },
-    # spec/sse.r1:2616
-    'PSLLQ_XMM_IMM8': {
+    # spec/sse.r1:2306
+    'PADDB_XMM_XMMRM': {
         (16, 16, 'reg', None, None): _T240,
+        (16, 16, 'mem', None, None): _T241,
         (16, 32, 'reg', None, None): _T240,
+        (16, 32, 'mem', None, None): _T241,
         (32, 16, 'reg', None, None): _T240,
+        (32, 16, 'mem', None, None): _T241,
         (32, 32, 'reg', None, None): _T240,
+        (32, 32, 'mem', None, None): _T241,
     },
-    # spec/sse.r1:2626
-    'PSRLW_XMM_IMM8': {
-        (16, 16, 'reg', None, None): _T241,
-        (16, 32, 'reg', None, None): _T241,
-        (32, 16, 'reg', None, None): _T241,
-        (32, 32, 'reg', None, None): _T241,
-    },
-    # spec/sse.r1:2636
-    'PSRLD_XMM_IMM8': {
+    # spec/sse.r1:2317
+    'PADDW_XMM_XMMRM': {
         (16, 16, 'reg', None, None): _T242,
+        (16, 16, 'mem', None, None): _T243,
         (16, 32, 'reg', None, None): _T242,
+        (16, 32, 'mem', None, None): _T243,
         (32, 16, 'reg', None, None): _T242,
+        (32, 16, 'mem', None, None): _T243,
         (32, 32, 'reg', None, None): _T242,
+        (32, 32, 'mem', None, None): _T243,
     },
-    # spec/sse.r1:2646
-    'PSRLQ_XMM_IMM8': {
-        (16, 16, 'reg', None, None): _T243,
-        (16, 32, 'reg', None, None): _T243,
-        (32, 16, 'reg', None, None): _T243,
-        (32, 32, 'reg', None, None): _T243,
-    },
-    # spec/sse.r1:2656
-    'PSRAW_XMM_IMM8': {
+    # spec/sse.r1:2328
+    'PADDD_XMM_XMMRM': {
         (16, 16, 'reg', None, None): _T244,
+        (16, 16, 'mem', None, None): _T245,
         (16, 32, 'reg', None, None): _T244,
+        (16, 32, 'mem', None, None): _T245,
         (32, 16, 'reg', None, None): _T244,
+        (32, 16, 'mem', None, None): _T245,
         (32, 32, 'reg', None, None): _T244,
+        (32, 32, 'mem', None, None): _T245,
     },
-    # spec/sse.r1:2666
-    'PSRAD_XMM_IMM8': {
-        (16, 16, 'reg', None, None): _T245,
-        (16, 32, 'reg', None, None): _T245,
-        (32, 16, 'reg', None, None): _T245,
-        (32, 32, 'reg', None, None): _T245,
-    },
-    # spec/sse.r1:2678
-    'PAVGB_XMM_XMMRM': {
+    # spec/sse.r1:2339
+    'PADDSB_XMM_XMMRM': {
         (16, 16, 'reg', None, None): _T246,
-        (16, 16, 'mem', None, None): _T246,
-        (16, 32, 'reg', None, None): _T246,
-        (16, 32, 'mem', None, None): _T246,
-        (32, 16, 'reg', None, None): _T246,
-        (32, 16, 'mem', None, None): _T246,
-        (32, 32, 'reg', None, None): _T246,
-        (32, 32, 'mem', None, None): _T246,
-    },
-    # spec/sse.r1:2688
-    'PAVGW_XMM_XMMRM': {
-        (16, 16, 'reg', None, None): _T247,
         (16, 16, 'mem', None, None): _T247,
-        (16, 32, 'reg', None, None): _T247,
+        (16, 32, 'reg', None, None): _T246,
         (16, 32, 'mem', None, None): _T247,
-        (32, 16, 'reg', None, None): _T247,
+        (32, 16, 'reg', None, None): _T246,
         (32, 16, 'mem', None, None): _T247,
-        (32, 32, 'reg', None, None): _T247,
+        (32, 32, 'reg', None, None): _T246,
         (32, 32, 'mem', None, None): _T247,
     },
-    # spec/sse.r1:2698
-    'PMAXSW_XMM_XMMRM': {
+    # spec/sse.r1:2350
+    'PADDSW_XMM_XMMRM': {
         (16, 16, 'reg', None, None): _T248,
-        (16, 16, 'mem', None, None): _T248,
-        (16, 32, 'reg', None, None): _T248,
-        (16, 32, 'mem', None, None): _T248,
-        (32, 16, 'reg', None, None): _T248,
-        (32, 16, 'mem', None, None): _T248,
-        (32, 32, 'reg', None, None): _T248,
-        (32, 32, 'mem', None, None): _T248,
-    },
-    # spec/sse.r1:2708
-    'PMAXUB_XMM_XMMRM': {
-        (16, 16, 'reg', None, None): _T249,
         (16, 16, 'mem', None, None): _T249,
-        (16, 32, 'reg', None, None): _T249,
+        (16, 32, 'reg', None, None): _T248,
         (16, 32, 'mem', None, None): _T249,
-        (32, 16, 'reg', None, None): _T249,
+        (32, 16, 'reg', None, None): _T248,
         (32, 16, 'mem', None, None): _T249,
-        (32, 32, 'reg', None, None): _T249,
+        (32, 32, 'reg', None, None): _T248,
         (32, 32, 'mem', None, None): _T249,
     },
-    # spec/sse.r1:2718
-    'PMINSW_XMM_XMMRM': {
+    # spec/sse.r1:2361
+    'PADDUSB_XMM_XMMRM': {
         (16, 16, 'reg', None, None): _T250,
-        (16, 16, 'mem', None, None): _T250,
-        (16, 32, 'reg', None, None): _T250,
-        (16, 32, 'mem', None, None): _T250,
-        (32, 16, 'reg', None, None): _T250,
-        (32, 16, 'mem', None, None): _T250,
-        (32, 32, 'reg', None, None): _T250,
-        (32, 32, 'mem', None, None): _T250,
-    },
-    # spec/sse.r1:2728
-    'PMINUB_XMM_XMMRM': {
-        (16, 16, 'reg', None, None): _T251,
         (16, 16, 'mem', None, None): _T251,
-        (16, 32, 'reg', None, None): _T251,
+        (16, 32, 'reg', None, None): _T250,
         (16, 32, 'mem', None, None): _T251,
-        (32, 16, 'reg', None, None): _T251,
+        (32, 16, 'reg', None, None): _T250,
         (32, 16, 'mem', None, None): _T251,
-        (32, 32, 'reg', None, None): _T251,
+        (32, 32, 'reg', None, None): _T250,
         (32, 32, 'mem', None, None): _T251,
     },
-    # spec/sse.r1:2738
-    'PMULHUW_XMM_XMMRM': {
+    # spec/sse.r1:2372
+    'PADDUSW_XMM_XMMRM': {
         (16, 16, 'reg', None, None): _T252,
-        (16, 16, 'mem', None, None): _T252,
-        (16, 32, 'reg', None, None): _T252,
-        (16, 32, 'mem', None, None): _T252,
-        (32, 16, 'reg', None, None): _T252,
-        (32, 16, 'mem', None, None): _T252,
-        (32, 32, 'reg', None, None): _T252,
-        (32, 32, 'mem', None, None): _T252,
-    },
-    # spec/sse.r1:2748
-    'PSADBW_XMM_XMMRM': {
-        (16, 16, 'reg', None, None): _T253,
         (16, 16, 'mem', None, None): _T253,
-        (16, 32, 'reg', None, None): _T253,
+        (16, 32, 'reg', None, None): _T252,
         (16, 32, 'mem', None, None): _T253,
-        (32, 16, 'reg', None, None): _T253,
+        (32, 16, 'reg', None, None): _T252,
         (32, 16, 'mem', None, None): _T253,
-        (32, 32, 'reg', None, None): _T253,
+        (32, 32, 'reg', None, None): _T252,
         (32, 32, 'mem', None, None): _T253,
     },
-    # spec/sse.r1:2758
-    'PEXTRW_R32_XMM_IMM8': {
+    # spec/sse.r1:2383
+    'PSUBB_XMM_XMMRM': {
         (16, 16, 'reg', None, None): _T254,
+        (16, 16, 'mem', None, None): _T255,
         (16, 32, 'reg', None, None): _T254,
+        (16, 32, 'mem', None, None): _T255,
         (32, 16, 'reg', None, None): _T254,
+        (32, 16, 'mem', None, None): _T255,
         (32, 32, 'reg', None, None): _T254,
+        (32, 32, 'mem', None, None): _T255,
+    },
+    # spec/sse.r1:2394
+    'PSUBW_XMM_XMMRM': {
+        (16, 16, 'reg', None, None): _T256,
+        (16, 16, 'mem', None, None): _T257,
+        (16, 32, 'reg', None, None): _T256,
+        (16, 32, 'mem', None, None): _T257,
+        (32, 16, 'reg', None, None): _T256,
+        (32, 16, 'mem', None, None): _T257,
+        (32, 32, 'reg', None, None): _T256,
+        (32, 32, 'mem', None, None): _T257,
+    },
+    # spec/sse.r1:2405
+    'PSUBD_XMM_XMMRM': {
+        (16, 16, 'reg', None, None): _T258,
+        (16, 16, 'mem', None, None): _T259,
+        (16, 32, 'reg', None, None): _T258,
+        (16, 32, 'mem', None, None): _T259,
+        (32, 16, 'reg', None, None): _T258,
+        (32, 16, 'mem', None, None): _T259,
+        (32, 32, 'reg', None, None): _T258,
+        (32, 32, 'mem', None, None): _T259,
+    },
+    # spec/sse.r1:2416
+    'PSUBSB_XMM_XMMRM': {
+        (16, 16, 'reg', None, None): _T260,
+        (16, 16, 'mem', None, None): _T261,
+        (16, 32, 'reg', None, None): _T260,
+        (16, 32, 'mem', None, None): _T261,
+        (32, 16, 'reg', None, None): _T260,
+        (32, 16, 'mem', None, None): _T261,
+        (32, 32, 'reg', None, None): _T260,
+        (32, 32, 'mem', None, None): _T261,
+    },
+    # spec/sse.r1:2427
+    'PSUBSW_XMM_XMMRM': {
+        (16, 16, 'reg', None, None): _T262,
+        (16, 16, 'mem', None, None): _T263,
+        (16, 32, 'reg', None, None): _T262,
+        (16, 32, 'mem', None, None): _T263,
+        (32, 16, 'reg', None, None): _T262,
+        (32, 16, 'mem', None, None): _T263,
+        (32, 32, 'reg', None, None): _T262,
+        (32, 32, 'mem', None, None): _T263,
+    },
+    # spec/sse.r1:2438
+    'PSUBUSB_XMM_XMMRM': {
+        (16, 16, 'reg', None, None): _T264,
+        (16, 16, 'mem', None, None): _T265,
+        (16, 32, 'reg', None, None): _T264,
+        (16, 32, 'mem', None, None): _T265,
+        (32, 16, 'reg', None, None): _T264,
+        (32, 16, 'mem', None, None): _T265,
+        (32, 32, 'reg', None, None): _T264,
+        (32, 32, 'mem', None, None): _T265,
+    },
+    # spec/sse.r1:2449
+    'PSUBUSW_XMM_XMMRM': {
+        (16, 16, 'reg', None, None): _T266,
+        (16, 16, 'mem', None, None): _T267,
+        (16, 32, 'reg', None, None): _T266,
+        (16, 32, 'mem', None, None): _T267,
+        (32, 16, 'reg', None, None): _T266,
+        (32, 16, 'mem', None, None): _T267,
+        (32, 32, 'reg', None, None): _T266,
+        (32, 32, 'mem', None, None): _T267,
+    },
+    # spec/sse.r1:2460
+    'PMULLW_XMM_XMMRM': {
+        (16, 16, 'reg', None, None): _T268,
+        (16, 16, 'mem', None, None): _T269,
+        (16, 32, 'reg', None, None): _T268,
+        (16, 32, 'mem', None, None): _T269,
+        (32, 16, 'reg', None, None): _T268,
+        (32, 16, 'mem', None, None): _T269,
+        (32, 32, 'reg', None, None): _T268,
+        (32, 32, 'mem', None, None): _T269,
+    },
+    # spec/sse.r1:2471
+    'PMULHW_XMM_XMMRM': {
+        (16, 16, 'reg', None, None): _T270,
+        (16, 16, 'mem', None, None): _T271,
+        (16, 32, 'reg', None, None): _T270,
+        (16, 32, 'mem', None, None): _T271,
+        (32, 16, 'reg', None, None): _T270,
+        (32, 16, 'mem', None, None): _T271,
+        (32, 32, 'reg', None, None): _T270,
+        (32, 32, 'mem', None, None): _T271,
+    },
+    # spec/sse.r1:2482
+    'PMADDWD_XMM_XMMRM': {
+        (16, 16, 'reg', None, None): _T272,
+        (16, 16, 'mem', None, None): _T273,
+        (16, 32, 'reg', None, None): _T272,
+        (16, 32, 'mem', None, None): _T273,
+        (32, 16, 'reg', None, None): _T272,
+        (32, 16, 'mem', None, None): _T273,
+        (32, 32, 'reg', None, None): _T272,
+        (32, 32, 'mem', None, None): _T273,
+    },
+    # spec/sse.r1:2493
+    'PCMPEQB_XMM_XMMRM': {
+        (16, 16, 'reg', None, None): _T274,
+        (16, 16, 'mem', None, None): _T275,
+        (16, 32, 'reg', None, None): _T274,
+        (16, 32, 'mem', None, None): _T275,
+        (32, 16, 'reg', None, None): _T274,
+        (32, 16, 'mem', None, None): _T275,
+        (32, 32, 'reg', None, None): _T274,
+        (32, 32, 'mem', None, None): _T275,
+    },
+    # spec/sse.r1:2504
+    'PCMPEQW_XMM_XMMRM': {
+        (16, 16, 'reg', None, None): _T276,
+        (16, 16, 'mem', None, None): _T277,
+        (16, 32, 'reg', None, None): _T276,
+        (16, 32, 'mem', None, None): _T277,
+        (32, 16, 'reg', None, None): _T276,
+        (32, 16, 'mem', None, None): _T277,
+        (32, 32, 'reg', None, None): _T276,
+        (32, 32, 'mem', None, None): _T277,
+    },
+    # spec/sse.r1:2515
+    'PCMPEQD_XMM_XMMRM': {
+        (16, 16, 'reg', None, None): _T278,
+        (16, 16, 'mem', None, None): _T279,
+        (16, 32, 'reg', None, None): _T278,
+        (16, 32, 'mem', None, None): _T279,
+        (32, 16, 'reg', None, None): _T278,
+        (32, 16, 'mem', None, None): _T279,
+        (32, 32, 'reg', None, None): _T278,
+        (32, 32, 'mem', None, None): _T279,
+    },
+    # spec/sse.r1:2526
+    'PCMPGTB_XMM_XMMRM': {
+        (16, 16, 'reg', None, None): _T280,
+        (16, 16, 'mem', None, None): _T281,
+        (16, 32, 'reg', None, None): _T280,
+        (16, 32, 'mem', None, None): _T281,
+        (32, 16, 'reg', None, None): _T280,
+        (32, 16, 'mem', None, None): _T281,
+        (32, 32, 'reg', None, None): _T280,
+        (32, 32, 'mem', None, None): _T281,
+    },
+    # spec/sse.r1:2537
+    'PCMPGTW_XMM_XMMRM': {
+        (16, 16, 'reg', None, None): _T282,
+        (16, 16, 'mem', None, None): _T283,
+        (16, 32, 'reg', None, None): _T282,
+        (16, 32, 'mem', None, None): _T283,
+        (32, 16, 'reg', None, None): _T282,
+        (32, 16, 'mem', None, None): _T283,
+        (32, 32, 'reg', None, None): _T282,
+        (32, 32, 'mem', None, None): _T283,
+    },
+    # spec/sse.r1:2548
+    'PCMPGTD_XMM_XMMRM': {
+        (16, 16, 'reg', None, None): _T284,
+        (16, 16, 'mem', None, None): _T285,
+        (16, 32, 'reg', None, None): _T284,
+        (16, 32, 'mem', None, None): _T285,
+        (32, 16, 'reg', None, None): _T284,
+        (32, 16, 'mem', None, None): _T285,
+        (32, 32, 'reg', None, None): _T284,
+        (32, 32, 'mem', None, None): _T285,
+    },
+    # spec/sse.r1:2559
+    'PAND_XMM_XMMRM': {
+        (16, 16, 'reg', None, None): _T286,
+        (16, 16, 'mem', None, None): _T287,
+        (16, 32, 'reg', None, None): _T286,
+        (16, 32, 'mem', None, None): _T287,
+        (32, 16, 'reg', None, None): _T286,
+        (32, 16, 'mem', None, None): _T287,
+        (32, 32, 'reg', None, None): _T286,
+        (32, 32, 'mem', None, None): _T287,
+    },
+    # spec/sse.r1:2570
+    'PANDN_XMM_XMMRM': {
+        (16, 16, 'reg', None, None): _T288,
+        (16, 16, 'mem', None, None): _T289,
+        (16, 32, 'reg', None, None): _T288,
+        (16, 32, 'mem', None, None): _T289,
+        (32, 16, 'reg', None, None): _T288,
+        (32, 16, 'mem', None, None): _T289,
+        (32, 32, 'reg', None, None): _T288,
+        (32, 32, 'mem', None, None): _T289,
+    },
+    # spec/sse.r1:2581
+    'POR_XMM_XMMRM': {
+        (16, 16, 'reg', None, None): _T290,
+        (16, 16, 'mem', None, None): _T291,
+        (16, 32, 'reg', None, None): _T290,
+        (16, 32, 'mem', None, None): _T291,
+        (32, 16, 'reg', None, None): _T290,
+        (32, 16, 'mem', None, None): _T291,
+        (32, 32, 'reg', None, None): _T290,
+        (32, 32, 'mem', None, None): _T291,
+    },
+    # spec/sse.r1:2592
+    'PXOR_XMM_XMMRM': {
+        (16, 16, 'reg', None, None): _T292,
+        (16, 16, 'mem', None, None): _T293,
+        (16, 32, 'reg', None, None): _T292,
+        (16, 32, 'mem', None, None): _T293,
+        (32, 16, 'reg', None, None): _T292,
+        (32, 16, 'mem', None, None): _T293,
+        (32, 32, 'reg', None, None): _T292,
+        (32, 32, 'mem', None, None): _T293,
+    },
+    # spec/sse.r1:2603
+    'PSLLW_XMM_XMMRM': {
+        (16, 16, 'reg', None, None): _T294,
+        (16, 16, 'mem', None, None): _T295,
+        (16, 32, 'reg', None, None): _T294,
+        (16, 32, 'mem', None, None): _T295,
+        (32, 16, 'reg', None, None): _T294,
+        (32, 16, 'mem', None, None): _T295,
+        (32, 32, 'reg', None, None): _T294,
+        (32, 32, 'mem', None, None): _T295,
+    },
+    # spec/sse.r1:2614
+    'PSLLD_XMM_XMMRM': {
+        (16, 16, 'reg', None, None): _T296,
+        (16, 16, 'mem', None, None): _T297,
+        (16, 32, 'reg', None, None): _T296,
+        (16, 32, 'mem', None, None): _T297,
+        (32, 16, 'reg', None, None): _T296,
+        (32, 16, 'mem', None, None): _T297,
+        (32, 32, 'reg', None, None): _T296,
+        (32, 32, 'mem', None, None): _T297,
+    },
+    # spec/sse.r1:2625
+    'PSLLQ_XMM_XMMRM': {
+        (16, 16, 'reg', None, None): _T298,
+        (16, 16, 'mem', None, None): _T299,
+        (16, 32, 'reg', None, None): _T298,
+        (16, 32, 'mem', None, None): _T299,
+        (32, 16, 'reg', None, None): _T298,
+        (32, 16, 'mem', None, None): _T299,
+        (32, 32, 'reg', None, None): _T298,
+        (32, 32, 'mem', None, None): _T299,
+    },
+    # spec/sse.r1:2636
+    'PSRLW_XMM_XMMRM': {
+        (16, 16, 'reg', None, None): _T300,
+        (16, 16, 'mem', None, None): _T301,
+        (16, 32, 'reg', None, None): _T300,
+        (16, 32, 'mem', None, None): _T301,
+        (32, 16, 'reg', None, None): _T300,
+        (32, 16, 'mem', None, None): _T301,
+        (32, 32, 'reg', None, None): _T300,
+        (32, 32, 'mem', None, None): _T301,
+    },
+    # spec/sse.r1:2647
+    'PSRLD_XMM_XMMRM': {
+        (16, 16, 'reg', None, None): _T302,
+        (16, 16, 'mem', None, None): _T303,
+        (16, 32, 'reg', None, None): _T302,
+        (16, 32, 'mem', None, None): _T303,
+        (32, 16, 'reg', None, None): _T302,
+        (32, 16, 'mem', None, None): _T303,
+        (32, 32, 'reg', None, None): _T302,
+        (32, 32, 'mem', None, None): _T303,
+    },
+    # spec/sse.r1:2658
+    'PSRLQ_XMM_XMMRM': {
+        (16, 16, 'reg', None, None): _T304,
+        (16, 16, 'mem', None, None): _T305,
+        (16, 32, 'reg', None, None): _T304,
+        (16, 32, 'mem', None, None): _T305,
+        (32, 16, 'reg', None, None): _T304,
+        (32, 16, 'mem', None, None): _T305,
+        (32, 32, 'reg', None, None): _T304,
+        (32, 32, 'mem', None, None): _T305,
+    },
+    # spec/sse.r1:2669
+    'PSRAW_XMM_XMMRM': {
+        (16, 16, 'reg', None, None): _T306,
+        (16, 16, 'mem', None, None): _T307,
+        (16, 32, 'reg', None, None): _T306,
+        (16, 32, 'mem', None, None): _T307,
+        (32, 16, 'reg', None, None): _T306,
+        (32, 16, 'mem', None, None): _T307,
+        (32, 32, 'reg', None, None): _T306,
+        (32, 32, 'mem', None, None): _T307,
+    },
+    # spec/sse.r1:2680
+    'PSRAD_XMM_XMMRM': {
+        (16, 16, 'reg', None, None): _T308,
+        (16, 16, 'mem', None, None): _T309,
+        (16, 32, 'reg', None, None): _T308,
+        (16, 32, 'mem', None, None): _T309,
+        (32, 16, 'reg', None, None): _T308,
+        (32, 16, 'mem', None, None): _T309,
+        (32, 32, 'reg', None, None): _T308,
+        (32, 32, 'mem', None, None): _T309,
+    },
+    # spec/sse.r1:2691
+    'PSLLW_XMM_IMM8': {
+        (16, 16, 'reg', None, None): _T310,
+        (16, 32, 'reg', None, None): _T310,
+        (32, 16, 'reg', None, None): _T310,
+        (32, 32, 'reg', None, None): _T310,
+    },
+    # spec/sse.r1:2702
+    'PSLLD_XMM_IMM8': {
+        (16, 16, 'reg', None, None): _T311,
+        (16, 32, 'reg', None, None): _T311,
+        (32, 16, 'reg', None, None): _T311,
+        (32, 32, 'reg', None, None): _T311,
+    },
+    # spec/sse.r1:2713
+    'PSLLQ_XMM_IMM8': {
+        (16, 16, 'reg', None, None): _T312,
+        (16, 32, 'reg', None, None): _T312,
+        (32, 16, 'reg', None, None): _T312,
+        (32, 32, 'reg', None, None): _T312,
+    },
+    # spec/sse.r1:2724
+    'PSRLW_XMM_IMM8': {
+        (16, 16, 'reg', None, None): _T313,
+        (16, 32, 'reg', None, None): _T313,
+        (32, 16, 'reg', None, None): _T313,
+        (32, 32, 'reg', None, None): _T313,
+    },
+    # spec/sse.r1:2735
+    'PSRLD_XMM_IMM8': {
+        (16, 16, 'reg', None, None): _T314,
+        (16, 32, 'reg', None, None): _T314,
+        (32, 16, 'reg', None, None): _T314,
+        (32, 32, 'reg', None, None): _T314,
+    },
+    # spec/sse.r1:2746
+    'PSRLQ_XMM_IMM8': {
+        (16, 16, 'reg', None, None): _T315,
+        (16, 32, 'reg', None, None): _T315,
+        (32, 16, 'reg', None, None): _T315,
+        (32, 32, 'reg', None, None): _T315,
+    },
+    # spec/sse.r1:2757
+    'PSRAW_XMM_IMM8': {
+        (16, 16, 'reg', None, None): _T316,
+        (16, 32, 'reg', None, None): _T316,
+        (32, 16, 'reg', None, None): _T316,
+        (32, 32, 'reg', None, None): _T316,
     },
     # spec/sse.r1:2768
+    'PSRAD_XMM_IMM8': {
+        (16, 16, 'reg', None, None): _T317,
+        (16, 32, 'reg', None, None): _T317,
+        (32, 16, 'reg', None, None): _T317,
+        (32, 32, 'reg', None, None): _T317,
+    },
+    # spec/sse.r1:2781
+    'PAVGB_XMM_XMMRM': {
+        (16, 16, 'reg', None, None): _T318,
+        (16, 16, 'mem', None, None): _T319,
+        (16, 32, 'reg', None, None): _T318,
+        (16, 32, 'mem', None, None): _T319,
+        (32, 16, 'reg', None, None): _T318,
+        (32, 16, 'mem', None, None): _T319,
+        (32, 32, 'reg', None, None): _T318,
+        (32, 32, 'mem', None, None): _T319,
+    },
+    # spec/sse.r1:2792
+    'PAVGW_XMM_XMMRM': {
+        (16, 16, 'reg', None, None): _T320,
+        (16, 16, 'mem', None, None): _T321,
+        (16, 32, 'reg', None, None): _T320,
+        (16, 32, 'mem', None, None): _T321,
+        (32, 16, 'reg', None, None): _T320,
+        (32, 16, 'mem', None, None): _T321,
+        (32, 32, 'reg', None, None): _T320,
+        (32, 32, 'mem', None, None): _T321,
+    },
+    # spec/sse.r1:2803
+    'PMAXSW_XMM_XMMRM': {
+        (16, 16, 'reg', None, None): _T322,
+        (16, 16, 'mem', None, None): _T323,
+        (16, 32, 'reg', None, None): _T322,
+        (16, 32, 'mem', None, None): _T323,
+        (32, 16, 'reg', None, None): _T322,
+        (32, 16, 'mem', None, None): _T323,
+        (32, 32, 'reg', None, None): _T322,
+        (32, 32, 'mem', None, None): _T323,
+    },
+    # spec/sse.r1:2814
+    'PMAXUB_XMM_XMMRM': {
+        (16, 16, 'reg', None, None): _T324,
+        (16, 16, 'mem', None, None): _T325,
+        (16, 32, 'reg', None, None): _T324,
+        (16, 32, 'mem', None, None): _T325,
+        (32, 16, 'reg', None, None): _T324,
+        (32, 16, 'mem', None, None): _T325,
+        (32, 32, 'reg', None, None): _T324,
+        (32, 32, 'mem', None, None): _T325,
+    },
+    # spec/sse.r1:2825
+    'PMINSW_XMM_XMMRM': {
+        (16, 16, 'reg', None, None): _T326,
+        (16, 16, 'mem', None, None): _T327,
+        (16, 32, 'reg', None, None): _T326,
+        (16, 32, 'mem', None, None): _T327,
+        (32, 16, 'reg', None, None): _T326,
+        (32, 16, 'mem', None, None): _T327,
+        (32, 32, 'reg', None, None): _T326,
+        (32, 32, 'mem', None, None): _T327,
+    },
+    # spec/sse.r1:2836
+    'PMINUB_XMM_XMMRM': {
+        (16, 16, 'reg', None, None): _T328,
+        (16, 16, 'mem', None, None): _T329,
+        (16, 32, 'reg', None, None): _T328,
+        (16, 32, 'mem', None, None): _T329,
+        (32, 16, 'reg', None, None): _T328,
+        (32, 16, 'mem', None, None): _T329,
+        (32, 32, 'reg', None, None): _T328,
+        (32, 32, 'mem', None, None): _T329,
+    },
+    # spec/sse.r1:2847
+    'PMULHUW_XMM_XMMRM': {
+        (16, 16, 'reg', None, None): _T330,
+        (16, 16, 'mem', None, None): _T331,
+        (16, 32, 'reg', None, None): _T330,
+        (16, 32, 'mem', None, None): _T331,
+        (32, 16, 'reg', None, None): _T330,
+        (32, 16, 'mem', None, None): _T331,
+        (32, 32, 'reg', None, None): _T330,
+        (32, 32, 'mem', None, None): _T331,
+    },
+    # spec/sse.r1:2858
+    'PSADBW_XMM_XMMRM': {
+        (16, 16, 'reg', None, None): _T332,
+        (16, 16, 'mem', None, None): _T333,
+        (16, 32, 'reg', None, None): _T332,
+        (16, 32, 'mem', None, None): _T333,
+        (32, 16, 'reg', None, None): _T332,
+        (32, 16, 'mem', None, None): _T333,
+        (32, 32, 'reg', None, None): _T332,
+        (32, 32, 'mem', None, None): _T333,
+    },
+    # spec/sse.r1:2869
+    'PEXTRW_R32_XMM_IMM8': {
+        (16, 16, 'reg', None, None): _T334,
+        (16, 32, 'reg', None, None): _T334,
+        (32, 16, 'reg', None, None): _T334,
+        (32, 32, 'reg', None, None): _T334,
+    },
+    # spec/sse.r1:2880
     'PINSRW_XMM_R32_IMM8': {
-        (16, 16, 'reg', None, None): _T255,
-        (16, 32, 'reg', None, None): _T255,
-        (32, 16, 'reg', None, None): _T255,
-        (32, 32, 'reg', None, None): _T255,
+        (16, 16, 'reg', None, None): _T335,
+        (16, 32, 'reg', None, None): _T335,
+        (32, 16, 'reg', None, None): _T335,
+        (32, 32, 'reg', None, None): _T335,
     },
-    # spec/sse.r1:2778
+    # spec/sse.r1:2891
     'PINSRW_XMM_M16_IMM8': {
-        (16, 16, 'mem', None, None): _T256,
-        (16, 32, 'mem', None, None): _T256,
-        (32, 16, 'mem', None, None): _T256,
-        (32, 32, 'mem', None, None): _T256,
+        (16, 16, 'mem', None, None): _T336,
+        (16, 32, 'mem', None, None): _T336,
+        (32, 16, 'mem', None, None): _T336,
+        (32, 32, 'mem', None, None): _T336,
     },
-    # spec/sse.r1:2788
+    # spec/sse.r1:2902
     'PMOVMSKB_R32_XMM': {
-        (16, 16, 'reg', None, None): _T257,
-        (16, 32, 'reg', None, None): _T257,
-        (32, 16, 'reg', None, None): _T257,
-        (32, 32, 'reg', None, None): _T257,
+        (16, 16, 'reg', None, None): _T337,
+        (16, 32, 'reg', None, None): _T337,
+        (32, 16, 'reg', None, None): _T337,
+        (32, 32, 'reg', None, None): _T337,
     },
 }

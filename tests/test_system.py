@@ -332,11 +332,11 @@ def test_mov_cr0_ignores_reserved_bits_and_keeps_et() -> None:
 
 
 def test_mov_cr4_reserved_bits_are_gp() -> None:
-    for bad in (0x20, 0x1, 0x200, 0x800, 0x80000000):  # PAE, VME, OSFXSR: features the virtual CPU lacks
+    for bad in (0x20, 0x1, 0x40, 0x800, 0x80000000):  # PAE, VME, MCE: features the virtual CPU lacks
         _, ev = run(b"\x0f\x22\xe0", regs={"eax": bad})
         assert (ev.vector, ev.error_code) == (GP, 0), hex(bad)
-    m, ev = run(b"\x0f\x22\xe0\x0f\x20\xe1", regs={"eax": 0x19C})  # TSD DE PSE PGE PCE
-    assert ev is None and m.regs[1] == 0x19C
+    m, ev = run(b"\x0f\x22\xe0\x0f\x20\xe1", regs={"eax": 0x79C})  # TSD DE PSE PGE PCE OSFXSR OSXMMEXCPT
+    assert ev is None and m.regs[1] == 0x79C
 
 
 def test_mov_cr3_and_cr2_round_trip() -> None:

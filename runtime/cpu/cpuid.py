@@ -1,17 +1,20 @@
 """The identity ring1's virtual CPU reports through CPUID.
 
-A Pentium-class processor with what the generated interpreter implements and no more:
-TSC, MSRs, CMPXCHG8B, SYSENTER/SYSEXIT, CMOV, PSE and PGE pages, debugging extensions.
-The FPU, MMX and SSE bits stay clear until the spec gives those instructions semantics
-(`ring1 spec coverage` says which lack it), so a guest that checks CPUID does not use them.
+A P6-family processor of the Pentium M class (family 6, model 9) with what the spec
+describes and no more: the x87 FPU, MMX, FXSAVE/FXRSTOR, SSE and SSE2, TSC, MSRs, CMPXCHG8B,
+SYSENTER/SYSEXIT, CMOV, PSE and PGE pages, debugging extensions (and the local APIC while
+the platform's is enabled: Machine.b_cpuid_leaf). CR4's implemented bits follow these
+(spec/system.r1 cr4_implemented: OSFXSR with FXSR, OSXMMEXCPT with SSE). Not advertised, so
+not modelled: VME, PAE, MCE/MCA, MTRR, PAT, CLFLUSH's line size, PSE-36.
 """
 
 from __future__ import annotations
 
 VENDOR = b"GenuineIntel"
-FAMILY, MODEL, STEPPING = 6, 1, 9  # a Pentium Pro-class part: family 6, the first P6 model
+FAMILY, MODEL, STEPPING = 6, 9, 5  # a Pentium M-class part (Banias: P6 family, SSE2, no PAE)
 
 FEATURES_EDX = {
+    "fpu": 0,
     "de": 2,
     "pse": 3,
     "tsc": 4,
@@ -20,6 +23,10 @@ FEATURES_EDX = {
     "sep": 11,
     "pge": 13,
     "cmov": 15,
+    "mmx": 23,
+    "fxsr": 24,
+    "sse": 25,
+    "sse2": 26,
 }
 BRAND = b"ring1 virtual CPU (spec-driven IA-32)"
 

@@ -48,7 +48,9 @@ class BareMachine:
         self.platform = platform or Platform()
         self.interp = Machine(self.mem, self.platform)  # the deliverer, on the same memory
         self.clock = self.platform.clock
-        self.cpu = PhysicalCpu(self.mem, platform=self.platform, count_instructions=self.clock is not None)
+        self.cpu = PhysicalCpu(
+            self.mem, platform=self.platform, count_instructions=self.clock is not None, open_bus=True
+        )
         self.interp.takes_interrupts = False  # bare takes them itself (_take_interrupt)
         if self.clock is not None:
             self.cpu.after_device_access = self._after_device_access

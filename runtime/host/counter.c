@@ -29,6 +29,8 @@ typedef struct {
     const uint8_t *ram; /* guest physical memory, or NULL: no instruction is looked at */
     uint64_t ram_size;
     int32_t saw_unhookable; /* set when the CPU was stopped before RDTSC, RDMSR or WRMSR */
+    int32_t cr_ids[3];      /* UC_X86_REG_CR0, CR3, CR4 */
+    int32_t reread_paging;  /* the last instruction was a MOV to a control register */
 } ring1_counter;
 
 /* The guest-physical address of linear `la` through the guest's page tables (no checks but
@@ -64,6 +66,23 @@ void ring1_count(void *uc, uint64_t address, uint32_t size, void *user)
     if (++c->calls > c->limit) {
         c->stop(uc);
         return;
+    }
+    if (c->reread_paging) {
+        /* The guest's MOV to CR0, CR3 or CR4 has run: look at instructions through the tables it
+           set (paging turned on, another address space), not those of when the run started. */
+        uint64_t cr0 = 0, cr3 = 0, cr4 = 0;
+        c->reg_read(uc, c->cr_ids[0], &cr0);
+        c->reg_read(uc, c->cr_ids[1], &cr3);
+        c->reg_read(uc, c->cr_ids[2], &cr4);
+        c->paging = (cr0 & 0x80000000u) != 0;
+        c->pse = (cr4 & 0x10) != 0;
+        c->cr3 = (uint32_t)cr3;
+        c->reread_paging = 0;
+    }
+    if (size == 3 && c->ram != NULL) {
+        int64_t pa = physical(c, address);
+        if (pa >= 0 && (uint64_t)pa + 1 < c->ram_size && c->ram[pa] == 0x0F && c->ram[pa + 1] == 0x22)
+            c->reread_paging = 1; /* MOV CRn, r32 */
     }
     if (size == 2 && c->ram != NULL) {
         int64_t pa = physical(c, address);

@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING
 
 from unicorn import UC_HOOK_CODE, Uc
 from unicorn.unicorn_py3.unicorn import uclib
-from unicorn.x86_const import UC_X86_REG_EFLAGS
+from unicorn.x86_const import UC_X86_REG_CR0, UC_X86_REG_CR3, UC_X86_REG_CR4, UC_X86_REG_EFLAGS
 
 if TYPE_CHECKING:
     from ring1.runtime.devices.clock import VirtualClock
@@ -60,6 +60,8 @@ class _Counts(ctypes.Structure):
         ("ram", ctypes.c_void_p),
         ("ram_size", ctypes.c_uint64),
         ("saw_unhookable", ctypes.c_int32),
+        ("cr_ids", ctypes.c_int32 * 3),
+        ("reread_paging", ctypes.c_int32),
     ]
 
 
@@ -113,6 +115,8 @@ class InstructionCounter:
             0,
             None,
             0,
+            0,
+            (ctypes.c_int32 * 3)(UC_X86_REG_CR0, UC_X86_REG_CR3, UC_X86_REG_CR4),
             0,
         )
         self._handle = ctypes.c_size_t()

@@ -88,7 +88,12 @@ class PhysicalCpu:
     """One unicorn x86 CPU over a PhysicalMemory."""
 
     def __init__(
-        self, memory: PhysicalMemory, real_mode: bool = False, platform=None, count_instructions: bool = False
+        self,
+        memory: PhysicalMemory,
+        real_mode: bool = False,
+        platform=None,
+        count_instructions: bool = False,
+        open_bus: bool = False,
     ) -> None:
         self.memory = memory
         self.platform = platform
@@ -123,9 +128,12 @@ class PhysicalCpu:
         self.uc.hook_add(UC_HOOK_INSN_INVALID, self._on_invalid)
         if platform is not None:
             # Device memory: each access is one call into the platform's MMIO (one exit).
-            for base, length in platform.mmio_ranges():
+            ranges = platform.mmio_ranges()
+            for base, length in ranges:
                 start, end = base & ~0xFFF, (base + length + 0xFFF) & ~0xFFF
                 self.uc.mmio_map(start, end - start, self._on_mmio_read, start, self._on_mmio_write, start)
+            if open_bus:
+                self._map_open_bus([(0, memory.size), *((b & ~0xFFF, (b + n + 0xFFF) & ~0xFFF) for b, n in ranges)])
             # Port I/O goes to the same virtual platform the interpreter uses.
             self.uc.hook_add(UC_HOOK_INSN, self._on_in, None, 1, 0, X.UC_X86_INS_IN)
             self.uc.hook_add(UC_HOOK_INSN, self._on_out, None, 1, 0, X.UC_X86_INS_OUT)
@@ -156,6 +164,18 @@ class PhysicalCpu:
         self.event = CpuEvent(13, eip)
         self._rewind_to = eip
         self.counter.counts.limit = self.counter.counts.calls
+
+    def _map_open_bus(self, taken: list[tuple[int, int]]) -> None:
+        """The rest of the 4 GB physical space (`taken`: [start, end) of RAM and device pages)
+        reads as all ones and ignores writes, as a PC's bus does where nothing answers (the
+        platform's unclaimed MMIO: counted in --stats), instead of stopping unicorn. Linux reads
+        there with paging off: its early C code's stack-protector canary (%fs:__stack_chk_guard
+        at its virtual address) before paging is on."""
+        at = 0
+        for start, end in [*sorted(taken), (1 << 32, 1 << 32)]:
+            if start > at:
+                self.uc.mmio_map(at, start - at, self._on_mmio_read, at, self._on_mmio_write, at)
+            at = max(at, end)
 
     def _on_mmio_read(self, uc: Uc, offset: int, size: int, base: int) -> int:
         value = self.platform.mmio_read(base + offset, size)

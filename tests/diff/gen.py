@@ -102,12 +102,39 @@ def is_x87(form: str) -> bool:
     return FORMS[form].source.startswith("spec/x87.r1") and not mnemonics(form) & X87_CONTROL_MNEMONICS
 
 
+# The integer SSE and SSE2 forms (on MMX or XMM registers) by mnemonic; the others in sse.r1
+# work on floating-point values. PREFETCHh and PAUSE start with a P but move no data.
+SIMD_INTEGER_MOVES = {"movd", "movq", "movdqa", "movdqu", "movq2dq", "movdq2q", "movntq", "movntdq", "movnti"}
+SIMD_INTEGER_MOVES |= {"maskmovq", "maskmovdqu"}
+
+
+def aligned_m128(form: str) -> bool:
+    """An SSE/SSE2 integer form whose 128-bit memory operand must be 16-byte aligned (SDM vol. 1,
+    11.6.7): all of them but MOVDQU."""
+    return (
+        is_simd_integer(form)
+        and "movdqu" not in mnemonics(form)
+        and any(width == 128 and kind in ("rm", "mem") for _, kind, width in LAYOUT[form][3])
+    )
+
+
+def is_simd_integer(form: str) -> bool:
+    """An MMX form, or an SSE/SSE2 integer form: its registers and memory operands get packed
+    integers with edge lanes rather than doubles."""
+    if FORMS[form].source.startswith("spec/mmx.r1"):
+        return True
+    mn = mnemonics(form)
+    return is_sse(form) and bool(
+        mn & SIMD_INTEGER_MOVES or any(m.startswith("p") and not m.startswith(("prefetch", "pause")) for m in mn)
+    )
+
+
 def variants(form: str) -> list[tuple]:
     return sorted(TEMPLATES[form].keys(), key=repr)
 
 
 @st.composite
-def instance(draw, form: str, mode: Mode, doubles: list[int] | None = None) -> Instance:
+def instance(draw, form: str, mode: Mode, doubles: list[int] | None = None, aligned: bool = False) -> Instance:
     """One encoding of `form` with operand values that make it meaningful in `mode`
     (an SSE form's memory operand holds two doubles, from `doubles` or any)."""
     opcode, low_field, modrm_kind, fixed_modrm, _mod, rm_fixed, imms, e_osize, _asize, pfx = ENCODINGS[form]
@@ -126,7 +153,10 @@ def instance(draw, form: str, mode: Mode, doubles: list[int] | None = None) -> I
         prefixes.append(0xF2)
     if pfx in (0xF2, 0xF3):
         prefixes.append(pfx)
-    if pfx == 0x66 or (osize != mode.default_size and e_osize is None) or (e_osize and e_osize != mode.default_size):
+    # An NP form (pfx 0) takes no 66: it would select another instruction (PADDB xmm for PADDB
+    # mm) or none; its operand size is the mode's.
+    resized = (osize != mode.default_size and e_osize is None) or (e_osize and e_osize != mode.default_size)
+    if pfx == 0x66 or (resized and pfx != 0):
         prefixes.append(0x66)
     if asize != mode.default_size:
         prefixes.append(0x67)
@@ -152,8 +182,12 @@ def instance(draw, form: str, mode: Mode, doubles: list[int] | None = None) -> I
         if needs_memory:
             widest = max((w for _, _, w in operands if isinstance(w, int)), default=0) // 8
             margin = max(WINDOW_MARGIN, widest)  # (FNSAVE's and FXSAVE's images: 108 and 512 bytes)
-            body += draw(memory_operand(reg, asize, regs, prefixes, mode, memory, margin))
-            if is_sse(form):
+            align = 2 if aligned and aligned_m128(form) else int(aligned_m128(form))
+            body += draw(memory_operand(reg, asize, regs, prefixes, mode, memory, margin, align))
+            if is_simd_integer(form):
+                ea = next(iter(memory))
+                memory[ea] = draw(packed_integer(128)).to_bytes(16, "little")
+            elif is_sse(form):
                 ea = next(iter(memory))
                 memory[ea] = b"".join(draw(double_bits(doubles)).to_bytes(8, "little") for _ in range(2))
             if is_x87(form):
@@ -191,6 +225,12 @@ def instance(draw, form: str, mode: Mode, doubles: list[int] | None = None) -> I
             code_tail.append(("raw", target.to_bytes(size, "little")))
         elif name == "level":
             code_tail.append(("raw", bytes([draw(st.integers(0, 4))])))
+        elif is_simd_integer(form) and size == 1:
+            # Shift counts around the lane widths (past them a lane empties), lane selectors and
+            # shuffle orders: small numbers, and any byte.
+            code_tail.append(
+                ("raw", bytes([draw(st.one_of(st.integers(0, 17), st.integers(0, 0x41), st.integers(0, 0xFF)))]))
+            )
         elif is_sse(form) and size == 1:
             # Mostly below 8: CMPSD's predicate is imm8[2:0] and an immediate past 7 makes
             # unicorn raise #UD (deviation cmpsd-imm8-reserved), which only a re-encoded run
@@ -253,10 +293,15 @@ def memory_operand(
     mode: Mode,
     memory: dict[int, bytes],
     margin: int = WINDOW_MARGIN,
+    align16: int = 0,
 ) -> bytes:
     """ModRM (+SIB, +displacement) addressing a random offset of the DATA window, at least
-    `margin` bytes before its end; sets the registers."""
+    `margin` bytes before its end; sets the registers. With `align16` 1 the offset is mostly a
+    multiple of 16 (every segment over the window has a base that is one too), as an SSE
+    form's 128-bit operand must be; with 2, always."""
     target = draw(st.integers(0, fresh_machine.DATA_SIZE - margin))
+    if align16 == 2 or (align16 and draw(st.integers(0, 3))):
+        target &= ~15
     names = fresh_machine.GPR_NAMES
     memory[target] = draw(operand_bytes(mode))
     if asize == 16:
@@ -342,6 +387,9 @@ def _role_registers(draw, form: str, inst: Instance, mode: Mode, asize: int, osi
         regs["ecx"] = (draw(st.integers(0, 0xFFFFFFFF)) & ~amask) | draw(st.integers(0, 9))
         if "xlatb" in mn and "ebx" not in regs:
             regs["ebx"] = draw(st.integers(0, fresh_machine.DATA_SIZE - 0x100))
+    if mn & {"maskmovq", "maskmovdqu"}:
+        # The implicit destination DS:EDI (DS:DI): in the DATA window, 16 bytes from its end.
+        regs["edi"] = (draw(st.integers(0, 0xFFFFFFFF)) & ~amask) | draw(st.integers(0, fresh_machine.DATA_SIZE - 0x10))
     if mn & {"leave", "enter"} and "ebp" not in regs:
         regs["ebp"] = draw(st.integers(0x4000, 0x6F00))
     if mn & {"cmpxchg", "cmpxchg8b"} and inst.memory and draw(st.booleans()):
@@ -450,7 +498,6 @@ def double_bits(draw, pool: list[int] | None = None) -> int:
     return draw(st.one_of(choices))
 
 
-CR0_NE = 0x20  # numeric error: an x87 error raises #MF instead of signalling FERR#
 MXCSR_DEFINED = 0xFFFF  # bits 16-31 are reserved (#GP on LDMXCSR, never set by the CPU)
 
 
@@ -577,9 +624,62 @@ def x87_state(draw, pushes: bool = False) -> dict:
     fsw = top << 11 | conditions | flags
     if flags & ~masks & 0x3F:
         fsw |= 0x8080  # a pending unmasked exception: ES and B
-    em, ts, mp, ne = fresh_machine.CR0_EM, fresh_machine.CR0_TS, fresh_machine.CR0_MP, CR0_NE
+    em, ts, mp, ne = fresh_machine.CR0_EM, fresh_machine.CR0_TS, fresh_machine.CR0_MP, fresh_machine.CR0_NE
     cr0_bits = draw(st.sampled_from((0,) * 8 + (ne,) * 4 + (mp, em, ts, mp | ts, ne | ts)))
     return {"fpr": fpr, "fcw": fcw, "fsw": fsw, "ftw": ftw, "cr0_bits": cr0_bits}
+
+
+# Lanes worth packing: zero, one, the signed extremes, all ones (8, 16, 32 and 64 bits).
+EDGE_LANES = {n: (0, 1, (1 << (n - 1)) - 1, 1 << (n - 1), (1 << (n - 1)) + 1, (1 << n) - 1) for n in (8, 16, 32, 64)}
+
+
+@st.composite
+def packed_integer(draw, size: int) -> int:
+    """A packed-integer register or memory value of `size` bits: lanes of one width, each an
+    edge value or random, or a small number (a shift count), or anything."""
+    kind = draw(st.sampled_from(("lanes", "lanes", "lanes", "count", "any")))
+    if kind == "count":
+        return draw(st.integers(0, 70)) | (draw(st.sampled_from((0, 0, 1 << 63, 1 << 40))) if size > 32 else 0)
+    if kind == "any":
+        return draw(st.integers(0, (1 << size) - 1))
+    # Few draws (hypothesis draws cost more than the run): random lanes, and four bits a lane
+    # that pick an edge value for it (6 of 16) or keep the random one.
+    n = draw(st.sampled_from((8, 16, 32, 64)))
+    lanes = size // n
+    randoms = draw(st.integers(0, (1 << size) - 1))
+    picks = draw(st.integers(0, (1 << 4 * lanes) - 1))
+    value = 0
+    for i in range(lanes):
+        pick = picks >> 4 * i & 15
+        lane = EDGE_LANES[n][pick] if pick < len(EDGE_LANES[n]) else randoms >> i * n & (1 << n) - 1
+        value |= lane << i * n
+    return value
+
+
+# Bits 79:64 of an x87 register holding an MMX value: all ones (as an MMX write leaves them), zero,
+# or what a floating-point value has there.
+EXPONENTS = (0xFFFF, 0xFFFF, 0, 0, 0x3FFF, 0x8000, 0x1234, 0x7FFF)
+
+
+@st.composite
+def simd_integer_state(draw) -> dict:
+    """The MMX registers (the low 64 bits of x87 R0-R7, any exponent above them), the rest of
+    the x87 state an MMX instruction reads or resets (FSW with TOP and, rarely, a pending
+    exception; the tag word; CR0.NE, EM, TS), and XMM registers with packed integers; CR4
+    mostly enabling SSE."""
+    exponents = draw(st.integers(0, (1 << 24) - 1))  # three bits a register: one of EXPONENTS
+    fpr = tuple(draw(packed_integer(64)) | EXPONENTS[exponents >> 3 * i & 7] << 64 for i in range(8))
+    xmm = tuple(draw(packed_integer(128)) for _ in range(8))
+    top = draw(st.integers(0, 7)) << 11
+    pending = draw(st.sampled_from((0,) * 6 + (0x81,)))  # ES with IE: an unmasked invalid operation
+    fsw = top | pending | draw(st.sampled_from((0, 0x4700, 0x20)))  # condition codes, a masked precision flag
+    ftw = draw(st.sampled_from((0, 0xFF, draw(st.integers(0, 0xFF)))))
+    fcw = fresh_machine.FCW_INIT & ~(1 if pending else 0)
+    osfxsr, osxmmexcpt = fresh_machine.CR4_OSFXSR, fresh_machine.CR4_OSXMMEXCPT
+    cr4 = draw(st.sampled_from((osfxsr | osxmmexcpt,) * 4 + (osfxsr,) * 3 + (osxmmexcpt, 0)))
+    em, ts, mp, ne = fresh_machine.CR0_EM, fresh_machine.CR0_TS, fresh_machine.CR0_MP, fresh_machine.CR0_NE
+    cr0_bits = draw(st.sampled_from((0,) * 6 + (ne, ne, mp, em, ts, em | ts, mp | ts | ne)))
+    return {"fpr": fpr, "xmm": xmm, "fsw": fsw, "ftw": ftw, "fcw": fcw, "cr4": cr4, "cr0_bits": cr0_bits}
 
 
 def writes_esp(code: bytes, code32: bool = True) -> bool:
@@ -597,26 +697,29 @@ def writes_esp(code: bytes, code32: bool = True) -> bool:
 
 
 @st.composite
-def case_for(draw, forms: list[str], mode: Mode, reload: bool = False) -> Case:
+def case_for(draw, forms: list[str], mode: Mode, reload: bool = False, aligned: bool = False) -> Case:
     """A case running `forms` in order (each one random instance) from a random state. With
     `reload`, every instance after the first is preceded by `mov r32, imm32` (MOV_Ov_Iv) of the
     registers it was drawn with, so its memory operands stay in the test window whatever the
     instructions before it did (unicorn does not check segment limits: tests/test_physcpu.py),
-    and no instance but the last writes ESP (a stack outside guest RAM is no comparison)."""
+    and no instance but the last writes ESP (a stack outside guest RAM is no comparison). With
+    `aligned`, every 128-bit SSE operand that must be 16-byte aligned is."""
     regs = draw(registers(mode))
     code = bytearray()
     window: dict[int, bytes] = {}
     osize = mode.default_size
     sse: dict = {}
     pool: list[int] | None = None
-    if any(is_sse(f) for f in forms):
+    if any(is_simd_integer(f) for f in forms):
+        sse = draw(simd_integer_state())
+    elif any(is_sse(f) for f in forms):
         pool = draw(st.lists(double_bits(), min_size=1, max_size=3))
         sse = draw(sse_state(pool))
     if any(is_x87(f) for f in forms):
         sse = {**sse, **draw(x87_state(pushes=any(x87_pushes(f) for f in forms if is_x87(f))))}
     ran: list[str] = []
     for n, f in enumerate(forms):
-        inst = instance(f, mode, pool)
+        inst = instance(f, mode, pool, aligned)
         if reload and n < len(forms) - 1:
             inst = inst.filter(lambda i: not writes_esp(i.code, not mode.real))
         inst = draw(inst)
