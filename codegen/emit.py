@@ -209,6 +209,10 @@ class Emitter:
             if self.kind != "insn":
                 raise self.err(loc, "`dseg` is known only inside an instruction")
             return V("$dseg")
+        if name in ("insn_eip", "x87_opcode"):  # what the x87 records as FIP and FOP
+            if self.kind != "insn":
+                raise self.err(loc, f"`{name}` is known only inside an instruction")
+            return V("$here" if name == "insn_eip" else "$fop")
         return None
 
     # ------------------------------------------------------------ expressions
@@ -530,6 +534,14 @@ class Emitter:
         if op is None:
             raise self.err(e.loc, "in_memory() takes the name of one of the instruction's operands")
         return V.of(int(self.op_in_memory(op) or OPTYPES[op.type].kind == "addr"))
+
+    def intrinsic_st_index(self, e: A.Call) -> V:
+        """i of an x87 register operand ST(i): 0 for st0, the ModRM.rm field for sti."""
+        arg = e.args[0]
+        op = self._operand(arg.name) if isinstance(arg, A.Name) else None
+        if op is None or op.type not in ("st0", "sti"):
+            raise self.err(e.loc, "st_index() takes the name of an st0 or sti operand")
+        return V.of(0) if op.type == "st0" else V(f"${op.name}")
 
     def intrinsic_uses_esp(self, e: A.Call) -> V:
         self._mem_operand(e)

@@ -294,7 +294,7 @@ SIMD_STATE_WIDTHS = {
 }
 SIMD_STATE = tuple(SIMD_STATE_WIDTHS)
 WRITABLE_STATE = (*GPR32, *GPR16, *GPR8, "eip", "eflags", *SIMD_STATE)
-FORM_CONSTANTS = ("w", "osize", "asize", "cc", "dseg")
+FORM_CONSTANTS = ("w", "osize", "asize", "cc", "dseg", "insn_eip", "x87_opcode")
 INTRINSICS = {  # name -> number of arguments; implemented by the generator, not the machine
     "reg": 2,
     "parity": 1,
@@ -303,6 +303,7 @@ INTRINSICS = {  # name -> number of arguments; implemented by the generator, not
     "seg": 1,
     "uses_esp": 1,
     "in_memory": 1,
+    "st_index": 1,
 }
 
 

@@ -2494,148 +2494,148 @@ LAYOUT = {
     'LSL': (True, None, (), (('dst', 'reg', 'v'), ('src', 'rm', 16))),  # spec/system.r1:536
     'VERR': (True, None, (), (('src', 'rm', 16),)),  # spec/system.r1:557
     'VERW': (True, None, (), (('src', 'rm', 16),)),  # spec/system.r1:577
-    'FADD_M32': (True, None, (), (('dst', 'x87', 80), ('src', 'mem', 32))),  # spec/x87.r1:33
-    'FADD_M64': (True, None, (), (('dst', 'x87', 80), ('src', 'mem', 64))),  # spec/x87.r1:43
-    'FIADD_M32': (True, None, (), (('dst', 'x87', 80), ('src', 'mem', 32))),  # spec/x87.r1:53
-    'FIADD_M16': (True, None, (), (('dst', 'x87', 80), ('src', 'mem', 16))),  # spec/x87.r1:63
-    'FMUL_M32': (True, None, (), (('dst', 'x87', 80), ('src', 'mem', 32))),  # spec/x87.r1:73
-    'FMUL_M64': (True, None, (), (('dst', 'x87', 80), ('src', 'mem', 64))),  # spec/x87.r1:83
-    'FIMUL_M32': (True, None, (), (('dst', 'x87', 80), ('src', 'mem', 32))),  # spec/x87.r1:93
-    'FIMUL_M16': (True, None, (), (('dst', 'x87', 80), ('src', 'mem', 16))),  # spec/x87.r1:103
-    'FSUB_M32': (True, None, (), (('dst', 'x87', 80), ('src', 'mem', 32))),  # spec/x87.r1:113
-    'FSUB_M64': (True, None, (), (('dst', 'x87', 80), ('src', 'mem', 64))),  # spec/x87.r1:123
-    'FISUB_M32': (True, None, (), (('dst', 'x87', 80), ('src', 'mem', 32))),  # spec/x87.r1:133
-    'FISUB_M16': (True, None, (), (('dst', 'x87', 80), ('src', 'mem', 16))),  # spec/x87.r1:143
-    'FSUBR_M32': (True, None, (), (('dst', 'x87', 80), ('src', 'mem', 32))),  # spec/x87.r1:153
-    'FSUBR_M64': (True, None, (), (('dst', 'x87', 80), ('src', 'mem', 64))),  # spec/x87.r1:163
-    'FISUBR_M32': (True, None, (), (('dst', 'x87', 80), ('src', 'mem', 32))),  # spec/x87.r1:173
-    'FISUBR_M16': (True, None, (), (('dst', 'x87', 80), ('src', 'mem', 16))),  # spec/x87.r1:183
-    'FDIV_M32': (True, None, (), (('dst', 'x87', 80), ('src', 'mem', 32))),  # spec/x87.r1:193
-    'FDIV_M64': (True, None, (), (('dst', 'x87', 80), ('src', 'mem', 64))),  # spec/x87.r1:203
-    'FIDIV_M32': (True, None, (), (('dst', 'x87', 80), ('src', 'mem', 32))),  # spec/x87.r1:213
-    'FIDIV_M16': (True, None, (), (('dst', 'x87', 80), ('src', 'mem', 16))),  # spec/x87.r1:223
-    'FDIVR_M32': (True, None, (), (('dst', 'x87', 80), ('src', 'mem', 32))),  # spec/x87.r1:233
-    'FDIVR_M64': (True, None, (), (('dst', 'x87', 80), ('src', 'mem', 64))),  # spec/x87.r1:243
-    'FIDIVR_M32': (True, None, (), (('dst', 'x87', 80), ('src', 'mem', 32))),  # spec/x87.r1:253
-    'FIDIVR_M16': (True, None, (), (('dst', 'x87', 80), ('src', 'mem', 16))),  # spec/x87.r1:263
-    'FADD_ST0_STi': (True, None, (), (('dst', 'x87', 80), ('src', 'x87', 80))),  # spec/x87.r1:275
-    'FMUL_ST0_STi': (True, None, (), (('dst', 'x87', 80), ('src', 'x87', 80))),  # spec/x87.r1:285
-    'FSUB_ST0_STi': (True, None, (), (('dst', 'x87', 80), ('src', 'x87', 80))),  # spec/x87.r1:295
-    'FSUBR_ST0_STi': (True, None, (), (('dst', 'x87', 80), ('src', 'x87', 80))),  # spec/x87.r1:305
-    'FDIV_ST0_STi': (True, None, (), (('dst', 'x87', 80), ('src', 'x87', 80))),  # spec/x87.r1:315
-    'FDIVR_ST0_STi': (True, None, (), (('dst', 'x87', 80), ('src', 'x87', 80))),  # spec/x87.r1:325
-    'FADD_STi_ST0': (True, None, (), (('dst', 'x87', 80), ('src', 'x87', 80))),  # spec/x87.r1:335
-    'FMUL_STi_ST0': (True, None, (), (('dst', 'x87', 80), ('src', 'x87', 80))),  # spec/x87.r1:345
-    'FSUBR_STi_ST0': (True, None, (), (('dst', 'x87', 80), ('src', 'x87', 80))),  # spec/x87.r1:355
-    'FSUB_STi_ST0': (True, None, (), (('dst', 'x87', 80), ('src', 'x87', 80))),  # spec/x87.r1:365
-    'FDIVR_STi_ST0': (True, None, (), (('dst', 'x87', 80), ('src', 'x87', 80))),  # spec/x87.r1:375
-    'FDIV_STi_ST0': (True, None, (), (('dst', 'x87', 80), ('src', 'x87', 80))),  # spec/x87.r1:385
-    'FADDP_STi_ST0': (True, None, (), (('dst', 'x87', 80), ('src', 'x87', 80))),  # spec/x87.r1:395
-    'FMULP_STi_ST0': (True, None, (), (('dst', 'x87', 80), ('src', 'x87', 80))),  # spec/x87.r1:405
-    'FSUBRP_STi_ST0': (True, None, (), (('dst', 'x87', 80), ('src', 'x87', 80))),  # spec/x87.r1:415
-    'FSUBP_STi_ST0': (True, None, (), (('dst', 'x87', 80), ('src', 'x87', 80))),  # spec/x87.r1:425
-    'FDIVRP_STi_ST0': (True, None, (), (('dst', 'x87', 80), ('src', 'x87', 80))),  # spec/x87.r1:435
-    'FDIVP_STi_ST0': (True, None, (), (('dst', 'x87', 80), ('src', 'x87', 80))),  # spec/x87.r1:445
-    'FLD_M32': (True, None, (), (('dst', 'x87', 80), ('src', 'mem', 32))),  # spec/x87.r1:457
-    'FLD_M64': (True, None, (), (('dst', 'x87', 80), ('src', 'mem', 64))),  # spec/x87.r1:467
-    'FLD_M80': (True, None, (), (('dst', 'x87', 80), ('src', 'mem', 80))),  # spec/x87.r1:477
-    'FLD_STi': (True, None, (), (('dst', 'x87', 80), ('src', 'x87', 80))),  # spec/x87.r1:487
-    'FST_M32': (True, None, (), (('dst', 'mem', 32), ('src', 'x87', 80))),  # spec/x87.r1:497
-    'FST_M64': (True, None, (), (('dst', 'mem', 64), ('src', 'x87', 80))),  # spec/x87.r1:507
-    'FST_STi': (True, None, (), (('dst', 'x87', 80), ('src', 'x87', 80))),  # spec/x87.r1:517
-    'FSTP_M32': (True, None, (), (('dst', 'mem', 32), ('src', 'x87', 80))),  # spec/x87.r1:527
-    'FSTP_M64': (True, None, (), (('dst', 'mem', 64), ('src', 'x87', 80))),  # spec/x87.r1:537
-    'FSTP_M80': (True, None, (), (('dst', 'mem', 80), ('src', 'x87', 80))),  # spec/x87.r1:547
-    'FSTP_STi': (True, None, (), (('dst', 'x87', 80), ('src', 'x87', 80))),  # spec/x87.r1:557
-    'FILD_M16': (True, None, (), (('dst', 'x87', 80), ('src', 'mem', 16))),  # spec/x87.r1:567
-    'FILD_M32': (True, None, (), (('dst', 'x87', 80), ('src', 'mem', 32))),  # spec/x87.r1:577
-    'FILD_M64': (True, None, (), (('dst', 'x87', 80), ('src', 'mem', 64))),  # spec/x87.r1:587
-    'FIST_M16': (True, None, (), (('dst', 'mem', 16), ('src', 'x87', 80))),  # spec/x87.r1:597
-    'FIST_M32': (True, None, (), (('dst', 'mem', 32), ('src', 'x87', 80))),  # spec/x87.r1:607
-    'FISTP_M16': (True, None, (), (('dst', 'mem', 16), ('src', 'x87', 80))),  # spec/x87.r1:617
-    'FISTP_M32': (True, None, (), (('dst', 'mem', 32), ('src', 'x87', 80))),  # spec/x87.r1:627
-    'FISTP_M64': (True, None, (), (('dst', 'mem', 64), ('src', 'x87', 80))),  # spec/x87.r1:637
-    'FBLD_M80': (True, None, (), (('dst', 'x87', 80), ('src', 'mem', 80))),  # spec/x87.r1:647
-    'FBSTP_M80': (True, None, (), (('dst', 'mem', 80), ('src', 'x87', 80))),  # spec/x87.r1:657
-    'FXCH_STi': (True, None, (), (('a', 'x87', 80), ('b', 'x87', 80))),  # spec/x87.r1:667
-    'FCMOVB_ST0_STi': (True, None, (), (('dst', 'x87', 80), ('src', 'x87', 80))),  # spec/x87.r1:679
-    'FCMOVE_ST0_STi': (True, None, (), (('dst', 'x87', 80), ('src', 'x87', 80))),  # spec/x87.r1:689
-    'FCMOVBE_ST0_STi': (True, None, (), (('dst', 'x87', 80), ('src', 'x87', 80))),  # spec/x87.r1:699
-    'FCMOVU_ST0_STi': (True, None, (), (('dst', 'x87', 80), ('src', 'x87', 80))),  # spec/x87.r1:709
-    'FCMOVNB_ST0_STi': (True, None, (), (('dst', 'x87', 80), ('src', 'x87', 80))),  # spec/x87.r1:719
-    'FCMOVNE_ST0_STi': (True, None, (), (('dst', 'x87', 80), ('src', 'x87', 80))),  # spec/x87.r1:729
-    'FCMOVNBE_ST0_STi': (True, None, (), (('dst', 'x87', 80), ('src', 'x87', 80))),  # spec/x87.r1:739
-    'FCMOVNU_ST0_STi': (True, None, (), (('dst', 'x87', 80), ('src', 'x87', 80))),  # spec/x87.r1:749
-    'FCOM_M32': (True, None, (), (('a', 'x87', 80), ('b', 'mem', 32))),  # spec/x87.r1:761
-    'FCOM_M64': (True, None, (), (('a', 'x87', 80), ('b', 'mem', 64))),  # spec/x87.r1:771
-    'FCOM_STi': (True, None, (), (('a', 'x87', 80), ('b', 'x87', 80))),  # spec/x87.r1:781
-    'FCOMP_M32': (True, None, (), (('a', 'x87', 80), ('b', 'mem', 32))),  # spec/x87.r1:791
-    'FCOMP_M64': (True, None, (), (('a', 'x87', 80), ('b', 'mem', 64))),  # spec/x87.r1:801
-    'FCOMP_STi': (True, None, (), (('a', 'x87', 80), ('b', 'x87', 80))),  # spec/x87.r1:811
-    'FCOMPP': (True, None, (), ()),  # spec/x87.r1:821
-    'FUCOM_STi': (True, None, (), (('a', 'x87', 80), ('b', 'x87', 80))),  # spec/x87.r1:830
-    'FUCOMP_STi': (True, None, (), (('a', 'x87', 80), ('b', 'x87', 80))),  # spec/x87.r1:840
-    'FUCOMPP': (True, None, (), ()),  # spec/x87.r1:850
-    'FICOM_M16': (True, None, (), (('a', 'x87', 80), ('b', 'mem', 16))),  # spec/x87.r1:859
-    'FICOM_M32': (True, None, (), (('a', 'x87', 80), ('b', 'mem', 32))),  # spec/x87.r1:869
-    'FICOMP_M16': (True, None, (), (('a', 'x87', 80), ('b', 'mem', 16))),  # spec/x87.r1:879
-    'FICOMP_M32': (True, None, (), (('a', 'x87', 80), ('b', 'mem', 32))),  # spec/x87.r1:889
-    'FTST': (True, None, (), (('a', 'x87', 80),)),  # spec/x87.r1:899
-    'FXAM': (True, None, (), (('a', 'x87', 80),)),  # spec/x87.r1:909
-    'FCOMI_ST0_STi': (True, None, (), (('a', 'x87', 80), ('b', 'x87', 80))),  # spec/x87.r1:921
-    'FUCOMI_ST0_STi': (True, None, (), (('a', 'x87', 80), ('b', 'x87', 80))),  # spec/x87.r1:931
-    'FCOMIP_ST0_STi': (True, None, (), (('a', 'x87', 80), ('b', 'x87', 80))),  # spec/x87.r1:941
-    'FUCOMIP_ST0_STi': (True, None, (), (('a', 'x87', 80), ('b', 'x87', 80))),  # spec/x87.r1:951
-    'FLD1': (True, None, (), (('dst', 'x87', 80),)),  # spec/x87.r1:963
-    'FLDL2T': (True, None, (), (('dst', 'x87', 80),)),  # spec/x87.r1:973
-    'FLDL2E': (True, None, (), (('dst', 'x87', 80),)),  # spec/x87.r1:983
-    'FLDPI': (True, None, (), (('dst', 'x87', 80),)),  # spec/x87.r1:993
-    'FLDLG2': (True, None, (), (('dst', 'x87', 80),)),  # spec/x87.r1:1003
-    'FLDLN2': (True, None, (), (('dst', 'x87', 80),)),  # spec/x87.r1:1013
-    'FLDZ': (True, None, (), (('dst', 'x87', 80),)),  # spec/x87.r1:1023
-    'FCHS': (True, None, (), (('dst', 'x87', 80),)),  # spec/x87.r1:1035
-    'FABS': (True, None, (), (('dst', 'x87', 80),)),  # spec/x87.r1:1045
-    'F2XM1': (True, None, (), (('dst', 'x87', 80),)),  # spec/x87.r1:1055
-    'FYL2X': (True, None, (), ()),  # spec/x87.r1:1065
-    'FPTAN': (True, None, (), (('dst', 'x87', 80),)),  # spec/x87.r1:1074
-    'FPATAN': (True, None, (), ()),  # spec/x87.r1:1084
-    'FXTRACT': (True, None, (), (('dst', 'x87', 80),)),  # spec/x87.r1:1093
-    'FPREM1': (True, None, (), ()),  # spec/x87.r1:1103
-    'FDECSTP': (True, None, (), ()),  # spec/x87.r1:1112
-    'FINCSTP': (True, None, (), ()),  # spec/x87.r1:1121
-    'FPREM': (True, None, (), ()),  # spec/x87.r1:1130
-    'FYL2XP1': (True, None, (), ()),  # spec/x87.r1:1139
-    'FSQRT': (True, None, (), (('dst', 'x87', 80),)),  # spec/x87.r1:1148
-    'FSINCOS': (True, None, (), (('dst', 'x87', 80),)),  # spec/x87.r1:1158
-    'FRNDINT': (True, None, (), (('dst', 'x87', 80),)),  # spec/x87.r1:1168
-    'FSCALE': (True, None, (), ()),  # spec/x87.r1:1178
-    'FSIN': (True, None, (), (('dst', 'x87', 80),)),  # spec/x87.r1:1187
-    'FCOS': (True, None, (), (('dst', 'x87', 80),)),  # spec/x87.r1:1197
-    'FNOP': (True, None, (), ()),  # spec/x87.r1:1348
-    'FFREE_STi': (True, None, (), (('dst', 'x87', 80),)),  # spec/x87.r1:1357
-    'FNINIT': (True, None, (), ()),  # spec/x87.r1:1367
-    'FNCLEX': (True, None, (), ()),  # spec/x87.r1:1377
-    'FLDCW_M16': (True, None, (), (('src', 'mem', 16),)),  # spec/x87.r1:1387
-    'FNSTCW_M16': (True, None, (), (('dst', 'mem', 16),)),  # spec/x87.r1:1398
-    'FNSTSW_M16': (True, None, (), (('dst', 'mem', 16),)),  # spec/x87.r1:1409
-    'FNSTSW_AX': (True, None, (), ()),  # spec/x87.r1:1420
-    'FLDENV_MENV': (True, None, (), (('src', 'mem', 224),)),  # spec/x87.r1:1430
-    'FNSTENV_MENV': (True, None, (), (('dst', 'mem', 224),)),  # spec/x87.r1:1441
-    'FRSTOR_MSTATE': (True, None, (), (('src', 'mem', 864),)),  # spec/x87.r1:1457
-    'FNSAVE_MSTATE': (True, None, (), (('dst', 'mem', 864),)),  # spec/x87.r1:1477
-    'FWAIT': (False, None, (), ()),  # spec/x87.r1:1499
-    'FFREEP_STi': (True, None, (), (('dst', 'x87', 80),)),  # spec/x87.r1:1517
-    'FSTPNCE_STi': (True, None, (), (('dst', 'x87', 80), ('src', 'x87', 80))),  # spec/x87.r1:1527
-    'FCOM_STi_DCD0': (True, None, (), (('a', 'x87', 80), ('b', 'x87', 80))),  # spec/x87.r1:1537
-    'FCOMP_STi_DCD8': (True, None, (), (('a', 'x87', 80), ('b', 'x87', 80))),  # spec/x87.r1:1548
-    'FCOMP_STi_DED0': (True, None, (), (('a', 'x87', 80), ('b', 'x87', 80))),  # spec/x87.r1:1559
-    'FXCH_STi_DDC8': (True, None, (), (('a', 'x87', 80), ('b', 'x87', 80))),  # spec/x87.r1:1570
-    'FXCH_STi_DFC8': (True, None, (), (('a', 'x87', 80), ('b', 'x87', 80))),  # spec/x87.r1:1581
-    'FSTP_STi_DFD0': (True, None, (), (('dst', 'x87', 80), ('src', 'x87', 80))),  # spec/x87.r1:1592
-    'FSTP_STi_DFD8': (True, None, (), (('dst', 'x87', 80), ('src', 'x87', 80))),  # spec/x87.r1:1603
-    'FNENI': (True, None, (), ()),  # spec/x87.r1:1614
-    'FNDISI': (True, None, (), ()),  # spec/x87.r1:1624
-    'FNSETPM': (True, None, (), ()),  # spec/x87.r1:1634
+    'FADD_M32': (True, None, (), (('dst', 'x87', 80), ('src', 'mem', 32))),  # spec/x87.r1:345
+    'FADD_M64': (True, None, (), (('dst', 'x87', 80), ('src', 'mem', 64))),  # spec/x87.r1:356
+    'FIADD_M32': (True, None, (), (('dst', 'x87', 80), ('src', 'mem', 32))),  # spec/x87.r1:367
+    'FIADD_M16': (True, None, (), (('dst', 'x87', 80), ('src', 'mem', 16))),  # spec/x87.r1:378
+    'FMUL_M32': (True, None, (), (('dst', 'x87', 80), ('src', 'mem', 32))),  # spec/x87.r1:389
+    'FMUL_M64': (True, None, (), (('dst', 'x87', 80), ('src', 'mem', 64))),  # spec/x87.r1:400
+    'FIMUL_M32': (True, None, (), (('dst', 'x87', 80), ('src', 'mem', 32))),  # spec/x87.r1:411
+    'FIMUL_M16': (True, None, (), (('dst', 'x87', 80), ('src', 'mem', 16))),  # spec/x87.r1:422
+    'FSUB_M32': (True, None, (), (('dst', 'x87', 80), ('src', 'mem', 32))),  # spec/x87.r1:433
+    'FSUB_M64': (True, None, (), (('dst', 'x87', 80), ('src', 'mem', 64))),  # spec/x87.r1:444
+    'FISUB_M32': (True, None, (), (('dst', 'x87', 80), ('src', 'mem', 32))),  # spec/x87.r1:455
+    'FISUB_M16': (True, None, (), (('dst', 'x87', 80), ('src', 'mem', 16))),  # spec/x87.r1:466
+    'FSUBR_M32': (True, None, (), (('dst', 'x87', 80), ('src', 'mem', 32))),  # spec/x87.r1:477
+    'FSUBR_M64': (True, None, (), (('dst', 'x87', 80), ('src', 'mem', 64))),  # spec/x87.r1:488
+    'FISUBR_M32': (True, None, (), (('dst', 'x87', 80), ('src', 'mem', 32))),  # spec/x87.r1:499
+    'FISUBR_M16': (True, None, (), (('dst', 'x87', 80), ('src', 'mem', 16))),  # spec/x87.r1:510
+    'FDIV_M32': (True, None, (), (('dst', 'x87', 80), ('src', 'mem', 32))),  # spec/x87.r1:521
+    'FDIV_M64': (True, None, (), (('dst', 'x87', 80), ('src', 'mem', 64))),  # spec/x87.r1:532
+    'FIDIV_M32': (True, None, (), (('dst', 'x87', 80), ('src', 'mem', 32))),  # spec/x87.r1:543
+    'FIDIV_M16': (True, None, (), (('dst', 'x87', 80), ('src', 'mem', 16))),  # spec/x87.r1:554
+    'FDIVR_M32': (True, None, (), (('dst', 'x87', 80), ('src', 'mem', 32))),  # spec/x87.r1:565
+    'FDIVR_M64': (True, None, (), (('dst', 'x87', 80), ('src', 'mem', 64))),  # spec/x87.r1:576
+    'FIDIVR_M32': (True, None, (), (('dst', 'x87', 80), ('src', 'mem', 32))),  # spec/x87.r1:587
+    'FIDIVR_M16': (True, None, (), (('dst', 'x87', 80), ('src', 'mem', 16))),  # spec/x87.r1:598
+    'FADD_ST0_STi': (True, None, (), (('dst', 'x87', 80), ('src', 'x87', 80))),  # spec/x87.r1:611
+    'FMUL_ST0_STi': (True, None, (), (('dst', 'x87', 80), ('src', 'x87', 80))),  # spec/x87.r1:622
+    'FSUB_ST0_STi': (True, None, (), (('dst', 'x87', 80), ('src', 'x87', 80))),  # spec/x87.r1:633
+    'FSUBR_ST0_STi': (True, None, (), (('dst', 'x87', 80), ('src', 'x87', 80))),  # spec/x87.r1:644
+    'FDIV_ST0_STi': (True, None, (), (('dst', 'x87', 80), ('src', 'x87', 80))),  # spec/x87.r1:655
+    'FDIVR_ST0_STi': (True, None, (), (('dst', 'x87', 80), ('src', 'x87', 80))),  # spec/x87.r1:666
+    'FADD_STi_ST0': (True, None, (), (('dst', 'x87', 80), ('src', 'x87', 80))),  # spec/x87.r1:677
+    'FMUL_STi_ST0': (True, None, (), (('dst', 'x87', 80), ('src', 'x87', 80))),  # spec/x87.r1:688
+    'FSUBR_STi_ST0': (True, None, (), (('dst', 'x87', 80), ('src', 'x87', 80))),  # spec/x87.r1:699
+    'FSUB_STi_ST0': (True, None, (), (('dst', 'x87', 80), ('src', 'x87', 80))),  # spec/x87.r1:710
+    'FDIVR_STi_ST0': (True, None, (), (('dst', 'x87', 80), ('src', 'x87', 80))),  # spec/x87.r1:721
+    'FDIV_STi_ST0': (True, None, (), (('dst', 'x87', 80), ('src', 'x87', 80))),  # spec/x87.r1:732
+    'FADDP_STi_ST0': (True, None, (), (('dst', 'x87', 80), ('src', 'x87', 80))),  # spec/x87.r1:743
+    'FMULP_STi_ST0': (True, None, (), (('dst', 'x87', 80), ('src', 'x87', 80))),  # spec/x87.r1:754
+    'FSUBRP_STi_ST0': (True, None, (), (('dst', 'x87', 80), ('src', 'x87', 80))),  # spec/x87.r1:765
+    'FSUBP_STi_ST0': (True, None, (), (('dst', 'x87', 80), ('src', 'x87', 80))),  # spec/x87.r1:776
+    'FDIVRP_STi_ST0': (True, None, (), (('dst', 'x87', 80), ('src', 'x87', 80))),  # spec/x87.r1:787
+    'FDIVP_STi_ST0': (True, None, (), (('dst', 'x87', 80), ('src', 'x87', 80))),  # spec/x87.r1:798
+    'FLD_M32': (True, None, (), (('dst', 'x87', 80), ('src', 'mem', 32))),  # spec/x87.r1:811
+    'FLD_M64': (True, None, (), (('dst', 'x87', 80), ('src', 'mem', 64))),  # spec/x87.r1:822
+    'FLD_M80': (True, None, (), (('dst', 'x87', 80), ('src', 'mem', 80))),  # spec/x87.r1:833
+    'FLD_STi': (True, None, (), (('dst', 'x87', 80), ('src', 'x87', 80))),  # spec/x87.r1:844
+    'FST_M32': (True, None, (), (('dst', 'mem', 32), ('src', 'x87', 80))),  # spec/x87.r1:855
+    'FST_M64': (True, None, (), (('dst', 'mem', 64), ('src', 'x87', 80))),  # spec/x87.r1:866
+    'FST_STi': (True, None, (), (('dst', 'x87', 80), ('src', 'x87', 80))),  # spec/x87.r1:877
+    'FSTP_M32': (True, None, (), (('dst', 'mem', 32), ('src', 'x87', 80))),  # spec/x87.r1:888
+    'FSTP_M64': (True, None, (), (('dst', 'mem', 64), ('src', 'x87', 80))),  # spec/x87.r1:899
+    'FSTP_M80': (True, None, (), (('dst', 'mem', 80), ('src', 'x87', 80))),  # spec/x87.r1:910
+    'FSTP_STi': (True, None, (), (('dst', 'x87', 80), ('src', 'x87', 80))),  # spec/x87.r1:921
+    'FILD_M16': (True, None, (), (('dst', 'x87', 80), ('src', 'mem', 16))),  # spec/x87.r1:932
+    'FILD_M32': (True, None, (), (('dst', 'x87', 80), ('src', 'mem', 32))),  # spec/x87.r1:943
+    'FILD_M64': (True, None, (), (('dst', 'x87', 80), ('src', 'mem', 64))),  # spec/x87.r1:954
+    'FIST_M16': (True, None, (), (('dst', 'mem', 16), ('src', 'x87', 80))),  # spec/x87.r1:965
+    'FIST_M32': (True, None, (), (('dst', 'mem', 32), ('src', 'x87', 80))),  # spec/x87.r1:976
+    'FISTP_M16': (True, None, (), (('dst', 'mem', 16), ('src', 'x87', 80))),  # spec/x87.r1:987
+    'FISTP_M32': (True, None, (), (('dst', 'mem', 32), ('src', 'x87', 80))),  # spec/x87.r1:998
+    'FISTP_M64': (True, None, (), (('dst', 'mem', 64), ('src', 'x87', 80))),  # spec/x87.r1:1009
+    'FBLD_M80': (True, None, (), (('dst', 'x87', 80), ('src', 'mem', 80))),  # spec/x87.r1:1020
+    'FBSTP_M80': (True, None, (), (('dst', 'mem', 80), ('src', 'x87', 80))),  # spec/x87.r1:1031
+    'FXCH_STi': (True, None, (), (('a', 'x87', 80), ('b', 'x87', 80))),  # spec/x87.r1:1042
+    'FCMOVB_ST0_STi': (True, None, (), (('dst', 'x87', 80), ('src', 'x87', 80))),  # spec/x87.r1:1055
+    'FCMOVE_ST0_STi': (True, None, (), (('dst', 'x87', 80), ('src', 'x87', 80))),  # spec/x87.r1:1066
+    'FCMOVBE_ST0_STi': (True, None, (), (('dst', 'x87', 80), ('src', 'x87', 80))),  # spec/x87.r1:1077
+    'FCMOVU_ST0_STi': (True, None, (), (('dst', 'x87', 80), ('src', 'x87', 80))),  # spec/x87.r1:1088
+    'FCMOVNB_ST0_STi': (True, None, (), (('dst', 'x87', 80), ('src', 'x87', 80))),  # spec/x87.r1:1099
+    'FCMOVNE_ST0_STi': (True, None, (), (('dst', 'x87', 80), ('src', 'x87', 80))),  # spec/x87.r1:1110
+    'FCMOVNBE_ST0_STi': (True, None, (), (('dst', 'x87', 80), ('src', 'x87', 80))),  # spec/x87.r1:1121
+    'FCMOVNU_ST0_STi': (True, None, (), (('dst', 'x87', 80), ('src', 'x87', 80))),  # spec/x87.r1:1132
+    'FCOM_M32': (True, None, (), (('a', 'x87', 80), ('b', 'mem', 32))),  # spec/x87.r1:1145
+    'FCOM_M64': (True, None, (), (('a', 'x87', 80), ('b', 'mem', 64))),  # spec/x87.r1:1156
+    'FCOM_STi': (True, None, (), (('a', 'x87', 80), ('b', 'x87', 80))),  # spec/x87.r1:1167
+    'FCOMP_M32': (True, None, (), (('a', 'x87', 80), ('b', 'mem', 32))),  # spec/x87.r1:1178
+    'FCOMP_M64': (True, None, (), (('a', 'x87', 80), ('b', 'mem', 64))),  # spec/x87.r1:1189
+    'FCOMP_STi': (True, None, (), (('a', 'x87', 80), ('b', 'x87', 80))),  # spec/x87.r1:1200
+    'FCOMPP': (True, None, (), ()),  # spec/x87.r1:1211
+    'FUCOM_STi': (True, None, (), (('a', 'x87', 80), ('b', 'x87', 80))),  # spec/x87.r1:1221
+    'FUCOMP_STi': (True, None, (), (('a', 'x87', 80), ('b', 'x87', 80))),  # spec/x87.r1:1232
+    'FUCOMPP': (True, None, (), ()),  # spec/x87.r1:1243
+    'FICOM_M16': (True, None, (), (('a', 'x87', 80), ('b', 'mem', 16))),  # spec/x87.r1:1253
+    'FICOM_M32': (True, None, (), (('a', 'x87', 80), ('b', 'mem', 32))),  # spec/x87.r1:1264
+    'FICOMP_M16': (True, None, (), (('a', 'x87', 80), ('b', 'mem', 16))),  # spec/x87.r1:1275
+    'FICOMP_M32': (True, None, (), (('a', 'x87', 80), ('b', 'mem', 32))),  # spec/x87.r1:1286
+    'FTST': (True, None, (), (('a', 'x87', 80),)),  # spec/x87.r1:1297
+    'FXAM': (True, None, (), (('a', 'x87', 80),)),  # spec/x87.r1:1308
+    'FCOMI_ST0_STi': (True, None, (), (('a', 'x87', 80), ('b', 'x87', 80))),  # spec/x87.r1:1321
+    'FUCOMI_ST0_STi': (True, None, (), (('a', 'x87', 80), ('b', 'x87', 80))),  # spec/x87.r1:1332
+    'FCOMIP_ST0_STi': (True, None, (), (('a', 'x87', 80), ('b', 'x87', 80))),  # spec/x87.r1:1343
+    'FUCOMIP_ST0_STi': (True, None, (), (('a', 'x87', 80), ('b', 'x87', 80))),  # spec/x87.r1:1354
+    'FLD1': (True, None, (), (('dst', 'x87', 80),)),  # spec/x87.r1:1367
+    'FLDL2T': (True, None, (), (('dst', 'x87', 80),)),  # spec/x87.r1:1378
+    'FLDL2E': (True, None, (), (('dst', 'x87', 80),)),  # spec/x87.r1:1389
+    'FLDPI': (True, None, (), (('dst', 'x87', 80),)),  # spec/x87.r1:1400
+    'FLDLG2': (True, None, (), (('dst', 'x87', 80),)),  # spec/x87.r1:1411
+    'FLDLN2': (True, None, (), (('dst', 'x87', 80),)),  # spec/x87.r1:1422
+    'FLDZ': (True, None, (), (('dst', 'x87', 80),)),  # spec/x87.r1:1433
+    'FCHS': (True, None, (), (('dst', 'x87', 80),)),  # spec/x87.r1:1446
+    'FABS': (True, None, (), (('dst', 'x87', 80),)),  # spec/x87.r1:1457
+    'F2XM1': (True, None, (), (('dst', 'x87', 80),)),  # spec/x87.r1:1468
+    'FYL2X': (True, None, (), ()),  # spec/x87.r1:1479
+    'FPTAN': (True, None, (), (('dst', 'x87', 80),)),  # spec/x87.r1:1489
+    'FPATAN': (True, None, (), ()),  # spec/x87.r1:1500
+    'FXTRACT': (True, None, (), (('dst', 'x87', 80),)),  # spec/x87.r1:1510
+    'FPREM1': (True, None, (), ()),  # spec/x87.r1:1521
+    'FDECSTP': (True, None, (), ()),  # spec/x87.r1:1531
+    'FINCSTP': (True, None, (), ()),  # spec/x87.r1:1541
+    'FPREM': (True, None, (), ()),  # spec/x87.r1:1551
+    'FYL2XP1': (True, None, (), ()),  # spec/x87.r1:1561
+    'FSQRT': (True, None, (), (('dst', 'x87', 80),)),  # spec/x87.r1:1571
+    'FSINCOS': (True, None, (), (('dst', 'x87', 80),)),  # spec/x87.r1:1582
+    'FRNDINT': (True, None, (), (('dst', 'x87', 80),)),  # spec/x87.r1:1593
+    'FSCALE': (True, None, (), ()),  # spec/x87.r1:1604
+    'FSIN': (True, None, (), (('dst', 'x87', 80),)),  # spec/x87.r1:1614
+    'FCOS': (True, None, (), (('dst', 'x87', 80),)),  # spec/x87.r1:1625
+    'FNOP': (True, None, (), ()),  # spec/x87.r1:1777
+    'FFREE_STi': (True, None, (), (('dst', 'x87', 80),)),  # spec/x87.r1:1787
+    'FNINIT': (True, None, (), ()),  # spec/x87.r1:1798
+    'FNCLEX': (True, None, (), ()),  # spec/x87.r1:1808
+    'FLDCW_M16': (True, None, (), (('src', 'mem', 16),)),  # spec/x87.r1:1818
+    'FNSTCW_M16': (True, None, (), (('dst', 'mem', 16),)),  # spec/x87.r1:1829
+    'FNSTSW_M16': (True, None, (), (('dst', 'mem', 16),)),  # spec/x87.r1:1840
+    'FNSTSW_AX': (True, None, (), ()),  # spec/x87.r1:1851
+    'FLDENV_MENV': (True, None, (), (('src', 'mem', 224),)),  # spec/x87.r1:1861
+    'FNSTENV_MENV': (True, None, (), (('dst', 'mem', 224),)),  # spec/x87.r1:1872
+    'FRSTOR_MSTATE': (True, None, (), (('src', 'mem', 864),)),  # spec/x87.r1:1888
+    'FNSAVE_MSTATE': (True, None, (), (('dst', 'mem', 864),)),  # spec/x87.r1:1908
+    'FWAIT': (False, None, (), ()),  # spec/x87.r1:1930
+    'FFREEP_STi': (True, None, (), (('dst', 'x87', 80),)),  # spec/x87.r1:1948
+    'FSTPNCE_STi': (True, None, (), (('dst', 'x87', 80), ('src', 'x87', 80))),  # spec/x87.r1:1959
+    'FCOM_STi_DCD0': (True, None, (), (('a', 'x87', 80), ('b', 'x87', 80))),  # spec/x87.r1:1970
+    'FCOMP_STi_DCD8': (True, None, (), (('a', 'x87', 80), ('b', 'x87', 80))),  # spec/x87.r1:1982
+    'FCOMP_STi_DED0': (True, None, (), (('a', 'x87', 80), ('b', 'x87', 80))),  # spec/x87.r1:1994
+    'FXCH_STi_DDC8': (True, None, (), (('a', 'x87', 80), ('b', 'x87', 80))),  # spec/x87.r1:2006
+    'FXCH_STi_DFC8': (True, None, (), (('a', 'x87', 80), ('b', 'x87', 80))),  # spec/x87.r1:2018
+    'FSTP_STi_DFD0': (True, None, (), (('dst', 'x87', 80), ('src', 'x87', 80))),  # spec/x87.r1:2030
+    'FSTP_STi_DFD8': (True, None, (), (('dst', 'x87', 80), ('src', 'x87', 80))),  # spec/x87.r1:2042
+    'FNENI': (True, None, (), ()),  # spec/x87.r1:2054
+    'FNDISI': (True, None, (), ()),  # spec/x87.r1:2065
+    'FNSETPM': (True, None, (), ()),  # spec/x87.r1:2076
 }
 
 # form -> (opcode bytes, low field, ModRM "r"/"0".."7"/None, fixed ModRM byte, "mem"/"reg"/None,
@@ -3294,146 +3294,146 @@ ENCODINGS = {
     'LSL': ((15, 3), None, 'r', None, None, None, (), None, None, None),  # spec/system.r1:536
     'VERR': ((15, 0), None, '4', None, None, None, (), None, None, None),  # spec/system.r1:557
     'VERW': ((15, 0), None, '5', None, None, None, (), None, None, None),  # spec/system.r1:577
-    'FADD_M32': ((216,), None, '0', None, 'mem', None, (), None, None, None),  # spec/x87.r1:33
-    'FADD_M64': ((220,), None, '0', None, 'mem', None, (), None, None, None),  # spec/x87.r1:43
-    'FIADD_M32': ((218,), None, '0', None, 'mem', None, (), None, None, None),  # spec/x87.r1:53
-    'FIADD_M16': ((222,), None, '0', None, 'mem', None, (), None, None, None),  # spec/x87.r1:63
-    'FMUL_M32': ((216,), None, '1', None, 'mem', None, (), None, None, None),  # spec/x87.r1:73
-    'FMUL_M64': ((220,), None, '1', None, 'mem', None, (), None, None, None),  # spec/x87.r1:83
-    'FIMUL_M32': ((218,), None, '1', None, 'mem', None, (), None, None, None),  # spec/x87.r1:93
-    'FIMUL_M16': ((222,), None, '1', None, 'mem', None, (), None, None, None),  # spec/x87.r1:103
-    'FSUB_M32': ((216,), None, '4', None, 'mem', None, (), None, None, None),  # spec/x87.r1:113
-    'FSUB_M64': ((220,), None, '4', None, 'mem', None, (), None, None, None),  # spec/x87.r1:123
-    'FISUB_M32': ((218,), None, '4', None, 'mem', None, (), None, None, None),  # spec/x87.r1:133
-    'FISUB_M16': ((222,), None, '4', None, 'mem', None, (), None, None, None),  # spec/x87.r1:143
-    'FSUBR_M32': ((216,), None, '5', None, 'mem', None, (), None, None, None),  # spec/x87.r1:153
-    'FSUBR_M64': ((220,), None, '5', None, 'mem', None, (), None, None, None),  # spec/x87.r1:163
-    'FISUBR_M32': ((218,), None, '5', None, 'mem', None, (), None, None, None),  # spec/x87.r1:173
-    'FISUBR_M16': ((222,), None, '5', None, 'mem', None, (), None, None, None),  # spec/x87.r1:183
-    'FDIV_M32': ((216,), None, '6', None, 'mem', None, (), None, None, None),  # spec/x87.r1:193
-    'FDIV_M64': ((220,), None, '6', None, 'mem', None, (), None, None, None),  # spec/x87.r1:203
-    'FIDIV_M32': ((218,), None, '6', None, 'mem', None, (), None, None, None),  # spec/x87.r1:213
-    'FIDIV_M16': ((222,), None, '6', None, 'mem', None, (), None, None, None),  # spec/x87.r1:223
-    'FDIVR_M32': ((216,), None, '7', None, 'mem', None, (), None, None, None),  # spec/x87.r1:233
-    'FDIVR_M64': ((220,), None, '7', None, 'mem', None, (), None, None, None),  # spec/x87.r1:243
-    'FIDIVR_M32': ((218,), None, '7', None, 'mem', None, (), None, None, None),  # spec/x87.r1:253
-    'FIDIVR_M16': ((222,), None, '7', None, 'mem', None, (), None, None, None),  # spec/x87.r1:263
-    'FADD_ST0_STi': ((216,), None, '0', None, 'reg', None, (), None, None, None),  # spec/x87.r1:275
-    'FMUL_ST0_STi': ((216,), None, '1', None, 'reg', None, (), None, None, None),  # spec/x87.r1:285
-    'FSUB_ST0_STi': ((216,), None, '4', None, 'reg', None, (), None, None, None),  # spec/x87.r1:295
-    'FSUBR_ST0_STi': ((216,), None, '5', None, 'reg', None, (), None, None, None),  # spec/x87.r1:305
-    'FDIV_ST0_STi': ((216,), None, '6', None, 'reg', None, (), None, None, None),  # spec/x87.r1:315
-    'FDIVR_ST0_STi': ((216,), None, '7', None, 'reg', None, (), None, None, None),  # spec/x87.r1:325
-    'FADD_STi_ST0': ((220,), None, '0', None, 'reg', None, (), None, None, None),  # spec/x87.r1:335
-    'FMUL_STi_ST0': ((220,), None, '1', None, 'reg', None, (), None, None, None),  # spec/x87.r1:345
-    'FSUBR_STi_ST0': ((220,), None, '4', None, 'reg', None, (), None, None, None),  # spec/x87.r1:355
-    'FSUB_STi_ST0': ((220,), None, '5', None, 'reg', None, (), None, None, None),  # spec/x87.r1:365
-    'FDIVR_STi_ST0': ((220,), None, '6', None, 'reg', None, (), None, None, None),  # spec/x87.r1:375
-    'FDIV_STi_ST0': ((220,), None, '7', None, 'reg', None, (), None, None, None),  # spec/x87.r1:385
-    'FADDP_STi_ST0': ((222,), None, '0', None, 'reg', None, (), None, None, None),  # spec/x87.r1:395
-    'FMULP_STi_ST0': ((222,), None, '1', None, 'reg', None, (), None, None, None),  # spec/x87.r1:405
-    'FSUBRP_STi_ST0': ((222,), None, '4', None, 'reg', None, (), None, None, None),  # spec/x87.r1:415
-    'FSUBP_STi_ST0': ((222,), None, '5', None, 'reg', None, (), None, None, None),  # spec/x87.r1:425
-    'FDIVRP_STi_ST0': ((222,), None, '6', None, 'reg', None, (), None, None, None),  # spec/x87.r1:435
-    'FDIVP_STi_ST0': ((222,), None, '7', None, 'reg', None, (), None, None, None),  # spec/x87.r1:445
-    'FLD_M32': ((217,), None, '0', None, 'mem', None, (), None, None, None),  # spec/x87.r1:457
-    'FLD_M64': ((221,), None, '0', None, 'mem', None, (), None, None, None),  # spec/x87.r1:467
-    'FLD_M80': ((219,), None, '5', None, 'mem', None, (), None, None, None),  # spec/x87.r1:477
-    'FLD_STi': ((217,), None, '0', None, 'reg', None, (), None, None, None),  # spec/x87.r1:487
-    'FST_M32': ((217,), None, '2', None, 'mem', None, (), None, None, None),  # spec/x87.r1:497
-    'FST_M64': ((221,), None, '2', None, 'mem', None, (), None, None, None),  # spec/x87.r1:507
-    'FST_STi': ((221,), None, '2', None, 'reg', None, (), None, None, None),  # spec/x87.r1:517
-    'FSTP_M32': ((217,), None, '3', None, 'mem', None, (), None, None, None),  # spec/x87.r1:527
-    'FSTP_M64': ((221,), None, '3', None, 'mem', None, (), None, None, None),  # spec/x87.r1:537
-    'FSTP_M80': ((219,), None, '7', None, 'mem', None, (), None, None, None),  # spec/x87.r1:547
-    'FSTP_STi': ((221,), None, '3', None, 'reg', None, (), None, None, None),  # spec/x87.r1:557
-    'FILD_M16': ((223,), None, '0', None, 'mem', None, (), None, None, None),  # spec/x87.r1:567
-    'FILD_M32': ((219,), None, '0', None, 'mem', None, (), None, None, None),  # spec/x87.r1:577
-    'FILD_M64': ((223,), None, '5', None, 'mem', None, (), None, None, None),  # spec/x87.r1:587
-    'FIST_M16': ((223,), None, '2', None, 'mem', None, (), None, None, None),  # spec/x87.r1:597
-    'FIST_M32': ((219,), None, '2', None, 'mem', None, (), None, None, None),  # spec/x87.r1:607
-    'FISTP_M16': ((223,), None, '3', None, 'mem', None, (), None, None, None),  # spec/x87.r1:617
-    'FISTP_M32': ((219,), None, '3', None, 'mem', None, (), None, None, None),  # spec/x87.r1:627
-    'FISTP_M64': ((223,), None, '7', None, 'mem', None, (), None, None, None),  # spec/x87.r1:637
-    'FBLD_M80': ((223,), None, '4', None, 'mem', None, (), None, None, None),  # spec/x87.r1:647
-    'FBSTP_M80': ((223,), None, '6', None, 'mem', None, (), None, None, None),  # spec/x87.r1:657
-    'FXCH_STi': ((217,), None, '1', None, 'reg', None, (), None, None, None),  # spec/x87.r1:667
-    'FCMOVB_ST0_STi': ((218,), None, '0', None, 'reg', None, (), None, None, None),  # spec/x87.r1:679
-    'FCMOVE_ST0_STi': ((218,), None, '1', None, 'reg', None, (), None, None, None),  # spec/x87.r1:689
-    'FCMOVBE_ST0_STi': ((218,), None, '2', None, 'reg', None, (), None, None, None),  # spec/x87.r1:699
-    'FCMOVU_ST0_STi': ((218,), None, '3', None, 'reg', None, (), None, None, None),  # spec/x87.r1:709
-    'FCMOVNB_ST0_STi': ((219,), None, '0', None, 'reg', None, (), None, None, None),  # spec/x87.r1:719
-    'FCMOVNE_ST0_STi': ((219,), None, '1', None, 'reg', None, (), None, None, None),  # spec/x87.r1:729
-    'FCMOVNBE_ST0_STi': ((219,), None, '2', None, 'reg', None, (), None, None, None),  # spec/x87.r1:739
-    'FCMOVNU_ST0_STi': ((219,), None, '3', None, 'reg', None, (), None, None, None),  # spec/x87.r1:749
-    'FCOM_M32': ((216,), None, '2', None, 'mem', None, (), None, None, None),  # spec/x87.r1:761
-    'FCOM_M64': ((220,), None, '2', None, 'mem', None, (), None, None, None),  # spec/x87.r1:771
-    'FCOM_STi': ((216,), None, '2', None, 'reg', None, (), None, None, None),  # spec/x87.r1:781
-    'FCOMP_M32': ((216,), None, '3', None, 'mem', None, (), None, None, None),  # spec/x87.r1:791
-    'FCOMP_M64': ((220,), None, '3', None, 'mem', None, (), None, None, None),  # spec/x87.r1:801
-    'FCOMP_STi': ((216,), None, '3', None, 'reg', None, (), None, None, None),  # spec/x87.r1:811
-    'FCOMPP': ((222,), None, '3', 217, 'reg', 1, (), None, None, None),  # spec/x87.r1:821
-    'FUCOM_STi': ((221,), None, '4', None, 'reg', None, (), None, None, None),  # spec/x87.r1:830
-    'FUCOMP_STi': ((221,), None, '5', None, 'reg', None, (), None, None, None),  # spec/x87.r1:840
-    'FUCOMPP': ((218,), None, '5', 233, 'reg', 1, (), None, None, None),  # spec/x87.r1:850
-    'FICOM_M16': ((222,), None, '2', None, 'mem', None, (), None, None, None),  # spec/x87.r1:859
-    'FICOM_M32': ((218,), None, '2', None, 'mem', None, (), None, None, None),  # spec/x87.r1:869
-    'FICOMP_M16': ((222,), None, '3', None, 'mem', None, (), None, None, None),  # spec/x87.r1:879
-    'FICOMP_M32': ((218,), None, '3', None, 'mem', None, (), None, None, None),  # spec/x87.r1:889
-    'FTST': ((217,), None, '4', 228, 'reg', 4, (), None, None, None),  # spec/x87.r1:899
-    'FXAM': ((217,), None, '4', 229, 'reg', 5, (), None, None, None),  # spec/x87.r1:909
-    'FCOMI_ST0_STi': ((219,), None, '6', None, 'reg', None, (), None, None, None),  # spec/x87.r1:921
-    'FUCOMI_ST0_STi': ((219,), None, '5', None, 'reg', None, (), None, None, None),  # spec/x87.r1:931
-    'FCOMIP_ST0_STi': ((223,), None, '6', None, 'reg', None, (), None, None, None),  # spec/x87.r1:941
-    'FUCOMIP_ST0_STi': ((223,), None, '5', None, 'reg', None, (), None, None, None),  # spec/x87.r1:951
-    'FLD1': ((217,), None, '5', 232, 'reg', 0, (), None, None, None),  # spec/x87.r1:963
-    'FLDL2T': ((217,), None, '5', 233, 'reg', 1, (), None, None, None),  # spec/x87.r1:973
-    'FLDL2E': ((217,), None, '5', 234, 'reg', 2, (), None, None, None),  # spec/x87.r1:983
-    'FLDPI': ((217,), None, '5', 235, 'reg', 3, (), None, None, None),  # spec/x87.r1:993
-    'FLDLG2': ((217,), None, '5', 236, 'reg', 4, (), None, None, None),  # spec/x87.r1:1003
-    'FLDLN2': ((217,), None, '5', 237, 'reg', 5, (), None, None, None),  # spec/x87.r1:1013
-    'FLDZ': ((217,), None, '5', 238, 'reg', 6, (), None, None, None),  # spec/x87.r1:1023
-    'FCHS': ((217,), None, '4', 224, 'reg', 0, (), None, None, None),  # spec/x87.r1:1035
-    'FABS': ((217,), None, '4', 225, 'reg', 1, (), None, None, None),  # spec/x87.r1:1045
-    'F2XM1': ((217,), None, '6', 240, 'reg', 0, (), None, None, None),  # spec/x87.r1:1055
-    'FYL2X': ((217,), None, '6', 241, 'reg', 1, (), None, None, None),  # spec/x87.r1:1065
-    'FPTAN': ((217,), None, '6', 242, 'reg', 2, (), None, None, None),  # spec/x87.r1:1074
-    'FPATAN': ((217,), None, '6', 243, 'reg', 3, (), None, None, None),  # spec/x87.r1:1084
-    'FXTRACT': ((217,), None, '6', 244, 'reg', 4, (), None, None, None),  # spec/x87.r1:1093
-    'FPREM1': ((217,), None, '6', 245, 'reg', 5, (), None, None, None),  # spec/x87.r1:1103
-    'FDECSTP': ((217,), None, '6', 246, 'reg', 6, (), None, None, None),  # spec/x87.r1:1112
-    'FINCSTP': ((217,), None, '6', 247, 'reg', 7, (), None, None, None),  # spec/x87.r1:1121
-    'FPREM': ((217,), None, '7', 248, 'reg', 0, (), None, None, None),  # spec/x87.r1:1130
-    'FYL2XP1': ((217,), None, '7', 249, 'reg', 1, (), None, None, None),  # spec/x87.r1:1139
-    'FSQRT': ((217,), None, '7', 250, 'reg', 2, (), None, None, None),  # spec/x87.r1:1148
-    'FSINCOS': ((217,), None, '7', 251, 'reg', 3, (), None, None, None),  # spec/x87.r1:1158
-    'FRNDINT': ((217,), None, '7', 252, 'reg', 4, (), None, None, None),  # spec/x87.r1:1168
-    'FSCALE': ((217,), None, '7', 253, 'reg', 5, (), None, None, None),  # spec/x87.r1:1178
-    'FSIN': ((217,), None, '7', 254, 'reg', 6, (), None, None, None),  # spec/x87.r1:1187
-    'FCOS': ((217,), None, '7', 255, 'reg', 7, (), None, None, None),  # spec/x87.r1:1197
-    'FNOP': ((217,), None, '2', 208, 'reg', 0, (), None, None, None),  # spec/x87.r1:1348
-    'FFREE_STi': ((221,), None, '0', None, 'reg', None, (), None, None, None),  # spec/x87.r1:1357
-    'FNINIT': ((219,), None, '4', 227, 'reg', 3, (), None, None, None),  # spec/x87.r1:1367
-    'FNCLEX': ((219,), None, '4', 226, 'reg', 2, (), None, None, None),  # spec/x87.r1:1377
-    'FLDCW_M16': ((217,), None, '5', None, 'mem', None, (), None, None, None),  # spec/x87.r1:1387
-    'FNSTCW_M16': ((217,), None, '7', None, 'mem', None, (), None, None, None),  # spec/x87.r1:1398
-    'FNSTSW_M16': ((221,), None, '7', None, 'mem', None, (), None, None, None),  # spec/x87.r1:1409
-    'FNSTSW_AX': ((223,), None, '4', 224, 'reg', 0, (), None, None, None),  # spec/x87.r1:1420
-    'FLDENV_MENV': ((217,), None, '4', None, 'mem', None, (), None, None, None),  # spec/x87.r1:1430
-    'FNSTENV_MENV': ((217,), None, '6', None, 'mem', None, (), None, None, None),  # spec/x87.r1:1441
-    'FRSTOR_MSTATE': ((221,), None, '4', None, 'mem', None, (), None, None, None),  # spec/x87.r1:1457
-    'FNSAVE_MSTATE': ((221,), None, '6', None, 'mem', None, (), None, None, None),  # spec/x87.r1:1477
-    'FWAIT': ((155,), None, None, None, None, None, (), None, None, None),  # spec/x87.r1:1499
-    'FFREEP_STi': ((223,), None, '0', None, 'reg', None, (), None, None, None),  # spec/x87.r1:1517
-    'FSTPNCE_STi': ((217,), None, '3', None, 'reg', None, (), None, None, None),  # spec/x87.r1:1527
-    'FCOM_STi_DCD0': ((220,), None, '2', None, 'reg', None, (), None, None, None),  # spec/x87.r1:1537
-    'FCOMP_STi_DCD8': ((220,), None, '3', None, 'reg', None, (), None, None, None),  # spec/x87.r1:1548
-    'FCOMP_STi_DED0': ((222,), None, '2', None, 'reg', None, (), None, None, None),  # spec/x87.r1:1559
-    'FXCH_STi_DDC8': ((221,), None, '1', None, 'reg', None, (), None, None, None),  # spec/x87.r1:1570
-    'FXCH_STi_DFC8': ((223,), None, '1', None, 'reg', None, (), None, None, None),  # spec/x87.r1:1581
-    'FSTP_STi_DFD0': ((223,), None, '2', None, 'reg', None, (), None, None, None),  # spec/x87.r1:1592
-    'FSTP_STi_DFD8': ((223,), None, '3', None, 'reg', None, (), None, None, None),  # spec/x87.r1:1603
-    'FNENI': ((219,), None, '4', 224, 'reg', 0, (), None, None, None),  # spec/x87.r1:1614
-    'FNDISI': ((219,), None, '4', 225, 'reg', 1, (), None, None, None),  # spec/x87.r1:1624
-    'FNSETPM': ((219,), None, '4', 228, 'reg', 4, (), None, None, None),  # spec/x87.r1:1634
+    'FADD_M32': ((216,), None, '0', None, 'mem', None, (), None, None, None),  # spec/x87.r1:345
+    'FADD_M64': ((220,), None, '0', None, 'mem', None, (), None, None, None),  # spec/x87.r1:356
+    'FIADD_M32': ((218,), None, '0', None, 'mem', None, (), None, None, None),  # spec/x87.r1:367
+    'FIADD_M16': ((222,), None, '0', None, 'mem', None, (), None, None, None),  # spec/x87.r1:378
+    'FMUL_M32': ((216,), None, '1', None, 'mem', None, (), None, None, None),  # spec/x87.r1:389
+    'FMUL_M64': ((220,), None, '1', None, 'mem', None, (), None, None, None),  # spec/x87.r1:400
+    'FIMUL_M32': ((218,), None, '1', None, 'mem', None, (), None, None, None),  # spec/x87.r1:411
+    'FIMUL_M16': ((222,), None, '1', None, 'mem', None, (), None, None, None),  # spec/x87.r1:422
+    'FSUB_M32': ((216,), None, '4', None, 'mem', None, (), None, None, None),  # spec/x87.r1:433
+    'FSUB_M64': ((220,), None, '4', None, 'mem', None, (), None, None, None),  # spec/x87.r1:444
+    'FISUB_M32': ((218,), None, '4', None, 'mem', None, (), None, None, None),  # spec/x87.r1:455
+    'FISUB_M16': ((222,), None, '4', None, 'mem', None, (), None, None, None),  # spec/x87.r1:466
+    'FSUBR_M32': ((216,), None, '5', None, 'mem', None, (), None, None, None),  # spec/x87.r1:477
+    'FSUBR_M64': ((220,), None, '5', None, 'mem', None, (), None, None, None),  # spec/x87.r1:488
+    'FISUBR_M32': ((218,), None, '5', None, 'mem', None, (), None, None, None),  # spec/x87.r1:499
+    'FISUBR_M16': ((222,), None, '5', None, 'mem', None, (), None, None, None),  # spec/x87.r1:510
+    'FDIV_M32': ((216,), None, '6', None, 'mem', None, (), None, None, None),  # spec/x87.r1:521
+    'FDIV_M64': ((220,), None, '6', None, 'mem', None, (), None, None, None),  # spec/x87.r1:532
+    'FIDIV_M32': ((218,), None, '6', None, 'mem', None, (), None, None, None),  # spec/x87.r1:543
+    'FIDIV_M16': ((222,), None, '6', None, 'mem', None, (), None, None, None),  # spec/x87.r1:554
+    'FDIVR_M32': ((216,), None, '7', None, 'mem', None, (), None, None, None),  # spec/x87.r1:565
+    'FDIVR_M64': ((220,), None, '7', None, 'mem', None, (), None, None, None),  # spec/x87.r1:576
+    'FIDIVR_M32': ((218,), None, '7', None, 'mem', None, (), None, None, None),  # spec/x87.r1:587
+    'FIDIVR_M16': ((222,), None, '7', None, 'mem', None, (), None, None, None),  # spec/x87.r1:598
+    'FADD_ST0_STi': ((216,), None, '0', None, 'reg', None, (), None, None, None),  # spec/x87.r1:611
+    'FMUL_ST0_STi': ((216,), None, '1', None, 'reg', None, (), None, None, None),  # spec/x87.r1:622
+    'FSUB_ST0_STi': ((216,), None, '4', None, 'reg', None, (), None, None, None),  # spec/x87.r1:633
+    'FSUBR_ST0_STi': ((216,), None, '5', None, 'reg', None, (), None, None, None),  # spec/x87.r1:644
+    'FDIV_ST0_STi': ((216,), None, '6', None, 'reg', None, (), None, None, None),  # spec/x87.r1:655
+    'FDIVR_ST0_STi': ((216,), None, '7', None, 'reg', None, (), None, None, None),  # spec/x87.r1:666
+    'FADD_STi_ST0': ((220,), None, '0', None, 'reg', None, (), None, None, None),  # spec/x87.r1:677
+    'FMUL_STi_ST0': ((220,), None, '1', None, 'reg', None, (), None, None, None),  # spec/x87.r1:688
+    'FSUBR_STi_ST0': ((220,), None, '4', None, 'reg', None, (), None, None, None),  # spec/x87.r1:699
+    'FSUB_STi_ST0': ((220,), None, '5', None, 'reg', None, (), None, None, None),  # spec/x87.r1:710
+    'FDIVR_STi_ST0': ((220,), None, '6', None, 'reg', None, (), None, None, None),  # spec/x87.r1:721
+    'FDIV_STi_ST0': ((220,), None, '7', None, 'reg', None, (), None, None, None),  # spec/x87.r1:732
+    'FADDP_STi_ST0': ((222,), None, '0', None, 'reg', None, (), None, None, None),  # spec/x87.r1:743
+    'FMULP_STi_ST0': ((222,), None, '1', None, 'reg', None, (), None, None, None),  # spec/x87.r1:754
+    'FSUBRP_STi_ST0': ((222,), None, '4', None, 'reg', None, (), None, None, None),  # spec/x87.r1:765
+    'FSUBP_STi_ST0': ((222,), None, '5', None, 'reg', None, (), None, None, None),  # spec/x87.r1:776
+    'FDIVRP_STi_ST0': ((222,), None, '6', None, 'reg', None, (), None, None, None),  # spec/x87.r1:787
+    'FDIVP_STi_ST0': ((222,), None, '7', None, 'reg', None, (), None, None, None),  # spec/x87.r1:798
+    'FLD_M32': ((217,), None, '0', None, 'mem', None, (), None, None, None),  # spec/x87.r1:811
+    'FLD_M64': ((221,), None, '0', None, 'mem', None, (), None, None, None),  # spec/x87.r1:822
+    'FLD_M80': ((219,), None, '5', None, 'mem', None, (), None, None, None),  # spec/x87.r1:833
+    'FLD_STi': ((217,), None, '0', None, 'reg', None, (), None, None, None),  # spec/x87.r1:844
+    'FST_M32': ((217,), None, '2', None, 'mem', None, (), None, None, None),  # spec/x87.r1:855
+    'FST_M64': ((221,), None, '2', None, 'mem', None, (), None, None, None),  # spec/x87.r1:866
+    'FST_STi': ((221,), None, '2', None, 'reg', None, (), None, None, None),  # spec/x87.r1:877
+    'FSTP_M32': ((217,), None, '3', None, 'mem', None, (), None, None, None),  # spec/x87.r1:888
+    'FSTP_M64': ((221,), None, '3', None, 'mem', None, (), None, None, None),  # spec/x87.r1:899
+    'FSTP_M80': ((219,), None, '7', None, 'mem', None, (), None, None, None),  # spec/x87.r1:910
+    'FSTP_STi': ((221,), None, '3', None, 'reg', None, (), None, None, None),  # spec/x87.r1:921
+    'FILD_M16': ((223,), None, '0', None, 'mem', None, (), None, None, None),  # spec/x87.r1:932
+    'FILD_M32': ((219,), None, '0', None, 'mem', None, (), None, None, None),  # spec/x87.r1:943
+    'FILD_M64': ((223,), None, '5', None, 'mem', None, (), None, None, None),  # spec/x87.r1:954
+    'FIST_M16': ((223,), None, '2', None, 'mem', None, (), None, None, None),  # spec/x87.r1:965
+    'FIST_M32': ((219,), None, '2', None, 'mem', None, (), None, None, None),  # spec/x87.r1:976
+    'FISTP_M16': ((223,), None, '3', None, 'mem', None, (), None, None, None),  # spec/x87.r1:987
+    'FISTP_M32': ((219,), None, '3', None, 'mem', None, (), None, None, None),  # spec/x87.r1:998
+    'FISTP_M64': ((223,), None, '7', None, 'mem', None, (), None, None, None),  # spec/x87.r1:1009
+    'FBLD_M80': ((223,), None, '4', None, 'mem', None, (), None, None, None),  # spec/x87.r1:1020
+    'FBSTP_M80': ((223,), None, '6', None, 'mem', None, (), None, None, None),  # spec/x87.r1:1031
+    'FXCH_STi': ((217,), None, '1', None, 'reg', None, (), None, None, None),  # spec/x87.r1:1042
+    'FCMOVB_ST0_STi': ((218,), None, '0', None, 'reg', None, (), None, None, None),  # spec/x87.r1:1055
+    'FCMOVE_ST0_STi': ((218,), None, '1', None, 'reg', None, (), None, None, None),  # spec/x87.r1:1066
+    'FCMOVBE_ST0_STi': ((218,), None, '2', None, 'reg', None, (), None, None, None),  # spec/x87.r1:1077
+    'FCMOVU_ST0_STi': ((218,), None, '3', None, 'reg', None, (), None, None, None),  # spec/x87.r1:1088
+    'FCMOVNB_ST0_STi': ((219,), None, '0', None, 'reg', None, (), None, None, None),  # spec/x87.r1:1099
+    'FCMOVNE_ST0_STi': ((219,), None, '1', None, 'reg', None, (), None, None, None),  # spec/x87.r1:1110
+    'FCMOVNBE_ST0_STi': ((219,), None, '2', None, 'reg', None, (), None, None, None),  # spec/x87.r1:1121
+    'FCMOVNU_ST0_STi': ((219,), None, '3', None, 'reg', None, (), None, None, None),  # spec/x87.r1:1132
+    'FCOM_M32': ((216,), None, '2', None, 'mem', None, (), None, None, None),  # spec/x87.r1:1145
+    'FCOM_M64': ((220,), None, '2', None, 'mem', None, (), None, None, None),  # spec/x87.r1:1156
+    'FCOM_STi': ((216,), None, '2', None, 'reg', None, (), None, None, None),  # spec/x87.r1:1167
+    'FCOMP_M32': ((216,), None, '3', None, 'mem', None, (), None, None, None),  # spec/x87.r1:1178
+    'FCOMP_M64': ((220,), None, '3', None, 'mem', None, (), None, None, None),  # spec/x87.r1:1189
+    'FCOMP_STi': ((216,), None, '3', None, 'reg', None, (), None, None, None),  # spec/x87.r1:1200
+    'FCOMPP': ((222,), None, '3', 217, 'reg', 1, (), None, None, None),  # spec/x87.r1:1211
+    'FUCOM_STi': ((221,), None, '4', None, 'reg', None, (), None, None, None),  # spec/x87.r1:1221
+    'FUCOMP_STi': ((221,), None, '5', None, 'reg', None, (), None, None, None),  # spec/x87.r1:1232
+    'FUCOMPP': ((218,), None, '5', 233, 'reg', 1, (), None, None, None),  # spec/x87.r1:1243
+    'FICOM_M16': ((222,), None, '2', None, 'mem', None, (), None, None, None),  # spec/x87.r1:1253
+    'FICOM_M32': ((218,), None, '2', None, 'mem', None, (), None, None, None),  # spec/x87.r1:1264
+    'FICOMP_M16': ((222,), None, '3', None, 'mem', None, (), None, None, None),  # spec/x87.r1:1275
+    'FICOMP_M32': ((218,), None, '3', None, 'mem', None, (), None, None, None),  # spec/x87.r1:1286
+    'FTST': ((217,), None, '4', 228, 'reg', 4, (), None, None, None),  # spec/x87.r1:1297
+    'FXAM': ((217,), None, '4', 229, 'reg', 5, (), None, None, None),  # spec/x87.r1:1308
+    'FCOMI_ST0_STi': ((219,), None, '6', None, 'reg', None, (), None, None, None),  # spec/x87.r1:1321
+    'FUCOMI_ST0_STi': ((219,), None, '5', None, 'reg', None, (), None, None, None),  # spec/x87.r1:1332
+    'FCOMIP_ST0_STi': ((223,), None, '6', None, 'reg', None, (), None, None, None),  # spec/x87.r1:1343
+    'FUCOMIP_ST0_STi': ((223,), None, '5', None, 'reg', None, (), None, None, None),  # spec/x87.r1:1354
+    'FLD1': ((217,), None, '5', 232, 'reg', 0, (), None, None, None),  # spec/x87.r1:1367
+    'FLDL2T': ((217,), None, '5', 233, 'reg', 1, (), None, None, None),  # spec/x87.r1:1378
+    'FLDL2E': ((217,), None, '5', 234, 'reg', 2, (), None, None, None),  # spec/x87.r1:1389
+    'FLDPI': ((217,), None, '5', 235, 'reg', 3, (), None, None, None),  # spec/x87.r1:1400
+    'FLDLG2': ((217,), None, '5', 236, 'reg', 4, (), None, None, None),  # spec/x87.r1:1411
+    'FLDLN2': ((217,), None, '5', 237, 'reg', 5, (), None, None, None),  # spec/x87.r1:1422
+    'FLDZ': ((217,), None, '5', 238, 'reg', 6, (), None, None, None),  # spec/x87.r1:1433
+    'FCHS': ((217,), None, '4', 224, 'reg', 0, (), None, None, None),  # spec/x87.r1:1446
+    'FABS': ((217,), None, '4', 225, 'reg', 1, (), None, None, None),  # spec/x87.r1:1457
+    'F2XM1': ((217,), None, '6', 240, 'reg', 0, (), None, None, None),  # spec/x87.r1:1468
+    'FYL2X': ((217,), None, '6', 241, 'reg', 1, (), None, None, None),  # spec/x87.r1:1479
+    'FPTAN': ((217,), None, '6', 242, 'reg', 2, (), None, None, None),  # spec/x87.r1:1489
+    'FPATAN': ((217,), None, '6', 243, 'reg', 3, (), None, None, None),  # spec/x87.r1:1500
+    'FXTRACT': ((217,), None, '6', 244, 'reg', 4, (), None, None, None),  # spec/x87.r1:1510
+    'FPREM1': ((217,), None, '6', 245, 'reg', 5, (), None, None, None),  # spec/x87.r1:1521
+    'FDECSTP': ((217,), None, '6', 246, 'reg', 6, (), None, None, None),  # spec/x87.r1:1531
+    'FINCSTP': ((217,), None, '6', 247, 'reg', 7, (), None, None, None),  # spec/x87.r1:1541
+    'FPREM': ((217,), None, '7', 248, 'reg', 0, (), None, None, None),  # spec/x87.r1:1551
+    'FYL2XP1': ((217,), None, '7', 249, 'reg', 1, (), None, None, None),  # spec/x87.r1:1561
+    'FSQRT': ((217,), None, '7', 250, 'reg', 2, (), None, None, None),  # spec/x87.r1:1571
+    'FSINCOS': ((217,), None, '7', 251, 'reg', 3, (), None, None, None),  # spec/x87.r1:1582
+    'FRNDINT': ((217,), None, '7', 252, 'reg', 4, (), None, None, None),  # spec/x87.r1:1593
+    'FSCALE': ((217,), None, '7', 253, 'reg', 5, (), None, None, None),  # spec/x87.r1:1604
+    'FSIN': ((217,), None, '7', 254, 'reg', 6, (), None, None, None),  # spec/x87.r1:1614
+    'FCOS': ((217,), None, '7', 255, 'reg', 7, (), None, None, None),  # spec/x87.r1:1625
+    'FNOP': ((217,), None, '2', 208, 'reg', 0, (), None, None, None),  # spec/x87.r1:1777
+    'FFREE_STi': ((221,), None, '0', None, 'reg', None, (), None, None, None),  # spec/x87.r1:1787
+    'FNINIT': ((219,), None, '4', 227, 'reg', 3, (), None, None, None),  # spec/x87.r1:1798
+    'FNCLEX': ((219,), None, '4', 226, 'reg', 2, (), None, None, None),  # spec/x87.r1:1808
+    'FLDCW_M16': ((217,), None, '5', None, 'mem', None, (), None, None, None),  # spec/x87.r1:1818
+    'FNSTCW_M16': ((217,), None, '7', None, 'mem', None, (), None, None, None),  # spec/x87.r1:1829
+    'FNSTSW_M16': ((221,), None, '7', None, 'mem', None, (), None, None, None),  # spec/x87.r1:1840
+    'FNSTSW_AX': ((223,), None, '4', 224, 'reg', 0, (), None, None, None),  # spec/x87.r1:1851
+    'FLDENV_MENV': ((217,), None, '4', None, 'mem', None, (), None, None, None),  # spec/x87.r1:1861
+    'FNSTENV_MENV': ((217,), None, '6', None, 'mem', None, (), None, None, None),  # spec/x87.r1:1872
+    'FRSTOR_MSTATE': ((221,), None, '4', None, 'mem', None, (), None, None, None),  # spec/x87.r1:1888
+    'FNSAVE_MSTATE': ((221,), None, '6', None, 'mem', None, (), None, None, None),  # spec/x87.r1:1908
+    'FWAIT': ((155,), None, None, None, None, None, (), None, None, None),  # spec/x87.r1:1930
+    'FFREEP_STi': ((223,), None, '0', None, 'reg', None, (), None, None, None),  # spec/x87.r1:1948
+    'FSTPNCE_STi': ((217,), None, '3', None, 'reg', None, (), None, None, None),  # spec/x87.r1:1959
+    'FCOM_STi_DCD0': ((220,), None, '2', None, 'reg', None, (), None, None, None),  # spec/x87.r1:1970
+    'FCOMP_STi_DCD8': ((220,), None, '3', None, 'reg', None, (), None, None, None),  # spec/x87.r1:1982
+    'FCOMP_STi_DED0': ((222,), None, '2', None, 'reg', None, (), None, None, None),  # spec/x87.r1:1994
+    'FXCH_STi_DDC8': ((221,), None, '1', None, 'reg', None, (), None, None, None),  # spec/x87.r1:2006
+    'FXCH_STi_DFC8': ((223,), None, '1', None, 'reg', None, (), None, None, None),  # spec/x87.r1:2018
+    'FSTP_STi_DFD0': ((223,), None, '2', None, 'reg', None, (), None, None, None),  # spec/x87.r1:2030
+    'FSTP_STi_DFD8': ((223,), None, '3', None, 'reg', None, (), None, None, None),  # spec/x87.r1:2042
+    'FNENI': ((219,), None, '4', 224, 'reg', 0, (), None, None, None),  # spec/x87.r1:2054
+    'FNDISI': ((219,), None, '4', 225, 'reg', 1, (), None, None, None),  # spec/x87.r1:2065
+    'FNSETPM': ((219,), None, '4', 228, 'reg', 4, (), None, None, None),  # spec/x87.r1:2076
 }

@@ -8,2027 +8,5666 @@ register-or-memory, condition, REP). `$name` placeholders are filled from the de
 instruction by ring1.runtime.cpu.blocks, which joins templates into one function per block.
 """
 
-# FADD_M32 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/x87.r1:33
+# FADD_M32 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/x87.r1:345
 _T0 = """\
-b_unimplemented('FADD_M32', 'spec/x87.r1:33')  # x87.r1:33
+ea = $ea
+v_dst = S.fpr[S.fsw >> 11 & 7]  # x87.r1:348
+if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:81
+    raise Fault(7, None)  # x87.r1:81
+if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # x87.r1:82
+    raise Fault(16, None)  # x87.r1:82
+v_src = rd32($seg, ea)  # x87.r1:348
+S.fip = $here & 0xffffffff  # x87.r1:88
+S.fcs = S.sel[1] & 0xffff  # x87.r1:89
+S.fop = $fop & 0x7ff  # x87.r1:90
+S.fdp = ea & 0xffffffff  # x87.r1:94
+S.fds = b_seg_selector($seg) & 0xffff  # x87.r1:95
+if (not (S.ftw >> ((S.fsw >> 11 & 0x7) & 7) & 1)):  # x87.r1:172
+    S.fsw = (S.fsw | 65) & 0xffff  # x87.r1:108
+    S.fsw = S.fsw & 0xfffffdff | 0x0  # x87.r1:109
+    if (1 & (~S.fcw)):  # x87.r1:110
+        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:110
+        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:110
+    if (S.fcw & 0x1):  # x87.r1:144
+        b_set_fpr(((S.fsw >> 11 & 0x7) & 7), 1208921207928610747318272)  # x87.r1:114
+        S.ftw = (S.ftw | (1 << ((S.fsw >> 11 & 0x7) & 7))) & 0xff  # x87.r1:115
+else:
+    l_r_0 = b_f80_arith(0, b_fpr(((S.fsw >> 11 & 0x7) & 7)), v_src, 32, S.fcw)  # x87.r1:175
+    l_flags_1 = (l_r_0 >> 80)  # x87.r1:152
+    S.fsw = (S.fsw | (l_flags_1 & 127)) & 0xffff  # x87.r1:108
+    S.fsw = S.fsw & 0xfffffdff | ((l_flags_1 >> 9 & 1) & 1) << 9  # x87.r1:109
+    if ((l_flags_1 & 63) & (~S.fcw)):  # x87.r1:110
+        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:110
+        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:110
+    if (not (((l_flags_1 & 7) & (~S.fcw)) != 0)):  # x87.r1:154
+        b_set_fpr(((S.fsw >> 11 & 0x7) & 7), l_r_0)  # x87.r1:114
+        S.ftw = (S.ftw | (1 << ((S.fsw >> 11 & 0x7) & 7))) & 0xff  # x87.r1:115
 """
 
-# FADD_M64 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/x87.r1:43
+# FADD_M64 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/x87.r1:356
 _T1 = """\
-b_unimplemented('FADD_M64', 'spec/x87.r1:43')  # x87.r1:43
+ea = $ea
+v_dst = S.fpr[S.fsw >> 11 & 7]  # x87.r1:359
+if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:81
+    raise Fault(7, None)  # x87.r1:81
+if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # x87.r1:82
+    raise Fault(16, None)  # x87.r1:82
+v_src = b_load($seg, ea, 64)  # x87.r1:359
+S.fip = $here & 0xffffffff  # x87.r1:88
+S.fcs = S.sel[1] & 0xffff  # x87.r1:89
+S.fop = $fop & 0x7ff  # x87.r1:90
+S.fdp = ea & 0xffffffff  # x87.r1:94
+S.fds = b_seg_selector($seg) & 0xffff  # x87.r1:95
+if (not (S.ftw >> ((S.fsw >> 11 & 0x7) & 7) & 1)):  # x87.r1:172
+    S.fsw = (S.fsw | 65) & 0xffff  # x87.r1:108
+    S.fsw = S.fsw & 0xfffffdff | 0x0  # x87.r1:109
+    if (1 & (~S.fcw)):  # x87.r1:110
+        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:110
+        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:110
+    if (S.fcw & 0x1):  # x87.r1:144
+        b_set_fpr(((S.fsw >> 11 & 0x7) & 7), 1208921207928610747318272)  # x87.r1:114
+        S.ftw = (S.ftw | (1 << ((S.fsw >> 11 & 0x7) & 7))) & 0xff  # x87.r1:115
+else:
+    l_r_0 = b_f80_arith(0, b_fpr(((S.fsw >> 11 & 0x7) & 7)), v_src, 64, S.fcw)  # x87.r1:175
+    l_flags_1 = (l_r_0 >> 80)  # x87.r1:152
+    S.fsw = (S.fsw | (l_flags_1 & 127)) & 0xffff  # x87.r1:108
+    S.fsw = S.fsw & 0xfffffdff | ((l_flags_1 >> 9 & 1) & 1) << 9  # x87.r1:109
+    if ((l_flags_1 & 63) & (~S.fcw)):  # x87.r1:110
+        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:110
+        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:110
+    if (not (((l_flags_1 & 7) & (~S.fcw)) != 0)):  # x87.r1:154
+        b_set_fpr(((S.fsw >> 11 & 0x7) & 7), l_r_0)  # x87.r1:114
+        S.ftw = (S.ftw | (1 << ((S.fsw >> 11 & 0x7) & 7))) & 0xff  # x87.r1:115
 """
 
-# FIADD_M32 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/x87.r1:53
+# FIADD_M32 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/x87.r1:367
 _T2 = """\
-b_unimplemented('FIADD_M32', 'spec/x87.r1:53')  # x87.r1:53
+ea = $ea
+v_dst = S.fpr[S.fsw >> 11 & 7]  # x87.r1:370
+if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:81
+    raise Fault(7, None)  # x87.r1:81
+if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # x87.r1:82
+    raise Fault(16, None)  # x87.r1:82
+v_src = rd32($seg, ea)  # x87.r1:370
+S.fip = $here & 0xffffffff  # x87.r1:88
+S.fcs = S.sel[1] & 0xffff  # x87.r1:89
+S.fop = $fop & 0x7ff  # x87.r1:90
+S.fdp = ea & 0xffffffff  # x87.r1:94
+S.fds = b_seg_selector($seg) & 0xffff  # x87.r1:95
+m_v_0 = b_f80_from_int(v_src, 32)
+if (not (S.ftw >> ((S.fsw >> 11 & 0x7) & 7) & 1)):  # x87.r1:172
+    S.fsw = (S.fsw | 65) & 0xffff  # x87.r1:108
+    S.fsw = S.fsw & 0xfffffdff | 0x0  # x87.r1:109
+    if (1 & (~S.fcw)):  # x87.r1:110
+        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:110
+        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:110
+    if (S.fcw & 0x1):  # x87.r1:144
+        b_set_fpr(((S.fsw >> 11 & 0x7) & 7), 1208921207928610747318272)  # x87.r1:114
+        S.ftw = (S.ftw | (1 << ((S.fsw >> 11 & 0x7) & 7))) & 0xff  # x87.r1:115
+else:
+    l_r_1 = b_f80_arith(0, b_fpr(((S.fsw >> 11 & 0x7) & 7)), m_v_0, 80, S.fcw)  # x87.r1:175
+    l_flags_2 = (l_r_1 >> 80)  # x87.r1:152
+    S.fsw = (S.fsw | (l_flags_2 & 127)) & 0xffff  # x87.r1:108
+    S.fsw = S.fsw & 0xfffffdff | ((l_flags_2 >> 9 & 1) & 1) << 9  # x87.r1:109
+    if ((l_flags_2 & 63) & (~S.fcw)):  # x87.r1:110
+        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:110
+        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:110
+    if (not (((l_flags_2 & 7) & (~S.fcw)) != 0)):  # x87.r1:154
+        b_set_fpr(((S.fsw >> 11 & 0x7) & 7), l_r_1)  # x87.r1:114
+        S.ftw = (S.ftw | (1 << ((S.fsw >> 11 & 0x7) & 7))) & 0xff  # x87.r1:115
 """
 
-# FIADD_M16 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/x87.r1:63
+# FIADD_M16 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/x87.r1:378
 _T3 = """\
-b_unimplemented('FIADD_M16', 'spec/x87.r1:63')  # x87.r1:63
+ea = $ea
+v_dst = S.fpr[S.fsw >> 11 & 7]  # x87.r1:381
+if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:81
+    raise Fault(7, None)  # x87.r1:81
+if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # x87.r1:82
+    raise Fault(16, None)  # x87.r1:82
+v_src = rd16($seg, ea)  # x87.r1:381
+S.fip = $here & 0xffffffff  # x87.r1:88
+S.fcs = S.sel[1] & 0xffff  # x87.r1:89
+S.fop = $fop & 0x7ff  # x87.r1:90
+S.fdp = ea & 0xffffffff  # x87.r1:94
+S.fds = b_seg_selector($seg) & 0xffff  # x87.r1:95
+m_v_0 = b_f80_from_int(v_src, 16)
+if (not (S.ftw >> ((S.fsw >> 11 & 0x7) & 7) & 1)):  # x87.r1:172
+    S.fsw = (S.fsw | 65) & 0xffff  # x87.r1:108
+    S.fsw = S.fsw & 0xfffffdff | 0x0  # x87.r1:109
+    if (1 & (~S.fcw)):  # x87.r1:110
+        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:110
+        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:110
+    if (S.fcw & 0x1):  # x87.r1:144
+        b_set_fpr(((S.fsw >> 11 & 0x7) & 7), 1208921207928610747318272)  # x87.r1:114
+        S.ftw = (S.ftw | (1 << ((S.fsw >> 11 & 0x7) & 7))) & 0xff  # x87.r1:115
+else:
+    l_r_1 = b_f80_arith(0, b_fpr(((S.fsw >> 11 & 0x7) & 7)), m_v_0, 80, S.fcw)  # x87.r1:175
+    l_flags_2 = (l_r_1 >> 80)  # x87.r1:152
+    S.fsw = (S.fsw | (l_flags_2 & 127)) & 0xffff  # x87.r1:108
+    S.fsw = S.fsw & 0xfffffdff | ((l_flags_2 >> 9 & 1) & 1) << 9  # x87.r1:109
+    if ((l_flags_2 & 63) & (~S.fcw)):  # x87.r1:110
+        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:110
+        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:110
+    if (not (((l_flags_2 & 7) & (~S.fcw)) != 0)):  # x87.r1:154
+        b_set_fpr(((S.fsw >> 11 & 0x7) & 7), l_r_1)  # x87.r1:114
+        S.ftw = (S.ftw | (1 << ((S.fsw >> 11 & 0x7) & 7))) & 0xff  # x87.r1:115
 """
 
-# FMUL_M32 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/x87.r1:73
+# FMUL_M32 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/x87.r1:389
 _T4 = """\
-b_unimplemented('FMUL_M32', 'spec/x87.r1:73')  # x87.r1:73
+ea = $ea
+v_dst = S.fpr[S.fsw >> 11 & 7]  # x87.r1:392
+if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:81
+    raise Fault(7, None)  # x87.r1:81
+if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # x87.r1:82
+    raise Fault(16, None)  # x87.r1:82
+v_src = rd32($seg, ea)  # x87.r1:392
+S.fip = $here & 0xffffffff  # x87.r1:88
+S.fcs = S.sel[1] & 0xffff  # x87.r1:89
+S.fop = $fop & 0x7ff  # x87.r1:90
+S.fdp = ea & 0xffffffff  # x87.r1:94
+S.fds = b_seg_selector($seg) & 0xffff  # x87.r1:95
+if (not (S.ftw >> ((S.fsw >> 11 & 0x7) & 7) & 1)):  # x87.r1:172
+    S.fsw = (S.fsw | 65) & 0xffff  # x87.r1:108
+    S.fsw = S.fsw & 0xfffffdff | 0x0  # x87.r1:109
+    if (1 & (~S.fcw)):  # x87.r1:110
+        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:110
+        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:110
+    if (S.fcw & 0x1):  # x87.r1:144
+        b_set_fpr(((S.fsw >> 11 & 0x7) & 7), 1208921207928610747318272)  # x87.r1:114
+        S.ftw = (S.ftw | (1 << ((S.fsw >> 11 & 0x7) & 7))) & 0xff  # x87.r1:115
+else:
+    l_r_0 = b_f80_arith(1, b_fpr(((S.fsw >> 11 & 0x7) & 7)), v_src, 32, S.fcw)  # x87.r1:175
+    l_flags_1 = (l_r_0 >> 80)  # x87.r1:152
+    S.fsw = (S.fsw | (l_flags_1 & 127)) & 0xffff  # x87.r1:108
+    S.fsw = S.fsw & 0xfffffdff | ((l_flags_1 >> 9 & 1) & 1) << 9  # x87.r1:109
+    if ((l_flags_1 & 63) & (~S.fcw)):  # x87.r1:110
+        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:110
+        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:110
+    if (not (((l_flags_1 & 7) & (~S.fcw)) != 0)):  # x87.r1:154
+        b_set_fpr(((S.fsw >> 11 & 0x7) & 7), l_r_0)  # x87.r1:114
+        S.ftw = (S.ftw | (1 << ((S.fsw >> 11 & 0x7) & 7))) & 0xff  # x87.r1:115
 """
 
-# FMUL_M64 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/x87.r1:83
+# FMUL_M64 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/x87.r1:400
 _T5 = """\
-b_unimplemented('FMUL_M64', 'spec/x87.r1:83')  # x87.r1:83
+ea = $ea
+v_dst = S.fpr[S.fsw >> 11 & 7]  # x87.r1:403
+if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:81
+    raise Fault(7, None)  # x87.r1:81
+if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # x87.r1:82
+    raise Fault(16, None)  # x87.r1:82
+v_src = b_load($seg, ea, 64)  # x87.r1:403
+S.fip = $here & 0xffffffff  # x87.r1:88
+S.fcs = S.sel[1] & 0xffff  # x87.r1:89
+S.fop = $fop & 0x7ff  # x87.r1:90
+S.fdp = ea & 0xffffffff  # x87.r1:94
+S.fds = b_seg_selector($seg) & 0xffff  # x87.r1:95
+if (not (S.ftw >> ((S.fsw >> 11 & 0x7) & 7) & 1)):  # x87.r1:172
+    S.fsw = (S.fsw | 65) & 0xffff  # x87.r1:108
+    S.fsw = S.fsw & 0xfffffdff | 0x0  # x87.r1:109
+    if (1 & (~S.fcw)):  # x87.r1:110
+        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:110
+        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:110
+    if (S.fcw & 0x1):  # x87.r1:144
+        b_set_fpr(((S.fsw >> 11 & 0x7) & 7), 1208921207928610747318272)  # x87.r1:114
+        S.ftw = (S.ftw | (1 << ((S.fsw >> 11 & 0x7) & 7))) & 0xff  # x87.r1:115
+else:
+    l_r_0 = b_f80_arith(1, b_fpr(((S.fsw >> 11 & 0x7) & 7)), v_src, 64, S.fcw)  # x87.r1:175
+    l_flags_1 = (l_r_0 >> 80)  # x87.r1:152
+    S.fsw = (S.fsw | (l_flags_1 & 127)) & 0xffff  # x87.r1:108
+    S.fsw = S.fsw & 0xfffffdff | ((l_flags_1 >> 9 & 1) & 1) << 9  # x87.r1:109
+    if ((l_flags_1 & 63) & (~S.fcw)):  # x87.r1:110
+        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:110
+        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:110
+    if (not (((l_flags_1 & 7) & (~S.fcw)) != 0)):  # x87.r1:154
+        b_set_fpr(((S.fsw >> 11 & 0x7) & 7), l_r_0)  # x87.r1:114
+        S.ftw = (S.ftw | (1 << ((S.fsw >> 11 & 0x7) & 7))) & 0xff  # x87.r1:115
 """
 
-# FIMUL_M32 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/x87.r1:93
+# FIMUL_M32 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/x87.r1:411
 _T6 = """\
-b_unimplemented('FIMUL_M32', 'spec/x87.r1:93')  # x87.r1:93
+ea = $ea
+v_dst = S.fpr[S.fsw >> 11 & 7]  # x87.r1:414
+if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:81
+    raise Fault(7, None)  # x87.r1:81
+if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # x87.r1:82
+    raise Fault(16, None)  # x87.r1:82
+v_src = rd32($seg, ea)  # x87.r1:414
+S.fip = $here & 0xffffffff  # x87.r1:88
+S.fcs = S.sel[1] & 0xffff  # x87.r1:89
+S.fop = $fop & 0x7ff  # x87.r1:90
+S.fdp = ea & 0xffffffff  # x87.r1:94
+S.fds = b_seg_selector($seg) & 0xffff  # x87.r1:95
+m_v_0 = b_f80_from_int(v_src, 32)
+if (not (S.ftw >> ((S.fsw >> 11 & 0x7) & 7) & 1)):  # x87.r1:172
+    S.fsw = (S.fsw | 65) & 0xffff  # x87.r1:108
+    S.fsw = S.fsw & 0xfffffdff | 0x0  # x87.r1:109
+    if (1 & (~S.fcw)):  # x87.r1:110
+        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:110
+        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:110
+    if (S.fcw & 0x1):  # x87.r1:144
+        b_set_fpr(((S.fsw >> 11 & 0x7) & 7), 1208921207928610747318272)  # x87.r1:114
+        S.ftw = (S.ftw | (1 << ((S.fsw >> 11 & 0x7) & 7))) & 0xff  # x87.r1:115
+else:
+    l_r_1 = b_f80_arith(1, b_fpr(((S.fsw >> 11 & 0x7) & 7)), m_v_0, 80, S.fcw)  # x87.r1:175
+    l_flags_2 = (l_r_1 >> 80)  # x87.r1:152
+    S.fsw = (S.fsw | (l_flags_2 & 127)) & 0xffff  # x87.r1:108
+    S.fsw = S.fsw & 0xfffffdff | ((l_flags_2 >> 9 & 1) & 1) << 9  # x87.r1:109
+    if ((l_flags_2 & 63) & (~S.fcw)):  # x87.r1:110
+        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:110
+        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:110
+    if (not (((l_flags_2 & 7) & (~S.fcw)) != 0)):  # x87.r1:154
+        b_set_fpr(((S.fsw >> 11 & 0x7) & 7), l_r_1)  # x87.r1:114
+        S.ftw = (S.ftw | (1 << ((S.fsw >> 11 & 0x7) & 7))) & 0xff  # x87.r1:115
 """
 
-# FIMUL_M16 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/x87.r1:103
+# FIMUL_M16 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/x87.r1:422
 _T7 = """\
-b_unimplemented('FIMUL_M16', 'spec/x87.r1:103')  # x87.r1:103
+ea = $ea
+v_dst = S.fpr[S.fsw >> 11 & 7]  # x87.r1:425
+if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:81
+    raise Fault(7, None)  # x87.r1:81
+if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # x87.r1:82
+    raise Fault(16, None)  # x87.r1:82
+v_src = rd16($seg, ea)  # x87.r1:425
+S.fip = $here & 0xffffffff  # x87.r1:88
+S.fcs = S.sel[1] & 0xffff  # x87.r1:89
+S.fop = $fop & 0x7ff  # x87.r1:90
+S.fdp = ea & 0xffffffff  # x87.r1:94
+S.fds = b_seg_selector($seg) & 0xffff  # x87.r1:95
+m_v_0 = b_f80_from_int(v_src, 16)
+if (not (S.ftw >> ((S.fsw >> 11 & 0x7) & 7) & 1)):  # x87.r1:172
+    S.fsw = (S.fsw | 65) & 0xffff  # x87.r1:108
+    S.fsw = S.fsw & 0xfffffdff | 0x0  # x87.r1:109
+    if (1 & (~S.fcw)):  # x87.r1:110
+        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:110
+        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:110
+    if (S.fcw & 0x1):  # x87.r1:144
+        b_set_fpr(((S.fsw >> 11 & 0x7) & 7), 1208921207928610747318272)  # x87.r1:114
+        S.ftw = (S.ftw | (1 << ((S.fsw >> 11 & 0x7) & 7))) & 0xff  # x87.r1:115
+else:
+    l_r_1 = b_f80_arith(1, b_fpr(((S.fsw >> 11 & 0x7) & 7)), m_v_0, 80, S.fcw)  # x87.r1:175
+    l_flags_2 = (l_r_1 >> 80)  # x87.r1:152
+    S.fsw = (S.fsw | (l_flags_2 & 127)) & 0xffff  # x87.r1:108
+    S.fsw = S.fsw & 0xfffffdff | ((l_flags_2 >> 9 & 1) & 1) << 9  # x87.r1:109
+    if ((l_flags_2 & 63) & (~S.fcw)):  # x87.r1:110
+        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:110
+        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:110
+    if (not (((l_flags_2 & 7) & (~S.fcw)) != 0)):  # x87.r1:154
+        b_set_fpr(((S.fsw >> 11 & 0x7) & 7), l_r_1)  # x87.r1:114
+        S.ftw = (S.ftw | (1 << ((S.fsw >> 11 & 0x7) & 7))) & 0xff  # x87.r1:115
 """
 
-# FSUB_M32 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/x87.r1:113
+# FSUB_M32 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/x87.r1:433
 _T8 = """\
-b_unimplemented('FSUB_M32', 'spec/x87.r1:113')  # x87.r1:113
+ea = $ea
+v_dst = S.fpr[S.fsw >> 11 & 7]  # x87.r1:436
+if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:81
+    raise Fault(7, None)  # x87.r1:81
+if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # x87.r1:82
+    raise Fault(16, None)  # x87.r1:82
+v_src = rd32($seg, ea)  # x87.r1:436
+S.fip = $here & 0xffffffff  # x87.r1:88
+S.fcs = S.sel[1] & 0xffff  # x87.r1:89
+S.fop = $fop & 0x7ff  # x87.r1:90
+S.fdp = ea & 0xffffffff  # x87.r1:94
+S.fds = b_seg_selector($seg) & 0xffff  # x87.r1:95
+if (not (S.ftw >> ((S.fsw >> 11 & 0x7) & 7) & 1)):  # x87.r1:172
+    S.fsw = (S.fsw | 65) & 0xffff  # x87.r1:108
+    S.fsw = S.fsw & 0xfffffdff | 0x0  # x87.r1:109
+    if (1 & (~S.fcw)):  # x87.r1:110
+        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:110
+        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:110
+    if (S.fcw & 0x1):  # x87.r1:144
+        b_set_fpr(((S.fsw >> 11 & 0x7) & 7), 1208921207928610747318272)  # x87.r1:114
+        S.ftw = (S.ftw | (1 << ((S.fsw >> 11 & 0x7) & 7))) & 0xff  # x87.r1:115
+else:
+    l_r_0 = b_f80_arith(4, b_fpr(((S.fsw >> 11 & 0x7) & 7)), v_src, 32, S.fcw)  # x87.r1:175
+    l_flags_1 = (l_r_0 >> 80)  # x87.r1:152
+    S.fsw = (S.fsw | (l_flags_1 & 127)) & 0xffff  # x87.r1:108
+    S.fsw = S.fsw & 0xfffffdff | ((l_flags_1 >> 9 & 1) & 1) << 9  # x87.r1:109
+    if ((l_flags_1 & 63) & (~S.fcw)):  # x87.r1:110
+        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:110
+        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:110
+    if (not (((l_flags_1 & 7) & (~S.fcw)) != 0)):  # x87.r1:154
+        b_set_fpr(((S.fsw >> 11 & 0x7) & 7), l_r_0)  # x87.r1:114
+        S.ftw = (S.ftw | (1 << ((S.fsw >> 11 & 0x7) & 7))) & 0xff  # x87.r1:115
 """
 
-# FSUB_M64 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/x87.r1:123
+# FSUB_M64 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/x87.r1:444
 _T9 = """\
-b_unimplemented('FSUB_M64', 'spec/x87.r1:123')  # x87.r1:123
+ea = $ea
+v_dst = S.fpr[S.fsw >> 11 & 7]  # x87.r1:447
+if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:81
+    raise Fault(7, None)  # x87.r1:81
+if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # x87.r1:82
+    raise Fault(16, None)  # x87.r1:82
+v_src = b_load($seg, ea, 64)  # x87.r1:447
+S.fip = $here & 0xffffffff  # x87.r1:88
+S.fcs = S.sel[1] & 0xffff  # x87.r1:89
+S.fop = $fop & 0x7ff  # x87.r1:90
+S.fdp = ea & 0xffffffff  # x87.r1:94
+S.fds = b_seg_selector($seg) & 0xffff  # x87.r1:95
+if (not (S.ftw >> ((S.fsw >> 11 & 0x7) & 7) & 1)):  # x87.r1:172
+    S.fsw = (S.fsw | 65) & 0xffff  # x87.r1:108
+    S.fsw = S.fsw & 0xfffffdff | 0x0  # x87.r1:109
+    if (1 & (~S.fcw)):  # x87.r1:110
+        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:110
+        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:110
+    if (S.fcw & 0x1):  # x87.r1:144
+        b_set_fpr(((S.fsw >> 11 & 0x7) & 7), 1208921207928610747318272)  # x87.r1:114
+        S.ftw = (S.ftw | (1 << ((S.fsw >> 11 & 0x7) & 7))) & 0xff  # x87.r1:115
+else:
+    l_r_0 = b_f80_arith(4, b_fpr(((S.fsw >> 11 & 0x7) & 7)), v_src, 64, S.fcw)  # x87.r1:175
+    l_flags_1 = (l_r_0 >> 80)  # x87.r1:152
+    S.fsw = (S.fsw | (l_flags_1 & 127)) & 0xffff  # x87.r1:108
+    S.fsw = S.fsw & 0xfffffdff | ((l_flags_1 >> 9 & 1) & 1) << 9  # x87.r1:109
+    if ((l_flags_1 & 63) & (~S.fcw)):  # x87.r1:110
+        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:110
+        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:110
+    if (not (((l_flags_1 & 7) & (~S.fcw)) != 0)):  # x87.r1:154
+        b_set_fpr(((S.fsw >> 11 & 0x7) & 7), l_r_0)  # x87.r1:114
+        S.ftw = (S.ftw | (1 << ((S.fsw >> 11 & 0x7) & 7))) & 0xff  # x87.r1:115
 """
 
-# FISUB_M32 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/x87.r1:133
+# FISUB_M32 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/x87.r1:455
 _T10 = """\
-b_unimplemented('FISUB_M32', 'spec/x87.r1:133')  # x87.r1:133
+ea = $ea
+v_dst = S.fpr[S.fsw >> 11 & 7]  # x87.r1:458
+if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:81
+    raise Fault(7, None)  # x87.r1:81
+if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # x87.r1:82
+    raise Fault(16, None)  # x87.r1:82
+v_src = rd32($seg, ea)  # x87.r1:458
+S.fip = $here & 0xffffffff  # x87.r1:88
+S.fcs = S.sel[1] & 0xffff  # x87.r1:89
+S.fop = $fop & 0x7ff  # x87.r1:90
+S.fdp = ea & 0xffffffff  # x87.r1:94
+S.fds = b_seg_selector($seg) & 0xffff  # x87.r1:95
+m_v_0 = b_f80_from_int(v_src, 32)
+if (not (S.ftw >> ((S.fsw >> 11 & 0x7) & 7) & 1)):  # x87.r1:172
+    S.fsw = (S.fsw | 65) & 0xffff  # x87.r1:108
+    S.fsw = S.fsw & 0xfffffdff | 0x0  # x87.r1:109
+    if (1 & (~S.fcw)):  # x87.r1:110
+        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:110
+        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:110
+    if (S.fcw & 0x1):  # x87.r1:144
+        b_set_fpr(((S.fsw >> 11 & 0x7) & 7), 1208921207928610747318272)  # x87.r1:114
+        S.ftw = (S.ftw | (1 << ((S.fsw >> 11 & 0x7) & 7))) & 0xff  # x87.r1:115
+else:
+    l_r_1 = b_f80_arith(4, b_fpr(((S.fsw >> 11 & 0x7) & 7)), m_v_0, 80, S.fcw)  # x87.r1:175
+    l_flags_2 = (l_r_1 >> 80)  # x87.r1:152
+    S.fsw = (S.fsw | (l_flags_2 & 127)) & 0xffff  # x87.r1:108
+    S.fsw = S.fsw & 0xfffffdff | ((l_flags_2 >> 9 & 1) & 1) << 9  # x87.r1:109
+    if ((l_flags_2 & 63) & (~S.fcw)):  # x87.r1:110
+        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:110
+        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:110
+    if (not (((l_flags_2 & 7) & (~S.fcw)) != 0)):  # x87.r1:154
+        b_set_fpr(((S.fsw >> 11 & 0x7) & 7), l_r_1)  # x87.r1:114
+        S.ftw = (S.ftw | (1 << ((S.fsw >> 11 & 0x7) & 7))) & 0xff  # x87.r1:115
 """
 
-# FISUB_M16 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/x87.r1:143
+# FISUB_M16 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/x87.r1:466
 _T11 = """\
-b_unimplemented('FISUB_M16', 'spec/x87.r1:143')  # x87.r1:143
+ea = $ea
+v_dst = S.fpr[S.fsw >> 11 & 7]  # x87.r1:469
+if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:81
+    raise Fault(7, None)  # x87.r1:81
+if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # x87.r1:82
+    raise Fault(16, None)  # x87.r1:82
+v_src = rd16($seg, ea)  # x87.r1:469
+S.fip = $here & 0xffffffff  # x87.r1:88
+S.fcs = S.sel[1] & 0xffff  # x87.r1:89
+S.fop = $fop & 0x7ff  # x87.r1:90
+S.fdp = ea & 0xffffffff  # x87.r1:94
+S.fds = b_seg_selector($seg) & 0xffff  # x87.r1:95
+m_v_0 = b_f80_from_int(v_src, 16)
+if (not (S.ftw >> ((S.fsw >> 11 & 0x7) & 7) & 1)):  # x87.r1:172
+    S.fsw = (S.fsw | 65) & 0xffff  # x87.r1:108
+    S.fsw = S.fsw & 0xfffffdff | 0x0  # x87.r1:109
+    if (1 & (~S.fcw)):  # x87.r1:110
+        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:110
+        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:110
+    if (S.fcw & 0x1):  # x87.r1:144
+        b_set_fpr(((S.fsw >> 11 & 0x7) & 7), 1208921207928610747318272)  # x87.r1:114
+        S.ftw = (S.ftw | (1 << ((S.fsw >> 11 & 0x7) & 7))) & 0xff  # x87.r1:115
+else:
+    l_r_1 = b_f80_arith(4, b_fpr(((S.fsw >> 11 & 0x7) & 7)), m_v_0, 80, S.fcw)  # x87.r1:175
+    l_flags_2 = (l_r_1 >> 80)  # x87.r1:152
+    S.fsw = (S.fsw | (l_flags_2 & 127)) & 0xffff  # x87.r1:108
+    S.fsw = S.fsw & 0xfffffdff | ((l_flags_2 >> 9 & 1) & 1) << 9  # x87.r1:109
+    if ((l_flags_2 & 63) & (~S.fcw)):  # x87.r1:110
+        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:110
+        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:110
+    if (not (((l_flags_2 & 7) & (~S.fcw)) != 0)):  # x87.r1:154
+        b_set_fpr(((S.fsw >> 11 & 0x7) & 7), l_r_1)  # x87.r1:114
+        S.ftw = (S.ftw | (1 << ((S.fsw >> 11 & 0x7) & 7))) & 0xff  # x87.r1:115
 """
 
-# FSUBR_M32 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/x87.r1:153
+# FSUBR_M32 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/x87.r1:477
 _T12 = """\
-b_unimplemented('FSUBR_M32', 'spec/x87.r1:153')  # x87.r1:153
+ea = $ea
+v_dst = S.fpr[S.fsw >> 11 & 7]  # x87.r1:480
+if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:81
+    raise Fault(7, None)  # x87.r1:81
+if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # x87.r1:82
+    raise Fault(16, None)  # x87.r1:82
+v_src = rd32($seg, ea)  # x87.r1:480
+S.fip = $here & 0xffffffff  # x87.r1:88
+S.fcs = S.sel[1] & 0xffff  # x87.r1:89
+S.fop = $fop & 0x7ff  # x87.r1:90
+S.fdp = ea & 0xffffffff  # x87.r1:94
+S.fds = b_seg_selector($seg) & 0xffff  # x87.r1:95
+if (not (S.ftw >> ((S.fsw >> 11 & 0x7) & 7) & 1)):  # x87.r1:172
+    S.fsw = (S.fsw | 65) & 0xffff  # x87.r1:108
+    S.fsw = S.fsw & 0xfffffdff | 0x0  # x87.r1:109
+    if (1 & (~S.fcw)):  # x87.r1:110
+        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:110
+        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:110
+    if (S.fcw & 0x1):  # x87.r1:144
+        b_set_fpr(((S.fsw >> 11 & 0x7) & 7), 1208921207928610747318272)  # x87.r1:114
+        S.ftw = (S.ftw | (1 << ((S.fsw >> 11 & 0x7) & 7))) & 0xff  # x87.r1:115
+else:
+    l_r_0 = b_f80_arith(5, b_fpr(((S.fsw >> 11 & 0x7) & 7)), v_src, 32, S.fcw)  # x87.r1:175
+    l_flags_1 = (l_r_0 >> 80)  # x87.r1:152
+    S.fsw = (S.fsw | (l_flags_1 & 127)) & 0xffff  # x87.r1:108
+    S.fsw = S.fsw & 0xfffffdff | ((l_flags_1 >> 9 & 1) & 1) << 9  # x87.r1:109
+    if ((l_flags_1 & 63) & (~S.fcw)):  # x87.r1:110
+        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:110
+        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:110
+    if (not (((l_flags_1 & 7) & (~S.fcw)) != 0)):  # x87.r1:154
+        b_set_fpr(((S.fsw >> 11 & 0x7) & 7), l_r_0)  # x87.r1:114
+        S.ftw = (S.ftw | (1 << ((S.fsw >> 11 & 0x7) & 7))) & 0xff  # x87.r1:115
 """
 
-# FSUBR_M64 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/x87.r1:163
+# FSUBR_M64 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/x87.r1:488
 _T13 = """\
-b_unimplemented('FSUBR_M64', 'spec/x87.r1:163')  # x87.r1:163
+ea = $ea
+v_dst = S.fpr[S.fsw >> 11 & 7]  # x87.r1:491
+if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:81
+    raise Fault(7, None)  # x87.r1:81
+if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # x87.r1:82
+    raise Fault(16, None)  # x87.r1:82
+v_src = b_load($seg, ea, 64)  # x87.r1:491
+S.fip = $here & 0xffffffff  # x87.r1:88
+S.fcs = S.sel[1] & 0xffff  # x87.r1:89
+S.fop = $fop & 0x7ff  # x87.r1:90
+S.fdp = ea & 0xffffffff  # x87.r1:94
+S.fds = b_seg_selector($seg) & 0xffff  # x87.r1:95
+if (not (S.ftw >> ((S.fsw >> 11 & 0x7) & 7) & 1)):  # x87.r1:172
+    S.fsw = (S.fsw | 65) & 0xffff  # x87.r1:108
+    S.fsw = S.fsw & 0xfffffdff | 0x0  # x87.r1:109
+    if (1 & (~S.fcw)):  # x87.r1:110
+        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:110
+        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:110
+    if (S.fcw & 0x1):  # x87.r1:144
+        b_set_fpr(((S.fsw >> 11 & 0x7) & 7), 1208921207928610747318272)  # x87.r1:114
+        S.ftw = (S.ftw | (1 << ((S.fsw >> 11 & 0x7) & 7))) & 0xff  # x87.r1:115
+else:
+    l_r_0 = b_f80_arith(5, b_fpr(((S.fsw >> 11 & 0x7) & 7)), v_src, 64, S.fcw)  # x87.r1:175
+    l_flags_1 = (l_r_0 >> 80)  # x87.r1:152
+    S.fsw = (S.fsw | (l_flags_1 & 127)) & 0xffff  # x87.r1:108
+    S.fsw = S.fsw & 0xfffffdff | ((l_flags_1 >> 9 & 1) & 1) << 9  # x87.r1:109
+    if ((l_flags_1 & 63) & (~S.fcw)):  # x87.r1:110
+        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:110
+        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:110
+    if (not (((l_flags_1 & 7) & (~S.fcw)) != 0)):  # x87.r1:154
+        b_set_fpr(((S.fsw >> 11 & 0x7) & 7), l_r_0)  # x87.r1:114
+        S.ftw = (S.ftw | (1 << ((S.fsw >> 11 & 0x7) & 7))) & 0xff  # x87.r1:115
 """
 
-# FISUBR_M32 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/x87.r1:173
+# FISUBR_M32 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/x87.r1:499
 _T14 = """\
-b_unimplemented('FISUBR_M32', 'spec/x87.r1:173')  # x87.r1:173
+ea = $ea
+v_dst = S.fpr[S.fsw >> 11 & 7]  # x87.r1:502
+if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:81
+    raise Fault(7, None)  # x87.r1:81
+if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # x87.r1:82
+    raise Fault(16, None)  # x87.r1:82
+v_src = rd32($seg, ea)  # x87.r1:502
+S.fip = $here & 0xffffffff  # x87.r1:88
+S.fcs = S.sel[1] & 0xffff  # x87.r1:89
+S.fop = $fop & 0x7ff  # x87.r1:90
+S.fdp = ea & 0xffffffff  # x87.r1:94
+S.fds = b_seg_selector($seg) & 0xffff  # x87.r1:95
+m_v_0 = b_f80_from_int(v_src, 32)
+if (not (S.ftw >> ((S.fsw >> 11 & 0x7) & 7) & 1)):  # x87.r1:172
+    S.fsw = (S.fsw | 65) & 0xffff  # x87.r1:108
+    S.fsw = S.fsw & 0xfffffdff | 0x0  # x87.r1:109
+    if (1 & (~S.fcw)):  # x87.r1:110
+        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:110
+        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:110
+    if (S.fcw & 0x1):  # x87.r1:144
+        b_set_fpr(((S.fsw >> 11 & 0x7) & 7), 1208921207928610747318272)  # x87.r1:114
+        S.ftw = (S.ftw | (1 << ((S.fsw >> 11 & 0x7) & 7))) & 0xff  # x87.r1:115
+else:
+    l_r_1 = b_f80_arith(5, b_fpr(((S.fsw >> 11 & 0x7) & 7)), m_v_0, 80, S.fcw)  # x87.r1:175
+    l_flags_2 = (l_r_1 >> 80)  # x87.r1:152
+    S.fsw = (S.fsw | (l_flags_2 & 127)) & 0xffff  # x87.r1:108
+    S.fsw = S.fsw & 0xfffffdff | ((l_flags_2 >> 9 & 1) & 1) << 9  # x87.r1:109
+    if ((l_flags_2 & 63) & (~S.fcw)):  # x87.r1:110
+        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:110
+        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:110
+    if (not (((l_flags_2 & 7) & (~S.fcw)) != 0)):  # x87.r1:154
+        b_set_fpr(((S.fsw >> 11 & 0x7) & 7), l_r_1)  # x87.r1:114
+        S.ftw = (S.ftw | (1 << ((S.fsw >> 11 & 0x7) & 7))) & 0xff  # x87.r1:115
 """
 
-# FISUBR_M16 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/x87.r1:183
+# FISUBR_M16 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/x87.r1:510
 _T15 = """\
-b_unimplemented('FISUBR_M16', 'spec/x87.r1:183')  # x87.r1:183
+ea = $ea
+v_dst = S.fpr[S.fsw >> 11 & 7]  # x87.r1:513
+if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:81
+    raise Fault(7, None)  # x87.r1:81
+if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # x87.r1:82
+    raise Fault(16, None)  # x87.r1:82
+v_src = rd16($seg, ea)  # x87.r1:513
+S.fip = $here & 0xffffffff  # x87.r1:88
+S.fcs = S.sel[1] & 0xffff  # x87.r1:89
+S.fop = $fop & 0x7ff  # x87.r1:90
+S.fdp = ea & 0xffffffff  # x87.r1:94
+S.fds = b_seg_selector($seg) & 0xffff  # x87.r1:95
+m_v_0 = b_f80_from_int(v_src, 16)
+if (not (S.ftw >> ((S.fsw >> 11 & 0x7) & 7) & 1)):  # x87.r1:172
+    S.fsw = (S.fsw | 65) & 0xffff  # x87.r1:108
+    S.fsw = S.fsw & 0xfffffdff | 0x0  # x87.r1:109
+    if (1 & (~S.fcw)):  # x87.r1:110
+        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:110
+        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:110
+    if (S.fcw & 0x1):  # x87.r1:144
+        b_set_fpr(((S.fsw >> 11 & 0x7) & 7), 1208921207928610747318272)  # x87.r1:114
+        S.ftw = (S.ftw | (1 << ((S.fsw >> 11 & 0x7) & 7))) & 0xff  # x87.r1:115
+else:
+    l_r_1 = b_f80_arith(5, b_fpr(((S.fsw >> 11 & 0x7) & 7)), m_v_0, 80, S.fcw)  # x87.r1:175
+    l_flags_2 = (l_r_1 >> 80)  # x87.r1:152
+    S.fsw = (S.fsw | (l_flags_2 & 127)) & 0xffff  # x87.r1:108
+    S.fsw = S.fsw & 0xfffffdff | ((l_flags_2 >> 9 & 1) & 1) << 9  # x87.r1:109
+    if ((l_flags_2 & 63) & (~S.fcw)):  # x87.r1:110
+        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:110
+        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:110
+    if (not (((l_flags_2 & 7) & (~S.fcw)) != 0)):  # x87.r1:154
+        b_set_fpr(((S.fsw >> 11 & 0x7) & 7), l_r_1)  # x87.r1:114
+        S.ftw = (S.ftw | (1 << ((S.fsw >> 11 & 0x7) & 7))) & 0xff  # x87.r1:115
 """
 
-# FDIV_M32 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/x87.r1:193
+# FDIV_M32 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/x87.r1:521
 _T16 = """\
-b_unimplemented('FDIV_M32', 'spec/x87.r1:193')  # x87.r1:193
+ea = $ea
+v_dst = S.fpr[S.fsw >> 11 & 7]  # x87.r1:524
+if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:81
+    raise Fault(7, None)  # x87.r1:81
+if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # x87.r1:82
+    raise Fault(16, None)  # x87.r1:82
+v_src = rd32($seg, ea)  # x87.r1:524
+S.fip = $here & 0xffffffff  # x87.r1:88
+S.fcs = S.sel[1] & 0xffff  # x87.r1:89
+S.fop = $fop & 0x7ff  # x87.r1:90
+S.fdp = ea & 0xffffffff  # x87.r1:94
+S.fds = b_seg_selector($seg) & 0xffff  # x87.r1:95
+if (not (S.ftw >> ((S.fsw >> 11 & 0x7) & 7) & 1)):  # x87.r1:172
+    S.fsw = (S.fsw | 65) & 0xffff  # x87.r1:108
+    S.fsw = S.fsw & 0xfffffdff | 0x0  # x87.r1:109
+    if (1 & (~S.fcw)):  # x87.r1:110
+        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:110
+        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:110
+    if (S.fcw & 0x1):  # x87.r1:144
+        b_set_fpr(((S.fsw >> 11 & 0x7) & 7), 1208921207928610747318272)  # x87.r1:114
+        S.ftw = (S.ftw | (1 << ((S.fsw >> 11 & 0x7) & 7))) & 0xff  # x87.r1:115
+else:
+    l_r_0 = b_f80_arith(6, b_fpr(((S.fsw >> 11 & 0x7) & 7)), v_src, 32, S.fcw)  # x87.r1:175
+    l_flags_1 = (l_r_0 >> 80)  # x87.r1:152
+    S.fsw = (S.fsw | (l_flags_1 & 127)) & 0xffff  # x87.r1:108
+    S.fsw = S.fsw & 0xfffffdff | ((l_flags_1 >> 9 & 1) & 1) << 9  # x87.r1:109
+    if ((l_flags_1 & 63) & (~S.fcw)):  # x87.r1:110
+        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:110
+        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:110
+    if (not (((l_flags_1 & 7) & (~S.fcw)) != 0)):  # x87.r1:154
+        b_set_fpr(((S.fsw >> 11 & 0x7) & 7), l_r_0)  # x87.r1:114
+        S.ftw = (S.ftw | (1 << ((S.fsw >> 11 & 0x7) & 7))) & 0xff  # x87.r1:115
 """
 
-# FDIV_M64 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/x87.r1:203
+# FDIV_M64 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/x87.r1:532
 _T17 = """\
-b_unimplemented('FDIV_M64', 'spec/x87.r1:203')  # x87.r1:203
+ea = $ea
+v_dst = S.fpr[S.fsw >> 11 & 7]  # x87.r1:535
+if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:81
+    raise Fault(7, None)  # x87.r1:81
+if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # x87.r1:82
+    raise Fault(16, None)  # x87.r1:82
+v_src = b_load($seg, ea, 64)  # x87.r1:535
+S.fip = $here & 0xffffffff  # x87.r1:88
+S.fcs = S.sel[1] & 0xffff  # x87.r1:89
+S.fop = $fop & 0x7ff  # x87.r1:90
+S.fdp = ea & 0xffffffff  # x87.r1:94
+S.fds = b_seg_selector($seg) & 0xffff  # x87.r1:95
+if (not (S.ftw >> ((S.fsw >> 11 & 0x7) & 7) & 1)):  # x87.r1:172
+    S.fsw = (S.fsw | 65) & 0xffff  # x87.r1:108
+    S.fsw = S.fsw & 0xfffffdff | 0x0  # x87.r1:109
+    if (1 & (~S.fcw)):  # x87.r1:110
+        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:110
+        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:110
+    if (S.fcw & 0x1):  # x87.r1:144
+        b_set_fpr(((S.fsw >> 11 & 0x7) & 7), 1208921207928610747318272)  # x87.r1:114
+        S.ftw = (S.ftw | (1 << ((S.fsw >> 11 & 0x7) & 7))) & 0xff  # x87.r1:115
+else:
+    l_r_0 = b_f80_arith(6, b_fpr(((S.fsw >> 11 & 0x7) & 7)), v_src, 64, S.fcw)  # x87.r1:175
+    l_flags_1 = (l_r_0 >> 80)  # x87.r1:152
+    S.fsw = (S.fsw | (l_flags_1 & 127)) & 0xffff  # x87.r1:108
+    S.fsw = S.fsw & 0xfffffdff | ((l_flags_1 >> 9 & 1) & 1) << 9  # x87.r1:109
+    if ((l_flags_1 & 63) & (~S.fcw)):  # x87.r1:110
+        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:110
+        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:110
+    if (not (((l_flags_1 & 7) & (~S.fcw)) != 0)):  # x87.r1:154
+        b_set_fpr(((S.fsw >> 11 & 0x7) & 7), l_r_0)  # x87.r1:114
+        S.ftw = (S.ftw | (1 << ((S.fsw >> 11 & 0x7) & 7))) & 0xff  # x87.r1:115
 """
 
-# FIDIV_M32 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/x87.r1:213
+# FIDIV_M32 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/x87.r1:543
 _T18 = """\
-b_unimplemented('FIDIV_M32', 'spec/x87.r1:213')  # x87.r1:213
+ea = $ea
+v_dst = S.fpr[S.fsw >> 11 & 7]  # x87.r1:546
+if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:81
+    raise Fault(7, None)  # x87.r1:81
+if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # x87.r1:82
+    raise Fault(16, None)  # x87.r1:82
+v_src = rd32($seg, ea)  # x87.r1:546
+S.fip = $here & 0xffffffff  # x87.r1:88
+S.fcs = S.sel[1] & 0xffff  # x87.r1:89
+S.fop = $fop & 0x7ff  # x87.r1:90
+S.fdp = ea & 0xffffffff  # x87.r1:94
+S.fds = b_seg_selector($seg) & 0xffff  # x87.r1:95
+m_v_0 = b_f80_from_int(v_src, 32)
+if (not (S.ftw >> ((S.fsw >> 11 & 0x7) & 7) & 1)):  # x87.r1:172
+    S.fsw = (S.fsw | 65) & 0xffff  # x87.r1:108
+    S.fsw = S.fsw & 0xfffffdff | 0x0  # x87.r1:109
+    if (1 & (~S.fcw)):  # x87.r1:110
+        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:110
+        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:110
+    if (S.fcw & 0x1):  # x87.r1:144
+        b_set_fpr(((S.fsw >> 11 & 0x7) & 7), 1208921207928610747318272)  # x87.r1:114
+        S.ftw = (S.ftw | (1 << ((S.fsw >> 11 & 0x7) & 7))) & 0xff  # x87.r1:115
+else:
+    l_r_1 = b_f80_arith(6, b_fpr(((S.fsw >> 11 & 0x7) & 7)), m_v_0, 80, S.fcw)  # x87.r1:175
+    l_flags_2 = (l_r_1 >> 80)  # x87.r1:152
+    S.fsw = (S.fsw | (l_flags_2 & 127)) & 0xffff  # x87.r1:108
+    S.fsw = S.fsw & 0xfffffdff | ((l_flags_2 >> 9 & 1) & 1) << 9  # x87.r1:109
+    if ((l_flags_2 & 63) & (~S.fcw)):  # x87.r1:110
+        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:110
+        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:110
+    if (not (((l_flags_2 & 7) & (~S.fcw)) != 0)):  # x87.r1:154
+        b_set_fpr(((S.fsw >> 11 & 0x7) & 7), l_r_1)  # x87.r1:114
+        S.ftw = (S.ftw | (1 << ((S.fsw >> 11 & 0x7) & 7))) & 0xff  # x87.r1:115
 """
 
-# FIDIV_M16 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/x87.r1:223
+# FIDIV_M16 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/x87.r1:554
 _T19 = """\
-b_unimplemented('FIDIV_M16', 'spec/x87.r1:223')  # x87.r1:223
+ea = $ea
+v_dst = S.fpr[S.fsw >> 11 & 7]  # x87.r1:557
+if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:81
+    raise Fault(7, None)  # x87.r1:81
+if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # x87.r1:82
+    raise Fault(16, None)  # x87.r1:82
+v_src = rd16($seg, ea)  # x87.r1:557
+S.fip = $here & 0xffffffff  # x87.r1:88
+S.fcs = S.sel[1] & 0xffff  # x87.r1:89
+S.fop = $fop & 0x7ff  # x87.r1:90
+S.fdp = ea & 0xffffffff  # x87.r1:94
+S.fds = b_seg_selector($seg) & 0xffff  # x87.r1:95
+m_v_0 = b_f80_from_int(v_src, 16)
+if (not (S.ftw >> ((S.fsw >> 11 & 0x7) & 7) & 1)):  # x87.r1:172
+    S.fsw = (S.fsw | 65) & 0xffff  # x87.r1:108
+    S.fsw = S.fsw & 0xfffffdff | 0x0  # x87.r1:109
+    if (1 & (~S.fcw)):  # x87.r1:110
+        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:110
+        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:110
+    if (S.fcw & 0x1):  # x87.r1:144
+        b_set_fpr(((S.fsw >> 11 & 0x7) & 7), 1208921207928610747318272)  # x87.r1:114
+        S.ftw = (S.ftw | (1 << ((S.fsw >> 11 & 0x7) & 7))) & 0xff  # x87.r1:115
+else:
+    l_r_1 = b_f80_arith(6, b_fpr(((S.fsw >> 11 & 0x7) & 7)), m_v_0, 80, S.fcw)  # x87.r1:175
+    l_flags_2 = (l_r_1 >> 80)  # x87.r1:152
+    S.fsw = (S.fsw | (l_flags_2 & 127)) & 0xffff  # x87.r1:108
+    S.fsw = S.fsw & 0xfffffdff | ((l_flags_2 >> 9 & 1) & 1) << 9  # x87.r1:109
+    if ((l_flags_2 & 63) & (~S.fcw)):  # x87.r1:110
+        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:110
+        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:110
+    if (not (((l_flags_2 & 7) & (~S.fcw)) != 0)):  # x87.r1:154
+        b_set_fpr(((S.fsw >> 11 & 0x7) & 7), l_r_1)  # x87.r1:114
+        S.ftw = (S.ftw | (1 << ((S.fsw >> 11 & 0x7) & 7))) & 0xff  # x87.r1:115
 """
 
-# FDIVR_M32 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/x87.r1:233
+# FDIVR_M32 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/x87.r1:565
 _T20 = """\
-b_unimplemented('FDIVR_M32', 'spec/x87.r1:233')  # x87.r1:233
+ea = $ea
+v_dst = S.fpr[S.fsw >> 11 & 7]  # x87.r1:568
+if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:81
+    raise Fault(7, None)  # x87.r1:81
+if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # x87.r1:82
+    raise Fault(16, None)  # x87.r1:82
+v_src = rd32($seg, ea)  # x87.r1:568
+S.fip = $here & 0xffffffff  # x87.r1:88
+S.fcs = S.sel[1] & 0xffff  # x87.r1:89
+S.fop = $fop & 0x7ff  # x87.r1:90
+S.fdp = ea & 0xffffffff  # x87.r1:94
+S.fds = b_seg_selector($seg) & 0xffff  # x87.r1:95
+if (not (S.ftw >> ((S.fsw >> 11 & 0x7) & 7) & 1)):  # x87.r1:172
+    S.fsw = (S.fsw | 65) & 0xffff  # x87.r1:108
+    S.fsw = S.fsw & 0xfffffdff | 0x0  # x87.r1:109
+    if (1 & (~S.fcw)):  # x87.r1:110
+        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:110
+        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:110
+    if (S.fcw & 0x1):  # x87.r1:144
+        b_set_fpr(((S.fsw >> 11 & 0x7) & 7), 1208921207928610747318272)  # x87.r1:114
+        S.ftw = (S.ftw | (1 << ((S.fsw >> 11 & 0x7) & 7))) & 0xff  # x87.r1:115
+else:
+    l_r_0 = b_f80_arith(7, b_fpr(((S.fsw >> 11 & 0x7) & 7)), v_src, 32, S.fcw)  # x87.r1:175
+    l_flags_1 = (l_r_0 >> 80)  # x87.r1:152
+    S.fsw = (S.fsw | (l_flags_1 & 127)) & 0xffff  # x87.r1:108
+    S.fsw = S.fsw & 0xfffffdff | ((l_flags_1 >> 9 & 1) & 1) << 9  # x87.r1:109
+    if ((l_flags_1 & 63) & (~S.fcw)):  # x87.r1:110
+        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:110
+        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:110
+    if (not (((l_flags_1 & 7) & (~S.fcw)) != 0)):  # x87.r1:154
+        b_set_fpr(((S.fsw >> 11 & 0x7) & 7), l_r_0)  # x87.r1:114
+        S.ftw = (S.ftw | (1 << ((S.fsw >> 11 & 0x7) & 7))) & 0xff  # x87.r1:115
 """
 
-# FDIVR_M64 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/x87.r1:243
+# FDIVR_M64 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/x87.r1:576
 _T21 = """\
-b_unimplemented('FDIVR_M64', 'spec/x87.r1:243')  # x87.r1:243
+ea = $ea
+v_dst = S.fpr[S.fsw >> 11 & 7]  # x87.r1:579
+if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:81
+    raise Fault(7, None)  # x87.r1:81
+if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # x87.r1:82
+    raise Fault(16, None)  # x87.r1:82
+v_src = b_load($seg, ea, 64)  # x87.r1:579
+S.fip = $here & 0xffffffff  # x87.r1:88
+S.fcs = S.sel[1] & 0xffff  # x87.r1:89
+S.fop = $fop & 0x7ff  # x87.r1:90
+S.fdp = ea & 0xffffffff  # x87.r1:94
+S.fds = b_seg_selector($seg) & 0xffff  # x87.r1:95
+if (not (S.ftw >> ((S.fsw >> 11 & 0x7) & 7) & 1)):  # x87.r1:172
+    S.fsw = (S.fsw | 65) & 0xffff  # x87.r1:108
+    S.fsw = S.fsw & 0xfffffdff | 0x0  # x87.r1:109
+    if (1 & (~S.fcw)):  # x87.r1:110
+        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:110
+        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:110
+    if (S.fcw & 0x1):  # x87.r1:144
+        b_set_fpr(((S.fsw >> 11 & 0x7) & 7), 1208921207928610747318272)  # x87.r1:114
+        S.ftw = (S.ftw | (1 << ((S.fsw >> 11 & 0x7) & 7))) & 0xff  # x87.r1:115
+else:
+    l_r_0 = b_f80_arith(7, b_fpr(((S.fsw >> 11 & 0x7) & 7)), v_src, 64, S.fcw)  # x87.r1:175
+    l_flags_1 = (l_r_0 >> 80)  # x87.r1:152
+    S.fsw = (S.fsw | (l_flags_1 & 127)) & 0xffff  # x87.r1:108
+    S.fsw = S.fsw & 0xfffffdff | ((l_flags_1 >> 9 & 1) & 1) << 9  # x87.r1:109
+    if ((l_flags_1 & 63) & (~S.fcw)):  # x87.r1:110
+        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:110
+        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:110
+    if (not (((l_flags_1 & 7) & (~S.fcw)) != 0)):  # x87.r1:154
+        b_set_fpr(((S.fsw >> 11 & 0x7) & 7), l_r_0)  # x87.r1:114
+        S.ftw = (S.ftw | (1 << ((S.fsw >> 11 & 0x7) & 7))) & 0xff  # x87.r1:115
 """
 
-# FIDIVR_M32 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/x87.r1:253
+# FIDIVR_M32 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/x87.r1:587
 _T22 = """\
-b_unimplemented('FIDIVR_M32', 'spec/x87.r1:253')  # x87.r1:253
+ea = $ea
+v_dst = S.fpr[S.fsw >> 11 & 7]  # x87.r1:590
+if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:81
+    raise Fault(7, None)  # x87.r1:81
+if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # x87.r1:82
+    raise Fault(16, None)  # x87.r1:82
+v_src = rd32($seg, ea)  # x87.r1:590
+S.fip = $here & 0xffffffff  # x87.r1:88
+S.fcs = S.sel[1] & 0xffff  # x87.r1:89
+S.fop = $fop & 0x7ff  # x87.r1:90
+S.fdp = ea & 0xffffffff  # x87.r1:94
+S.fds = b_seg_selector($seg) & 0xffff  # x87.r1:95
+m_v_0 = b_f80_from_int(v_src, 32)
+if (not (S.ftw >> ((S.fsw >> 11 & 0x7) & 7) & 1)):  # x87.r1:172
+    S.fsw = (S.fsw | 65) & 0xffff  # x87.r1:108
+    S.fsw = S.fsw & 0xfffffdff | 0x0  # x87.r1:109
+    if (1 & (~S.fcw)):  # x87.r1:110
+        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:110
+        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:110
+    if (S.fcw & 0x1):  # x87.r1:144
+        b_set_fpr(((S.fsw >> 11 & 0x7) & 7), 1208921207928610747318272)  # x87.r1:114
+        S.ftw = (S.ftw | (1 << ((S.fsw >> 11 & 0x7) & 7))) & 0xff  # x87.r1:115
+else:
+    l_r_1 = b_f80_arith(7, b_fpr(((S.fsw >> 11 & 0x7) & 7)), m_v_0, 80, S.fcw)  # x87.r1:175
+    l_flags_2 = (l_r_1 >> 80)  # x87.r1:152
+    S.fsw = (S.fsw | (l_flags_2 & 127)) & 0xffff  # x87.r1:108
+    S.fsw = S.fsw & 0xfffffdff | ((l_flags_2 >> 9 & 1) & 1) << 9  # x87.r1:109
+    if ((l_flags_2 & 63) & (~S.fcw)):  # x87.r1:110
+        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:110
+        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:110
+    if (not (((l_flags_2 & 7) & (~S.fcw)) != 0)):  # x87.r1:154
+        b_set_fpr(((S.fsw >> 11 & 0x7) & 7), l_r_1)  # x87.r1:114
+        S.ftw = (S.ftw | (1 << ((S.fsw >> 11 & 0x7) & 7))) & 0xff  # x87.r1:115
 """
 
-# FIDIVR_M16 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/x87.r1:263
+# FIDIVR_M16 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/x87.r1:598
 _T23 = """\
-b_unimplemented('FIDIVR_M16', 'spec/x87.r1:263')  # x87.r1:263
+ea = $ea
+v_dst = S.fpr[S.fsw >> 11 & 7]  # x87.r1:601
+if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:81
+    raise Fault(7, None)  # x87.r1:81
+if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # x87.r1:82
+    raise Fault(16, None)  # x87.r1:82
+v_src = rd16($seg, ea)  # x87.r1:601
+S.fip = $here & 0xffffffff  # x87.r1:88
+S.fcs = S.sel[1] & 0xffff  # x87.r1:89
+S.fop = $fop & 0x7ff  # x87.r1:90
+S.fdp = ea & 0xffffffff  # x87.r1:94
+S.fds = b_seg_selector($seg) & 0xffff  # x87.r1:95
+m_v_0 = b_f80_from_int(v_src, 16)
+if (not (S.ftw >> ((S.fsw >> 11 & 0x7) & 7) & 1)):  # x87.r1:172
+    S.fsw = (S.fsw | 65) & 0xffff  # x87.r1:108
+    S.fsw = S.fsw & 0xfffffdff | 0x0  # x87.r1:109
+    if (1 & (~S.fcw)):  # x87.r1:110
+        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:110
+        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:110
+    if (S.fcw & 0x1):  # x87.r1:144
+        b_set_fpr(((S.fsw >> 11 & 0x7) & 7), 1208921207928610747318272)  # x87.r1:114
+        S.ftw = (S.ftw | (1 << ((S.fsw >> 11 & 0x7) & 7))) & 0xff  # x87.r1:115
+else:
+    l_r_1 = b_f80_arith(7, b_fpr(((S.fsw >> 11 & 0x7) & 7)), m_v_0, 80, S.fcw)  # x87.r1:175
+    l_flags_2 = (l_r_1 >> 80)  # x87.r1:152
+    S.fsw = (S.fsw | (l_flags_2 & 127)) & 0xffff  # x87.r1:108
+    S.fsw = S.fsw & 0xfffffdff | ((l_flags_2 >> 9 & 1) & 1) << 9  # x87.r1:109
+    if ((l_flags_2 & 63) & (~S.fcw)):  # x87.r1:110
+        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:110
+        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:110
+    if (not (((l_flags_2 & 7) & (~S.fcw)) != 0)):  # x87.r1:154
+        b_set_fpr(((S.fsw >> 11 & 0x7) & 7), l_r_1)  # x87.r1:114
+        S.ftw = (S.ftw | (1 << ((S.fsw >> 11 & 0x7) & 7))) & 0xff  # x87.r1:115
 """
 
-# FADD_ST0_STi [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:275
+# FADD_ST0_STi [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:611
 _T24 = """\
-b_unimplemented('FADD_ST0_STi', 'spec/x87.r1:275')  # x87.r1:275
+v_dst = S.fpr[S.fsw >> 11 & 7]  # x87.r1:614
+v_src = S.fpr[(S.fsw >> 11) + $src & 7]  # x87.r1:614
+if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:81
+    raise Fault(7, None)  # x87.r1:81
+if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # x87.r1:82
+    raise Fault(16, None)  # x87.r1:82
+S.fip = $here & 0xffffffff  # x87.r1:88
+S.fcs = S.sel[1] & 0xffff  # x87.r1:89
+S.fop = $fop & 0x7ff  # x87.r1:90
+if ((not (S.ftw >> ((S.fsw >> 11 & 0x7) & 7) & 1)) or (not (S.ftw >> (((S.fsw >> 11 & 0x7) + $src) & 7) & 1))):  # x87.r1:162
+    S.fsw = (S.fsw | 65) & 0xffff  # x87.r1:108
+    S.fsw = S.fsw & 0xfffffdff | 0x0  # x87.r1:109
+    if (1 & (~S.fcw)):  # x87.r1:110
+        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:110
+        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:110
+    if (S.fcw & 0x1):  # x87.r1:144
+        b_set_fpr(((S.fsw >> 11 & 0x7) & 7), 1208921207928610747318272)  # x87.r1:114
+        S.ftw = (S.ftw | (1 << ((S.fsw >> 11 & 0x7) & 7))) & 0xff  # x87.r1:115
+else:
+    l_r_0 = b_f80_arith(0, b_fpr(((S.fsw >> 11 & 0x7) & 7)), b_fpr((((S.fsw >> 11 & 0x7) + $src) & 7)), 80, S.fcw)  # x87.r1:165
+    l_flags_1 = (l_r_0 >> 80)  # x87.r1:152
+    S.fsw = (S.fsw | (l_flags_1 & 127)) & 0xffff  # x87.r1:108
+    S.fsw = S.fsw & 0xfffffdff | ((l_flags_1 >> 9 & 1) & 1) << 9  # x87.r1:109
+    if ((l_flags_1 & 63) & (~S.fcw)):  # x87.r1:110
+        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:110
+        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:110
+    if (not (((l_flags_1 & 7) & (~S.fcw)) != 0)):  # x87.r1:154
+        b_set_fpr(((S.fsw >> 11 & 0x7) & 7), l_r_0)  # x87.r1:114
+        S.ftw = (S.ftw | (1 << ((S.fsw >> 11 & 0x7) & 7))) & 0xff  # x87.r1:115
 """
 
-# FMUL_ST0_STi [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:285
+# FMUL_ST0_STi [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:622
 _T25 = """\
-b_unimplemented('FMUL_ST0_STi', 'spec/x87.r1:285')  # x87.r1:285
+v_dst = S.fpr[S.fsw >> 11 & 7]  # x87.r1:625
+v_src = S.fpr[(S.fsw >> 11) + $src & 7]  # x87.r1:625
+if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:81
+    raise Fault(7, None)  # x87.r1:81
+if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # x87.r1:82
+    raise Fault(16, None)  # x87.r1:82
+S.fip = $here & 0xffffffff  # x87.r1:88
+S.fcs = S.sel[1] & 0xffff  # x87.r1:89
+S.fop = $fop & 0x7ff  # x87.r1:90
+if ((not (S.ftw >> ((S.fsw >> 11 & 0x7) & 7) & 1)) or (not (S.ftw >> (((S.fsw >> 11 & 0x7) + $src) & 7) & 1))):  # x87.r1:162
+    S.fsw = (S.fsw | 65) & 0xffff  # x87.r1:108
+    S.fsw = S.fsw & 0xfffffdff | 0x0  # x87.r1:109
+    if (1 & (~S.fcw)):  # x87.r1:110
+        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:110
+        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:110
+    if (S.fcw & 0x1):  # x87.r1:144
+        b_set_fpr(((S.fsw >> 11 & 0x7) & 7), 1208921207928610747318272)  # x87.r1:114
+        S.ftw = (S.ftw | (1 << ((S.fsw >> 11 & 0x7) & 7))) & 0xff  # x87.r1:115
+else:
+    l_r_0 = b_f80_arith(1, b_fpr(((S.fsw >> 11 & 0x7) & 7)), b_fpr((((S.fsw >> 11 & 0x7) + $src) & 7)), 80, S.fcw)  # x87.r1:165
+    l_flags_1 = (l_r_0 >> 80)  # x87.r1:152
+    S.fsw = (S.fsw | (l_flags_1 & 127)) & 0xffff  # x87.r1:108
+    S.fsw = S.fsw & 0xfffffdff | ((l_flags_1 >> 9 & 1) & 1) << 9  # x87.r1:109
+    if ((l_flags_1 & 63) & (~S.fcw)):  # x87.r1:110
+        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:110
+        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:110
+    if (not (((l_flags_1 & 7) & (~S.fcw)) != 0)):  # x87.r1:154
+        b_set_fpr(((S.fsw >> 11 & 0x7) & 7), l_r_0)  # x87.r1:114
+        S.ftw = (S.ftw | (1 << ((S.fsw >> 11 & 0x7) & 7))) & 0xff  # x87.r1:115
 """
 
-# FSUB_ST0_STi [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:295
+# FSUB_ST0_STi [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:633
 _T26 = """\
-b_unimplemented('FSUB_ST0_STi', 'spec/x87.r1:295')  # x87.r1:295
+v_dst = S.fpr[S.fsw >> 11 & 7]  # x87.r1:636
+v_src = S.fpr[(S.fsw >> 11) + $src & 7]  # x87.r1:636
+if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:81
+    raise Fault(7, None)  # x87.r1:81
+if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # x87.r1:82
+    raise Fault(16, None)  # x87.r1:82
+S.fip = $here & 0xffffffff  # x87.r1:88
+S.fcs = S.sel[1] & 0xffff  # x87.r1:89
+S.fop = $fop & 0x7ff  # x87.r1:90
+if ((not (S.ftw >> ((S.fsw >> 11 & 0x7) & 7) & 1)) or (not (S.ftw >> (((S.fsw >> 11 & 0x7) + $src) & 7) & 1))):  # x87.r1:162
+    S.fsw = (S.fsw | 65) & 0xffff  # x87.r1:108
+    S.fsw = S.fsw & 0xfffffdff | 0x0  # x87.r1:109
+    if (1 & (~S.fcw)):  # x87.r1:110
+        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:110
+        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:110
+    if (S.fcw & 0x1):  # x87.r1:144
+        b_set_fpr(((S.fsw >> 11 & 0x7) & 7), 1208921207928610747318272)  # x87.r1:114
+        S.ftw = (S.ftw | (1 << ((S.fsw >> 11 & 0x7) & 7))) & 0xff  # x87.r1:115
+else:
+    l_r_0 = b_f80_arith(4, b_fpr(((S.fsw >> 11 & 0x7) & 7)), b_fpr((((S.fsw >> 11 & 0x7) + $src) & 7)), 80, S.fcw)  # x87.r1:165
+    l_flags_1 = (l_r_0 >> 80)  # x87.r1:152
+    S.fsw = (S.fsw | (l_flags_1 & 127)) & 0xffff  # x87.r1:108
+    S.fsw = S.fsw & 0xfffffdff | ((l_flags_1 >> 9 & 1) & 1) << 9  # x87.r1:109
+    if ((l_flags_1 & 63) & (~S.fcw)):  # x87.r1:110
+        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:110
+        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:110
+    if (not (((l_flags_1 & 7) & (~S.fcw)) != 0)):  # x87.r1:154
+        b_set_fpr(((S.fsw >> 11 & 0x7) & 7), l_r_0)  # x87.r1:114
+        S.ftw = (S.ftw | (1 << ((S.fsw >> 11 & 0x7) & 7))) & 0xff  # x87.r1:115
 """
 
-# FSUBR_ST0_STi [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:305
+# FSUBR_ST0_STi [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:644
 _T27 = """\
-b_unimplemented('FSUBR_ST0_STi', 'spec/x87.r1:305')  # x87.r1:305
+v_dst = S.fpr[S.fsw >> 11 & 7]  # x87.r1:647
+v_src = S.fpr[(S.fsw >> 11) + $src & 7]  # x87.r1:647
+if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:81
+    raise Fault(7, None)  # x87.r1:81
+if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # x87.r1:82
+    raise Fault(16, None)  # x87.r1:82
+S.fip = $here & 0xffffffff  # x87.r1:88
+S.fcs = S.sel[1] & 0xffff  # x87.r1:89
+S.fop = $fop & 0x7ff  # x87.r1:90
+if ((not (S.ftw >> ((S.fsw >> 11 & 0x7) & 7) & 1)) or (not (S.ftw >> (((S.fsw >> 11 & 0x7) + $src) & 7) & 1))):  # x87.r1:162
+    S.fsw = (S.fsw | 65) & 0xffff  # x87.r1:108
+    S.fsw = S.fsw & 0xfffffdff | 0x0  # x87.r1:109
+    if (1 & (~S.fcw)):  # x87.r1:110
+        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:110
+        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:110
+    if (S.fcw & 0x1):  # x87.r1:144
+        b_set_fpr(((S.fsw >> 11 & 0x7) & 7), 1208921207928610747318272)  # x87.r1:114
+        S.ftw = (S.ftw | (1 << ((S.fsw >> 11 & 0x7) & 7))) & 0xff  # x87.r1:115
+else:
+    l_r_0 = b_f80_arith(5, b_fpr(((S.fsw >> 11 & 0x7) & 7)), b_fpr((((S.fsw >> 11 & 0x7) + $src) & 7)), 80, S.fcw)  # x87.r1:165
+    l_flags_1 = (l_r_0 >> 80)  # x87.r1:152
+    S.fsw = (S.fsw | (l_flags_1 & 127)) & 0xffff  # x87.r1:108
+    S.fsw = S.fsw & 0xfffffdff | ((l_flags_1 >> 9 & 1) & 1) << 9  # x87.r1:109
+    if ((l_flags_1 & 63) & (~S.fcw)):  # x87.r1:110
+        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:110
+        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:110
+    if (not (((l_flags_1 & 7) & (~S.fcw)) != 0)):  # x87.r1:154
+        b_set_fpr(((S.fsw >> 11 & 0x7) & 7), l_r_0)  # x87.r1:114
+        S.ftw = (S.ftw | (1 << ((S.fsw >> 11 & 0x7) & 7))) & 0xff  # x87.r1:115
 """
 
-# FDIV_ST0_STi [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:315
+# FDIV_ST0_STi [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:655
 _T28 = """\
-b_unimplemented('FDIV_ST0_STi', 'spec/x87.r1:315')  # x87.r1:315
+v_dst = S.fpr[S.fsw >> 11 & 7]  # x87.r1:658
+v_src = S.fpr[(S.fsw >> 11) + $src & 7]  # x87.r1:658
+if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:81
+    raise Fault(7, None)  # x87.r1:81
+if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # x87.r1:82
+    raise Fault(16, None)  # x87.r1:82
+S.fip = $here & 0xffffffff  # x87.r1:88
+S.fcs = S.sel[1] & 0xffff  # x87.r1:89
+S.fop = $fop & 0x7ff  # x87.r1:90
+if ((not (S.ftw >> ((S.fsw >> 11 & 0x7) & 7) & 1)) or (not (S.ftw >> (((S.fsw >> 11 & 0x7) + $src) & 7) & 1))):  # x87.r1:162
+    S.fsw = (S.fsw | 65) & 0xffff  # x87.r1:108
+    S.fsw = S.fsw & 0xfffffdff | 0x0  # x87.r1:109
+    if (1 & (~S.fcw)):  # x87.r1:110
+        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:110
+        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:110
+    if (S.fcw & 0x1):  # x87.r1:144
+        b_set_fpr(((S.fsw >> 11 & 0x7) & 7), 1208921207928610747318272)  # x87.r1:114
+        S.ftw = (S.ftw | (1 << ((S.fsw >> 11 & 0x7) & 7))) & 0xff  # x87.r1:115
+else:
+    l_r_0 = b_f80_arith(6, b_fpr(((S.fsw >> 11 & 0x7) & 7)), b_fpr((((S.fsw >> 11 & 0x7) + $src) & 7)), 80, S.fcw)  # x87.r1:165
+    l_flags_1 = (l_r_0 >> 80)  # x87.r1:152
+    S.fsw = (S.fsw | (l_flags_1 & 127)) & 0xffff  # x87.r1:108
+    S.fsw = S.fsw & 0xfffffdff | ((l_flags_1 >> 9 & 1) & 1) << 9  # x87.r1:109
+    if ((l_flags_1 & 63) & (~S.fcw)):  # x87.r1:110
+        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:110
+        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:110
+    if (not (((l_flags_1 & 7) & (~S.fcw)) != 0)):  # x87.r1:154
+        b_set_fpr(((S.fsw >> 11 & 0x7) & 7), l_r_0)  # x87.r1:114
+        S.ftw = (S.ftw | (1 << ((S.fsw >> 11 & 0x7) & 7))) & 0xff  # x87.r1:115
 """
 
-# FDIVR_ST0_STi [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:325
+# FDIVR_ST0_STi [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:666
 _T29 = """\
-b_unimplemented('FDIVR_ST0_STi', 'spec/x87.r1:325')  # x87.r1:325
+v_dst = S.fpr[S.fsw >> 11 & 7]  # x87.r1:669
+v_src = S.fpr[(S.fsw >> 11) + $src & 7]  # x87.r1:669
+if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:81
+    raise Fault(7, None)  # x87.r1:81
+if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # x87.r1:82
+    raise Fault(16, None)  # x87.r1:82
+S.fip = $here & 0xffffffff  # x87.r1:88
+S.fcs = S.sel[1] & 0xffff  # x87.r1:89
+S.fop = $fop & 0x7ff  # x87.r1:90
+if ((not (S.ftw >> ((S.fsw >> 11 & 0x7) & 7) & 1)) or (not (S.ftw >> (((S.fsw >> 11 & 0x7) + $src) & 7) & 1))):  # x87.r1:162
+    S.fsw = (S.fsw | 65) & 0xffff  # x87.r1:108
+    S.fsw = S.fsw & 0xfffffdff | 0x0  # x87.r1:109
+    if (1 & (~S.fcw)):  # x87.r1:110
+        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:110
+        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:110
+    if (S.fcw & 0x1):  # x87.r1:144
+        b_set_fpr(((S.fsw >> 11 & 0x7) & 7), 1208921207928610747318272)  # x87.r1:114
+        S.ftw = (S.ftw | (1 << ((S.fsw >> 11 & 0x7) & 7))) & 0xff  # x87.r1:115
+else:
+    l_r_0 = b_f80_arith(7, b_fpr(((S.fsw >> 11 & 0x7) & 7)), b_fpr((((S.fsw >> 11 & 0x7) + $src) & 7)), 80, S.fcw)  # x87.r1:165
+    l_flags_1 = (l_r_0 >> 80)  # x87.r1:152
+    S.fsw = (S.fsw | (l_flags_1 & 127)) & 0xffff  # x87.r1:108
+    S.fsw = S.fsw & 0xfffffdff | ((l_flags_1 >> 9 & 1) & 1) << 9  # x87.r1:109
+    if ((l_flags_1 & 63) & (~S.fcw)):  # x87.r1:110
+        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:110
+        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:110
+    if (not (((l_flags_1 & 7) & (~S.fcw)) != 0)):  # x87.r1:154
+        b_set_fpr(((S.fsw >> 11 & 0x7) & 7), l_r_0)  # x87.r1:114
+        S.ftw = (S.ftw | (1 << ((S.fsw >> 11 & 0x7) & 7))) & 0xff  # x87.r1:115
 """
 
-# FADD_STi_ST0 [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:335
+# FADD_STi_ST0 [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:677
 _T30 = """\
-b_unimplemented('FADD_STi_ST0', 'spec/x87.r1:335')  # x87.r1:335
+v_dst = S.fpr[(S.fsw >> 11) + $dst & 7]  # x87.r1:680
+v_src = S.fpr[S.fsw >> 11 & 7]  # x87.r1:680
+if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:81
+    raise Fault(7, None)  # x87.r1:81
+if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # x87.r1:82
+    raise Fault(16, None)  # x87.r1:82
+S.fip = $here & 0xffffffff  # x87.r1:88
+S.fcs = S.sel[1] & 0xffff  # x87.r1:89
+S.fop = $fop & 0x7ff  # x87.r1:90
+if ((not (S.ftw >> (((S.fsw >> 11 & 0x7) + $dst) & 7) & 1)) or (not (S.ftw >> ((S.fsw >> 11 & 0x7) & 7) & 1))):  # x87.r1:162
+    S.fsw = (S.fsw | 65) & 0xffff  # x87.r1:108
+    S.fsw = S.fsw & 0xfffffdff | 0x0  # x87.r1:109
+    if (1 & (~S.fcw)):  # x87.r1:110
+        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:110
+        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:110
+    if (S.fcw & 0x1):  # x87.r1:144
+        b_set_fpr((((S.fsw >> 11 & 0x7) + $dst) & 7), 1208921207928610747318272)  # x87.r1:114
+        S.ftw = (S.ftw | (1 << (((S.fsw >> 11 & 0x7) + $dst) & 7))) & 0xff  # x87.r1:115
+else:
+    l_r_0 = b_f80_arith(0, b_fpr((((S.fsw >> 11 & 0x7) + $dst) & 7)), b_fpr(((S.fsw >> 11 & 0x7) & 7)), 80, S.fcw)  # x87.r1:165
+    l_flags_1 = (l_r_0 >> 80)  # x87.r1:152
+    S.fsw = (S.fsw | (l_flags_1 & 127)) & 0xffff  # x87.r1:108
+    S.fsw = S.fsw & 0xfffffdff | ((l_flags_1 >> 9 & 1) & 1) << 9  # x87.r1:109
+    if ((l_flags_1 & 63) & (~S.fcw)):  # x87.r1:110
+        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:110
+        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:110
+    if (not (((l_flags_1 & 7) & (~S.fcw)) != 0)):  # x87.r1:154
+        b_set_fpr((((S.fsw >> 11 & 0x7) + $dst) & 7), l_r_0)  # x87.r1:114
+        S.ftw = (S.ftw | (1 << (((S.fsw >> 11 & 0x7) + $dst) & 7))) & 0xff  # x87.r1:115
 """
 
-# FMUL_STi_ST0 [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:345
+# FMUL_STi_ST0 [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:688
 _T31 = """\
-b_unimplemented('FMUL_STi_ST0', 'spec/x87.r1:345')  # x87.r1:345
+v_dst = S.fpr[(S.fsw >> 11) + $dst & 7]  # x87.r1:691
+v_src = S.fpr[S.fsw >> 11 & 7]  # x87.r1:691
+if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:81
+    raise Fault(7, None)  # x87.r1:81
+if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # x87.r1:82
+    raise Fault(16, None)  # x87.r1:82
+S.fip = $here & 0xffffffff  # x87.r1:88
+S.fcs = S.sel[1] & 0xffff  # x87.r1:89
+S.fop = $fop & 0x7ff  # x87.r1:90
+if ((not (S.ftw >> (((S.fsw >> 11 & 0x7) + $dst) & 7) & 1)) or (not (S.ftw >> ((S.fsw >> 11 & 0x7) & 7) & 1))):  # x87.r1:162
+    S.fsw = (S.fsw | 65) & 0xffff  # x87.r1:108
+    S.fsw = S.fsw & 0xfffffdff | 0x0  # x87.r1:109
+    if (1 & (~S.fcw)):  # x87.r1:110
+        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:110
+        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:110
+    if (S.fcw & 0x1):  # x87.r1:144
+        b_set_fpr((((S.fsw >> 11 & 0x7) + $dst) & 7), 1208921207928610747318272)  # x87.r1:114
+        S.ftw = (S.ftw | (1 << (((S.fsw >> 11 & 0x7) + $dst) & 7))) & 0xff  # x87.r1:115
+else:
+    l_r_0 = b_f80_arith(1, b_fpr((((S.fsw >> 11 & 0x7) + $dst) & 7)), b_fpr(((S.fsw >> 11 & 0x7) & 7)), 80, S.fcw)  # x87.r1:165
+    l_flags_1 = (l_r_0 >> 80)  # x87.r1:152
+    S.fsw = (S.fsw | (l_flags_1 & 127)) & 0xffff  # x87.r1:108
+    S.fsw = S.fsw & 0xfffffdff | ((l_flags_1 >> 9 & 1) & 1) << 9  # x87.r1:109
+    if ((l_flags_1 & 63) & (~S.fcw)):  # x87.r1:110
+        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:110
+        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:110
+    if (not (((l_flags_1 & 7) & (~S.fcw)) != 0)):  # x87.r1:154
+        b_set_fpr((((S.fsw >> 11 & 0x7) + $dst) & 7), l_r_0)  # x87.r1:114
+        S.ftw = (S.ftw | (1 << (((S.fsw >> 11 & 0x7) + $dst) & 7))) & 0xff  # x87.r1:115
 """
 
-# FSUBR_STi_ST0 [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:355
+# FSUBR_STi_ST0 [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:699
 _T32 = """\
-b_unimplemented('FSUBR_STi_ST0', 'spec/x87.r1:355')  # x87.r1:355
+v_dst = S.fpr[(S.fsw >> 11) + $dst & 7]  # x87.r1:702
+v_src = S.fpr[S.fsw >> 11 & 7]  # x87.r1:702
+if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:81
+    raise Fault(7, None)  # x87.r1:81
+if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # x87.r1:82
+    raise Fault(16, None)  # x87.r1:82
+S.fip = $here & 0xffffffff  # x87.r1:88
+S.fcs = S.sel[1] & 0xffff  # x87.r1:89
+S.fop = $fop & 0x7ff  # x87.r1:90
+if ((not (S.ftw >> (((S.fsw >> 11 & 0x7) + $dst) & 7) & 1)) or (not (S.ftw >> ((S.fsw >> 11 & 0x7) & 7) & 1))):  # x87.r1:162
+    S.fsw = (S.fsw | 65) & 0xffff  # x87.r1:108
+    S.fsw = S.fsw & 0xfffffdff | 0x0  # x87.r1:109
+    if (1 & (~S.fcw)):  # x87.r1:110
+        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:110
+        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:110
+    if (S.fcw & 0x1):  # x87.r1:144
+        b_set_fpr((((S.fsw >> 11 & 0x7) + $dst) & 7), 1208921207928610747318272)  # x87.r1:114
+        S.ftw = (S.ftw | (1 << (((S.fsw >> 11 & 0x7) + $dst) & 7))) & 0xff  # x87.r1:115
+else:
+    l_r_0 = b_f80_arith(5, b_fpr((((S.fsw >> 11 & 0x7) + $dst) & 7)), b_fpr(((S.fsw >> 11 & 0x7) & 7)), 80, S.fcw)  # x87.r1:165
+    l_flags_1 = (l_r_0 >> 80)  # x87.r1:152
+    S.fsw = (S.fsw | (l_flags_1 & 127)) & 0xffff  # x87.r1:108
+    S.fsw = S.fsw & 0xfffffdff | ((l_flags_1 >> 9 & 1) & 1) << 9  # x87.r1:109
+    if ((l_flags_1 & 63) & (~S.fcw)):  # x87.r1:110
+        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:110
+        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:110
+    if (not (((l_flags_1 & 7) & (~S.fcw)) != 0)):  # x87.r1:154
+        b_set_fpr((((S.fsw >> 11 & 0x7) + $dst) & 7), l_r_0)  # x87.r1:114
+        S.ftw = (S.ftw | (1 << (((S.fsw >> 11 & 0x7) + $dst) & 7))) & 0xff  # x87.r1:115
 """
 
-# FSUB_STi_ST0 [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:365
+# FSUB_STi_ST0 [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:710
 _T33 = """\
-b_unimplemented('FSUB_STi_ST0', 'spec/x87.r1:365')  # x87.r1:365
+v_dst = S.fpr[(S.fsw >> 11) + $dst & 7]  # x87.r1:713
+v_src = S.fpr[S.fsw >> 11 & 7]  # x87.r1:713
+if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:81
+    raise Fault(7, None)  # x87.r1:81
+if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # x87.r1:82
+    raise Fault(16, None)  # x87.r1:82
+S.fip = $here & 0xffffffff  # x87.r1:88
+S.fcs = S.sel[1] & 0xffff  # x87.r1:89
+S.fop = $fop & 0x7ff  # x87.r1:90
+if ((not (S.ftw >> (((S.fsw >> 11 & 0x7) + $dst) & 7) & 1)) or (not (S.ftw >> ((S.fsw >> 11 & 0x7) & 7) & 1))):  # x87.r1:162
+    S.fsw = (S.fsw | 65) & 0xffff  # x87.r1:108
+    S.fsw = S.fsw & 0xfffffdff | 0x0  # x87.r1:109
+    if (1 & (~S.fcw)):  # x87.r1:110
+        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:110
+        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:110
+    if (S.fcw & 0x1):  # x87.r1:144
+        b_set_fpr((((S.fsw >> 11 & 0x7) + $dst) & 7), 1208921207928610747318272)  # x87.r1:114
+        S.ftw = (S.ftw | (1 << (((S.fsw >> 11 & 0x7) + $dst) & 7))) & 0xff  # x87.r1:115
+else:
+    l_r_0 = b_f80_arith(4, b_fpr((((S.fsw >> 11 & 0x7) + $dst) & 7)), b_fpr(((S.fsw >> 11 & 0x7) & 7)), 80, S.fcw)  # x87.r1:165
+    l_flags_1 = (l_r_0 >> 80)  # x87.r1:152
+    S.fsw = (S.fsw | (l_flags_1 & 127)) & 0xffff  # x87.r1:108
+    S.fsw = S.fsw & 0xfffffdff | ((l_flags_1 >> 9 & 1) & 1) << 9  # x87.r1:109
+    if ((l_flags_1 & 63) & (~S.fcw)):  # x87.r1:110
+        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:110
+        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:110
+    if (not (((l_flags_1 & 7) & (~S.fcw)) != 0)):  # x87.r1:154
+        b_set_fpr((((S.fsw >> 11 & 0x7) + $dst) & 7), l_r_0)  # x87.r1:114
+        S.ftw = (S.ftw | (1 << (((S.fsw >> 11 & 0x7) + $dst) & 7))) & 0xff  # x87.r1:115
 """
 
-# FDIVR_STi_ST0 [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:375
+# FDIVR_STi_ST0 [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:721
 _T34 = """\
-b_unimplemented('FDIVR_STi_ST0', 'spec/x87.r1:375')  # x87.r1:375
+v_dst = S.fpr[(S.fsw >> 11) + $dst & 7]  # x87.r1:724
+v_src = S.fpr[S.fsw >> 11 & 7]  # x87.r1:724
+if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:81
+    raise Fault(7, None)  # x87.r1:81
+if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # x87.r1:82
+    raise Fault(16, None)  # x87.r1:82
+S.fip = $here & 0xffffffff  # x87.r1:88
+S.fcs = S.sel[1] & 0xffff  # x87.r1:89
+S.fop = $fop & 0x7ff  # x87.r1:90
+if ((not (S.ftw >> (((S.fsw >> 11 & 0x7) + $dst) & 7) & 1)) or (not (S.ftw >> ((S.fsw >> 11 & 0x7) & 7) & 1))):  # x87.r1:162
+    S.fsw = (S.fsw | 65) & 0xffff  # x87.r1:108
+    S.fsw = S.fsw & 0xfffffdff | 0x0  # x87.r1:109
+    if (1 & (~S.fcw)):  # x87.r1:110
+        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:110
+        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:110
+    if (S.fcw & 0x1):  # x87.r1:144
+        b_set_fpr((((S.fsw >> 11 & 0x7) + $dst) & 7), 1208921207928610747318272)  # x87.r1:114
+        S.ftw = (S.ftw | (1 << (((S.fsw >> 11 & 0x7) + $dst) & 7))) & 0xff  # x87.r1:115
+else:
+    l_r_0 = b_f80_arith(7, b_fpr((((S.fsw >> 11 & 0x7) + $dst) & 7)), b_fpr(((S.fsw >> 11 & 0x7) & 7)), 80, S.fcw)  # x87.r1:165
+    l_flags_1 = (l_r_0 >> 80)  # x87.r1:152
+    S.fsw = (S.fsw | (l_flags_1 & 127)) & 0xffff  # x87.r1:108
+    S.fsw = S.fsw & 0xfffffdff | ((l_flags_1 >> 9 & 1) & 1) << 9  # x87.r1:109
+    if ((l_flags_1 & 63) & (~S.fcw)):  # x87.r1:110
+        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:110
+        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:110
+    if (not (((l_flags_1 & 7) & (~S.fcw)) != 0)):  # x87.r1:154
+        b_set_fpr((((S.fsw >> 11 & 0x7) + $dst) & 7), l_r_0)  # x87.r1:114
+        S.ftw = (S.ftw | (1 << (((S.fsw >> 11 & 0x7) + $dst) & 7))) & 0xff  # x87.r1:115
 """
 
-# FDIV_STi_ST0 [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:385
+# FDIV_STi_ST0 [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:732
 _T35 = """\
-b_unimplemented('FDIV_STi_ST0', 'spec/x87.r1:385')  # x87.r1:385
+v_dst = S.fpr[(S.fsw >> 11) + $dst & 7]  # x87.r1:735
+v_src = S.fpr[S.fsw >> 11 & 7]  # x87.r1:735
+if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:81
+    raise Fault(7, None)  # x87.r1:81
+if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # x87.r1:82
+    raise Fault(16, None)  # x87.r1:82
+S.fip = $here & 0xffffffff  # x87.r1:88
+S.fcs = S.sel[1] & 0xffff  # x87.r1:89
+S.fop = $fop & 0x7ff  # x87.r1:90
+if ((not (S.ftw >> (((S.fsw >> 11 & 0x7) + $dst) & 7) & 1)) or (not (S.ftw >> ((S.fsw >> 11 & 0x7) & 7) & 1))):  # x87.r1:162
+    S.fsw = (S.fsw | 65) & 0xffff  # x87.r1:108
+    S.fsw = S.fsw & 0xfffffdff | 0x0  # x87.r1:109
+    if (1 & (~S.fcw)):  # x87.r1:110
+        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:110
+        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:110
+    if (S.fcw & 0x1):  # x87.r1:144
+        b_set_fpr((((S.fsw >> 11 & 0x7) + $dst) & 7), 1208921207928610747318272)  # x87.r1:114
+        S.ftw = (S.ftw | (1 << (((S.fsw >> 11 & 0x7) + $dst) & 7))) & 0xff  # x87.r1:115
+else:
+    l_r_0 = b_f80_arith(6, b_fpr((((S.fsw >> 11 & 0x7) + $dst) & 7)), b_fpr(((S.fsw >> 11 & 0x7) & 7)), 80, S.fcw)  # x87.r1:165
+    l_flags_1 = (l_r_0 >> 80)  # x87.r1:152
+    S.fsw = (S.fsw | (l_flags_1 & 127)) & 0xffff  # x87.r1:108
+    S.fsw = S.fsw & 0xfffffdff | ((l_flags_1 >> 9 & 1) & 1) << 9  # x87.r1:109
+    if ((l_flags_1 & 63) & (~S.fcw)):  # x87.r1:110
+        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:110
+        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:110
+    if (not (((l_flags_1 & 7) & (~S.fcw)) != 0)):  # x87.r1:154
+        b_set_fpr((((S.fsw >> 11 & 0x7) + $dst) & 7), l_r_0)  # x87.r1:114
+        S.ftw = (S.ftw | (1 << (((S.fsw >> 11 & 0x7) + $dst) & 7))) & 0xff  # x87.r1:115
 """
 
-# FADDP_STi_ST0 [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:395
+# FADDP_STi_ST0 [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:743
 _T36 = """\
-b_unimplemented('FADDP_STi_ST0', 'spec/x87.r1:395')  # x87.r1:395
+v_dst = S.fpr[(S.fsw >> 11) + $dst & 7]  # x87.r1:746
+v_src = S.fpr[S.fsw >> 11 & 7]  # x87.r1:746
+if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:81
+    raise Fault(7, None)  # x87.r1:81
+if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # x87.r1:82
+    raise Fault(16, None)  # x87.r1:82
+S.fip = $here & 0xffffffff  # x87.r1:88
+S.fcs = S.sel[1] & 0xffff  # x87.r1:89
+S.fop = $fop & 0x7ff  # x87.r1:90
+if ((not (S.ftw >> (((S.fsw >> 11 & 0x7) + $dst) & 7) & 1)) or (not (S.ftw >> ((S.fsw >> 11 & 0x7) & 7) & 1))):  # x87.r1:162
+    S.fsw = (S.fsw | 65) & 0xffff  # x87.r1:108
+    S.fsw = S.fsw & 0xfffffdff | 0x0  # x87.r1:109
+    if (1 & (~S.fcw)):  # x87.r1:110
+        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:110
+        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:110
+    if (S.fcw & 0x1):  # x87.r1:144
+        b_set_fpr((((S.fsw >> 11 & 0x7) + $dst) & 7), 1208921207928610747318272)  # x87.r1:114
+        S.ftw = (S.ftw | (1 << (((S.fsw >> 11 & 0x7) + $dst) & 7))) & 0xff  # x87.r1:115
+        S.ftw = (S.ftw & (~(1 << ((S.fsw >> 11 & 0x7) & 7)))) & 0xff  # x87.r1:118
+        S.fsw = S.fsw & 0xffffc7ff | ((((S.fsw >> 11 & 0x7) + 1) & 7) & 7) << 11  # x87.r1:119
+else:
+    l_r_0 = b_f80_arith(0, b_fpr((((S.fsw >> 11 & 0x7) + $dst) & 7)), b_fpr(((S.fsw >> 11 & 0x7) & 7)), 80, S.fcw)  # x87.r1:165
+    l_flags_1 = (l_r_0 >> 80)  # x87.r1:152
+    S.fsw = (S.fsw | (l_flags_1 & 127)) & 0xffff  # x87.r1:108
+    S.fsw = S.fsw & 0xfffffdff | ((l_flags_1 >> 9 & 1) & 1) << 9  # x87.r1:109
+    if ((l_flags_1 & 63) & (~S.fcw)):  # x87.r1:110
+        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:110
+        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:110
+    if (not (((l_flags_1 & 7) & (~S.fcw)) != 0)):  # x87.r1:154
+        b_set_fpr((((S.fsw >> 11 & 0x7) + $dst) & 7), l_r_0)  # x87.r1:114
+        S.ftw = (S.ftw | (1 << (((S.fsw >> 11 & 0x7) + $dst) & 7))) & 0xff  # x87.r1:115
+        S.ftw = (S.ftw & (~(1 << ((S.fsw >> 11 & 0x7) & 7)))) & 0xff  # x87.r1:118
+        S.fsw = S.fsw & 0xffffc7ff | ((((S.fsw >> 11 & 0x7) + 1) & 7) & 7) << 11  # x87.r1:119
 """
 
-# FMULP_STi_ST0 [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:405
+# FMULP_STi_ST0 [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:754
 _T37 = """\
-b_unimplemented('FMULP_STi_ST0', 'spec/x87.r1:405')  # x87.r1:405
+v_dst = S.fpr[(S.fsw >> 11) + $dst & 7]  # x87.r1:757
+v_src = S.fpr[S.fsw >> 11 & 7]  # x87.r1:757
+if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:81
+    raise Fault(7, None)  # x87.r1:81
+if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # x87.r1:82
+    raise Fault(16, None)  # x87.r1:82
+S.fip = $here & 0xffffffff  # x87.r1:88
+S.fcs = S.sel[1] & 0xffff  # x87.r1:89
+S.fop = $fop & 0x7ff  # x87.r1:90
+if ((not (S.ftw >> (((S.fsw >> 11 & 0x7) + $dst) & 7) & 1)) or (not (S.ftw >> ((S.fsw >> 11 & 0x7) & 7) & 1))):  # x87.r1:162
+    S.fsw = (S.fsw | 65) & 0xffff  # x87.r1:108
+    S.fsw = S.fsw & 0xfffffdff | 0x0  # x87.r1:109
+    if (1 & (~S.fcw)):  # x87.r1:110
+        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:110
+        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:110
+    if (S.fcw & 0x1):  # x87.r1:144
+        b_set_fpr((((S.fsw >> 11 & 0x7) + $dst) & 7), 1208921207928610747318272)  # x87.r1:114
+        S.ftw = (S.ftw | (1 << (((S.fsw >> 11 & 0x7) + $dst) & 7))) & 0xff  # x87.r1:115
+        S.ftw = (S.ftw & (~(1 << ((S.fsw >> 11 & 0x7) & 7)))) & 0xff  # x87.r1:118
+        S.fsw = S.fsw & 0xffffc7ff | ((((S.fsw >> 11 & 0x7) + 1) & 7) & 7) << 11  # x87.r1:119
+else:
+    l_r_0 = b_f80_arith(1, b_fpr((((S.fsw >> 11 & 0x7) + $dst) & 7)), b_fpr(((S.fsw >> 11 & 0x7) & 7)), 80, S.fcw)  # x87.r1:165
+    l_flags_1 = (l_r_0 >> 80)  # x87.r1:152
+    S.fsw = (S.fsw | (l_flags_1 & 127)) & 0xffff  # x87.r1:108
+    S.fsw = S.fsw & 0xfffffdff | ((l_flags_1 >> 9 & 1) & 1) << 9  # x87.r1:109
+    if ((l_flags_1 & 63) & (~S.fcw)):  # x87.r1:110
+        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:110
+        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:110
+    if (not (((l_flags_1 & 7) & (~S.fcw)) != 0)):  # x87.r1:154
+        b_set_fpr((((S.fsw >> 11 & 0x7) + $dst) & 7), l_r_0)  # x87.r1:114
+        S.ftw = (S.ftw | (1 << (((S.fsw >> 11 & 0x7) + $dst) & 7))) & 0xff  # x87.r1:115
+        S.ftw = (S.ftw & (~(1 << ((S.fsw >> 11 & 0x7) & 7)))) & 0xff  # x87.r1:118
+        S.fsw = S.fsw & 0xffffc7ff | ((((S.fsw >> 11 & 0x7) + 1) & 7) & 7) << 11  # x87.r1:119
 """
 
-# FSUBRP_STi_ST0 [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:415
+# FSUBRP_STi_ST0 [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:765
 _T38 = """\
-b_unimplemented('FSUBRP_STi_ST0', 'spec/x87.r1:415')  # x87.r1:415
+v_dst = S.fpr[(S.fsw >> 11) + $dst & 7]  # x87.r1:768
+v_src = S.fpr[S.fsw >> 11 & 7]  # x87.r1:768
+if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:81
+    raise Fault(7, None)  # x87.r1:81
+if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # x87.r1:82
+    raise Fault(16, None)  # x87.r1:82
+S.fip = $here & 0xffffffff  # x87.r1:88
+S.fcs = S.sel[1] & 0xffff  # x87.r1:89
+S.fop = $fop & 0x7ff  # x87.r1:90
+if ((not (S.ftw >> (((S.fsw >> 11 & 0x7) + $dst) & 7) & 1)) or (not (S.ftw >> ((S.fsw >> 11 & 0x7) & 7) & 1))):  # x87.r1:162
+    S.fsw = (S.fsw | 65) & 0xffff  # x87.r1:108
+    S.fsw = S.fsw & 0xfffffdff | 0x0  # x87.r1:109
+    if (1 & (~S.fcw)):  # x87.r1:110
+        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:110
+        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:110
+    if (S.fcw & 0x1):  # x87.r1:144
+        b_set_fpr((((S.fsw >> 11 & 0x7) + $dst) & 7), 1208921207928610747318272)  # x87.r1:114
+        S.ftw = (S.ftw | (1 << (((S.fsw >> 11 & 0x7) + $dst) & 7))) & 0xff  # x87.r1:115
+        S.ftw = (S.ftw & (~(1 << ((S.fsw >> 11 & 0x7) & 7)))) & 0xff  # x87.r1:118
+        S.fsw = S.fsw & 0xffffc7ff | ((((S.fsw >> 11 & 0x7) + 1) & 7) & 7) << 11  # x87.r1:119
+else:
+    l_r_0 = b_f80_arith(5, b_fpr((((S.fsw >> 11 & 0x7) + $dst) & 7)), b_fpr(((S.fsw >> 11 & 0x7) & 7)), 80, S.fcw)  # x87.r1:165
+    l_flags_1 = (l_r_0 >> 80)  # x87.r1:152
+    S.fsw = (S.fsw | (l_flags_1 & 127)) & 0xffff  # x87.r1:108
+    S.fsw = S.fsw & 0xfffffdff | ((l_flags_1 >> 9 & 1) & 1) << 9  # x87.r1:109
+    if ((l_flags_1 & 63) & (~S.fcw)):  # x87.r1:110
+        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:110
+        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:110
+    if (not (((l_flags_1 & 7) & (~S.fcw)) != 0)):  # x87.r1:154
+        b_set_fpr((((S.fsw >> 11 & 0x7) + $dst) & 7), l_r_0)  # x87.r1:114
+        S.ftw = (S.ftw | (1 << (((S.fsw >> 11 & 0x7) + $dst) & 7))) & 0xff  # x87.r1:115
+        S.ftw = (S.ftw & (~(1 << ((S.fsw >> 11 & 0x7) & 7)))) & 0xff  # x87.r1:118
+        S.fsw = S.fsw & 0xffffc7ff | ((((S.fsw >> 11 & 0x7) + 1) & 7) & 7) << 11  # x87.r1:119
 """
 
-# FSUBP_STi_ST0 [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:425
+# FSUBP_STi_ST0 [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:776
 _T39 = """\
-b_unimplemented('FSUBP_STi_ST0', 'spec/x87.r1:425')  # x87.r1:425
+v_dst = S.fpr[(S.fsw >> 11) + $dst & 7]  # x87.r1:779
+v_src = S.fpr[S.fsw >> 11 & 7]  # x87.r1:779
+if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:81
+    raise Fault(7, None)  # x87.r1:81
+if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # x87.r1:82
+    raise Fault(16, None)  # x87.r1:82
+S.fip = $here & 0xffffffff  # x87.r1:88
+S.fcs = S.sel[1] & 0xffff  # x87.r1:89
+S.fop = $fop & 0x7ff  # x87.r1:90
+if ((not (S.ftw >> (((S.fsw >> 11 & 0x7) + $dst) & 7) & 1)) or (not (S.ftw >> ((S.fsw >> 11 & 0x7) & 7) & 1))):  # x87.r1:162
+    S.fsw = (S.fsw | 65) & 0xffff  # x87.r1:108
+    S.fsw = S.fsw & 0xfffffdff | 0x0  # x87.r1:109
+    if (1 & (~S.fcw)):  # x87.r1:110
+        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:110
+        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:110
+    if (S.fcw & 0x1):  # x87.r1:144
+        b_set_fpr((((S.fsw >> 11 & 0x7) + $dst) & 7), 1208921207928610747318272)  # x87.r1:114
+        S.ftw = (S.ftw | (1 << (((S.fsw >> 11 & 0x7) + $dst) & 7))) & 0xff  # x87.r1:115
+        S.ftw = (S.ftw & (~(1 << ((S.fsw >> 11 & 0x7) & 7)))) & 0xff  # x87.r1:118
+        S.fsw = S.fsw & 0xffffc7ff | ((((S.fsw >> 11 & 0x7) + 1) & 7) & 7) << 11  # x87.r1:119
+else:
+    l_r_0 = b_f80_arith(4, b_fpr((((S.fsw >> 11 & 0x7) + $dst) & 7)), b_fpr(((S.fsw >> 11 & 0x7) & 7)), 80, S.fcw)  # x87.r1:165
+    l_flags_1 = (l_r_0 >> 80)  # x87.r1:152
+    S.fsw = (S.fsw | (l_flags_1 & 127)) & 0xffff  # x87.r1:108
+    S.fsw = S.fsw & 0xfffffdff | ((l_flags_1 >> 9 & 1) & 1) << 9  # x87.r1:109
+    if ((l_flags_1 & 63) & (~S.fcw)):  # x87.r1:110
+        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:110
+        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:110
+    if (not (((l_flags_1 & 7) & (~S.fcw)) != 0)):  # x87.r1:154
+        b_set_fpr((((S.fsw >> 11 & 0x7) + $dst) & 7), l_r_0)  # x87.r1:114
+        S.ftw = (S.ftw | (1 << (((S.fsw >> 11 & 0x7) + $dst) & 7))) & 0xff  # x87.r1:115
+        S.ftw = (S.ftw & (~(1 << ((S.fsw >> 11 & 0x7) & 7)))) & 0xff  # x87.r1:118
+        S.fsw = S.fsw & 0xffffc7ff | ((((S.fsw >> 11 & 0x7) + 1) & 7) & 7) << 11  # x87.r1:119
 """
 
-# FDIVRP_STi_ST0 [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:435
+# FDIVRP_STi_ST0 [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:787
 _T40 = """\
-b_unimplemented('FDIVRP_STi_ST0', 'spec/x87.r1:435')  # x87.r1:435
+v_dst = S.fpr[(S.fsw >> 11) + $dst & 7]  # x87.r1:790
+v_src = S.fpr[S.fsw >> 11 & 7]  # x87.r1:790
+if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:81
+    raise Fault(7, None)  # x87.r1:81
+if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # x87.r1:82
+    raise Fault(16, None)  # x87.r1:82
+S.fip = $here & 0xffffffff  # x87.r1:88
+S.fcs = S.sel[1] & 0xffff  # x87.r1:89
+S.fop = $fop & 0x7ff  # x87.r1:90
+if ((not (S.ftw >> (((S.fsw >> 11 & 0x7) + $dst) & 7) & 1)) or (not (S.ftw >> ((S.fsw >> 11 & 0x7) & 7) & 1))):  # x87.r1:162
+    S.fsw = (S.fsw | 65) & 0xffff  # x87.r1:108
+    S.fsw = S.fsw & 0xfffffdff | 0x0  # x87.r1:109
+    if (1 & (~S.fcw)):  # x87.r1:110
+        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:110
+        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:110
+    if (S.fcw & 0x1):  # x87.r1:144
+        b_set_fpr((((S.fsw >> 11 & 0x7) + $dst) & 7), 1208921207928610747318272)  # x87.r1:114
+        S.ftw = (S.ftw | (1 << (((S.fsw >> 11 & 0x7) + $dst) & 7))) & 0xff  # x87.r1:115
+        S.ftw = (S.ftw & (~(1 << ((S.fsw >> 11 & 0x7) & 7)))) & 0xff  # x87.r1:118
+        S.fsw = S.fsw & 0xffffc7ff | ((((S.fsw >> 11 & 0x7) + 1) & 7) & 7) << 11  # x87.r1:119
+else:
+    l_r_0 = b_f80_arith(7, b_fpr((((S.fsw >> 11 & 0x7) + $dst) & 7)), b_fpr(((S.fsw >> 11 & 0x7) & 7)), 80, S.fcw)  # x87.r1:165
+    l_flags_1 = (l_r_0 >> 80)  # x87.r1:152
+    S.fsw = (S.fsw | (l_flags_1 & 127)) & 0xffff  # x87.r1:108
+    S.fsw = S.fsw & 0xfffffdff | ((l_flags_1 >> 9 & 1) & 1) << 9  # x87.r1:109
+    if ((l_flags_1 & 63) & (~S.fcw)):  # x87.r1:110
+        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:110
+        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:110
+    if (not (((l_flags_1 & 7) & (~S.fcw)) != 0)):  # x87.r1:154
+        b_set_fpr((((S.fsw >> 11 & 0x7) + $dst) & 7), l_r_0)  # x87.r1:114
+        S.ftw = (S.ftw | (1 << (((S.fsw >> 11 & 0x7) + $dst) & 7))) & 0xff  # x87.r1:115
+        S.ftw = (S.ftw & (~(1 << ((S.fsw >> 11 & 0x7) & 7)))) & 0xff  # x87.r1:118
+        S.fsw = S.fsw & 0xffffc7ff | ((((S.fsw >> 11 & 0x7) + 1) & 7) & 7) << 11  # x87.r1:119
 """
 
-# FDIVP_STi_ST0 [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:445
+# FDIVP_STi_ST0 [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:798
 _T41 = """\
-b_unimplemented('FDIVP_STi_ST0', 'spec/x87.r1:445')  # x87.r1:445
+v_dst = S.fpr[(S.fsw >> 11) + $dst & 7]  # x87.r1:801
+v_src = S.fpr[S.fsw >> 11 & 7]  # x87.r1:801
+if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:81
+    raise Fault(7, None)  # x87.r1:81
+if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # x87.r1:82
+    raise Fault(16, None)  # x87.r1:82
+S.fip = $here & 0xffffffff  # x87.r1:88
+S.fcs = S.sel[1] & 0xffff  # x87.r1:89
+S.fop = $fop & 0x7ff  # x87.r1:90
+if ((not (S.ftw >> (((S.fsw >> 11 & 0x7) + $dst) & 7) & 1)) or (not (S.ftw >> ((S.fsw >> 11 & 0x7) & 7) & 1))):  # x87.r1:162
+    S.fsw = (S.fsw | 65) & 0xffff  # x87.r1:108
+    S.fsw = S.fsw & 0xfffffdff | 0x0  # x87.r1:109
+    if (1 & (~S.fcw)):  # x87.r1:110
+        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:110
+        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:110
+    if (S.fcw & 0x1):  # x87.r1:144
+        b_set_fpr((((S.fsw >> 11 & 0x7) + $dst) & 7), 1208921207928610747318272)  # x87.r1:114
+        S.ftw = (S.ftw | (1 << (((S.fsw >> 11 & 0x7) + $dst) & 7))) & 0xff  # x87.r1:115
+        S.ftw = (S.ftw & (~(1 << ((S.fsw >> 11 & 0x7) & 7)))) & 0xff  # x87.r1:118
+        S.fsw = S.fsw & 0xffffc7ff | ((((S.fsw >> 11 & 0x7) + 1) & 7) & 7) << 11  # x87.r1:119
+else:
+    l_r_0 = b_f80_arith(6, b_fpr((((S.fsw >> 11 & 0x7) + $dst) & 7)), b_fpr(((S.fsw >> 11 & 0x7) & 7)), 80, S.fcw)  # x87.r1:165
+    l_flags_1 = (l_r_0 >> 80)  # x87.r1:152
+    S.fsw = (S.fsw | (l_flags_1 & 127)) & 0xffff  # x87.r1:108
+    S.fsw = S.fsw & 0xfffffdff | ((l_flags_1 >> 9 & 1) & 1) << 9  # x87.r1:109
+    if ((l_flags_1 & 63) & (~S.fcw)):  # x87.r1:110
+        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:110
+        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:110
+    if (not (((l_flags_1 & 7) & (~S.fcw)) != 0)):  # x87.r1:154
+        b_set_fpr((((S.fsw >> 11 & 0x7) + $dst) & 7), l_r_0)  # x87.r1:114
+        S.ftw = (S.ftw | (1 << (((S.fsw >> 11 & 0x7) + $dst) & 7))) & 0xff  # x87.r1:115
+        S.ftw = (S.ftw & (~(1 << ((S.fsw >> 11 & 0x7) & 7)))) & 0xff  # x87.r1:118
+        S.fsw = S.fsw & 0xffffc7ff | ((((S.fsw >> 11 & 0x7) + 1) & 7) & 7) << 11  # x87.r1:119
 """
 
-# FLD_M32 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/x87.r1:457
+# FLD_M32 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/x87.r1:811
 _T42 = """\
-b_unimplemented('FLD_M32', 'spec/x87.r1:457')  # x87.r1:457
+ea = $ea
+if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:81
+    raise Fault(7, None)  # x87.r1:81
+if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # x87.r1:82
+    raise Fault(16, None)  # x87.r1:82
+v_src = rd32($seg, ea)  # x87.r1:814
+S.fip = $here & 0xffffffff  # x87.r1:88
+S.fcs = S.sel[1] & 0xffff  # x87.r1:89
+S.fop = $fop & 0x7ff  # x87.r1:90
+S.fdp = ea & 0xffffffff  # x87.r1:94
+S.fds = b_seg_selector($seg) & 0xffff  # x87.r1:95
+l_r = b_f80_load(32, v_src)  # x87.r1:820
+if (not (not (S.ftw >> (((S.fsw >> 11 & 0x7) + 7) & 7) & 1))):  # x87.r1:128
+    S.fsw = (S.fsw | 65) & 0xffff  # x87.r1:108
+    S.fsw = S.fsw & 0xfffffdff | 0x200  # x87.r1:109
+    if (1 & (~S.fcw)):  # x87.r1:110
+        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:110
+        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:110
+    if (S.fcw & 0x1):  # x87.r1:130
+        S.fsw = S.fsw & 0xffffc7ff | ((((S.fsw >> 11 & 0x7) + 7) & 7) & 7) << 11  # x87.r1:122
+        b_set_fpr(((S.fsw >> 11 & 0x7) & 7), 1208921207928610747318272)  # x87.r1:114
+        S.ftw = (S.ftw | (1 << ((S.fsw >> 11 & 0x7) & 7))) & 0xff  # x87.r1:115
+else:
+    l_flags_0 = (l_r >> 80)  # x87.r1:135
+    S.fsw = (S.fsw | (l_flags_0 & 127)) & 0xffff  # x87.r1:108
+    S.fsw = S.fsw & 0xfffffdff | ((l_flags_0 >> 9 & 1) & 1) << 9  # x87.r1:109
+    if ((l_flags_0 & 63) & (~S.fcw)):  # x87.r1:110
+        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:110
+        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:110
+    if (not (((l_flags_0 & 7) & (~S.fcw)) != 0)):  # x87.r1:137
+        S.fsw = S.fsw & 0xffffc7ff | ((((S.fsw >> 11 & 0x7) + 7) & 7) & 7) << 11  # x87.r1:122
+        b_set_fpr(((S.fsw >> 11 & 0x7) & 7), l_r)  # x87.r1:114
+        S.ftw = (S.ftw | (1 << ((S.fsw >> 11 & 0x7) & 7))) & 0xff  # x87.r1:115
 """
 
-# FLD_M64 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/x87.r1:467
+# FLD_M64 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/x87.r1:822
 _T43 = """\
-b_unimplemented('FLD_M64', 'spec/x87.r1:467')  # x87.r1:467
+ea = $ea
+if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:81
+    raise Fault(7, None)  # x87.r1:81
+if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # x87.r1:82
+    raise Fault(16, None)  # x87.r1:82
+v_src = b_load($seg, ea, 64)  # x87.r1:825
+S.fip = $here & 0xffffffff  # x87.r1:88
+S.fcs = S.sel[1] & 0xffff  # x87.r1:89
+S.fop = $fop & 0x7ff  # x87.r1:90
+S.fdp = ea & 0xffffffff  # x87.r1:94
+S.fds = b_seg_selector($seg) & 0xffff  # x87.r1:95
+l_r = b_f80_load(64, v_src)  # x87.r1:831
+if (not (not (S.ftw >> (((S.fsw >> 11 & 0x7) + 7) & 7) & 1))):  # x87.r1:128
+    S.fsw = (S.fsw | 65) & 0xffff  # x87.r1:108
+    S.fsw = S.fsw & 0xfffffdff | 0x200  # x87.r1:109
+    if (1 & (~S.fcw)):  # x87.r1:110
+        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:110
+        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:110
+    if (S.fcw & 0x1):  # x87.r1:130
+        S.fsw = S.fsw & 0xffffc7ff | ((((S.fsw >> 11 & 0x7) + 7) & 7) & 7) << 11  # x87.r1:122
+        b_set_fpr(((S.fsw >> 11 & 0x7) & 7), 1208921207928610747318272)  # x87.r1:114
+        S.ftw = (S.ftw | (1 << ((S.fsw >> 11 & 0x7) & 7))) & 0xff  # x87.r1:115
+else:
+    l_flags_0 = (l_r >> 80)  # x87.r1:135
+    S.fsw = (S.fsw | (l_flags_0 & 127)) & 0xffff  # x87.r1:108
+    S.fsw = S.fsw & 0xfffffdff | ((l_flags_0 >> 9 & 1) & 1) << 9  # x87.r1:109
+    if ((l_flags_0 & 63) & (~S.fcw)):  # x87.r1:110
+        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:110
+        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:110
+    if (not (((l_flags_0 & 7) & (~S.fcw)) != 0)):  # x87.r1:137
+        S.fsw = S.fsw & 0xffffc7ff | ((((S.fsw >> 11 & 0x7) + 7) & 7) & 7) << 11  # x87.r1:122
+        b_set_fpr(((S.fsw >> 11 & 0x7) & 7), l_r)  # x87.r1:114
+        S.ftw = (S.ftw | (1 << ((S.fsw >> 11 & 0x7) & 7))) & 0xff  # x87.r1:115
 """
 
-# FLD_M80 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/x87.r1:477
+# FLD_M80 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/x87.r1:833
 _T44 = """\
-b_unimplemented('FLD_M80', 'spec/x87.r1:477')  # x87.r1:477
+ea = $ea
+if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:81
+    raise Fault(7, None)  # x87.r1:81
+if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # x87.r1:82
+    raise Fault(16, None)  # x87.r1:82
+v_src = b_load($seg, ea, 80)  # x87.r1:836
+S.fip = $here & 0xffffffff  # x87.r1:88
+S.fcs = S.sel[1] & 0xffff  # x87.r1:89
+S.fop = $fop & 0x7ff  # x87.r1:90
+S.fdp = ea & 0xffffffff  # x87.r1:94
+S.fds = b_seg_selector($seg) & 0xffff  # x87.r1:95
+l_r = b_f80_load(80, v_src)  # x87.r1:842
+if (not (not (S.ftw >> (((S.fsw >> 11 & 0x7) + 7) & 7) & 1))):  # x87.r1:128
+    S.fsw = (S.fsw | 65) & 0xffff  # x87.r1:108
+    S.fsw = S.fsw & 0xfffffdff | 0x200  # x87.r1:109
+    if (1 & (~S.fcw)):  # x87.r1:110
+        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:110
+        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:110
+    if (S.fcw & 0x1):  # x87.r1:130
+        S.fsw = S.fsw & 0xffffc7ff | ((((S.fsw >> 11 & 0x7) + 7) & 7) & 7) << 11  # x87.r1:122
+        b_set_fpr(((S.fsw >> 11 & 0x7) & 7), 1208921207928610747318272)  # x87.r1:114
+        S.ftw = (S.ftw | (1 << ((S.fsw >> 11 & 0x7) & 7))) & 0xff  # x87.r1:115
+else:
+    l_flags_0 = (l_r >> 80)  # x87.r1:135
+    S.fsw = (S.fsw | (l_flags_0 & 127)) & 0xffff  # x87.r1:108
+    S.fsw = S.fsw & 0xfffffdff | ((l_flags_0 >> 9 & 1) & 1) << 9  # x87.r1:109
+    if ((l_flags_0 & 63) & (~S.fcw)):  # x87.r1:110
+        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:110
+        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:110
+    if (not (((l_flags_0 & 7) & (~S.fcw)) != 0)):  # x87.r1:137
+        S.fsw = S.fsw & 0xffffc7ff | ((((S.fsw >> 11 & 0x7) + 7) & 7) & 7) << 11  # x87.r1:122
+        b_set_fpr(((S.fsw >> 11 & 0x7) & 7), l_r)  # x87.r1:114
+        S.ftw = (S.ftw | (1 << ((S.fsw >> 11 & 0x7) & 7))) & 0xff  # x87.r1:115
 """
 
-# FLD_STi [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:487
+# FLD_STi [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:844
 _T45 = """\
-b_unimplemented('FLD_STi', 'spec/x87.r1:487')  # x87.r1:487
+v_src = S.fpr[(S.fsw >> 11) + $src & 7]  # x87.r1:847
+if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:81
+    raise Fault(7, None)  # x87.r1:81
+if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # x87.r1:82
+    raise Fault(16, None)  # x87.r1:82
+S.fip = $here & 0xffffffff  # x87.r1:88
+S.fcs = S.sel[1] & 0xffff  # x87.r1:89
+S.fop = $fop & 0x7ff  # x87.r1:90
+l_i = $src  # x87.r1:853
+l_v = b_fpr((((S.fsw >> 11 & 0x7) + l_i) & 7))  # x87.r1:853
+m_src_empty_0 = (not (S.ftw >> (((S.fsw >> 11 & 0x7) + l_i) & 7) & 1))
+if (not (not (S.ftw >> (((S.fsw >> 11 & 0x7) + 7) & 7) & 1))):  # x87.r1:128
+    S.fsw = (S.fsw | 65) & 0xffff  # x87.r1:108
+    S.fsw = S.fsw & 0xfffffdff | 0x200  # x87.r1:109
+    if (1 & (~S.fcw)):  # x87.r1:110
+        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:110
+        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:110
+    if (S.fcw & 0x1):  # x87.r1:130
+        S.fsw = S.fsw & 0xffffc7ff | ((((S.fsw >> 11 & 0x7) + 7) & 7) & 7) << 11  # x87.r1:122
+        b_set_fpr(((S.fsw >> 11 & 0x7) & 7), 1208921207928610747318272)  # x87.r1:114
+        S.ftw = (S.ftw | (1 << ((S.fsw >> 11 & 0x7) & 7))) & 0xff  # x87.r1:115
+elif m_src_empty_0:  # x87.r1:131
+    S.fsw = (S.fsw | 65) & 0xffff  # x87.r1:108
+    S.fsw = S.fsw & 0xfffffdff | 0x0  # x87.r1:109
+    if (1 & (~S.fcw)):  # x87.r1:110
+        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:110
+        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:110
+    if (S.fcw & 0x1):  # x87.r1:133
+        S.fsw = S.fsw & 0xffffc7ff | ((((S.fsw >> 11 & 0x7) + 7) & 7) & 7) << 11  # x87.r1:122
+        b_set_fpr(((S.fsw >> 11 & 0x7) & 7), 1208921207928610747318272)  # x87.r1:114
+        S.ftw = (S.ftw | (1 << ((S.fsw >> 11 & 0x7) & 7))) & 0xff  # x87.r1:115
+else:
+    l_flags_1 = (l_v >> 80)  # x87.r1:135
+    S.fsw = (S.fsw | (l_flags_1 & 127)) & 0xffff  # x87.r1:108
+    S.fsw = S.fsw & 0xfffffdff | ((l_flags_1 >> 9 & 1) & 1) << 9  # x87.r1:109
+    if ((l_flags_1 & 63) & (~S.fcw)):  # x87.r1:110
+        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:110
+        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:110
+    if (not (((l_flags_1 & 7) & (~S.fcw)) != 0)):  # x87.r1:137
+        S.fsw = S.fsw & 0xffffc7ff | ((((S.fsw >> 11 & 0x7) + 7) & 7) & 7) << 11  # x87.r1:122
+        b_set_fpr(((S.fsw >> 11 & 0x7) & 7), l_v)  # x87.r1:114
+        S.ftw = (S.ftw | (1 << ((S.fsw >> 11 & 0x7) & 7))) & 0xff  # x87.r1:115
 """
 
-# FST_M32 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/x87.r1:497
+# FST_M32 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/x87.r1:855
 _T46 = """\
-b_unimplemented('FST_M32', 'spec/x87.r1:497')  # x87.r1:497
+ea = $ea
+v_src = S.fpr[S.fsw >> 11 & 7]  # x87.r1:858
+if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:81
+    raise Fault(7, None)  # x87.r1:81
+if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # x87.r1:82
+    raise Fault(16, None)  # x87.r1:82
+S.fip = $here & 0xffffffff  # x87.r1:88
+S.fcs = S.sel[1] & 0xffff  # x87.r1:89
+S.fop = $fop & 0x7ff  # x87.r1:90
+S.fdp = ea & 0xffffffff  # x87.r1:94
+S.fds = b_seg_selector($seg) & 0xffff  # x87.r1:95
+l_r = b_f80_store(32, b_fpr(((S.fsw >> 11 & 0x7) & 7)), S.fcw)  # x87.r1:864
+if (not (S.ftw >> ((S.fsw >> 11 & 0x7) & 7) & 1)):  # x87.r1:242
+    if (S.fcw & 0x1):  # x87.r1:243
+        wr32($seg, ea, 4290772992)  # x87.r1:243
+    S.fsw = (S.fsw | 65) & 0xffff  # x87.r1:108
+    S.fsw = S.fsw & 0xfffffdff | 0x0  # x87.r1:109
+    if (1 & (~S.fcw)):  # x87.r1:110
+        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:110
+        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:110
+else:
+    l_flags_0 = (l_r >> 80)  # x87.r1:247
+    if (not (((l_flags_0 & 25) & (~S.fcw)) != 0)):  # x87.r1:248
+        wr32($seg, ea, (l_r & 4294967295))  # x87.r1:248
+    S.fsw = (S.fsw | (l_flags_0 & 127)) & 0xffff  # x87.r1:108
+    S.fsw = S.fsw & 0xfffffdff | ((l_flags_0 >> 9 & 1) & 1) << 9  # x87.r1:109
+    if ((l_flags_0 & 63) & (~S.fcw)):  # x87.r1:110
+        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:110
+        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:110
 """
 
-# FST_M64 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/x87.r1:507
+# FST_M64 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/x87.r1:866
 _T47 = """\
-b_unimplemented('FST_M64', 'spec/x87.r1:507')  # x87.r1:507
+ea = $ea
+v_src = S.fpr[S.fsw >> 11 & 7]  # x87.r1:869
+if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:81
+    raise Fault(7, None)  # x87.r1:81
+if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # x87.r1:82
+    raise Fault(16, None)  # x87.r1:82
+S.fip = $here & 0xffffffff  # x87.r1:88
+S.fcs = S.sel[1] & 0xffff  # x87.r1:89
+S.fop = $fop & 0x7ff  # x87.r1:90
+S.fdp = ea & 0xffffffff  # x87.r1:94
+S.fds = b_seg_selector($seg) & 0xffff  # x87.r1:95
+l_r = b_f80_store(64, b_fpr(((S.fsw >> 11 & 0x7) & 7)), S.fcw)  # x87.r1:875
+if (not (S.ftw >> ((S.fsw >> 11 & 0x7) & 7) & 1)):  # x87.r1:242
+    if (S.fcw & 0x1):  # x87.r1:243
+        b_store($seg, ea, 64, 18444492273895866368)  # x87.r1:243
+    S.fsw = (S.fsw | 65) & 0xffff  # x87.r1:108
+    S.fsw = S.fsw & 0xfffffdff | 0x0  # x87.r1:109
+    if (1 & (~S.fcw)):  # x87.r1:110
+        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:110
+        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:110
+else:
+    l_flags_0 = (l_r >> 80)  # x87.r1:247
+    if (not (((l_flags_0 & 25) & (~S.fcw)) != 0)):  # x87.r1:248
+        b_store($seg, ea, 64, (l_r & 18446744073709551615))  # x87.r1:248
+    S.fsw = (S.fsw | (l_flags_0 & 127)) & 0xffff  # x87.r1:108
+    S.fsw = S.fsw & 0xfffffdff | ((l_flags_0 >> 9 & 1) & 1) << 9  # x87.r1:109
+    if ((l_flags_0 & 63) & (~S.fcw)):  # x87.r1:110
+        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:110
+        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:110
 """
 
-# FST_STi [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:517
+# FST_STi [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:877
 _T48 = """\
-b_unimplemented('FST_STi', 'spec/x87.r1:517')  # x87.r1:517
+v_src = S.fpr[S.fsw >> 11 & 7]  # x87.r1:880
+if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:81
+    raise Fault(7, None)  # x87.r1:81
+if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # x87.r1:82
+    raise Fault(16, None)  # x87.r1:82
+S.fip = $here & 0xffffffff  # x87.r1:88
+S.fcs = S.sel[1] & 0xffff  # x87.r1:89
+S.fop = $fop & 0x7ff  # x87.r1:90
+if (not (S.ftw >> ((S.fsw >> 11 & 0x7) & 7) & 1)):  # x87.r1:256
+    S.fsw = (S.fsw | 65) & 0xffff  # x87.r1:108
+    S.fsw = S.fsw & 0xfffffdff | 0x0  # x87.r1:109
+    if (1 & (~S.fcw)):  # x87.r1:110
+        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:110
+        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:110
+    if (S.fcw & 0x1):  # x87.r1:144
+        b_set_fpr((((S.fsw >> 11 & 0x7) + $dst) & 7), 1208921207928610747318272)  # x87.r1:114
+        S.ftw = (S.ftw | (1 << (((S.fsw >> 11 & 0x7) + $dst) & 7))) & 0xff  # x87.r1:115
+else:
+    l_v_0 = b_fpr(((S.fsw >> 11 & 0x7) & 7))  # x87.r1:259
+    S.fsw = S.fsw & 0xffff  # x87.r1:108
+    S.fsw = S.fsw & 0xfffffdff | 0x0  # x87.r1:109
+    b_set_fpr((((S.fsw >> 11 & 0x7) + $dst) & 7), l_v_0)  # x87.r1:114
+    S.ftw = (S.ftw | (1 << (((S.fsw >> 11 & 0x7) + $dst) & 7))) & 0xff  # x87.r1:115
 """
 
-# FSTP_M32 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/x87.r1:527
+# FSTP_M32 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/x87.r1:888
 _T49 = """\
-b_unimplemented('FSTP_M32', 'spec/x87.r1:527')  # x87.r1:527
+ea = $ea
+v_src = S.fpr[S.fsw >> 11 & 7]  # x87.r1:891
+if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:81
+    raise Fault(7, None)  # x87.r1:81
+if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # x87.r1:82
+    raise Fault(16, None)  # x87.r1:82
+S.fip = $here & 0xffffffff  # x87.r1:88
+S.fcs = S.sel[1] & 0xffff  # x87.r1:89
+S.fop = $fop & 0x7ff  # x87.r1:90
+S.fdp = ea & 0xffffffff  # x87.r1:94
+S.fds = b_seg_selector($seg) & 0xffff  # x87.r1:95
+l_r = b_f80_store(32, b_fpr(((S.fsw >> 11 & 0x7) & 7)), S.fcw)  # x87.r1:897
+if (not (S.ftw >> ((S.fsw >> 11 & 0x7) & 7) & 1)):  # x87.r1:242
+    if (S.fcw & 0x1):  # x87.r1:243
+        wr32($seg, ea, 4290772992)  # x87.r1:243
+    S.fsw = (S.fsw | 65) & 0xffff  # x87.r1:108
+    S.fsw = S.fsw & 0xfffffdff | 0x0  # x87.r1:109
+    if (1 & (~S.fcw)):  # x87.r1:110
+        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:110
+        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:110
+    if (S.fcw & 0x1):  # x87.r1:245
+        S.ftw = (S.ftw & (~(1 << ((S.fsw >> 11 & 0x7) & 7)))) & 0xff  # x87.r1:118
+        S.fsw = S.fsw & 0xffffc7ff | ((((S.fsw >> 11 & 0x7) + 1) & 7) & 7) << 11  # x87.r1:119
+else:
+    l_flags_0 = (l_r >> 80)  # x87.r1:247
+    if (not (((l_flags_0 & 25) & (~S.fcw)) != 0)):  # x87.r1:248
+        wr32($seg, ea, (l_r & 4294967295))  # x87.r1:248
+    S.fsw = (S.fsw | (l_flags_0 & 127)) & 0xffff  # x87.r1:108
+    S.fsw = S.fsw & 0xfffffdff | ((l_flags_0 >> 9 & 1) & 1) << 9  # x87.r1:109
+    if ((l_flags_0 & 63) & (~S.fcw)):  # x87.r1:110
+        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:110
+        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:110
+    if (not (((l_flags_0 & 25) & (~S.fcw)) != 0)):  # x87.r1:250
+        S.ftw = (S.ftw & (~(1 << ((S.fsw >> 11 & 0x7) & 7)))) & 0xff  # x87.r1:118
+        S.fsw = S.fsw & 0xffffc7ff | ((((S.fsw >> 11 & 0x7) + 1) & 7) & 7) << 11  # x87.r1:119
 """
 
-# FSTP_M64 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/x87.r1:537
+# FSTP_M64 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/x87.r1:899
 _T50 = """\
-b_unimplemented('FSTP_M64', 'spec/x87.r1:537')  # x87.r1:537
+ea = $ea
+v_src = S.fpr[S.fsw >> 11 & 7]  # x87.r1:902
+if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:81
+    raise Fault(7, None)  # x87.r1:81
+if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # x87.r1:82
+    raise Fault(16, None)  # x87.r1:82
+S.fip = $here & 0xffffffff  # x87.r1:88
+S.fcs = S.sel[1] & 0xffff  # x87.r1:89
+S.fop = $fop & 0x7ff  # x87.r1:90
+S.fdp = ea & 0xffffffff  # x87.r1:94
+S.fds = b_seg_selector($seg) & 0xffff  # x87.r1:95
+l_r = b_f80_store(64, b_fpr(((S.fsw >> 11 & 0x7) & 7)), S.fcw)  # x87.r1:908
+if (not (S.ftw >> ((S.fsw >> 11 & 0x7) & 7) & 1)):  # x87.r1:242
+    if (S.fcw & 0x1):  # x87.r1:243
+        b_store($seg, ea, 64, 18444492273895866368)  # x87.r1:243
+    S.fsw = (S.fsw | 65) & 0xffff  # x87.r1:108
+    S.fsw = S.fsw & 0xfffffdff | 0x0  # x87.r1:109
+    if (1 & (~S.fcw)):  # x87.r1:110
+        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:110
+        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:110
+    if (S.fcw & 0x1):  # x87.r1:245
+        S.ftw = (S.ftw & (~(1 << ((S.fsw >> 11 & 0x7) & 7)))) & 0xff  # x87.r1:118
+        S.fsw = S.fsw & 0xffffc7ff | ((((S.fsw >> 11 & 0x7) + 1) & 7) & 7) << 11  # x87.r1:119
+else:
+    l_flags_0 = (l_r >> 80)  # x87.r1:247
+    if (not (((l_flags_0 & 25) & (~S.fcw)) != 0)):  # x87.r1:248
+        b_store($seg, ea, 64, (l_r & 18446744073709551615))  # x87.r1:248
+    S.fsw = (S.fsw | (l_flags_0 & 127)) & 0xffff  # x87.r1:108
+    S.fsw = S.fsw & 0xfffffdff | ((l_flags_0 >> 9 & 1) & 1) << 9  # x87.r1:109
+    if ((l_flags_0 & 63) & (~S.fcw)):  # x87.r1:110
+        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:110
+        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:110
+    if (not (((l_flags_0 & 25) & (~S.fcw)) != 0)):  # x87.r1:250
+        S.ftw = (S.ftw & (~(1 << ((S.fsw >> 11 & 0x7) & 7)))) & 0xff  # x87.r1:118
+        S.fsw = S.fsw & 0xffffc7ff | ((((S.fsw >> 11 & 0x7) + 1) & 7) & 7) << 11  # x87.r1:119
 """
 
-# FSTP_M80 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/x87.r1:547
+# FSTP_M80 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/x87.r1:910
 _T51 = """\
-b_unimplemented('FSTP_M80', 'spec/x87.r1:547')  # x87.r1:547
+ea = $ea
+v_src = S.fpr[S.fsw >> 11 & 7]  # x87.r1:913
+if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:81
+    raise Fault(7, None)  # x87.r1:81
+if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # x87.r1:82
+    raise Fault(16, None)  # x87.r1:82
+S.fip = $here & 0xffffffff  # x87.r1:88
+S.fcs = S.sel[1] & 0xffff  # x87.r1:89
+S.fop = $fop & 0x7ff  # x87.r1:90
+S.fdp = ea & 0xffffffff  # x87.r1:94
+S.fds = b_seg_selector($seg) & 0xffff  # x87.r1:95
+l_v = b_fpr(((S.fsw >> 11 & 0x7) & 7))  # x87.r1:919
+if (not (S.ftw >> ((S.fsw >> 11 & 0x7) & 7) & 1)):  # x87.r1:242
+    if (S.fcw & 0x1):  # x87.r1:243
+        b_store($seg, ea, 80, 1208921207928610747318272)  # x87.r1:243
+    S.fsw = (S.fsw | 65) & 0xffff  # x87.r1:108
+    S.fsw = S.fsw & 0xfffffdff | 0x0  # x87.r1:109
+    if (1 & (~S.fcw)):  # x87.r1:110
+        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:110
+        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:110
+    if (S.fcw & 0x1):  # x87.r1:245
+        S.ftw = (S.ftw & (~(1 << ((S.fsw >> 11 & 0x7) & 7)))) & 0xff  # x87.r1:118
+        S.fsw = S.fsw & 0xffffc7ff | ((((S.fsw >> 11 & 0x7) + 1) & 7) & 7) << 11  # x87.r1:119
+else:
+    l_flags_0 = (l_v >> 80)  # x87.r1:247
+    if (not (((l_flags_0 & 25) & (~S.fcw)) != 0)):  # x87.r1:248
+        b_store($seg, ea, 80, (l_v & 1208925819614629174706175))  # x87.r1:248
+    S.fsw = (S.fsw | (l_flags_0 & 127)) & 0xffff  # x87.r1:108
+    S.fsw = S.fsw & 0xfffffdff | ((l_flags_0 >> 9 & 1) & 1) << 9  # x87.r1:109
+    if ((l_flags_0 & 63) & (~S.fcw)):  # x87.r1:110
+        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:110
+        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:110
+    if (not (((l_flags_0 & 25) & (~S.fcw)) != 0)):  # x87.r1:250
+        S.ftw = (S.ftw & (~(1 << ((S.fsw >> 11 & 0x7) & 7)))) & 0xff  # x87.r1:118
+        S.fsw = S.fsw & 0xffffc7ff | ((((S.fsw >> 11 & 0x7) + 1) & 7) & 7) << 11  # x87.r1:119
 """
 
-# FSTP_STi [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:557
+# FSTP_STi [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:921
 _T52 = """\
-b_unimplemented('FSTP_STi', 'spec/x87.r1:557')  # x87.r1:557
+v_src = S.fpr[S.fsw >> 11 & 7]  # x87.r1:924
+if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:81
+    raise Fault(7, None)  # x87.r1:81
+if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # x87.r1:82
+    raise Fault(16, None)  # x87.r1:82
+S.fip = $here & 0xffffffff  # x87.r1:88
+S.fcs = S.sel[1] & 0xffff  # x87.r1:89
+S.fop = $fop & 0x7ff  # x87.r1:90
+if (not (S.ftw >> ((S.fsw >> 11 & 0x7) & 7) & 1)):  # x87.r1:256
+    S.fsw = (S.fsw | 65) & 0xffff  # x87.r1:108
+    S.fsw = S.fsw & 0xfffffdff | 0x0  # x87.r1:109
+    if (1 & (~S.fcw)):  # x87.r1:110
+        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:110
+        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:110
+    if (S.fcw & 0x1):  # x87.r1:144
+        b_set_fpr((((S.fsw >> 11 & 0x7) + $dst) & 7), 1208921207928610747318272)  # x87.r1:114
+        S.ftw = (S.ftw | (1 << (((S.fsw >> 11 & 0x7) + $dst) & 7))) & 0xff  # x87.r1:115
+        S.ftw = (S.ftw & (~(1 << ((S.fsw >> 11 & 0x7) & 7)))) & 0xff  # x87.r1:118
+        S.fsw = S.fsw & 0xffffc7ff | ((((S.fsw >> 11 & 0x7) + 1) & 7) & 7) << 11  # x87.r1:119
+else:
+    l_v_0 = b_fpr(((S.fsw >> 11 & 0x7) & 7))  # x87.r1:259
+    S.fsw = S.fsw & 0xffff  # x87.r1:108
+    S.fsw = S.fsw & 0xfffffdff | 0x0  # x87.r1:109
+    b_set_fpr((((S.fsw >> 11 & 0x7) + $dst) & 7), l_v_0)  # x87.r1:114
+    S.ftw = (S.ftw | (1 << (((S.fsw >> 11 & 0x7) + $dst) & 7))) & 0xff  # x87.r1:115
+    S.ftw = (S.ftw & (~(1 << ((S.fsw >> 11 & 0x7) & 7)))) & 0xff  # x87.r1:118
+    S.fsw = S.fsw & 0xffffc7ff | ((((S.fsw >> 11 & 0x7) + 1) & 7) & 7) << 11  # x87.r1:119
 """
 
-# FILD_M16 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/x87.r1:567
+# FILD_M16 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/x87.r1:932
 _T53 = """\
-b_unimplemented('FILD_M16', 'spec/x87.r1:567')  # x87.r1:567
+ea = $ea
+if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:81
+    raise Fault(7, None)  # x87.r1:81
+if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # x87.r1:82
+    raise Fault(16, None)  # x87.r1:82
+v_src = rd16($seg, ea)  # x87.r1:935
+S.fip = $here & 0xffffffff  # x87.r1:88
+S.fcs = S.sel[1] & 0xffff  # x87.r1:89
+S.fop = $fop & 0x7ff  # x87.r1:90
+S.fdp = ea & 0xffffffff  # x87.r1:94
+S.fds = b_seg_selector($seg) & 0xffff  # x87.r1:95
+l_v = b_f80_from_int(v_src, 16)  # x87.r1:941
+if (not (not (S.ftw >> (((S.fsw >> 11 & 0x7) + 7) & 7) & 1))):  # x87.r1:128
+    S.fsw = (S.fsw | 65) & 0xffff  # x87.r1:108
+    S.fsw = S.fsw & 0xfffffdff | 0x200  # x87.r1:109
+    if (1 & (~S.fcw)):  # x87.r1:110
+        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:110
+        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:110
+    if (S.fcw & 0x1):  # x87.r1:130
+        S.fsw = S.fsw & 0xffffc7ff | ((((S.fsw >> 11 & 0x7) + 7) & 7) & 7) << 11  # x87.r1:122
+        b_set_fpr(((S.fsw >> 11 & 0x7) & 7), 1208921207928610747318272)  # x87.r1:114
+        S.ftw = (S.ftw | (1 << ((S.fsw >> 11 & 0x7) & 7))) & 0xff  # x87.r1:115
+else:
+    l_flags_0 = (l_v >> 80)  # x87.r1:135
+    S.fsw = (S.fsw | (l_flags_0 & 127)) & 0xffff  # x87.r1:108
+    S.fsw = S.fsw & 0xfffffdff | ((l_flags_0 >> 9 & 1) & 1) << 9  # x87.r1:109
+    if ((l_flags_0 & 63) & (~S.fcw)):  # x87.r1:110
+        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:110
+        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:110
+    if (not (((l_flags_0 & 7) & (~S.fcw)) != 0)):  # x87.r1:137
+        S.fsw = S.fsw & 0xffffc7ff | ((((S.fsw >> 11 & 0x7) + 7) & 7) & 7) << 11  # x87.r1:122
+        b_set_fpr(((S.fsw >> 11 & 0x7) & 7), l_v)  # x87.r1:114
+        S.ftw = (S.ftw | (1 << ((S.fsw >> 11 & 0x7) & 7))) & 0xff  # x87.r1:115
 """
 
-# FILD_M32 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/x87.r1:577
+# FILD_M32 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/x87.r1:943
 _T54 = """\
-b_unimplemented('FILD_M32', 'spec/x87.r1:577')  # x87.r1:577
+ea = $ea
+if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:81
+    raise Fault(7, None)  # x87.r1:81
+if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # x87.r1:82
+    raise Fault(16, None)  # x87.r1:82
+v_src = rd32($seg, ea)  # x87.r1:946
+S.fip = $here & 0xffffffff  # x87.r1:88
+S.fcs = S.sel[1] & 0xffff  # x87.r1:89
+S.fop = $fop & 0x7ff  # x87.r1:90
+S.fdp = ea & 0xffffffff  # x87.r1:94
+S.fds = b_seg_selector($seg) & 0xffff  # x87.r1:95
+l_v = b_f80_from_int(v_src, 32)  # x87.r1:952
+if (not (not (S.ftw >> (((S.fsw >> 11 & 0x7) + 7) & 7) & 1))):  # x87.r1:128
+    S.fsw = (S.fsw | 65) & 0xffff  # x87.r1:108
+    S.fsw = S.fsw & 0xfffffdff | 0x200  # x87.r1:109
+    if (1 & (~S.fcw)):  # x87.r1:110
+        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:110
+        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:110
+    if (S.fcw & 0x1):  # x87.r1:130
+        S.fsw = S.fsw & 0xffffc7ff | ((((S.fsw >> 11 & 0x7) + 7) & 7) & 7) << 11  # x87.r1:122
+        b_set_fpr(((S.fsw >> 11 & 0x7) & 7), 1208921207928610747318272)  # x87.r1:114
+        S.ftw = (S.ftw | (1 << ((S.fsw >> 11 & 0x7) & 7))) & 0xff  # x87.r1:115
+else:
+    l_flags_0 = (l_v >> 80)  # x87.r1:135
+    S.fsw = (S.fsw | (l_flags_0 & 127)) & 0xffff  # x87.r1:108
+    S.fsw = S.fsw & 0xfffffdff | ((l_flags_0 >> 9 & 1) & 1) << 9  # x87.r1:109
+    if ((l_flags_0 & 63) & (~S.fcw)):  # x87.r1:110
+        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:110
+        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:110
+    if (not (((l_flags_0 & 7) & (~S.fcw)) != 0)):  # x87.r1:137
+        S.fsw = S.fsw & 0xffffc7ff | ((((S.fsw >> 11 & 0x7) + 7) & 7) & 7) << 11  # x87.r1:122
+        b_set_fpr(((S.fsw >> 11 & 0x7) & 7), l_v)  # x87.r1:114
+        S.ftw = (S.ftw | (1 << ((S.fsw >> 11 & 0x7) & 7))) & 0xff  # x87.r1:115
 """
 
-# FILD_M64 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/x87.r1:587
+# FILD_M64 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/x87.r1:954
 _T55 = """\
-b_unimplemented('FILD_M64', 'spec/x87.r1:587')  # x87.r1:587
+ea = $ea
+if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:81
+    raise Fault(7, None)  # x87.r1:81
+if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # x87.r1:82
+    raise Fault(16, None)  # x87.r1:82
+v_src = b_load($seg, ea, 64)  # x87.r1:957
+S.fip = $here & 0xffffffff  # x87.r1:88
+S.fcs = S.sel[1] & 0xffff  # x87.r1:89
+S.fop = $fop & 0x7ff  # x87.r1:90
+S.fdp = ea & 0xffffffff  # x87.r1:94
+S.fds = b_seg_selector($seg) & 0xffff  # x87.r1:95
+l_v = b_f80_from_int(v_src, 64)  # x87.r1:963
+if (not (not (S.ftw >> (((S.fsw >> 11 & 0x7) + 7) & 7) & 1))):  # x87.r1:128
+    S.fsw = (S.fsw | 65) & 0xffff  # x87.r1:108
+    S.fsw = S.fsw & 0xfffffdff | 0x200  # x87.r1:109
+    if (1 & (~S.fcw)):  # x87.r1:110
+        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:110
+        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:110
+    if (S.fcw & 0x1):  # x87.r1:130
+        S.fsw = S.fsw & 0xffffc7ff | ((((S.fsw >> 11 & 0x7) + 7) & 7) & 7) << 11  # x87.r1:122
+        b_set_fpr(((S.fsw >> 11 & 0x7) & 7), 1208921207928610747318272)  # x87.r1:114
+        S.ftw = (S.ftw | (1 << ((S.fsw >> 11 & 0x7) & 7))) & 0xff  # x87.r1:115
+else:
+    l_flags_0 = (l_v >> 80)  # x87.r1:135
+    S.fsw = (S.fsw | (l_flags_0 & 127)) & 0xffff  # x87.r1:108
+    S.fsw = S.fsw & 0xfffffdff | ((l_flags_0 >> 9 & 1) & 1) << 9  # x87.r1:109
+    if ((l_flags_0 & 63) & (~S.fcw)):  # x87.r1:110
+        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:110
+        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:110
+    if (not (((l_flags_0 & 7) & (~S.fcw)) != 0)):  # x87.r1:137
+        S.fsw = S.fsw & 0xffffc7ff | ((((S.fsw >> 11 & 0x7) + 7) & 7) & 7) << 11  # x87.r1:122
+        b_set_fpr(((S.fsw >> 11 & 0x7) & 7), l_v)  # x87.r1:114
+        S.ftw = (S.ftw | (1 << ((S.fsw >> 11 & 0x7) & 7))) & 0xff  # x87.r1:115
 """
 
-# FIST_M16 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/x87.r1:597
+# FIST_M16 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/x87.r1:965
 _T56 = """\
-b_unimplemented('FIST_M16', 'spec/x87.r1:597')  # x87.r1:597
+ea = $ea
+v_src = S.fpr[S.fsw >> 11 & 7]  # x87.r1:968
+if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:81
+    raise Fault(7, None)  # x87.r1:81
+if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # x87.r1:82
+    raise Fault(16, None)  # x87.r1:82
+S.fip = $here & 0xffffffff  # x87.r1:88
+S.fcs = S.sel[1] & 0xffff  # x87.r1:89
+S.fop = $fop & 0x7ff  # x87.r1:90
+S.fdp = ea & 0xffffffff  # x87.r1:94
+S.fds = b_seg_selector($seg) & 0xffff  # x87.r1:95
+l_r = b_f80_to_int(b_fpr(((S.fsw >> 11 & 0x7) & 7)), 16, S.fcw)  # x87.r1:974
+if (not (S.ftw >> ((S.fsw >> 11 & 0x7) & 7) & 1)):  # x87.r1:242
+    if (S.fcw & 0x1):  # x87.r1:243
+        wr16($seg, ea, 32768)  # x87.r1:243
+    S.fsw = (S.fsw | 65) & 0xffff  # x87.r1:108
+    S.fsw = S.fsw & 0xfffffdff | 0x0  # x87.r1:109
+    if (1 & (~S.fcw)):  # x87.r1:110
+        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:110
+        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:110
+else:
+    l_flags_0 = (l_r >> 80)  # x87.r1:247
+    if (not (((l_flags_0 & 25) & (~S.fcw)) != 0)):  # x87.r1:248
+        wr16($seg, ea, (l_r & 65535))  # x87.r1:248
+    S.fsw = (S.fsw | (l_flags_0 & 127)) & 0xffff  # x87.r1:108
+    S.fsw = S.fsw & 0xfffffdff | ((l_flags_0 >> 9 & 1) & 1) << 9  # x87.r1:109
+    if ((l_flags_0 & 63) & (~S.fcw)):  # x87.r1:110
+        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:110
+        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:110
 """
 
-# FIST_M32 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/x87.r1:607
+# FIST_M32 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/x87.r1:976
 _T57 = """\
-b_unimplemented('FIST_M32', 'spec/x87.r1:607')  # x87.r1:607
+ea = $ea
+v_src = S.fpr[S.fsw >> 11 & 7]  # x87.r1:979
+if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:81
+    raise Fault(7, None)  # x87.r1:81
+if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # x87.r1:82
+    raise Fault(16, None)  # x87.r1:82
+S.fip = $here & 0xffffffff  # x87.r1:88
+S.fcs = S.sel[1] & 0xffff  # x87.r1:89
+S.fop = $fop & 0x7ff  # x87.r1:90
+S.fdp = ea & 0xffffffff  # x87.r1:94
+S.fds = b_seg_selector($seg) & 0xffff  # x87.r1:95
+l_r = b_f80_to_int(b_fpr(((S.fsw >> 11 & 0x7) & 7)), 32, S.fcw)  # x87.r1:985
+if (not (S.ftw >> ((S.fsw >> 11 & 0x7) & 7) & 1)):  # x87.r1:242
+    if (S.fcw & 0x1):  # x87.r1:243
+        wr32($seg, ea, 2147483648)  # x87.r1:243
+    S.fsw = (S.fsw | 65) & 0xffff  # x87.r1:108
+    S.fsw = S.fsw & 0xfffffdff | 0x0  # x87.r1:109
+    if (1 & (~S.fcw)):  # x87.r1:110
+        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:110
+        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:110
+else:
+    l_flags_0 = (l_r >> 80)  # x87.r1:247
+    if (not (((l_flags_0 & 25) & (~S.fcw)) != 0)):  # x87.r1:248
+        wr32($seg, ea, (l_r & 4294967295))  # x87.r1:248
+    S.fsw = (S.fsw | (l_flags_0 & 127)) & 0xffff  # x87.r1:108
+    S.fsw = S.fsw & 0xfffffdff | ((l_flags_0 >> 9 & 1) & 1) << 9  # x87.r1:109
+    if ((l_flags_0 & 63) & (~S.fcw)):  # x87.r1:110
+        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:110
+        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:110
 """
 
-# FISTP_M16 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/x87.r1:617
+# FISTP_M16 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/x87.r1:987
 _T58 = """\
-b_unimplemented('FISTP_M16', 'spec/x87.r1:617')  # x87.r1:617
+ea = $ea
+v_src = S.fpr[S.fsw >> 11 & 7]  # x87.r1:990
+if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:81
+    raise Fault(7, None)  # x87.r1:81
+if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # x87.r1:82
+    raise Fault(16, None)  # x87.r1:82
+S.fip = $here & 0xffffffff  # x87.r1:88
+S.fcs = S.sel[1] & 0xffff  # x87.r1:89
+S.fop = $fop & 0x7ff  # x87.r1:90
+S.fdp = ea & 0xffffffff  # x87.r1:94
+S.fds = b_seg_selector($seg) & 0xffff  # x87.r1:95
+l_r = b_f80_to_int(b_fpr(((S.fsw >> 11 & 0x7) & 7)), 16, S.fcw)  # x87.r1:996
+if (not (S.ftw >> ((S.fsw >> 11 & 0x7) & 7) & 1)):  # x87.r1:242
+    if (S.fcw & 0x1):  # x87.r1:243
+        wr16($seg, ea, 32768)  # x87.r1:243
+    S.fsw = (S.fsw | 65) & 0xffff  # x87.r1:108
+    S.fsw = S.fsw & 0xfffffdff | 0x0  # x87.r1:109
+    if (1 & (~S.fcw)):  # x87.r1:110
+        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:110
+        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:110
+    if (S.fcw & 0x1):  # x87.r1:245
+        S.ftw = (S.ftw & (~(1 << ((S.fsw >> 11 & 0x7) & 7)))) & 0xff  # x87.r1:118
+        S.fsw = S.fsw & 0xffffc7ff | ((((S.fsw >> 11 & 0x7) + 1) & 7) & 7) << 11  # x87.r1:119
+else:
+    l_flags_0 = (l_r >> 80)  # x87.r1:247
+    if (not (((l_flags_0 & 25) & (~S.fcw)) != 0)):  # x87.r1:248
+        wr16($seg, ea, (l_r & 65535))  # x87.r1:248
+    S.fsw = (S.fsw | (l_flags_0 & 127)) & 0xffff  # x87.r1:108
+    S.fsw = S.fsw & 0xfffffdff | ((l_flags_0 >> 9 & 1) & 1) << 9  # x87.r1:109
+    if ((l_flags_0 & 63) & (~S.fcw)):  # x87.r1:110
+        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:110
+        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:110
+    if (not (((l_flags_0 & 25) & (~S.fcw)) != 0)):  # x87.r1:250
+        S.ftw = (S.ftw & (~(1 << ((S.fsw >> 11 & 0x7) & 7)))) & 0xff  # x87.r1:118
+        S.fsw = S.fsw & 0xffffc7ff | ((((S.fsw >> 11 & 0x7) + 1) & 7) & 7) << 11  # x87.r1:119
 """
 
-# FISTP_M32 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/x87.r1:627
+# FISTP_M32 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/x87.r1:998
 _T59 = """\
-b_unimplemented('FISTP_M32', 'spec/x87.r1:627')  # x87.r1:627
+ea = $ea
+v_src = S.fpr[S.fsw >> 11 & 7]  # x87.r1:1001
+if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:81
+    raise Fault(7, None)  # x87.r1:81
+if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # x87.r1:82
+    raise Fault(16, None)  # x87.r1:82
+S.fip = $here & 0xffffffff  # x87.r1:88
+S.fcs = S.sel[1] & 0xffff  # x87.r1:89
+S.fop = $fop & 0x7ff  # x87.r1:90
+S.fdp = ea & 0xffffffff  # x87.r1:94
+S.fds = b_seg_selector($seg) & 0xffff  # x87.r1:95
+l_r = b_f80_to_int(b_fpr(((S.fsw >> 11 & 0x7) & 7)), 32, S.fcw)  # x87.r1:1007
+if (not (S.ftw >> ((S.fsw >> 11 & 0x7) & 7) & 1)):  # x87.r1:242
+    if (S.fcw & 0x1):  # x87.r1:243
+        wr32($seg, ea, 2147483648)  # x87.r1:243
+    S.fsw = (S.fsw | 65) & 0xffff  # x87.r1:108
+    S.fsw = S.fsw & 0xfffffdff | 0x0  # x87.r1:109
+    if (1 & (~S.fcw)):  # x87.r1:110
+        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:110
+        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:110
+    if (S.fcw & 0x1):  # x87.r1:245
+        S.ftw = (S.ftw & (~(1 << ((S.fsw >> 11 & 0x7) & 7)))) & 0xff  # x87.r1:118
+        S.fsw = S.fsw & 0xffffc7ff | ((((S.fsw >> 11 & 0x7) + 1) & 7) & 7) << 11  # x87.r1:119
+else:
+    l_flags_0 = (l_r >> 80)  # x87.r1:247
+    if (not (((l_flags_0 & 25) & (~S.fcw)) != 0)):  # x87.r1:248
+        wr32($seg, ea, (l_r & 4294967295))  # x87.r1:248
+    S.fsw = (S.fsw | (l_flags_0 & 127)) & 0xffff  # x87.r1:108
+    S.fsw = S.fsw & 0xfffffdff | ((l_flags_0 >> 9 & 1) & 1) << 9  # x87.r1:109
+    if ((l_flags_0 & 63) & (~S.fcw)):  # x87.r1:110
+        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:110
+        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:110
+    if (not (((l_flags_0 & 25) & (~S.fcw)) != 0)):  # x87.r1:250
+        S.ftw = (S.ftw & (~(1 << ((S.fsw >> 11 & 0x7) & 7)))) & 0xff  # x87.r1:118
+        S.fsw = S.fsw & 0xffffc7ff | ((((S.fsw >> 11 & 0x7) + 1) & 7) & 7) << 11  # x87.r1:119
 """
 
-# FISTP_M64 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/x87.r1:637
+# FISTP_M64 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/x87.r1:1009
 _T60 = """\
-b_unimplemented('FISTP_M64', 'spec/x87.r1:637')  # x87.r1:637
+ea = $ea
+v_src = S.fpr[S.fsw >> 11 & 7]  # x87.r1:1012
+if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:81
+    raise Fault(7, None)  # x87.r1:81
+if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # x87.r1:82
+    raise Fault(16, None)  # x87.r1:82
+S.fip = $here & 0xffffffff  # x87.r1:88
+S.fcs = S.sel[1] & 0xffff  # x87.r1:89
+S.fop = $fop & 0x7ff  # x87.r1:90
+S.fdp = ea & 0xffffffff  # x87.r1:94
+S.fds = b_seg_selector($seg) & 0xffff  # x87.r1:95
+l_r = b_f80_to_int(b_fpr(((S.fsw >> 11 & 0x7) & 7)), 64, S.fcw)  # x87.r1:1018
+if (not (S.ftw >> ((S.fsw >> 11 & 0x7) & 7) & 1)):  # x87.r1:242
+    if (S.fcw & 0x1):  # x87.r1:243
+        b_store($seg, ea, 64, 9223372036854775808)  # x87.r1:243
+    S.fsw = (S.fsw | 65) & 0xffff  # x87.r1:108
+    S.fsw = S.fsw & 0xfffffdff | 0x0  # x87.r1:109
+    if (1 & (~S.fcw)):  # x87.r1:110
+        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:110
+        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:110
+    if (S.fcw & 0x1):  # x87.r1:245
+        S.ftw = (S.ftw & (~(1 << ((S.fsw >> 11 & 0x7) & 7)))) & 0xff  # x87.r1:118
+        S.fsw = S.fsw & 0xffffc7ff | ((((S.fsw >> 11 & 0x7) + 1) & 7) & 7) << 11  # x87.r1:119
+else:
+    l_flags_0 = (l_r >> 80)  # x87.r1:247
+    if (not (((l_flags_0 & 25) & (~S.fcw)) != 0)):  # x87.r1:248
+        b_store($seg, ea, 64, (l_r & 18446744073709551615))  # x87.r1:248
+    S.fsw = (S.fsw | (l_flags_0 & 127)) & 0xffff  # x87.r1:108
+    S.fsw = S.fsw & 0xfffffdff | ((l_flags_0 >> 9 & 1) & 1) << 9  # x87.r1:109
+    if ((l_flags_0 & 63) & (~S.fcw)):  # x87.r1:110
+        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:110
+        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:110
+    if (not (((l_flags_0 & 25) & (~S.fcw)) != 0)):  # x87.r1:250
+        S.ftw = (S.ftw & (~(1 << ((S.fsw >> 11 & 0x7) & 7)))) & 0xff  # x87.r1:118
+        S.fsw = S.fsw & 0xffffc7ff | ((((S.fsw >> 11 & 0x7) + 1) & 7) & 7) << 11  # x87.r1:119
 """
 
-# FBLD_M80 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/x87.r1:647
+# FBLD_M80 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/x87.r1:1020
 _T61 = """\
-b_unimplemented('FBLD_M80', 'spec/x87.r1:647')  # x87.r1:647
+ea = $ea
+if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:81
+    raise Fault(7, None)  # x87.r1:81
+if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # x87.r1:82
+    raise Fault(16, None)  # x87.r1:82
+v_src = b_load($seg, ea, 80)  # x87.r1:1023
+S.fip = $here & 0xffffffff  # x87.r1:88
+S.fcs = S.sel[1] & 0xffff  # x87.r1:89
+S.fop = $fop & 0x7ff  # x87.r1:90
+S.fdp = ea & 0xffffffff  # x87.r1:94
+S.fds = b_seg_selector($seg) & 0xffff  # x87.r1:95
+l_v = b_f80_from_bcd(v_src)  # x87.r1:1029
+if (not (not (S.ftw >> (((S.fsw >> 11 & 0x7) + 7) & 7) & 1))):  # x87.r1:128
+    S.fsw = (S.fsw | 65) & 0xffff  # x87.r1:108
+    S.fsw = S.fsw & 0xfffffdff | 0x200  # x87.r1:109
+    if (1 & (~S.fcw)):  # x87.r1:110
+        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:110
+        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:110
+    if (S.fcw & 0x1):  # x87.r1:130
+        S.fsw = S.fsw & 0xffffc7ff | ((((S.fsw >> 11 & 0x7) + 7) & 7) & 7) << 11  # x87.r1:122
+        b_set_fpr(((S.fsw >> 11 & 0x7) & 7), 1208921207928610747318272)  # x87.r1:114
+        S.ftw = (S.ftw | (1 << ((S.fsw >> 11 & 0x7) & 7))) & 0xff  # x87.r1:115
+else:
+    l_flags_0 = (l_v >> 80)  # x87.r1:135
+    S.fsw = (S.fsw | (l_flags_0 & 127)) & 0xffff  # x87.r1:108
+    S.fsw = S.fsw & 0xfffffdff | ((l_flags_0 >> 9 & 1) & 1) << 9  # x87.r1:109
+    if ((l_flags_0 & 63) & (~S.fcw)):  # x87.r1:110
+        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:110
+        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:110
+    if (not (((l_flags_0 & 7) & (~S.fcw)) != 0)):  # x87.r1:137
+        S.fsw = S.fsw & 0xffffc7ff | ((((S.fsw >> 11 & 0x7) + 7) & 7) & 7) << 11  # x87.r1:122
+        b_set_fpr(((S.fsw >> 11 & 0x7) & 7), l_v)  # x87.r1:114
+        S.ftw = (S.ftw | (1 << ((S.fsw >> 11 & 0x7) & 7))) & 0xff  # x87.r1:115
 """
 
-# FBSTP_M80 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/x87.r1:657
+# FBSTP_M80 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/x87.r1:1031
 _T62 = """\
-b_unimplemented('FBSTP_M80', 'spec/x87.r1:657')  # x87.r1:657
+ea = $ea
+v_src = S.fpr[S.fsw >> 11 & 7]  # x87.r1:1034
+if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:81
+    raise Fault(7, None)  # x87.r1:81
+if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # x87.r1:82
+    raise Fault(16, None)  # x87.r1:82
+S.fip = $here & 0xffffffff  # x87.r1:88
+S.fcs = S.sel[1] & 0xffff  # x87.r1:89
+S.fop = $fop & 0x7ff  # x87.r1:90
+S.fdp = ea & 0xffffffff  # x87.r1:94
+S.fds = b_seg_selector($seg) & 0xffff  # x87.r1:95
+l_r = b_f80_to_bcd(b_fpr(((S.fsw >> 11 & 0x7) & 7)), S.fcw)  # x87.r1:1040
+if (not (S.ftw >> ((S.fsw >> 11 & 0x7) & 7) & 1)):  # x87.r1:242
+    if (S.fcw & 0x1):  # x87.r1:243
+        b_store($seg, ea, 80, 1208921207928610747318272)  # x87.r1:243
+    S.fsw = (S.fsw | 65) & 0xffff  # x87.r1:108
+    S.fsw = S.fsw & 0xfffffdff | 0x0  # x87.r1:109
+    if (1 & (~S.fcw)):  # x87.r1:110
+        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:110
+        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:110
+    if (S.fcw & 0x1):  # x87.r1:245
+        S.ftw = (S.ftw & (~(1 << ((S.fsw >> 11 & 0x7) & 7)))) & 0xff  # x87.r1:118
+        S.fsw = S.fsw & 0xffffc7ff | ((((S.fsw >> 11 & 0x7) + 1) & 7) & 7) << 11  # x87.r1:119
+else:
+    l_flags_0 = (l_r >> 80)  # x87.r1:247
+    if (not (((l_flags_0 & 25) & (~S.fcw)) != 0)):  # x87.r1:248
+        b_store($seg, ea, 80, (l_r & 1208925819614629174706175))  # x87.r1:248
+    S.fsw = (S.fsw | (l_flags_0 & 127)) & 0xffff  # x87.r1:108
+    S.fsw = S.fsw & 0xfffffdff | ((l_flags_0 >> 9 & 1) & 1) << 9  # x87.r1:109
+    if ((l_flags_0 & 63) & (~S.fcw)):  # x87.r1:110
+        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:110
+        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:110
+    if (not (((l_flags_0 & 25) & (~S.fcw)) != 0)):  # x87.r1:250
+        S.ftw = (S.ftw & (~(1 << ((S.fsw >> 11 & 0x7) & 7)))) & 0xff  # x87.r1:118
+        S.fsw = S.fsw & 0xffffc7ff | ((((S.fsw >> 11 & 0x7) + 1) & 7) & 7) << 11  # x87.r1:119
 """
 
-# FXCH_STi [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:667
+# FXCH_STi [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:1042
 _T63 = """\
-b_unimplemented('FXCH_STi', 'spec/x87.r1:667')  # x87.r1:667
+v_a = S.fpr[S.fsw >> 11 & 7]  # x87.r1:1045
+v_b = S.fpr[(S.fsw >> 11) + $b & 7]  # x87.r1:1045
+if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:81
+    raise Fault(7, None)  # x87.r1:81
+if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # x87.r1:82
+    raise Fault(16, None)  # x87.r1:82
+S.fip = $here & 0xffffffff  # x87.r1:88
+S.fcs = S.sel[1] & 0xffff  # x87.r1:89
+S.fop = $fop & 0x7ff  # x87.r1:90
+l_x_0 = b_fpr(((S.fsw >> 11 & 0x7) & 7))  # x87.r1:308
+l_y_1 = b_fpr((((S.fsw >> 11 & 0x7) + $b) & 7))  # x87.r1:309
+if ((not (S.ftw >> ((S.fsw >> 11 & 0x7) & 7) & 1)) or (not (S.ftw >> (((S.fsw >> 11 & 0x7) + $b) & 7) & 1))):  # x87.r1:310
+    S.fsw = (S.fsw | 65) & 0xffff  # x87.r1:108
+    S.fsw = S.fsw & 0xfffffdff | 0x0  # x87.r1:109
+    if (1 & (~S.fcw)):  # x87.r1:110
+        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:110
+        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:110
+    if (S.fcw & 0x1):  # x87.r1:312
+        if (not (S.ftw >> ((S.fsw >> 11 & 0x7) & 7) & 1)):  # x87.r1:313
+            l_x_0 = 1208921207928610747318272  # x87.r1:313
+        if (not (S.ftw >> (((S.fsw >> 11 & 0x7) + $b) & 7) & 1)):  # x87.r1:314
+            l_y_1 = 1208921207928610747318272  # x87.r1:314
+        b_set_fpr(((S.fsw >> 11 & 0x7) & 7), l_y_1)  # x87.r1:114
+        S.ftw = (S.ftw | (1 << ((S.fsw >> 11 & 0x7) & 7))) & 0xff  # x87.r1:115
+        b_set_fpr((((S.fsw >> 11 & 0x7) + $b) & 7), l_x_0)  # x87.r1:114
+        S.ftw = (S.ftw | (1 << (((S.fsw >> 11 & 0x7) + $b) & 7))) & 0xff  # x87.r1:115
+else:
+    S.fsw = S.fsw & 0xffff  # x87.r1:108
+    S.fsw = S.fsw & 0xfffffdff | 0x0  # x87.r1:109
+    b_set_fpr(((S.fsw >> 11 & 0x7) & 7), l_y_1)  # x87.r1:114
+    S.ftw = (S.ftw | (1 << ((S.fsw >> 11 & 0x7) & 7))) & 0xff  # x87.r1:115
+    b_set_fpr((((S.fsw >> 11 & 0x7) + $b) & 7), l_x_0)  # x87.r1:114
+    S.ftw = (S.ftw | (1 << (((S.fsw >> 11 & 0x7) + $b) & 7))) & 0xff  # x87.r1:115
 """
 
-# FCMOVB_ST0_STi [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:679
+# FCMOVB_ST0_STi [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:1055
 _T64 = """\
-b_unimplemented('FCMOVB_ST0_STi', 'spec/x87.r1:679')  # x87.r1:679
+v_dst = S.fpr[S.fsw >> 11 & 7]  # x87.r1:1058
+v_src = S.fpr[(S.fsw >> 11) + $src & 7]  # x87.r1:1058
+if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:81
+    raise Fault(7, None)  # x87.r1:81
+if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # x87.r1:82
+    raise Fault(16, None)  # x87.r1:82
+S.fip = $here & 0xffffffff  # x87.r1:88
+S.fcs = S.sel[1] & 0xffff  # x87.r1:89
+S.fop = $fop & 0x7ff  # x87.r1:90
+m_c_0 = GET_CF[S.cc[0]](S.cc)
+if ((not (S.ftw >> ((S.fsw >> 11 & 0x7) & 7) & 1)) or (not (S.ftw >> (((S.fsw >> 11 & 0x7) + $src) & 7) & 1))):  # x87.r1:327
+    S.fsw = (S.fsw | 65) & 0xffff  # x87.r1:108
+    S.fsw = S.fsw & 0xfffffdff | 0x0  # x87.r1:109
+    if (1 & (~S.fcw)):  # x87.r1:110
+        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:110
+        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:110
+    if (S.fcw & 0x1):  # x87.r1:144
+        b_set_fpr(((S.fsw >> 11 & 0x7) & 7), 1208921207928610747318272)  # x87.r1:114
+        S.ftw = (S.ftw | (1 << ((S.fsw >> 11 & 0x7) & 7))) & 0xff  # x87.r1:115
+else:
+    l_v_1 = b_fpr((((S.fsw >> 11 & 0x7) + $src) & 7))  # x87.r1:330
+    S.fsw = S.fsw & 0xfffffdff | 0x0  # x87.r1:331
+    if m_c_0:  # x87.r1:332
+        b_set_fpr(((S.fsw >> 11 & 0x7) & 7), l_v_1)  # x87.r1:114
+        S.ftw = (S.ftw | (1 << ((S.fsw >> 11 & 0x7) & 7))) & 0xff  # x87.r1:115
 """
 
-# FCMOVE_ST0_STi [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:689
+# FCMOVE_ST0_STi [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:1066
 _T65 = """\
-b_unimplemented('FCMOVE_ST0_STi', 'spec/x87.r1:689')  # x87.r1:689
+v_dst = S.fpr[S.fsw >> 11 & 7]  # x87.r1:1069
+v_src = S.fpr[(S.fsw >> 11) + $src & 7]  # x87.r1:1069
+if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:81
+    raise Fault(7, None)  # x87.r1:81
+if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # x87.r1:82
+    raise Fault(16, None)  # x87.r1:82
+S.fip = $here & 0xffffffff  # x87.r1:88
+S.fcs = S.sel[1] & 0xffff  # x87.r1:89
+S.fop = $fop & 0x7ff  # x87.r1:90
+m_c_0 = GET_ZF[S.cc[0]](S.cc)
+if ((not (S.ftw >> ((S.fsw >> 11 & 0x7) & 7) & 1)) or (not (S.ftw >> (((S.fsw >> 11 & 0x7) + $src) & 7) & 1))):  # x87.r1:327
+    S.fsw = (S.fsw | 65) & 0xffff  # x87.r1:108
+    S.fsw = S.fsw & 0xfffffdff | 0x0  # x87.r1:109
+    if (1 & (~S.fcw)):  # x87.r1:110
+        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:110
+        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:110
+    if (S.fcw & 0x1):  # x87.r1:144
+        b_set_fpr(((S.fsw >> 11 & 0x7) & 7), 1208921207928610747318272)  # x87.r1:114
+        S.ftw = (S.ftw | (1 << ((S.fsw >> 11 & 0x7) & 7))) & 0xff  # x87.r1:115
+else:
+    l_v_1 = b_fpr((((S.fsw >> 11 & 0x7) + $src) & 7))  # x87.r1:330
+    S.fsw = S.fsw & 0xfffffdff | 0x0  # x87.r1:331
+    if m_c_0:  # x87.r1:332
+        b_set_fpr(((S.fsw >> 11 & 0x7) & 7), l_v_1)  # x87.r1:114
+        S.ftw = (S.ftw | (1 << ((S.fsw >> 11 & 0x7) & 7))) & 0xff  # x87.r1:115
 """
 
-# FCMOVBE_ST0_STi [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:699
+# FCMOVBE_ST0_STi [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:1077
 _T66 = """\
-b_unimplemented('FCMOVBE_ST0_STi', 'spec/x87.r1:699')  # x87.r1:699
+v_dst = S.fpr[S.fsw >> 11 & 7]  # x87.r1:1080
+v_src = S.fpr[(S.fsw >> 11) + $src & 7]  # x87.r1:1080
+if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:81
+    raise Fault(7, None)  # x87.r1:81
+if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # x87.r1:82
+    raise Fault(16, None)  # x87.r1:82
+S.fip = $here & 0xffffffff  # x87.r1:88
+S.fcs = S.sel[1] & 0xffff  # x87.r1:89
+S.fop = $fop & 0x7ff  # x87.r1:90
+m_c_0 = (GET_CF[S.cc[0]](S.cc) or GET_ZF[S.cc[0]](S.cc))
+if ((not (S.ftw >> ((S.fsw >> 11 & 0x7) & 7) & 1)) or (not (S.ftw >> (((S.fsw >> 11 & 0x7) + $src) & 7) & 1))):  # x87.r1:327
+    S.fsw = (S.fsw | 65) & 0xffff  # x87.r1:108
+    S.fsw = S.fsw & 0xfffffdff | 0x0  # x87.r1:109
+    if (1 & (~S.fcw)):  # x87.r1:110
+        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:110
+        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:110
+    if (S.fcw & 0x1):  # x87.r1:144
+        b_set_fpr(((S.fsw >> 11 & 0x7) & 7), 1208921207928610747318272)  # x87.r1:114
+        S.ftw = (S.ftw | (1 << ((S.fsw >> 11 & 0x7) & 7))) & 0xff  # x87.r1:115
+else:
+    l_v_1 = b_fpr((((S.fsw >> 11 & 0x7) + $src) & 7))  # x87.r1:330
+    S.fsw = S.fsw & 0xfffffdff | 0x0  # x87.r1:331
+    if m_c_0:  # x87.r1:332
+        b_set_fpr(((S.fsw >> 11 & 0x7) & 7), l_v_1)  # x87.r1:114
+        S.ftw = (S.ftw | (1 << ((S.fsw >> 11 & 0x7) & 7))) & 0xff  # x87.r1:115
 """
 
-# FCMOVU_ST0_STi [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:709
+# FCMOVU_ST0_STi [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:1088
 _T67 = """\
-b_unimplemented('FCMOVU_ST0_STi', 'spec/x87.r1:709')  # x87.r1:709
+v_dst = S.fpr[S.fsw >> 11 & 7]  # x87.r1:1091
+v_src = S.fpr[(S.fsw >> 11) + $src & 7]  # x87.r1:1091
+if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:81
+    raise Fault(7, None)  # x87.r1:81
+if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # x87.r1:82
+    raise Fault(16, None)  # x87.r1:82
+S.fip = $here & 0xffffffff  # x87.r1:88
+S.fcs = S.sel[1] & 0xffff  # x87.r1:89
+S.fop = $fop & 0x7ff  # x87.r1:90
+m_c_0 = GET_PF[S.cc[0]](S.cc)
+if ((not (S.ftw >> ((S.fsw >> 11 & 0x7) & 7) & 1)) or (not (S.ftw >> (((S.fsw >> 11 & 0x7) + $src) & 7) & 1))):  # x87.r1:327
+    S.fsw = (S.fsw | 65) & 0xffff  # x87.r1:108
+    S.fsw = S.fsw & 0xfffffdff | 0x0  # x87.r1:109
+    if (1 & (~S.fcw)):  # x87.r1:110
+        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:110
+        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:110
+    if (S.fcw & 0x1):  # x87.r1:144
+        b_set_fpr(((S.fsw >> 11 & 0x7) & 7), 1208921207928610747318272)  # x87.r1:114
+        S.ftw = (S.ftw | (1 << ((S.fsw >> 11 & 0x7) & 7))) & 0xff  # x87.r1:115
+else:
+    l_v_1 = b_fpr((((S.fsw >> 11 & 0x7) + $src) & 7))  # x87.r1:330
+    S.fsw = S.fsw & 0xfffffdff | 0x0  # x87.r1:331
+    if m_c_0:  # x87.r1:332
+        b_set_fpr(((S.fsw >> 11 & 0x7) & 7), l_v_1)  # x87.r1:114
+        S.ftw = (S.ftw | (1 << ((S.fsw >> 11 & 0x7) & 7))) & 0xff  # x87.r1:115
 """
 
-# FCMOVNB_ST0_STi [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:719
+# FCMOVNB_ST0_STi [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:1099
 _T68 = """\
-b_unimplemented('FCMOVNB_ST0_STi', 'spec/x87.r1:719')  # x87.r1:719
+v_dst = S.fpr[S.fsw >> 11 & 7]  # x87.r1:1102
+v_src = S.fpr[(S.fsw >> 11) + $src & 7]  # x87.r1:1102
+if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:81
+    raise Fault(7, None)  # x87.r1:81
+if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # x87.r1:82
+    raise Fault(16, None)  # x87.r1:82
+S.fip = $here & 0xffffffff  # x87.r1:88
+S.fcs = S.sel[1] & 0xffff  # x87.r1:89
+S.fop = $fop & 0x7ff  # x87.r1:90
+m_c_0 = (not GET_CF[S.cc[0]](S.cc))
+if ((not (S.ftw >> ((S.fsw >> 11 & 0x7) & 7) & 1)) or (not (S.ftw >> (((S.fsw >> 11 & 0x7) + $src) & 7) & 1))):  # x87.r1:327
+    S.fsw = (S.fsw | 65) & 0xffff  # x87.r1:108
+    S.fsw = S.fsw & 0xfffffdff | 0x0  # x87.r1:109
+    if (1 & (~S.fcw)):  # x87.r1:110
+        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:110
+        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:110
+    if (S.fcw & 0x1):  # x87.r1:144
+        b_set_fpr(((S.fsw >> 11 & 0x7) & 7), 1208921207928610747318272)  # x87.r1:114
+        S.ftw = (S.ftw | (1 << ((S.fsw >> 11 & 0x7) & 7))) & 0xff  # x87.r1:115
+else:
+    l_v_1 = b_fpr((((S.fsw >> 11 & 0x7) + $src) & 7))  # x87.r1:330
+    S.fsw = S.fsw & 0xfffffdff | 0x0  # x87.r1:331
+    if m_c_0:  # x87.r1:332
+        b_set_fpr(((S.fsw >> 11 & 0x7) & 7), l_v_1)  # x87.r1:114
+        S.ftw = (S.ftw | (1 << ((S.fsw >> 11 & 0x7) & 7))) & 0xff  # x87.r1:115
 """
 
-# FCMOVNE_ST0_STi [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:729
+# FCMOVNE_ST0_STi [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:1110
 _T69 = """\
-b_unimplemented('FCMOVNE_ST0_STi', 'spec/x87.r1:729')  # x87.r1:729
+v_dst = S.fpr[S.fsw >> 11 & 7]  # x87.r1:1113
+v_src = S.fpr[(S.fsw >> 11) + $src & 7]  # x87.r1:1113
+if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:81
+    raise Fault(7, None)  # x87.r1:81
+if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # x87.r1:82
+    raise Fault(16, None)  # x87.r1:82
+S.fip = $here & 0xffffffff  # x87.r1:88
+S.fcs = S.sel[1] & 0xffff  # x87.r1:89
+S.fop = $fop & 0x7ff  # x87.r1:90
+m_c_0 = (not GET_ZF[S.cc[0]](S.cc))
+if ((not (S.ftw >> ((S.fsw >> 11 & 0x7) & 7) & 1)) or (not (S.ftw >> (((S.fsw >> 11 & 0x7) + $src) & 7) & 1))):  # x87.r1:327
+    S.fsw = (S.fsw | 65) & 0xffff  # x87.r1:108
+    S.fsw = S.fsw & 0xfffffdff | 0x0  # x87.r1:109
+    if (1 & (~S.fcw)):  # x87.r1:110
+        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:110
+        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:110
+    if (S.fcw & 0x1):  # x87.r1:144
+        b_set_fpr(((S.fsw >> 11 & 0x7) & 7), 1208921207928610747318272)  # x87.r1:114
+        S.ftw = (S.ftw | (1 << ((S.fsw >> 11 & 0x7) & 7))) & 0xff  # x87.r1:115
+else:
+    l_v_1 = b_fpr((((S.fsw >> 11 & 0x7) + $src) & 7))  # x87.r1:330
+    S.fsw = S.fsw & 0xfffffdff | 0x0  # x87.r1:331
+    if m_c_0:  # x87.r1:332
+        b_set_fpr(((S.fsw >> 11 & 0x7) & 7), l_v_1)  # x87.r1:114
+        S.ftw = (S.ftw | (1 << ((S.fsw >> 11 & 0x7) & 7))) & 0xff  # x87.r1:115
 """
 
-# FCMOVNBE_ST0_STi [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:739
+# FCMOVNBE_ST0_STi [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:1121
 _T70 = """\
-b_unimplemented('FCMOVNBE_ST0_STi', 'spec/x87.r1:739')  # x87.r1:739
+v_dst = S.fpr[S.fsw >> 11 & 7]  # x87.r1:1124
+v_src = S.fpr[(S.fsw >> 11) + $src & 7]  # x87.r1:1124
+if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:81
+    raise Fault(7, None)  # x87.r1:81
+if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # x87.r1:82
+    raise Fault(16, None)  # x87.r1:82
+S.fip = $here & 0xffffffff  # x87.r1:88
+S.fcs = S.sel[1] & 0xffff  # x87.r1:89
+S.fop = $fop & 0x7ff  # x87.r1:90
+m_c_0 = (not (GET_CF[S.cc[0]](S.cc) or GET_ZF[S.cc[0]](S.cc)))
+if ((not (S.ftw >> ((S.fsw >> 11 & 0x7) & 7) & 1)) or (not (S.ftw >> (((S.fsw >> 11 & 0x7) + $src) & 7) & 1))):  # x87.r1:327
+    S.fsw = (S.fsw | 65) & 0xffff  # x87.r1:108
+    S.fsw = S.fsw & 0xfffffdff | 0x0  # x87.r1:109
+    if (1 & (~S.fcw)):  # x87.r1:110
+        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:110
+        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:110
+    if (S.fcw & 0x1):  # x87.r1:144
+        b_set_fpr(((S.fsw >> 11 & 0x7) & 7), 1208921207928610747318272)  # x87.r1:114
+        S.ftw = (S.ftw | (1 << ((S.fsw >> 11 & 0x7) & 7))) & 0xff  # x87.r1:115
+else:
+    l_v_1 = b_fpr((((S.fsw >> 11 & 0x7) + $src) & 7))  # x87.r1:330
+    S.fsw = S.fsw & 0xfffffdff | 0x0  # x87.r1:331
+    if m_c_0:  # x87.r1:332
+        b_set_fpr(((S.fsw >> 11 & 0x7) & 7), l_v_1)  # x87.r1:114
+        S.ftw = (S.ftw | (1 << ((S.fsw >> 11 & 0x7) & 7))) & 0xff  # x87.r1:115
 """
 
-# FCMOVNU_ST0_STi [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:749
+# FCMOVNU_ST0_STi [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:1132
 _T71 = """\
-b_unimplemented('FCMOVNU_ST0_STi', 'spec/x87.r1:749')  # x87.r1:749
+v_dst = S.fpr[S.fsw >> 11 & 7]  # x87.r1:1135
+v_src = S.fpr[(S.fsw >> 11) + $src & 7]  # x87.r1:1135
+if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:81
+    raise Fault(7, None)  # x87.r1:81
+if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # x87.r1:82
+    raise Fault(16, None)  # x87.r1:82
+S.fip = $here & 0xffffffff  # x87.r1:88
+S.fcs = S.sel[1] & 0xffff  # x87.r1:89
+S.fop = $fop & 0x7ff  # x87.r1:90
+m_c_0 = (not GET_PF[S.cc[0]](S.cc))
+if ((not (S.ftw >> ((S.fsw >> 11 & 0x7) & 7) & 1)) or (not (S.ftw >> (((S.fsw >> 11 & 0x7) + $src) & 7) & 1))):  # x87.r1:327
+    S.fsw = (S.fsw | 65) & 0xffff  # x87.r1:108
+    S.fsw = S.fsw & 0xfffffdff | 0x0  # x87.r1:109
+    if (1 & (~S.fcw)):  # x87.r1:110
+        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:110
+        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:110
+    if (S.fcw & 0x1):  # x87.r1:144
+        b_set_fpr(((S.fsw >> 11 & 0x7) & 7), 1208921207928610747318272)  # x87.r1:114
+        S.ftw = (S.ftw | (1 << ((S.fsw >> 11 & 0x7) & 7))) & 0xff  # x87.r1:115
+else:
+    l_v_1 = b_fpr((((S.fsw >> 11 & 0x7) + $src) & 7))  # x87.r1:330
+    S.fsw = S.fsw & 0xfffffdff | 0x0  # x87.r1:331
+    if m_c_0:  # x87.r1:332
+        b_set_fpr(((S.fsw >> 11 & 0x7) & 7), l_v_1)  # x87.r1:114
+        S.ftw = (S.ftw | (1 << ((S.fsw >> 11 & 0x7) & 7))) & 0xff  # x87.r1:115
 """
 
-# FCOM_M32 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/x87.r1:761
+# FCOM_M32 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/x87.r1:1145
 _T72 = """\
-b_unimplemented('FCOM_M32', 'spec/x87.r1:761')  # x87.r1:761
+ea = $ea
+v_a = S.fpr[S.fsw >> 11 & 7]  # x87.r1:1148
+if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:81
+    raise Fault(7, None)  # x87.r1:81
+if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # x87.r1:82
+    raise Fault(16, None)  # x87.r1:82
+v_b = rd32($seg, ea)  # x87.r1:1148
+S.fip = $here & 0xffffffff  # x87.r1:88
+S.fcs = S.sel[1] & 0xffff  # x87.r1:89
+S.fop = $fop & 0x7ff  # x87.r1:90
+S.fdp = ea & 0xffffffff  # x87.r1:94
+S.fds = b_seg_selector($seg) & 0xffff  # x87.r1:95
+l_r = b_f80_compare(b_fpr(((S.fsw >> 11 & 0x7) & 7)), v_b, 32, 0)  # x87.r1:1154
+l_rel_0 = (l_r & 3)  # x87.r1:270
+l_flags_1 = (l_r >> 80)  # x87.r1:271
+if (not (S.ftw >> ((S.fsw >> 11 & 0x7) & 7) & 1)):  # x87.r1:272
+    l_rel_0 = 3  # x87.r1:273
+    l_flags_1 = 65  # x87.r1:274
+S.fsw = (S.fsw | (l_flags_1 & 127)) & 0xffff  # x87.r1:108
+S.fsw = S.fsw & 0xfffffdff | ((l_flags_1 >> 9 & 1) & 1) << 9  # x87.r1:109
+if ((l_flags_1 & 63) & (~S.fcw)):  # x87.r1:110
+    S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:110
+    S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:110
+if (not (((l_flags_1 & 7) & (~S.fcw)) != 0)):  # x87.r1:277
+    S.fsw = S.fsw & 0xfffffeff | (((l_rel_0 == 0) or (l_rel_0 == 3)) & 1) << 8  # x87.r1:278
+    S.fsw = S.fsw & 0xfffffbff | ((l_rel_0 == 3) & 1) << 10  # x87.r1:279
+    S.fsw = S.fsw & 0xffffbfff | (((l_rel_0 == 1) or (l_rel_0 == 3)) & 1) << 14  # x87.r1:280
 """
 
-# FCOM_M64 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/x87.r1:771
+# FCOM_M64 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/x87.r1:1156
 _T73 = """\
-b_unimplemented('FCOM_M64', 'spec/x87.r1:771')  # x87.r1:771
+ea = $ea
+v_a = S.fpr[S.fsw >> 11 & 7]  # x87.r1:1159
+if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:81
+    raise Fault(7, None)  # x87.r1:81
+if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # x87.r1:82
+    raise Fault(16, None)  # x87.r1:82
+v_b = b_load($seg, ea, 64)  # x87.r1:1159
+S.fip = $here & 0xffffffff  # x87.r1:88
+S.fcs = S.sel[1] & 0xffff  # x87.r1:89
+S.fop = $fop & 0x7ff  # x87.r1:90
+S.fdp = ea & 0xffffffff  # x87.r1:94
+S.fds = b_seg_selector($seg) & 0xffff  # x87.r1:95
+l_r = b_f80_compare(b_fpr(((S.fsw >> 11 & 0x7) & 7)), v_b, 64, 0)  # x87.r1:1165
+l_rel_0 = (l_r & 3)  # x87.r1:270
+l_flags_1 = (l_r >> 80)  # x87.r1:271
+if (not (S.ftw >> ((S.fsw >> 11 & 0x7) & 7) & 1)):  # x87.r1:272
+    l_rel_0 = 3  # x87.r1:273
+    l_flags_1 = 65  # x87.r1:274
+S.fsw = (S.fsw | (l_flags_1 & 127)) & 0xffff  # x87.r1:108
+S.fsw = S.fsw & 0xfffffdff | ((l_flags_1 >> 9 & 1) & 1) << 9  # x87.r1:109
+if ((l_flags_1 & 63) & (~S.fcw)):  # x87.r1:110
+    S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:110
+    S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:110
+if (not (((l_flags_1 & 7) & (~S.fcw)) != 0)):  # x87.r1:277
+    S.fsw = S.fsw & 0xfffffeff | (((l_rel_0 == 0) or (l_rel_0 == 3)) & 1) << 8  # x87.r1:278
+    S.fsw = S.fsw & 0xfffffbff | ((l_rel_0 == 3) & 1) << 10  # x87.r1:279
+    S.fsw = S.fsw & 0xffffbfff | (((l_rel_0 == 1) or (l_rel_0 == 3)) & 1) << 14  # x87.r1:280
 """
 
-# FCOM_STi [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:781
+# FCOM_STi [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:1167
 _T74 = """\
-b_unimplemented('FCOM_STi', 'spec/x87.r1:781')  # x87.r1:781
+v_a = S.fpr[S.fsw >> 11 & 7]  # x87.r1:1170
+v_b = S.fpr[(S.fsw >> 11) + $b & 7]  # x87.r1:1170
+if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:81
+    raise Fault(7, None)  # x87.r1:81
+if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # x87.r1:82
+    raise Fault(16, None)  # x87.r1:82
+S.fip = $here & 0xffffffff  # x87.r1:88
+S.fcs = S.sel[1] & 0xffff  # x87.r1:89
+S.fop = $fop & 0x7ff  # x87.r1:90
+l_i = $b  # x87.r1:1176
+l_r = b_f80_compare(b_fpr(((S.fsw >> 11 & 0x7) & 7)), b_fpr((((S.fsw >> 11 & 0x7) + l_i) & 7)), 80, 0)  # x87.r1:1176
+m_b_empty_0 = (not (S.ftw >> (((S.fsw >> 11 & 0x7) + l_i) & 7) & 1))
+l_rel_1 = (l_r & 3)  # x87.r1:270
+l_flags_2 = (l_r >> 80)  # x87.r1:271
+if ((not (S.ftw >> ((S.fsw >> 11 & 0x7) & 7) & 1)) or m_b_empty_0):  # x87.r1:272
+    l_rel_1 = 3  # x87.r1:273
+    l_flags_2 = 65  # x87.r1:274
+S.fsw = (S.fsw | (l_flags_2 & 127)) & 0xffff  # x87.r1:108
+S.fsw = S.fsw & 0xfffffdff | ((l_flags_2 >> 9 & 1) & 1) << 9  # x87.r1:109
+if ((l_flags_2 & 63) & (~S.fcw)):  # x87.r1:110
+    S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:110
+    S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:110
+if (not (((l_flags_2 & 7) & (~S.fcw)) != 0)):  # x87.r1:277
+    S.fsw = S.fsw & 0xfffffeff | (((l_rel_1 == 0) or (l_rel_1 == 3)) & 1) << 8  # x87.r1:278
+    S.fsw = S.fsw & 0xfffffbff | ((l_rel_1 == 3) & 1) << 10  # x87.r1:279
+    S.fsw = S.fsw & 0xffffbfff | (((l_rel_1 == 1) or (l_rel_1 == 3)) & 1) << 14  # x87.r1:280
 """
 
-# FCOMP_M32 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/x87.r1:791
+# FCOMP_M32 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/x87.r1:1178
 _T75 = """\
-b_unimplemented('FCOMP_M32', 'spec/x87.r1:791')  # x87.r1:791
+ea = $ea
+v_a = S.fpr[S.fsw >> 11 & 7]  # x87.r1:1181
+if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:81
+    raise Fault(7, None)  # x87.r1:81
+if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # x87.r1:82
+    raise Fault(16, None)  # x87.r1:82
+v_b = rd32($seg, ea)  # x87.r1:1181
+S.fip = $here & 0xffffffff  # x87.r1:88
+S.fcs = S.sel[1] & 0xffff  # x87.r1:89
+S.fop = $fop & 0x7ff  # x87.r1:90
+S.fdp = ea & 0xffffffff  # x87.r1:94
+S.fds = b_seg_selector($seg) & 0xffff  # x87.r1:95
+l_r = b_f80_compare(b_fpr(((S.fsw >> 11 & 0x7) & 7)), v_b, 32, 0)  # x87.r1:1187
+l_rel_0 = (l_r & 3)  # x87.r1:270
+l_flags_1 = (l_r >> 80)  # x87.r1:271
+if (not (S.ftw >> ((S.fsw >> 11 & 0x7) & 7) & 1)):  # x87.r1:272
+    l_rel_0 = 3  # x87.r1:273
+    l_flags_1 = 65  # x87.r1:274
+S.fsw = (S.fsw | (l_flags_1 & 127)) & 0xffff  # x87.r1:108
+S.fsw = S.fsw & 0xfffffdff | ((l_flags_1 >> 9 & 1) & 1) << 9  # x87.r1:109
+if ((l_flags_1 & 63) & (~S.fcw)):  # x87.r1:110
+    S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:110
+    S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:110
+if (not (((l_flags_1 & 7) & (~S.fcw)) != 0)):  # x87.r1:277
+    S.fsw = S.fsw & 0xfffffeff | (((l_rel_0 == 0) or (l_rel_0 == 3)) & 1) << 8  # x87.r1:278
+    S.fsw = S.fsw & 0xfffffbff | ((l_rel_0 == 3) & 1) << 10  # x87.r1:279
+    S.fsw = S.fsw & 0xffffbfff | (((l_rel_0 == 1) or (l_rel_0 == 3)) & 1) << 14  # x87.r1:280
+    S.ftw = (S.ftw & (~(1 << ((S.fsw >> 11 & 0x7) & 7)))) & 0xff  # x87.r1:118
+    S.fsw = S.fsw & 0xffffc7ff | ((((S.fsw >> 11 & 0x7) + 1) & 7) & 7) << 11  # x87.r1:119
 """
 
-# FCOMP_M64 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/x87.r1:801
+# FCOMP_M64 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/x87.r1:1189
 _T76 = """\
-b_unimplemented('FCOMP_M64', 'spec/x87.r1:801')  # x87.r1:801
+ea = $ea
+v_a = S.fpr[S.fsw >> 11 & 7]  # x87.r1:1192
+if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:81
+    raise Fault(7, None)  # x87.r1:81
+if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # x87.r1:82
+    raise Fault(16, None)  # x87.r1:82
+v_b = b_load($seg, ea, 64)  # x87.r1:1192
+S.fip = $here & 0xffffffff  # x87.r1:88
+S.fcs = S.sel[1] & 0xffff  # x87.r1:89
+S.fop = $fop & 0x7ff  # x87.r1:90
+S.fdp = ea & 0xffffffff  # x87.r1:94
+S.fds = b_seg_selector($seg) & 0xffff  # x87.r1:95
+l_r = b_f80_compare(b_fpr(((S.fsw >> 11 & 0x7) & 7)), v_b, 64, 0)  # x87.r1:1198
+l_rel_0 = (l_r & 3)  # x87.r1:270
+l_flags_1 = (l_r >> 80)  # x87.r1:271
+if (not (S.ftw >> ((S.fsw >> 11 & 0x7) & 7) & 1)):  # x87.r1:272
+    l_rel_0 = 3  # x87.r1:273
+    l_flags_1 = 65  # x87.r1:274
+S.fsw = (S.fsw | (l_flags_1 & 127)) & 0xffff  # x87.r1:108
+S.fsw = S.fsw & 0xfffffdff | ((l_flags_1 >> 9 & 1) & 1) << 9  # x87.r1:109
+if ((l_flags_1 & 63) & (~S.fcw)):  # x87.r1:110
+    S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:110
+    S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:110
+if (not (((l_flags_1 & 7) & (~S.fcw)) != 0)):  # x87.r1:277
+    S.fsw = S.fsw & 0xfffffeff | (((l_rel_0 == 0) or (l_rel_0 == 3)) & 1) << 8  # x87.r1:278
+    S.fsw = S.fsw & 0xfffffbff | ((l_rel_0 == 3) & 1) << 10  # x87.r1:279
+    S.fsw = S.fsw & 0xffffbfff | (((l_rel_0 == 1) or (l_rel_0 == 3)) & 1) << 14  # x87.r1:280
+    S.ftw = (S.ftw & (~(1 << ((S.fsw >> 11 & 0x7) & 7)))) & 0xff  # x87.r1:118
+    S.fsw = S.fsw & 0xffffc7ff | ((((S.fsw >> 11 & 0x7) + 1) & 7) & 7) << 11  # x87.r1:119
 """
 
-# FCOMP_STi [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:811
+# FCOMP_STi [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:1200
 _T77 = """\
-b_unimplemented('FCOMP_STi', 'spec/x87.r1:811')  # x87.r1:811
+v_a = S.fpr[S.fsw >> 11 & 7]  # x87.r1:1203
+v_b = S.fpr[(S.fsw >> 11) + $b & 7]  # x87.r1:1203
+if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:81
+    raise Fault(7, None)  # x87.r1:81
+if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # x87.r1:82
+    raise Fault(16, None)  # x87.r1:82
+S.fip = $here & 0xffffffff  # x87.r1:88
+S.fcs = S.sel[1] & 0xffff  # x87.r1:89
+S.fop = $fop & 0x7ff  # x87.r1:90
+l_i = $b  # x87.r1:1209
+l_r = b_f80_compare(b_fpr(((S.fsw >> 11 & 0x7) & 7)), b_fpr((((S.fsw >> 11 & 0x7) + l_i) & 7)), 80, 0)  # x87.r1:1209
+m_b_empty_0 = (not (S.ftw >> (((S.fsw >> 11 & 0x7) + l_i) & 7) & 1))
+l_rel_1 = (l_r & 3)  # x87.r1:270
+l_flags_2 = (l_r >> 80)  # x87.r1:271
+if ((not (S.ftw >> ((S.fsw >> 11 & 0x7) & 7) & 1)) or m_b_empty_0):  # x87.r1:272
+    l_rel_1 = 3  # x87.r1:273
+    l_flags_2 = 65  # x87.r1:274
+S.fsw = (S.fsw | (l_flags_2 & 127)) & 0xffff  # x87.r1:108
+S.fsw = S.fsw & 0xfffffdff | ((l_flags_2 >> 9 & 1) & 1) << 9  # x87.r1:109
+if ((l_flags_2 & 63) & (~S.fcw)):  # x87.r1:110
+    S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:110
+    S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:110
+if (not (((l_flags_2 & 7) & (~S.fcw)) != 0)):  # x87.r1:277
+    S.fsw = S.fsw & 0xfffffeff | (((l_rel_1 == 0) or (l_rel_1 == 3)) & 1) << 8  # x87.r1:278
+    S.fsw = S.fsw & 0xfffffbff | ((l_rel_1 == 3) & 1) << 10  # x87.r1:279
+    S.fsw = S.fsw & 0xffffbfff | (((l_rel_1 == 1) or (l_rel_1 == 3)) & 1) << 14  # x87.r1:280
+    S.ftw = (S.ftw & (~(1 << ((S.fsw >> 11 & 0x7) & 7)))) & 0xff  # x87.r1:118
+    S.fsw = S.fsw & 0xffffc7ff | ((((S.fsw >> 11 & 0x7) + 1) & 7) & 7) << 11  # x87.r1:119
 """
 
-# FCOMPP [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:821
+# FCOMPP [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:1211
 _T78 = """\
-b_unimplemented('FCOMPP', 'spec/x87.r1:821')  # x87.r1:821
+if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:81
+    raise Fault(7, None)  # x87.r1:81
+if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # x87.r1:82
+    raise Fault(16, None)  # x87.r1:82
+S.fip = $here & 0xffffffff  # x87.r1:88
+S.fcs = S.sel[1] & 0xffff  # x87.r1:89
+S.fop = $fop & 0x7ff  # x87.r1:90
+l_r = b_f80_compare(b_fpr(((S.fsw >> 11 & 0x7) & 7)), b_fpr((((S.fsw >> 11 & 0x7) + 1) & 7)), 80, 0)  # x87.r1:1219
+m_b_empty_0 = (not (S.ftw >> (((S.fsw >> 11 & 0x7) + 1) & 7) & 1))
+l_rel_1 = (l_r & 3)  # x87.r1:270
+l_flags_2 = (l_r >> 80)  # x87.r1:271
+if ((not (S.ftw >> ((S.fsw >> 11 & 0x7) & 7) & 1)) or m_b_empty_0):  # x87.r1:272
+    l_rel_1 = 3  # x87.r1:273
+    l_flags_2 = 65  # x87.r1:274
+S.fsw = (S.fsw | (l_flags_2 & 127)) & 0xffff  # x87.r1:108
+S.fsw = S.fsw & 0xfffffdff | ((l_flags_2 >> 9 & 1) & 1) << 9  # x87.r1:109
+if ((l_flags_2 & 63) & (~S.fcw)):  # x87.r1:110
+    S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:110
+    S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:110
+if (not (((l_flags_2 & 7) & (~S.fcw)) != 0)):  # x87.r1:277
+    S.fsw = S.fsw & 0xfffffeff | (((l_rel_1 == 0) or (l_rel_1 == 3)) & 1) << 8  # x87.r1:278
+    S.fsw = S.fsw & 0xfffffbff | ((l_rel_1 == 3) & 1) << 10  # x87.r1:279
+    S.fsw = S.fsw & 0xffffbfff | (((l_rel_1 == 1) or (l_rel_1 == 3)) & 1) << 14  # x87.r1:280
+    S.ftw = (S.ftw & (~(1 << ((S.fsw >> 11 & 0x7) & 7)))) & 0xff  # x87.r1:118
+    S.fsw = S.fsw & 0xffffc7ff | ((((S.fsw >> 11 & 0x7) + 1) & 7) & 7) << 11  # x87.r1:119
+    S.ftw = (S.ftw & (~(1 << ((S.fsw >> 11 & 0x7) & 7)))) & 0xff  # x87.r1:118
+    S.fsw = S.fsw & 0xffffc7ff | ((((S.fsw >> 11 & 0x7) + 1) & 7) & 7) << 11  # x87.r1:119
 """
 
-# FUCOM_STi [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:830
+# FUCOM_STi [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:1221
 _T79 = """\
-b_unimplemented('FUCOM_STi', 'spec/x87.r1:830')  # x87.r1:830
+v_a = S.fpr[S.fsw >> 11 & 7]  # x87.r1:1224
+v_b = S.fpr[(S.fsw >> 11) + $b & 7]  # x87.r1:1224
+if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:81
+    raise Fault(7, None)  # x87.r1:81
+if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # x87.r1:82
+    raise Fault(16, None)  # x87.r1:82
+S.fip = $here & 0xffffffff  # x87.r1:88
+S.fcs = S.sel[1] & 0xffff  # x87.r1:89
+S.fop = $fop & 0x7ff  # x87.r1:90
+l_i = $b  # x87.r1:1230
+l_r = b_f80_compare(b_fpr(((S.fsw >> 11 & 0x7) & 7)), b_fpr((((S.fsw >> 11 & 0x7) + l_i) & 7)), 80, 1)  # x87.r1:1230
+m_b_empty_0 = (not (S.ftw >> (((S.fsw >> 11 & 0x7) + l_i) & 7) & 1))
+l_rel_1 = (l_r & 3)  # x87.r1:270
+l_flags_2 = (l_r >> 80)  # x87.r1:271
+if ((not (S.ftw >> ((S.fsw >> 11 & 0x7) & 7) & 1)) or m_b_empty_0):  # x87.r1:272
+    l_rel_1 = 3  # x87.r1:273
+    l_flags_2 = 65  # x87.r1:274
+S.fsw = (S.fsw | (l_flags_2 & 127)) & 0xffff  # x87.r1:108
+S.fsw = S.fsw & 0xfffffdff | ((l_flags_2 >> 9 & 1) & 1) << 9  # x87.r1:109
+if ((l_flags_2 & 63) & (~S.fcw)):  # x87.r1:110
+    S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:110
+    S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:110
+if (not (((l_flags_2 & 7) & (~S.fcw)) != 0)):  # x87.r1:277
+    S.fsw = S.fsw & 0xfffffeff | (((l_rel_1 == 0) or (l_rel_1 == 3)) & 1) << 8  # x87.r1:278
+    S.fsw = S.fsw & 0xfffffbff | ((l_rel_1 == 3) & 1) << 10  # x87.r1:279
+    S.fsw = S.fsw & 0xffffbfff | (((l_rel_1 == 1) or (l_rel_1 == 3)) & 1) << 14  # x87.r1:280
 """
 
-# FUCOMP_STi [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:840
+# FUCOMP_STi [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:1232
 _T80 = """\
-b_unimplemented('FUCOMP_STi', 'spec/x87.r1:840')  # x87.r1:840
+v_a = S.fpr[S.fsw >> 11 & 7]  # x87.r1:1235
+v_b = S.fpr[(S.fsw >> 11) + $b & 7]  # x87.r1:1235
+if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:81
+    raise Fault(7, None)  # x87.r1:81
+if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # x87.r1:82
+    raise Fault(16, None)  # x87.r1:82
+S.fip = $here & 0xffffffff  # x87.r1:88
+S.fcs = S.sel[1] & 0xffff  # x87.r1:89
+S.fop = $fop & 0x7ff  # x87.r1:90
+l_i = $b  # x87.r1:1241
+l_r = b_f80_compare(b_fpr(((S.fsw >> 11 & 0x7) & 7)), b_fpr((((S.fsw >> 11 & 0x7) + l_i) & 7)), 80, 1)  # x87.r1:1241
+m_b_empty_0 = (not (S.ftw >> (((S.fsw >> 11 & 0x7) + l_i) & 7) & 1))
+l_rel_1 = (l_r & 3)  # x87.r1:270
+l_flags_2 = (l_r >> 80)  # x87.r1:271
+if ((not (S.ftw >> ((S.fsw >> 11 & 0x7) & 7) & 1)) or m_b_empty_0):  # x87.r1:272
+    l_rel_1 = 3  # x87.r1:273
+    l_flags_2 = 65  # x87.r1:274
+S.fsw = (S.fsw | (l_flags_2 & 127)) & 0xffff  # x87.r1:108
+S.fsw = S.fsw & 0xfffffdff | ((l_flags_2 >> 9 & 1) & 1) << 9  # x87.r1:109
+if ((l_flags_2 & 63) & (~S.fcw)):  # x87.r1:110
+    S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:110
+    S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:110
+if (not (((l_flags_2 & 7) & (~S.fcw)) != 0)):  # x87.r1:277
+    S.fsw = S.fsw & 0xfffffeff | (((l_rel_1 == 0) or (l_rel_1 == 3)) & 1) << 8  # x87.r1:278
+    S.fsw = S.fsw & 0xfffffbff | ((l_rel_1 == 3) & 1) << 10  # x87.r1:279
+    S.fsw = S.fsw & 0xffffbfff | (((l_rel_1 == 1) or (l_rel_1 == 3)) & 1) << 14  # x87.r1:280
+    S.ftw = (S.ftw & (~(1 << ((S.fsw >> 11 & 0x7) & 7)))) & 0xff  # x87.r1:118
+    S.fsw = S.fsw & 0xffffc7ff | ((((S.fsw >> 11 & 0x7) + 1) & 7) & 7) << 11  # x87.r1:119
 """
 
-# FUCOMPP [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:850
+# FUCOMPP [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:1243
 _T81 = """\
-b_unimplemented('FUCOMPP', 'spec/x87.r1:850')  # x87.r1:850
+if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:81
+    raise Fault(7, None)  # x87.r1:81
+if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # x87.r1:82
+    raise Fault(16, None)  # x87.r1:82
+S.fip = $here & 0xffffffff  # x87.r1:88
+S.fcs = S.sel[1] & 0xffff  # x87.r1:89
+S.fop = $fop & 0x7ff  # x87.r1:90
+l_r = b_f80_compare(b_fpr(((S.fsw >> 11 & 0x7) & 7)), b_fpr((((S.fsw >> 11 & 0x7) + 1) & 7)), 80, 1)  # x87.r1:1251
+m_b_empty_0 = (not (S.ftw >> (((S.fsw >> 11 & 0x7) + 1) & 7) & 1))
+l_rel_1 = (l_r & 3)  # x87.r1:270
+l_flags_2 = (l_r >> 80)  # x87.r1:271
+if ((not (S.ftw >> ((S.fsw >> 11 & 0x7) & 7) & 1)) or m_b_empty_0):  # x87.r1:272
+    l_rel_1 = 3  # x87.r1:273
+    l_flags_2 = 65  # x87.r1:274
+S.fsw = (S.fsw | (l_flags_2 & 127)) & 0xffff  # x87.r1:108
+S.fsw = S.fsw & 0xfffffdff | ((l_flags_2 >> 9 & 1) & 1) << 9  # x87.r1:109
+if ((l_flags_2 & 63) & (~S.fcw)):  # x87.r1:110
+    S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:110
+    S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:110
+if (not (((l_flags_2 & 7) & (~S.fcw)) != 0)):  # x87.r1:277
+    S.fsw = S.fsw & 0xfffffeff | (((l_rel_1 == 0) or (l_rel_1 == 3)) & 1) << 8  # x87.r1:278
+    S.fsw = S.fsw & 0xfffffbff | ((l_rel_1 == 3) & 1) << 10  # x87.r1:279
+    S.fsw = S.fsw & 0xffffbfff | (((l_rel_1 == 1) or (l_rel_1 == 3)) & 1) << 14  # x87.r1:280
+    S.ftw = (S.ftw & (~(1 << ((S.fsw >> 11 & 0x7) & 7)))) & 0xff  # x87.r1:118
+    S.fsw = S.fsw & 0xffffc7ff | ((((S.fsw >> 11 & 0x7) + 1) & 7) & 7) << 11  # x87.r1:119
+    S.ftw = (S.ftw & (~(1 << ((S.fsw >> 11 & 0x7) & 7)))) & 0xff  # x87.r1:118
+    S.fsw = S.fsw & 0xffffc7ff | ((((S.fsw >> 11 & 0x7) + 1) & 7) & 7) << 11  # x87.r1:119
 """
 
-# FICOM_M16 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/x87.r1:859
+# FICOM_M16 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/x87.r1:1253
 _T82 = """\
-b_unimplemented('FICOM_M16', 'spec/x87.r1:859')  # x87.r1:859
+ea = $ea
+v_a = S.fpr[S.fsw >> 11 & 7]  # x87.r1:1256
+if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:81
+    raise Fault(7, None)  # x87.r1:81
+if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # x87.r1:82
+    raise Fault(16, None)  # x87.r1:82
+v_b = rd16($seg, ea)  # x87.r1:1256
+S.fip = $here & 0xffffffff  # x87.r1:88
+S.fcs = S.sel[1] & 0xffff  # x87.r1:89
+S.fop = $fop & 0x7ff  # x87.r1:90
+S.fdp = ea & 0xffffffff  # x87.r1:94
+S.fds = b_seg_selector($seg) & 0xffff  # x87.r1:95
+l_r = b_f80_compare(b_fpr(((S.fsw >> 11 & 0x7) & 7)), b_f80_from_int(v_b, 16), 80, 0)  # x87.r1:1262
+l_rel_0 = (l_r & 3)  # x87.r1:270
+l_flags_1 = (l_r >> 80)  # x87.r1:271
+if (not (S.ftw >> ((S.fsw >> 11 & 0x7) & 7) & 1)):  # x87.r1:272
+    l_rel_0 = 3  # x87.r1:273
+    l_flags_1 = 65  # x87.r1:274
+S.fsw = (S.fsw | (l_flags_1 & 127)) & 0xffff  # x87.r1:108
+S.fsw = S.fsw & 0xfffffdff | ((l_flags_1 >> 9 & 1) & 1) << 9  # x87.r1:109
+if ((l_flags_1 & 63) & (~S.fcw)):  # x87.r1:110
+    S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:110
+    S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:110
+if (not (((l_flags_1 & 7) & (~S.fcw)) != 0)):  # x87.r1:277
+    S.fsw = S.fsw & 0xfffffeff | (((l_rel_0 == 0) or (l_rel_0 == 3)) & 1) << 8  # x87.r1:278
+    S.fsw = S.fsw & 0xfffffbff | ((l_rel_0 == 3) & 1) << 10  # x87.r1:279
+    S.fsw = S.fsw & 0xffffbfff | (((l_rel_0 == 1) or (l_rel_0 == 3)) & 1) << 14  # x87.r1:280
 """
 
-# FICOM_M32 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/x87.r1:869
+# FICOM_M32 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/x87.r1:1264
 _T83 = """\
-b_unimplemented('FICOM_M32', 'spec/x87.r1:869')  # x87.r1:869
+ea = $ea
+v_a = S.fpr[S.fsw >> 11 & 7]  # x87.r1:1267
+if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:81
+    raise Fault(7, None)  # x87.r1:81
+if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # x87.r1:82
+    raise Fault(16, None)  # x87.r1:82
+v_b = rd32($seg, ea)  # x87.r1:1267
+S.fip = $here & 0xffffffff  # x87.r1:88
+S.fcs = S.sel[1] & 0xffff  # x87.r1:89
+S.fop = $fop & 0x7ff  # x87.r1:90
+S.fdp = ea & 0xffffffff  # x87.r1:94
+S.fds = b_seg_selector($seg) & 0xffff  # x87.r1:95
+l_r = b_f80_compare(b_fpr(((S.fsw >> 11 & 0x7) & 7)), b_f80_from_int(v_b, 32), 80, 0)  # x87.r1:1273
+l_rel_0 = (l_r & 3)  # x87.r1:270
+l_flags_1 = (l_r >> 80)  # x87.r1:271
+if (not (S.ftw >> ((S.fsw >> 11 & 0x7) & 7) & 1)):  # x87.r1:272
+    l_rel_0 = 3  # x87.r1:273
+    l_flags_1 = 65  # x87.r1:274
+S.fsw = (S.fsw | (l_flags_1 & 127)) & 0xffff  # x87.r1:108
+S.fsw = S.fsw & 0xfffffdff | ((l_flags_1 >> 9 & 1) & 1) << 9  # x87.r1:109
+if ((l_flags_1 & 63) & (~S.fcw)):  # x87.r1:110
+    S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:110
+    S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:110
+if (not (((l_flags_1 & 7) & (~S.fcw)) != 0)):  # x87.r1:277
+    S.fsw = S.fsw & 0xfffffeff | (((l_rel_0 == 0) or (l_rel_0 == 3)) & 1) << 8  # x87.r1:278
+    S.fsw = S.fsw & 0xfffffbff | ((l_rel_0 == 3) & 1) << 10  # x87.r1:279
+    S.fsw = S.fsw & 0xffffbfff | (((l_rel_0 == 1) or (l_rel_0 == 3)) & 1) << 14  # x87.r1:280
 """
 
-# FICOMP_M16 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/x87.r1:879
+# FICOMP_M16 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/x87.r1:1275
 _T84 = """\
-b_unimplemented('FICOMP_M16', 'spec/x87.r1:879')  # x87.r1:879
+ea = $ea
+v_a = S.fpr[S.fsw >> 11 & 7]  # x87.r1:1278
+if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:81
+    raise Fault(7, None)  # x87.r1:81
+if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # x87.r1:82
+    raise Fault(16, None)  # x87.r1:82
+v_b = rd16($seg, ea)  # x87.r1:1278
+S.fip = $here & 0xffffffff  # x87.r1:88
+S.fcs = S.sel[1] & 0xffff  # x87.r1:89
+S.fop = $fop & 0x7ff  # x87.r1:90
+S.fdp = ea & 0xffffffff  # x87.r1:94
+S.fds = b_seg_selector($seg) & 0xffff  # x87.r1:95
+l_r = b_f80_compare(b_fpr(((S.fsw >> 11 & 0x7) & 7)), b_f80_from_int(v_b, 16), 80, 0)  # x87.r1:1284
+l_rel_0 = (l_r & 3)  # x87.r1:270
+l_flags_1 = (l_r >> 80)  # x87.r1:271
+if (not (S.ftw >> ((S.fsw >> 11 & 0x7) & 7) & 1)):  # x87.r1:272
+    l_rel_0 = 3  # x87.r1:273
+    l_flags_1 = 65  # x87.r1:274
+S.fsw = (S.fsw | (l_flags_1 & 127)) & 0xffff  # x87.r1:108
+S.fsw = S.fsw & 0xfffffdff | ((l_flags_1 >> 9 & 1) & 1) << 9  # x87.r1:109
+if ((l_flags_1 & 63) & (~S.fcw)):  # x87.r1:110
+    S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:110
+    S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:110
+if (not (((l_flags_1 & 7) & (~S.fcw)) != 0)):  # x87.r1:277
+    S.fsw = S.fsw & 0xfffffeff | (((l_rel_0 == 0) or (l_rel_0 == 3)) & 1) << 8  # x87.r1:278
+    S.fsw = S.fsw & 0xfffffbff | ((l_rel_0 == 3) & 1) << 10  # x87.r1:279
+    S.fsw = S.fsw & 0xffffbfff | (((l_rel_0 == 1) or (l_rel_0 == 3)) & 1) << 14  # x87.r1:280
+    S.ftw = (S.ftw & (~(1 << ((S.fsw >> 11 & 0x7) & 7)))) & 0xff  # x87.r1:118
+    S.fsw = S.fsw & 0xffffc7ff | ((((S.fsw >> 11 & 0x7) + 1) & 7) & 7) << 11  # x87.r1:119
 """
 
-# FICOMP_M32 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/x87.r1:889
+# FICOMP_M32 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/x87.r1:1286
 _T85 = """\
-b_unimplemented('FICOMP_M32', 'spec/x87.r1:889')  # x87.r1:889
+ea = $ea
+v_a = S.fpr[S.fsw >> 11 & 7]  # x87.r1:1289
+if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:81
+    raise Fault(7, None)  # x87.r1:81
+if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # x87.r1:82
+    raise Fault(16, None)  # x87.r1:82
+v_b = rd32($seg, ea)  # x87.r1:1289
+S.fip = $here & 0xffffffff  # x87.r1:88
+S.fcs = S.sel[1] & 0xffff  # x87.r1:89
+S.fop = $fop & 0x7ff  # x87.r1:90
+S.fdp = ea & 0xffffffff  # x87.r1:94
+S.fds = b_seg_selector($seg) & 0xffff  # x87.r1:95
+l_r = b_f80_compare(b_fpr(((S.fsw >> 11 & 0x7) & 7)), b_f80_from_int(v_b, 32), 80, 0)  # x87.r1:1295
+l_rel_0 = (l_r & 3)  # x87.r1:270
+l_flags_1 = (l_r >> 80)  # x87.r1:271
+if (not (S.ftw >> ((S.fsw >> 11 & 0x7) & 7) & 1)):  # x87.r1:272
+    l_rel_0 = 3  # x87.r1:273
+    l_flags_1 = 65  # x87.r1:274
+S.fsw = (S.fsw | (l_flags_1 & 127)) & 0xffff  # x87.r1:108
+S.fsw = S.fsw & 0xfffffdff | ((l_flags_1 >> 9 & 1) & 1) << 9  # x87.r1:109
+if ((l_flags_1 & 63) & (~S.fcw)):  # x87.r1:110
+    S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:110
+    S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:110
+if (not (((l_flags_1 & 7) & (~S.fcw)) != 0)):  # x87.r1:277
+    S.fsw = S.fsw & 0xfffffeff | (((l_rel_0 == 0) or (l_rel_0 == 3)) & 1) << 8  # x87.r1:278
+    S.fsw = S.fsw & 0xfffffbff | ((l_rel_0 == 3) & 1) << 10  # x87.r1:279
+    S.fsw = S.fsw & 0xffffbfff | (((l_rel_0 == 1) or (l_rel_0 == 3)) & 1) << 14  # x87.r1:280
+    S.ftw = (S.ftw & (~(1 << ((S.fsw >> 11 & 0x7) & 7)))) & 0xff  # x87.r1:118
+    S.fsw = S.fsw & 0xffffc7ff | ((((S.fsw >> 11 & 0x7) + 1) & 7) & 7) << 11  # x87.r1:119
 """
 
-# FTST [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:899
+# FTST [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:1297
 _T86 = """\
-b_unimplemented('FTST', 'spec/x87.r1:899')  # x87.r1:899
+v_a = S.fpr[S.fsw >> 11 & 7]  # x87.r1:1300
+if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:81
+    raise Fault(7, None)  # x87.r1:81
+if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # x87.r1:82
+    raise Fault(16, None)  # x87.r1:82
+S.fip = $here & 0xffffffff  # x87.r1:88
+S.fcs = S.sel[1] & 0xffff  # x87.r1:89
+S.fop = $fop & 0x7ff  # x87.r1:90
+l_r = b_f80_compare(b_fpr(((S.fsw >> 11 & 0x7) & 7)), 0, 80, 0)  # x87.r1:1306
+l_rel_0 = (l_r & 3)  # x87.r1:270
+l_flags_1 = (l_r >> 80)  # x87.r1:271
+if (not (S.ftw >> ((S.fsw >> 11 & 0x7) & 7) & 1)):  # x87.r1:272
+    l_rel_0 = 3  # x87.r1:273
+    l_flags_1 = 65  # x87.r1:274
+S.fsw = (S.fsw | (l_flags_1 & 127)) & 0xffff  # x87.r1:108
+S.fsw = S.fsw & 0xfffffdff | ((l_flags_1 >> 9 & 1) & 1) << 9  # x87.r1:109
+if ((l_flags_1 & 63) & (~S.fcw)):  # x87.r1:110
+    S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:110
+    S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:110
+if (not (((l_flags_1 & 7) & (~S.fcw)) != 0)):  # x87.r1:277
+    S.fsw = S.fsw & 0xfffffeff | (((l_rel_0 == 0) or (l_rel_0 == 3)) & 1) << 8  # x87.r1:278
+    S.fsw = S.fsw & 0xfffffbff | ((l_rel_0 == 3) & 1) << 10  # x87.r1:279
+    S.fsw = S.fsw & 0xffffbfff | (((l_rel_0 == 1) or (l_rel_0 == 3)) & 1) << 14  # x87.r1:280
 """
 
-# FXAM [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:909
+# FXAM [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:1308
 _T87 = """\
-b_unimplemented('FXAM', 'spec/x87.r1:909')  # x87.r1:909
+v_a = S.fpr[S.fsw >> 11 & 7]  # x87.r1:1311
+if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:81
+    raise Fault(7, None)  # x87.r1:81
+if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # x87.r1:82
+    raise Fault(16, None)  # x87.r1:82
+S.fip = $here & 0xffffffff  # x87.r1:88
+S.fcs = S.sel[1] & 0xffff  # x87.r1:89
+S.fop = $fop & 0x7ff  # x87.r1:90
+l_v = b_fpr(((S.fsw >> 11 & 0x7) & 7))  # x87.r1:1317
+S.fsw = S.fsw & 0xfffffdff | ((l_v >> 79 & 1) & 1) << 9  # x87.r1:1317
+l_k = (16640 if (not (S.ftw >> ((S.fsw >> 11 & 0x7) & 7) & 1)) else b_f80_class(l_v))  # x87.r1:1317
+S.fsw = S.fsw & 0xfffffeff | ((l_k >> 8 & 1) & 1) << 8  # x87.r1:1317
+S.fsw = S.fsw & 0xfffffbff | ((l_k >> 10 & 1) & 1) << 10  # x87.r1:1317
+S.fsw = S.fsw & 0xffffbfff | ((l_k >> 14 & 1) & 1) << 14  # x87.r1:1317
 """
 
-# FCOMI_ST0_STi [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:921
+# FCOMI_ST0_STi [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:1321
 _T88 = """\
-b_unimplemented('FCOMI_ST0_STi', 'spec/x87.r1:921')  # x87.r1:921
+v_a = S.fpr[S.fsw >> 11 & 7]  # x87.r1:1324
+v_b = S.fpr[(S.fsw >> 11) + $b & 7]  # x87.r1:1324
+if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:81
+    raise Fault(7, None)  # x87.r1:81
+if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # x87.r1:82
+    raise Fault(16, None)  # x87.r1:82
+S.fip = $here & 0xffffffff  # x87.r1:88
+S.fcs = S.sel[1] & 0xffff  # x87.r1:89
+S.fop = $fop & 0x7ff  # x87.r1:90
+l_i = $b  # x87.r1:1330
+l_r = b_f80_compare(b_fpr(((S.fsw >> 11 & 0x7) & 7)), b_fpr((((S.fsw >> 11 & 0x7) + l_i) & 7)), 80, 0)  # x87.r1:1330
+m_b_empty_0 = (not (S.ftw >> (((S.fsw >> 11 & 0x7) + l_i) & 7) & 1))
+l_rel_1 = (l_r & 3)  # x87.r1:288
+l_flags_2 = (l_r >> 80)  # x87.r1:289
+if ((not (S.ftw >> ((S.fsw >> 11 & 0x7) & 7) & 1)) or m_b_empty_0):  # x87.r1:290
+    l_rel_1 = 3  # x87.r1:291
+    l_flags_2 = 65  # x87.r1:292
+S.fsw = (S.fsw | (l_flags_2 & 127)) & 0xffff  # x87.r1:108
+S.fsw = S.fsw & 0xfffffdff | ((l_flags_2 >> 9 & 1) & 1) << 9  # x87.r1:109
+if ((l_flags_2 & 63) & (~S.fcw)):  # x87.r1:110
+    S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:110
+    S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:110
+if (not (((l_flags_2 & 7) & (~S.fcw)) != 0)):  # x87.r1:295
+    S.eflags = flush_cc() & 0xffffffbf | (((l_rel_1 == 1) or (l_rel_1 == 3)) & 1) << 6  # x87.r1:296
+    S.eflags = flush_cc() & 0xfffffffb | ((l_rel_1 == 3) & 1) << 2  # x87.r1:297
+    S.eflags = flush_cc() & 0xfffffffe | (((l_rel_1 == 0) or (l_rel_1 == 3)) & 1)  # x87.r1:298
+    S.eflags = flush_cc() & 0xfffff7ff | 0  # x87.r1:299
+    S.eflags = flush_cc() & 0xffffff7f | 0  # x87.r1:300
+    S.eflags = flush_cc() & 0xffffffef | 0  # x87.r1:301
 """
 
-# FUCOMI_ST0_STi [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:931
+# FUCOMI_ST0_STi [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:1332
 _T89 = """\
-b_unimplemented('FUCOMI_ST0_STi', 'spec/x87.r1:931')  # x87.r1:931
+v_a = S.fpr[S.fsw >> 11 & 7]  # x87.r1:1335
+v_b = S.fpr[(S.fsw >> 11) + $b & 7]  # x87.r1:1335
+if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:81
+    raise Fault(7, None)  # x87.r1:81
+if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # x87.r1:82
+    raise Fault(16, None)  # x87.r1:82
+S.fip = $here & 0xffffffff  # x87.r1:88
+S.fcs = S.sel[1] & 0xffff  # x87.r1:89
+S.fop = $fop & 0x7ff  # x87.r1:90
+l_i = $b  # x87.r1:1341
+l_r = b_f80_compare(b_fpr(((S.fsw >> 11 & 0x7) & 7)), b_fpr((((S.fsw >> 11 & 0x7) + l_i) & 7)), 80, 1)  # x87.r1:1341
+m_b_empty_0 = (not (S.ftw >> (((S.fsw >> 11 & 0x7) + l_i) & 7) & 1))
+l_rel_1 = (l_r & 3)  # x87.r1:288
+l_flags_2 = (l_r >> 80)  # x87.r1:289
+if ((not (S.ftw >> ((S.fsw >> 11 & 0x7) & 7) & 1)) or m_b_empty_0):  # x87.r1:290
+    l_rel_1 = 3  # x87.r1:291
+    l_flags_2 = 65  # x87.r1:292
+S.fsw = (S.fsw | (l_flags_2 & 127)) & 0xffff  # x87.r1:108
+S.fsw = S.fsw & 0xfffffdff | ((l_flags_2 >> 9 & 1) & 1) << 9  # x87.r1:109
+if ((l_flags_2 & 63) & (~S.fcw)):  # x87.r1:110
+    S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:110
+    S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:110
+if (not (((l_flags_2 & 7) & (~S.fcw)) != 0)):  # x87.r1:295
+    S.eflags = flush_cc() & 0xffffffbf | (((l_rel_1 == 1) or (l_rel_1 == 3)) & 1) << 6  # x87.r1:296
+    S.eflags = flush_cc() & 0xfffffffb | ((l_rel_1 == 3) & 1) << 2  # x87.r1:297
+    S.eflags = flush_cc() & 0xfffffffe | (((l_rel_1 == 0) or (l_rel_1 == 3)) & 1)  # x87.r1:298
+    S.eflags = flush_cc() & 0xfffff7ff | 0  # x87.r1:299
+    S.eflags = flush_cc() & 0xffffff7f | 0  # x87.r1:300
+    S.eflags = flush_cc() & 0xffffffef | 0  # x87.r1:301
 """
 
-# FCOMIP_ST0_STi [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:941
+# FCOMIP_ST0_STi [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:1343
 _T90 = """\
-b_unimplemented('FCOMIP_ST0_STi', 'spec/x87.r1:941')  # x87.r1:941
+v_a = S.fpr[S.fsw >> 11 & 7]  # x87.r1:1346
+v_b = S.fpr[(S.fsw >> 11) + $b & 7]  # x87.r1:1346
+if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:81
+    raise Fault(7, None)  # x87.r1:81
+if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # x87.r1:82
+    raise Fault(16, None)  # x87.r1:82
+S.fip = $here & 0xffffffff  # x87.r1:88
+S.fcs = S.sel[1] & 0xffff  # x87.r1:89
+S.fop = $fop & 0x7ff  # x87.r1:90
+l_i = $b  # x87.r1:1352
+l_r = b_f80_compare(b_fpr(((S.fsw >> 11 & 0x7) & 7)), b_fpr((((S.fsw >> 11 & 0x7) + l_i) & 7)), 80, 0)  # x87.r1:1352
+m_b_empty_0 = (not (S.ftw >> (((S.fsw >> 11 & 0x7) + l_i) & 7) & 1))
+l_rel_1 = (l_r & 3)  # x87.r1:288
+l_flags_2 = (l_r >> 80)  # x87.r1:289
+if ((not (S.ftw >> ((S.fsw >> 11 & 0x7) & 7) & 1)) or m_b_empty_0):  # x87.r1:290
+    l_rel_1 = 3  # x87.r1:291
+    l_flags_2 = 65  # x87.r1:292
+S.fsw = (S.fsw | (l_flags_2 & 127)) & 0xffff  # x87.r1:108
+S.fsw = S.fsw & 0xfffffdff | ((l_flags_2 >> 9 & 1) & 1) << 9  # x87.r1:109
+if ((l_flags_2 & 63) & (~S.fcw)):  # x87.r1:110
+    S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:110
+    S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:110
+if (not (((l_flags_2 & 7) & (~S.fcw)) != 0)):  # x87.r1:295
+    S.eflags = flush_cc() & 0xffffffbf | (((l_rel_1 == 1) or (l_rel_1 == 3)) & 1) << 6  # x87.r1:296
+    S.eflags = flush_cc() & 0xfffffffb | ((l_rel_1 == 3) & 1) << 2  # x87.r1:297
+    S.eflags = flush_cc() & 0xfffffffe | (((l_rel_1 == 0) or (l_rel_1 == 3)) & 1)  # x87.r1:298
+    S.eflags = flush_cc() & 0xfffff7ff | 0  # x87.r1:299
+    S.eflags = flush_cc() & 0xffffff7f | 0  # x87.r1:300
+    S.eflags = flush_cc() & 0xffffffef | 0  # x87.r1:301
+    S.ftw = (S.ftw & (~(1 << ((S.fsw >> 11 & 0x7) & 7)))) & 0xff  # x87.r1:118
+    S.fsw = S.fsw & 0xffffc7ff | ((((S.fsw >> 11 & 0x7) + 1) & 7) & 7) << 11  # x87.r1:119
 """
 
-# FUCOMIP_ST0_STi [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:951
+# FUCOMIP_ST0_STi [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:1354
 _T91 = """\
-b_unimplemented('FUCOMIP_ST0_STi', 'spec/x87.r1:951')  # x87.r1:951
+v_a = S.fpr[S.fsw >> 11 & 7]  # x87.r1:1357
+v_b = S.fpr[(S.fsw >> 11) + $b & 7]  # x87.r1:1357
+if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:81
+    raise Fault(7, None)  # x87.r1:81
+if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # x87.r1:82
+    raise Fault(16, None)  # x87.r1:82
+S.fip = $here & 0xffffffff  # x87.r1:88
+S.fcs = S.sel[1] & 0xffff  # x87.r1:89
+S.fop = $fop & 0x7ff  # x87.r1:90
+l_i = $b  # x87.r1:1363
+l_r = b_f80_compare(b_fpr(((S.fsw >> 11 & 0x7) & 7)), b_fpr((((S.fsw >> 11 & 0x7) + l_i) & 7)), 80, 1)  # x87.r1:1363
+m_b_empty_0 = (not (S.ftw >> (((S.fsw >> 11 & 0x7) + l_i) & 7) & 1))
+l_rel_1 = (l_r & 3)  # x87.r1:288
+l_flags_2 = (l_r >> 80)  # x87.r1:289
+if ((not (S.ftw >> ((S.fsw >> 11 & 0x7) & 7) & 1)) or m_b_empty_0):  # x87.r1:290
+    l_rel_1 = 3  # x87.r1:291
+    l_flags_2 = 65  # x87.r1:292
+S.fsw = (S.fsw | (l_flags_2 & 127)) & 0xffff  # x87.r1:108
+S.fsw = S.fsw & 0xfffffdff | ((l_flags_2 >> 9 & 1) & 1) << 9  # x87.r1:109
+if ((l_flags_2 & 63) & (~S.fcw)):  # x87.r1:110
+    S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:110
+    S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:110
+if (not (((l_flags_2 & 7) & (~S.fcw)) != 0)):  # x87.r1:295
+    S.eflags = flush_cc() & 0xffffffbf | (((l_rel_1 == 1) or (l_rel_1 == 3)) & 1) << 6  # x87.r1:296
+    S.eflags = flush_cc() & 0xfffffffb | ((l_rel_1 == 3) & 1) << 2  # x87.r1:297
+    S.eflags = flush_cc() & 0xfffffffe | (((l_rel_1 == 0) or (l_rel_1 == 3)) & 1)  # x87.r1:298
+    S.eflags = flush_cc() & 0xfffff7ff | 0  # x87.r1:299
+    S.eflags = flush_cc() & 0xffffff7f | 0  # x87.r1:300
+    S.eflags = flush_cc() & 0xffffffef | 0  # x87.r1:301
+    S.ftw = (S.ftw & (~(1 << ((S.fsw >> 11 & 0x7) & 7)))) & 0xff  # x87.r1:118
+    S.fsw = S.fsw & 0xffffc7ff | ((((S.fsw >> 11 & 0x7) + 1) & 7) & 7) << 11  # x87.r1:119
 """
 
-# FLD1 [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:963
+# FLD1 [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:1367
 _T92 = """\
-b_unimplemented('FLD1', 'spec/x87.r1:963')  # x87.r1:963
+if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:81
+    raise Fault(7, None)  # x87.r1:81
+if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # x87.r1:82
+    raise Fault(16, None)  # x87.r1:82
+S.fip = $here & 0xffffffff  # x87.r1:88
+S.fcs = S.sel[1] & 0xffff  # x87.r1:89
+S.fop = $fop & 0x7ff  # x87.r1:90
+l_v = 302222231531620438900736  # x87.r1:1376
+if (not (not (S.ftw >> (((S.fsw >> 11 & 0x7) + 7) & 7) & 1))):  # x87.r1:128
+    S.fsw = (S.fsw | 65) & 0xffff  # x87.r1:108
+    S.fsw = S.fsw & 0xfffffdff | 0x200  # x87.r1:109
+    if (1 & (~S.fcw)):  # x87.r1:110
+        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:110
+        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:110
+    if (S.fcw & 0x1):  # x87.r1:130
+        S.fsw = S.fsw & 0xffffc7ff | ((((S.fsw >> 11 & 0x7) + 7) & 7) & 7) << 11  # x87.r1:122
+        b_set_fpr(((S.fsw >> 11 & 0x7) & 7), 1208921207928610747318272)  # x87.r1:114
+        S.ftw = (S.ftw | (1 << ((S.fsw >> 11 & 0x7) & 7))) & 0xff  # x87.r1:115
+else:
+    l_flags_0 = (l_v >> 80)  # x87.r1:135
+    S.fsw = (S.fsw | (l_flags_0 & 127)) & 0xffff  # x87.r1:108
+    S.fsw = S.fsw & 0xfffffdff | ((l_flags_0 >> 9 & 1) & 1) << 9  # x87.r1:109
+    if ((l_flags_0 & 63) & (~S.fcw)):  # x87.r1:110
+        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:110
+        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:110
+    if (not (((l_flags_0 & 7) & (~S.fcw)) != 0)):  # x87.r1:137
+        S.fsw = S.fsw & 0xffffc7ff | ((((S.fsw >> 11 & 0x7) + 7) & 7) & 7) << 11  # x87.r1:122
+        b_set_fpr(((S.fsw >> 11 & 0x7) & 7), l_v)  # x87.r1:114
+        S.ftw = (S.ftw | (1 << ((S.fsw >> 11 & 0x7) & 7))) & 0xff  # x87.r1:115
 """
 
-# FLDL2T [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:973
+# FLDL2T [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:1378
 _T93 = """\
-b_unimplemented('FLDL2T', 'spec/x87.r1:973')  # x87.r1:973
+if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:81
+    raise Fault(7, None)  # x87.r1:81
+if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # x87.r1:82
+    raise Fault(16, None)  # x87.r1:82
+S.fip = $here & 0xffffffff  # x87.r1:88
+S.fcs = S.sel[1] & 0xffff  # x87.r1:89
+S.fop = $fop & 0x7ff  # x87.r1:90
+l_v = (302246774593006706854654 + ((S.fcw >> 10 & 0x3) == 2))  # x87.r1:1387
+if (not (not (S.ftw >> (((S.fsw >> 11 & 0x7) + 7) & 7) & 1))):  # x87.r1:128
+    S.fsw = (S.fsw | 65) & 0xffff  # x87.r1:108
+    S.fsw = S.fsw & 0xfffffdff | 0x200  # x87.r1:109
+    if (1 & (~S.fcw)):  # x87.r1:110
+        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:110
+        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:110
+    if (S.fcw & 0x1):  # x87.r1:130
+        S.fsw = S.fsw & 0xffffc7ff | ((((S.fsw >> 11 & 0x7) + 7) & 7) & 7) << 11  # x87.r1:122
+        b_set_fpr(((S.fsw >> 11 & 0x7) & 7), 1208921207928610747318272)  # x87.r1:114
+        S.ftw = (S.ftw | (1 << ((S.fsw >> 11 & 0x7) & 7))) & 0xff  # x87.r1:115
+else:
+    l_flags_0 = (l_v >> 80)  # x87.r1:135
+    S.fsw = (S.fsw | (l_flags_0 & 127)) & 0xffff  # x87.r1:108
+    S.fsw = S.fsw & 0xfffffdff | ((l_flags_0 >> 9 & 1) & 1) << 9  # x87.r1:109
+    if ((l_flags_0 & 63) & (~S.fcw)):  # x87.r1:110
+        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:110
+        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:110
+    if (not (((l_flags_0 & 7) & (~S.fcw)) != 0)):  # x87.r1:137
+        S.fsw = S.fsw & 0xffffc7ff | ((((S.fsw >> 11 & 0x7) + 7) & 7) & 7) << 11  # x87.r1:122
+        b_set_fpr(((S.fsw >> 11 & 0x7) & 7), l_v)  # x87.r1:114
+        S.ftw = (S.ftw | (1 << ((S.fsw >> 11 & 0x7) & 7))) & 0xff  # x87.r1:115
 """
 
-# FLDL2E [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:983
+# FLDL2E [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:1389
 _T94 = """\
-b_unimplemented('FLDL2E', 'spec/x87.r1:983')  # x87.r1:983
+if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:81
+    raise Fault(7, None)  # x87.r1:81
+if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # x87.r1:82
+    raise Fault(16, None)  # x87.r1:82
+S.fip = $here & 0xffffffff  # x87.r1:88
+S.fcs = S.sel[1] & 0xffff  # x87.r1:89
+S.fop = $fop & 0x7ff  # x87.r1:90
+l_v = (302226314672681428447420 - (((S.fcw >> 10 & 0x3) == 1) or ((S.fcw >> 10 & 0x3) == 3)))  # x87.r1:1398
+if (not (not (S.ftw >> (((S.fsw >> 11 & 0x7) + 7) & 7) & 1))):  # x87.r1:128
+    S.fsw = (S.fsw | 65) & 0xffff  # x87.r1:108
+    S.fsw = S.fsw & 0xfffffdff | 0x200  # x87.r1:109
+    if (1 & (~S.fcw)):  # x87.r1:110
+        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:110
+        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:110
+    if (S.fcw & 0x1):  # x87.r1:130
+        S.fsw = S.fsw & 0xffffc7ff | ((((S.fsw >> 11 & 0x7) + 7) & 7) & 7) << 11  # x87.r1:122
+        b_set_fpr(((S.fsw >> 11 & 0x7) & 7), 1208921207928610747318272)  # x87.r1:114
+        S.ftw = (S.ftw | (1 << ((S.fsw >> 11 & 0x7) & 7))) & 0xff  # x87.r1:115
+else:
+    l_flags_0 = (l_v >> 80)  # x87.r1:135
+    S.fsw = (S.fsw | (l_flags_0 & 127)) & 0xffff  # x87.r1:108
+    S.fsw = S.fsw & 0xfffffdff | ((l_flags_0 >> 9 & 1) & 1) << 9  # x87.r1:109
+    if ((l_flags_0 & 63) & (~S.fcw)):  # x87.r1:110
+        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:110
+        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:110
+    if (not (((l_flags_0 & 7) & (~S.fcw)) != 0)):  # x87.r1:137
+        S.fsw = S.fsw & 0xffffc7ff | ((((S.fsw >> 11 & 0x7) + 7) & 7) & 7) << 11  # x87.r1:122
+        b_set_fpr(((S.fsw >> 11 & 0x7) & 7), l_v)  # x87.r1:114
+        S.ftw = (S.ftw | (1 << ((S.fsw >> 11 & 0x7) & 7))) & 0xff  # x87.r1:115
 """
 
-# FLDPI [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:993
+# FLDPI [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:1400
 _T95 = """\
-b_unimplemented('FLDPI', 'spec/x87.r1:993')  # x87.r1:993
+if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:81
+    raise Fault(7, None)  # x87.r1:81
+if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # x87.r1:82
+    raise Fault(16, None)  # x87.r1:82
+S.fip = $here & 0xffffffff  # x87.r1:88
+S.fcs = S.sel[1] & 0xffff  # x87.r1:89
+S.fop = $fop & 0x7ff  # x87.r1:90
+l_v = (302245942942573447922229 - (((S.fcw >> 10 & 0x3) == 1) or ((S.fcw >> 10 & 0x3) == 3)))  # x87.r1:1409
+if (not (not (S.ftw >> (((S.fsw >> 11 & 0x7) + 7) & 7) & 1))):  # x87.r1:128
+    S.fsw = (S.fsw | 65) & 0xffff  # x87.r1:108
+    S.fsw = S.fsw & 0xfffffdff | 0x200  # x87.r1:109
+    if (1 & (~S.fcw)):  # x87.r1:110
+        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:110
+        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:110
+    if (S.fcw & 0x1):  # x87.r1:130
+        S.fsw = S.fsw & 0xffffc7ff | ((((S.fsw >> 11 & 0x7) + 7) & 7) & 7) << 11  # x87.r1:122
+        b_set_fpr(((S.fsw >> 11 & 0x7) & 7), 1208921207928610747318272)  # x87.r1:114
+        S.ftw = (S.ftw | (1 << ((S.fsw >> 11 & 0x7) & 7))) & 0xff  # x87.r1:115
+else:
+    l_flags_0 = (l_v >> 80)  # x87.r1:135
+    S.fsw = (S.fsw | (l_flags_0 & 127)) & 0xffff  # x87.r1:108
+    S.fsw = S.fsw & 0xfffffdff | ((l_flags_0 >> 9 & 1) & 1) << 9  # x87.r1:109
+    if ((l_flags_0 & 63) & (~S.fcw)):  # x87.r1:110
+        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:110
+        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:110
+    if (not (((l_flags_0 & 7) & (~S.fcw)) != 0)):  # x87.r1:137
+        S.fsw = S.fsw & 0xffffc7ff | ((((S.fsw >> 11 & 0x7) + 7) & 7) & 7) << 11  # x87.r1:122
+        b_set_fpr(((S.fsw >> 11 & 0x7) & 7), l_v)  # x87.r1:114
+        S.ftw = (S.ftw | (1 << ((S.fsw >> 11 & 0x7) & 7))) & 0xff  # x87.r1:115
 """
 
-# FLDLG2 [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:1003
+# FLDLG2 [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:1411
 _T96 = """\
-b_unimplemented('FLDLG2', 'spec/x87.r1:1003')  # x87.r1:1003
+if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:81
+    raise Fault(7, None)  # x87.r1:81
+if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # x87.r1:82
+    raise Fault(16, None)  # x87.r1:82
+S.fip = $here & 0xffffffff  # x87.r1:88
+S.fcs = S.sel[1] & 0xffff  # x87.r1:89
+S.fop = $fop & 0x7ff  # x87.r1:90
+l_v = (302187220718013211735961 - (((S.fcw >> 10 & 0x3) == 1) or ((S.fcw >> 10 & 0x3) == 3)))  # x87.r1:1420
+if (not (not (S.ftw >> (((S.fsw >> 11 & 0x7) + 7) & 7) & 1))):  # x87.r1:128
+    S.fsw = (S.fsw | 65) & 0xffff  # x87.r1:108
+    S.fsw = S.fsw & 0xfffffdff | 0x200  # x87.r1:109
+    if (1 & (~S.fcw)):  # x87.r1:110
+        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:110
+        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:110
+    if (S.fcw & 0x1):  # x87.r1:130
+        S.fsw = S.fsw & 0xffffc7ff | ((((S.fsw >> 11 & 0x7) + 7) & 7) & 7) << 11  # x87.r1:122
+        b_set_fpr(((S.fsw >> 11 & 0x7) & 7), 1208921207928610747318272)  # x87.r1:114
+        S.ftw = (S.ftw | (1 << ((S.fsw >> 11 & 0x7) & 7))) & 0xff  # x87.r1:115
+else:
+    l_flags_0 = (l_v >> 80)  # x87.r1:135
+    S.fsw = (S.fsw | (l_flags_0 & 127)) & 0xffff  # x87.r1:108
+    S.fsw = S.fsw & 0xfffffdff | ((l_flags_0 >> 9 & 1) & 1) << 9  # x87.r1:109
+    if ((l_flags_0 & 63) & (~S.fcw)):  # x87.r1:110
+        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:110
+        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:110
+    if (not (((l_flags_0 & 7) & (~S.fcw)) != 0)):  # x87.r1:137
+        S.fsw = S.fsw & 0xffffc7ff | ((((S.fsw >> 11 & 0x7) + 7) & 7) & 7) << 11  # x87.r1:122
+        b_set_fpr(((S.fsw >> 11 & 0x7) & 7), l_v)  # x87.r1:114
+        S.ftw = (S.ftw | (1 << ((S.fsw >> 11 & 0x7) & 7))) & 0xff  # x87.r1:115
 """
 
-# FLDLN2 [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:1013
+# FLDLN2 [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:1422
 _T97 = """\
-b_unimplemented('FLDLN2', 'spec/x87.r1:1013')  # x87.r1:1013
+if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:81
+    raise Fault(7, None)  # x87.r1:81
+if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # x87.r1:82
+    raise Fault(16, None)  # x87.r1:82
+S.fip = $here & 0xffffffff  # x87.r1:88
+S.fcs = S.sel[1] & 0xffff  # x87.r1:89
+S.fop = $fop & 0x7ff  # x87.r1:90
+l_v = (302207347724155077228972 - (((S.fcw >> 10 & 0x3) == 1) or ((S.fcw >> 10 & 0x3) == 3)))  # x87.r1:1431
+if (not (not (S.ftw >> (((S.fsw >> 11 & 0x7) + 7) & 7) & 1))):  # x87.r1:128
+    S.fsw = (S.fsw | 65) & 0xffff  # x87.r1:108
+    S.fsw = S.fsw & 0xfffffdff | 0x200  # x87.r1:109
+    if (1 & (~S.fcw)):  # x87.r1:110
+        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:110
+        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:110
+    if (S.fcw & 0x1):  # x87.r1:130
+        S.fsw = S.fsw & 0xffffc7ff | ((((S.fsw >> 11 & 0x7) + 7) & 7) & 7) << 11  # x87.r1:122
+        b_set_fpr(((S.fsw >> 11 & 0x7) & 7), 1208921207928610747318272)  # x87.r1:114
+        S.ftw = (S.ftw | (1 << ((S.fsw >> 11 & 0x7) & 7))) & 0xff  # x87.r1:115
+else:
+    l_flags_0 = (l_v >> 80)  # x87.r1:135
+    S.fsw = (S.fsw | (l_flags_0 & 127)) & 0xffff  # x87.r1:108
+    S.fsw = S.fsw & 0xfffffdff | ((l_flags_0 >> 9 & 1) & 1) << 9  # x87.r1:109
+    if ((l_flags_0 & 63) & (~S.fcw)):  # x87.r1:110
+        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:110
+        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:110
+    if (not (((l_flags_0 & 7) & (~S.fcw)) != 0)):  # x87.r1:137
+        S.fsw = S.fsw & 0xffffc7ff | ((((S.fsw >> 11 & 0x7) + 7) & 7) & 7) << 11  # x87.r1:122
+        b_set_fpr(((S.fsw >> 11 & 0x7) & 7), l_v)  # x87.r1:114
+        S.ftw = (S.ftw | (1 << ((S.fsw >> 11 & 0x7) & 7))) & 0xff  # x87.r1:115
 """
 
-# FLDZ [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:1023
+# FLDZ [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:1433
 _T98 = """\
-b_unimplemented('FLDZ', 'spec/x87.r1:1023')  # x87.r1:1023
+if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:81
+    raise Fault(7, None)  # x87.r1:81
+if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # x87.r1:82
+    raise Fault(16, None)  # x87.r1:82
+S.fip = $here & 0xffffffff  # x87.r1:88
+S.fcs = S.sel[1] & 0xffff  # x87.r1:89
+S.fop = $fop & 0x7ff  # x87.r1:90
+l_v = 0  # x87.r1:1442
+if (not (not (S.ftw >> (((S.fsw >> 11 & 0x7) + 7) & 7) & 1))):  # x87.r1:128
+    S.fsw = (S.fsw | 65) & 0xffff  # x87.r1:108
+    S.fsw = S.fsw & 0xfffffdff | 0x200  # x87.r1:109
+    if (1 & (~S.fcw)):  # x87.r1:110
+        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:110
+        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:110
+    if (S.fcw & 0x1):  # x87.r1:130
+        S.fsw = S.fsw & 0xffffc7ff | ((((S.fsw >> 11 & 0x7) + 7) & 7) & 7) << 11  # x87.r1:122
+        b_set_fpr(((S.fsw >> 11 & 0x7) & 7), 1208921207928610747318272)  # x87.r1:114
+        S.ftw = (S.ftw | (1 << ((S.fsw >> 11 & 0x7) & 7))) & 0xff  # x87.r1:115
+else:
+    l_flags_0 = (l_v >> 80)  # x87.r1:135
+    S.fsw = (S.fsw | (l_flags_0 & 127)) & 0xffff  # x87.r1:108
+    S.fsw = S.fsw & 0xfffffdff | ((l_flags_0 >> 9 & 1) & 1) << 9  # x87.r1:109
+    if ((l_flags_0 & 63) & (~S.fcw)):  # x87.r1:110
+        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:110
+        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:110
+    if (not (((l_flags_0 & 7) & (~S.fcw)) != 0)):  # x87.r1:137
+        S.fsw = S.fsw & 0xffffc7ff | ((((S.fsw >> 11 & 0x7) + 7) & 7) & 7) << 11  # x87.r1:122
+        b_set_fpr(((S.fsw >> 11 & 0x7) & 7), l_v)  # x87.r1:114
+        S.ftw = (S.ftw | (1 << ((S.fsw >> 11 & 0x7) & 7))) & 0xff  # x87.r1:115
 """
 
-# FCHS [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:1035
+# FCHS [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:1446
 _T99 = """\
-b_unimplemented('FCHS', 'spec/x87.r1:1035')  # x87.r1:1035
+v_dst = S.fpr[S.fsw >> 11 & 7]  # x87.r1:1449
+if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:81
+    raise Fault(7, None)  # x87.r1:81
+if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # x87.r1:82
+    raise Fault(16, None)  # x87.r1:82
+S.fip = $here & 0xffffffff  # x87.r1:88
+S.fcs = S.sel[1] & 0xffff  # x87.r1:89
+S.fop = $fop & 0x7ff  # x87.r1:90
+l_v = (b_fpr(((S.fsw >> 11 & 0x7) & 7)) ^ 604462909807314587353088)  # x87.r1:1455
+if (not (S.ftw >> ((S.fsw >> 11 & 0x7) & 7) & 1)):  # x87.r1:235
+    S.fsw = (S.fsw | 65) & 0xffff  # x87.r1:108
+    S.fsw = S.fsw & 0xfffffdff | 0x0  # x87.r1:109
+    if (1 & (~S.fcw)):  # x87.r1:110
+        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:110
+        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:110
+    if (S.fcw & 0x1):  # x87.r1:144
+        b_set_fpr(((S.fsw >> 11 & 0x7) & 7), 1208921207928610747318272)  # x87.r1:114
+        S.ftw = (S.ftw | (1 << ((S.fsw >> 11 & 0x7) & 7))) & 0xff  # x87.r1:115
+else:
+    l_flags_0 = (l_v >> 80)  # x87.r1:152
+    S.fsw = (S.fsw | (l_flags_0 & 127)) & 0xffff  # x87.r1:108
+    S.fsw = S.fsw & 0xfffffdff | ((l_flags_0 >> 9 & 1) & 1) << 9  # x87.r1:109
+    if ((l_flags_0 & 63) & (~S.fcw)):  # x87.r1:110
+        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:110
+        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:110
+    if (not (((l_flags_0 & 7) & (~S.fcw)) != 0)):  # x87.r1:154
+        b_set_fpr(((S.fsw >> 11 & 0x7) & 7), l_v)  # x87.r1:114
+        S.ftw = (S.ftw | (1 << ((S.fsw >> 11 & 0x7) & 7))) & 0xff  # x87.r1:115
 """
 
-# FABS [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:1045
+# FABS [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:1457
 _T100 = """\
-b_unimplemented('FABS', 'spec/x87.r1:1045')  # x87.r1:1045
+v_dst = S.fpr[S.fsw >> 11 & 7]  # x87.r1:1460
+if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:81
+    raise Fault(7, None)  # x87.r1:81
+if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # x87.r1:82
+    raise Fault(16, None)  # x87.r1:82
+S.fip = $here & 0xffffffff  # x87.r1:88
+S.fcs = S.sel[1] & 0xffff  # x87.r1:89
+S.fop = $fop & 0x7ff  # x87.r1:90
+l_v = (b_fpr(((S.fsw >> 11 & 0x7) & 7)) & 604462909807314587353087)  # x87.r1:1466
+if (not (S.ftw >> ((S.fsw >> 11 & 0x7) & 7) & 1)):  # x87.r1:235
+    S.fsw = (S.fsw | 65) & 0xffff  # x87.r1:108
+    S.fsw = S.fsw & 0xfffffdff | 0x0  # x87.r1:109
+    if (1 & (~S.fcw)):  # x87.r1:110
+        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:110
+        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:110
+    if (S.fcw & 0x1):  # x87.r1:144
+        b_set_fpr(((S.fsw >> 11 & 0x7) & 7), 1208921207928610747318272)  # x87.r1:114
+        S.ftw = (S.ftw | (1 << ((S.fsw >> 11 & 0x7) & 7))) & 0xff  # x87.r1:115
+else:
+    l_flags_0 = (l_v >> 80)  # x87.r1:152
+    S.fsw = (S.fsw | (l_flags_0 & 127)) & 0xffff  # x87.r1:108
+    S.fsw = S.fsw & 0xfffffdff | ((l_flags_0 >> 9 & 1) & 1) << 9  # x87.r1:109
+    if ((l_flags_0 & 63) & (~S.fcw)):  # x87.r1:110
+        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:110
+        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:110
+    if (not (((l_flags_0 & 7) & (~S.fcw)) != 0)):  # x87.r1:154
+        b_set_fpr(((S.fsw >> 11 & 0x7) & 7), l_v)  # x87.r1:114
+        S.ftw = (S.ftw | (1 << ((S.fsw >> 11 & 0x7) & 7))) & 0xff  # x87.r1:115
 """
 
-# F2XM1 [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:1055
+# F2XM1 [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:1468
 _T101 = """\
-b_unimplemented('F2XM1', 'spec/x87.r1:1055')  # x87.r1:1055
+v_dst = S.fpr[S.fsw >> 11 & 7]  # x87.r1:1471
+if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:81
+    raise Fault(7, None)  # x87.r1:81
+if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # x87.r1:82
+    raise Fault(16, None)  # x87.r1:82
+S.fip = $here & 0xffffffff  # x87.r1:88
+S.fcs = S.sel[1] & 0xffff  # x87.r1:89
+S.fop = $fop & 0x7ff  # x87.r1:90
+if (not (S.ftw >> ((S.fsw >> 11 & 0x7) & 7) & 1)):  # x87.r1:1477
+    S.fsw = (S.fsw | 65) & 0xffff  # x87.r1:108
+    S.fsw = S.fsw & 0xfffffdff | 0x0  # x87.r1:109
+    if (1 & (~S.fcw)):  # x87.r1:110
+        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:110
+        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:110
+    if (S.fcw & 0x1):  # x87.r1:144
+        b_set_fpr(((S.fsw >> 11 & 0x7) & 7), 1208921207928610747318272)  # x87.r1:114
+        S.ftw = (S.ftw | (1 << ((S.fsw >> 11 & 0x7) & 7))) & 0xff  # x87.r1:115
+else:
+    l_r = b_f80_transcendental(0, b_fpr(((S.fsw >> 11 & 0x7) & 7)), 0, S.fcw)  # x87.r1:1477
+    l_flags_0 = (l_r >> 160)  # x87.r1:182
+    S.fsw = (S.fsw | (l_flags_0 & 127)) & 0xffff  # x87.r1:108
+    S.fsw = S.fsw & 0xfffffdff | ((l_flags_0 >> 9 & 1) & 1) << 9  # x87.r1:109
+    if ((l_flags_0 & 63) & (~S.fcw)):  # x87.r1:110
+        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:110
+        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:110
+    if (not (((l_flags_0 & 7) & (~S.fcw)) != 0)):  # x87.r1:184
+        b_set_fpr(((S.fsw >> 11 & 0x7) & 7), l_r)  # x87.r1:114
+        S.ftw = (S.ftw | (1 << ((S.fsw >> 11 & 0x7) & 7))) & 0xff  # x87.r1:115
 """
 
-# FYL2X [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:1065
+# FYL2X [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:1479
 _T102 = """\
-b_unimplemented('FYL2X', 'spec/x87.r1:1065')  # x87.r1:1065
+if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:81
+    raise Fault(7, None)  # x87.r1:81
+if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # x87.r1:82
+    raise Fault(16, None)  # x87.r1:82
+S.fip = $here & 0xffffffff  # x87.r1:88
+S.fcs = S.sel[1] & 0xffff  # x87.r1:89
+S.fop = $fop & 0x7ff  # x87.r1:90
+if ((not (S.ftw >> ((S.fsw >> 11 & 0x7) & 7) & 1)) or (not (S.ftw >> (((S.fsw >> 11 & 0x7) + 1) & 7) & 1))):  # x87.r1:225
+    S.fsw = (S.fsw | 65) & 0xffff  # x87.r1:108
+    S.fsw = S.fsw & 0xfffffdff | 0x0  # x87.r1:109
+    if (1 & (~S.fcw)):  # x87.r1:110
+        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:110
+        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:110
+    if (S.fcw & 0x1):  # x87.r1:144
+        b_set_fpr((((S.fsw >> 11 & 0x7) + 1) & 7), 1208921207928610747318272)  # x87.r1:114
+        S.ftw = (S.ftw | (1 << (((S.fsw >> 11 & 0x7) + 1) & 7))) & 0xff  # x87.r1:115
+        S.ftw = (S.ftw & (~(1 << ((S.fsw >> 11 & 0x7) & 7)))) & 0xff  # x87.r1:118
+        S.fsw = S.fsw & 0xffffc7ff | ((((S.fsw >> 11 & 0x7) + 1) & 7) & 7) << 11  # x87.r1:119
+else:
+    l_r_0 = b_f80_transcendental(1, b_fpr(((S.fsw >> 11 & 0x7) & 7)), b_fpr((((S.fsw >> 11 & 0x7) + 1) & 7)), S.fcw)  # x87.r1:228
+    l_flags_1 = (l_r_0 >> 160)  # x87.r1:182
+    S.fsw = (S.fsw | (l_flags_1 & 127)) & 0xffff  # x87.r1:108
+    S.fsw = S.fsw & 0xfffffdff | ((l_flags_1 >> 9 & 1) & 1) << 9  # x87.r1:109
+    if ((l_flags_1 & 63) & (~S.fcw)):  # x87.r1:110
+        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:110
+        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:110
+    if (not (((l_flags_1 & 7) & (~S.fcw)) != 0)):  # x87.r1:184
+        b_set_fpr((((S.fsw >> 11 & 0x7) + 1) & 7), l_r_0)  # x87.r1:114
+        S.ftw = (S.ftw | (1 << (((S.fsw >> 11 & 0x7) + 1) & 7))) & 0xff  # x87.r1:115
+        S.ftw = (S.ftw & (~(1 << ((S.fsw >> 11 & 0x7) & 7)))) & 0xff  # x87.r1:118
+        S.fsw = S.fsw & 0xffffc7ff | ((((S.fsw >> 11 & 0x7) + 1) & 7) & 7) << 11  # x87.r1:119
 """
 
-# FPTAN [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:1074
+# FPTAN [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:1489
 _T103 = """\
-b_unimplemented('FPTAN', 'spec/x87.r1:1074')  # x87.r1:1074
+v_dst = S.fpr[S.fsw >> 11 & 7]  # x87.r1:1492
+if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:81
+    raise Fault(7, None)  # x87.r1:81
+if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # x87.r1:82
+    raise Fault(16, None)  # x87.r1:82
+S.fip = $here & 0xffffffff  # x87.r1:88
+S.fcs = S.sel[1] & 0xffff  # x87.r1:89
+S.fop = $fop & 0x7ff  # x87.r1:90
+if ((not (S.ftw >> ((S.fsw >> 11 & 0x7) & 7) & 1)) or (not (not (S.ftw >> (((S.fsw >> 11 & 0x7) + 7) & 7) & 1)))):  # x87.r1:203
+    m_flags_0 = (65 | (0 if (not (S.ftw >> ((S.fsw >> 11 & 0x7) & 7) & 1)) else 512))
+    S.fsw = (S.fsw | (m_flags_0 & 127)) & 0xffff  # x87.r1:108
+    S.fsw = S.fsw & 0xfffffdff | ((m_flags_0 >> 9 & 1) & 1) << 9  # x87.r1:109
+    if ((m_flags_0 & 63) & (~S.fcw)):  # x87.r1:110
+        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:110
+        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:110
+    if (S.fcw & 0x1):  # x87.r1:205
+        b_set_fpr(((S.fsw >> 11 & 0x7) & 7), 1208921207928610747318272)  # x87.r1:114
+        S.ftw = (S.ftw | (1 << ((S.fsw >> 11 & 0x7) & 7))) & 0xff  # x87.r1:115
+        S.fsw = S.fsw & 0xffffc7ff | ((((S.fsw >> 11 & 0x7) + 7) & 7) & 7) << 11  # x87.r1:122
+        b_set_fpr(((S.fsw >> 11 & 0x7) & 7), 1208921207928610747318272)  # x87.r1:114
+        S.ftw = (S.ftw | (1 << ((S.fsw >> 11 & 0x7) & 7))) & 0xff  # x87.r1:115
+else:
+    l_r_1 = b_f80_transcendental(6, b_fpr(((S.fsw >> 11 & 0x7) & 7)), 0, S.fcw)  # x87.r1:210
+    l_flags_2 = (l_r_1 >> 160)  # x87.r1:211
+    S.fsw = S.fsw & 0xfffffbff | ((l_flags_2 >> 10 & 1) & 1) << 10  # x87.r1:212
+    if (not (l_flags_2 >> 10 & 1)):  # x87.r1:213
+        S.fsw = (S.fsw | (l_flags_2 & 127)) & 0xffff  # x87.r1:108
+        S.fsw = S.fsw & 0xfffffdff | ((l_flags_2 >> 9 & 1) & 1) << 9  # x87.r1:109
+        if ((l_flags_2 & 63) & (~S.fcw)):  # x87.r1:110
+            S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:110
+            S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:110
+        if (not (((l_flags_2 & 7) & (~S.fcw)) != 0)):  # x87.r1:215
+            b_set_fpr(((S.fsw >> 11 & 0x7) & 7), l_r_1)  # x87.r1:114
+            S.ftw = (S.ftw | (1 << ((S.fsw >> 11 & 0x7) & 7))) & 0xff  # x87.r1:115
+            m_v_3 = (l_r_1 >> 80)
+            S.fsw = S.fsw & 0xffffc7ff | ((((S.fsw >> 11 & 0x7) + 7) & 7) & 7) << 11  # x87.r1:122
+            b_set_fpr(((S.fsw >> 11 & 0x7) & 7), m_v_3)  # x87.r1:114
+            S.ftw = (S.ftw | (1 << ((S.fsw >> 11 & 0x7) & 7))) & 0xff  # x87.r1:115
 """
 
-# FPATAN [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:1084
+# FPATAN [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:1500
 _T104 = """\
-b_unimplemented('FPATAN', 'spec/x87.r1:1084')  # x87.r1:1084
+if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:81
+    raise Fault(7, None)  # x87.r1:81
+if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # x87.r1:82
+    raise Fault(16, None)  # x87.r1:82
+S.fip = $here & 0xffffffff  # x87.r1:88
+S.fcs = S.sel[1] & 0xffff  # x87.r1:89
+S.fop = $fop & 0x7ff  # x87.r1:90
+if ((not (S.ftw >> ((S.fsw >> 11 & 0x7) & 7) & 1)) or (not (S.ftw >> (((S.fsw >> 11 & 0x7) + 1) & 7) & 1))):  # x87.r1:225
+    S.fsw = (S.fsw | 65) & 0xffff  # x87.r1:108
+    S.fsw = S.fsw & 0xfffffdff | 0x0  # x87.r1:109
+    if (1 & (~S.fcw)):  # x87.r1:110
+        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:110
+        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:110
+    if (S.fcw & 0x1):  # x87.r1:144
+        b_set_fpr((((S.fsw >> 11 & 0x7) + 1) & 7), 1208921207928610747318272)  # x87.r1:114
+        S.ftw = (S.ftw | (1 << (((S.fsw >> 11 & 0x7) + 1) & 7))) & 0xff  # x87.r1:115
+        S.ftw = (S.ftw & (~(1 << ((S.fsw >> 11 & 0x7) & 7)))) & 0xff  # x87.r1:118
+        S.fsw = S.fsw & 0xffffc7ff | ((((S.fsw >> 11 & 0x7) + 1) & 7) & 7) << 11  # x87.r1:119
+else:
+    l_r_0 = b_f80_transcendental(3, b_fpr(((S.fsw >> 11 & 0x7) & 7)), b_fpr((((S.fsw >> 11 & 0x7) + 1) & 7)), S.fcw)  # x87.r1:228
+    l_flags_1 = (l_r_0 >> 160)  # x87.r1:182
+    S.fsw = (S.fsw | (l_flags_1 & 127)) & 0xffff  # x87.r1:108
+    S.fsw = S.fsw & 0xfffffdff | ((l_flags_1 >> 9 & 1) & 1) << 9  # x87.r1:109
+    if ((l_flags_1 & 63) & (~S.fcw)):  # x87.r1:110
+        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:110
+        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:110
+    if (not (((l_flags_1 & 7) & (~S.fcw)) != 0)):  # x87.r1:184
+        b_set_fpr((((S.fsw >> 11 & 0x7) + 1) & 7), l_r_0)  # x87.r1:114
+        S.ftw = (S.ftw | (1 << (((S.fsw >> 11 & 0x7) + 1) & 7))) & 0xff  # x87.r1:115
+        S.ftw = (S.ftw & (~(1 << ((S.fsw >> 11 & 0x7) & 7)))) & 0xff  # x87.r1:118
+        S.fsw = S.fsw & 0xffffc7ff | ((((S.fsw >> 11 & 0x7) + 1) & 7) & 7) << 11  # x87.r1:119
 """
 
-# FXTRACT [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:1093
+# FXTRACT [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:1510
 _T105 = """\
-b_unimplemented('FXTRACT', 'spec/x87.r1:1093')  # x87.r1:1093
+v_dst = S.fpr[S.fsw >> 11 & 7]  # x87.r1:1513
+if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:81
+    raise Fault(7, None)  # x87.r1:81
+if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # x87.r1:82
+    raise Fault(16, None)  # x87.r1:82
+S.fip = $here & 0xffffffff  # x87.r1:88
+S.fcs = S.sel[1] & 0xffff  # x87.r1:89
+S.fop = $fop & 0x7ff  # x87.r1:90
+if ((not (S.ftw >> ((S.fsw >> 11 & 0x7) & 7) & 1)) or (not (not (S.ftw >> (((S.fsw >> 11 & 0x7) + 7) & 7) & 1)))):  # x87.r1:203
+    m_flags_0 = (65 | (0 if (not (S.ftw >> ((S.fsw >> 11 & 0x7) & 7) & 1)) else 512))
+    S.fsw = (S.fsw | (m_flags_0 & 127)) & 0xffff  # x87.r1:108
+    S.fsw = S.fsw & 0xfffffdff | ((m_flags_0 >> 9 & 1) & 1) << 9  # x87.r1:109
+    if ((m_flags_0 & 63) & (~S.fcw)):  # x87.r1:110
+        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:110
+        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:110
+    if (S.fcw & 0x1):  # x87.r1:205
+        b_set_fpr(((S.fsw >> 11 & 0x7) & 7), 1208921207928610747318272)  # x87.r1:114
+        S.ftw = (S.ftw | (1 << ((S.fsw >> 11 & 0x7) & 7))) & 0xff  # x87.r1:115
+        S.fsw = S.fsw & 0xffffc7ff | ((((S.fsw >> 11 & 0x7) + 7) & 7) & 7) << 11  # x87.r1:122
+        b_set_fpr(((S.fsw >> 11 & 0x7) & 7), 1208921207928610747318272)  # x87.r1:114
+        S.ftw = (S.ftw | (1 << ((S.fsw >> 11 & 0x7) & 7))) & 0xff  # x87.r1:115
+else:
+    l_r_1 = b_f80_extract(b_fpr(((S.fsw >> 11 & 0x7) & 7)))  # x87.r1:210
+    l_flags_2 = (l_r_1 >> 160)  # x87.r1:211
+    if (not (l_flags_2 >> 10 & 1)):  # x87.r1:213
+        S.fsw = (S.fsw | (l_flags_2 & 127)) & 0xffff  # x87.r1:108
+        S.fsw = S.fsw & 0xfffffdff | ((l_flags_2 >> 9 & 1) & 1) << 9  # x87.r1:109
+        if ((l_flags_2 & 63) & (~S.fcw)):  # x87.r1:110
+            S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:110
+            S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:110
+        if (not (((l_flags_2 & 7) & (~S.fcw)) != 0)):  # x87.r1:215
+            b_set_fpr(((S.fsw >> 11 & 0x7) & 7), l_r_1)  # x87.r1:114
+            S.ftw = (S.ftw | (1 << ((S.fsw >> 11 & 0x7) & 7))) & 0xff  # x87.r1:115
+            m_v_3 = (l_r_1 >> 80)
+            S.fsw = S.fsw & 0xffffc7ff | ((((S.fsw >> 11 & 0x7) + 7) & 7) & 7) << 11  # x87.r1:122
+            b_set_fpr(((S.fsw >> 11 & 0x7) & 7), m_v_3)  # x87.r1:114
+            S.ftw = (S.ftw | (1 << ((S.fsw >> 11 & 0x7) & 7))) & 0xff  # x87.r1:115
 """
 
-# FPREM1 [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:1103
+# FPREM1 [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:1521
 _T106 = """\
-b_unimplemented('FPREM1', 'spec/x87.r1:1103')  # x87.r1:1103
+if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:81
+    raise Fault(7, None)  # x87.r1:81
+if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # x87.r1:82
+    raise Fault(16, None)  # x87.r1:82
+S.fip = $here & 0xffffffff  # x87.r1:88
+S.fcs = S.sel[1] & 0xffff  # x87.r1:89
+S.fop = $fop & 0x7ff  # x87.r1:90
+if ((not (S.ftw >> ((S.fsw >> 11 & 0x7) & 7) & 1)) or (not (S.ftw >> (((S.fsw >> 11 & 0x7) + 1) & 7) & 1))):  # x87.r1:1529
+    S.fsw = (S.fsw | 65) & 0xffff  # x87.r1:108
+    S.fsw = S.fsw & 0xfffffdff | 0x0  # x87.r1:109
+    if (1 & (~S.fcw)):  # x87.r1:110
+        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:110
+        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:110
+    if (S.fcw & 0x1):  # x87.r1:144
+        b_set_fpr(((S.fsw >> 11 & 0x7) & 7), 1208921207928610747318272)  # x87.r1:114
+        S.ftw = (S.ftw | (1 << ((S.fsw >> 11 & 0x7) & 7))) & 0xff  # x87.r1:115
+else:
+    l_r = b_f80_prem(b_fpr(((S.fsw >> 11 & 0x7) & 7)), b_fpr((((S.fsw >> 11 & 0x7) + 1) & 7)), 1, S.fcw)  # x87.r1:1529
+    l_flags = (l_r >> 96)  # x87.r1:1529
+    S.fsw = (S.fsw | (l_flags & 127)) & 0xffff  # x87.r1:108
+    S.fsw = S.fsw & 0xfffffdff | ((l_flags >> 9 & 1) & 1) << 9  # x87.r1:109
+    if ((l_flags & 63) & (~S.fcw)):  # x87.r1:110
+        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:110
+        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:110
+    if (not (((l_flags & 7) & (~S.fcw)) != 0)):  # x87.r1:1529
+        b_set_fpr(((S.fsw >> 11 & 0x7) & 7), l_r)  # x87.r1:114
+        S.ftw = (S.ftw | (1 << ((S.fsw >> 11 & 0x7) & 7))) & 0xff  # x87.r1:115
+        l_cc = (l_r >> 80)  # x87.r1:1529
+        S.fsw = S.fsw & 0xfffffeff | ((l_cc >> 8 & 1) & 1) << 8  # x87.r1:1529
+        S.fsw = S.fsw & 0xfffffdff | ((l_cc >> 9 & 1) & 1) << 9  # x87.r1:1529
+        S.fsw = S.fsw & 0xfffffbff | ((l_cc >> 10 & 1) & 1) << 10  # x87.r1:1529
+        S.fsw = S.fsw & 0xffffbfff | ((l_cc >> 14 & 1) & 1) << 14  # x87.r1:1529
 """
 
-# FDECSTP [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:1112
+# FDECSTP [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:1531
 _T107 = """\
-b_unimplemented('FDECSTP', 'spec/x87.r1:1112')  # x87.r1:1112
+if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:81
+    raise Fault(7, None)  # x87.r1:81
+if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # x87.r1:82
+    raise Fault(16, None)  # x87.r1:82
+S.fip = $here & 0xffffffff  # x87.r1:88
+S.fcs = S.sel[1] & 0xffff  # x87.r1:89
+S.fop = $fop & 0x7ff  # x87.r1:90
+S.fsw = S.fsw & 0xfffffeff | 0x0  # x87.r1:100
+S.fsw = S.fsw & 0xfffffdff | 0x0  # x87.r1:101
+S.fsw = S.fsw & 0xfffffbff | 0x0  # x87.r1:102
+S.fsw = S.fsw & 0xffffbfff | 0x0  # x87.r1:103
+S.fsw = S.fsw & 0xffffc7ff | ((((S.fsw >> 11 & 0x7) + 7) & 7) & 7) << 11  # x87.r1:1539
 """
 
-# FINCSTP [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:1121
+# FINCSTP [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:1541
 _T108 = """\
-b_unimplemented('FINCSTP', 'spec/x87.r1:1121')  # x87.r1:1121
+if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:81
+    raise Fault(7, None)  # x87.r1:81
+if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # x87.r1:82
+    raise Fault(16, None)  # x87.r1:82
+S.fip = $here & 0xffffffff  # x87.r1:88
+S.fcs = S.sel[1] & 0xffff  # x87.r1:89
+S.fop = $fop & 0x7ff  # x87.r1:90
+S.fsw = S.fsw & 0xfffffeff | 0x0  # x87.r1:100
+S.fsw = S.fsw & 0xfffffdff | 0x0  # x87.r1:101
+S.fsw = S.fsw & 0xfffffbff | 0x0  # x87.r1:102
+S.fsw = S.fsw & 0xffffbfff | 0x0  # x87.r1:103
+S.fsw = S.fsw & 0xffffc7ff | ((((S.fsw >> 11 & 0x7) + 1) & 7) & 7) << 11  # x87.r1:1549
 """
 
-# FPREM [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:1130
+# FPREM [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:1551
 _T109 = """\
-b_unimplemented('FPREM', 'spec/x87.r1:1130')  # x87.r1:1130
+if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:81
+    raise Fault(7, None)  # x87.r1:81
+if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # x87.r1:82
+    raise Fault(16, None)  # x87.r1:82
+S.fip = $here & 0xffffffff  # x87.r1:88
+S.fcs = S.sel[1] & 0xffff  # x87.r1:89
+S.fop = $fop & 0x7ff  # x87.r1:90
+if ((not (S.ftw >> ((S.fsw >> 11 & 0x7) & 7) & 1)) or (not (S.ftw >> (((S.fsw >> 11 & 0x7) + 1) & 7) & 1))):  # x87.r1:1559
+    S.fsw = (S.fsw | 65) & 0xffff  # x87.r1:108
+    S.fsw = S.fsw & 0xfffffdff | 0x0  # x87.r1:109
+    if (1 & (~S.fcw)):  # x87.r1:110
+        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:110
+        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:110
+    if (S.fcw & 0x1):  # x87.r1:144
+        b_set_fpr(((S.fsw >> 11 & 0x7) & 7), 1208921207928610747318272)  # x87.r1:114
+        S.ftw = (S.ftw | (1 << ((S.fsw >> 11 & 0x7) & 7))) & 0xff  # x87.r1:115
+else:
+    l_r = b_f80_prem(b_fpr(((S.fsw >> 11 & 0x7) & 7)), b_fpr((((S.fsw >> 11 & 0x7) + 1) & 7)), 0, S.fcw)  # x87.r1:1559
+    l_flags = (l_r >> 96)  # x87.r1:1559
+    S.fsw = (S.fsw | (l_flags & 127)) & 0xffff  # x87.r1:108
+    S.fsw = S.fsw & 0xfffffdff | ((l_flags >> 9 & 1) & 1) << 9  # x87.r1:109
+    if ((l_flags & 63) & (~S.fcw)):  # x87.r1:110
+        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:110
+        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:110
+    if (not (((l_flags & 7) & (~S.fcw)) != 0)):  # x87.r1:1559
+        b_set_fpr(((S.fsw >> 11 & 0x7) & 7), l_r)  # x87.r1:114
+        S.ftw = (S.ftw | (1 << ((S.fsw >> 11 & 0x7) & 7))) & 0xff  # x87.r1:115
+        l_cc = (l_r >> 80)  # x87.r1:1559
+        S.fsw = S.fsw & 0xfffffeff | ((l_cc >> 8 & 1) & 1) << 8  # x87.r1:1559
+        S.fsw = S.fsw & 0xfffffdff | ((l_cc >> 9 & 1) & 1) << 9  # x87.r1:1559
+        S.fsw = S.fsw & 0xfffffbff | ((l_cc >> 10 & 1) & 1) << 10  # x87.r1:1559
+        S.fsw = S.fsw & 0xffffbfff | ((l_cc >> 14 & 1) & 1) << 14  # x87.r1:1559
 """
 
-# FYL2XP1 [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:1139
+# FYL2XP1 [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:1561
 _T110 = """\
-b_unimplemented('FYL2XP1', 'spec/x87.r1:1139')  # x87.r1:1139
+if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:81
+    raise Fault(7, None)  # x87.r1:81
+if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # x87.r1:82
+    raise Fault(16, None)  # x87.r1:82
+S.fip = $here & 0xffffffff  # x87.r1:88
+S.fcs = S.sel[1] & 0xffff  # x87.r1:89
+S.fop = $fop & 0x7ff  # x87.r1:90
+if ((not (S.ftw >> ((S.fsw >> 11 & 0x7) & 7) & 1)) or (not (S.ftw >> (((S.fsw >> 11 & 0x7) + 1) & 7) & 1))):  # x87.r1:225
+    S.fsw = (S.fsw | 65) & 0xffff  # x87.r1:108
+    S.fsw = S.fsw & 0xfffffdff | 0x0  # x87.r1:109
+    if (1 & (~S.fcw)):  # x87.r1:110
+        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:110
+        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:110
+    if (S.fcw & 0x1):  # x87.r1:144
+        b_set_fpr((((S.fsw >> 11 & 0x7) + 1) & 7), 1208921207928610747318272)  # x87.r1:114
+        S.ftw = (S.ftw | (1 << (((S.fsw >> 11 & 0x7) + 1) & 7))) & 0xff  # x87.r1:115
+        S.ftw = (S.ftw & (~(1 << ((S.fsw >> 11 & 0x7) & 7)))) & 0xff  # x87.r1:118
+        S.fsw = S.fsw & 0xffffc7ff | ((((S.fsw >> 11 & 0x7) + 1) & 7) & 7) << 11  # x87.r1:119
+else:
+    l_r_0 = b_f80_transcendental(2, b_fpr(((S.fsw >> 11 & 0x7) & 7)), b_fpr((((S.fsw >> 11 & 0x7) + 1) & 7)), S.fcw)  # x87.r1:228
+    l_flags_1 = (l_r_0 >> 160)  # x87.r1:182
+    S.fsw = (S.fsw | (l_flags_1 & 127)) & 0xffff  # x87.r1:108
+    S.fsw = S.fsw & 0xfffffdff | ((l_flags_1 >> 9 & 1) & 1) << 9  # x87.r1:109
+    if ((l_flags_1 & 63) & (~S.fcw)):  # x87.r1:110
+        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:110
+        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:110
+    if (not (((l_flags_1 & 7) & (~S.fcw)) != 0)):  # x87.r1:184
+        b_set_fpr((((S.fsw >> 11 & 0x7) + 1) & 7), l_r_0)  # x87.r1:114
+        S.ftw = (S.ftw | (1 << (((S.fsw >> 11 & 0x7) + 1) & 7))) & 0xff  # x87.r1:115
+        S.ftw = (S.ftw & (~(1 << ((S.fsw >> 11 & 0x7) & 7)))) & 0xff  # x87.r1:118
+        S.fsw = S.fsw & 0xffffc7ff | ((((S.fsw >> 11 & 0x7) + 1) & 7) & 7) << 11  # x87.r1:119
 """
 
-# FSQRT [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:1148
+# FSQRT [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:1571
 _T111 = """\
-b_unimplemented('FSQRT', 'spec/x87.r1:1148')  # x87.r1:1148
+v_dst = S.fpr[S.fsw >> 11 & 7]  # x87.r1:1574
+if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:81
+    raise Fault(7, None)  # x87.r1:81
+if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # x87.r1:82
+    raise Fault(16, None)  # x87.r1:82
+S.fip = $here & 0xffffffff  # x87.r1:88
+S.fcs = S.sel[1] & 0xffff  # x87.r1:89
+S.fop = $fop & 0x7ff  # x87.r1:90
+l_r = b_f80_sqrt(b_fpr(((S.fsw >> 11 & 0x7) & 7)), S.fcw)  # x87.r1:1580
+if (not (S.ftw >> ((S.fsw >> 11 & 0x7) & 7) & 1)):  # x87.r1:235
+    S.fsw = (S.fsw | 65) & 0xffff  # x87.r1:108
+    S.fsw = S.fsw & 0xfffffdff | 0x0  # x87.r1:109
+    if (1 & (~S.fcw)):  # x87.r1:110
+        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:110
+        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:110
+    if (S.fcw & 0x1):  # x87.r1:144
+        b_set_fpr(((S.fsw >> 11 & 0x7) & 7), 1208921207928610747318272)  # x87.r1:114
+        S.ftw = (S.ftw | (1 << ((S.fsw >> 11 & 0x7) & 7))) & 0xff  # x87.r1:115
+else:
+    l_flags_0 = (l_r >> 80)  # x87.r1:152
+    S.fsw = (S.fsw | (l_flags_0 & 127)) & 0xffff  # x87.r1:108
+    S.fsw = S.fsw & 0xfffffdff | ((l_flags_0 >> 9 & 1) & 1) << 9  # x87.r1:109
+    if ((l_flags_0 & 63) & (~S.fcw)):  # x87.r1:110
+        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:110
+        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:110
+    if (not (((l_flags_0 & 7) & (~S.fcw)) != 0)):  # x87.r1:154
+        b_set_fpr(((S.fsw >> 11 & 0x7) & 7), l_r)  # x87.r1:114
+        S.ftw = (S.ftw | (1 << ((S.fsw >> 11 & 0x7) & 7))) & 0xff  # x87.r1:115
 """
 
-# FSINCOS [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:1158
+# FSINCOS [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:1582
 _T112 = """\
-b_unimplemented('FSINCOS', 'spec/x87.r1:1158')  # x87.r1:1158
+v_dst = S.fpr[S.fsw >> 11 & 7]  # x87.r1:1585
+if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:81
+    raise Fault(7, None)  # x87.r1:81
+if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # x87.r1:82
+    raise Fault(16, None)  # x87.r1:82
+S.fip = $here & 0xffffffff  # x87.r1:88
+S.fcs = S.sel[1] & 0xffff  # x87.r1:89
+S.fop = $fop & 0x7ff  # x87.r1:90
+if ((not (S.ftw >> ((S.fsw >> 11 & 0x7) & 7) & 1)) or (not (not (S.ftw >> (((S.fsw >> 11 & 0x7) + 7) & 7) & 1)))):  # x87.r1:203
+    m_flags_0 = (65 | (0 if (not (S.ftw >> ((S.fsw >> 11 & 0x7) & 7) & 1)) else 512))
+    S.fsw = (S.fsw | (m_flags_0 & 127)) & 0xffff  # x87.r1:108
+    S.fsw = S.fsw & 0xfffffdff | ((m_flags_0 >> 9 & 1) & 1) << 9  # x87.r1:109
+    if ((m_flags_0 & 63) & (~S.fcw)):  # x87.r1:110
+        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:110
+        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:110
+    if (S.fcw & 0x1):  # x87.r1:205
+        b_set_fpr(((S.fsw >> 11 & 0x7) & 7), 1208921207928610747318272)  # x87.r1:114
+        S.ftw = (S.ftw | (1 << ((S.fsw >> 11 & 0x7) & 7))) & 0xff  # x87.r1:115
+        S.fsw = S.fsw & 0xffffc7ff | ((((S.fsw >> 11 & 0x7) + 7) & 7) & 7) << 11  # x87.r1:122
+        b_set_fpr(((S.fsw >> 11 & 0x7) & 7), 1208921207928610747318272)  # x87.r1:114
+        S.ftw = (S.ftw | (1 << ((S.fsw >> 11 & 0x7) & 7))) & 0xff  # x87.r1:115
+else:
+    l_r_1 = b_f80_transcendental(7, b_fpr(((S.fsw >> 11 & 0x7) & 7)), 0, S.fcw)  # x87.r1:210
+    l_flags_2 = (l_r_1 >> 160)  # x87.r1:211
+    S.fsw = S.fsw & 0xfffffbff | ((l_flags_2 >> 10 & 1) & 1) << 10  # x87.r1:212
+    if (not (l_flags_2 >> 10 & 1)):  # x87.r1:213
+        S.fsw = (S.fsw | (l_flags_2 & 127)) & 0xffff  # x87.r1:108
+        S.fsw = S.fsw & 0xfffffdff | ((l_flags_2 >> 9 & 1) & 1) << 9  # x87.r1:109
+        if ((l_flags_2 & 63) & (~S.fcw)):  # x87.r1:110
+            S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:110
+            S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:110
+        if (not (((l_flags_2 & 7) & (~S.fcw)) != 0)):  # x87.r1:215
+            b_set_fpr(((S.fsw >> 11 & 0x7) & 7), l_r_1)  # x87.r1:114
+            S.ftw = (S.ftw | (1 << ((S.fsw >> 11 & 0x7) & 7))) & 0xff  # x87.r1:115
+            m_v_3 = (l_r_1 >> 80)
+            S.fsw = S.fsw & 0xffffc7ff | ((((S.fsw >> 11 & 0x7) + 7) & 7) & 7) << 11  # x87.r1:122
+            b_set_fpr(((S.fsw >> 11 & 0x7) & 7), m_v_3)  # x87.r1:114
+            S.ftw = (S.ftw | (1 << ((S.fsw >> 11 & 0x7) & 7))) & 0xff  # x87.r1:115
 """
 
-# FRNDINT [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:1168
+# FRNDINT [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:1593
 _T113 = """\
-b_unimplemented('FRNDINT', 'spec/x87.r1:1168')  # x87.r1:1168
+v_dst = S.fpr[S.fsw >> 11 & 7]  # x87.r1:1596
+if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:81
+    raise Fault(7, None)  # x87.r1:81
+if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # x87.r1:82
+    raise Fault(16, None)  # x87.r1:82
+S.fip = $here & 0xffffffff  # x87.r1:88
+S.fcs = S.sel[1] & 0xffff  # x87.r1:89
+S.fop = $fop & 0x7ff  # x87.r1:90
+l_r = b_f80_round_int(b_fpr(((S.fsw >> 11 & 0x7) & 7)), S.fcw)  # x87.r1:1602
+if (not (S.ftw >> ((S.fsw >> 11 & 0x7) & 7) & 1)):  # x87.r1:235
+    S.fsw = (S.fsw | 65) & 0xffff  # x87.r1:108
+    S.fsw = S.fsw & 0xfffffdff | 0x0  # x87.r1:109
+    if (1 & (~S.fcw)):  # x87.r1:110
+        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:110
+        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:110
+    if (S.fcw & 0x1):  # x87.r1:144
+        b_set_fpr(((S.fsw >> 11 & 0x7) & 7), 1208921207928610747318272)  # x87.r1:114
+        S.ftw = (S.ftw | (1 << ((S.fsw >> 11 & 0x7) & 7))) & 0xff  # x87.r1:115
+else:
+    l_flags_0 = (l_r >> 80)  # x87.r1:152
+    S.fsw = (S.fsw | (l_flags_0 & 127)) & 0xffff  # x87.r1:108
+    S.fsw = S.fsw & 0xfffffdff | ((l_flags_0 >> 9 & 1) & 1) << 9  # x87.r1:109
+    if ((l_flags_0 & 63) & (~S.fcw)):  # x87.r1:110
+        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:110
+        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:110
+    if (not (((l_flags_0 & 7) & (~S.fcw)) != 0)):  # x87.r1:154
+        b_set_fpr(((S.fsw >> 11 & 0x7) & 7), l_r)  # x87.r1:114
+        S.ftw = (S.ftw | (1 << ((S.fsw >> 11 & 0x7) & 7))) & 0xff  # x87.r1:115
 """
 
-# FSCALE [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:1178
+# FSCALE [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:1604
 _T114 = """\
-b_unimplemented('FSCALE', 'spec/x87.r1:1178')  # x87.r1:1178
+if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:81
+    raise Fault(7, None)  # x87.r1:81
+if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # x87.r1:82
+    raise Fault(16, None)  # x87.r1:82
+S.fip = $here & 0xffffffff  # x87.r1:88
+S.fcs = S.sel[1] & 0xffff  # x87.r1:89
+S.fop = $fop & 0x7ff  # x87.r1:90
+if ((not (S.ftw >> ((S.fsw >> 11 & 0x7) & 7) & 1)) or (not (S.ftw >> (((S.fsw >> 11 & 0x7) + 1) & 7) & 1))):  # x87.r1:1612
+    S.fsw = (S.fsw | 65) & 0xffff  # x87.r1:108
+    S.fsw = S.fsw & 0xfffffdff | 0x0  # x87.r1:109
+    if (1 & (~S.fcw)):  # x87.r1:110
+        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:110
+        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:110
+    if (S.fcw & 0x1):  # x87.r1:144
+        b_set_fpr(((S.fsw >> 11 & 0x7) & 7), 1208921207928610747318272)  # x87.r1:114
+        S.ftw = (S.ftw | (1 << ((S.fsw >> 11 & 0x7) & 7))) & 0xff  # x87.r1:115
+else:
+    l_r = b_f80_scale(b_fpr(((S.fsw >> 11 & 0x7) & 7)), b_fpr((((S.fsw >> 11 & 0x7) + 1) & 7)), S.fcw)  # x87.r1:1612
+    l_flags_0 = (l_r >> 80)  # x87.r1:152
+    S.fsw = (S.fsw | (l_flags_0 & 127)) & 0xffff  # x87.r1:108
+    S.fsw = S.fsw & 0xfffffdff | ((l_flags_0 >> 9 & 1) & 1) << 9  # x87.r1:109
+    if ((l_flags_0 & 63) & (~S.fcw)):  # x87.r1:110
+        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:110
+        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:110
+    if (not (((l_flags_0 & 7) & (~S.fcw)) != 0)):  # x87.r1:154
+        b_set_fpr(((S.fsw >> 11 & 0x7) & 7), l_r)  # x87.r1:114
+        S.ftw = (S.ftw | (1 << ((S.fsw >> 11 & 0x7) & 7))) & 0xff  # x87.r1:115
 """
 
-# FSIN [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:1187
+# FSIN [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:1614
 _T115 = """\
-b_unimplemented('FSIN', 'spec/x87.r1:1187')  # x87.r1:1187
+v_dst = S.fpr[S.fsw >> 11 & 7]  # x87.r1:1617
+if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:81
+    raise Fault(7, None)  # x87.r1:81
+if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # x87.r1:82
+    raise Fault(16, None)  # x87.r1:82
+S.fip = $here & 0xffffffff  # x87.r1:88
+S.fcs = S.sel[1] & 0xffff  # x87.r1:89
+S.fop = $fop & 0x7ff  # x87.r1:90
+if (not (S.ftw >> ((S.fsw >> 11 & 0x7) & 7) & 1)):  # x87.r1:192
+    S.fsw = (S.fsw | 65) & 0xffff  # x87.r1:108
+    S.fsw = S.fsw & 0xfffffdff | 0x0  # x87.r1:109
+    if (1 & (~S.fcw)):  # x87.r1:110
+        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:110
+        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:110
+    if (S.fcw & 0x1):  # x87.r1:144
+        b_set_fpr(((S.fsw >> 11 & 0x7) & 7), 1208921207928610747318272)  # x87.r1:114
+        S.ftw = (S.ftw | (1 << ((S.fsw >> 11 & 0x7) & 7))) & 0xff  # x87.r1:115
+else:
+    l_r_0 = b_f80_transcendental(4, b_fpr(((S.fsw >> 11 & 0x7) & 7)), 0, S.fcw)  # x87.r1:195
+    S.fsw = S.fsw & 0xfffffbff | (((l_r_0 >> 160) >> 10 & 1) & 1) << 10  # x87.r1:196
+    if (not ((l_r_0 >> 160) >> 10 & 1)):  # x87.r1:197
+        l_flags_1 = (l_r_0 >> 160)  # x87.r1:182
+        S.fsw = (S.fsw | (l_flags_1 & 127)) & 0xffff  # x87.r1:108
+        S.fsw = S.fsw & 0xfffffdff | ((l_flags_1 >> 9 & 1) & 1) << 9  # x87.r1:109
+        if ((l_flags_1 & 63) & (~S.fcw)):  # x87.r1:110
+            S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:110
+            S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:110
+        if (not (((l_flags_1 & 7) & (~S.fcw)) != 0)):  # x87.r1:184
+            b_set_fpr(((S.fsw >> 11 & 0x7) & 7), l_r_0)  # x87.r1:114
+            S.ftw = (S.ftw | (1 << ((S.fsw >> 11 & 0x7) & 7))) & 0xff  # x87.r1:115
 """
 
-# FCOS [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:1197
+# FCOS [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:1625
 _T116 = """\
-b_unimplemented('FCOS', 'spec/x87.r1:1197')  # x87.r1:1197
+v_dst = S.fpr[S.fsw >> 11 & 7]  # x87.r1:1628
+if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:81
+    raise Fault(7, None)  # x87.r1:81
+if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # x87.r1:82
+    raise Fault(16, None)  # x87.r1:82
+S.fip = $here & 0xffffffff  # x87.r1:88
+S.fcs = S.sel[1] & 0xffff  # x87.r1:89
+S.fop = $fop & 0x7ff  # x87.r1:90
+if (not (S.ftw >> ((S.fsw >> 11 & 0x7) & 7) & 1)):  # x87.r1:192
+    S.fsw = (S.fsw | 65) & 0xffff  # x87.r1:108
+    S.fsw = S.fsw & 0xfffffdff | 0x0  # x87.r1:109
+    if (1 & (~S.fcw)):  # x87.r1:110
+        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:110
+        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:110
+    if (S.fcw & 0x1):  # x87.r1:144
+        b_set_fpr(((S.fsw >> 11 & 0x7) & 7), 1208921207928610747318272)  # x87.r1:114
+        S.ftw = (S.ftw | (1 << ((S.fsw >> 11 & 0x7) & 7))) & 0xff  # x87.r1:115
+else:
+    l_r_0 = b_f80_transcendental(5, b_fpr(((S.fsw >> 11 & 0x7) & 7)), 0, S.fcw)  # x87.r1:195
+    S.fsw = S.fsw & 0xfffffbff | (((l_r_0 >> 160) >> 10 & 1) & 1) << 10  # x87.r1:196
+    if (not ((l_r_0 >> 160) >> 10 & 1)):  # x87.r1:197
+        l_flags_1 = (l_r_0 >> 160)  # x87.r1:182
+        S.fsw = (S.fsw | (l_flags_1 & 127)) & 0xffff  # x87.r1:108
+        S.fsw = S.fsw & 0xfffffdff | ((l_flags_1 >> 9 & 1) & 1) << 9  # x87.r1:109
+        if ((l_flags_1 & 63) & (~S.fcw)):  # x87.r1:110
+            S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:110
+            S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:110
+        if (not (((l_flags_1 & 7) & (~S.fcw)) != 0)):  # x87.r1:184
+            b_set_fpr(((S.fsw >> 11 & 0x7) & 7), l_r_0)  # x87.r1:114
+            S.ftw = (S.ftw | (1 << ((S.fsw >> 11 & 0x7) & 7))) & 0xff  # x87.r1:115
 """
 
-# FNOP [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:1348
+# FNOP [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:1777
 _T117 = """\
-b_unimplemented('FNOP', 'spec/x87.r1:1348')  # x87.r1:1348
+if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:81
+    raise Fault(7, None)  # x87.r1:81
+if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # x87.r1:82
+    raise Fault(16, None)  # x87.r1:82
+S.fip = $here & 0xffffffff  # x87.r1:88
+S.fcs = S.sel[1] & 0xffff  # x87.r1:89
+S.fop = $fop & 0x7ff  # x87.r1:90
 """
 
-# FFREE_STi [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:1357
+# FFREE_STi [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:1787
 _T118 = """\
-b_unimplemented('FFREE_STi', 'spec/x87.r1:1357')  # x87.r1:1357
+if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:81
+    raise Fault(7, None)  # x87.r1:81
+if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # x87.r1:82
+    raise Fault(16, None)  # x87.r1:82
+S.fip = $here & 0xffffffff  # x87.r1:88
+S.fcs = S.sel[1] & 0xffff  # x87.r1:89
+S.fop = $fop & 0x7ff  # x87.r1:90
+S.ftw = (S.ftw & (~(1 << (((S.fsw >> 11 & 0x7) + $dst) & 7)))) & 0xff  # x87.r1:1796
 """
 
-# FNINIT [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:1367
+# FNINIT [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:1798
 _T119 = """\
-if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:1225
-    raise Fault(7, None)  # x87.r1:1225
-S.fcw = 895 & 0xffff  # x87.r1:1257
-S.fsw = 0 & 0xffff  # x87.r1:1258
-S.ftw = 0 & 0xff  # x87.r1:1259
-S.fip = 0 & 0xffffffff  # x87.r1:1260
-S.fcs = 0 & 0xffff  # x87.r1:1261
-S.fdp = 0 & 0xffffffff  # x87.r1:1262
-S.fds = 0 & 0xffff  # x87.r1:1263
-S.fop = 0 & 0x7ff  # x87.r1:1264
+if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:1654
+    raise Fault(7, None)  # x87.r1:1654
+S.fcw = 895 & 0xffff  # x87.r1:1686
+S.fsw = 0 & 0xffff  # x87.r1:1687
+S.ftw = 0 & 0xff  # x87.r1:1688
+S.fip = 0 & 0xffffffff  # x87.r1:1689
+S.fcs = 0 & 0xffff  # x87.r1:1690
+S.fdp = 0 & 0xffffffff  # x87.r1:1691
+S.fds = 0 & 0xffff  # x87.r1:1692
+S.fop = 0 & 0x7ff  # x87.r1:1693
 """
 
-# FNCLEX [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:1377
+# FNCLEX [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:1808
 _T120 = """\
-if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:1225
-    raise Fault(7, None)  # x87.r1:1225
-S.fsw = (S.fsw & 32512) & 0xffff  # x87.r1:1385
+if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:1654
+    raise Fault(7, None)  # x87.r1:1654
+S.fsw = (S.fsw & 32512) & 0xffff  # x87.r1:1816
 """
 
-# FLDCW_M16 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/x87.r1:1387
+# FLDCW_M16 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/x87.r1:1818
 _T121 = """\
 ea = $ea
-if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:1225
-    raise Fault(7, None)  # x87.r1:1225
-v_src = rd16($seg, ea)  # x87.r1:1390
-S.fcw = v_src & 0xffff  # x87.r1:1396
+if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:1654
+    raise Fault(7, None)  # x87.r1:1654
+v_src = rd16($seg, ea)  # x87.r1:1821
+S.fcw = v_src & 0xffff  # x87.r1:1827
 """
 
-# FNSTCW_M16 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/x87.r1:1398
+# FNSTCW_M16 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/x87.r1:1829
 _T122 = """\
 ea = $ea
-if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:1225
-    raise Fault(7, None)  # x87.r1:1225
-wr16($seg, ea, S.fcw)  # x87.r1:1407
+if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:1654
+    raise Fault(7, None)  # x87.r1:1654
+wr16($seg, ea, S.fcw)  # x87.r1:1838
 """
 
-# FNSTSW_M16 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/x87.r1:1409
+# FNSTSW_M16 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/x87.r1:1840
 _T123 = """\
 ea = $ea
-if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:1225
-    raise Fault(7, None)  # x87.r1:1225
-wr16($seg, ea, S.fsw)  # x87.r1:1418
+if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:1654
+    raise Fault(7, None)  # x87.r1:1654
+wr16($seg, ea, S.fsw)  # x87.r1:1849
 """
 
-# FNSTSW_AX [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:1420
+# FNSTSW_AX [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:1851
 _T124 = """\
-if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:1225
-    raise Fault(7, None)  # x87.r1:1225
-R[0] = R[0] & 0xffff0000 | S.fsw & 0xffff  # x87.r1:1428
+if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:1654
+    raise Fault(7, None)  # x87.r1:1654
+R[0] = R[0] & 0xffff0000 | S.fsw & 0xffff  # x87.r1:1859
 """
 
-# FLDENV_MENV [o16 a16 mem, o16 a32 mem] from spec/x87.r1:1430
+# FLDENV_MENV [o16 a16 mem, o16 a32 mem] from spec/x87.r1:1861
 _T125 = """\
 ea = $ea
-if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:1225
-    raise Fault(7, None)  # x87.r1:1225
-v_src = b_load($seg, ea, 224)  # x87.r1:1433
-l_step_0 = 2  # x87.r1:1315
-l_w_1 = 16  # x87.r1:1316
-l_cw_2 = rd16($seg, ea)  # x87.r1:1317
-l_sw_3 = rd16($seg, (ea + l_step_0))  # x87.r1:1318
-l_tags_4 = rd16($seg, (ea + (2 * l_step_0)))  # x87.r1:1319
-l_ip_5 = b_load($seg, (ea + (3 * l_step_0)), l_w_1)  # x87.r1:1320
-l_cs_op_6 = b_load($seg, (ea + (4 * l_step_0)), l_w_1)  # x87.r1:1321
-l_dp_7 = b_load($seg, (ea + (5 * l_step_0)), l_w_1)  # x87.r1:1322
-l_ds_hi_8 = b_load($seg, (ea + (6 * l_step_0)), l_w_1)  # x87.r1:1323
-if (S.mode == 1):  # x87.r1:1324
-    S.fip = l_ip_5 & 0xffffffff  # x87.r1:1325
-    S.fcs = (l_cs_op_6 & 0xffff) & 0xffff  # x87.r1:1326
-    S.fop = S.fop & 0x7ff  # x87.r1:1327
-    S.fdp = l_dp_7 & 0xffffffff  # x87.r1:1328
-    S.fds = (l_ds_hi_8 & 0xffff) & 0xffff  # x87.r1:1329
+if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:1654
+    raise Fault(7, None)  # x87.r1:1654
+v_src = b_load($seg, ea, 224)  # x87.r1:1864
+l_step_0 = 2  # x87.r1:1744
+l_w_1 = 16  # x87.r1:1745
+l_cw_2 = rd16($seg, ea)  # x87.r1:1746
+l_sw_3 = rd16($seg, (ea + l_step_0))  # x87.r1:1747
+l_tags_4 = rd16($seg, (ea + (2 * l_step_0)))  # x87.r1:1748
+l_ip_5 = b_load($seg, (ea + (3 * l_step_0)), l_w_1)  # x87.r1:1749
+l_cs_op_6 = b_load($seg, (ea + (4 * l_step_0)), l_w_1)  # x87.r1:1750
+l_dp_7 = b_load($seg, (ea + (5 * l_step_0)), l_w_1)  # x87.r1:1751
+l_ds_hi_8 = b_load($seg, (ea + (6 * l_step_0)), l_w_1)  # x87.r1:1752
+if (S.mode == 1):  # x87.r1:1753
+    S.fip = l_ip_5 & 0xffffffff  # x87.r1:1754
+    S.fcs = (l_cs_op_6 & 0xffff) & 0xffff  # x87.r1:1755
+    S.fop = S.fop & 0x7ff  # x87.r1:1756
+    S.fdp = l_dp_7 & 0xffffffff  # x87.r1:1757
+    S.fds = (l_ds_hi_8 & 0xffff) & 0xffff  # x87.r1:1758
 else:
-    S.fip = ((l_ip_5 & 0xffff) | ((l_cs_op_6 >> 12 & 0xf) << 16)) & 0xffffffff  # x87.r1:1337
-    S.fop = (l_cs_op_6 & 0x7ff) & 0x7ff  # x87.r1:1338
-    S.fdp = ((l_dp_7 & 0xffff) | ((l_ds_hi_8 >> 12 & 0xf) << 16)) & 0xffffffff  # x87.r1:1339
-    S.fcs = 0 & 0xffff  # x87.r1:1340
-    S.fds = 0 & 0xffff  # x87.r1:1341
-S.fcw = l_cw_2 & 0xffff  # x87.r1:1343
-S.fsw = ((l_sw_3 & 32767) | ((l_sw_3 >> 7 & 1) << 15)) & 0xffff  # x87.r1:1344
-l_a_9 = 0  # x87.r1:1247
-l_i_10 = 0  # x87.r1:1248
-while (l_i_10 < 8):  # x87.r1:1249
-    if (((l_tags_4 >> (2 * l_i_10)) & 3) != 3):  # x87.r1:1250
-        l_a_9 = (l_a_9 | (1 << l_i_10))  # x87.r1:1250
-    l_i_10 = (l_i_10 + 1)  # x87.r1:1251
-S.ftw = l_a_9 & 0xff  # x87.r1:1345
+    S.fip = ((l_ip_5 & 0xffff) | ((l_cs_op_6 >> 12 & 0xf) << 16)) & 0xffffffff  # x87.r1:1766
+    S.fop = (l_cs_op_6 & 0x7ff) & 0x7ff  # x87.r1:1767
+    S.fdp = ((l_dp_7 & 0xffff) | ((l_ds_hi_8 >> 12 & 0xf) << 16)) & 0xffffffff  # x87.r1:1768
+    S.fcs = 0 & 0xffff  # x87.r1:1769
+    S.fds = 0 & 0xffff  # x87.r1:1770
+S.fcw = l_cw_2 & 0xffff  # x87.r1:1772
+S.fsw = ((l_sw_3 & 32767) | ((l_sw_3 >> 7 & 1) << 15)) & 0xffff  # x87.r1:1773
+l_a_9 = 0  # x87.r1:1676
+l_i_10 = 0  # x87.r1:1677
+while (l_i_10 < 8):  # x87.r1:1678
+    if (((l_tags_4 >> (2 * l_i_10)) & 3) != 3):  # x87.r1:1679
+        l_a_9 = (l_a_9 | (1 << l_i_10))  # x87.r1:1679
+    l_i_10 = (l_i_10 + 1)  # x87.r1:1680
+S.ftw = l_a_9 & 0xff  # x87.r1:1774
 """
 
-# FLDENV_MENV [o32 a16 mem, o32 a32 mem] from spec/x87.r1:1430
+# FLDENV_MENV [o32 a16 mem, o32 a32 mem] from spec/x87.r1:1861
 _T126 = """\
 ea = $ea
-if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:1225
-    raise Fault(7, None)  # x87.r1:1225
-v_src = b_load($seg, ea, 224)  # x87.r1:1433
-l_step_0 = 4  # x87.r1:1315
-l_w_1 = 32  # x87.r1:1316
-l_cw_2 = rd16($seg, ea)  # x87.r1:1317
-l_sw_3 = rd16($seg, (ea + l_step_0))  # x87.r1:1318
-l_tags_4 = rd16($seg, (ea + (2 * l_step_0)))  # x87.r1:1319
-l_ip_5 = b_load($seg, (ea + (3 * l_step_0)), l_w_1)  # x87.r1:1320
-l_cs_op_6 = b_load($seg, (ea + (4 * l_step_0)), l_w_1)  # x87.r1:1321
-l_dp_7 = b_load($seg, (ea + (5 * l_step_0)), l_w_1)  # x87.r1:1322
-l_ds_hi_8 = b_load($seg, (ea + (6 * l_step_0)), l_w_1)  # x87.r1:1323
-if (S.mode == 1):  # x87.r1:1324
-    S.fip = l_ip_5 & 0xffffffff  # x87.r1:1325
-    S.fcs = (l_cs_op_6 & 0xffff) & 0xffff  # x87.r1:1326
-    S.fop = (l_cs_op_6 >> 16 & 0x7ff) & 0x7ff  # x87.r1:1327
-    S.fdp = l_dp_7 & 0xffffffff  # x87.r1:1328
-    S.fds = (l_ds_hi_8 & 0xffff) & 0xffff  # x87.r1:1329
+if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:1654
+    raise Fault(7, None)  # x87.r1:1654
+v_src = b_load($seg, ea, 224)  # x87.r1:1864
+l_step_0 = 4  # x87.r1:1744
+l_w_1 = 32  # x87.r1:1745
+l_cw_2 = rd16($seg, ea)  # x87.r1:1746
+l_sw_3 = rd16($seg, (ea + l_step_0))  # x87.r1:1747
+l_tags_4 = rd16($seg, (ea + (2 * l_step_0)))  # x87.r1:1748
+l_ip_5 = b_load($seg, (ea + (3 * l_step_0)), l_w_1)  # x87.r1:1749
+l_cs_op_6 = b_load($seg, (ea + (4 * l_step_0)), l_w_1)  # x87.r1:1750
+l_dp_7 = b_load($seg, (ea + (5 * l_step_0)), l_w_1)  # x87.r1:1751
+l_ds_hi_8 = b_load($seg, (ea + (6 * l_step_0)), l_w_1)  # x87.r1:1752
+if (S.mode == 1):  # x87.r1:1753
+    S.fip = l_ip_5 & 0xffffffff  # x87.r1:1754
+    S.fcs = (l_cs_op_6 & 0xffff) & 0xffff  # x87.r1:1755
+    S.fop = (l_cs_op_6 >> 16 & 0x7ff) & 0x7ff  # x87.r1:1756
+    S.fdp = l_dp_7 & 0xffffffff  # x87.r1:1757
+    S.fds = (l_ds_hi_8 & 0xffff) & 0xffff  # x87.r1:1758
 else:
-    S.fip = ((l_ip_5 & 0xffff) | ((l_cs_op_6 >> 12 & 0xffff) << 16)) & 0xffffffff  # x87.r1:1331
-    S.fop = (l_cs_op_6 & 0x7ff) & 0x7ff  # x87.r1:1332
-    S.fdp = ((l_dp_7 & 0xffff) | ((l_ds_hi_8 >> 12 & 0xffff) << 16)) & 0xffffffff  # x87.r1:1333
-    S.fcs = 0 & 0xffff  # x87.r1:1334
-    S.fds = 0 & 0xffff  # x87.r1:1335
-S.fcw = l_cw_2 & 0xffff  # x87.r1:1343
-S.fsw = ((l_sw_3 & 32767) | ((l_sw_3 >> 7 & 1) << 15)) & 0xffff  # x87.r1:1344
-l_a_9 = 0  # x87.r1:1247
-l_i_10 = 0  # x87.r1:1248
-while (l_i_10 < 8):  # x87.r1:1249
-    if (((l_tags_4 >> (2 * l_i_10)) & 3) != 3):  # x87.r1:1250
-        l_a_9 = (l_a_9 | (1 << l_i_10))  # x87.r1:1250
-    l_i_10 = (l_i_10 + 1)  # x87.r1:1251
-S.ftw = l_a_9 & 0xff  # x87.r1:1345
+    S.fip = ((l_ip_5 & 0xffff) | ((l_cs_op_6 >> 12 & 0xffff) << 16)) & 0xffffffff  # x87.r1:1760
+    S.fop = (l_cs_op_6 & 0x7ff) & 0x7ff  # x87.r1:1761
+    S.fdp = ((l_dp_7 & 0xffff) | ((l_ds_hi_8 >> 12 & 0xffff) << 16)) & 0xffffffff  # x87.r1:1762
+    S.fcs = 0 & 0xffff  # x87.r1:1763
+    S.fds = 0 & 0xffff  # x87.r1:1764
+S.fcw = l_cw_2 & 0xffff  # x87.r1:1772
+S.fsw = ((l_sw_3 & 32767) | ((l_sw_3 >> 7 & 1) << 15)) & 0xffff  # x87.r1:1773
+l_a_9 = 0  # x87.r1:1676
+l_i_10 = 0  # x87.r1:1677
+while (l_i_10 < 8):  # x87.r1:1678
+    if (((l_tags_4 >> (2 * l_i_10)) & 3) != 3):  # x87.r1:1679
+        l_a_9 = (l_a_9 | (1 << l_i_10))  # x87.r1:1679
+    l_i_10 = (l_i_10 + 1)  # x87.r1:1680
+S.ftw = l_a_9 & 0xff  # x87.r1:1774
 """
 
-# FNSTENV_MENV [o16 a16 mem, o16 a32 mem] from spec/x87.r1:1441
+# FNSTENV_MENV [o16 a16 mem, o16 a32 mem] from spec/x87.r1:1872
 _T127 = """\
 S.eip = $next
 ea = $ea
-if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:1225
-    raise Fault(7, None)  # x87.r1:1225
-b_check_write($seg, ea, 112)  # x87.r1:1452
-l_t_0 = 0  # x87.r1:1236
-l_i_1 = 0  # x87.r1:1237
-while (l_i_1 < 8):  # x87.r1:1238
-    l_t_0 = (l_t_0 | ((((1 if ((b_fpr(l_i_1) & 0xffffffffffffffff) == 0) else 2) if ((b_fpr(l_i_1) >> 64 & 0x7fff) == 0) else (2 if ((b_fpr(l_i_1) >> 64 & 0x7fff) == 32767) else (0 if (b_fpr(l_i_1) >> 63 & 1) else 2))) if (S.ftw >> l_i_1 & 1) else 3) << (2 * l_i_1)))  # x87.r1:1239
-    l_i_1 = (l_i_1 + 1)  # x87.r1:1240
-l_tags_2 = l_t_0  # x87.r1:1271
-l_prot_3 = (S.mode == 1)  # x87.r1:1272
-l_ip_4 = (S.fip if l_prot_3 else ((S.fcs << 4) + S.fip))  # x87.r1:1273
-l_dp_5 = (S.fdp if l_prot_3 else ((S.fds << 4) + S.fdp))  # x87.r1:1274
-wr16($seg, ea, S.fcw)  # x87.r1:1296
-wr16($seg, (ea + 2), S.fsw)  # x87.r1:1297
-wr16($seg, (ea + 4), l_tags_2)  # x87.r1:1298
-if l_prot_3:  # x87.r1:1299
-    wr16($seg, (ea + 6), l_ip_4)  # x87.r1:1300
-    wr16($seg, (ea + 8), S.fcs)  # x87.r1:1301
-    wr16($seg, (ea + 10), l_dp_5)  # x87.r1:1302
-    wr16($seg, (ea + 12), S.fds)  # x87.r1:1303
+if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:1654
+    raise Fault(7, None)  # x87.r1:1654
+b_check_write($seg, ea, 112)  # x87.r1:1883
+l_t_0 = 0  # x87.r1:1665
+l_i_1 = 0  # x87.r1:1666
+while (l_i_1 < 8):  # x87.r1:1667
+    l_t_0 = (l_t_0 | ((((1 if ((b_fpr(l_i_1) & 0xffffffffffffffff) == 0) else 2) if ((b_fpr(l_i_1) >> 64 & 0x7fff) == 0) else (2 if ((b_fpr(l_i_1) >> 64 & 0x7fff) == 32767) else (0 if (b_fpr(l_i_1) >> 63 & 1) else 2))) if (S.ftw >> l_i_1 & 1) else 3) << (2 * l_i_1)))  # x87.r1:1668
+    l_i_1 = (l_i_1 + 1)  # x87.r1:1669
+l_tags_2 = l_t_0  # x87.r1:1700
+l_prot_3 = (S.mode == 1)  # x87.r1:1701
+l_ip_4 = (S.fip if l_prot_3 else ((S.fcs << 4) + S.fip))  # x87.r1:1702
+l_dp_5 = (S.fdp if l_prot_3 else ((S.fds << 4) + S.fdp))  # x87.r1:1703
+wr16($seg, ea, S.fcw)  # x87.r1:1725
+wr16($seg, (ea + 2), S.fsw)  # x87.r1:1726
+wr16($seg, (ea + 4), l_tags_2)  # x87.r1:1727
+if l_prot_3:  # x87.r1:1728
+    wr16($seg, (ea + 6), l_ip_4)  # x87.r1:1729
+    wr16($seg, (ea + 8), S.fcs)  # x87.r1:1730
+    wr16($seg, (ea + 10), l_dp_5)  # x87.r1:1731
+    wr16($seg, (ea + 12), S.fds)  # x87.r1:1732
 else:
-    wr16($seg, (ea + 6), l_ip_4)  # x87.r1:1305
-    wr16($seg, (ea + 8), ((((l_ip_4 >> 16) & 15) << 12) | S.fop))  # x87.r1:1306
-    wr16($seg, (ea + 10), l_dp_5)  # x87.r1:1307
-    wr16($seg, (ea + 12), (((l_dp_5 >> 16) & 15) << 12))  # x87.r1:1308
-S.fcw = (S.fcw | 63) & 0xffff  # x87.r1:1454
+    wr16($seg, (ea + 6), l_ip_4)  # x87.r1:1734
+    wr16($seg, (ea + 8), ((((l_ip_4 >> 16) & 15) << 12) | S.fop))  # x87.r1:1735
+    wr16($seg, (ea + 10), l_dp_5)  # x87.r1:1736
+    wr16($seg, (ea + 12), (((l_dp_5 >> 16) & 15) << 12))  # x87.r1:1737
+S.fcw = (S.fcw | 63) & 0xffff  # x87.r1:1885
 """
 
-# FNSTENV_MENV [o32 a16 mem, o32 a32 mem] from spec/x87.r1:1441
+# FNSTENV_MENV [o32 a16 mem, o32 a32 mem] from spec/x87.r1:1872
 _T128 = """\
 S.eip = $next
 ea = $ea
-if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:1225
-    raise Fault(7, None)  # x87.r1:1225
-b_check_write($seg, ea, 224)  # x87.r1:1452
-l_t_0 = 0  # x87.r1:1236
-l_i_1 = 0  # x87.r1:1237
-while (l_i_1 < 8):  # x87.r1:1238
-    l_t_0 = (l_t_0 | ((((1 if ((b_fpr(l_i_1) & 0xffffffffffffffff) == 0) else 2) if ((b_fpr(l_i_1) >> 64 & 0x7fff) == 0) else (2 if ((b_fpr(l_i_1) >> 64 & 0x7fff) == 32767) else (0 if (b_fpr(l_i_1) >> 63 & 1) else 2))) if (S.ftw >> l_i_1 & 1) else 3) << (2 * l_i_1)))  # x87.r1:1239
-    l_i_1 = (l_i_1 + 1)  # x87.r1:1240
-l_tags_2 = l_t_0  # x87.r1:1271
-l_prot_3 = (S.mode == 1)  # x87.r1:1272
-l_ip_4 = (S.fip if l_prot_3 else ((S.fcs << 4) + S.fip))  # x87.r1:1273
-l_dp_5 = (S.fdp if l_prot_3 else ((S.fds << 4) + S.fdp))  # x87.r1:1274
-wr32($seg, ea, S.fcw)  # x87.r1:1276
-wr32($seg, (ea + 4), S.fsw)  # x87.r1:1277
-wr32($seg, (ea + 8), l_tags_2)  # x87.r1:1278
-if l_prot_3:  # x87.r1:1279
-    wr32($seg, (ea + 12), l_ip_4)  # x87.r1:1280
-    wr32($seg, (ea + 16), ((S.fop << 16) | S.fcs))  # x87.r1:1281
-    wr32($seg, (ea + 20), l_dp_5)  # x87.r1:1282
-    wr32($seg, (ea + 24), S.fds)  # x87.r1:1283
+if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:1654
+    raise Fault(7, None)  # x87.r1:1654
+b_check_write($seg, ea, 224)  # x87.r1:1883
+l_t_0 = 0  # x87.r1:1665
+l_i_1 = 0  # x87.r1:1666
+while (l_i_1 < 8):  # x87.r1:1667
+    l_t_0 = (l_t_0 | ((((1 if ((b_fpr(l_i_1) & 0xffffffffffffffff) == 0) else 2) if ((b_fpr(l_i_1) >> 64 & 0x7fff) == 0) else (2 if ((b_fpr(l_i_1) >> 64 & 0x7fff) == 32767) else (0 if (b_fpr(l_i_1) >> 63 & 1) else 2))) if (S.ftw >> l_i_1 & 1) else 3) << (2 * l_i_1)))  # x87.r1:1668
+    l_i_1 = (l_i_1 + 1)  # x87.r1:1669
+l_tags_2 = l_t_0  # x87.r1:1700
+l_prot_3 = (S.mode == 1)  # x87.r1:1701
+l_ip_4 = (S.fip if l_prot_3 else ((S.fcs << 4) + S.fip))  # x87.r1:1702
+l_dp_5 = (S.fdp if l_prot_3 else ((S.fds << 4) + S.fdp))  # x87.r1:1703
+wr32($seg, ea, S.fcw)  # x87.r1:1705
+wr32($seg, (ea + 4), S.fsw)  # x87.r1:1706
+wr32($seg, (ea + 8), l_tags_2)  # x87.r1:1707
+if l_prot_3:  # x87.r1:1708
+    wr32($seg, (ea + 12), l_ip_4)  # x87.r1:1709
+    wr32($seg, (ea + 16), ((S.fop << 16) | S.fcs))  # x87.r1:1710
+    wr32($seg, (ea + 20), l_dp_5)  # x87.r1:1711
+    wr32($seg, (ea + 24), S.fds)  # x87.r1:1712
 else:
-    wr32($seg, (ea + 12), (l_ip_4 & 65535))  # x87.r1:1285
-    wr32($seg, (ea + 16), ((((l_ip_4 >> 16) & 65535) << 12) | S.fop))  # x87.r1:1286
-    wr32($seg, (ea + 20), (l_dp_5 & 65535))  # x87.r1:1287
-    wr32($seg, (ea + 24), (((l_dp_5 >> 16) & 65535) << 12))  # x87.r1:1288
-S.fcw = (S.fcw | 63) & 0xffff  # x87.r1:1454
+    wr32($seg, (ea + 12), (l_ip_4 & 65535))  # x87.r1:1714
+    wr32($seg, (ea + 16), ((((l_ip_4 >> 16) & 65535) << 12) | S.fop))  # x87.r1:1715
+    wr32($seg, (ea + 20), (l_dp_5 & 65535))  # x87.r1:1716
+    wr32($seg, (ea + 24), (((l_dp_5 >> 16) & 65535) << 12))  # x87.r1:1717
+S.fcw = (S.fcw | 63) & 0xffff  # x87.r1:1885
 """
 
-# FRSTOR_MSTATE [o16 a16 mem, o16 a32 mem] from spec/x87.r1:1457
+# FRSTOR_MSTATE [o16 a16 mem, o16 a32 mem] from spec/x87.r1:1888
 _T129 = """\
 ea = $ea
-if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:1225
-    raise Fault(7, None)  # x87.r1:1225
-v_src = b_load($seg, ea, 864)  # x87.r1:1460
-l_step_0 = 2  # x87.r1:1315
-l_w_1 = 16  # x87.r1:1316
-l_cw_2 = rd16($seg, ea)  # x87.r1:1317
-l_sw_3 = rd16($seg, (ea + l_step_0))  # x87.r1:1318
-l_tags_4 = rd16($seg, (ea + (2 * l_step_0)))  # x87.r1:1319
-l_ip_5 = b_load($seg, (ea + (3 * l_step_0)), l_w_1)  # x87.r1:1320
-l_cs_op_6 = b_load($seg, (ea + (4 * l_step_0)), l_w_1)  # x87.r1:1321
-l_dp_7 = b_load($seg, (ea + (5 * l_step_0)), l_w_1)  # x87.r1:1322
-l_ds_hi_8 = b_load($seg, (ea + (6 * l_step_0)), l_w_1)  # x87.r1:1323
-if (S.mode == 1):  # x87.r1:1324
-    S.fip = l_ip_5 & 0xffffffff  # x87.r1:1325
-    S.fcs = (l_cs_op_6 & 0xffff) & 0xffff  # x87.r1:1326
-    S.fop = S.fop & 0x7ff  # x87.r1:1327
-    S.fdp = l_dp_7 & 0xffffffff  # x87.r1:1328
-    S.fds = (l_ds_hi_8 & 0xffff) & 0xffff  # x87.r1:1329
+if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:1654
+    raise Fault(7, None)  # x87.r1:1654
+v_src = b_load($seg, ea, 864)  # x87.r1:1891
+l_step_0 = 2  # x87.r1:1744
+l_w_1 = 16  # x87.r1:1745
+l_cw_2 = rd16($seg, ea)  # x87.r1:1746
+l_sw_3 = rd16($seg, (ea + l_step_0))  # x87.r1:1747
+l_tags_4 = rd16($seg, (ea + (2 * l_step_0)))  # x87.r1:1748
+l_ip_5 = b_load($seg, (ea + (3 * l_step_0)), l_w_1)  # x87.r1:1749
+l_cs_op_6 = b_load($seg, (ea + (4 * l_step_0)), l_w_1)  # x87.r1:1750
+l_dp_7 = b_load($seg, (ea + (5 * l_step_0)), l_w_1)  # x87.r1:1751
+l_ds_hi_8 = b_load($seg, (ea + (6 * l_step_0)), l_w_1)  # x87.r1:1752
+if (S.mode == 1):  # x87.r1:1753
+    S.fip = l_ip_5 & 0xffffffff  # x87.r1:1754
+    S.fcs = (l_cs_op_6 & 0xffff) & 0xffff  # x87.r1:1755
+    S.fop = S.fop & 0x7ff  # x87.r1:1756
+    S.fdp = l_dp_7 & 0xffffffff  # x87.r1:1757
+    S.fds = (l_ds_hi_8 & 0xffff) & 0xffff  # x87.r1:1758
 else:
-    S.fip = ((l_ip_5 & 0xffff) | ((l_cs_op_6 >> 12 & 0xf) << 16)) & 0xffffffff  # x87.r1:1337
-    S.fop = (l_cs_op_6 & 0x7ff) & 0x7ff  # x87.r1:1338
-    S.fdp = ((l_dp_7 & 0xffff) | ((l_ds_hi_8 >> 12 & 0xf) << 16)) & 0xffffffff  # x87.r1:1339
-    S.fcs = 0 & 0xffff  # x87.r1:1340
-    S.fds = 0 & 0xffff  # x87.r1:1341
-S.fcw = l_cw_2 & 0xffff  # x87.r1:1343
-S.fsw = ((l_sw_3 & 32767) | ((l_sw_3 >> 7 & 1) << 15)) & 0xffff  # x87.r1:1344
-l_a_9 = 0  # x87.r1:1247
-l_i_10 = 0  # x87.r1:1248
-while (l_i_10 < 8):  # x87.r1:1249
-    if (((l_tags_4 >> (2 * l_i_10)) & 3) != 3):  # x87.r1:1250
-        l_a_9 = (l_a_9 | (1 << l_i_10))  # x87.r1:1250
-    l_i_10 = (l_i_10 + 1)  # x87.r1:1251
-S.ftw = l_a_9 & 0xff  # x87.r1:1345
-l_regs = (ea + 14)  # x87.r1:1469
-l_i = 0  # x87.r1:1470
-while (l_i < 8):  # x87.r1:1471
-    b_set_fpr((((S.fsw >> 11 & 0x7) + l_i) & 7), b_load($seg, (l_regs + (10 * l_i)), 80))  # x87.r1:1472
-    l_i = (l_i + 1)  # x87.r1:1473
+    S.fip = ((l_ip_5 & 0xffff) | ((l_cs_op_6 >> 12 & 0xf) << 16)) & 0xffffffff  # x87.r1:1766
+    S.fop = (l_cs_op_6 & 0x7ff) & 0x7ff  # x87.r1:1767
+    S.fdp = ((l_dp_7 & 0xffff) | ((l_ds_hi_8 >> 12 & 0xf) << 16)) & 0xffffffff  # x87.r1:1768
+    S.fcs = 0 & 0xffff  # x87.r1:1769
+    S.fds = 0 & 0xffff  # x87.r1:1770
+S.fcw = l_cw_2 & 0xffff  # x87.r1:1772
+S.fsw = ((l_sw_3 & 32767) | ((l_sw_3 >> 7 & 1) << 15)) & 0xffff  # x87.r1:1773
+l_a_9 = 0  # x87.r1:1676
+l_i_10 = 0  # x87.r1:1677
+while (l_i_10 < 8):  # x87.r1:1678
+    if (((l_tags_4 >> (2 * l_i_10)) & 3) != 3):  # x87.r1:1679
+        l_a_9 = (l_a_9 | (1 << l_i_10))  # x87.r1:1679
+    l_i_10 = (l_i_10 + 1)  # x87.r1:1680
+S.ftw = l_a_9 & 0xff  # x87.r1:1774
+l_regs = (ea + 14)  # x87.r1:1900
+l_i = 0  # x87.r1:1901
+while (l_i < 8):  # x87.r1:1902
+    b_set_fpr((((S.fsw >> 11 & 0x7) + l_i) & 7), b_load($seg, (l_regs + (10 * l_i)), 80))  # x87.r1:1903
+    l_i = (l_i + 1)  # x87.r1:1904
 """
 
-# FRSTOR_MSTATE [o32 a16 mem, o32 a32 mem] from spec/x87.r1:1457
+# FRSTOR_MSTATE [o32 a16 mem, o32 a32 mem] from spec/x87.r1:1888
 _T130 = """\
 ea = $ea
-if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:1225
-    raise Fault(7, None)  # x87.r1:1225
-v_src = b_load($seg, ea, 864)  # x87.r1:1460
-l_step_0 = 4  # x87.r1:1315
-l_w_1 = 32  # x87.r1:1316
-l_cw_2 = rd16($seg, ea)  # x87.r1:1317
-l_sw_3 = rd16($seg, (ea + l_step_0))  # x87.r1:1318
-l_tags_4 = rd16($seg, (ea + (2 * l_step_0)))  # x87.r1:1319
-l_ip_5 = b_load($seg, (ea + (3 * l_step_0)), l_w_1)  # x87.r1:1320
-l_cs_op_6 = b_load($seg, (ea + (4 * l_step_0)), l_w_1)  # x87.r1:1321
-l_dp_7 = b_load($seg, (ea + (5 * l_step_0)), l_w_1)  # x87.r1:1322
-l_ds_hi_8 = b_load($seg, (ea + (6 * l_step_0)), l_w_1)  # x87.r1:1323
-if (S.mode == 1):  # x87.r1:1324
-    S.fip = l_ip_5 & 0xffffffff  # x87.r1:1325
-    S.fcs = (l_cs_op_6 & 0xffff) & 0xffff  # x87.r1:1326
-    S.fop = (l_cs_op_6 >> 16 & 0x7ff) & 0x7ff  # x87.r1:1327
-    S.fdp = l_dp_7 & 0xffffffff  # x87.r1:1328
-    S.fds = (l_ds_hi_8 & 0xffff) & 0xffff  # x87.r1:1329
+if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:1654
+    raise Fault(7, None)  # x87.r1:1654
+v_src = b_load($seg, ea, 864)  # x87.r1:1891
+l_step_0 = 4  # x87.r1:1744
+l_w_1 = 32  # x87.r1:1745
+l_cw_2 = rd16($seg, ea)  # x87.r1:1746
+l_sw_3 = rd16($seg, (ea + l_step_0))  # x87.r1:1747
+l_tags_4 = rd16($seg, (ea + (2 * l_step_0)))  # x87.r1:1748
+l_ip_5 = b_load($seg, (ea + (3 * l_step_0)), l_w_1)  # x87.r1:1749
+l_cs_op_6 = b_load($seg, (ea + (4 * l_step_0)), l_w_1)  # x87.r1:1750
+l_dp_7 = b_load($seg, (ea + (5 * l_step_0)), l_w_1)  # x87.r1:1751
+l_ds_hi_8 = b_load($seg, (ea + (6 * l_step_0)), l_w_1)  # x87.r1:1752
+if (S.mode == 1):  # x87.r1:1753
+    S.fip = l_ip_5 & 0xffffffff  # x87.r1:1754
+    S.fcs = (l_cs_op_6 & 0xffff) & 0xffff  # x87.r1:1755
+    S.fop = (l_cs_op_6 >> 16 & 0x7ff) & 0x7ff  # x87.r1:1756
+    S.fdp = l_dp_7 & 0xffffffff  # x87.r1:1757
+    S.fds = (l_ds_hi_8 & 0xffff) & 0xffff  # x87.r1:1758
 else:
-    S.fip = ((l_ip_5 & 0xffff) | ((l_cs_op_6 >> 12 & 0xffff) << 16)) & 0xffffffff  # x87.r1:1331
-    S.fop = (l_cs_op_6 & 0x7ff) & 0x7ff  # x87.r1:1332
-    S.fdp = ((l_dp_7 & 0xffff) | ((l_ds_hi_8 >> 12 & 0xffff) << 16)) & 0xffffffff  # x87.r1:1333
-    S.fcs = 0 & 0xffff  # x87.r1:1334
-    S.fds = 0 & 0xffff  # x87.r1:1335
-S.fcw = l_cw_2 & 0xffff  # x87.r1:1343
-S.fsw = ((l_sw_3 & 32767) | ((l_sw_3 >> 7 & 1) << 15)) & 0xffff  # x87.r1:1344
-l_a_9 = 0  # x87.r1:1247
-l_i_10 = 0  # x87.r1:1248
-while (l_i_10 < 8):  # x87.r1:1249
-    if (((l_tags_4 >> (2 * l_i_10)) & 3) != 3):  # x87.r1:1250
-        l_a_9 = (l_a_9 | (1 << l_i_10))  # x87.r1:1250
-    l_i_10 = (l_i_10 + 1)  # x87.r1:1251
-S.ftw = l_a_9 & 0xff  # x87.r1:1345
-l_regs = (ea + 28)  # x87.r1:1469
-l_i = 0  # x87.r1:1470
-while (l_i < 8):  # x87.r1:1471
-    b_set_fpr((((S.fsw >> 11 & 0x7) + l_i) & 7), b_load($seg, (l_regs + (10 * l_i)), 80))  # x87.r1:1472
-    l_i = (l_i + 1)  # x87.r1:1473
+    S.fip = ((l_ip_5 & 0xffff) | ((l_cs_op_6 >> 12 & 0xffff) << 16)) & 0xffffffff  # x87.r1:1760
+    S.fop = (l_cs_op_6 & 0x7ff) & 0x7ff  # x87.r1:1761
+    S.fdp = ((l_dp_7 & 0xffff) | ((l_ds_hi_8 >> 12 & 0xffff) << 16)) & 0xffffffff  # x87.r1:1762
+    S.fcs = 0 & 0xffff  # x87.r1:1763
+    S.fds = 0 & 0xffff  # x87.r1:1764
+S.fcw = l_cw_2 & 0xffff  # x87.r1:1772
+S.fsw = ((l_sw_3 & 32767) | ((l_sw_3 >> 7 & 1) << 15)) & 0xffff  # x87.r1:1773
+l_a_9 = 0  # x87.r1:1676
+l_i_10 = 0  # x87.r1:1677
+while (l_i_10 < 8):  # x87.r1:1678
+    if (((l_tags_4 >> (2 * l_i_10)) & 3) != 3):  # x87.r1:1679
+        l_a_9 = (l_a_9 | (1 << l_i_10))  # x87.r1:1679
+    l_i_10 = (l_i_10 + 1)  # x87.r1:1680
+S.ftw = l_a_9 & 0xff  # x87.r1:1774
+l_regs = (ea + 28)  # x87.r1:1900
+l_i = 0  # x87.r1:1901
+while (l_i < 8):  # x87.r1:1902
+    b_set_fpr((((S.fsw >> 11 & 0x7) + l_i) & 7), b_load($seg, (l_regs + (10 * l_i)), 80))  # x87.r1:1903
+    l_i = (l_i + 1)  # x87.r1:1904
 """
 
-# FNSAVE_MSTATE [o16 a16 mem, o16 a32 mem] from spec/x87.r1:1477
+# FNSAVE_MSTATE [o16 a16 mem, o16 a32 mem] from spec/x87.r1:1908
 _T131 = """\
 S.eip = $next
 ea = $ea
-if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:1225
-    raise Fault(7, None)  # x87.r1:1225
-b_check_write($seg, ea, 752)  # x87.r1:1488
-l_t_0 = 0  # x87.r1:1236
-l_i_1 = 0  # x87.r1:1237
-while (l_i_1 < 8):  # x87.r1:1238
-    l_t_0 = (l_t_0 | ((((1 if ((b_fpr(l_i_1) & 0xffffffffffffffff) == 0) else 2) if ((b_fpr(l_i_1) >> 64 & 0x7fff) == 0) else (2 if ((b_fpr(l_i_1) >> 64 & 0x7fff) == 32767) else (0 if (b_fpr(l_i_1) >> 63 & 1) else 2))) if (S.ftw >> l_i_1 & 1) else 3) << (2 * l_i_1)))  # x87.r1:1239
-    l_i_1 = (l_i_1 + 1)  # x87.r1:1240
-l_tags_2 = l_t_0  # x87.r1:1271
-l_prot_3 = (S.mode == 1)  # x87.r1:1272
-l_ip_4 = (S.fip if l_prot_3 else ((S.fcs << 4) + S.fip))  # x87.r1:1273
-l_dp_5 = (S.fdp if l_prot_3 else ((S.fds << 4) + S.fdp))  # x87.r1:1274
-wr16($seg, ea, S.fcw)  # x87.r1:1296
-wr16($seg, (ea + 2), S.fsw)  # x87.r1:1297
-wr16($seg, (ea + 4), l_tags_2)  # x87.r1:1298
-if l_prot_3:  # x87.r1:1299
-    wr16($seg, (ea + 6), l_ip_4)  # x87.r1:1300
-    wr16($seg, (ea + 8), S.fcs)  # x87.r1:1301
-    wr16($seg, (ea + 10), l_dp_5)  # x87.r1:1302
-    wr16($seg, (ea + 12), S.fds)  # x87.r1:1303
+if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:1654
+    raise Fault(7, None)  # x87.r1:1654
+b_check_write($seg, ea, 752)  # x87.r1:1919
+l_t_0 = 0  # x87.r1:1665
+l_i_1 = 0  # x87.r1:1666
+while (l_i_1 < 8):  # x87.r1:1667
+    l_t_0 = (l_t_0 | ((((1 if ((b_fpr(l_i_1) & 0xffffffffffffffff) == 0) else 2) if ((b_fpr(l_i_1) >> 64 & 0x7fff) == 0) else (2 if ((b_fpr(l_i_1) >> 64 & 0x7fff) == 32767) else (0 if (b_fpr(l_i_1) >> 63 & 1) else 2))) if (S.ftw >> l_i_1 & 1) else 3) << (2 * l_i_1)))  # x87.r1:1668
+    l_i_1 = (l_i_1 + 1)  # x87.r1:1669
+l_tags_2 = l_t_0  # x87.r1:1700
+l_prot_3 = (S.mode == 1)  # x87.r1:1701
+l_ip_4 = (S.fip if l_prot_3 else ((S.fcs << 4) + S.fip))  # x87.r1:1702
+l_dp_5 = (S.fdp if l_prot_3 else ((S.fds << 4) + S.fdp))  # x87.r1:1703
+wr16($seg, ea, S.fcw)  # x87.r1:1725
+wr16($seg, (ea + 2), S.fsw)  # x87.r1:1726
+wr16($seg, (ea + 4), l_tags_2)  # x87.r1:1727
+if l_prot_3:  # x87.r1:1728
+    wr16($seg, (ea + 6), l_ip_4)  # x87.r1:1729
+    wr16($seg, (ea + 8), S.fcs)  # x87.r1:1730
+    wr16($seg, (ea + 10), l_dp_5)  # x87.r1:1731
+    wr16($seg, (ea + 12), S.fds)  # x87.r1:1732
 else:
-    wr16($seg, (ea + 6), l_ip_4)  # x87.r1:1305
-    wr16($seg, (ea + 8), ((((l_ip_4 >> 16) & 15) << 12) | S.fop))  # x87.r1:1306
-    wr16($seg, (ea + 10), l_dp_5)  # x87.r1:1307
-    wr16($seg, (ea + 12), (((l_dp_5 >> 16) & 15) << 12))  # x87.r1:1308
-l_regs = (ea + 14)  # x87.r1:1490
-l_i = 0  # x87.r1:1491
-while (l_i < 8):  # x87.r1:1492
-    b_store($seg, (l_regs + (10 * l_i)), 80, b_fpr((((S.fsw >> 11 & 0x7) + l_i) & 7)))  # x87.r1:1493
-    l_i = (l_i + 1)  # x87.r1:1494
-S.fcw = 895 & 0xffff  # x87.r1:1257
-S.fsw = 0 & 0xffff  # x87.r1:1258
-S.ftw = 0 & 0xff  # x87.r1:1259
-S.fip = 0 & 0xffffffff  # x87.r1:1260
-S.fcs = 0 & 0xffff  # x87.r1:1261
-S.fdp = 0 & 0xffffffff  # x87.r1:1262
-S.fds = 0 & 0xffff  # x87.r1:1263
-S.fop = 0 & 0x7ff  # x87.r1:1264
+    wr16($seg, (ea + 6), l_ip_4)  # x87.r1:1734
+    wr16($seg, (ea + 8), ((((l_ip_4 >> 16) & 15) << 12) | S.fop))  # x87.r1:1735
+    wr16($seg, (ea + 10), l_dp_5)  # x87.r1:1736
+    wr16($seg, (ea + 12), (((l_dp_5 >> 16) & 15) << 12))  # x87.r1:1737
+l_regs = (ea + 14)  # x87.r1:1921
+l_i = 0  # x87.r1:1922
+while (l_i < 8):  # x87.r1:1923
+    b_store($seg, (l_regs + (10 * l_i)), 80, b_fpr((((S.fsw >> 11 & 0x7) + l_i) & 7)))  # x87.r1:1924
+    l_i = (l_i + 1)  # x87.r1:1925
+S.fcw = 895 & 0xffff  # x87.r1:1686
+S.fsw = 0 & 0xffff  # x87.r1:1687
+S.ftw = 0 & 0xff  # x87.r1:1688
+S.fip = 0 & 0xffffffff  # x87.r1:1689
+S.fcs = 0 & 0xffff  # x87.r1:1690
+S.fdp = 0 & 0xffffffff  # x87.r1:1691
+S.fds = 0 & 0xffff  # x87.r1:1692
+S.fop = 0 & 0x7ff  # x87.r1:1693
 """
 
-# FNSAVE_MSTATE [o32 a16 mem, o32 a32 mem] from spec/x87.r1:1477
+# FNSAVE_MSTATE [o32 a16 mem, o32 a32 mem] from spec/x87.r1:1908
 _T132 = """\
 S.eip = $next
 ea = $ea
-if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:1225
-    raise Fault(7, None)  # x87.r1:1225
-b_check_write($seg, ea, 864)  # x87.r1:1488
-l_t_0 = 0  # x87.r1:1236
-l_i_1 = 0  # x87.r1:1237
-while (l_i_1 < 8):  # x87.r1:1238
-    l_t_0 = (l_t_0 | ((((1 if ((b_fpr(l_i_1) & 0xffffffffffffffff) == 0) else 2) if ((b_fpr(l_i_1) >> 64 & 0x7fff) == 0) else (2 if ((b_fpr(l_i_1) >> 64 & 0x7fff) == 32767) else (0 if (b_fpr(l_i_1) >> 63 & 1) else 2))) if (S.ftw >> l_i_1 & 1) else 3) << (2 * l_i_1)))  # x87.r1:1239
-    l_i_1 = (l_i_1 + 1)  # x87.r1:1240
-l_tags_2 = l_t_0  # x87.r1:1271
-l_prot_3 = (S.mode == 1)  # x87.r1:1272
-l_ip_4 = (S.fip if l_prot_3 else ((S.fcs << 4) + S.fip))  # x87.r1:1273
-l_dp_5 = (S.fdp if l_prot_3 else ((S.fds << 4) + S.fdp))  # x87.r1:1274
-wr32($seg, ea, S.fcw)  # x87.r1:1276
-wr32($seg, (ea + 4), S.fsw)  # x87.r1:1277
-wr32($seg, (ea + 8), l_tags_2)  # x87.r1:1278
-if l_prot_3:  # x87.r1:1279
-    wr32($seg, (ea + 12), l_ip_4)  # x87.r1:1280
-    wr32($seg, (ea + 16), ((S.fop << 16) | S.fcs))  # x87.r1:1281
-    wr32($seg, (ea + 20), l_dp_5)  # x87.r1:1282
-    wr32($seg, (ea + 24), S.fds)  # x87.r1:1283
+if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:1654
+    raise Fault(7, None)  # x87.r1:1654
+b_check_write($seg, ea, 864)  # x87.r1:1919
+l_t_0 = 0  # x87.r1:1665
+l_i_1 = 0  # x87.r1:1666
+while (l_i_1 < 8):  # x87.r1:1667
+    l_t_0 = (l_t_0 | ((((1 if ((b_fpr(l_i_1) & 0xffffffffffffffff) == 0) else 2) if ((b_fpr(l_i_1) >> 64 & 0x7fff) == 0) else (2 if ((b_fpr(l_i_1) >> 64 & 0x7fff) == 32767) else (0 if (b_fpr(l_i_1) >> 63 & 1) else 2))) if (S.ftw >> l_i_1 & 1) else 3) << (2 * l_i_1)))  # x87.r1:1668
+    l_i_1 = (l_i_1 + 1)  # x87.r1:1669
+l_tags_2 = l_t_0  # x87.r1:1700
+l_prot_3 = (S.mode == 1)  # x87.r1:1701
+l_ip_4 = (S.fip if l_prot_3 else ((S.fcs << 4) + S.fip))  # x87.r1:1702
+l_dp_5 = (S.fdp if l_prot_3 else ((S.fds << 4) + S.fdp))  # x87.r1:1703
+wr32($seg, ea, S.fcw)  # x87.r1:1705
+wr32($seg, (ea + 4), S.fsw)  # x87.r1:1706
+wr32($seg, (ea + 8), l_tags_2)  # x87.r1:1707
+if l_prot_3:  # x87.r1:1708
+    wr32($seg, (ea + 12), l_ip_4)  # x87.r1:1709
+    wr32($seg, (ea + 16), ((S.fop << 16) | S.fcs))  # x87.r1:1710
+    wr32($seg, (ea + 20), l_dp_5)  # x87.r1:1711
+    wr32($seg, (ea + 24), S.fds)  # x87.r1:1712
 else:
-    wr32($seg, (ea + 12), (l_ip_4 & 65535))  # x87.r1:1285
-    wr32($seg, (ea + 16), ((((l_ip_4 >> 16) & 65535) << 12) | S.fop))  # x87.r1:1286
-    wr32($seg, (ea + 20), (l_dp_5 & 65535))  # x87.r1:1287
-    wr32($seg, (ea + 24), (((l_dp_5 >> 16) & 65535) << 12))  # x87.r1:1288
-l_regs = (ea + 28)  # x87.r1:1490
-l_i = 0  # x87.r1:1491
-while (l_i < 8):  # x87.r1:1492
-    b_store($seg, (l_regs + (10 * l_i)), 80, b_fpr((((S.fsw >> 11 & 0x7) + l_i) & 7)))  # x87.r1:1493
-    l_i = (l_i + 1)  # x87.r1:1494
-S.fcw = 895 & 0xffff  # x87.r1:1257
-S.fsw = 0 & 0xffff  # x87.r1:1258
-S.ftw = 0 & 0xff  # x87.r1:1259
-S.fip = 0 & 0xffffffff  # x87.r1:1260
-S.fcs = 0 & 0xffff  # x87.r1:1261
-S.fdp = 0 & 0xffffffff  # x87.r1:1262
-S.fds = 0 & 0xffff  # x87.r1:1263
-S.fop = 0 & 0x7ff  # x87.r1:1264
+    wr32($seg, (ea + 12), (l_ip_4 & 65535))  # x87.r1:1714
+    wr32($seg, (ea + 16), ((((l_ip_4 >> 16) & 65535) << 12) | S.fop))  # x87.r1:1715
+    wr32($seg, (ea + 20), (l_dp_5 & 65535))  # x87.r1:1716
+    wr32($seg, (ea + 24), (((l_dp_5 >> 16) & 65535) << 12))  # x87.r1:1717
+l_regs = (ea + 28)  # x87.r1:1921
+l_i = 0  # x87.r1:1922
+while (l_i < 8):  # x87.r1:1923
+    b_store($seg, (l_regs + (10 * l_i)), 80, b_fpr((((S.fsw >> 11 & 0x7) + l_i) & 7)))  # x87.r1:1924
+    l_i = (l_i + 1)  # x87.r1:1925
+S.fcw = 895 & 0xffff  # x87.r1:1686
+S.fsw = 0 & 0xffff  # x87.r1:1687
+S.ftw = 0 & 0xff  # x87.r1:1688
+S.fip = 0 & 0xffffffff  # x87.r1:1689
+S.fcs = 0 & 0xffff  # x87.r1:1690
+S.fdp = 0 & 0xffffffff  # x87.r1:1691
+S.fds = 0 & 0xffff  # x87.r1:1692
+S.fop = 0 & 0x7ff  # x87.r1:1693
 """
 
-# FWAIT [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:1499
+# FWAIT [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:1930
 _T133 = """\
-if ((S.cr[0] >> 1 & 0x1) and (S.cr[0] >> 3 & 0x1)):  # x87.r1:1508
-    raise Fault(7, None)  # x87.r1:1508
-if (S.fsw >> 7 & 0x1):  # x87.r1:1509
-    if (not (S.cr[0] >> 5 & 0x1)):  # x87.r1:1510
-        b_unsupported('an unmasked x87 exception reported through FERR# (CR0.NE clear: IRQ 13)')  # x87.r1:1510
-    raise Fault(16, None)  # x87.r1:1511
+if ((S.cr[0] >> 1 & 0x1) and (S.cr[0] >> 3 & 0x1)):  # x87.r1:1939
+    raise Fault(7, None)  # x87.r1:1939
+if (S.fsw >> 7 & 0x1):  # x87.r1:1940
+    if (not (S.cr[0] >> 5 & 0x1)):  # x87.r1:1941
+        b_unsupported('an unmasked x87 exception reported through FERR# (CR0.NE clear: IRQ 13)')  # x87.r1:1941
+    raise Fault(16, None)  # x87.r1:1942
 """
 
-# FFREEP_STi [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:1517
+# FFREEP_STi [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:1948
 _T134 = """\
-b_unimplemented('FFREEP_STi', 'spec/x87.r1:1517')  # x87.r1:1517
+if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:81
+    raise Fault(7, None)  # x87.r1:81
+if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # x87.r1:82
+    raise Fault(16, None)  # x87.r1:82
+S.fip = $here & 0xffffffff  # x87.r1:88
+S.fcs = S.sel[1] & 0xffff  # x87.r1:89
+S.fop = $fop & 0x7ff  # x87.r1:90
+S.ftw = (S.ftw & (~(1 << (((S.fsw >> 11 & 0x7) + $dst) & 7)))) & 0xff  # x87.r1:1957
+S.ftw = (S.ftw & (~(1 << ((S.fsw >> 11 & 0x7) & 7)))) & 0xff  # x87.r1:118
+S.fsw = S.fsw & 0xffffc7ff | ((((S.fsw >> 11 & 0x7) + 1) & 7) & 7) << 11  # x87.r1:119
 """
 
-# FSTPNCE_STi [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:1527
+# FSTPNCE_STi [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:1959
 _T135 = """\
-b_unimplemented('FSTPNCE_STi', 'spec/x87.r1:1527')  # x87.r1:1527
+v_src = S.fpr[S.fsw >> 11 & 7]  # x87.r1:1962
+if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:81
+    raise Fault(7, None)  # x87.r1:81
+if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # x87.r1:82
+    raise Fault(16, None)  # x87.r1:82
+S.fip = $here & 0xffffffff  # x87.r1:88
+S.fcs = S.sel[1] & 0xffff  # x87.r1:89
+S.fop = $fop & 0x7ff  # x87.r1:90
+if (not (S.ftw >> ((S.fsw >> 11 & 0x7) & 7) & 1)):  # x87.r1:256
+    S.fsw = (S.fsw | 65) & 0xffff  # x87.r1:108
+    S.fsw = S.fsw & 0xfffffdff | 0x0  # x87.r1:109
+    if (1 & (~S.fcw)):  # x87.r1:110
+        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:110
+        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:110
+    if (S.fcw & 0x1):  # x87.r1:144
+        b_set_fpr((((S.fsw >> 11 & 0x7) + $dst) & 7), 1208921207928610747318272)  # x87.r1:114
+        S.ftw = (S.ftw | (1 << (((S.fsw >> 11 & 0x7) + $dst) & 7))) & 0xff  # x87.r1:115
+        S.ftw = (S.ftw & (~(1 << ((S.fsw >> 11 & 0x7) & 7)))) & 0xff  # x87.r1:118
+        S.fsw = S.fsw & 0xffffc7ff | ((((S.fsw >> 11 & 0x7) + 1) & 7) & 7) << 11  # x87.r1:119
+else:
+    l_v_0 = b_fpr(((S.fsw >> 11 & 0x7) & 7))  # x87.r1:259
+    S.fsw = S.fsw & 0xffff  # x87.r1:108
+    S.fsw = S.fsw & 0xfffffdff | 0x0  # x87.r1:109
+    b_set_fpr((((S.fsw >> 11 & 0x7) + $dst) & 7), l_v_0)  # x87.r1:114
+    S.ftw = (S.ftw | (1 << (((S.fsw >> 11 & 0x7) + $dst) & 7))) & 0xff  # x87.r1:115
+    S.ftw = (S.ftw & (~(1 << ((S.fsw >> 11 & 0x7) & 7)))) & 0xff  # x87.r1:118
+    S.fsw = S.fsw & 0xffffc7ff | ((((S.fsw >> 11 & 0x7) + 1) & 7) & 7) << 11  # x87.r1:119
 """
 
-# FCOM_STi_DCD0 [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:1537
+# FCOM_STi_DCD0 [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:1970
 _T136 = """\
-b_unimplemented('FCOM_STi_DCD0', 'spec/x87.r1:1537')  # x87.r1:1537
+v_a = S.fpr[S.fsw >> 11 & 7]  # x87.r1:1973
+v_b = S.fpr[(S.fsw >> 11) + $b & 7]  # x87.r1:1973
+if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:81
+    raise Fault(7, None)  # x87.r1:81
+if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # x87.r1:82
+    raise Fault(16, None)  # x87.r1:82
+S.fip = $here & 0xffffffff  # x87.r1:88
+S.fcs = S.sel[1] & 0xffff  # x87.r1:89
+S.fop = $fop & 0x7ff  # x87.r1:90
+l_i = $b  # x87.r1:1980
+l_r = b_f80_compare(b_fpr(((S.fsw >> 11 & 0x7) & 7)), b_fpr((((S.fsw >> 11 & 0x7) + l_i) & 7)), 80, 0)  # x87.r1:1980
+m_b_empty_0 = (not (S.ftw >> (((S.fsw >> 11 & 0x7) + l_i) & 7) & 1))
+l_rel_1 = (l_r & 3)  # x87.r1:270
+l_flags_2 = (l_r >> 80)  # x87.r1:271
+if ((not (S.ftw >> ((S.fsw >> 11 & 0x7) & 7) & 1)) or m_b_empty_0):  # x87.r1:272
+    l_rel_1 = 3  # x87.r1:273
+    l_flags_2 = 65  # x87.r1:274
+S.fsw = (S.fsw | (l_flags_2 & 127)) & 0xffff  # x87.r1:108
+S.fsw = S.fsw & 0xfffffdff | ((l_flags_2 >> 9 & 1) & 1) << 9  # x87.r1:109
+if ((l_flags_2 & 63) & (~S.fcw)):  # x87.r1:110
+    S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:110
+    S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:110
+if (not (((l_flags_2 & 7) & (~S.fcw)) != 0)):  # x87.r1:277
+    S.fsw = S.fsw & 0xfffffeff | (((l_rel_1 == 0) or (l_rel_1 == 3)) & 1) << 8  # x87.r1:278
+    S.fsw = S.fsw & 0xfffffbff | ((l_rel_1 == 3) & 1) << 10  # x87.r1:279
+    S.fsw = S.fsw & 0xffffbfff | (((l_rel_1 == 1) or (l_rel_1 == 3)) & 1) << 14  # x87.r1:280
 """
 
-# FCOMP_STi_DCD8 [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:1548
+# FCOMP_STi_DCD8 [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:1982
 _T137 = """\
-b_unimplemented('FCOMP_STi_DCD8', 'spec/x87.r1:1548')  # x87.r1:1548
+v_a = S.fpr[S.fsw >> 11 & 7]  # x87.r1:1985
+v_b = S.fpr[(S.fsw >> 11) + $b & 7]  # x87.r1:1985
+if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:81
+    raise Fault(7, None)  # x87.r1:81
+if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # x87.r1:82
+    raise Fault(16, None)  # x87.r1:82
+S.fip = $here & 0xffffffff  # x87.r1:88
+S.fcs = S.sel[1] & 0xffff  # x87.r1:89
+S.fop = $fop & 0x7ff  # x87.r1:90
+l_i = $b  # x87.r1:1992
+l_r = b_f80_compare(b_fpr(((S.fsw >> 11 & 0x7) & 7)), b_fpr((((S.fsw >> 11 & 0x7) + l_i) & 7)), 80, 0)  # x87.r1:1992
+m_b_empty_0 = (not (S.ftw >> (((S.fsw >> 11 & 0x7) + l_i) & 7) & 1))
+l_rel_1 = (l_r & 3)  # x87.r1:270
+l_flags_2 = (l_r >> 80)  # x87.r1:271
+if ((not (S.ftw >> ((S.fsw >> 11 & 0x7) & 7) & 1)) or m_b_empty_0):  # x87.r1:272
+    l_rel_1 = 3  # x87.r1:273
+    l_flags_2 = 65  # x87.r1:274
+S.fsw = (S.fsw | (l_flags_2 & 127)) & 0xffff  # x87.r1:108
+S.fsw = S.fsw & 0xfffffdff | ((l_flags_2 >> 9 & 1) & 1) << 9  # x87.r1:109
+if ((l_flags_2 & 63) & (~S.fcw)):  # x87.r1:110
+    S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:110
+    S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:110
+if (not (((l_flags_2 & 7) & (~S.fcw)) != 0)):  # x87.r1:277
+    S.fsw = S.fsw & 0xfffffeff | (((l_rel_1 == 0) or (l_rel_1 == 3)) & 1) << 8  # x87.r1:278
+    S.fsw = S.fsw & 0xfffffbff | ((l_rel_1 == 3) & 1) << 10  # x87.r1:279
+    S.fsw = S.fsw & 0xffffbfff | (((l_rel_1 == 1) or (l_rel_1 == 3)) & 1) << 14  # x87.r1:280
+    S.ftw = (S.ftw & (~(1 << ((S.fsw >> 11 & 0x7) & 7)))) & 0xff  # x87.r1:118
+    S.fsw = S.fsw & 0xffffc7ff | ((((S.fsw >> 11 & 0x7) + 1) & 7) & 7) << 11  # x87.r1:119
 """
 
-# FCOMP_STi_DED0 [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:1559
+# FCOMP_STi_DED0 [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:1994
 _T138 = """\
-b_unimplemented('FCOMP_STi_DED0', 'spec/x87.r1:1559')  # x87.r1:1559
+v_a = S.fpr[S.fsw >> 11 & 7]  # x87.r1:1997
+v_b = S.fpr[(S.fsw >> 11) + $b & 7]  # x87.r1:1997
+if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:81
+    raise Fault(7, None)  # x87.r1:81
+if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # x87.r1:82
+    raise Fault(16, None)  # x87.r1:82
+S.fip = $here & 0xffffffff  # x87.r1:88
+S.fcs = S.sel[1] & 0xffff  # x87.r1:89
+S.fop = $fop & 0x7ff  # x87.r1:90
+l_i = $b  # x87.r1:2004
+l_r = b_f80_compare(b_fpr(((S.fsw >> 11 & 0x7) & 7)), b_fpr((((S.fsw >> 11 & 0x7) + l_i) & 7)), 80, 0)  # x87.r1:2004
+m_b_empty_0 = (not (S.ftw >> (((S.fsw >> 11 & 0x7) + l_i) & 7) & 1))
+l_rel_1 = (l_r & 3)  # x87.r1:270
+l_flags_2 = (l_r >> 80)  # x87.r1:271
+if ((not (S.ftw >> ((S.fsw >> 11 & 0x7) & 7) & 1)) or m_b_empty_0):  # x87.r1:272
+    l_rel_1 = 3  # x87.r1:273
+    l_flags_2 = 65  # x87.r1:274
+S.fsw = (S.fsw | (l_flags_2 & 127)) & 0xffff  # x87.r1:108
+S.fsw = S.fsw & 0xfffffdff | ((l_flags_2 >> 9 & 1) & 1) << 9  # x87.r1:109
+if ((l_flags_2 & 63) & (~S.fcw)):  # x87.r1:110
+    S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:110
+    S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:110
+if (not (((l_flags_2 & 7) & (~S.fcw)) != 0)):  # x87.r1:277
+    S.fsw = S.fsw & 0xfffffeff | (((l_rel_1 == 0) or (l_rel_1 == 3)) & 1) << 8  # x87.r1:278
+    S.fsw = S.fsw & 0xfffffbff | ((l_rel_1 == 3) & 1) << 10  # x87.r1:279
+    S.fsw = S.fsw & 0xffffbfff | (((l_rel_1 == 1) or (l_rel_1 == 3)) & 1) << 14  # x87.r1:280
+    S.ftw = (S.ftw & (~(1 << ((S.fsw >> 11 & 0x7) & 7)))) & 0xff  # x87.r1:118
+    S.fsw = S.fsw & 0xffffc7ff | ((((S.fsw >> 11 & 0x7) + 1) & 7) & 7) << 11  # x87.r1:119
 """
 
-# FXCH_STi_DDC8 [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:1570
+# FXCH_STi_DDC8 [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:2006
 _T139 = """\
-b_unimplemented('FXCH_STi_DDC8', 'spec/x87.r1:1570')  # x87.r1:1570
+v_a = S.fpr[S.fsw >> 11 & 7]  # x87.r1:2009
+v_b = S.fpr[(S.fsw >> 11) + $b & 7]  # x87.r1:2009
+if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:81
+    raise Fault(7, None)  # x87.r1:81
+if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # x87.r1:82
+    raise Fault(16, None)  # x87.r1:82
+S.fip = $here & 0xffffffff  # x87.r1:88
+S.fcs = S.sel[1] & 0xffff  # x87.r1:89
+S.fop = $fop & 0x7ff  # x87.r1:90
+l_x_0 = b_fpr(((S.fsw >> 11 & 0x7) & 7))  # x87.r1:308
+l_y_1 = b_fpr((((S.fsw >> 11 & 0x7) + $b) & 7))  # x87.r1:309
+if ((not (S.ftw >> ((S.fsw >> 11 & 0x7) & 7) & 1)) or (not (S.ftw >> (((S.fsw >> 11 & 0x7) + $b) & 7) & 1))):  # x87.r1:310
+    S.fsw = (S.fsw | 65) & 0xffff  # x87.r1:108
+    S.fsw = S.fsw & 0xfffffdff | 0x0  # x87.r1:109
+    if (1 & (~S.fcw)):  # x87.r1:110
+        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:110
+        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:110
+    if (S.fcw & 0x1):  # x87.r1:312
+        if (not (S.ftw >> ((S.fsw >> 11 & 0x7) & 7) & 1)):  # x87.r1:313
+            l_x_0 = 1208921207928610747318272  # x87.r1:313
+        if (not (S.ftw >> (((S.fsw >> 11 & 0x7) + $b) & 7) & 1)):  # x87.r1:314
+            l_y_1 = 1208921207928610747318272  # x87.r1:314
+        b_set_fpr(((S.fsw >> 11 & 0x7) & 7), l_y_1)  # x87.r1:114
+        S.ftw = (S.ftw | (1 << ((S.fsw >> 11 & 0x7) & 7))) & 0xff  # x87.r1:115
+        b_set_fpr((((S.fsw >> 11 & 0x7) + $b) & 7), l_x_0)  # x87.r1:114
+        S.ftw = (S.ftw | (1 << (((S.fsw >> 11 & 0x7) + $b) & 7))) & 0xff  # x87.r1:115
+else:
+    S.fsw = S.fsw & 0xffff  # x87.r1:108
+    S.fsw = S.fsw & 0xfffffdff | 0x0  # x87.r1:109
+    b_set_fpr(((S.fsw >> 11 & 0x7) & 7), l_y_1)  # x87.r1:114
+    S.ftw = (S.ftw | (1 << ((S.fsw >> 11 & 0x7) & 7))) & 0xff  # x87.r1:115
+    b_set_fpr((((S.fsw >> 11 & 0x7) + $b) & 7), l_x_0)  # x87.r1:114
+    S.ftw = (S.ftw | (1 << (((S.fsw >> 11 & 0x7) + $b) & 7))) & 0xff  # x87.r1:115
 """
 
-# FXCH_STi_DFC8 [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:1581
+# FXCH_STi_DFC8 [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:2018
 _T140 = """\
-b_unimplemented('FXCH_STi_DFC8', 'spec/x87.r1:1581')  # x87.r1:1581
+v_a = S.fpr[S.fsw >> 11 & 7]  # x87.r1:2021
+v_b = S.fpr[(S.fsw >> 11) + $b & 7]  # x87.r1:2021
+if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:81
+    raise Fault(7, None)  # x87.r1:81
+if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # x87.r1:82
+    raise Fault(16, None)  # x87.r1:82
+S.fip = $here & 0xffffffff  # x87.r1:88
+S.fcs = S.sel[1] & 0xffff  # x87.r1:89
+S.fop = $fop & 0x7ff  # x87.r1:90
+l_x_0 = b_fpr(((S.fsw >> 11 & 0x7) & 7))  # x87.r1:308
+l_y_1 = b_fpr((((S.fsw >> 11 & 0x7) + $b) & 7))  # x87.r1:309
+if ((not (S.ftw >> ((S.fsw >> 11 & 0x7) & 7) & 1)) or (not (S.ftw >> (((S.fsw >> 11 & 0x7) + $b) & 7) & 1))):  # x87.r1:310
+    S.fsw = (S.fsw | 65) & 0xffff  # x87.r1:108
+    S.fsw = S.fsw & 0xfffffdff | 0x0  # x87.r1:109
+    if (1 & (~S.fcw)):  # x87.r1:110
+        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:110
+        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:110
+    if (S.fcw & 0x1):  # x87.r1:312
+        if (not (S.ftw >> ((S.fsw >> 11 & 0x7) & 7) & 1)):  # x87.r1:313
+            l_x_0 = 1208921207928610747318272  # x87.r1:313
+        if (not (S.ftw >> (((S.fsw >> 11 & 0x7) + $b) & 7) & 1)):  # x87.r1:314
+            l_y_1 = 1208921207928610747318272  # x87.r1:314
+        b_set_fpr(((S.fsw >> 11 & 0x7) & 7), l_y_1)  # x87.r1:114
+        S.ftw = (S.ftw | (1 << ((S.fsw >> 11 & 0x7) & 7))) & 0xff  # x87.r1:115
+        b_set_fpr((((S.fsw >> 11 & 0x7) + $b) & 7), l_x_0)  # x87.r1:114
+        S.ftw = (S.ftw | (1 << (((S.fsw >> 11 & 0x7) + $b) & 7))) & 0xff  # x87.r1:115
+else:
+    S.fsw = S.fsw & 0xffff  # x87.r1:108
+    S.fsw = S.fsw & 0xfffffdff | 0x0  # x87.r1:109
+    b_set_fpr(((S.fsw >> 11 & 0x7) & 7), l_y_1)  # x87.r1:114
+    S.ftw = (S.ftw | (1 << ((S.fsw >> 11 & 0x7) & 7))) & 0xff  # x87.r1:115
+    b_set_fpr((((S.fsw >> 11 & 0x7) + $b) & 7), l_x_0)  # x87.r1:114
+    S.ftw = (S.ftw | (1 << (((S.fsw >> 11 & 0x7) + $b) & 7))) & 0xff  # x87.r1:115
 """
 
-# FSTP_STi_DFD0 [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:1592
+# FSTP_STi_DFD0 [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:2030
 _T141 = """\
-b_unimplemented('FSTP_STi_DFD0', 'spec/x87.r1:1592')  # x87.r1:1592
+v_src = S.fpr[S.fsw >> 11 & 7]  # x87.r1:2033
+if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:81
+    raise Fault(7, None)  # x87.r1:81
+if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # x87.r1:82
+    raise Fault(16, None)  # x87.r1:82
+S.fip = $here & 0xffffffff  # x87.r1:88
+S.fcs = S.sel[1] & 0xffff  # x87.r1:89
+S.fop = $fop & 0x7ff  # x87.r1:90
+if (not (S.ftw >> ((S.fsw >> 11 & 0x7) & 7) & 1)):  # x87.r1:256
+    S.fsw = (S.fsw | 65) & 0xffff  # x87.r1:108
+    S.fsw = S.fsw & 0xfffffdff | 0x0  # x87.r1:109
+    if (1 & (~S.fcw)):  # x87.r1:110
+        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:110
+        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:110
+    if (S.fcw & 0x1):  # x87.r1:144
+        b_set_fpr((((S.fsw >> 11 & 0x7) + $dst) & 7), 1208921207928610747318272)  # x87.r1:114
+        S.ftw = (S.ftw | (1 << (((S.fsw >> 11 & 0x7) + $dst) & 7))) & 0xff  # x87.r1:115
+        S.ftw = (S.ftw & (~(1 << ((S.fsw >> 11 & 0x7) & 7)))) & 0xff  # x87.r1:118
+        S.fsw = S.fsw & 0xffffc7ff | ((((S.fsw >> 11 & 0x7) + 1) & 7) & 7) << 11  # x87.r1:119
+else:
+    l_v_0 = b_fpr(((S.fsw >> 11 & 0x7) & 7))  # x87.r1:259
+    S.fsw = S.fsw & 0xffff  # x87.r1:108
+    S.fsw = S.fsw & 0xfffffdff | 0x0  # x87.r1:109
+    b_set_fpr((((S.fsw >> 11 & 0x7) + $dst) & 7), l_v_0)  # x87.r1:114
+    S.ftw = (S.ftw | (1 << (((S.fsw >> 11 & 0x7) + $dst) & 7))) & 0xff  # x87.r1:115
+    S.ftw = (S.ftw & (~(1 << ((S.fsw >> 11 & 0x7) & 7)))) & 0xff  # x87.r1:118
+    S.fsw = S.fsw & 0xffffc7ff | ((((S.fsw >> 11 & 0x7) + 1) & 7) & 7) << 11  # x87.r1:119
 """
 
-# FSTP_STi_DFD8 [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:1603
+# FSTP_STi_DFD8 [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:2042
 _T142 = """\
-b_unimplemented('FSTP_STi_DFD8', 'spec/x87.r1:1603')  # x87.r1:1603
+v_src = S.fpr[S.fsw >> 11 & 7]  # x87.r1:2045
+if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:81
+    raise Fault(7, None)  # x87.r1:81
+if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # x87.r1:82
+    raise Fault(16, None)  # x87.r1:82
+S.fip = $here & 0xffffffff  # x87.r1:88
+S.fcs = S.sel[1] & 0xffff  # x87.r1:89
+S.fop = $fop & 0x7ff  # x87.r1:90
+if (not (S.ftw >> ((S.fsw >> 11 & 0x7) & 7) & 1)):  # x87.r1:256
+    S.fsw = (S.fsw | 65) & 0xffff  # x87.r1:108
+    S.fsw = S.fsw & 0xfffffdff | 0x0  # x87.r1:109
+    if (1 & (~S.fcw)):  # x87.r1:110
+        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:110
+        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:110
+    if (S.fcw & 0x1):  # x87.r1:144
+        b_set_fpr((((S.fsw >> 11 & 0x7) + $dst) & 7), 1208921207928610747318272)  # x87.r1:114
+        S.ftw = (S.ftw | (1 << (((S.fsw >> 11 & 0x7) + $dst) & 7))) & 0xff  # x87.r1:115
+        S.ftw = (S.ftw & (~(1 << ((S.fsw >> 11 & 0x7) & 7)))) & 0xff  # x87.r1:118
+        S.fsw = S.fsw & 0xffffc7ff | ((((S.fsw >> 11 & 0x7) + 1) & 7) & 7) << 11  # x87.r1:119
+else:
+    l_v_0 = b_fpr(((S.fsw >> 11 & 0x7) & 7))  # x87.r1:259
+    S.fsw = S.fsw & 0xffff  # x87.r1:108
+    S.fsw = S.fsw & 0xfffffdff | 0x0  # x87.r1:109
+    b_set_fpr((((S.fsw >> 11 & 0x7) + $dst) & 7), l_v_0)  # x87.r1:114
+    S.ftw = (S.ftw | (1 << (((S.fsw >> 11 & 0x7) + $dst) & 7))) & 0xff  # x87.r1:115
+    S.ftw = (S.ftw & (~(1 << ((S.fsw >> 11 & 0x7) & 7)))) & 0xff  # x87.r1:118
+    S.fsw = S.fsw & 0xffffc7ff | ((((S.fsw >> 11 & 0x7) + 1) & 7) & 7) << 11  # x87.r1:119
 """
 
-# FNENI [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:1614
+# FNENI [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:2054
 _T143 = """\
-b_unimplemented('FNENI', 'spec/x87.r1:1614')  # x87.r1:1614
+if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:2063
+    raise Fault(7, None)  # x87.r1:2063
 """
 
-# FNDISI [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:1624
+# FNDISI [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:2065
 _T144 = """\
-b_unimplemented('FNDISI', 'spec/x87.r1:1624')  # x87.r1:1624
+if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:2074
+    raise Fault(7, None)  # x87.r1:2074
 """
 
-# FNSETPM [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:1634
+# FNSETPM [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:2076
 _T145 = """\
-b_unimplemented('FNSETPM', 'spec/x87.r1:1634')  # x87.r1:1634
+if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:2084
+    raise Fault(7, None)  # x87.r1:2084
 """
 
 TEMPLATES = {
-    # spec/x87.r1:33
+    # spec/x87.r1:345
     'FADD_M32': {
         (16, 16, 'mem', None, None): _T0,
         (16, 32, 'mem', None, None): _T0,
         (32, 16, 'mem', None, None): _T0,
         (32, 32, 'mem', None, None): _T0,
     },
-    # spec/x87.r1:43
+    # spec/x87.r1:356
     'FADD_M64': {
         (16, 16, 'mem', None, None): _T1,
         (16, 32, 'mem', None, None): _T1,
         (32, 16, 'mem', None, None): _T1,
         (32, 32, 'mem', None, None): _T1,
     },
-    # spec/x87.r1:53
+    # spec/x87.r1:367
     'FIADD_M32': {
         (16, 16, 'mem', None, None): _T2,
         (16, 32, 'mem', None, None): _T2,
         (32, 16, 'mem', None, None): _T2,
         (32, 32, 'mem', None, None): _T2,
     },
-    # spec/x87.r1:63
+    # spec/x87.r1:378
     'FIADD_M16': {
         (16, 16, 'mem', None, None): _T3,
         (16, 32, 'mem', None, None): _T3,
         (32, 16, 'mem', None, None): _T3,
         (32, 32, 'mem', None, None): _T3,
     },
-    # spec/x87.r1:73
+    # spec/x87.r1:389
     'FMUL_M32': {
         (16, 16, 'mem', None, None): _T4,
         (16, 32, 'mem', None, None): _T4,
         (32, 16, 'mem', None, None): _T4,
         (32, 32, 'mem', None, None): _T4,
     },
-    # spec/x87.r1:83
+    # spec/x87.r1:400
     'FMUL_M64': {
         (16, 16, 'mem', None, None): _T5,
         (16, 32, 'mem', None, None): _T5,
         (32, 16, 'mem', None, None): _T5,
         (32, 32, 'mem', None, None): _T5,
     },
-    # spec/x87.r1:93
+    # spec/x87.r1:411
     'FIMUL_M32': {
         (16, 16, 'mem', None, None): _T6,
         (16, 32, 'mem', None, None): _T6,
         (32, 16, 'mem', None, None): _T6,
         (32, 32, 'mem', None, None): _T6,
     },
-    # spec/x87.r1:103
+    # spec/x87.r1:422
     'FIMUL_M16': {
         (16, 16, 'mem', None, None): _T7,
         (16, 32, 'mem', None, None): _T7,
         (32, 16, 'mem', None, None): _T7,
         (32, 32, 'mem', None, None): _T7,
     },
-    # spec/x87.r1:113
+    # spec/x87.r1:433
     'FSUB_M32': {
         (16, 16, 'mem', None, None): _T8,
         (16, 32, 'mem', None, None): _T8,
         (32, 16, 'mem', None, None): _T8,
         (32, 32, 'mem', None, None): _T8,
     },
-    # spec/x87.r1:123
+    # spec/x87.r1:444
     'FSUB_M64': {
         (16, 16, 'mem', None, None): _T9,
         (16, 32, 'mem', None, None): _T9,
         (32, 16, 'mem', None, None): _T9,
         (32, 32, 'mem', None, None): _T9,
     },
-    # spec/x87.r1:133
+    # spec/x87.r1:455
     'FISUB_M32': {
         (16, 16, 'mem', None, None): _T10,
         (16, 32, 'mem', None, None): _T10,
         (32, 16, 'mem', None, None): _T10,
         (32, 32, 'mem', None, None): _T10,
     },
-    # spec/x87.r1:143
+    # spec/x87.r1:466
     'FISUB_M16': {
         (16, 16, 'mem', None, None): _T11,
         (16, 32, 'mem', None, None): _T11,
         (32, 16, 'mem', None, None): _T11,
         (32, 32, 'mem', None, None): _T11,
     },
-    # spec/x87.r1:153
+    # spec/x87.r1:477
     'FSUBR_M32': {
         (16, 16, 'mem', None, None): _T12,
         (16, 32, 'mem', None, None): _T12,
         (32, 16, 'mem', None, None): _T12,
         (32, 32, 'mem', None, None): _T12,
     },
-    # spec/x87.r1:163
+    # spec/x87.r1:488
     'FSUBR_M64': {
         (16, 16, 'mem', None, None): _T13,
         (16, 32, 'mem', None, None): _T13,
         (32, 16, 'mem', None, None): _T13,
         (32, 32, 'mem', None, None): _T13,
     },
-    # spec/x87.r1:173
+    # spec/x87.r1:499
     'FISUBR_M32': {
         (16, 16, 'mem', None, None): _T14,
         (16, 32, 'mem', None, None): _T14,
         (32, 16, 'mem', None, None): _T14,
         (32, 32, 'mem', None, None): _T14,
     },
-    # spec/x87.r1:183
+    # spec/x87.r1:510
     'FISUBR_M16': {
         (16, 16, 'mem', None, None): _T15,
         (16, 32, 'mem', None, None): _T15,
         (32, 16, 'mem', None, None): _T15,
         (32, 32, 'mem', None, None): _T15,
     },
-    # spec/x87.r1:193
+    # spec/x87.r1:521
     'FDIV_M32': {
         (16, 16, 'mem', None, None): _T16,
         (16, 32, 'mem', None, None): _T16,
         (32, 16, 'mem', None, None): _T16,
         (32, 32, 'mem', None, None): _T16,
     },
-    # spec/x87.r1:203
+    # spec/x87.r1:532
     'FDIV_M64': {
         (16, 16, 'mem', None, None): _T17,
         (16, 32, 'mem', None, None): _T17,
         (32, 16, 'mem', None, None): _T17,
         (32, 32, 'mem', None, None): _T17,
     },
-    # spec/x87.r1:213
+    # spec/x87.r1:543
     'FIDIV_M32': {
         (16, 16, 'mem', None, None): _T18,
         (16, 32, 'mem', None, None): _T18,
         (32, 16, 'mem', None, None): _T18,
         (32, 32, 'mem', None, None): _T18,
     },
-    # spec/x87.r1:223
+    # spec/x87.r1:554
     'FIDIV_M16': {
         (16, 16, 'mem', None, None): _T19,
         (16, 32, 'mem', None, None): _T19,
         (32, 16, 'mem', None, None): _T19,
         (32, 32, 'mem', None, None): _T19,
     },
-    # spec/x87.r1:233
+    # spec/x87.r1:565
     'FDIVR_M32': {
         (16, 16, 'mem', None, None): _T20,
         (16, 32, 'mem', None, None): _T20,
         (32, 16, 'mem', None, None): _T20,
         (32, 32, 'mem', None, None): _T20,
     },
-    # spec/x87.r1:243
+    # spec/x87.r1:576
     'FDIVR_M64': {
         (16, 16, 'mem', None, None): _T21,
         (16, 32, 'mem', None, None): _T21,
         (32, 16, 'mem', None, None): _T21,
         (32, 32, 'mem', None, None): _T21,
     },
-    # spec/x87.r1:253
+    # spec/x87.r1:587
     'FIDIVR_M32': {
         (16, 16, 'mem', None, None): _T22,
         (16, 32, 'mem', None, None): _T22,
         (32, 16, 'mem', None, None): _T22,
         (32, 32, 'mem', None, None): _T22,
     },
-    # spec/x87.r1:263
+    # spec/x87.r1:598
     'FIDIVR_M16': {
         (16, 16, 'mem', None, None): _T23,
         (16, 32, 'mem', None, None): _T23,
         (32, 16, 'mem', None, None): _T23,
         (32, 32, 'mem', None, None): _T23,
     },
-    # spec/x87.r1:275
+    # spec/x87.r1:611
     'FADD_ST0_STi': {
         (16, 16, None, None, None): _T24,
         (16, 32, None, None, None): _T24,
         (32, 16, None, None, None): _T24,
         (32, 32, None, None, None): _T24,
     },
-    # spec/x87.r1:285
+    # spec/x87.r1:622
     'FMUL_ST0_STi': {
         (16, 16, None, None, None): _T25,
         (16, 32, None, None, None): _T25,
         (32, 16, None, None, None): _T25,
         (32, 32, None, None, None): _T25,
     },
-    # spec/x87.r1:295
+    # spec/x87.r1:633
     'FSUB_ST0_STi': {
         (16, 16, None, None, None): _T26,
         (16, 32, None, None, None): _T26,
         (32, 16, None, None, None): _T26,
         (32, 32, None, None, None): _T26,
     },
-    # spec/x87.r1:305
+    # spec/x87.r1:644
     'FSUBR_ST0_STi': {
         (16, 16, None, None, None): _T27,
         (16, 32, None, None, None): _T27,
         (32, 16, None, None, None): _T27,
         (32, 32, None, None, None): _T27,
     },
-    # spec/x87.r1:315
+    # spec/x87.r1:655
     'FDIV_ST0_STi': {
         (16, 16, None, None, None): _T28,
         (16, 32, None, None, None): _T28,
         (32, 16, None, None, None): _T28,
         (32, 32, None, None, None): _T28,
     },
-    # spec/x87.r1:325
+    # spec/x87.r1:666
     'FDIVR_ST0_STi': {
         (16, 16, None, None, None): _T29,
         (16, 32, None, None, None): _T29,
         (32, 16, None, None, None): _T29,
         (32, 32, None, None, None): _T29,
     },
-    # spec/x87.r1:335
+    # spec/x87.r1:677
     'FADD_STi_ST0': {
         (16, 16, None, None, None): _T30,
         (16, 32, None, None, None): _T30,
         (32, 16, None, None, None): _T30,
         (32, 32, None, None, None): _T30,
     },
-    # spec/x87.r1:345
+    # spec/x87.r1:688
     'FMUL_STi_ST0': {
         (16, 16, None, None, None): _T31,
         (16, 32, None, None, None): _T31,
         (32, 16, None, None, None): _T31,
         (32, 32, None, None, None): _T31,
     },
-    # spec/x87.r1:355
+    # spec/x87.r1:699
     'FSUBR_STi_ST0': {
         (16, 16, None, None, None): _T32,
         (16, 32, None, None, None): _T32,
         (32, 16, None, None, None): _T32,
         (32, 32, None, None, None): _T32,
     },
-    # spec/x87.r1:365
+    # spec/x87.r1:710
     'FSUB_STi_ST0': {
         (16, 16, None, None, None): _T33,
         (16, 32, None, None, None): _T33,
         (32, 16, None, None, None): _T33,
         (32, 32, None, None, None): _T33,
     },
-    # spec/x87.r1:375
+    # spec/x87.r1:721
     'FDIVR_STi_ST0': {
         (16, 16, None, None, None): _T34,
         (16, 32, None, None, None): _T34,
         (32, 16, None, None, None): _T34,
         (32, 32, None, None, None): _T34,
     },
-    # spec/x87.r1:385
+    # spec/x87.r1:732
     'FDIV_STi_ST0': {
         (16, 16, None, None, None): _T35,
         (16, 32, None, None, None): _T35,
         (32, 16, None, None, None): _T35,
         (32, 32, None, None, None): _T35,
     },
-    # spec/x87.r1:395
+    # spec/x87.r1:743
     'FADDP_STi_ST0': {
         (16, 16, None, None, None): _T36,
         (16, 32, None, None, None): _T36,
         (32, 16, None, None, None): _T36,
         (32, 32, None, None, None): _T36,
     },
-    # spec/x87.r1:405
+    # spec/x87.r1:754
     'FMULP_STi_ST0': {
         (16, 16, None, None, None): _T37,
         (16, 32, None, None, None): _T37,
         (32, 16, None, None, None): _T37,
         (32, 32, None, None, None): _T37,
     },
-    # spec/x87.r1:415
+    # spec/x87.r1:765
     'FSUBRP_STi_ST0': {
         (16, 16, None, None, None): _T38,
         (16, 32, None, None, None): _T38,
         (32, 16, None, None, None): _T38,
         (32, 32, None, None, None): _T38,
     },
-    # spec/x87.r1:425
+    # spec/x87.r1:776
     'FSUBP_STi_ST0': {
         (16, 16, None, None, None): _T39,
         (16, 32, None, None, None): _T39,
         (32, 16, None, None, None): _T39,
         (32, 32, None, None, None): _T39,
     },
-    # spec/x87.r1:435
+    # spec/x87.r1:787
     'FDIVRP_STi_ST0': {
         (16, 16, None, None, None): _T40,
         (16, 32, None, None, None): _T40,
         (32, 16, None, None, None): _T40,
         (32, 32, None, None, None): _T40,
     },
-    # spec/x87.r1:445
+    # spec/x87.r1:798
     'FDIVP_STi_ST0': {
         (16, 16, None, None, None): _T41,
         (16, 32, None, None, None): _T41,
         (32, 16, None, None, None): _T41,
         (32, 32, None, None, None): _T41,
     },
-    # spec/x87.r1:457
+    # spec/x87.r1:811
     'FLD_M32': {
         (16, 16, 'mem', None, None): _T42,
         (16, 32, 'mem', None, None): _T42,
         (32, 16, 'mem', None, None): _T42,
         (32, 32, 'mem', None, None): _T42,
     },
-    # spec/x87.r1:467
+    # spec/x87.r1:822
     'FLD_M64': {
         (16, 16, 'mem', None, None): _T43,
         (16, 32, 'mem', None, None): _T43,
         (32, 16, 'mem', None, None): _T43,
         (32, 32, 'mem', None, None): _T43,
     },
-    # spec/x87.r1:477
+    # spec/x87.r1:833
     'FLD_M80': {
         (16, 16, 'mem', None, None): _T44,
         (16, 32, 'mem', None, None): _T44,
         (32, 16, 'mem', None, None): _T44,
         (32, 32, 'mem', None, None): _T44,
     },
-    # spec/x87.r1:487
+    # spec/x87.r1:844
     'FLD_STi': {
         (16, 16, None, None, None): _T45,
         (16, 32, None, None, None): _T45,
         (32, 16, None, None, None): _T45,
         (32, 32, None, None, None): _T45,
     },
-    # spec/x87.r1:497
+    # spec/x87.r1:855
     'FST_M32': {
         (16, 16, 'mem', None, None): _T46,
         (16, 32, 'mem', None, None): _T46,
         (32, 16, 'mem', None, None): _T46,
         (32, 32, 'mem', None, None): _T46,
     },
-    # spec/x87.r1:507
+    # spec/x87.r1:866
     'FST_M64': {
         (16, 16, 'mem', None, None): _T47,
         (16, 32, 'mem', None, None): _T47,
         (32, 16, 'mem', None, None): _T47,
         (32, 32, 'mem', None, None): _T47,
     },
-    # spec/x87.r1:517
+    # spec/x87.r1:877
     'FST_STi': {
         (16, 16, None, None, None): _T48,
         (16, 32, None, None, None): _T48,
         (32, 16, None, None, None): _T48,
         (32, 32, None, None, None): _T48,
     },
-    # spec/x87.r1:527
+    # spec/x87.r1:888
     'FSTP_M32': {
         (16, 16, 'mem', None, None): _T49,
         (16, 32, 'mem', None, None): _T49,
         (32, 16, 'mem', None, None): _T49,
         (32, 32, 'mem', None, None): _T49,
     },
-    # spec/x87.r1:537
+    # spec/x87.r1:899
     'FSTP_M64': {
         (16, 16, 'mem', None, None): _T50,
         (16, 32, 'mem', None, None): _T50,
         (32, 16, 'mem', None, None): _T50,
         (32, 32, 'mem', None, None): _T50,
     },
-    # spec/x87.r1:547
+    # spec/x87.r1:910
     'FSTP_M80': {
         (16, 16, 'mem', None, None): _T51,
         (16, 32, 'mem', None, None): _T51,
         (32, 16, 'mem', None, None): _T51,
         (32, 32, 'mem', None, None): _T51,
     },
-    # spec/x87.r1:557
+    # spec/x87.r1:921
     'FSTP_STi': {
         (16, 16, None, None, None): _T52,
         (16, 32, None, None, None): _T52,
         (32, 16, None, None, None): _T52,
         (32, 32, None, None, None): _T52,
     },
-    # spec/x87.r1:567
+    # spec/x87.r1:932
     'FILD_M16': {
         (16, 16, 'mem', None, None): _T53,
         (16, 32, 'mem', None, None): _T53,
         (32, 16, 'mem', None, None): _T53,
         (32, 32, 'mem', None, None): _T53,
     },
-    # spec/x87.r1:577
+    # spec/x87.r1:943
     'FILD_M32': {
         (16, 16, 'mem', None, None): _T54,
         (16, 32, 'mem', None, None): _T54,
         (32, 16, 'mem', None, None): _T54,
         (32, 32, 'mem', None, None): _T54,
     },
-    # spec/x87.r1:587
+    # spec/x87.r1:954
     'FILD_M64': {
         (16, 16, 'mem', None, None): _T55,
         (16, 32, 'mem', None, None): _T55,
         (32, 16, 'mem', None, None): _T55,
         (32, 32, 'mem', None, None): _T55,
     },
-    # spec/x87.r1:597
+    # spec/x87.r1:965
     'FIST_M16': {
         (16, 16, 'mem', None, None): _T56,
         (16, 32, 'mem', None, None): _T56,
         (32, 16, 'mem', None, None): _T56,
         (32, 32, 'mem', None, None): _T56,
     },
-    # spec/x87.r1:607
+    # spec/x87.r1:976
     'FIST_M32': {
         (16, 16, 'mem', None, None): _T57,
         (16, 32, 'mem', None, None): _T57,
         (32, 16, 'mem', None, None): _T57,
         (32, 32, 'mem', None, None): _T57,
     },
-    # spec/x87.r1:617
+    # spec/x87.r1:987
     'FISTP_M16': {
         (16, 16, 'mem', None, None): _T58,
         (16, 32, 'mem', None, None): _T58,
         (32, 16, 'mem', None, None): _T58,
         (32, 32, 'mem', None, None): _T58,
     },
-    # spec/x87.r1:627
+    # spec/x87.r1:998
     'FISTP_M32': {
         (16, 16, 'mem', None, None): _T59,
         (16, 32, 'mem', None, None): _T59,
         (32, 16, 'mem', None, None): _T59,
         (32, 32, 'mem', None, None): _T59,
     },
-    # spec/x87.r1:637
+    # spec/x87.r1:1009
     'FISTP_M64': {
         (16, 16, 'mem', None, None): _T60,
         (16, 32, 'mem', None, None): _T60,
         (32, 16, 'mem', None, None): _T60,
         (32, 32, 'mem', None, None): _T60,
     },
-    # spec/x87.r1:647
+    # spec/x87.r1:1020
     'FBLD_M80': {
         (16, 16, 'mem', None, None): _T61,
         (16, 32, 'mem', None, None): _T61,
         (32, 16, 'mem', None, None): _T61,
         (32, 32, 'mem', None, None): _T61,
     },
-    # spec/x87.r1:657
+    # spec/x87.r1:1031
     'FBSTP_M80': {
         (16, 16, 'mem', None, None): _T62,
         (16, 32, 'mem', None, None): _T62,
         (32, 16, 'mem', None, None): _T62,
         (32, 32, 'mem', None, None): _T62,
     },
-    # spec/x87.r1:667
+    # spec/x87.r1:1042
     'FXCH_STi': {
         (16, 16, None, None, None): _T63,
         (16, 32, None, None, None): _T63,
         (32, 16, None, None, None): _T63,
         (32, 32, None, None, None): _T63,
     },
-    # spec/x87.r1:679
+    # spec/x87.r1:1055
     'FCMOVB_ST0_STi': {
         (16, 16, None, None, None): _T64,
         (16, 32, None, None, None): _T64,
         (32, 16, None, None, None): _T64,
         (32, 32, None, None, None): _T64,
     },
-    # spec/x87.r1:689
+    # spec/x87.r1:1066
     'FCMOVE_ST0_STi': {
         (16, 16, None, None, None): _T65,
         (16, 32, None, None, None): _T65,
         (32, 16, None, None, None): _T65,
         (32, 32, None, None, None): _T65,
     },
-    # spec/x87.r1:699
+    # spec/x87.r1:1077
     'FCMOVBE_ST0_STi': {
         (16, 16, None, None, None): _T66,
         (16, 32, None, None, None): _T66,
         (32, 16, None, None, None): _T66,
         (32, 32, None, None, None): _T66,
     },
-    # spec/x87.r1:709
+    # spec/x87.r1:1088
     'FCMOVU_ST0_STi': {
         (16, 16, None, None, None): _T67,
         (16, 32, None, None, None): _T67,
         (32, 16, None, None, None): _T67,
         (32, 32, None, None, None): _T67,
     },
-    # spec/x87.r1:719
+    # spec/x87.r1:1099
     'FCMOVNB_ST0_STi': {
         (16, 16, None, None, None): _T68,
         (16, 32, None, None, None): _T68,
         (32, 16, None, None, None): _T68,
         (32, 32, None, None, None): _T68,
     },
-    # spec/x87.r1:729
+    # spec/x87.r1:1110
     'FCMOVNE_ST0_STi': {
         (16, 16, None, None, None): _T69,
         (16, 32, None, None, None): _T69,
         (32, 16, None, None, None): _T69,
         (32, 32, None, None, None): _T69,
     },
-    # spec/x87.r1:739
+    # spec/x87.r1:1121
     'FCMOVNBE_ST0_STi': {
         (16, 16, None, None, None): _T70,
         (16, 32, None, None, None): _T70,
         (32, 16, None, None, None): _T70,
         (32, 32, None, None, None): _T70,
     },
-    # spec/x87.r1:749
+    # spec/x87.r1:1132
     'FCMOVNU_ST0_STi': {
         (16, 16, None, None, None): _T71,
         (16, 32, None, None, None): _T71,
         (32, 16, None, None, None): _T71,
         (32, 32, None, None, None): _T71,
     },
-    # spec/x87.r1:761
+    # spec/x87.r1:1145
     'FCOM_M32': {
         (16, 16, 'mem', None, None): _T72,
         (16, 32, 'mem', None, None): _T72,
         (32, 16, 'mem', None, None): _T72,
         (32, 32, 'mem', None, None): _T72,
     },
-    # spec/x87.r1:771
+    # spec/x87.r1:1156
     'FCOM_M64': {
         (16, 16, 'mem', None, None): _T73,
         (16, 32, 'mem', None, None): _T73,
         (32, 16, 'mem', None, None): _T73,
         (32, 32, 'mem', None, None): _T73,
     },
-    # spec/x87.r1:781
+    # spec/x87.r1:1167
     'FCOM_STi': {
         (16, 16, None, None, None): _T74,
         (16, 32, None, None, None): _T74,
         (32, 16, None, None, None): _T74,
         (32, 32, None, None, None): _T74,
     },
-    # spec/x87.r1:791
+    # spec/x87.r1:1178
     'FCOMP_M32': {
         (16, 16, 'mem', None, None): _T75,
         (16, 32, 'mem', None, None): _T75,
         (32, 16, 'mem', None, None): _T75,
         (32, 32, 'mem', None, None): _T75,
     },
-    # spec/x87.r1:801
+    # spec/x87.r1:1189
     'FCOMP_M64': {
         (16, 16, 'mem', None, None): _T76,
         (16, 32, 'mem', None, None): _T76,
         (32, 16, 'mem', None, None): _T76,
         (32, 32, 'mem', None, None): _T76,
     },
-    # spec/x87.r1:811
+    # spec/x87.r1:1200
     'FCOMP_STi': {
         (16, 16, None, None, None): _T77,
         (16, 32, None, None, None): _T77,
         (32, 16, None, None, None): _T77,
         (32, 32, None, None, None): _T77,
     },
-    # spec/x87.r1:821
+    # spec/x87.r1:1211
     'FCOMPP': {
         (16, 16, None, None, None): _T78,
         (16, 32, None, None, None): _T78,
         (32, 16, None, None, None): _T78,
         (32, 32, None, None, None): _T78,
     },
-    # spec/x87.r1:830
+    # spec/x87.r1:1221
     'FUCOM_STi': {
         (16, 16, None, None, None): _T79,
         (16, 32, None, None, None): _T79,
         (32, 16, None, None, None): _T79,
         (32, 32, None, None, None): _T79,
     },
-    # spec/x87.r1:840
+    # spec/x87.r1:1232
     'FUCOMP_STi': {
         (16, 16, None, None, None): _T80,
         (16, 32, None, None, None): _T80,
         (32, 16, None, None, None): _T80,
         (32, 32, None, None, None): _T80,
     },
-    # spec/x87.r1:850
+    # spec/x87.r1:1243
     'FUCOMPP': {
         (16, 16, None, None, None): _T81,
         (16, 32, None, None, None): _T81,
         (32, 16, None, None, None): _T81,
         (32, 32, None, None, None): _T81,
     },
-    # spec/x87.r1:859
+    # spec/x87.r1:1253
     'FICOM_M16': {
         (16, 16, 'mem', None, None): _T82,
         (16, 32, 'mem', None, None): _T82,
         (32, 16, 'mem', None, None): _T82,
         (32, 32, 'mem', None, None): _T82,
     },
-    # spec/x87.r1:869
+    # spec/x87.r1:1264
     'FICOM_M32': {
         (16, 16, 'mem', None, None): _T83,
         (16, 32, 'mem', None, None): _T83,
         (32, 16, 'mem', None, None): _T83,
         (32, 32, 'mem', None, None): _T83,
     },
-    # spec/x87.r1:879
+    # spec/x87.r1:1275
     'FICOMP_M16': {
         (16, 16, 'mem', None, None): _T84,
         (16, 32, 'mem', None, None): _T84,
         (32, 16, 'mem', None, None): _T84,
         (32, 32, 'mem', None, None): _T84,
     },
-    # spec/x87.r1:889
+    # spec/x87.r1:1286
     'FICOMP_M32': {
         (16, 16, 'mem', None, None): _T85,
         (16, 32, 'mem', None, None): _T85,
         (32, 16, 'mem', None, None): _T85,
         (32, 32, 'mem', None, None): _T85,
     },
-    # spec/x87.r1:899
+    # spec/x87.r1:1297
     'FTST': {
         (16, 16, None, None, None): _T86,
         (16, 32, None, None, None): _T86,
         (32, 16, None, None, None): _T86,
         (32, 32, None, None, None): _T86,
     },
-    # spec/x87.r1:909
+    # spec/x87.r1:1308
     'FXAM': {
         (16, 16, None, None, None): _T87,
         (16, 32, None, None, None): _T87,
         (32, 16, None, None, None): _T87,
         (32, 32, None, None, None): _T87,
     },
-    # spec/x87.r1:921
+    # spec/x87.r1:1321
     'FCOMI_ST0_STi': {
         (16, 16, None, None, None): _T88,
         (16, 32, None, None, None): _T88,
         (32, 16, None, None, None): _T88,
         (32, 32, None, None, None): _T88,
     },
-    # spec/x87.r1:931
+    # spec/x87.r1:1332
     'FUCOMI_ST0_STi': {
         (16, 16, None, None, None): _T89,
         (16, 32, None, None, None): _T89,
         (32, 16, None, None, None): _T89,
         (32, 32, None, None, None): _T89,
     },
-    # spec/x87.r1:941
+    # spec/x87.r1:1343
     'FCOMIP_ST0_STi': {
         (16, 16, None, None, None): _T90,
         (16, 32, None, None, None): _T90,
         (32, 16, None, None, None): _T90,
         (32, 32, None, None, None): _T90,
     },
-    # spec/x87.r1:951
+    # spec/x87.r1:1354
     'FUCOMIP_ST0_STi': {
         (16, 16, None, None, None): _T91,
         (16, 32, None, None, None): _T91,
         (32, 16, None, None, None): _T91,
         (32, 32, None, None, None): _T91,
     },
-    # spec/x87.r1:963
+    # spec/x87.r1:1367
     'FLD1': {
         (16, 16, None, None, None): _T92,
         (16, 32, None, None, None): _T92,
         (32, 16, None, None, None): _T92,
         (32, 32, None, None, None): _T92,
     },
-    # spec/x87.r1:973
+    # spec/x87.r1:1378
     'FLDL2T': {
         (16, 16, None, None, None): _T93,
         (16, 32, None, None, None): _T93,
         (32, 16, None, None, None): _T93,
         (32, 32, None, None, None): _T93,
     },
-    # spec/x87.r1:983
+    # spec/x87.r1:1389
     'FLDL2E': {
         (16, 16, None, None, None): _T94,
         (16, 32, None, None, None): _T94,
         (32, 16, None, None, None): _T94,
         (32, 32, None, None, None): _T94,
     },
-    # spec/x87.r1:993
+    # spec/x87.r1:1400
     'FLDPI': {
         (16, 16, None, None, None): _T95,
         (16, 32, None, None, None): _T95,
         (32, 16, None, None, None): _T95,
         (32, 32, None, None, None): _T95,
     },
-    # spec/x87.r1:1003
+    # spec/x87.r1:1411
     'FLDLG2': {
         (16, 16, None, None, None): _T96,
         (16, 32, None, None, None): _T96,
         (32, 16, None, None, None): _T96,
         (32, 32, None, None, None): _T96,
     },
-    # spec/x87.r1:1013
+    # spec/x87.r1:1422
     'FLDLN2': {
         (16, 16, None, None, None): _T97,
         (16, 32, None, None, None): _T97,
         (32, 16, None, None, None): _T97,
         (32, 32, None, None, None): _T97,
     },
-    # spec/x87.r1:1023
+    # spec/x87.r1:1433
     'FLDZ': {
         (16, 16, None, None, None): _T98,
         (16, 32, None, None, None): _T98,
         (32, 16, None, None, None): _T98,
         (32, 32, None, None, None): _T98,
     },
-    # spec/x87.r1:1035
+    # spec/x87.r1:1446
     'FCHS': {
         (16, 16, None, None, None): _T99,
         (16, 32, None, None, None): _T99,
         (32, 16, None, None, None): _T99,
         (32, 32, None, None, None): _T99,
     },
-    # spec/x87.r1:1045
+    # spec/x87.r1:1457
     'FABS': {
         (16, 16, None, None, None): _T100,
         (16, 32, None, None, None): _T100,
         (32, 16, None, None, None): _T100,
         (32, 32, None, None, None): _T100,
     },
-    # spec/x87.r1:1055
+    # spec/x87.r1:1468
     'F2XM1': {
         (16, 16, None, None, None): _T101,
         (16, 32, None, None, None): _T101,
         (32, 16, None, None, None): _T101,
         (32, 32, None, None, None): _T101,
     },
-    # spec/x87.r1:1065
+    # spec/x87.r1:1479
     'FYL2X': {
         (16, 16, None, None, None): _T102,
         (16, 32, None, None, None): _T102,
         (32, 16, None, None, None): _T102,
         (32, 32, None, None, None): _T102,
     },
-    # spec/x87.r1:1074
+    # spec/x87.r1:1489
     'FPTAN': {
         (16, 16, None, None, None): _T103,
         (16, 32, None, None, None): _T103,
         (32, 16, None, None, None): _T103,
         (32, 32, None, None, None): _T103,
     },
-    # spec/x87.r1:1084
+    # spec/x87.r1:1500
     'FPATAN': {
         (16, 16, None, None, None): _T104,
         (16, 32, None, None, None): _T104,
         (32, 16, None, None, None): _T104,
         (32, 32, None, None, None): _T104,
     },
-    # spec/x87.r1:1093
+    # spec/x87.r1:1510
     'FXTRACT': {
         (16, 16, None, None, None): _T105,
         (16, 32, None, None, None): _T105,
         (32, 16, None, None, None): _T105,
         (32, 32, None, None, None): _T105,
     },
-    # spec/x87.r1:1103
+    # spec/x87.r1:1521
     'FPREM1': {
         (16, 16, None, None, None): _T106,
         (16, 32, None, None, None): _T106,
         (32, 16, None, None, None): _T106,
         (32, 32, None, None, None): _T106,
     },
-    # spec/x87.r1:1112
+    # spec/x87.r1:1531
     'FDECSTP': {
         (16, 16, None, None, None): _T107,
         (16, 32, None, None, None): _T107,
         (32, 16, None, None, None): _T107,
         (32, 32, None, None, None): _T107,
     },
-    # spec/x87.r1:1121
+    # spec/x87.r1:1541
     'FINCSTP': {
         (16, 16, None, None, None): _T108,
         (16, 32, None, None, None): _T108,
         (32, 16, None, None, None): _T108,
         (32, 32, None, None, None): _T108,
     },
-    # spec/x87.r1:1130
+    # spec/x87.r1:1551
     'FPREM': {
         (16, 16, None, None, None): _T109,
         (16, 32, None, None, None): _T109,
         (32, 16, None, None, None): _T109,
         (32, 32, None, None, None): _T109,
     },
-    # spec/x87.r1:1139
+    # spec/x87.r1:1561
     'FYL2XP1': {
         (16, 16, None, None, None): _T110,
         (16, 32, None, None, None): _T110,
         (32, 16, None, None, None): _T110,
         (32, 32, None, None, None): _T110,
     },
-    # spec/x87.r1:1148
+    # spec/x87.r1:1571
     'FSQRT': {
         (16, 16, None, None, None): _T111,
         (16, 32, None, None, None): _T111,
         (32, 16, None, None, None): _T111,
         (32, 32, None, None, None): _T111,
     },
-    # spec/x87.r1:1158
+    # spec/x87.r1:1582
     'FSINCOS': {
         (16, 16, None, None, None): _T112,
         (16, 32, None, None, None): _T112,
         (32, 16, None, None, None): _T112,
         (32, 32, None, None, None): _T112,
     },
-    # spec/x87.r1:1168
+    # spec/x87.r1:1593
     'FRNDINT': {
         (16, 16, None, None, None): _T113,
         (16, 32, None, None, None): _T113,
         (32, 16, None, None, None): _T113,
         (32, 32, None, None, None): _T113,
     },
-    # spec/x87.r1:1178
+    # spec/x87.r1:1604
     'FSCALE': {
         (16, 16, None, None, None): _T114,
         (16, 32, None, None, None): _T114,
         (32, 16, None, None, None): _T114,
         (32, 32, None, None, None): _T114,
     },
-    # spec/x87.r1:1187
+    # spec/x87.r1:1614
     'FSIN': {
         (16, 16, None, None, None): _T115,
         (16, 32, None, None, None): _T115,
         (32, 16, None, None, None): _T115,
         (32, 32, None, None, None): _T115,
     },
-    # spec/x87.r1:1197
+    # spec/x87.r1:1625
     'FCOS': {
         (16, 16, None, None, None): _T116,
         (16, 32, None, None, None): _T116,
         (32, 16, None, None, None): _T116,
         (32, 32, None, None, None): _T116,
     },
-    # spec/x87.r1:1348
+    # spec/x87.r1:1777
     'FNOP': {
         (16, 16, None, None, None): _T117,
         (16, 32, None, None, None): _T117,
         (32, 16, None, None, None): _T117,
         (32, 32, None, None, None): _T117,
     },
-    # spec/x87.r1:1357
+    # spec/x87.r1:1787
     'FFREE_STi': {
         (16, 16, None, None, None): _T118,
         (16, 32, None, None, None): _T118,
         (32, 16, None, None, None): _T118,
         (32, 32, None, None, None): _T118,
     },
-    # spec/x87.r1:1367
+    # spec/x87.r1:1798
     'FNINIT': {
         (16, 16, None, None, None): _T119,
         (16, 32, None, None, None): _T119,
         (32, 16, None, None, None): _T119,
         (32, 32, None, None, None): _T119,
     },
-    # spec/x87.r1:1377
+    # spec/x87.r1:1808
     'FNCLEX': {
         (16, 16, None, None, None): _T120,
         (16, 32, None, None, None): _T120,
         (32, 16, None, None, None): _T120,
         (32, 32, None, None, None): _T120,
     },
-    # spec/x87.r1:1387
+    # spec/x87.r1:1818
     'FLDCW_M16': {
         (16, 16, 'mem', None, None): _T121,
         (16, 32, 'mem', None, None): _T121,
         (32, 16, 'mem', None, None): _T121,
         (32, 32, 'mem', None, None): _T121,
     },
-    # spec/x87.r1:1398
+    # spec/x87.r1:1829
     'FNSTCW_M16': {
         (16, 16, 'mem', None, None): _T122,
         (16, 32, 'mem', None, None): _T122,
         (32, 16, 'mem', None, None): _T122,
         (32, 32, 'mem', None, None): _T122,
     },
-    # spec/x87.r1:1409
+    # spec/x87.r1:1840
     'FNSTSW_M16': {
         (16, 16, 'mem', None, None): _T123,
         (16, 32, 'mem', None, None): _T123,
         (32, 16, 'mem', None, None): _T123,
         (32, 32, 'mem', None, None): _T123,
     },
-    # spec/x87.r1:1420
+    # spec/x87.r1:1851
     'FNSTSW_AX': {
         (16, 16, None, None, None): _T124,
         (16, 32, None, None, None): _T124,
         (32, 16, None, None, None): _T124,
         (32, 32, None, None, None): _T124,
     },
-    # spec/x87.r1:1430
+    # spec/x87.r1:1861
     'FLDENV_MENV': {
         (16, 16, 'mem', None, None): _T125,
         (16, 32, 'mem', None, None): _T125,
         (32, 16, 'mem', None, None): _T126,
         (32, 32, 'mem', None, None): _T126,
     },
-    # spec/x87.r1:1441
+    # spec/x87.r1:1872
     'FNSTENV_MENV': {
         (16, 16, 'mem', None, None): _T127,
         (16, 32, 'mem', None, None): _T127,
         (32, 16, 'mem', None, None): _T128,
         (32, 32, 'mem', None, None): _T128,
     },
-    # spec/x87.r1:1457
+    # spec/x87.r1:1888
     'FRSTOR_MSTATE': {
         (16, 16, 'mem', None, None): _T129,
         (16, 32, 'mem', None, None): _T129,
         (32, 16, 'mem', None, None): _T130,
         (32, 32, 'mem', None, None): _T130,
     },
-    # spec/x87.r1:1477
+    # spec/x87.r1:1908
     'FNSAVE_MSTATE': {
         (16, 16, 'mem', None, None): _T131,
         (16, 32, 'mem', None, None): _T131,
         (32, 16, 'mem', None, None): _T132,
         (32, 32, 'mem', None, None): _T132,
     },
-    # spec/x87.r1:1499
+    # spec/x87.r1:1930
     'FWAIT': {
         (16, 16, None, None, None): _T133,
         (16, 32, None, None, None): _T133,
         (32, 16, None, None, None): _T133,
         (32, 32, None, None, None): _T133,
     },
-    # spec/x87.r1:1517
+    # spec/x87.r1:1948
     'FFREEP_STi': {
         (16, 16, None, None, None): _T134,
         (16, 32, None, None, None): _T134,
         (32, 16, None, None, None): _T134,
         (32, 32, None, None, None): _T134,
     },
-    # spec/x87.r1:1527
+    # spec/x87.r1:1959
     'FSTPNCE_STi': {
         (16, 16, None, None, None): _T135,
         (16, 32, None, None, None): _T135,
         (32, 16, None, None, None): _T135,
         (32, 32, None, None, None): _T135,
     },
-    # spec/x87.r1:1537
+    # spec/x87.r1:1970
     'FCOM_STi_DCD0': {
         (16, 16, None, None, None): _T136,
         (16, 32, None, None, None): _T136,
         (32, 16, None, None, None): _T136,
         (32, 32, None, None, None): _T136,
     },
-    # spec/x87.r1:1548
+    # spec/x87.r1:1982
     'FCOMP_STi_DCD8': {
         (16, 16, None, None, None): _T137,
         (16, 32, None, None, None): _T137,
         (32, 16, None, None, None): _T137,
         (32, 32, None, None, None): _T137,
     },
-    # spec/x87.r1:1559
+    # spec/x87.r1:1994
     'FCOMP_STi_DED0': {
         (16, 16, None, None, None): _T138,
         (16, 32, None, None, None): _T138,
         (32, 16, None, None, None): _T138,
         (32, 32, None, None, None): _T138,
     },
-    # spec/x87.r1:1570
+    # spec/x87.r1:2006
     'FXCH_STi_DDC8': {
         (16, 16, None, None, None): _T139,
         (16, 32, None, None, None): _T139,
         (32, 16, None, None, None): _T139,
         (32, 32, None, None, None): _T139,
     },
-    # spec/x87.r1:1581
+    # spec/x87.r1:2018
     'FXCH_STi_DFC8': {
         (16, 16, None, None, None): _T140,
         (16, 32, None, None, None): _T140,
         (32, 16, None, None, None): _T140,
         (32, 32, None, None, None): _T140,
     },
-    # spec/x87.r1:1592
+    # spec/x87.r1:2030
     'FSTP_STi_DFD0': {
         (16, 16, None, None, None): _T141,
         (16, 32, None, None, None): _T141,
         (32, 16, None, None, None): _T141,
         (32, 32, None, None, None): _T141,
     },
-    # spec/x87.r1:1603
+    # spec/x87.r1:2042
     'FSTP_STi_DFD8': {
         (16, 16, None, None, None): _T142,
         (16, 32, None, None, None): _T142,
         (32, 16, None, None, None): _T142,
         (32, 32, None, None, None): _T142,
     },
-    # spec/x87.r1:1614
+    # spec/x87.r1:2054
     'FNENI': {
         (16, 16, None, None, None): _T143,
         (16, 32, None, None, None): _T143,
         (32, 16, None, None, None): _T143,
         (32, 32, None, None, None): _T143,
     },
-    # spec/x87.r1:1624
+    # spec/x87.r1:2065
     'FNDISI': {
         (16, 16, None, None, None): _T144,
         (16, 32, None, None, None): _T144,
         (32, 16, None, None, None): _T144,
         (32, 32, None, None, None): _T144,
     },
-    # spec/x87.r1:1634
+    # spec/x87.r1:2076
     'FNSETPM': {
         (16, 16, None, None, None): _T145,
         (16, 32, None, None, None): _T145,

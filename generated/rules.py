@@ -665,148 +665,148 @@ RULES = {
     'LSL': ('callout', None, ('cpl', 'gdtr', 'ldtr', 'gdt'), ()),  # spec/system.r1:536
     'VERR': ('callout', None, ('cpl', 'gdtr', 'ldtr', 'gdt'), ()),  # spec/system.r1:557
     'VERW': ('callout', None, ('cpl', 'gdtr', 'ldtr', 'gdt'), ()),  # spec/system.r1:577
-    'FADD_M32': ('ident', None, (), ()),  # spec/x87.r1:33
-    'FADD_M64': ('ident', None, (), ()),  # spec/x87.r1:43
-    'FIADD_M32': ('ident', None, (), ()),  # spec/x87.r1:53
-    'FIADD_M16': ('ident', None, (), ()),  # spec/x87.r1:63
-    'FMUL_M32': ('ident', None, (), ()),  # spec/x87.r1:73
-    'FMUL_M64': ('ident', None, (), ()),  # spec/x87.r1:83
-    'FIMUL_M32': ('ident', None, (), ()),  # spec/x87.r1:93
-    'FIMUL_M16': ('ident', None, (), ()),  # spec/x87.r1:103
-    'FSUB_M32': ('ident', None, (), ()),  # spec/x87.r1:113
-    'FSUB_M64': ('ident', None, (), ()),  # spec/x87.r1:123
-    'FISUB_M32': ('ident', None, (), ()),  # spec/x87.r1:133
-    'FISUB_M16': ('ident', None, (), ()),  # spec/x87.r1:143
-    'FSUBR_M32': ('ident', None, (), ()),  # spec/x87.r1:153
-    'FSUBR_M64': ('ident', None, (), ()),  # spec/x87.r1:163
-    'FISUBR_M32': ('ident', None, (), ()),  # spec/x87.r1:173
-    'FISUBR_M16': ('ident', None, (), ()),  # spec/x87.r1:183
-    'FDIV_M32': ('ident', None, (), ()),  # spec/x87.r1:193
-    'FDIV_M64': ('ident', None, (), ()),  # spec/x87.r1:203
-    'FIDIV_M32': ('ident', None, (), ()),  # spec/x87.r1:213
-    'FIDIV_M16': ('ident', None, (), ()),  # spec/x87.r1:223
-    'FDIVR_M32': ('ident', None, (), ()),  # spec/x87.r1:233
-    'FDIVR_M64': ('ident', None, (), ()),  # spec/x87.r1:243
-    'FIDIVR_M32': ('ident', None, (), ()),  # spec/x87.r1:253
-    'FIDIVR_M16': ('ident', None, (), ()),  # spec/x87.r1:263
-    'FADD_ST0_STi': ('ident', None, (), ()),  # spec/x87.r1:275
-    'FMUL_ST0_STi': ('ident', None, (), ()),  # spec/x87.r1:285
-    'FSUB_ST0_STi': ('ident', None, (), ()),  # spec/x87.r1:295
-    'FSUBR_ST0_STi': ('ident', None, (), ()),  # spec/x87.r1:305
-    'FDIV_ST0_STi': ('ident', None, (), ()),  # spec/x87.r1:315
-    'FDIVR_ST0_STi': ('ident', None, (), ()),  # spec/x87.r1:325
-    'FADD_STi_ST0': ('ident', None, (), ()),  # spec/x87.r1:335
-    'FMUL_STi_ST0': ('ident', None, (), ()),  # spec/x87.r1:345
-    'FSUBR_STi_ST0': ('ident', None, (), ()),  # spec/x87.r1:355
-    'FSUB_STi_ST0': ('ident', None, (), ()),  # spec/x87.r1:365
-    'FDIVR_STi_ST0': ('ident', None, (), ()),  # spec/x87.r1:375
-    'FDIV_STi_ST0': ('ident', None, (), ()),  # spec/x87.r1:385
-    'FADDP_STi_ST0': ('ident', None, (), ()),  # spec/x87.r1:395
-    'FMULP_STi_ST0': ('ident', None, (), ()),  # spec/x87.r1:405
-    'FSUBRP_STi_ST0': ('ident', None, (), ()),  # spec/x87.r1:415
-    'FSUBP_STi_ST0': ('ident', None, (), ()),  # spec/x87.r1:425
-    'FDIVRP_STi_ST0': ('ident', None, (), ()),  # spec/x87.r1:435
-    'FDIVP_STi_ST0': ('ident', None, (), ()),  # spec/x87.r1:445
-    'FLD_M32': ('ident', None, (), ()),  # spec/x87.r1:457
-    'FLD_M64': ('ident', None, (), ()),  # spec/x87.r1:467
-    'FLD_M80': ('ident', None, (), ()),  # spec/x87.r1:477
-    'FLD_STi': ('ident', None, (), ()),  # spec/x87.r1:487
-    'FST_M32': ('ident', None, (), ()),  # spec/x87.r1:497
-    'FST_M64': ('ident', None, (), ()),  # spec/x87.r1:507
-    'FST_STi': ('ident', None, (), ()),  # spec/x87.r1:517
-    'FSTP_M32': ('ident', None, (), ()),  # spec/x87.r1:527
-    'FSTP_M64': ('ident', None, (), ()),  # spec/x87.r1:537
-    'FSTP_M80': ('ident', None, (), ()),  # spec/x87.r1:547
-    'FSTP_STi': ('ident', None, (), ()),  # spec/x87.r1:557
-    'FILD_M16': ('ident', None, (), ()),  # spec/x87.r1:567
-    'FILD_M32': ('ident', None, (), ()),  # spec/x87.r1:577
-    'FILD_M64': ('ident', None, (), ()),  # spec/x87.r1:587
-    'FIST_M16': ('ident', None, (), ()),  # spec/x87.r1:597
-    'FIST_M32': ('ident', None, (), ()),  # spec/x87.r1:607
-    'FISTP_M16': ('ident', None, (), ()),  # spec/x87.r1:617
-    'FISTP_M32': ('ident', None, (), ()),  # spec/x87.r1:627
-    'FISTP_M64': ('ident', None, (), ()),  # spec/x87.r1:637
-    'FBLD_M80': ('ident', None, (), ()),  # spec/x87.r1:647
-    'FBSTP_M80': ('ident', None, (), ()),  # spec/x87.r1:657
-    'FXCH_STi': ('ident', None, (), ()),  # spec/x87.r1:667
-    'FCMOVB_ST0_STi': ('ident', None, (), ()),  # spec/x87.r1:679
-    'FCMOVE_ST0_STi': ('ident', None, (), ()),  # spec/x87.r1:689
-    'FCMOVBE_ST0_STi': ('ident', None, (), ()),  # spec/x87.r1:699
-    'FCMOVU_ST0_STi': ('ident', None, (), ()),  # spec/x87.r1:709
-    'FCMOVNB_ST0_STi': ('ident', None, (), ()),  # spec/x87.r1:719
-    'FCMOVNE_ST0_STi': ('ident', None, (), ()),  # spec/x87.r1:729
-    'FCMOVNBE_ST0_STi': ('ident', None, (), ()),  # spec/x87.r1:739
-    'FCMOVNU_ST0_STi': ('ident', None, (), ()),  # spec/x87.r1:749
-    'FCOM_M32': ('ident', None, (), ()),  # spec/x87.r1:761
-    'FCOM_M64': ('ident', None, (), ()),  # spec/x87.r1:771
-    'FCOM_STi': ('ident', None, (), ()),  # spec/x87.r1:781
-    'FCOMP_M32': ('ident', None, (), ()),  # spec/x87.r1:791
-    'FCOMP_M64': ('ident', None, (), ()),  # spec/x87.r1:801
-    'FCOMP_STi': ('ident', None, (), ()),  # spec/x87.r1:811
-    'FCOMPP': ('ident', None, (), ()),  # spec/x87.r1:821
-    'FUCOM_STi': ('ident', None, (), ()),  # spec/x87.r1:830
-    'FUCOMP_STi': ('ident', None, (), ()),  # spec/x87.r1:840
-    'FUCOMPP': ('ident', None, (), ()),  # spec/x87.r1:850
-    'FICOM_M16': ('ident', None, (), ()),  # spec/x87.r1:859
-    'FICOM_M32': ('ident', None, (), ()),  # spec/x87.r1:869
-    'FICOMP_M16': ('ident', None, (), ()),  # spec/x87.r1:879
-    'FICOMP_M32': ('ident', None, (), ()),  # spec/x87.r1:889
-    'FTST': ('ident', None, (), ()),  # spec/x87.r1:899
-    'FXAM': ('ident', None, (), ()),  # spec/x87.r1:909
-    'FCOMI_ST0_STi': ('ident', None, (), ()),  # spec/x87.r1:921
-    'FUCOMI_ST0_STi': ('ident', None, (), ()),  # spec/x87.r1:931
-    'FCOMIP_ST0_STi': ('ident', None, (), ()),  # spec/x87.r1:941
-    'FUCOMIP_ST0_STi': ('ident', None, (), ()),  # spec/x87.r1:951
-    'FLD1': ('ident', None, (), ()),  # spec/x87.r1:963
-    'FLDL2T': ('ident', None, (), ()),  # spec/x87.r1:973
-    'FLDL2E': ('ident', None, (), ()),  # spec/x87.r1:983
-    'FLDPI': ('ident', None, (), ()),  # spec/x87.r1:993
-    'FLDLG2': ('ident', None, (), ()),  # spec/x87.r1:1003
-    'FLDLN2': ('ident', None, (), ()),  # spec/x87.r1:1013
-    'FLDZ': ('ident', None, (), ()),  # spec/x87.r1:1023
-    'FCHS': ('ident', None, (), ()),  # spec/x87.r1:1035
-    'FABS': ('ident', None, (), ()),  # spec/x87.r1:1045
-    'F2XM1': ('ident', None, (), ()),  # spec/x87.r1:1055
-    'FYL2X': ('ident', None, (), ()),  # spec/x87.r1:1065
-    'FPTAN': ('ident', None, (), ()),  # spec/x87.r1:1074
-    'FPATAN': ('ident', None, (), ()),  # spec/x87.r1:1084
-    'FXTRACT': ('ident', None, (), ()),  # spec/x87.r1:1093
-    'FPREM1': ('ident', None, (), ()),  # spec/x87.r1:1103
-    'FDECSTP': ('ident', None, (), ()),  # spec/x87.r1:1112
-    'FINCSTP': ('ident', None, (), ()),  # spec/x87.r1:1121
-    'FPREM': ('ident', None, (), ()),  # spec/x87.r1:1130
-    'FYL2XP1': ('ident', None, (), ()),  # spec/x87.r1:1139
-    'FSQRT': ('ident', None, (), ()),  # spec/x87.r1:1148
-    'FSINCOS': ('ident', None, (), ()),  # spec/x87.r1:1158
-    'FRNDINT': ('ident', None, (), ()),  # spec/x87.r1:1168
-    'FSCALE': ('ident', None, (), ()),  # spec/x87.r1:1178
-    'FSIN': ('ident', None, (), ()),  # spec/x87.r1:1187
-    'FCOS': ('ident', None, (), ()),  # spec/x87.r1:1197
-    'FNOP': ('ident', None, (), ()),  # spec/x87.r1:1348
-    'FFREE_STi': ('ident', None, (), ()),  # spec/x87.r1:1357
-    'FNINIT': ('ident', None, (), ()),  # spec/x87.r1:1367
-    'FNCLEX': ('ident', None, (), ()),  # spec/x87.r1:1377
-    'FLDCW_M16': ('ident', None, (), ()),  # spec/x87.r1:1387
-    'FNSTCW_M16': ('ident', None, (), ()),  # spec/x87.r1:1398
-    'FNSTSW_M16': ('ident', None, (), ()),  # spec/x87.r1:1409
-    'FNSTSW_AX': ('ident', None, (), ()),  # spec/x87.r1:1420
-    'FLDENV_MENV': ('ident', None, (), ()),  # spec/x87.r1:1430
-    'FNSTENV_MENV': ('callout', None, ('cpl',), ()),  # spec/x87.r1:1441
-    'FRSTOR_MSTATE': ('ident', None, (), ()),  # spec/x87.r1:1457
-    'FNSAVE_MSTATE': ('callout', None, ('cpl',), ()),  # spec/x87.r1:1477
-    'FWAIT': ('ident', None, (), ()),  # spec/x87.r1:1499
-    'FFREEP_STi': ('ident', None, (), ()),  # spec/x87.r1:1517
-    'FSTPNCE_STi': ('ident', None, (), ()),  # spec/x87.r1:1527
-    'FCOM_STi_DCD0': ('ident', None, (), ()),  # spec/x87.r1:1537
-    'FCOMP_STi_DCD8': ('ident', None, (), ()),  # spec/x87.r1:1548
-    'FCOMP_STi_DED0': ('ident', None, (), ()),  # spec/x87.r1:1559
-    'FXCH_STi_DDC8': ('ident', None, (), ()),  # spec/x87.r1:1570
-    'FXCH_STi_DFC8': ('ident', None, (), ()),  # spec/x87.r1:1581
-    'FSTP_STi_DFD0': ('ident', None, (), ()),  # spec/x87.r1:1592
-    'FSTP_STi_DFD8': ('ident', None, (), ()),  # spec/x87.r1:1603
-    'FNENI': ('ident', None, (), ()),  # spec/x87.r1:1614
-    'FNDISI': ('ident', None, (), ()),  # spec/x87.r1:1624
-    'FNSETPM': ('ident', None, (), ()),  # spec/x87.r1:1634
+    'FADD_M32': ('ident', None, (), ()),  # spec/x87.r1:345
+    'FADD_M64': ('ident', None, (), ()),  # spec/x87.r1:356
+    'FIADD_M32': ('ident', None, (), ()),  # spec/x87.r1:367
+    'FIADD_M16': ('ident', None, (), ()),  # spec/x87.r1:378
+    'FMUL_M32': ('ident', None, (), ()),  # spec/x87.r1:389
+    'FMUL_M64': ('ident', None, (), ()),  # spec/x87.r1:400
+    'FIMUL_M32': ('ident', None, (), ()),  # spec/x87.r1:411
+    'FIMUL_M16': ('ident', None, (), ()),  # spec/x87.r1:422
+    'FSUB_M32': ('ident', None, (), ()),  # spec/x87.r1:433
+    'FSUB_M64': ('ident', None, (), ()),  # spec/x87.r1:444
+    'FISUB_M32': ('ident', None, (), ()),  # spec/x87.r1:455
+    'FISUB_M16': ('ident', None, (), ()),  # spec/x87.r1:466
+    'FSUBR_M32': ('ident', None, (), ()),  # spec/x87.r1:477
+    'FSUBR_M64': ('ident', None, (), ()),  # spec/x87.r1:488
+    'FISUBR_M32': ('ident', None, (), ()),  # spec/x87.r1:499
+    'FISUBR_M16': ('ident', None, (), ()),  # spec/x87.r1:510
+    'FDIV_M32': ('ident', None, (), ()),  # spec/x87.r1:521
+    'FDIV_M64': ('ident', None, (), ()),  # spec/x87.r1:532
+    'FIDIV_M32': ('ident', None, (), ()),  # spec/x87.r1:543
+    'FIDIV_M16': ('ident', None, (), ()),  # spec/x87.r1:554
+    'FDIVR_M32': ('ident', None, (), ()),  # spec/x87.r1:565
+    'FDIVR_M64': ('ident', None, (), ()),  # spec/x87.r1:576
+    'FIDIVR_M32': ('ident', None, (), ()),  # spec/x87.r1:587
+    'FIDIVR_M16': ('ident', None, (), ()),  # spec/x87.r1:598
+    'FADD_ST0_STi': ('ident', None, (), ()),  # spec/x87.r1:611
+    'FMUL_ST0_STi': ('ident', None, (), ()),  # spec/x87.r1:622
+    'FSUB_ST0_STi': ('ident', None, (), ()),  # spec/x87.r1:633
+    'FSUBR_ST0_STi': ('ident', None, (), ()),  # spec/x87.r1:644
+    'FDIV_ST0_STi': ('ident', None, (), ()),  # spec/x87.r1:655
+    'FDIVR_ST0_STi': ('ident', None, (), ()),  # spec/x87.r1:666
+    'FADD_STi_ST0': ('ident', None, (), ()),  # spec/x87.r1:677
+    'FMUL_STi_ST0': ('ident', None, (), ()),  # spec/x87.r1:688
+    'FSUBR_STi_ST0': ('ident', None, (), ()),  # spec/x87.r1:699
+    'FSUB_STi_ST0': ('ident', None, (), ()),  # spec/x87.r1:710
+    'FDIVR_STi_ST0': ('ident', None, (), ()),  # spec/x87.r1:721
+    'FDIV_STi_ST0': ('ident', None, (), ()),  # spec/x87.r1:732
+    'FADDP_STi_ST0': ('ident', None, (), ()),  # spec/x87.r1:743
+    'FMULP_STi_ST0': ('ident', None, (), ()),  # spec/x87.r1:754
+    'FSUBRP_STi_ST0': ('ident', None, (), ()),  # spec/x87.r1:765
+    'FSUBP_STi_ST0': ('ident', None, (), ()),  # spec/x87.r1:776
+    'FDIVRP_STi_ST0': ('ident', None, (), ()),  # spec/x87.r1:787
+    'FDIVP_STi_ST0': ('ident', None, (), ()),  # spec/x87.r1:798
+    'FLD_M32': ('ident', None, (), ()),  # spec/x87.r1:811
+    'FLD_M64': ('ident', None, (), ()),  # spec/x87.r1:822
+    'FLD_M80': ('ident', None, (), ()),  # spec/x87.r1:833
+    'FLD_STi': ('ident', None, (), ()),  # spec/x87.r1:844
+    'FST_M32': ('ident', None, (), ()),  # spec/x87.r1:855
+    'FST_M64': ('ident', None, (), ()),  # spec/x87.r1:866
+    'FST_STi': ('ident', None, (), ()),  # spec/x87.r1:877
+    'FSTP_M32': ('ident', None, (), ()),  # spec/x87.r1:888
+    'FSTP_M64': ('ident', None, (), ()),  # spec/x87.r1:899
+    'FSTP_M80': ('ident', None, (), ()),  # spec/x87.r1:910
+    'FSTP_STi': ('ident', None, (), ()),  # spec/x87.r1:921
+    'FILD_M16': ('ident', None, (), ()),  # spec/x87.r1:932
+    'FILD_M32': ('ident', None, (), ()),  # spec/x87.r1:943
+    'FILD_M64': ('ident', None, (), ()),  # spec/x87.r1:954
+    'FIST_M16': ('ident', None, (), ()),  # spec/x87.r1:965
+    'FIST_M32': ('ident', None, (), ()),  # spec/x87.r1:976
+    'FISTP_M16': ('ident', None, (), ()),  # spec/x87.r1:987
+    'FISTP_M32': ('ident', None, (), ()),  # spec/x87.r1:998
+    'FISTP_M64': ('ident', None, (), ()),  # spec/x87.r1:1009
+    'FBLD_M80': ('ident', None, (), ()),  # spec/x87.r1:1020
+    'FBSTP_M80': ('ident', None, (), ()),  # spec/x87.r1:1031
+    'FXCH_STi': ('ident', None, (), ()),  # spec/x87.r1:1042
+    'FCMOVB_ST0_STi': ('ident', None, (), ()),  # spec/x87.r1:1055
+    'FCMOVE_ST0_STi': ('ident', None, (), ()),  # spec/x87.r1:1066
+    'FCMOVBE_ST0_STi': ('ident', None, (), ()),  # spec/x87.r1:1077
+    'FCMOVU_ST0_STi': ('ident', None, (), ()),  # spec/x87.r1:1088
+    'FCMOVNB_ST0_STi': ('ident', None, (), ()),  # spec/x87.r1:1099
+    'FCMOVNE_ST0_STi': ('ident', None, (), ()),  # spec/x87.r1:1110
+    'FCMOVNBE_ST0_STi': ('ident', None, (), ()),  # spec/x87.r1:1121
+    'FCMOVNU_ST0_STi': ('ident', None, (), ()),  # spec/x87.r1:1132
+    'FCOM_M32': ('ident', None, (), ()),  # spec/x87.r1:1145
+    'FCOM_M64': ('ident', None, (), ()),  # spec/x87.r1:1156
+    'FCOM_STi': ('ident', None, (), ()),  # spec/x87.r1:1167
+    'FCOMP_M32': ('ident', None, (), ()),  # spec/x87.r1:1178
+    'FCOMP_M64': ('ident', None, (), ()),  # spec/x87.r1:1189
+    'FCOMP_STi': ('ident', None, (), ()),  # spec/x87.r1:1200
+    'FCOMPP': ('ident', None, (), ()),  # spec/x87.r1:1211
+    'FUCOM_STi': ('ident', None, (), ()),  # spec/x87.r1:1221
+    'FUCOMP_STi': ('ident', None, (), ()),  # spec/x87.r1:1232
+    'FUCOMPP': ('ident', None, (), ()),  # spec/x87.r1:1243
+    'FICOM_M16': ('ident', None, (), ()),  # spec/x87.r1:1253
+    'FICOM_M32': ('ident', None, (), ()),  # spec/x87.r1:1264
+    'FICOMP_M16': ('ident', None, (), ()),  # spec/x87.r1:1275
+    'FICOMP_M32': ('ident', None, (), ()),  # spec/x87.r1:1286
+    'FTST': ('ident', None, (), ()),  # spec/x87.r1:1297
+    'FXAM': ('ident', None, (), ()),  # spec/x87.r1:1308
+    'FCOMI_ST0_STi': ('ident', None, (), ()),  # spec/x87.r1:1321
+    'FUCOMI_ST0_STi': ('ident', None, (), ()),  # spec/x87.r1:1332
+    'FCOMIP_ST0_STi': ('ident', None, (), ()),  # spec/x87.r1:1343
+    'FUCOMIP_ST0_STi': ('ident', None, (), ()),  # spec/x87.r1:1354
+    'FLD1': ('ident', None, (), ()),  # spec/x87.r1:1367
+    'FLDL2T': ('ident', None, (), ()),  # spec/x87.r1:1378
+    'FLDL2E': ('ident', None, (), ()),  # spec/x87.r1:1389
+    'FLDPI': ('ident', None, (), ()),  # spec/x87.r1:1400
+    'FLDLG2': ('ident', None, (), ()),  # spec/x87.r1:1411
+    'FLDLN2': ('ident', None, (), ()),  # spec/x87.r1:1422
+    'FLDZ': ('ident', None, (), ()),  # spec/x87.r1:1433
+    'FCHS': ('ident', None, (), ()),  # spec/x87.r1:1446
+    'FABS': ('ident', None, (), ()),  # spec/x87.r1:1457
+    'F2XM1': ('ident', None, (), ()),  # spec/x87.r1:1468
+    'FYL2X': ('ident', None, (), ()),  # spec/x87.r1:1479
+    'FPTAN': ('ident', None, (), ()),  # spec/x87.r1:1489
+    'FPATAN': ('ident', None, (), ()),  # spec/x87.r1:1500
+    'FXTRACT': ('ident', None, (), ()),  # spec/x87.r1:1510
+    'FPREM1': ('ident', None, (), ()),  # spec/x87.r1:1521
+    'FDECSTP': ('ident', None, (), ()),  # spec/x87.r1:1531
+    'FINCSTP': ('ident', None, (), ()),  # spec/x87.r1:1541
+    'FPREM': ('ident', None, (), ()),  # spec/x87.r1:1551
+    'FYL2XP1': ('ident', None, (), ()),  # spec/x87.r1:1561
+    'FSQRT': ('ident', None, (), ()),  # spec/x87.r1:1571
+    'FSINCOS': ('ident', None, (), ()),  # spec/x87.r1:1582
+    'FRNDINT': ('ident', None, (), ()),  # spec/x87.r1:1593
+    'FSCALE': ('ident', None, (), ()),  # spec/x87.r1:1604
+    'FSIN': ('ident', None, (), ()),  # spec/x87.r1:1614
+    'FCOS': ('ident', None, (), ()),  # spec/x87.r1:1625
+    'FNOP': ('ident', None, (), ()),  # spec/x87.r1:1777
+    'FFREE_STi': ('ident', None, (), ()),  # spec/x87.r1:1787
+    'FNINIT': ('ident', None, (), ()),  # spec/x87.r1:1798
+    'FNCLEX': ('ident', None, (), ()),  # spec/x87.r1:1808
+    'FLDCW_M16': ('ident', None, (), ()),  # spec/x87.r1:1818
+    'FNSTCW_M16': ('ident', None, (), ()),  # spec/x87.r1:1829
+    'FNSTSW_M16': ('ident', None, (), ()),  # spec/x87.r1:1840
+    'FNSTSW_AX': ('ident', None, (), ()),  # spec/x87.r1:1851
+    'FLDENV_MENV': ('ident', None, (), ()),  # spec/x87.r1:1861
+    'FNSTENV_MENV': ('callout', None, ('cpl',), ()),  # spec/x87.r1:1872
+    'FRSTOR_MSTATE': ('ident', None, (), ()),  # spec/x87.r1:1888
+    'FNSAVE_MSTATE': ('callout', None, ('cpl',), ()),  # spec/x87.r1:1908
+    'FWAIT': ('ident', None, (), ()),  # spec/x87.r1:1930
+    'FFREEP_STi': ('ident', None, (), ()),  # spec/x87.r1:1948
+    'FSTPNCE_STi': ('ident', None, (), ()),  # spec/x87.r1:1959
+    'FCOM_STi_DCD0': ('ident', None, (), ()),  # spec/x87.r1:1970
+    'FCOMP_STi_DCD8': ('ident', None, (), ()),  # spec/x87.r1:1982
+    'FCOMP_STi_DED0': ('ident', None, (), ()),  # spec/x87.r1:1994
+    'FXCH_STi_DDC8': ('ident', None, (), ()),  # spec/x87.r1:2006
+    'FXCH_STi_DFC8': ('ident', None, (), ()),  # spec/x87.r1:2018
+    'FSTP_STi_DFD0': ('ident', None, (), ()),  # spec/x87.r1:2030
+    'FSTP_STi_DFD8': ('ident', None, (), ()),  # spec/x87.r1:2042
+    'FNENI': ('ident', None, (), ()),  # spec/x87.r1:2054
+    'FNDISI': ('ident', None, (), ()),  # spec/x87.r1:2065
+    'FNSETPM': ('ident', None, (), ()),  # spec/x87.r1:2076
 }
 
 # What the translator knows about an instance, for choosing its rule (the `fact`s of the spec).
@@ -996,6 +996,24 @@ CONSTS = {
     'V_TR': 114,
     'V_VIRT_IF': 36,
     'V_VIRT_IOPL': 72,
+    'X87_ADD': 0,
+    'X87_C1': 512,
+    'X87_DIV': 6,
+    'X87_DIVR': 7,
+    'X87_F2XM1': 0,
+    'X87_FCOS': 5,
+    'X87_FPATAN': 3,
+    'X87_FPTAN': 6,
+    'X87_FSIN': 4,
+    'X87_FSINCOS': 7,
+    'X87_FYL2X': 1,
+    'X87_FYL2XP1': 2,
+    'X87_IE': 1,
+    'X87_INDEFINITE': 1208921207928610747318272,
+    'X87_MUL': 1,
+    'X87_SF': 64,
+    'X87_SUB': 4,
+    'X87_SUBR': 5,
 }
 
 # Assembled templates (GNU as, at generation time). A variant is a list of chunks: bytes to

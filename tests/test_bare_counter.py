@@ -46,3 +46,20 @@ def test_rdtsc_after_paging_is_turned_on_reads_the_virtual_clock(mode: str) -> N
     assert r.stop == "end", r.diagnosis
     tsc = r.regs["edx"] << 32 | r.regs["eax"]
     assert 0 < tsc < 1_000_000, hex(tsc)  # virtual ns: a few instructions in, never the host's
+
+
+# rdtsc ; mov esi, eax ; mov ecx, 16 ; loop $ ; rdtsc ; sub eax, esi ; mov ebx, esi
+TSC_DELTA = bytes.fromhex("0f 31 89 c6 b9 10 00 00 00 e2 fe 0f 31 29 f0 89 f3")
+
+
+def test_rdtsc_answered_in_the_counters_hook_reads_what_the_interpreter_reads() -> None:
+    """Under the bare engine the counter's C hook answers RDTSC itself (no exit to Python): the
+    same virtual TSC, to the instruction, as the interpreter's RDTSC."""
+    got = {}
+    for mode in ("bare", "interp"):
+        engine = engines.create(mode, fm.MEMORY_SIZE, ClockedPlatform())
+        r = run_snippet(FreshSpec(code=TSC_DELTA), mode, engine=engine)
+        assert r.stop == "end", r.diagnosis
+        got[mode] = (r.regs["eax"], r.regs["ebx"])
+    assert got["bare"] == got["interp"]
+    assert got["bare"][0] == (1 + 1 + 16 + 1) * 10  # MOV, MOV, 16 LOOPs, then the RDTSC: 10 ns each

@@ -34,7 +34,7 @@ from ring1.generated import flags as gen_flags
 from ring1.generated import procs as gen_procs
 from ring1.generated.forms import FORMS
 from ring1.generated.rules import CONSTS
-from ring1.runtime.cpu import memfast, ssefloat
+from ring1.runtime.cpu import memfast, ssefloat, x87
 from ring1.runtime.cpu.blocks import MAX_INSNS, Block, compile_block
 from ring1.runtime.cpu.events import EXCEPTION_NAMES, ExternalInterrupt, Fault, GuestEvent, Trap, VMStop
 from ring1.runtime.cpu.memory import PhysicalMemory
@@ -936,6 +936,53 @@ class Machine:
 
     def b_sse_reciprocal(self, op: int, a: int) -> int:
         return ssefloat.reciprocal(op, a)
+
+    # ------------------------------------------------------------ x87 arithmetic (runtime/cpu/x87.py)
+
+    def b_f80_load(self, bits: int, x: int) -> int:
+        return x87.load_real(bits, x)
+
+    def b_f80_arith(self, op: int, a: int, b: int, bits: int, fcw: int) -> int:
+        return x87.arith(op, a, b, bits, fcw)
+
+    def b_f80_sqrt(self, a: int, fcw: int) -> int:
+        return x87.sqrt(a, fcw)
+
+    def b_f80_store(self, bits: int, x: int, fcw: int) -> int:
+        return x87.store_real(bits, x, fcw)
+
+    def b_f80_from_int(self, v: int, bits: int) -> int:
+        return x87.from_int(v, bits)
+
+    def b_f80_to_int(self, x: int, bits: int, fcw: int) -> int:
+        return x87.to_int(x, bits, fcw)
+
+    def b_f80_compare(self, a: int, b: int, bits: int, quiet: int) -> int:
+        return x87.compare(a, b, bits, quiet)
+
+    def b_f80_class(self, x: int) -> int:
+        return x87.classify(x)
+
+    def b_f80_round_int(self, x: int, fcw: int) -> int:
+        return x87.round_int(x, fcw)
+
+    def b_f80_from_bcd(self, x: int) -> int:
+        return x87.from_bcd(x)
+
+    def b_f80_to_bcd(self, x: int, fcw: int) -> int:
+        return x87.to_bcd(x, fcw)
+
+    def b_f80_scale(self, a: int, b: int, fcw: int) -> int:
+        return x87.scale(a, b, fcw)
+
+    def b_f80_extract(self, a: int) -> int:
+        return x87.extract(a)
+
+    def b_f80_prem(self, a: int, b: int, ieee: int, fcw: int) -> int:
+        return x87.partial_remainder(a, b, ieee, fcw)
+
+    def b_f80_transcendental(self, op: int, a: int, b: int, fcw: int) -> int:
+        return x87.transcendental_op(op, a, b, fcw)
 
     # ------------------------------------------------------------ reports
 

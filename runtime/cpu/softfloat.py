@@ -238,7 +238,10 @@ def round_pack(fmt: Format, sign: int, significand: int, exponent: int, env: Env
     # Tininess after rounding: round to p bits with an unbounded exponent range.
     unbounded, _ = _round_shift(significand, top - p + 1 - exponent, sign, rc)
     tiny = unbounded.bit_length() - 1 + top - p + 1 < fmt.emin
-    quantum = max(top - p + 1, fmt.emin - fmt.fraction_bits)
+    # A p-bit format with the exponent range of fmt: denormals too have p-bit granularity (an
+    # x87 result under precision control is rounded at bit 64 - p of the significand field
+    # whatever its exponent, as SoftFloat's and Bochs's extended rounding do).
+    quantum = max(top - p + 1, fmt.emin - p + 1)
     rounded, inexact = _round_shift(significand, quantum - exponent, sign, rc)
     if rounded.bit_length() > p:  # rounding carried into a new leading bit
         rounded >>= 1

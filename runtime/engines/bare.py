@@ -125,7 +125,7 @@ class BareMachine:
                 # An interrupt waiting while IF is clear: stop as soon as the guest sets IF.
                 counter.start(clock.insns_until_deadline(), watch_if=self.platform.interrupt_pending())
                 counter.set_paging(*uc.reg_read_batch(PAGING_IDS))
-                counter.bind(clock)
+                counter.bind(clock, tsc_offset=S.tsc)  # (RDTSC answered in the counter's hook)
             try:
                 try:
                     ev = self.cpu.run(begin, until, count=max_insns or 0)  # (CR2 kept: PhysicalCpu.run)

@@ -12,6 +12,7 @@
 
 typedef int (*ring1_stop_fn)(void *uc);
 typedef int (*ring1_reg_read_fn)(void *uc, int regid, void *value);
+typedef int (*ring1_reg_write_fn)(void *uc, int regid, const void *value);
 
 typedef struct {
     uint64_t calls;   /* hook calls so far (Python subtracts the ones whose instruction never ran) */
@@ -31,6 +32,11 @@ typedef struct {
     int32_t saw_unhookable; /* set when the CPU was stopped before RDTSC, RDMSR or WRMSR */
     int32_t cr_ids[3];      /* UC_X86_REG_CR0, CR3, CR4 */
     int32_t reread_paging;  /* the last instruction was a MOV to a control register */
+    ring1_reg_write_fn reg_write;
+    uint64_t tsc_base;      /* with emulate_rdtsc: the virtual TSC is tsc_base + ns_per_insn * (calls before) */
+    uint64_t ns_per_insn;
+    int32_t emulate_rdtsc;  /* RDTSC (CR4.TSD clear) is answered here, not by Python, not by the host's TSC */
+    int32_t rdtsc_ids[3];   /* UC_X86_REG_EAX, EDX, EIP */
 } ring1_counter;
 
 /* The guest-physical address of linear `la` through the guest's page tables (no checks but
@@ -88,6 +94,22 @@ void ring1_count(void *uc, uint64_t address, uint32_t size, void *user)
         int64_t pa = physical(c, address);
         if (pa >= 0 && (uint64_t)pa + 1 < c->ram_size && c->ram[pa] == 0x0F) {
             uint8_t op = c->ram[pa + 1];
+            if (op == 0x31 && c->emulate_rdtsc) {
+                /* RDTSC on the virtual clock, in place: EDX:EAX, then EIP past it (unicorn goes on
+                   from the EIP a hook writes). With CR4.TSD set Python decides (#GP at CPL > 0). */
+                uint64_t cr4 = 0;
+                c->reg_read(uc, c->cr_ids[2], &cr4);
+                if (!(cr4 & 0x4)) {
+                    uint64_t tsc = c->tsc_base + c->ns_per_insn * (c->calls - 1);
+                    uint64_t lo = tsc & 0xFFFFFFFFu, hi = tsc >> 32, eip = 0;
+                    c->reg_write(uc, c->rdtsc_ids[0], &lo);
+                    c->reg_write(uc, c->rdtsc_ids[1], &hi);
+                    c->reg_read(uc, c->rdtsc_ids[2], &eip);
+                    eip += 2;
+                    c->reg_write(uc, c->rdtsc_ids[2], &eip);
+                    return;
+                }
+            }
             if (op == 0x31 || op == 0x32 || op == 0x30) { /* RDTSC, RDMSR, WRMSR */
                 c->saw_unhookable = 1;
                 c->stop(uc);

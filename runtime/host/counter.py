@@ -30,7 +30,17 @@ from typing import TYPE_CHECKING
 
 from unicorn import UC_HOOK_CODE, Uc
 from unicorn.unicorn_py3.unicorn import uclib
-from unicorn.x86_const import UC_X86_REG_CR0, UC_X86_REG_CR3, UC_X86_REG_CR4, UC_X86_REG_EFLAGS
+from unicorn.x86_const import (
+    UC_X86_REG_CR0,
+    UC_X86_REG_CR3,
+    UC_X86_REG_CR4,
+    UC_X86_REG_EAX,
+    UC_X86_REG_EDX,
+    UC_X86_REG_EFLAGS,
+    UC_X86_REG_EIP,
+)
+
+from ring1.runtime.devices.clock import TSC_HZ
 
 if TYPE_CHECKING:
     from ring1.runtime.devices.clock import VirtualClock
@@ -62,6 +72,11 @@ class _Counts(ctypes.Structure):
         ("saw_unhookable", ctypes.c_int32),
         ("cr_ids", ctypes.c_int32 * 3),
         ("reread_paging", ctypes.c_int32),
+        ("reg_write", ctypes.c_void_p),
+        ("tsc_base", ctypes.c_uint64),
+        ("ns_per_insn", ctypes.c_uint64),
+        ("emulate_rdtsc", ctypes.c_int32),
+        ("rdtsc_ids", ctypes.c_int32 * 3),
     ]
 
 
@@ -118,6 +133,11 @@ class InstructionCounter:
             0,
             (ctypes.c_int32 * 3)(UC_X86_REG_CR0, UC_X86_REG_CR3, UC_X86_REG_CR4),
             0,
+            ctypes.cast(uclib.uc_reg_write, ctypes.c_void_p),
+            0,
+            0,
+            0,
+            (ctypes.c_int32 * 3)(UC_X86_REG_EAX, UC_X86_REG_EDX, UC_X86_REG_EIP),
         )
         self._handle = ctypes.c_size_t()
         self._callback = ctypes.cast(lib.ring1_count, ctypes.c_void_p)
@@ -164,10 +184,19 @@ class InstructionCounter:
 
     # ------------------------------------------------------------ the clock it drives
 
-    def bind(self, clock: VirtualClock) -> None:
+    def bind(self, clock: VirtualClock, tsc_offset: int | None = None) -> None:
         """While the CPU runs: the clock asks how far it got (a device read in the middle of a
         run sees the time of its own instruction), and a timer armed earlier than the run's
-        bound (an OUT that programs the PIT) shortens the run."""
+        bound (an OUT that programs the PIT) shortens the run. With `tsc_offset` (the virtual
+        CPU's, from WRMSR to the TSC) RDTSC is answered by the hook itself on a guest clock:
+        the value the interpreter would read (a Python exit per RDTSC made a guest's TSC
+        busy-wait cost one exit per iteration)."""
+        c = self.counts
+        c.emulate_rdtsc = int(tsc_offset is not None and clock.source == "guest" and TSC_HZ == 1_000_000_000)
+        if c.emulate_rdtsc:
+            assert tsc_offset is not None and clock.unaccounted is None
+            c.ns_per_insn = clock.ns_per_insn
+            c.tsc_base = (clock.now() - self._given_to_clock * clock.ns_per_insn + tsc_offset) & ((1 << 64) - 1)
         clock.unaccounted = self._unaccounted
         clock.deadline_moved = lambda: self._shorten_to(clock)
 

@@ -212,6 +212,9 @@ def decode(buf: bytes, eip: int, code32: bool) -> Decoded:
     length = r.pos
     next_eip = (eip + length) & (0xFFFFFFFF if code32 else 0xFFFF)
     fields["next"] = next_eip
+    fields["here"] = eip
+    # The x87's FOP: the first opcode byte's low 3 bits, then the ModRM byte (SDM vol. 1, 8.1.9).
+    fields["fop"] = (b & 7) << 8 | (modrm or 0)
     imm_iter = iter(imm_values)
     mask_o = (1 << osize) - 1
     has_rm_operand = False

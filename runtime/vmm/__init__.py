@@ -294,6 +294,10 @@ class Vmm:
         # The TC's indexes for dropping units one by one (TC coherency).
         self.units_on_page: dict[int, set[Unit]] = {}  # guest physical page -> units from its bytes
         self.units_on_linear: dict[int, set[Unit]] = {}  # guest linear page -> units fetched through it
+        # For each 4 MB region holding translated code, the guest PDE its units were last checked
+        # under, and the CR3 and paging bits of that check (Vmm._on_mapping_change).
+        self._code_pdes: dict[int, int | None] = {}
+        self._checked_space: tuple[int, int] = (0, 0)
         self.callout_override: set[int] = set()  # guest EIPs retranslated as callouts
         self.trap_counts: Counter[int] = Counter()
         self.innocent_callouts: Counter[int] = Counter()  # callouts of each in a row that would not have trapped
@@ -1318,6 +1322,7 @@ class Vmm:
         self.by_host.clear()
         self.units_on_page.clear()
         self.units_on_linear.clear()
+        self._code_pdes.clear()
         self.exits.clear()
         self.patch_sites.clear()
         self.sites.clear()
@@ -1367,6 +1372,8 @@ class Vmm:
             self.protect_code_page(page)
         for lpage in unit.maps:
             self.units_on_linear.setdefault(lpage, set()).add(unit)
+            if lpage >> 10 not in self._code_pdes:
+                self._code_pdes[lpage >> 10] = self._guest_pde(lpage >> 10)
 
     def invalidate_unit(self, unit: Unit) -> None:
         """Drop one CCF: nothing reaches it any more. The hash table forgets it; every chained
@@ -1440,11 +1447,12 @@ class Vmm:
             S = self.m.state
             self._check_window()
             self.shadow.select(S.cr[0], S.cr[3], S.cr[4])
+            pages = self._pages_to_recheck()
         else:
             self.shadow.invalidate_page(linear_page)
             if linear_page not in self.units_on_linear:
                 return  # no translated code there (INVLPG of a data page)
-        pages = list(self.units_on_linear) if linear_page is None else (linear_page,)
+            pages = [linear_page]
         for lpage in pages:
             units = self.units_on_linear.get(lpage)
             if not units:
@@ -1455,6 +1463,35 @@ class Vmm:
                 if unit.maps.get(lpage) != now:
                     self.invalidate_unit(unit)
                     self.stats["units_remapped"] += 1
+
+    def _guest_pde(self, region: int) -> int | None:
+        """The guest's page-directory entry for 4 MB region `region` now (None: paging off)."""
+        S = self.m.state
+        if not S.cr[0] & CR0.PG:
+            return None
+        return self.m.mem.read32((S.cr[3] & 0xFFFFF000) | region << 2)
+
+    def _pages_to_recheck(self) -> list[int]:
+        """After CR0, CR3 or CR4 changed: the linear pages of translated code to walk again. A
+        switch to another address space (another CR3, the same paging bits) leaves alone the
+        regions whose PDE is the one their units were last checked under: the same page table
+        (or 4 MB page) maps them alike there, as the kernel's regions are in every process's
+        directory (a CPU keeps such translations too, as global pages). The same CR3 written
+        again, or a CR0/CR4 change, flushes everything: every page is walked (a PTE changed
+        since, without INVLPG, takes effect then, as a TLB flush makes it)."""
+        S = self.m.state
+        space = (S.cr[3], S.cr[0] & CR0.PG | S.cr[4] & (CR4.PSE | CR4.PGE))
+        switched = space[0] != self._checked_space[0] and space[1] == self._checked_space[1]
+        self._checked_space = space
+        now = {region: self._guest_pde(region) for region in self._code_pdes}
+        if switched:
+            moved = {region for region, pde in now.items() if self._code_pdes[region] != pde}
+            pages = [lpage for lpage in self.units_on_linear if lpage >> 10 in moved]
+            self.stats["address_space_regions_kept"] += len(now) - len(moved)
+        else:
+            pages = list(self.units_on_linear)
+        self._code_pdes = now
+        return pages
 
     # ------------------------------------------------------------ shadow paging
 

@@ -1404,3 +1404,10 @@ DEVIATIONS.append(
         _sse_misaligned_not_raised,
     )
 )
+
+
+# ------------------------------------------------------------ x87 (spec/x87.r1)
+# In deviations_x87.py, proven by tests/diff/test_deviations_x87.py.
+from .deviations_x87 import deviations as _x87_deviations  # noqa: E402
+
+DEVIATIONS.extend(_x87_deviations())

@@ -89,6 +89,19 @@ def is_sse(form: str) -> bool:
     return FORMS[form].source.startswith("spec/sse.r1")
 
 
+# The x87 control instructions: their operands are images and control words, not numbers, and
+# they get the default x87 state (the numeric forms get x87_state and x87_memory_operand).
+X87_CONTROL_MNEMONICS = {
+    *("fninit", "fnclex", "fldcw", "fnstcw", "fnstsw"),
+    *("fldenv", "fnstenv", "frstor", "fnsave", "wait"),
+}
+
+
+def is_x87(form: str) -> bool:
+    """A numeric x87 form (spec/x87.r1 but the control instructions)."""
+    return FORMS[form].source.startswith("spec/x87.r1") and not mnemonics(form) & X87_CONTROL_MNEMONICS
+
+
 # The integer SSE and SSE2 forms (on MMX or XMM registers) by mnemonic; the others in sse.r1
 # work on floating-point values. PREFETCHh and PAUSE start with a P but move no data.
 SIMD_INTEGER_MOVES = {"movd", "movq", "movdqa", "movdqu", "movq2dq", "movdq2q", "movntq", "movntdq", "movnti"}
@@ -184,6 +197,9 @@ def instance(draw, form: str, mode: Mode, doubles: list[int] | None = None, alig
                 if "ldmxcsr" in mnemonics(form) and draw(st.integers(0, 3)):
                     # Mostly an MXCSR without reserved bits (16-31: #GP), so loads get tested.
                     memory[ea] = draw(st.integers(0, MXCSR_DEFINED)).to_bytes(4, "little") + memory[ea][4:]
+            if is_x87(form):
+                ea = next(iter(memory))
+                memory[ea] = draw(x87_memory_operand(form))
             if target_op is not None:
                 # An indirect branch through memory: a code address (far: offset, then selector).
                 ea = next(iter(memory))
@@ -557,6 +573,113 @@ def sse_state(draw, pool: list[int]) -> dict:
     return {"xmm": xmm, "mxcsr": mxcsr, "cr4": cr4, "cr0_bits": cr0_bits}
 
 
+# x87 values that matter: zeros, ones, denormals and pseudo-denormals, the extremes of the
+# exponent range, infinities, quiet and signalling NaNs, the indefinite, unnormals and
+# pseudo-infinities (invalid operands since the 387), integers and halves (FRNDINT, FIST).
+SPECIAL_EXTENDED = (
+    0x0000_0000000000000000,
+    0x8000_0000000000000000,
+    0x3FFF_8000000000000000,
+    0xBFFF_8000000000000000,
+    0x4000_C000000000000000,
+    0x3FFE_8000000000000000,
+    0x4000_A000000000000000,
+    0x0000_0000000000000001,
+    0x8000_7FFFFFFFFFFFFFFF,
+    0x0000_8000000000000000,
+    0x0001_8000000000000000,
+    0x7FFE_FFFFFFFFFFFFFFFF,
+    0x7FFF_8000000000000000,
+    0xFFFF_8000000000000000,
+    0x7FFF_C000000000000000,
+    0xFFFF_C000000000000000,
+    0x7FFF_C000000000000001,
+    0x7FFF_8000000000000001,
+    0xFFFF_A000000000000000,
+    0x3FFF_4000000000000000,
+    0x7FFF_0000000000000000,
+    0x403D_8000000000000000,
+    0x401D_FFFFFFFF00000000,
+    0x400E_8000000000000000,
+    0xC03E_8000000000000000,
+    0x3C00_8000000000000000,
+    0x43FF_8000000000000001,
+)
+
+
+@st.composite
+def extended_bits(draw) -> int:
+    """An 80-bit register pattern: special, a float or double's value, or any."""
+    normal = st.builds(
+        lambda sign, exp, frac: sign << 79 | exp << 64 | 1 << 63 | frac,
+        st.integers(0, 1),
+        st.integers(0x3FB0, 0x4050),
+        st.integers(0, (1 << 63) - 1),
+    )
+    from_double = double_bits().map(lambda d: _double_as_extended(d))
+    return draw(st.one_of(st.sampled_from(SPECIAL_EXTENDED), normal, from_double, st.integers(0, (1 << 80) - 1)))
+
+
+def _double_as_extended(d: int) -> int:
+    from ring1.runtime.cpu import x87
+
+    return x87.widen(64, d)[0]
+
+
+@st.composite
+def x87_memory_operand(draw, form: str) -> bytes:
+    """The bytes of an x87 form's memory operand: a real of its size, an integer, or BCD."""
+    (_, _, width), = [op for op in LAYOUT[form][3] if op[1] == "mem"]
+    mnemonic = next(iter(mnemonics(form)))
+    if mnemonic.startswith("fi"):
+        value = draw(st.one_of(st.integers(-3, 3), st.integers(0, (1 << width) - 1)))
+        return (value & ((1 << width) - 1)).to_bytes(width // 8, "little")
+    if mnemonic == "fbld":
+        digits = draw(st.lists(st.integers(0, 9), min_size=18, max_size=18))
+        value = sum(d << (4 * k) for k, d in enumerate(digits)) | draw(st.sampled_from((0, 1 << 79)))
+        return draw(st.sampled_from((value, value, draw(st.integers(0, (1 << 80) - 1))))).to_bytes(10, "little")
+    if width == 80:
+        return draw(extended_bits()).to_bytes(10, "little")
+    if width == 64:
+        return draw(double_bits()).to_bytes(8, "little")
+    single = st.one_of(
+        st.sampled_from((0, 0x80000000, 0x3F800000, 0x7F800000, 0xFF800000, 0x7FC00000, 0x7F800001, 1, 0x807FFFFF)),
+        st.integers(0, (1 << 32) - 1),
+    )
+    return draw(single).to_bytes(4, "little")
+
+
+def x87_pushes(form: str) -> bool:
+    """The form pushes onto the register stack (a load: ST(0) written, not read)."""
+    ops = FORMS[form].operands
+    return any(kind == "st0" and access == "w" for _, kind, access in ops) or form in ("FPTAN", "FSINCOS", "FXTRACT")
+
+
+@st.composite
+def x87_state(draw, pushes: bool = False) -> dict:
+    """The x87 registers for x87 forms: a TOP, the registers in use mostly a stack from ST(0) up
+    (sometimes full, empty, or any tags), values that matter; an FCW with any precision and
+    rounding control and the exceptions mostly masked; an FSW with any condition codes and
+    mostly no exception flag; CR0.EM, TS, MP and NE sometimes. `pushes`: the instruction pushes."""
+    top = draw(st.integers(0, 7))
+    # Mostly a stack the instruction can use (room for a push, or every register for ST(i)
+    # reads), so that stack faults (deviation x87-stack-fault) stay a minority.
+    depth = draw(st.sampled_from((1, 2, 3, 4, 5, 6, 7, 0) if pushes else (8, 8, 8, 8, 8, 2, 4, 7)))
+    in_use = sum(1 << ((top + i) & 7) for i in range(depth))
+    ftw = draw(st.one_of(*(st.just(in_use),) * 7, st.integers(0, 0xFF)))
+    fpr = tuple(draw(extended_bits()) for _ in range(8))
+    masks = draw(st.one_of(st.just(0x3F), st.just(0x3F), st.just(0x3F), st.integers(0, 0x3F)))
+    fcw = 0x40 | masks | draw(st.integers(0, 3)) << 8 | draw(st.integers(0, 3)) << 10
+    conditions = draw(st.integers(0, 0x4700)) & 0x4700
+    flags = draw(st.sampled_from((0,) * 6 + (0x20, 0x01, 0x3F)))
+    fsw = top << 11 | conditions | flags
+    if flags & ~masks & 0x3F:
+        fsw |= 0x8080  # a pending unmasked exception: ES and B
+    em, ts, mp, ne = fresh_machine.CR0_EM, fresh_machine.CR0_TS, fresh_machine.CR0_MP, fresh_machine.CR0_NE
+    cr0_bits = draw(st.sampled_from((0,) * 8 + (ne,) * 4 + (mp, em, ts, mp | ts, ne | ts)))
+    return {"fpr": fpr, "fcw": fcw, "fsw": fsw, "ftw": ftw, "cr0_bits": cr0_bits}
+
+
 # Lanes worth packing: zero, one, the signed extremes, all ones (8, 16, 32 and 64 bits).
 EDGE_LANES = {n: (0, 1, (1 << (n - 1)) - 1, 1 << (n - 1), (1 << (n - 1)) + 1, (1 << n) - 1) for n in (8, 16, 32, 64)}
 
@@ -643,6 +766,8 @@ def case_for(draw, forms: list[str], mode: Mode, reload: bool = False, aligned: 
     elif any(is_sse(f) for f in forms):
         pool = draw(st.lists(sse_quad(), min_size=1, max_size=3))
         sse = draw(sse_state(pool))
+    if any(is_x87(f) for f in forms):
+        sse = {**sse, **draw(x87_state(pushes=any(x87_pushes(f) for f in forms if is_x87(f))))}
     ran: list[str] = []
     for n, f in enumerate(forms):
         inst = instance(f, mode, pool, aligned)
