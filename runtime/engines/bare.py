@@ -195,7 +195,7 @@ class BareMachine:
         self.cpu.counter.account(self.clock, linear)
 
     def _emulate_one(self) -> None:
-        """The interpreter runs the instruction unicorn stopped before (RDTSC, RDMSR, WRMSR),
+        """The interpreter runs the instruction unicorn stopped before (RDTSC, RDMSR, WRMSR, RDPMC),
         with the same state, and delivers what it raises."""
         uc, m = self.cpu.uc, self.interp
         read_into_machine(uc, m)

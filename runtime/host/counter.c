@@ -4,7 +4,7 @@
  * number of calls, the addresses of the last two instructions it was called for, and stops the
  * CPU when the calls pass a limit (the instruction it is called for then does not run), or, while
  * asked to watch IF, before the first instruction that would run with IF set, or, with guest RAM
- * given, before an instruction unicorn cannot be asked about (RDTSC, RDMSR, WRMSR: unicorn offers
+ * given, before an instruction unicorn cannot be asked about (RDTSC, RDMSR, WRMSR, RDPMC: unicorn offers
  * no hook for them) so that Python emulates it. No unicorn header is needed: uc_emu_stop and
  * uc_reg_read come as function pointers from the Python side. */
 #include <stdint.h>
@@ -110,7 +110,8 @@ void ring1_count(void *uc, uint64_t address, uint32_t size, void *user)
                     return;
                 }
             }
-            if (op == 0x31 || op == 0x32 || op == 0x30) { /* RDTSC, RDMSR, WRMSR */
+            /* RDTSC, RDMSR, WRMSR; RDPMC, which unicorn raises #UD for (reported past it) */
+            if (op == 0x31 || op == 0x32 || op == 0x30 || op == 0x33) {
                 c->saw_unhookable = 1;
                 c->stop(uc);
                 return;
