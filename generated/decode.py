@@ -2624,18 +2624,18 @@ LAYOUT = {
     'FRSTOR_MSTATE': (True, None, (), (('src', 'mem', 864),)),  # spec/x87.r1:1888
     'FNSAVE_MSTATE': (True, None, (), (('dst', 'mem', 864),)),  # spec/x87.r1:1908
     'FWAIT': (False, None, (), ()),  # spec/x87.r1:1930
-    'FFREEP_STi': (True, None, (), (('dst', 'x87', 80),)),  # spec/x87.r1:1948
-    'FSTPNCE_STi': (True, None, (), (('dst', 'x87', 80), ('src', 'x87', 80))),  # spec/x87.r1:1959
-    'FCOM_STi_DCD0': (True, None, (), (('a', 'x87', 80), ('b', 'x87', 80))),  # spec/x87.r1:1970
-    'FCOMP_STi_DCD8': (True, None, (), (('a', 'x87', 80), ('b', 'x87', 80))),  # spec/x87.r1:1982
-    'FCOMP_STi_DED0': (True, None, (), (('a', 'x87', 80), ('b', 'x87', 80))),  # spec/x87.r1:1994
-    'FXCH_STi_DDC8': (True, None, (), (('a', 'x87', 80), ('b', 'x87', 80))),  # spec/x87.r1:2006
-    'FXCH_STi_DFC8': (True, None, (), (('a', 'x87', 80), ('b', 'x87', 80))),  # spec/x87.r1:2018
-    'FSTP_STi_DFD0': (True, None, (), (('dst', 'x87', 80), ('src', 'x87', 80))),  # spec/x87.r1:2030
-    'FSTP_STi_DFD8': (True, None, (), (('dst', 'x87', 80), ('src', 'x87', 80))),  # spec/x87.r1:2042
-    'FNENI': (True, None, (), ()),  # spec/x87.r1:2054
-    'FNDISI': (True, None, (), ()),  # spec/x87.r1:2065
-    'FNSETPM': (True, None, (), ()),  # spec/x87.r1:2076
+    'FFREEP_STi': (True, None, (), (('dst', 'x87', 80),)),  # spec/x87.r1:1945
+    'FSTPNCE_STi': (True, None, (), (('dst', 'x87', 80), ('src', 'x87', 80))),  # spec/x87.r1:1956
+    'FCOM_STi_DCD0': (True, None, (), (('a', 'x87', 80), ('b', 'x87', 80))),  # spec/x87.r1:1967
+    'FCOMP_STi_DCD8': (True, None, (), (('a', 'x87', 80), ('b', 'x87', 80))),  # spec/x87.r1:1979
+    'FCOMP_STi_DED0': (True, None, (), (('a', 'x87', 80), ('b', 'x87', 80))),  # spec/x87.r1:1991
+    'FXCH_STi_DDC8': (True, None, (), (('a', 'x87', 80), ('b', 'x87', 80))),  # spec/x87.r1:2003
+    'FXCH_STi_DFC8': (True, None, (), (('a', 'x87', 80), ('b', 'x87', 80))),  # spec/x87.r1:2015
+    'FSTP_STi_DFD0': (True, None, (), (('dst', 'x87', 80), ('src', 'x87', 80))),  # spec/x87.r1:2027
+    'FSTP_STi_DFD8': (True, None, (), (('dst', 'x87', 80), ('src', 'x87', 80))),  # spec/x87.r1:2039
+    'FNENI': (True, None, (), ()),  # spec/x87.r1:2051
+    'FNDISI': (True, None, (), ()),  # spec/x87.r1:2062
+    'FNSETPM': (True, None, (), ()),  # spec/x87.r1:2073
 }
 
 # form -> (opcode bytes, low field, ModRM "r"/"0".."7"/None, fixed ModRM byte, "mem"/"reg"/None,
@@ -3424,16 +3424,16 @@ ENCODINGS = {
     'FRSTOR_MSTATE': ((221,), None, '4', None, 'mem', None, (), None, None, None),  # spec/x87.r1:1888
     'FNSAVE_MSTATE': ((221,), None, '6', None, 'mem', None, (), None, None, None),  # spec/x87.r1:1908
     'FWAIT': ((155,), None, None, None, None, None, (), None, None, None),  # spec/x87.r1:1930
-    'FFREEP_STi': ((223,), None, '0', None, 'reg', None, (), None, None, None),  # spec/x87.r1:1948
-    'FSTPNCE_STi': ((217,), None, '3', None, 'reg', None, (), None, None, None),  # spec/x87.r1:1959
-    'FCOM_STi_DCD0': ((220,), None, '2', None, 'reg', None, (), None, None, None),  # spec/x87.r1:1970
-    'FCOMP_STi_DCD8': ((220,), None, '3', None, 'reg', None, (), None, None, None),  # spec/x87.r1:1982
-    'FCOMP_STi_DED0': ((222,), None, '2', None, 'reg', None, (), None, None, None),  # spec/x87.r1:1994
-    'FXCH_STi_DDC8': ((221,), None, '1', None, 'reg', None, (), None, None, None),  # spec/x87.r1:2006
-    'FXCH_STi_DFC8': ((223,), None, '1', None, 'reg', None, (), None, None, None),  # spec/x87.r1:2018
-    'FSTP_STi_DFD0': ((223,), None, '2', None, 'reg', None, (), None, None, None),  # spec/x87.r1:2030
-    'FSTP_STi_DFD8': ((223,), None, '3', None, 'reg', None, (), None, None, None),  # spec/x87.r1:2042
-    'FNENI': ((219,), None, '4', 224, 'reg', 0, (), None, None, None),  # spec/x87.r1:2054
-    'FNDISI': ((219,), None, '4', 225, 'reg', 1, (), None, None, None),  # spec/x87.r1:2065
-    'FNSETPM': ((219,), None, '4', 228, 'reg', 4, (), None, None, None),  # spec/x87.r1:2076
+    'FFREEP_STi': ((223,), None, '0', None, 'reg', None, (), None, None, None),  # spec/x87.r1:1945
+    'FSTPNCE_STi': ((217,), None, '3', None, 'reg', None, (), None, None, None),  # spec/x87.r1:1956
+    'FCOM_STi_DCD0': ((220,), None, '2', None, 'reg', None, (), None, None, None),  # spec/x87.r1:1967
+    'FCOMP_STi_DCD8': ((220,), None, '3', None, 'reg', None, (), None, None, None),  # spec/x87.r1:1979
+    'FCOMP_STi_DED0': ((222,), None, '2', None, 'reg', None, (), None, None, None),  # spec/x87.r1:1991
+    'FXCH_STi_DDC8': ((221,), None, '1', None, 'reg', None, (), None, None, None),  # spec/x87.r1:2003
+    'FXCH_STi_DFC8': ((223,), None, '1', None, 'reg', None, (), None, None, None),  # spec/x87.r1:2015
+    'FSTP_STi_DFD0': ((223,), None, '2', None, 'reg', None, (), None, None, None),  # spec/x87.r1:2027
+    'FSTP_STi_DFD8': ((223,), None, '3', None, 'reg', None, (), None, None, None),  # spec/x87.r1:2039
+    'FNENI': ((219,), None, '4', 224, 'reg', 0, (), None, None, None),  # spec/x87.r1:2051
+    'FNDISI': ((219,), None, '4', 225, 'reg', 1, (), None, None, None),  # spec/x87.r1:2062
+    'FNSETPM': ((219,), None, '4', 228, 'reg', 4, (), None, None, None),  # spec/x87.r1:2073
 }

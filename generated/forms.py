@@ -18828,7 +18828,7 @@ FORMS = {
     'FFREEP_STi': FormInfo(
         name='FFREEP_STi',
         mnemonics={None: 'ffreep'},
-        source='spec/x87.r1:1948',
+        source='spec/x87.r1:1945',
         encoding='DF /0 reg',
         operands=(('dst', 'sti', 'w'),),
         width='v',
@@ -18852,7 +18852,7 @@ FORMS = {
     'FSTPNCE_STi': FormInfo(
         name='FSTPNCE_STi',
         mnemonics={None: 'fstpnce'},
-        source='spec/x87.r1:1959',
+        source='spec/x87.r1:1956',
         encoding='D9 /3 reg',
         operands=(('dst', 'sti', 'w'), ('src', 'st0', 'r')),
         width='v',
@@ -18876,7 +18876,7 @@ FORMS = {
     'FCOM_STi_DCD0': FormInfo(
         name='FCOM_STi_DCD0',
         mnemonics={None: 'fcom'},
-        source='spec/x87.r1:1970',
+        source='spec/x87.r1:1967',
         encoding='DC /2 reg',
         operands=(('a', 'st0', 'r'), ('b', 'sti', 'r')),
         width='v',
@@ -18900,7 +18900,7 @@ FORMS = {
     'FCOMP_STi_DCD8': FormInfo(
         name='FCOMP_STi_DCD8',
         mnemonics={None: 'fcomp'},
-        source='spec/x87.r1:1982',
+        source='spec/x87.r1:1979',
         encoding='DC /3 reg',
         operands=(('a', 'st0', 'r'), ('b', 'sti', 'r')),
         width='v',
@@ -18924,7 +18924,7 @@ FORMS = {
     'FCOMP_STi_DED0': FormInfo(
         name='FCOMP_STi_DED0',
         mnemonics={None: 'fcomp'},
-        source='spec/x87.r1:1994',
+        source='spec/x87.r1:1991',
         encoding='DE /2 reg',
         operands=(('a', 'st0', 'r'), ('b', 'sti', 'r')),
         width='v',
@@ -18948,7 +18948,7 @@ FORMS = {
     'FXCH_STi_DDC8': FormInfo(
         name='FXCH_STi_DDC8',
         mnemonics={None: 'fxch'},
-        source='spec/x87.r1:2006',
+        source='spec/x87.r1:2003',
         encoding='DD /1 reg',
         operands=(('a', 'st0', 'rw'), ('b', 'sti', 'rw')),
         width='v',
@@ -18972,7 +18972,7 @@ FORMS = {
     'FXCH_STi_DFC8': FormInfo(
         name='FXCH_STi_DFC8',
         mnemonics={None: 'fxch'},
-        source='spec/x87.r1:2018',
+        source='spec/x87.r1:2015',
         encoding='DF /1 reg',
         operands=(('a', 'st0', 'rw'), ('b', 'sti', 'rw')),
         width='v',
@@ -18996,7 +18996,7 @@ FORMS = {
     'FSTP_STi_DFD0': FormInfo(
         name='FSTP_STi_DFD0',
         mnemonics={None: 'fstp'},
-        source='spec/x87.r1:2030',
+        source='spec/x87.r1:2027',
         encoding='DF /2 reg',
         operands=(('dst', 'sti', 'w'), ('src', 'st0', 'r')),
         width='v',
@@ -19020,7 +19020,7 @@ FORMS = {
     'FSTP_STi_DFD8': FormInfo(
         name='FSTP_STi_DFD8',
         mnemonics={None: 'fstp'},
-        source='spec/x87.r1:2042',
+        source='spec/x87.r1:2039',
         encoding='DF /3 reg',
         operands=(('dst', 'sti', 'w'), ('src', 'st0', 'r')),
         width='v',
@@ -19044,7 +19044,7 @@ FORMS = {
     'FNENI': FormInfo(
         name='FNENI',
         mnemonics={None: 'feni'},
-        source='spec/x87.r1:2054',
+        source='spec/x87.r1:2051',
         encoding='DB E0 reg',
         operands=(),
         width='v',
@@ -19068,7 +19068,7 @@ FORMS = {
     'FNDISI': FormInfo(
         name='FNDISI',
         mnemonics={None: 'fdisi'},
-        source='spec/x87.r1:2065',
+        source='spec/x87.r1:2062',
         encoding='DB E1 reg',
         operands=(),
         width='v',
@@ -19092,7 +19092,7 @@ FORMS = {
     'FNSETPM': FormInfo(
         name='FNSETPM',
         mnemonics={None: 'fsetpm'},
-        source='spec/x87.r1:2076',
+        source='spec/x87.r1:2073',
         encoding='DB E4 reg',
         operands=(),
         width='v',

@@ -12,8 +12,8 @@ instruction by ring1.runtime.cpu.blocks, which joins templates into one function
 _T0 = """\
 ea = $ea
 v_dst = S.fpr[S.fsw >> 11 & 7]  # x87.r1:348
-if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:81
-    raise Fault(7, None)  # x87.r1:81
+if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:1654
+    raise Fault(7, None)  # x87.r1:1654
 if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # x87.r1:82
     raise Fault(16, None)  # x87.r1:82
 v_src = rd32($seg, ea)  # x87.r1:348
@@ -48,8 +48,8 @@ else:
 _T1 = """\
 ea = $ea
 v_dst = S.fpr[S.fsw >> 11 & 7]  # x87.r1:359
-if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:81
-    raise Fault(7, None)  # x87.r1:81
+if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:1654
+    raise Fault(7, None)  # x87.r1:1654
 if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # x87.r1:82
     raise Fault(16, None)  # x87.r1:82
 v_src = b_load($seg, ea, 64)  # x87.r1:359
@@ -84,8 +84,8 @@ else:
 _T2 = """\
 ea = $ea
 v_dst = S.fpr[S.fsw >> 11 & 7]  # x87.r1:370
-if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:81
-    raise Fault(7, None)  # x87.r1:81
+if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:1654
+    raise Fault(7, None)  # x87.r1:1654
 if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # x87.r1:82
     raise Fault(16, None)  # x87.r1:82
 v_src = rd32($seg, ea)  # x87.r1:370
@@ -121,8 +121,8 @@ else:
 _T3 = """\
 ea = $ea
 v_dst = S.fpr[S.fsw >> 11 & 7]  # x87.r1:381
-if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:81
-    raise Fault(7, None)  # x87.r1:81
+if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:1654
+    raise Fault(7, None)  # x87.r1:1654
 if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # x87.r1:82
     raise Fault(16, None)  # x87.r1:82
 v_src = rd16($seg, ea)  # x87.r1:381
@@ -158,8 +158,8 @@ else:
 _T4 = """\
 ea = $ea
 v_dst = S.fpr[S.fsw >> 11 & 7]  # x87.r1:392
-if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:81
-    raise Fault(7, None)  # x87.r1:81
+if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:1654
+    raise Fault(7, None)  # x87.r1:1654
 if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # x87.r1:82
     raise Fault(16, None)  # x87.r1:82
 v_src = rd32($seg, ea)  # x87.r1:392
@@ -194,8 +194,8 @@ else:
 _T5 = """\
 ea = $ea
 v_dst = S.fpr[S.fsw >> 11 & 7]  # x87.r1:403
-if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:81
-    raise Fault(7, None)  # x87.r1:81
+if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:1654
+    raise Fault(7, None)  # x87.r1:1654
 if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # x87.r1:82
     raise Fault(16, None)  # x87.r1:82
 v_src = b_load($seg, ea, 64)  # x87.r1:403
@@ -230,8 +230,8 @@ else:
 _T6 = """\
 ea = $ea
 v_dst = S.fpr[S.fsw >> 11 & 7]  # x87.r1:414
-if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:81
-    raise Fault(7, None)  # x87.r1:81
+if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:1654
+    raise Fault(7, None)  # x87.r1:1654
 if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # x87.r1:82
     raise Fault(16, None)  # x87.r1:82
 v_src = rd32($seg, ea)  # x87.r1:414
@@ -267,8 +267,8 @@ else:
 _T7 = """\
 ea = $ea
 v_dst = S.fpr[S.fsw >> 11 & 7]  # x87.r1:425
-if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:81
-    raise Fault(7, None)  # x87.r1:81
+if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:1654
+    raise Fault(7, None)  # x87.r1:1654
 if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # x87.r1:82
     raise Fault(16, None)  # x87.r1:82
 v_src = rd16($seg, ea)  # x87.r1:425
@@ -304,8 +304,8 @@ else:
 _T8 = """\
 ea = $ea
 v_dst = S.fpr[S.fsw >> 11 & 7]  # x87.r1:436
-if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:81
-    raise Fault(7, None)  # x87.r1:81
+if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:1654
+    raise Fault(7, None)  # x87.r1:1654
 if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # x87.r1:82
     raise Fault(16, None)  # x87.r1:82
 v_src = rd32($seg, ea)  # x87.r1:436
@@ -340,8 +340,8 @@ else:
 _T9 = """\
 ea = $ea
 v_dst = S.fpr[S.fsw >> 11 & 7]  # x87.r1:447
-if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:81
-    raise Fault(7, None)  # x87.r1:81
+if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:1654
+    raise Fault(7, None)  # x87.r1:1654
 if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # x87.r1:82
     raise Fault(16, None)  # x87.r1:82
 v_src = b_load($seg, ea, 64)  # x87.r1:447
@@ -376,8 +376,8 @@ else:
 _T10 = """\
 ea = $ea
 v_dst = S.fpr[S.fsw >> 11 & 7]  # x87.r1:458
-if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:81
-    raise Fault(7, None)  # x87.r1:81
+if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:1654
+    raise Fault(7, None)  # x87.r1:1654
 if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # x87.r1:82
     raise Fault(16, None)  # x87.r1:82
 v_src = rd32($seg, ea)  # x87.r1:458
@@ -413,8 +413,8 @@ else:
 _T11 = """\
 ea = $ea
 v_dst = S.fpr[S.fsw >> 11 & 7]  # x87.r1:469
-if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:81
-    raise Fault(7, None)  # x87.r1:81
+if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:1654
+    raise Fault(7, None)  # x87.r1:1654
 if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # x87.r1:82
     raise Fault(16, None)  # x87.r1:82
 v_src = rd16($seg, ea)  # x87.r1:469
@@ -450,8 +450,8 @@ else:
 _T12 = """\
 ea = $ea
 v_dst = S.fpr[S.fsw >> 11 & 7]  # x87.r1:480
-if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:81
-    raise Fault(7, None)  # x87.r1:81
+if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:1654
+    raise Fault(7, None)  # x87.r1:1654
 if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # x87.r1:82
     raise Fault(16, None)  # x87.r1:82
 v_src = rd32($seg, ea)  # x87.r1:480
@@ -486,8 +486,8 @@ else:
 _T13 = """\
 ea = $ea
 v_dst = S.fpr[S.fsw >> 11 & 7]  # x87.r1:491
-if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:81
-    raise Fault(7, None)  # x87.r1:81
+if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:1654
+    raise Fault(7, None)  # x87.r1:1654
 if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # x87.r1:82
     raise Fault(16, None)  # x87.r1:82
 v_src = b_load($seg, ea, 64)  # x87.r1:491
@@ -522,8 +522,8 @@ else:
 _T14 = """\
 ea = $ea
 v_dst = S.fpr[S.fsw >> 11 & 7]  # x87.r1:502
-if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:81
-    raise Fault(7, None)  # x87.r1:81
+if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:1654
+    raise Fault(7, None)  # x87.r1:1654
 if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # x87.r1:82
     raise Fault(16, None)  # x87.r1:82
 v_src = rd32($seg, ea)  # x87.r1:502
@@ -559,8 +559,8 @@ else:
 _T15 = """\
 ea = $ea
 v_dst = S.fpr[S.fsw >> 11 & 7]  # x87.r1:513
-if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:81
-    raise Fault(7, None)  # x87.r1:81
+if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:1654
+    raise Fault(7, None)  # x87.r1:1654
 if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # x87.r1:82
     raise Fault(16, None)  # x87.r1:82
 v_src = rd16($seg, ea)  # x87.r1:513
@@ -596,8 +596,8 @@ else:
 _T16 = """\
 ea = $ea
 v_dst = S.fpr[S.fsw >> 11 & 7]  # x87.r1:524
-if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:81
-    raise Fault(7, None)  # x87.r1:81
+if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:1654
+    raise Fault(7, None)  # x87.r1:1654
 if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # x87.r1:82
     raise Fault(16, None)  # x87.r1:82
 v_src = rd32($seg, ea)  # x87.r1:524
@@ -632,8 +632,8 @@ else:
 _T17 = """\
 ea = $ea
 v_dst = S.fpr[S.fsw >> 11 & 7]  # x87.r1:535
-if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:81
-    raise Fault(7, None)  # x87.r1:81
+if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:1654
+    raise Fault(7, None)  # x87.r1:1654
 if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # x87.r1:82
     raise Fault(16, None)  # x87.r1:82
 v_src = b_load($seg, ea, 64)  # x87.r1:535
@@ -668,8 +668,8 @@ else:
 _T18 = """\
 ea = $ea
 v_dst = S.fpr[S.fsw >> 11 & 7]  # x87.r1:546
-if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:81
-    raise Fault(7, None)  # x87.r1:81
+if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:1654
+    raise Fault(7, None)  # x87.r1:1654
 if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # x87.r1:82
     raise Fault(16, None)  # x87.r1:82
 v_src = rd32($seg, ea)  # x87.r1:546
@@ -705,8 +705,8 @@ else:
 _T19 = """\
 ea = $ea
 v_dst = S.fpr[S.fsw >> 11 & 7]  # x87.r1:557
-if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:81
-    raise Fault(7, None)  # x87.r1:81
+if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:1654
+    raise Fault(7, None)  # x87.r1:1654
 if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # x87.r1:82
     raise Fault(16, None)  # x87.r1:82
 v_src = rd16($seg, ea)  # x87.r1:557
@@ -742,8 +742,8 @@ else:
 _T20 = """\
 ea = $ea
 v_dst = S.fpr[S.fsw >> 11 & 7]  # x87.r1:568
-if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:81
-    raise Fault(7, None)  # x87.r1:81
+if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:1654
+    raise Fault(7, None)  # x87.r1:1654
 if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # x87.r1:82
     raise Fault(16, None)  # x87.r1:82
 v_src = rd32($seg, ea)  # x87.r1:568
@@ -778,8 +778,8 @@ else:
 _T21 = """\
 ea = $ea
 v_dst = S.fpr[S.fsw >> 11 & 7]  # x87.r1:579
-if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:81
-    raise Fault(7, None)  # x87.r1:81
+if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:1654
+    raise Fault(7, None)  # x87.r1:1654
 if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # x87.r1:82
     raise Fault(16, None)  # x87.r1:82
 v_src = b_load($seg, ea, 64)  # x87.r1:579
@@ -814,8 +814,8 @@ else:
 _T22 = """\
 ea = $ea
 v_dst = S.fpr[S.fsw >> 11 & 7]  # x87.r1:590
-if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:81
-    raise Fault(7, None)  # x87.r1:81
+if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:1654
+    raise Fault(7, None)  # x87.r1:1654
 if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # x87.r1:82
     raise Fault(16, None)  # x87.r1:82
 v_src = rd32($seg, ea)  # x87.r1:590
@@ -851,8 +851,8 @@ else:
 _T23 = """\
 ea = $ea
 v_dst = S.fpr[S.fsw >> 11 & 7]  # x87.r1:601
-if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:81
-    raise Fault(7, None)  # x87.r1:81
+if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:1654
+    raise Fault(7, None)  # x87.r1:1654
 if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # x87.r1:82
     raise Fault(16, None)  # x87.r1:82
 v_src = rd16($seg, ea)  # x87.r1:601
@@ -888,8 +888,8 @@ else:
 _T24 = """\
 v_dst = S.fpr[S.fsw >> 11 & 7]  # x87.r1:614
 v_src = S.fpr[(S.fsw >> 11) + $src & 7]  # x87.r1:614
-if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:81
-    raise Fault(7, None)  # x87.r1:81
+if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:1654
+    raise Fault(7, None)  # x87.r1:1654
 if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # x87.r1:82
     raise Fault(16, None)  # x87.r1:82
 S.fip = $here & 0xffffffff  # x87.r1:88
@@ -921,8 +921,8 @@ else:
 _T25 = """\
 v_dst = S.fpr[S.fsw >> 11 & 7]  # x87.r1:625
 v_src = S.fpr[(S.fsw >> 11) + $src & 7]  # x87.r1:625
-if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:81
-    raise Fault(7, None)  # x87.r1:81
+if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:1654
+    raise Fault(7, None)  # x87.r1:1654
 if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # x87.r1:82
     raise Fault(16, None)  # x87.r1:82
 S.fip = $here & 0xffffffff  # x87.r1:88
@@ -954,8 +954,8 @@ else:
 _T26 = """\
 v_dst = S.fpr[S.fsw >> 11 & 7]  # x87.r1:636
 v_src = S.fpr[(S.fsw >> 11) + $src & 7]  # x87.r1:636
-if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:81
-    raise Fault(7, None)  # x87.r1:81
+if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:1654
+    raise Fault(7, None)  # x87.r1:1654
 if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # x87.r1:82
     raise Fault(16, None)  # x87.r1:82
 S.fip = $here & 0xffffffff  # x87.r1:88
@@ -987,8 +987,8 @@ else:
 _T27 = """\
 v_dst = S.fpr[S.fsw >> 11 & 7]  # x87.r1:647
 v_src = S.fpr[(S.fsw >> 11) + $src & 7]  # x87.r1:647
-if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:81
-    raise Fault(7, None)  # x87.r1:81
+if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:1654
+    raise Fault(7, None)  # x87.r1:1654
 if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # x87.r1:82
     raise Fault(16, None)  # x87.r1:82
 S.fip = $here & 0xffffffff  # x87.r1:88
@@ -1020,8 +1020,8 @@ else:
 _T28 = """\
 v_dst = S.fpr[S.fsw >> 11 & 7]  # x87.r1:658
 v_src = S.fpr[(S.fsw >> 11) + $src & 7]  # x87.r1:658
-if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:81
-    raise Fault(7, None)  # x87.r1:81
+if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:1654
+    raise Fault(7, None)  # x87.r1:1654
 if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # x87.r1:82
     raise Fault(16, None)  # x87.r1:82
 S.fip = $here & 0xffffffff  # x87.r1:88
@@ -1053,8 +1053,8 @@ else:
 _T29 = """\
 v_dst = S.fpr[S.fsw >> 11 & 7]  # x87.r1:669
 v_src = S.fpr[(S.fsw >> 11) + $src & 7]  # x87.r1:669
-if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:81
-    raise Fault(7, None)  # x87.r1:81
+if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:1654
+    raise Fault(7, None)  # x87.r1:1654
 if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # x87.r1:82
     raise Fault(16, None)  # x87.r1:82
 S.fip = $here & 0xffffffff  # x87.r1:88
@@ -1086,8 +1086,8 @@ else:
 _T30 = """\
 v_dst = S.fpr[(S.fsw >> 11) + $dst & 7]  # x87.r1:680
 v_src = S.fpr[S.fsw >> 11 & 7]  # x87.r1:680
-if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:81
-    raise Fault(7, None)  # x87.r1:81
+if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:1654
+    raise Fault(7, None)  # x87.r1:1654
 if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # x87.r1:82
     raise Fault(16, None)  # x87.r1:82
 S.fip = $here & 0xffffffff  # x87.r1:88
@@ -1119,8 +1119,8 @@ else:
 _T31 = """\
 v_dst = S.fpr[(S.fsw >> 11) + $dst & 7]  # x87.r1:691
 v_src = S.fpr[S.fsw >> 11 & 7]  # x87.r1:691
-if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:81
-    raise Fault(7, None)  # x87.r1:81
+if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:1654
+    raise Fault(7, None)  # x87.r1:1654
 if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # x87.r1:82
     raise Fault(16, None)  # x87.r1:82
 S.fip = $here & 0xffffffff  # x87.r1:88
@@ -1152,8 +1152,8 @@ else:
 _T32 = """\
 v_dst = S.fpr[(S.fsw >> 11) + $dst & 7]  # x87.r1:702
 v_src = S.fpr[S.fsw >> 11 & 7]  # x87.r1:702
-if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:81
-    raise Fault(7, None)  # x87.r1:81
+if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:1654
+    raise Fault(7, None)  # x87.r1:1654
 if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # x87.r1:82
     raise Fault(16, None)  # x87.r1:82
 S.fip = $here & 0xffffffff  # x87.r1:88
@@ -1185,8 +1185,8 @@ else:
 _T33 = """\
 v_dst = S.fpr[(S.fsw >> 11) + $dst & 7]  # x87.r1:713
 v_src = S.fpr[S.fsw >> 11 & 7]  # x87.r1:713
-if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:81
-    raise Fault(7, None)  # x87.r1:81
+if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:1654
+    raise Fault(7, None)  # x87.r1:1654
 if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # x87.r1:82
     raise Fault(16, None)  # x87.r1:82
 S.fip = $here & 0xffffffff  # x87.r1:88
@@ -1218,8 +1218,8 @@ else:
 _T34 = """\
 v_dst = S.fpr[(S.fsw >> 11) + $dst & 7]  # x87.r1:724
 v_src = S.fpr[S.fsw >> 11 & 7]  # x87.r1:724
-if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:81
-    raise Fault(7, None)  # x87.r1:81
+if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:1654
+    raise Fault(7, None)  # x87.r1:1654
 if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # x87.r1:82
     raise Fault(16, None)  # x87.r1:82
 S.fip = $here & 0xffffffff  # x87.r1:88
@@ -1251,8 +1251,8 @@ else:
 _T35 = """\
 v_dst = S.fpr[(S.fsw >> 11) + $dst & 7]  # x87.r1:735
 v_src = S.fpr[S.fsw >> 11 & 7]  # x87.r1:735
-if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:81
-    raise Fault(7, None)  # x87.r1:81
+if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:1654
+    raise Fault(7, None)  # x87.r1:1654
 if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # x87.r1:82
     raise Fault(16, None)  # x87.r1:82
 S.fip = $here & 0xffffffff  # x87.r1:88
@@ -1284,8 +1284,8 @@ else:
 _T36 = """\
 v_dst = S.fpr[(S.fsw >> 11) + $dst & 7]  # x87.r1:746
 v_src = S.fpr[S.fsw >> 11 & 7]  # x87.r1:746
-if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:81
-    raise Fault(7, None)  # x87.r1:81
+if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:1654
+    raise Fault(7, None)  # x87.r1:1654
 if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # x87.r1:82
     raise Fault(16, None)  # x87.r1:82
 S.fip = $here & 0xffffffff  # x87.r1:88
@@ -1321,8 +1321,8 @@ else:
 _T37 = """\
 v_dst = S.fpr[(S.fsw >> 11) + $dst & 7]  # x87.r1:757
 v_src = S.fpr[S.fsw >> 11 & 7]  # x87.r1:757
-if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:81
-    raise Fault(7, None)  # x87.r1:81
+if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:1654
+    raise Fault(7, None)  # x87.r1:1654
 if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # x87.r1:82
     raise Fault(16, None)  # x87.r1:82
 S.fip = $here & 0xffffffff  # x87.r1:88
@@ -1358,8 +1358,8 @@ else:
 _T38 = """\
 v_dst = S.fpr[(S.fsw >> 11) + $dst & 7]  # x87.r1:768
 v_src = S.fpr[S.fsw >> 11 & 7]  # x87.r1:768
-if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:81
-    raise Fault(7, None)  # x87.r1:81
+if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:1654
+    raise Fault(7, None)  # x87.r1:1654
 if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # x87.r1:82
     raise Fault(16, None)  # x87.r1:82
 S.fip = $here & 0xffffffff  # x87.r1:88
@@ -1395,8 +1395,8 @@ else:
 _T39 = """\
 v_dst = S.fpr[(S.fsw >> 11) + $dst & 7]  # x87.r1:779
 v_src = S.fpr[S.fsw >> 11 & 7]  # x87.r1:779
-if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:81
-    raise Fault(7, None)  # x87.r1:81
+if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:1654
+    raise Fault(7, None)  # x87.r1:1654
 if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # x87.r1:82
     raise Fault(16, None)  # x87.r1:82
 S.fip = $here & 0xffffffff  # x87.r1:88
@@ -1432,8 +1432,8 @@ else:
 _T40 = """\
 v_dst = S.fpr[(S.fsw >> 11) + $dst & 7]  # x87.r1:790
 v_src = S.fpr[S.fsw >> 11 & 7]  # x87.r1:790
-if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:81
-    raise Fault(7, None)  # x87.r1:81
+if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:1654
+    raise Fault(7, None)  # x87.r1:1654
 if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # x87.r1:82
     raise Fault(16, None)  # x87.r1:82
 S.fip = $here & 0xffffffff  # x87.r1:88
@@ -1469,8 +1469,8 @@ else:
 _T41 = """\
 v_dst = S.fpr[(S.fsw >> 11) + $dst & 7]  # x87.r1:801
 v_src = S.fpr[S.fsw >> 11 & 7]  # x87.r1:801
-if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:81
-    raise Fault(7, None)  # x87.r1:81
+if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:1654
+    raise Fault(7, None)  # x87.r1:1654
 if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # x87.r1:82
     raise Fault(16, None)  # x87.r1:82
 S.fip = $here & 0xffffffff  # x87.r1:88
@@ -1505,8 +1505,8 @@ else:
 # FLD_M32 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/x87.r1:811
 _T42 = """\
 ea = $ea
-if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:81
-    raise Fault(7, None)  # x87.r1:81
+if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:1654
+    raise Fault(7, None)  # x87.r1:1654
 if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # x87.r1:82
     raise Fault(16, None)  # x87.r1:82
 v_src = rd32($seg, ea)  # x87.r1:814
@@ -1542,8 +1542,8 @@ else:
 # FLD_M64 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/x87.r1:822
 _T43 = """\
 ea = $ea
-if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:81
-    raise Fault(7, None)  # x87.r1:81
+if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:1654
+    raise Fault(7, None)  # x87.r1:1654
 if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # x87.r1:82
     raise Fault(16, None)  # x87.r1:82
 v_src = b_load($seg, ea, 64)  # x87.r1:825
@@ -1579,8 +1579,8 @@ else:
 # FLD_M80 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/x87.r1:833
 _T44 = """\
 ea = $ea
-if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:81
-    raise Fault(7, None)  # x87.r1:81
+if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:1654
+    raise Fault(7, None)  # x87.r1:1654
 if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # x87.r1:82
     raise Fault(16, None)  # x87.r1:82
 v_src = b_load($seg, ea, 80)  # x87.r1:836
@@ -1616,8 +1616,8 @@ else:
 # FLD_STi [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:844
 _T45 = """\
 v_src = S.fpr[(S.fsw >> 11) + $src & 7]  # x87.r1:847
-if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:81
-    raise Fault(7, None)  # x87.r1:81
+if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:1654
+    raise Fault(7, None)  # x87.r1:1654
 if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # x87.r1:82
     raise Fault(16, None)  # x87.r1:82
 S.fip = $here & 0xffffffff  # x87.r1:88
@@ -1663,8 +1663,8 @@ else:
 _T46 = """\
 ea = $ea
 v_src = S.fpr[S.fsw >> 11 & 7]  # x87.r1:858
-if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:81
-    raise Fault(7, None)  # x87.r1:81
+if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:1654
+    raise Fault(7, None)  # x87.r1:1654
 if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # x87.r1:82
     raise Fault(16, None)  # x87.r1:82
 S.fip = $here & 0xffffffff  # x87.r1:88
@@ -1696,8 +1696,8 @@ else:
 _T47 = """\
 ea = $ea
 v_src = S.fpr[S.fsw >> 11 & 7]  # x87.r1:869
-if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:81
-    raise Fault(7, None)  # x87.r1:81
+if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:1654
+    raise Fault(7, None)  # x87.r1:1654
 if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # x87.r1:82
     raise Fault(16, None)  # x87.r1:82
 S.fip = $here & 0xffffffff  # x87.r1:88
@@ -1728,8 +1728,8 @@ else:
 # FST_STi [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:877
 _T48 = """\
 v_src = S.fpr[S.fsw >> 11 & 7]  # x87.r1:880
-if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:81
-    raise Fault(7, None)  # x87.r1:81
+if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:1654
+    raise Fault(7, None)  # x87.r1:1654
 if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # x87.r1:82
     raise Fault(16, None)  # x87.r1:82
 S.fip = $here & 0xffffffff  # x87.r1:88
@@ -1756,8 +1756,8 @@ else:
 _T49 = """\
 ea = $ea
 v_src = S.fpr[S.fsw >> 11 & 7]  # x87.r1:891
-if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:81
-    raise Fault(7, None)  # x87.r1:81
+if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:1654
+    raise Fault(7, None)  # x87.r1:1654
 if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # x87.r1:82
     raise Fault(16, None)  # x87.r1:82
 S.fip = $here & 0xffffffff  # x87.r1:88
@@ -1795,8 +1795,8 @@ else:
 _T50 = """\
 ea = $ea
 v_src = S.fpr[S.fsw >> 11 & 7]  # x87.r1:902
-if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:81
-    raise Fault(7, None)  # x87.r1:81
+if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:1654
+    raise Fault(7, None)  # x87.r1:1654
 if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # x87.r1:82
     raise Fault(16, None)  # x87.r1:82
 S.fip = $here & 0xffffffff  # x87.r1:88
@@ -1834,8 +1834,8 @@ else:
 _T51 = """\
 ea = $ea
 v_src = S.fpr[S.fsw >> 11 & 7]  # x87.r1:913
-if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:81
-    raise Fault(7, None)  # x87.r1:81
+if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:1654
+    raise Fault(7, None)  # x87.r1:1654
 if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # x87.r1:82
     raise Fault(16, None)  # x87.r1:82
 S.fip = $here & 0xffffffff  # x87.r1:88
@@ -1872,8 +1872,8 @@ else:
 # FSTP_STi [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:921
 _T52 = """\
 v_src = S.fpr[S.fsw >> 11 & 7]  # x87.r1:924
-if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:81
-    raise Fault(7, None)  # x87.r1:81
+if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:1654
+    raise Fault(7, None)  # x87.r1:1654
 if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # x87.r1:82
     raise Fault(16, None)  # x87.r1:82
 S.fip = $here & 0xffffffff  # x87.r1:88
@@ -1903,8 +1903,8 @@ else:
 # FILD_M16 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/x87.r1:932
 _T53 = """\
 ea = $ea
-if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:81
-    raise Fault(7, None)  # x87.r1:81
+if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:1654
+    raise Fault(7, None)  # x87.r1:1654
 if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # x87.r1:82
     raise Fault(16, None)  # x87.r1:82
 v_src = rd16($seg, ea)  # x87.r1:935
@@ -1940,8 +1940,8 @@ else:
 # FILD_M32 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/x87.r1:943
 _T54 = """\
 ea = $ea
-if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:81
-    raise Fault(7, None)  # x87.r1:81
+if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:1654
+    raise Fault(7, None)  # x87.r1:1654
 if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # x87.r1:82
     raise Fault(16, None)  # x87.r1:82
 v_src = rd32($seg, ea)  # x87.r1:946
@@ -1977,8 +1977,8 @@ else:
 # FILD_M64 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/x87.r1:954
 _T55 = """\
 ea = $ea
-if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:81
-    raise Fault(7, None)  # x87.r1:81
+if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:1654
+    raise Fault(7, None)  # x87.r1:1654
 if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # x87.r1:82
     raise Fault(16, None)  # x87.r1:82
 v_src = b_load($seg, ea, 64)  # x87.r1:957
@@ -2015,8 +2015,8 @@ else:
 _T56 = """\
 ea = $ea
 v_src = S.fpr[S.fsw >> 11 & 7]  # x87.r1:968
-if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:81
-    raise Fault(7, None)  # x87.r1:81
+if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:1654
+    raise Fault(7, None)  # x87.r1:1654
 if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # x87.r1:82
     raise Fault(16, None)  # x87.r1:82
 S.fip = $here & 0xffffffff  # x87.r1:88
@@ -2048,8 +2048,8 @@ else:
 _T57 = """\
 ea = $ea
 v_src = S.fpr[S.fsw >> 11 & 7]  # x87.r1:979
-if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:81
-    raise Fault(7, None)  # x87.r1:81
+if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:1654
+    raise Fault(7, None)  # x87.r1:1654
 if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # x87.r1:82
     raise Fault(16, None)  # x87.r1:82
 S.fip = $here & 0xffffffff  # x87.r1:88
@@ -2081,8 +2081,8 @@ else:
 _T58 = """\
 ea = $ea
 v_src = S.fpr[S.fsw >> 11 & 7]  # x87.r1:990
-if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:81
-    raise Fault(7, None)  # x87.r1:81
+if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:1654
+    raise Fault(7, None)  # x87.r1:1654
 if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # x87.r1:82
     raise Fault(16, None)  # x87.r1:82
 S.fip = $here & 0xffffffff  # x87.r1:88
@@ -2120,8 +2120,8 @@ else:
 _T59 = """\
 ea = $ea
 v_src = S.fpr[S.fsw >> 11 & 7]  # x87.r1:1001
-if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:81
-    raise Fault(7, None)  # x87.r1:81
+if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:1654
+    raise Fault(7, None)  # x87.r1:1654
 if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # x87.r1:82
     raise Fault(16, None)  # x87.r1:82
 S.fip = $here & 0xffffffff  # x87.r1:88
@@ -2159,8 +2159,8 @@ else:
 _T60 = """\
 ea = $ea
 v_src = S.fpr[S.fsw >> 11 & 7]  # x87.r1:1012
-if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:81
-    raise Fault(7, None)  # x87.r1:81
+if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:1654
+    raise Fault(7, None)  # x87.r1:1654
 if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # x87.r1:82
     raise Fault(16, None)  # x87.r1:82
 S.fip = $here & 0xffffffff  # x87.r1:88
@@ -2197,8 +2197,8 @@ else:
 # FBLD_M80 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/x87.r1:1020
 _T61 = """\
 ea = $ea
-if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:81
-    raise Fault(7, None)  # x87.r1:81
+if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:1654
+    raise Fault(7, None)  # x87.r1:1654
 if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # x87.r1:82
     raise Fault(16, None)  # x87.r1:82
 v_src = b_load($seg, ea, 80)  # x87.r1:1023
@@ -2235,8 +2235,8 @@ else:
 _T62 = """\
 ea = $ea
 v_src = S.fpr[S.fsw >> 11 & 7]  # x87.r1:1034
-if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:81
-    raise Fault(7, None)  # x87.r1:81
+if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:1654
+    raise Fault(7, None)  # x87.r1:1654
 if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # x87.r1:82
     raise Fault(16, None)  # x87.r1:82
 S.fip = $here & 0xffffffff  # x87.r1:88
@@ -2274,8 +2274,8 @@ else:
 _T63 = """\
 v_a = S.fpr[S.fsw >> 11 & 7]  # x87.r1:1045
 v_b = S.fpr[(S.fsw >> 11) + $b & 7]  # x87.r1:1045
-if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:81
-    raise Fault(7, None)  # x87.r1:81
+if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:1654
+    raise Fault(7, None)  # x87.r1:1654
 if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # x87.r1:82
     raise Fault(16, None)  # x87.r1:82
 S.fip = $here & 0xffffffff  # x87.r1:88
@@ -2311,8 +2311,8 @@ else:
 _T64 = """\
 v_dst = S.fpr[S.fsw >> 11 & 7]  # x87.r1:1058
 v_src = S.fpr[(S.fsw >> 11) + $src & 7]  # x87.r1:1058
-if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:81
-    raise Fault(7, None)  # x87.r1:81
+if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:1654
+    raise Fault(7, None)  # x87.r1:1654
 if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # x87.r1:82
     raise Fault(16, None)  # x87.r1:82
 S.fip = $here & 0xffffffff  # x87.r1:88
@@ -2340,8 +2340,8 @@ else:
 _T65 = """\
 v_dst = S.fpr[S.fsw >> 11 & 7]  # x87.r1:1069
 v_src = S.fpr[(S.fsw >> 11) + $src & 7]  # x87.r1:1069
-if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:81
-    raise Fault(7, None)  # x87.r1:81
+if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:1654
+    raise Fault(7, None)  # x87.r1:1654
 if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # x87.r1:82
     raise Fault(16, None)  # x87.r1:82
 S.fip = $here & 0xffffffff  # x87.r1:88
@@ -2369,8 +2369,8 @@ else:
 _T66 = """\
 v_dst = S.fpr[S.fsw >> 11 & 7]  # x87.r1:1080
 v_src = S.fpr[(S.fsw >> 11) + $src & 7]  # x87.r1:1080
-if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:81
-    raise Fault(7, None)  # x87.r1:81
+if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:1654
+    raise Fault(7, None)  # x87.r1:1654
 if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # x87.r1:82
     raise Fault(16, None)  # x87.r1:82
 S.fip = $here & 0xffffffff  # x87.r1:88
@@ -2398,8 +2398,8 @@ else:
 _T67 = """\
 v_dst = S.fpr[S.fsw >> 11 & 7]  # x87.r1:1091
 v_src = S.fpr[(S.fsw >> 11) + $src & 7]  # x87.r1:1091
-if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:81
-    raise Fault(7, None)  # x87.r1:81
+if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:1654
+    raise Fault(7, None)  # x87.r1:1654
 if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # x87.r1:82
     raise Fault(16, None)  # x87.r1:82
 S.fip = $here & 0xffffffff  # x87.r1:88
@@ -2427,8 +2427,8 @@ else:
 _T68 = """\
 v_dst = S.fpr[S.fsw >> 11 & 7]  # x87.r1:1102
 v_src = S.fpr[(S.fsw >> 11) + $src & 7]  # x87.r1:1102
-if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:81
-    raise Fault(7, None)  # x87.r1:81
+if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:1654
+    raise Fault(7, None)  # x87.r1:1654
 if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # x87.r1:82
     raise Fault(16, None)  # x87.r1:82
 S.fip = $here & 0xffffffff  # x87.r1:88
@@ -2456,8 +2456,8 @@ else:
 _T69 = """\
 v_dst = S.fpr[S.fsw >> 11 & 7]  # x87.r1:1113
 v_src = S.fpr[(S.fsw >> 11) + $src & 7]  # x87.r1:1113
-if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:81
-    raise Fault(7, None)  # x87.r1:81
+if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:1654
+    raise Fault(7, None)  # x87.r1:1654
 if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # x87.r1:82
     raise Fault(16, None)  # x87.r1:82
 S.fip = $here & 0xffffffff  # x87.r1:88
@@ -2485,8 +2485,8 @@ else:
 _T70 = """\
 v_dst = S.fpr[S.fsw >> 11 & 7]  # x87.r1:1124
 v_src = S.fpr[(S.fsw >> 11) + $src & 7]  # x87.r1:1124
-if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:81
-    raise Fault(7, None)  # x87.r1:81
+if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:1654
+    raise Fault(7, None)  # x87.r1:1654
 if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # x87.r1:82
     raise Fault(16, None)  # x87.r1:82
 S.fip = $here & 0xffffffff  # x87.r1:88
@@ -2514,8 +2514,8 @@ else:
 _T71 = """\
 v_dst = S.fpr[S.fsw >> 11 & 7]  # x87.r1:1135
 v_src = S.fpr[(S.fsw >> 11) + $src & 7]  # x87.r1:1135
-if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:81
-    raise Fault(7, None)  # x87.r1:81
+if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:1654
+    raise Fault(7, None)  # x87.r1:1654
 if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # x87.r1:82
     raise Fault(16, None)  # x87.r1:82
 S.fip = $here & 0xffffffff  # x87.r1:88
@@ -2543,8 +2543,8 @@ else:
 _T72 = """\
 ea = $ea
 v_a = S.fpr[S.fsw >> 11 & 7]  # x87.r1:1148
-if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:81
-    raise Fault(7, None)  # x87.r1:81
+if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:1654
+    raise Fault(7, None)  # x87.r1:1654
 if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # x87.r1:82
     raise Fault(16, None)  # x87.r1:82
 v_b = rd32($seg, ea)  # x87.r1:1148
@@ -2574,8 +2574,8 @@ if (not (((l_flags_1 & 7) & (~S.fcw)) != 0)):  # x87.r1:277
 _T73 = """\
 ea = $ea
 v_a = S.fpr[S.fsw >> 11 & 7]  # x87.r1:1159
-if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:81
-    raise Fault(7, None)  # x87.r1:81
+if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:1654
+    raise Fault(7, None)  # x87.r1:1654
 if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # x87.r1:82
     raise Fault(16, None)  # x87.r1:82
 v_b = b_load($seg, ea, 64)  # x87.r1:1159
@@ -2605,8 +2605,8 @@ if (not (((l_flags_1 & 7) & (~S.fcw)) != 0)):  # x87.r1:277
 _T74 = """\
 v_a = S.fpr[S.fsw >> 11 & 7]  # x87.r1:1170
 v_b = S.fpr[(S.fsw >> 11) + $b & 7]  # x87.r1:1170
-if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:81
-    raise Fault(7, None)  # x87.r1:81
+if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:1654
+    raise Fault(7, None)  # x87.r1:1654
 if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # x87.r1:82
     raise Fault(16, None)  # x87.r1:82
 S.fip = $here & 0xffffffff  # x87.r1:88
@@ -2635,8 +2635,8 @@ if (not (((l_flags_2 & 7) & (~S.fcw)) != 0)):  # x87.r1:277
 _T75 = """\
 ea = $ea
 v_a = S.fpr[S.fsw >> 11 & 7]  # x87.r1:1181
-if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:81
-    raise Fault(7, None)  # x87.r1:81
+if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:1654
+    raise Fault(7, None)  # x87.r1:1654
 if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # x87.r1:82
     raise Fault(16, None)  # x87.r1:82
 v_b = rd32($seg, ea)  # x87.r1:1181
@@ -2668,8 +2668,8 @@ if (not (((l_flags_1 & 7) & (~S.fcw)) != 0)):  # x87.r1:277
 _T76 = """\
 ea = $ea
 v_a = S.fpr[S.fsw >> 11 & 7]  # x87.r1:1192
-if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:81
-    raise Fault(7, None)  # x87.r1:81
+if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:1654
+    raise Fault(7, None)  # x87.r1:1654
 if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # x87.r1:82
     raise Fault(16, None)  # x87.r1:82
 v_b = b_load($seg, ea, 64)  # x87.r1:1192
@@ -2701,8 +2701,8 @@ if (not (((l_flags_1 & 7) & (~S.fcw)) != 0)):  # x87.r1:277
 _T77 = """\
 v_a = S.fpr[S.fsw >> 11 & 7]  # x87.r1:1203
 v_b = S.fpr[(S.fsw >> 11) + $b & 7]  # x87.r1:1203
-if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:81
-    raise Fault(7, None)  # x87.r1:81
+if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:1654
+    raise Fault(7, None)  # x87.r1:1654
 if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # x87.r1:82
     raise Fault(16, None)  # x87.r1:82
 S.fip = $here & 0xffffffff  # x87.r1:88
@@ -2731,8 +2731,8 @@ if (not (((l_flags_2 & 7) & (~S.fcw)) != 0)):  # x87.r1:277
 
 # FCOMPP [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:1211
 _T78 = """\
-if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:81
-    raise Fault(7, None)  # x87.r1:81
+if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:1654
+    raise Fault(7, None)  # x87.r1:1654
 if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # x87.r1:82
     raise Fault(16, None)  # x87.r1:82
 S.fip = $here & 0xffffffff  # x87.r1:88
@@ -2764,8 +2764,8 @@ if (not (((l_flags_2 & 7) & (~S.fcw)) != 0)):  # x87.r1:277
 _T79 = """\
 v_a = S.fpr[S.fsw >> 11 & 7]  # x87.r1:1224
 v_b = S.fpr[(S.fsw >> 11) + $b & 7]  # x87.r1:1224
-if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:81
-    raise Fault(7, None)  # x87.r1:81
+if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:1654
+    raise Fault(7, None)  # x87.r1:1654
 if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # x87.r1:82
     raise Fault(16, None)  # x87.r1:82
 S.fip = $here & 0xffffffff  # x87.r1:88
@@ -2794,8 +2794,8 @@ if (not (((l_flags_2 & 7) & (~S.fcw)) != 0)):  # x87.r1:277
 _T80 = """\
 v_a = S.fpr[S.fsw >> 11 & 7]  # x87.r1:1235
 v_b = S.fpr[(S.fsw >> 11) + $b & 7]  # x87.r1:1235
-if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:81
-    raise Fault(7, None)  # x87.r1:81
+if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:1654
+    raise Fault(7, None)  # x87.r1:1654
 if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # x87.r1:82
     raise Fault(16, None)  # x87.r1:82
 S.fip = $here & 0xffffffff  # x87.r1:88
@@ -2824,8 +2824,8 @@ if (not (((l_flags_2 & 7) & (~S.fcw)) != 0)):  # x87.r1:277
 
 # FUCOMPP [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:1243
 _T81 = """\
-if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:81
-    raise Fault(7, None)  # x87.r1:81
+if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:1654
+    raise Fault(7, None)  # x87.r1:1654
 if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # x87.r1:82
     raise Fault(16, None)  # x87.r1:82
 S.fip = $here & 0xffffffff  # x87.r1:88
@@ -2857,8 +2857,8 @@ if (not (((l_flags_2 & 7) & (~S.fcw)) != 0)):  # x87.r1:277
 _T82 = """\
 ea = $ea
 v_a = S.fpr[S.fsw >> 11 & 7]  # x87.r1:1256
-if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:81
-    raise Fault(7, None)  # x87.r1:81
+if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:1654
+    raise Fault(7, None)  # x87.r1:1654
 if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # x87.r1:82
     raise Fault(16, None)  # x87.r1:82
 v_b = rd16($seg, ea)  # x87.r1:1256
@@ -2888,8 +2888,8 @@ if (not (((l_flags_1 & 7) & (~S.fcw)) != 0)):  # x87.r1:277
 _T83 = """\
 ea = $ea
 v_a = S.fpr[S.fsw >> 11 & 7]  # x87.r1:1267
-if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:81
-    raise Fault(7, None)  # x87.r1:81
+if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:1654
+    raise Fault(7, None)  # x87.r1:1654
 if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # x87.r1:82
     raise Fault(16, None)  # x87.r1:82
 v_b = rd32($seg, ea)  # x87.r1:1267
@@ -2919,8 +2919,8 @@ if (not (((l_flags_1 & 7) & (~S.fcw)) != 0)):  # x87.r1:277
 _T84 = """\
 ea = $ea
 v_a = S.fpr[S.fsw >> 11 & 7]  # x87.r1:1278
-if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:81
-    raise Fault(7, None)  # x87.r1:81
+if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:1654
+    raise Fault(7, None)  # x87.r1:1654
 if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # x87.r1:82
     raise Fault(16, None)  # x87.r1:82
 v_b = rd16($seg, ea)  # x87.r1:1278
@@ -2952,8 +2952,8 @@ if (not (((l_flags_1 & 7) & (~S.fcw)) != 0)):  # x87.r1:277
 _T85 = """\
 ea = $ea
 v_a = S.fpr[S.fsw >> 11 & 7]  # x87.r1:1289
-if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:81
-    raise Fault(7, None)  # x87.r1:81
+if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:1654
+    raise Fault(7, None)  # x87.r1:1654
 if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # x87.r1:82
     raise Fault(16, None)  # x87.r1:82
 v_b = rd32($seg, ea)  # x87.r1:1289
@@ -2984,8 +2984,8 @@ if (not (((l_flags_1 & 7) & (~S.fcw)) != 0)):  # x87.r1:277
 # FTST [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:1297
 _T86 = """\
 v_a = S.fpr[S.fsw >> 11 & 7]  # x87.r1:1300
-if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:81
-    raise Fault(7, None)  # x87.r1:81
+if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:1654
+    raise Fault(7, None)  # x87.r1:1654
 if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # x87.r1:82
     raise Fault(16, None)  # x87.r1:82
 S.fip = $here & 0xffffffff  # x87.r1:88
@@ -3011,8 +3011,8 @@ if (not (((l_flags_1 & 7) & (~S.fcw)) != 0)):  # x87.r1:277
 # FXAM [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:1308
 _T87 = """\
 v_a = S.fpr[S.fsw >> 11 & 7]  # x87.r1:1311
-if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:81
-    raise Fault(7, None)  # x87.r1:81
+if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:1654
+    raise Fault(7, None)  # x87.r1:1654
 if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # x87.r1:82
     raise Fault(16, None)  # x87.r1:82
 S.fip = $here & 0xffffffff  # x87.r1:88
@@ -3030,8 +3030,8 @@ S.fsw = S.fsw & 0xffffbfff | ((l_k >> 14 & 1) & 1) << 14  # x87.r1:1317
 _T88 = """\
 v_a = S.fpr[S.fsw >> 11 & 7]  # x87.r1:1324
 v_b = S.fpr[(S.fsw >> 11) + $b & 7]  # x87.r1:1324
-if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:81
-    raise Fault(7, None)  # x87.r1:81
+if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:1654
+    raise Fault(7, None)  # x87.r1:1654
 if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # x87.r1:82
     raise Fault(16, None)  # x87.r1:82
 S.fip = $here & 0xffffffff  # x87.r1:88
@@ -3063,8 +3063,8 @@ if (not (((l_flags_2 & 7) & (~S.fcw)) != 0)):  # x87.r1:295
 _T89 = """\
 v_a = S.fpr[S.fsw >> 11 & 7]  # x87.r1:1335
 v_b = S.fpr[(S.fsw >> 11) + $b & 7]  # x87.r1:1335
-if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:81
-    raise Fault(7, None)  # x87.r1:81
+if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:1654
+    raise Fault(7, None)  # x87.r1:1654
 if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # x87.r1:82
     raise Fault(16, None)  # x87.r1:82
 S.fip = $here & 0xffffffff  # x87.r1:88
@@ -3096,8 +3096,8 @@ if (not (((l_flags_2 & 7) & (~S.fcw)) != 0)):  # x87.r1:295
 _T90 = """\
 v_a = S.fpr[S.fsw >> 11 & 7]  # x87.r1:1346
 v_b = S.fpr[(S.fsw >> 11) + $b & 7]  # x87.r1:1346
-if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:81
-    raise Fault(7, None)  # x87.r1:81
+if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:1654
+    raise Fault(7, None)  # x87.r1:1654
 if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # x87.r1:82
     raise Fault(16, None)  # x87.r1:82
 S.fip = $here & 0xffffffff  # x87.r1:88
@@ -3131,8 +3131,8 @@ if (not (((l_flags_2 & 7) & (~S.fcw)) != 0)):  # x87.r1:295
 _T91 = """\
 v_a = S.fpr[S.fsw >> 11 & 7]  # x87.r1:1357
 v_b = S.fpr[(S.fsw >> 11) + $b & 7]  # x87.r1:1357
-if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:81
-    raise Fault(7, None)  # x87.r1:81
+if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:1654
+    raise Fault(7, None)  # x87.r1:1654
 if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # x87.r1:82
     raise Fault(16, None)  # x87.r1:82
 S.fip = $here & 0xffffffff  # x87.r1:88
@@ -3164,8 +3164,8 @@ if (not (((l_flags_2 & 7) & (~S.fcw)) != 0)):  # x87.r1:295
 
 # FLD1 [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:1367
 _T92 = """\
-if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:81
-    raise Fault(7, None)  # x87.r1:81
+if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:1654
+    raise Fault(7, None)  # x87.r1:1654
 if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # x87.r1:82
     raise Fault(16, None)  # x87.r1:82
 S.fip = $here & 0xffffffff  # x87.r1:88
@@ -3197,8 +3197,8 @@ else:
 
 # FLDL2T [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:1378
 _T93 = """\
-if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:81
-    raise Fault(7, None)  # x87.r1:81
+if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:1654
+    raise Fault(7, None)  # x87.r1:1654
 if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # x87.r1:82
     raise Fault(16, None)  # x87.r1:82
 S.fip = $here & 0xffffffff  # x87.r1:88
@@ -3230,8 +3230,8 @@ else:
 
 # FLDL2E [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:1389
 _T94 = """\
-if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:81
-    raise Fault(7, None)  # x87.r1:81
+if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:1654
+    raise Fault(7, None)  # x87.r1:1654
 if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # x87.r1:82
     raise Fault(16, None)  # x87.r1:82
 S.fip = $here & 0xffffffff  # x87.r1:88
@@ -3263,8 +3263,8 @@ else:
 
 # FLDPI [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:1400
 _T95 = """\
-if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:81
-    raise Fault(7, None)  # x87.r1:81
+if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:1654
+    raise Fault(7, None)  # x87.r1:1654
 if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # x87.r1:82
     raise Fault(16, None)  # x87.r1:82
 S.fip = $here & 0xffffffff  # x87.r1:88
@@ -3296,8 +3296,8 @@ else:
 
 # FLDLG2 [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:1411
 _T96 = """\
-if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:81
-    raise Fault(7, None)  # x87.r1:81
+if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:1654
+    raise Fault(7, None)  # x87.r1:1654
 if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # x87.r1:82
     raise Fault(16, None)  # x87.r1:82
 S.fip = $here & 0xffffffff  # x87.r1:88
@@ -3329,8 +3329,8 @@ else:
 
 # FLDLN2 [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:1422
 _T97 = """\
-if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:81
-    raise Fault(7, None)  # x87.r1:81
+if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:1654
+    raise Fault(7, None)  # x87.r1:1654
 if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # x87.r1:82
     raise Fault(16, None)  # x87.r1:82
 S.fip = $here & 0xffffffff  # x87.r1:88
@@ -3362,8 +3362,8 @@ else:
 
 # FLDZ [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:1433
 _T98 = """\
-if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:81
-    raise Fault(7, None)  # x87.r1:81
+if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:1654
+    raise Fault(7, None)  # x87.r1:1654
 if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # x87.r1:82
     raise Fault(16, None)  # x87.r1:82
 S.fip = $here & 0xffffffff  # x87.r1:88
@@ -3396,8 +3396,8 @@ else:
 # FCHS [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:1446
 _T99 = """\
 v_dst = S.fpr[S.fsw >> 11 & 7]  # x87.r1:1449
-if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:81
-    raise Fault(7, None)  # x87.r1:81
+if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:1654
+    raise Fault(7, None)  # x87.r1:1654
 if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # x87.r1:82
     raise Fault(16, None)  # x87.r1:82
 S.fip = $here & 0xffffffff  # x87.r1:88
@@ -3428,8 +3428,8 @@ else:
 # FABS [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:1457
 _T100 = """\
 v_dst = S.fpr[S.fsw >> 11 & 7]  # x87.r1:1460
-if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:81
-    raise Fault(7, None)  # x87.r1:81
+if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:1654
+    raise Fault(7, None)  # x87.r1:1654
 if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # x87.r1:82
     raise Fault(16, None)  # x87.r1:82
 S.fip = $here & 0xffffffff  # x87.r1:88
@@ -3460,8 +3460,8 @@ else:
 # F2XM1 [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:1468
 _T101 = """\
 v_dst = S.fpr[S.fsw >> 11 & 7]  # x87.r1:1471
-if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:81
-    raise Fault(7, None)  # x87.r1:81
+if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:1654
+    raise Fault(7, None)  # x87.r1:1654
 if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # x87.r1:82
     raise Fault(16, None)  # x87.r1:82
 S.fip = $here & 0xffffffff  # x87.r1:88
@@ -3491,8 +3491,8 @@ else:
 
 # FYL2X [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:1479
 _T102 = """\
-if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:81
-    raise Fault(7, None)  # x87.r1:81
+if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:1654
+    raise Fault(7, None)  # x87.r1:1654
 if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # x87.r1:82
     raise Fault(16, None)  # x87.r1:82
 S.fip = $here & 0xffffffff  # x87.r1:88
@@ -3527,8 +3527,8 @@ else:
 # FPTAN [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:1489
 _T103 = """\
 v_dst = S.fpr[S.fsw >> 11 & 7]  # x87.r1:1492
-if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:81
-    raise Fault(7, None)  # x87.r1:81
+if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:1654
+    raise Fault(7, None)  # x87.r1:1654
 if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # x87.r1:82
     raise Fault(16, None)  # x87.r1:82
 S.fip = $here & 0xffffffff  # x87.r1:88
@@ -3568,8 +3568,8 @@ else:
 
 # FPATAN [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:1500
 _T104 = """\
-if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:81
-    raise Fault(7, None)  # x87.r1:81
+if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:1654
+    raise Fault(7, None)  # x87.r1:1654
 if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # x87.r1:82
     raise Fault(16, None)  # x87.r1:82
 S.fip = $here & 0xffffffff  # x87.r1:88
@@ -3604,8 +3604,8 @@ else:
 # FXTRACT [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:1510
 _T105 = """\
 v_dst = S.fpr[S.fsw >> 11 & 7]  # x87.r1:1513
-if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:81
-    raise Fault(7, None)  # x87.r1:81
+if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:1654
+    raise Fault(7, None)  # x87.r1:1654
 if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # x87.r1:82
     raise Fault(16, None)  # x87.r1:82
 S.fip = $here & 0xffffffff  # x87.r1:88
@@ -3644,8 +3644,8 @@ else:
 
 # FPREM1 [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:1521
 _T106 = """\
-if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:81
-    raise Fault(7, None)  # x87.r1:81
+if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:1654
+    raise Fault(7, None)  # x87.r1:1654
 if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # x87.r1:82
     raise Fault(16, None)  # x87.r1:82
 S.fip = $here & 0xffffffff  # x87.r1:88
@@ -3680,8 +3680,8 @@ else:
 
 # FDECSTP [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:1531
 _T107 = """\
-if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:81
-    raise Fault(7, None)  # x87.r1:81
+if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:1654
+    raise Fault(7, None)  # x87.r1:1654
 if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # x87.r1:82
     raise Fault(16, None)  # x87.r1:82
 S.fip = $here & 0xffffffff  # x87.r1:88
@@ -3696,8 +3696,8 @@ S.fsw = S.fsw & 0xffffc7ff | ((((S.fsw >> 11 & 0x7) + 7) & 7) & 7) << 11  # x87.
 
 # FINCSTP [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:1541
 _T108 = """\
-if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:81
-    raise Fault(7, None)  # x87.r1:81
+if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:1654
+    raise Fault(7, None)  # x87.r1:1654
 if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # x87.r1:82
     raise Fault(16, None)  # x87.r1:82
 S.fip = $here & 0xffffffff  # x87.r1:88
@@ -3712,8 +3712,8 @@ S.fsw = S.fsw & 0xffffc7ff | ((((S.fsw >> 11 & 0x7) + 1) & 7) & 7) << 11  # x87.
 
 # FPREM [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:1551
 _T109 = """\
-if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:81
-    raise Fault(7, None)  # x87.r1:81
+if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:1654
+    raise Fault(7, None)  # x87.r1:1654
 if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # x87.r1:82
     raise Fault(16, None)  # x87.r1:82
 S.fip = $here & 0xffffffff  # x87.r1:88
@@ -3748,8 +3748,8 @@ else:
 
 # FYL2XP1 [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:1561
 _T110 = """\
-if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:81
-    raise Fault(7, None)  # x87.r1:81
+if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:1654
+    raise Fault(7, None)  # x87.r1:1654
 if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # x87.r1:82
     raise Fault(16, None)  # x87.r1:82
 S.fip = $here & 0xffffffff  # x87.r1:88
@@ -3784,8 +3784,8 @@ else:
 # FSQRT [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:1571
 _T111 = """\
 v_dst = S.fpr[S.fsw >> 11 & 7]  # x87.r1:1574
-if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:81
-    raise Fault(7, None)  # x87.r1:81
+if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:1654
+    raise Fault(7, None)  # x87.r1:1654
 if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # x87.r1:82
     raise Fault(16, None)  # x87.r1:82
 S.fip = $here & 0xffffffff  # x87.r1:88
@@ -3816,8 +3816,8 @@ else:
 # FSINCOS [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:1582
 _T112 = """\
 v_dst = S.fpr[S.fsw >> 11 & 7]  # x87.r1:1585
-if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:81
-    raise Fault(7, None)  # x87.r1:81
+if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:1654
+    raise Fault(7, None)  # x87.r1:1654
 if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # x87.r1:82
     raise Fault(16, None)  # x87.r1:82
 S.fip = $here & 0xffffffff  # x87.r1:88
@@ -3858,8 +3858,8 @@ else:
 # FRNDINT [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:1593
 _T113 = """\
 v_dst = S.fpr[S.fsw >> 11 & 7]  # x87.r1:1596
-if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:81
-    raise Fault(7, None)  # x87.r1:81
+if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:1654
+    raise Fault(7, None)  # x87.r1:1654
 if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # x87.r1:82
     raise Fault(16, None)  # x87.r1:82
 S.fip = $here & 0xffffffff  # x87.r1:88
@@ -3889,8 +3889,8 @@ else:
 
 # FSCALE [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:1604
 _T114 = """\
-if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:81
-    raise Fault(7, None)  # x87.r1:81
+if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:1654
+    raise Fault(7, None)  # x87.r1:1654
 if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # x87.r1:82
     raise Fault(16, None)  # x87.r1:82
 S.fip = $here & 0xffffffff  # x87.r1:88
@@ -3921,8 +3921,8 @@ else:
 # FSIN [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:1614
 _T115 = """\
 v_dst = S.fpr[S.fsw >> 11 & 7]  # x87.r1:1617
-if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:81
-    raise Fault(7, None)  # x87.r1:81
+if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:1654
+    raise Fault(7, None)  # x87.r1:1654
 if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # x87.r1:82
     raise Fault(16, None)  # x87.r1:82
 S.fip = $here & 0xffffffff  # x87.r1:88
@@ -3955,8 +3955,8 @@ else:
 # FCOS [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:1625
 _T116 = """\
 v_dst = S.fpr[S.fsw >> 11 & 7]  # x87.r1:1628
-if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:81
-    raise Fault(7, None)  # x87.r1:81
+if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:1654
+    raise Fault(7, None)  # x87.r1:1654
 if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # x87.r1:82
     raise Fault(16, None)  # x87.r1:82
 S.fip = $here & 0xffffffff  # x87.r1:88
@@ -3988,8 +3988,8 @@ else:
 
 # FNOP [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:1777
 _T117 = """\
-if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:81
-    raise Fault(7, None)  # x87.r1:81
+if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:1654
+    raise Fault(7, None)  # x87.r1:1654
 if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # x87.r1:82
     raise Fault(16, None)  # x87.r1:82
 S.fip = $here & 0xffffffff  # x87.r1:88
@@ -3999,8 +3999,8 @@ S.fop = $fop & 0x7ff  # x87.r1:90
 
 # FFREE_STi [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:1787
 _T118 = """\
-if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:81
-    raise Fault(7, None)  # x87.r1:81
+if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:1654
+    raise Fault(7, None)  # x87.r1:1654
 if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # x87.r1:82
     raise Fault(16, None)  # x87.r1:82
 S.fip = $here & 0xffffffff  # x87.r1:88
@@ -4380,31 +4380,29 @@ S.fop = 0 & 0x7ff  # x87.r1:1693
 _T133 = """\
 if ((S.cr[0] >> 1 & 0x1) and (S.cr[0] >> 3 & 0x1)):  # x87.r1:1939
     raise Fault(7, None)  # x87.r1:1939
-if (S.fsw >> 7 & 0x1):  # x87.r1:1940
-    if (not (S.cr[0] >> 5 & 0x1)):  # x87.r1:1941
-        b_unsupported('an unmasked x87 exception reported through FERR# (CR0.NE clear: IRQ 13)')  # x87.r1:1941
-    raise Fault(16, None)  # x87.r1:1942
+if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # x87.r1:1940
+    raise Fault(16, None)  # x87.r1:1940
 """
 
-# FFREEP_STi [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:1948
+# FFREEP_STi [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:1945
 _T134 = """\
-if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:81
-    raise Fault(7, None)  # x87.r1:81
+if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:1654
+    raise Fault(7, None)  # x87.r1:1654
 if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # x87.r1:82
     raise Fault(16, None)  # x87.r1:82
 S.fip = $here & 0xffffffff  # x87.r1:88
 S.fcs = S.sel[1] & 0xffff  # x87.r1:89
 S.fop = $fop & 0x7ff  # x87.r1:90
-S.ftw = (S.ftw & (~(1 << (((S.fsw >> 11 & 0x7) + $dst) & 7)))) & 0xff  # x87.r1:1957
+S.ftw = (S.ftw & (~(1 << (((S.fsw >> 11 & 0x7) + $dst) & 7)))) & 0xff  # x87.r1:1954
 S.ftw = (S.ftw & (~(1 << ((S.fsw >> 11 & 0x7) & 7)))) & 0xff  # x87.r1:118
 S.fsw = S.fsw & 0xffffc7ff | ((((S.fsw >> 11 & 0x7) + 1) & 7) & 7) << 11  # x87.r1:119
 """
 
-# FSTPNCE_STi [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:1959
+# FSTPNCE_STi [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:1956
 _T135 = """\
-v_src = S.fpr[S.fsw >> 11 & 7]  # x87.r1:1962
-if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:81
-    raise Fault(7, None)  # x87.r1:81
+v_src = S.fpr[S.fsw >> 11 & 7]  # x87.r1:1959
+if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:1654
+    raise Fault(7, None)  # x87.r1:1654
 if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # x87.r1:82
     raise Fault(16, None)  # x87.r1:82
 S.fip = $here & 0xffffffff  # x87.r1:88
@@ -4431,19 +4429,19 @@ else:
     S.fsw = S.fsw & 0xffffc7ff | ((((S.fsw >> 11 & 0x7) + 1) & 7) & 7) << 11  # x87.r1:119
 """
 
-# FCOM_STi_DCD0 [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:1970
+# FCOM_STi_DCD0 [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:1967
 _T136 = """\
-v_a = S.fpr[S.fsw >> 11 & 7]  # x87.r1:1973
-v_b = S.fpr[(S.fsw >> 11) + $b & 7]  # x87.r1:1973
-if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:81
-    raise Fault(7, None)  # x87.r1:81
+v_a = S.fpr[S.fsw >> 11 & 7]  # x87.r1:1970
+v_b = S.fpr[(S.fsw >> 11) + $b & 7]  # x87.r1:1970
+if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:1654
+    raise Fault(7, None)  # x87.r1:1654
 if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # x87.r1:82
     raise Fault(16, None)  # x87.r1:82
 S.fip = $here & 0xffffffff  # x87.r1:88
 S.fcs = S.sel[1] & 0xffff  # x87.r1:89
 S.fop = $fop & 0x7ff  # x87.r1:90
-l_i = $b  # x87.r1:1980
-l_r = b_f80_compare(b_fpr(((S.fsw >> 11 & 0x7) & 7)), b_fpr((((S.fsw >> 11 & 0x7) + l_i) & 7)), 80, 0)  # x87.r1:1980
+l_i = $b  # x87.r1:1977
+l_r = b_f80_compare(b_fpr(((S.fsw >> 11 & 0x7) & 7)), b_fpr((((S.fsw >> 11 & 0x7) + l_i) & 7)), 80, 0)  # x87.r1:1977
 m_b_empty_0 = (not (S.ftw >> (((S.fsw >> 11 & 0x7) + l_i) & 7) & 1))
 l_rel_1 = (l_r & 3)  # x87.r1:270
 l_flags_2 = (l_r >> 80)  # x87.r1:271
@@ -4461,19 +4459,19 @@ if (not (((l_flags_2 & 7) & (~S.fcw)) != 0)):  # x87.r1:277
     S.fsw = S.fsw & 0xffffbfff | (((l_rel_1 == 1) or (l_rel_1 == 3)) & 1) << 14  # x87.r1:280
 """
 
-# FCOMP_STi_DCD8 [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:1982
+# FCOMP_STi_DCD8 [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:1979
 _T137 = """\
-v_a = S.fpr[S.fsw >> 11 & 7]  # x87.r1:1985
-v_b = S.fpr[(S.fsw >> 11) + $b & 7]  # x87.r1:1985
-if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:81
-    raise Fault(7, None)  # x87.r1:81
+v_a = S.fpr[S.fsw >> 11 & 7]  # x87.r1:1982
+v_b = S.fpr[(S.fsw >> 11) + $b & 7]  # x87.r1:1982
+if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:1654
+    raise Fault(7, None)  # x87.r1:1654
 if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # x87.r1:82
     raise Fault(16, None)  # x87.r1:82
 S.fip = $here & 0xffffffff  # x87.r1:88
 S.fcs = S.sel[1] & 0xffff  # x87.r1:89
 S.fop = $fop & 0x7ff  # x87.r1:90
-l_i = $b  # x87.r1:1992
-l_r = b_f80_compare(b_fpr(((S.fsw >> 11 & 0x7) & 7)), b_fpr((((S.fsw >> 11 & 0x7) + l_i) & 7)), 80, 0)  # x87.r1:1992
+l_i = $b  # x87.r1:1989
+l_r = b_f80_compare(b_fpr(((S.fsw >> 11 & 0x7) & 7)), b_fpr((((S.fsw >> 11 & 0x7) + l_i) & 7)), 80, 0)  # x87.r1:1989
 m_b_empty_0 = (not (S.ftw >> (((S.fsw >> 11 & 0x7) + l_i) & 7) & 1))
 l_rel_1 = (l_r & 3)  # x87.r1:270
 l_flags_2 = (l_r >> 80)  # x87.r1:271
@@ -4493,19 +4491,19 @@ if (not (((l_flags_2 & 7) & (~S.fcw)) != 0)):  # x87.r1:277
     S.fsw = S.fsw & 0xffffc7ff | ((((S.fsw >> 11 & 0x7) + 1) & 7) & 7) << 11  # x87.r1:119
 """
 
-# FCOMP_STi_DED0 [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:1994
+# FCOMP_STi_DED0 [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:1991
 _T138 = """\
-v_a = S.fpr[S.fsw >> 11 & 7]  # x87.r1:1997
-v_b = S.fpr[(S.fsw >> 11) + $b & 7]  # x87.r1:1997
-if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:81
-    raise Fault(7, None)  # x87.r1:81
+v_a = S.fpr[S.fsw >> 11 & 7]  # x87.r1:1994
+v_b = S.fpr[(S.fsw >> 11) + $b & 7]  # x87.r1:1994
+if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:1654
+    raise Fault(7, None)  # x87.r1:1654
 if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # x87.r1:82
     raise Fault(16, None)  # x87.r1:82
 S.fip = $here & 0xffffffff  # x87.r1:88
 S.fcs = S.sel[1] & 0xffff  # x87.r1:89
 S.fop = $fop & 0x7ff  # x87.r1:90
-l_i = $b  # x87.r1:2004
-l_r = b_f80_compare(b_fpr(((S.fsw >> 11 & 0x7) & 7)), b_fpr((((S.fsw >> 11 & 0x7) + l_i) & 7)), 80, 0)  # x87.r1:2004
+l_i = $b  # x87.r1:2001
+l_r = b_f80_compare(b_fpr(((S.fsw >> 11 & 0x7) & 7)), b_fpr((((S.fsw >> 11 & 0x7) + l_i) & 7)), 80, 0)  # x87.r1:2001
 m_b_empty_0 = (not (S.ftw >> (((S.fsw >> 11 & 0x7) + l_i) & 7) & 1))
 l_rel_1 = (l_r & 3)  # x87.r1:270
 l_flags_2 = (l_r >> 80)  # x87.r1:271
@@ -4525,12 +4523,12 @@ if (not (((l_flags_2 & 7) & (~S.fcw)) != 0)):  # x87.r1:277
     S.fsw = S.fsw & 0xffffc7ff | ((((S.fsw >> 11 & 0x7) + 1) & 7) & 7) << 11  # x87.r1:119
 """
 
-# FXCH_STi_DDC8 [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:2006
+# FXCH_STi_DDC8 [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:2003
 _T139 = """\
-v_a = S.fpr[S.fsw >> 11 & 7]  # x87.r1:2009
-v_b = S.fpr[(S.fsw >> 11) + $b & 7]  # x87.r1:2009
-if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:81
-    raise Fault(7, None)  # x87.r1:81
+v_a = S.fpr[S.fsw >> 11 & 7]  # x87.r1:2006
+v_b = S.fpr[(S.fsw >> 11) + $b & 7]  # x87.r1:2006
+if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:1654
+    raise Fault(7, None)  # x87.r1:1654
 if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # x87.r1:82
     raise Fault(16, None)  # x87.r1:82
 S.fip = $here & 0xffffffff  # x87.r1:88
@@ -4562,12 +4560,12 @@ else:
     S.ftw = (S.ftw | (1 << (((S.fsw >> 11 & 0x7) + $b) & 7))) & 0xff  # x87.r1:115
 """
 
-# FXCH_STi_DFC8 [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:2018
+# FXCH_STi_DFC8 [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:2015
 _T140 = """\
-v_a = S.fpr[S.fsw >> 11 & 7]  # x87.r1:2021
-v_b = S.fpr[(S.fsw >> 11) + $b & 7]  # x87.r1:2021
-if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:81
-    raise Fault(7, None)  # x87.r1:81
+v_a = S.fpr[S.fsw >> 11 & 7]  # x87.r1:2018
+v_b = S.fpr[(S.fsw >> 11) + $b & 7]  # x87.r1:2018
+if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:1654
+    raise Fault(7, None)  # x87.r1:1654
 if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # x87.r1:82
     raise Fault(16, None)  # x87.r1:82
 S.fip = $here & 0xffffffff  # x87.r1:88
@@ -4599,11 +4597,11 @@ else:
     S.ftw = (S.ftw | (1 << (((S.fsw >> 11 & 0x7) + $b) & 7))) & 0xff  # x87.r1:115
 """
 
-# FSTP_STi_DFD0 [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:2030
+# FSTP_STi_DFD0 [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:2027
 _T141 = """\
-v_src = S.fpr[S.fsw >> 11 & 7]  # x87.r1:2033
-if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:81
-    raise Fault(7, None)  # x87.r1:81
+v_src = S.fpr[S.fsw >> 11 & 7]  # x87.r1:2030
+if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:1654
+    raise Fault(7, None)  # x87.r1:1654
 if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # x87.r1:82
     raise Fault(16, None)  # x87.r1:82
 S.fip = $here & 0xffffffff  # x87.r1:88
@@ -4630,11 +4628,11 @@ else:
     S.fsw = S.fsw & 0xffffc7ff | ((((S.fsw >> 11 & 0x7) + 1) & 7) & 7) << 11  # x87.r1:119
 """
 
-# FSTP_STi_DFD8 [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:2042
+# FSTP_STi_DFD8 [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:2039
 _T142 = """\
-v_src = S.fpr[S.fsw >> 11 & 7]  # x87.r1:2045
-if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:81
-    raise Fault(7, None)  # x87.r1:81
+v_src = S.fpr[S.fsw >> 11 & 7]  # x87.r1:2042
+if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:1654
+    raise Fault(7, None)  # x87.r1:1654
 if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # x87.r1:82
     raise Fault(16, None)  # x87.r1:82
 S.fip = $here & 0xffffffff  # x87.r1:88
@@ -4661,22 +4659,22 @@ else:
     S.fsw = S.fsw & 0xffffc7ff | ((((S.fsw >> 11 & 0x7) + 1) & 7) & 7) << 11  # x87.r1:119
 """
 
-# FNENI [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:2054
+# FNENI [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:2051
 _T143 = """\
-if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:2063
-    raise Fault(7, None)  # x87.r1:2063
+if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:2060
+    raise Fault(7, None)  # x87.r1:2060
 """
 
-# FNDISI [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:2065
+# FNDISI [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:2062
 _T144 = """\
-if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:2074
-    raise Fault(7, None)  # x87.r1:2074
+if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:2071
+    raise Fault(7, None)  # x87.r1:2071
 """
 
-# FNSETPM [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:2076
+# FNSETPM [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:2073
 _T145 = """\
-if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:2084
-    raise Fault(7, None)  # x87.r1:2084
+if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:2081
+    raise Fault(7, None)  # x87.r1:2081
 """
 
 TEMPLATES = {
@@ -5590,84 +5588,84 @@ TEMPLATES = {
         (32, 16, None, None, None): _T133,
         (32, 32, None, None, None): _T133,
     },
-    # spec/x87.r1:1948
+    # spec/x87.r1:1945
     'FFREEP_STi': {
         (16, 16, None, None, None): _T134,
         (16, 32, None, None, None): _T134,
         (32, 16, None, None, None): _T134,
         (32, 32, None, None, None): _T134,
     },
-    # spec/x87.r1:1959
+    # spec/x87.r1:1956
     'FSTPNCE_STi': {
         (16, 16, None, None, None): _T135,
         (16, 32, None, None, None): _T135,
         (32, 16, None, None, None): _T135,
         (32, 32, None, None, None): _T135,
     },
-    # spec/x87.r1:1970
+    # spec/x87.r1:1967
     'FCOM_STi_DCD0': {
         (16, 16, None, None, None): _T136,
         (16, 32, None, None, None): _T136,
         (32, 16, None, None, None): _T136,
         (32, 32, None, None, None): _T136,
     },
-    # spec/x87.r1:1982
+    # spec/x87.r1:1979
     'FCOMP_STi_DCD8': {
         (16, 16, None, None, None): _T137,
         (16, 32, None, None, None): _T137,
         (32, 16, None, None, None): _T137,
         (32, 32, None, None, None): _T137,
     },
-    # spec/x87.r1:1994
+    # spec/x87.r1:1991
     'FCOMP_STi_DED0': {
         (16, 16, None, None, None): _T138,
         (16, 32, None, None, None): _T138,
         (32, 16, None, None, None): _T138,
         (32, 32, None, None, None): _T138,
     },
-    # spec/x87.r1:2006
+    # spec/x87.r1:2003
     'FXCH_STi_DDC8': {
         (16, 16, None, None, None): _T139,
         (16, 32, None, None, None): _T139,
         (32, 16, None, None, None): _T139,
         (32, 32, None, None, None): _T139,
     },
-    # spec/x87.r1:2018
+    # spec/x87.r1:2015
     'FXCH_STi_DFC8': {
         (16, 16, None, None, None): _T140,
         (16, 32, None, None, None): _T140,
         (32, 16, None, None, None): _T140,
         (32, 32, None, None, None): _T140,
     },
-    # spec/x87.r1:2030
+    # spec/x87.r1:2027
     'FSTP_STi_DFD0': {
         (16, 16, None, None, None): _T141,
         (16, 32, None, None, None): _T141,
         (32, 16, None, None, None): _T141,
         (32, 32, None, None, None): _T141,
     },
-    # spec/x87.r1:2042
+    # spec/x87.r1:2039
     'FSTP_STi_DFD8': {
         (16, 16, None, None, None): _T142,
         (16, 32, None, None, None): _T142,
         (32, 16, None, None, None): _T142,
         (32, 32, None, None, None): _T142,
     },
-    # spec/x87.r1:2054
+    # spec/x87.r1:2051
     'FNENI': {
         (16, 16, None, None, None): _T143,
         (16, 32, None, None, None): _T143,
         (32, 16, None, None, None): _T143,
         (32, 32, None, None, None): _T143,
     },
-    # spec/x87.r1:2065
+    # spec/x87.r1:2062
     'FNDISI': {
         (16, 16, None, None, None): _T144,
         (16, 32, None, None, None): _T144,
         (32, 16, None, None, None): _T144,
         (32, 32, None, None, None): _T144,
     },
-    # spec/x87.r1:2076
+    # spec/x87.r1:2073
     'FNSETPM': {
         (16, 16, None, None, None): _T145,
         (16, 32, None, None, None): _T145,

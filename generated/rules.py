@@ -795,18 +795,18 @@ RULES = {
     'FRSTOR_MSTATE': ('ident', None, (), ()),  # spec/x87.r1:1888
     'FNSAVE_MSTATE': ('callout', None, ('cpl',), ()),  # spec/x87.r1:1908
     'FWAIT': ('ident', None, (), ()),  # spec/x87.r1:1930
-    'FFREEP_STi': ('ident', None, (), ()),  # spec/x87.r1:1948
-    'FSTPNCE_STi': ('ident', None, (), ()),  # spec/x87.r1:1959
-    'FCOM_STi_DCD0': ('ident', None, (), ()),  # spec/x87.r1:1970
-    'FCOMP_STi_DCD8': ('ident', None, (), ()),  # spec/x87.r1:1982
-    'FCOMP_STi_DED0': ('ident', None, (), ()),  # spec/x87.r1:1994
-    'FXCH_STi_DDC8': ('ident', None, (), ()),  # spec/x87.r1:2006
-    'FXCH_STi_DFC8': ('ident', None, (), ()),  # spec/x87.r1:2018
-    'FSTP_STi_DFD0': ('ident', None, (), ()),  # spec/x87.r1:2030
-    'FSTP_STi_DFD8': ('ident', None, (), ()),  # spec/x87.r1:2042
-    'FNENI': ('ident', None, (), ()),  # spec/x87.r1:2054
-    'FNDISI': ('ident', None, (), ()),  # spec/x87.r1:2065
-    'FNSETPM': ('ident', None, (), ()),  # spec/x87.r1:2076
+    'FFREEP_STi': ('ident', None, (), ()),  # spec/x87.r1:1945
+    'FSTPNCE_STi': ('ident', None, (), ()),  # spec/x87.r1:1956
+    'FCOM_STi_DCD0': ('ident', None, (), ()),  # spec/x87.r1:1967
+    'FCOMP_STi_DCD8': ('ident', None, (), ()),  # spec/x87.r1:1979
+    'FCOMP_STi_DED0': ('ident', None, (), ()),  # spec/x87.r1:1991
+    'FXCH_STi_DDC8': ('ident', None, (), ()),  # spec/x87.r1:2003
+    'FXCH_STi_DFC8': ('ident', None, (), ()),  # spec/x87.r1:2015
+    'FSTP_STi_DFD0': ('ident', None, (), ()),  # spec/x87.r1:2027
+    'FSTP_STi_DFD8': ('ident', None, (), ()),  # spec/x87.r1:2039
+    'FNENI': ('ident', None, (), ()),  # spec/x87.r1:2051
+    'FNDISI': ('ident', None, (), ()),  # spec/x87.r1:2062
+    'FNSETPM': ('ident', None, (), ()),  # spec/x87.r1:2073
 }
 
 # What the translator knows about an instance, for choosing its rule (the `fact`s of the spec).
