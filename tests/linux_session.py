@@ -55,6 +55,11 @@ class Session:
         with self._lock:
             return self._out.decode(errors="replace")
 
+    @property
+    def stderr(self) -> str:
+        with self._lock:
+            return self._err.decode(errors="replace")
+
     def _fail(self, what: str) -> SessionError:
         with self._lock:
             out, err = self._out.decode(errors="replace"), self._err.decode(errors="replace")

@@ -45,6 +45,9 @@ def test_a_session_on_the_serial_console(mode: str) -> None:
     finally:
         s.kill()
     console = s.console
-    assert status == 0, console[-3000:]
+    assert status == 0, console[-3000:] + s.stderr
     for bad in ("WARNING:", "Oops", "BUG:", "Kernel panic"):
         assert bad not in console, f"{mode}: {bad!r} on the console"
+    if mode == "bt":  # --stats: user code ran directly, at CPL 3 on the hardware
+        direct = re.search(r"user instructions run directly\s+([\d,]+)", s.stderr)
+        assert direct and int(direct.group(1).replace(",", "")) > 1_000_000, s.stderr
