@@ -265,6 +265,12 @@ def write_fpu(uc: Uc, S) -> None:
     bit per register (empty or not) and derives the other tags from the contents, as FXRSTOR
     does."""
     write_x87(uc, S)
+    write_sse(uc, S)
+
+
+def write_sse(uc: Uc, S) -> None:
+    """CpuState `S`'s XMM registers and MXCSR into unicorn (which derives its SSE rounding and
+    DAZ/FZ modes from MXCSR on the write)."""
     for i, v in enumerate(S.xmm):
         uc.reg_write(X.UC_X86_REG_XMM0 + i, v)
     uc.reg_write(X.UC_X86_REG_MXCSR, S.mxcsr)
@@ -318,9 +324,7 @@ def write_from_machine(
     uc.reg_write(X.UC_X86_REG_EFLAGS, eflags)
     uc.reg_write(X.UC_X86_REG_EIP, S.eip)
     if sse:
-        for i, v in enumerate(S.xmm):
-            uc.reg_write(X.UC_X86_REG_XMM0 + i, v)
-        uc.reg_write(X.UC_X86_REG_MXCSR, S.mxcsr)
+        write_sse(uc, S)
     if fpu:
         write_x87(uc, S)
 
