@@ -811,15 +811,18 @@ RULES = {
 
 # What the translator knows about an instance, for choosing its rule (the `fact`s of the spec).
 FACTS = {
-    'undefined': 'no form matches the bytes (the instruction raises #UD)',  # spec/vmm.r1:116
-    'invalid_lock': 'a LOCK prefix the form does not allow (#UD)',  # spec/vmm.r1:117
-    'adaptive': 'the instruction trapped often and was retranslated (innocent until proven guilty)',  # spec/vmm.r1:118
-    'forced': 'a benchmark forced the form to a callout (Vmm(rule_overrides=...))',  # spec/vmm.r1:119
-    'trap_mode': 'the VMM runs in trap mode: the kernel untranslated at CPL 1',  # spec/vmm.r1:120
-    'uses_gs': "the instruction uses GS, which is the VMM's in translated code",  # spec/vmm.r1:121
-    'vmm_address': "an absolute address (disp32 or moffs) in the VMM's area",  # spec/vmm.r1:122
-    'template_fits': "the rule's template covers this instance (its `when` clause)",  # spec/vmm.r1:123
-    'flags_lost_at_store': "unicorn changes the flags before the instance's store, so a fault there loses them (RCL, RCR on memory: physcpu)",  # spec/vmm.r1:124
+    'undefined': 'no form matches the bytes (the instruction raises #UD)',  # spec/vmm.r1:133
+    'invalid_lock': 'a LOCK prefix the form does not allow (#UD)',  # spec/vmm.r1:134
+    'adaptive': 'the instruction trapped often and was retranslated (innocent until proven guilty)',  # spec/vmm.r1:135
+    'forced': 'a benchmark forced the form to a callout (Vmm(rule_overrides=...))',  # spec/vmm.r1:136
+    'trap_mode': 'the VMM runs in trap mode: the kernel untranslated at CPL 1',  # spec/vmm.r1:137
+    'uses_gs': "the instruction uses GS, which is the VMM's in translated code",  # spec/vmm.r1:138
+    'vmm_address': "an absolute address (disp32 or moffs) in the VMM's area",  # spec/vmm.r1:139
+    'template_fits': "the rule's template covers this instance (its `when` clause)",  # spec/vmm.r1:140
+    'flags_lost_at_store': "unicorn changes the flags before the instance's store, so a fault there loses them (RCL, RCR on memory: physcpu)",  # spec/vmm.r1:141
+    'code16': "the unit is 16-bit code (real mode), run in the TC's flat 32-bit code segment",  # spec/vmm.r1:142
+    'same_in_32bit_code': 'with its operand- and address-size prefixes toggled, its bytes decode in 32-bit code to the same form, sizes and operands',  # spec/vmm.r1:143
+    'outside_its_modes': "the form does not exist in the CPU's mode (STR, LAR... in real mode: #UD)",  # spec/vmm.r1:144
 }
 
 
@@ -827,28 +830,36 @@ def choose_rule(rule: str, fact) -> tuple[str, str, str | None]:
     """The rule an instance is translated by: the first `choose` clause whose condition holds
     (`fact(name)` answers the spec's facts for the instance), else the form's own `rule`.
     Returns (rule, reason, the clause's spec file:line)."""
+    if (fact('code16') and fact('undefined')):
+        return 'callout', 'undefined opcode in 16-bit code: its length and #UD come from the interpreter', 'spec/vmm.r1:147'
     if fact('undefined'):
-        return 'ident', 'undefined opcode: the hardware raises #UD, and the interpreter confirms it', 'spec/vmm.r1:127'
+        return 'ident', 'undefined opcode: the hardware raises #UD, and the interpreter confirms it', 'spec/vmm.r1:148'
+    if fact('outside_its_modes'):
+        return 'callout', 'the form does not exist in this mode: the interpreter raises #UD', 'spec/vmm.r1:149'
     if fact('invalid_lock'):
-        return 'callout', 'invalid LOCK prefix: unicorn runs most (deviation invalid-lock); #UD from the spec', 'spec/vmm.r1:128'
+        return 'callout', 'invalid LOCK prefix: unicorn runs most (deviation invalid-lock); #UD from the spec', 'spec/vmm.r1:150'
     if fact('adaptive'):
-        return 'callout', 'adaptive: it trapped often, so it was retranslated as a callout', 'spec/vmm.r1:129'
+        return 'callout', 'adaptive: it trapped often, so it was retranslated as a callout', 'spec/vmm.r1:151'
     if fact('forced'):
-        return 'callout', 'forced to a callout by Vmm(rule_overrides=...)', 'spec/vmm.r1:130'
+        return 'callout', 'forced to a callout by Vmm(rule_overrides=...)', 'spec/vmm.r1:152'
     if (fact('trap_mode') and rule in ('ident', 'trap')):
-        return rule, '', 'spec/vmm.r1:131'
+        return rule, '', 'spec/vmm.r1:153'
     if fact('trap_mode'):
-        return 'callout', 'trap mode: the kernel runs untranslated; this is where it exits', 'spec/vmm.r1:132'
+        return 'callout', 'trap mode: the kernel runs untranslated; this is where it exits', 'spec/vmm.r1:154'
     if fact('uses_gs'):
-        return 'callout', "it uses GS, which is the VMM's: emulated", 'spec/vmm.r1:133'
+        return 'callout', "it uses GS, which is the VMM's: emulated", 'spec/vmm.r1:155'
+    if (fact('code16') and rule in ('indirect',)):
+        return 'callout', "16-bit code: the TC's lookup table holds 32-bit code's EIPs", 'spec/vmm.r1:156'
+    if ((fact('code16') and rule in ('ident', 'trap')) and not fact('same_in_32bit_code')):
+        return 'callout', '16-bit code whose bytes mean something else in 32-bit code whatever its size prefixes (a mandatory 66)', 'spec/vmm.r1:157'
     if (rule in ('ident', 'trap') and fact('vmm_address')):
-        return 'callout', "its address lies in the VMM's area: emulated", 'spec/vmm.r1:134'
+        return 'callout', "its address lies in the VMM's area: emulated", 'spec/vmm.r1:158'
     if (rule in ('direct', 'indirect', 'inline') and not fact('template_fits')):
-        return 'callout', 'its template does not cover this operand or address size, stack or form', 'spec/vmm.r1:135'
+        return 'callout', 'its template does not cover this operand or address size, stack or form', 'spec/vmm.r1:159'
     if (rule in ('ident', 'trap') and fact('flags_lost_at_store')):
-        return 'callout', 'unicorn changes its flags before its store: a fault there loses them', 'spec/vmm.r1:136'
+        return 'callout', 'unicorn changes its flags before its store: a fault there loses them', 'spec/vmm.r1:160'
     if rule in ('trap',):
-        return 'ident', 'copied; left to trap when the hardware faults', 'spec/vmm.r1:137'
+        return 'ident', 'copied; left to trap when the hardware faults', 'spec/vmm.r1:161'
     return rule, "", None
 
 
@@ -922,6 +933,7 @@ CONSTS = {
     'SEL_VMM_CODE': 65520,
     'SEL_VMM_DATA': 65512,
     'SEL_VMM_GS': 65497,
+    'SEL_VMM_STACK': 65481,
     'SEL_VMM_TSS': 65488,
     'SHIFT_ARITH': 2,
     'SHIFT_LEFT': 0,
@@ -991,11 +1003,13 @@ CONSTS = {
     'V_SAVE_EAX': 56,
     'V_SAVE_ECX': 60,
     'V_SAVE_ESP': 80,
+    'V_SCRATCH_FLAT': 81932,
     'V_SCRATCH_SP': 81928,
     'V_SEL': 96,
     'V_TR': 114,
     'V_VIRT_IF': 36,
     'V_VIRT_IOPL': 72,
+    'V_VMM_SS': 81956,
     'X87_ADD': 0,
     'X87_C1': 512,
     'X87_DIV': 6,
@@ -1024,17 +1038,17 @@ CONSTS = {
 # label of the stubs. Variants are keyed by the numbers of the placeholders listed (registers,
 # cc); blobs have an origin address and exported labels.
 TEMPLATES = {
-    'callout_exit': {  # spec/vmm.r1:449
+    'callout_exit': {  # spec/vmm.r1:478
         "placeholders": (),
         "values": ('callout',),
         "when": {},
         "origin": None,
         "labels": {},
         "variants": {
-            (): [bytes.fromhex('65 a3 00 00 00 00 65 89 0d 04 00 00 00 65 89 15 08 00 00 00 65 89 1d 0c 00 00 00 65 89 25 10 00 00 00 65 89 2d 14 00 00 00 65 89 35 18 00 00 00 65 89 3d 1c 00 00 00 65 8b 25 08 40 01 00 9c 65 8f 05 20 00 00 00 e9'), ('rel32', '@callout', -4)],
+            (): [bytes.fromhex('65 a3 00 00 00 00 65 89 0d 04 00 00 00 65 89 15 08 00 00 00 65 89 1d 0c 00 00 00 65 89 25 10 00 00 00 65 89 2d 14 00 00 00 65 89 35 18 00 00 00 65 89 3d 1c 00 00 00 65 8e 15 24 40 01 00 65 8b 25 0c 40 01 00 9c 65 8f 05 20 00 00 00 e9'), ('rel32', '@callout', -4)],
         },
     },
-    'callout_slot': {  # spec/vmm.r1:438
+    'callout_slot': {  # spec/vmm.r1:466
         "placeholders": (),
         "values": (),
         "when": {},
@@ -1044,7 +1058,7 @@ TEMPLATES = {
             (): [bytes.fromhex('65 ff 25 04 40 01 00 cc')],
         },
     },
-    'cli_virtual': {  # spec/vmm.r1:243
+    'cli_virtual': {  # spec/vmm.r1:275
         "placeholders": (),
         "values": (),
         "when": {},
@@ -1054,7 +1068,7 @@ TEMPLATES = {
             (): [bytes.fromhex('65 c7 05 24 00 00 00 00 00 00 00')],
         },
     },
-    'direct_call': {  # spec/vmm.r1:349
+    'direct_call': {  # spec/vmm.r1:381
         "placeholders": (),
         "values": ('next', 'target'),
         "when": {'osize': '32'},
@@ -1064,10 +1078,10 @@ TEMPLATES = {
             (): [bytes.fromhex('68'), ('abs32', '@next', 0), bytes.fromhex('e9'), ('rel32', '@target', -4)],
         },
     },
-    'direct_jcc': {  # spec/vmm.r1:343
+    'direct_jcc': {  # spec/vmm.r1:376
         "placeholders": ('cc',),
         "values": ('target', 'next'),
-        "when": {'osize': '32'},
+        "when": {},
         "origin": None,
         "labels": {},
         "variants": {
@@ -1089,57 +1103,57 @@ TEMPLATES = {
             (15,): [bytes.fromhex('0f 8f'), ('rel32', '@target', -4), bytes.fromhex('e9'), ('rel32', '@next', -4)],
         },
     },
-    'direct_jecxz': {  # spec/vmm.r1:381
+    'direct_jecxz': {  # spec/vmm.r1:410
         "placeholders": (),
         "values": ('next', 'target'),
-        "when": {'osize': '32'},
+        "when": {},
         "origin": None,
         "labels": {},
         "variants": {
             (): [('addr',), bytes.fromhex('e3 05 e9'), ('rel32', '@next', -4), bytes.fromhex('e9'), ('rel32', '@target', -4)],
         },
     },
-    'direct_jmp': {  # spec/vmm.r1:338
+    'direct_jmp': {  # spec/vmm.r1:372
         "placeholders": (),
         "values": ('target',),
-        "when": {'osize': '32'},
+        "when": {},
         "origin": None,
         "labels": {},
         "variants": {
             (): [bytes.fromhex('e9'), ('rel32', '@target', -4)],
         },
     },
-    'direct_loop': {  # spec/vmm.r1:357
+    'direct_loop': {  # spec/vmm.r1:389
         "placeholders": (),
         "values": ('next', 'target'),
-        "when": {'osize': '32'},
+        "when": {},
         "origin": None,
         "labels": {},
         "variants": {
             (): [('addr',), bytes.fromhex('e2 05 e9'), ('rel32', '@next', -4), bytes.fromhex('e9'), ('rel32', '@target', -4)],
         },
     },
-    'direct_loope': {  # spec/vmm.r1:365
+    'direct_loope': {  # spec/vmm.r1:396
         "placeholders": (),
         "values": ('next', 'target'),
-        "when": {'osize': '32'},
+        "when": {},
         "origin": None,
         "labels": {},
         "variants": {
             (): [('addr',), bytes.fromhex('e1 05 e9'), ('rel32', '@next', -4), bytes.fromhex('e9'), ('rel32', '@target', -4)],
         },
     },
-    'direct_loopne': {  # spec/vmm.r1:373
+    'direct_loopne': {  # spec/vmm.r1:403
         "placeholders": (),
         "values": ('next', 'target'),
-        "when": {'osize': '32'},
+        "when": {},
         "origin": None,
         "labels": {},
         "variants": {
             (): [('addr',), bytes.fromhex('e0 05 e9'), ('rel32', '@next', -4), bytes.fromhex('e9'), ('rel32', '@target', -4)],
         },
     },
-    'exit_next': {  # spec/vmm.r1:424
+    'exit_next': {  # spec/vmm.r1:452
         "placeholders": (),
         "values": ('next',),
         "when": {},
@@ -1149,7 +1163,7 @@ TEMPLATES = {
             (): [bytes.fromhex('e9'), ('rel32', '@next', -4)],
         },
     },
-    'exit_slot': {  # spec/vmm.r1:431
+    'exit_slot': {  # spec/vmm.r1:459
         "placeholders": (),
         "values": (),
         "when": {},
@@ -1159,7 +1173,7 @@ TEMPLATES = {
             (): [bytes.fromhex('65 ff 25 00 40 01 00 cc')],
         },
     },
-    'forward': {  # spec/vmm.r1:466
+    'forward': {  # spec/vmm.r1:496
         "placeholders": (),
         "values": ('to',),
         "when": {},
@@ -1169,7 +1183,7 @@ TEMPLATES = {
             (): [bytes.fromhex('e9'), ('rel32', '@to', -4)],
         },
     },
-    'indirect_call': {  # spec/vmm.r1:397
+    'indirect_call': {  # spec/vmm.r1:425
         "placeholders": (),
         "values": ('next',),
         "when": {'osize': '32', 'asize': '32'},
@@ -1179,7 +1193,7 @@ TEMPLATES = {
             (): [bytes.fromhex('65 a3 38 00 00 00'), ('mark', 'eax_saved'), ('seg',), ('ea', bytes.fromhex('8b'), 0, bytes.fromhex('')), bytes.fromhex('68'), ('abs32', '@next', 0), bytes.fromhex('e9'), ('rel32', 'lookup', -4)],
         },
     },
-    'indirect_entry': {  # spec/vmm.r1:230
+    'indirect_entry': {  # spec/vmm.r1:262
         "placeholders": (),
         "values": (),
         "when": {},
@@ -1189,7 +1203,7 @@ TEMPLATES = {
             (): [bytes.fromhex('65 8b 0d 3c 00 00 00 65 a1 38 00 00 00')],
         },
     },
-    'indirect_jmp': {  # spec/vmm.r1:389
+    'indirect_jmp': {  # spec/vmm.r1:417
         "placeholders": (),
         "values": (),
         "when": {'osize': '32', 'asize': '32'},
@@ -1199,7 +1213,7 @@ TEMPLATES = {
             (): [bytes.fromhex('65 a3 38 00 00 00'), ('mark', 'eax_saved'), ('seg',), ('ea', bytes.fromhex('8b'), 0, bytes.fromhex('')), bytes.fromhex('e9'), ('rel32', 'lookup', -4)],
         },
     },
-    'indirect_ret': {  # spec/vmm.r1:406
+    'indirect_ret': {  # spec/vmm.r1:434
         "placeholders": (),
         "values": (),
         "when": {'osize': '32', 'stack': '32'},
@@ -1209,7 +1223,7 @@ TEMPLATES = {
             (): [bytes.fromhex('65 a3 38 00 00 00'), ('mark', 'eax_saved'), bytes.fromhex('58 e9'), ('rel32', 'lookup', -4)],
         },
     },
-    'indirect_ret_imm': {  # spec/vmm.r1:414
+    'indirect_ret_imm': {  # spec/vmm.r1:442
         "placeholders": (),
         "values": ('n',),
         "when": {'osize': '32', 'stack': '32'},
@@ -1219,7 +1233,7 @@ TEMPLATES = {
             (): [bytes.fromhex('65 a3 38 00 00 00'), ('mark', 'eax_saved'), bytes.fromhex('58 8d a4 24'), ('abs32', '@n', 0), bytes.fromhex('e9'), ('rel32', 'lookup', -4)],
         },
     },
-    'mov_from_sreg': {  # spec/vmm.r1:308
+    'mov_from_sreg': {  # spec/vmm.r1:340
         "placeholders": ('dst', 'src'),
         "values": (),
         "when": {'osize': '32', 'mod': 'reg', 'src#': '0..5'},
@@ -1292,27 +1306,27 @@ TEMPLATES = {
             (7, 7): [bytes.fromhex('65 0f b7 3d 6e 00 00 00')],
         },
     },
-    'popf_virtual': {  # spec/vmm.r1:285
+    'popf_virtual': {  # spec/vmm.r1:317
         "placeholders": (),
         "values": ('callout',),
-        "when": {'osize': '32'},
+        "when": {'osize': '32', 'stack': '32'},
         "origin": None,
         "labels": {},
         "variants": {
             (): [bytes.fromhex('65 a3 38 00 00 00 8b 04 24 a9 00 01 00 00 75 0c 65 23 05 20 40 01 00 a9 00 02 00 00 65 a1 38 00 00 00 0f 85'), ('rel32', '@callout', -4), bytes.fromhex('8b 04 24 25 00 02 00 00 65 a3 24 00 00 00 8b 04 24 25 00 30 00 00 65 a3 48 00 00 00 65 a1 38 00 00 00 9d')],
         },
     },
-    'pushf_virtual': {  # spec/vmm.r1:260
+    'pushf_virtual': {  # spec/vmm.r1:292
         "placeholders": (),
         "values": (),
-        "when": {'osize': '32'},
+        "when": {'osize': '32', 'stack': '32'},
         "origin": None,
         "labels": {},
         "variants": {
             (): [bytes.fromhex('9c 65 a3 38 00 00 00 65 89 0d 3c 00 00 00 65 89 25 50 00 00 00 65 8b 25 08 40 01 00 9c 65 a1 50 00 00 00 36 81 20 ff cd ff ff 65 8b 0d 24 00 00 00 36 09 08 65 8b 0d 48 00 00 00 36 09 08 9d 65 8b 25 50 00 00 00 65 8b 0d 3c 00 00 00 65 a1 38 00 00 00')],
         },
     },
-    'settle_flags': {  # spec/vmm.r1:475
+    'settle_flags': {  # spec/vmm.r1:505
         "placeholders": (),
         "values": (),
         "when": {},
@@ -1322,7 +1336,7 @@ TEMPLATES = {
             (): [bytes.fromhex('f5 f5')],
         },
     },
-    'sldt_virtual': {  # spec/vmm.r1:323
+    'sldt_virtual': {  # spec/vmm.r1:355
         "placeholders": ('dst',),
         "values": (),
         "when": {'osize': '32', 'mod': 'reg'},
@@ -1339,7 +1353,7 @@ TEMPLATES = {
             (7,): [bytes.fromhex('65 0f b7 3d 70 00 00 00')],
         },
     },
-    'smsw_virtual': {  # spec/vmm.r1:313
+    'smsw_virtual': {  # spec/vmm.r1:345
         "placeholders": ('dst',),
         "values": (),
         "when": {'osize': '32', 'mod': 'reg'},
@@ -1356,7 +1370,7 @@ TEMPLATES = {
             (7,): [bytes.fromhex('65 8b 3d 6c 00 00 00')],
         },
     },
-    'sti_virtual': {  # spec/vmm.r1:249
+    'sti_virtual': {  # spec/vmm.r1:281
         "placeholders": (),
         "values": ('callout',),
         "when": {},
@@ -1366,7 +1380,7 @@ TEMPLATES = {
             (): [bytes.fromhex('65 89 0d 3c 00 00 00 65 8b 0d 20 40 01 00 e3 0c 65 8b 0d 3c 00 00 00 e9'), ('rel32', '@callout', -4), bytes.fromhex('65 8b 0d 3c 00 00 00 65 c7 05 24 00 00 00 00 02 00 00')],
         },
     },
-    'str_virtual': {  # spec/vmm.r1:318
+    'str_virtual': {  # spec/vmm.r1:350
         "placeholders": ('dst',),
         "values": (),
         "when": {'osize': '32', 'mod': 'reg'},
@@ -1383,14 +1397,14 @@ TEMPLATES = {
             (7,): [bytes.fromhex('65 0f b7 3d 72 00 00 00')],
         },
     },
-    'vmm_stubs': {  # spec/vmm.r1:142
+    'vmm_stubs': {  # spec/vmm.r1:166
         "placeholders": (),
         "values": (),
         "when": {},
         "origin": 4290846720,
-        "labels": {'lookup': 4290846965, 'lookup.hit': 4290847005, 'lookup_miss': 4290846998, 'restore_regs': 4290846888, 'restore_segs': 4290846852, 'vmm_exit': 4290847033, 'world_switch': 4290846720, 'world_switch_v86': 4290846803},
+        "labels": {'enter_tc16': 4290846852, 'lookup': 4290846977, 'lookup.hit': 4290847017, 'lookup_miss': 4290847010, 'restore_regs': 4290846893, 'restore_segs': 4290846866, 'vmm_exit': 4290847045, 'world_switch': 4290846720, 'world_switch_v86': 4290846803},
         "variants": {
-            (): [bytes.fromhex('65 66 a1 10 40 01 00 8e c0 65 66 a1 16 40 01 00 8e d8 65 66 a1 18 40 01 00 8e e0 65 a1 00 00 00 00 65 8b 0d 04 00 00 00 65 8b 15 08 00 00 00 65 8b 1d 0c 00 00 00 65 8b 2d 14 00 00 00 65 8b 35 18 00 00 00 65 8b 3d 1c 00 00 00 65 8e 2d 1a 40 01 00 cf 65 a1 00 00 00 00 65 8b 0d 04 00 00 00 65 8b 15 08 00 00 00 65 8b 1d 0c 00 00 00 65 8b 2d 14 00 00 00 65 8b 35 18 00 00 00 65 8b 3d 1c 00 00 00 cf 65 66 a1 10 40 01 00 8e c0 65 66 a1 16 40 01 00 8e d8 65 66 a1 18 40 01 00 8e e0 65 66 a1 14 40 01 00 8e d0 65 8b 25 08 40 01 00 65 ff 35 20 00 00 00 9d 65 8b 25 10 00 00 00 65 a1 00 00 00 00 65 8b 0d 04 00 00 00 65 8b 15 08 00 00 00 65 8b 1d 0c 00 00 00 65 8b 2d 14 00 00 00 65 8b 35 18 00 00 00 65 8b 3d 1c 00 00 00 65 ff 25 00 40 01 00 65 89 0d 3c 00 00 00 0f b7 c8 65 8b 0c cd 00 00 02 00 f7 d1 8d 4c 01 01 e3 0e 65 8b 0d 3c 00 00 00 65 ff 25 00 40 01 00 65 8b 0d 44 00 00 00 8d 49 01 65 89 0d 44 00 00 00 0f b7 c8 65 ff 24 cd 04 00 02 00 eb fe')],
+            (): [bytes.fromhex('65 66 a1 10 40 01 00 8e c0 65 66 a1 16 40 01 00 8e d8 65 66 a1 18 40 01 00 8e e0 65 a1 00 00 00 00 65 8b 0d 04 00 00 00 65 8b 15 08 00 00 00 65 8b 1d 0c 00 00 00 65 8b 2d 14 00 00 00 65 8b 35 18 00 00 00 65 8b 3d 1c 00 00 00 65 8e 2d 1a 40 01 00 cf 65 a1 00 00 00 00 65 8b 0d 04 00 00 00 65 8b 15 08 00 00 00 65 8b 1d 0c 00 00 00 65 8b 2d 14 00 00 00 65 8b 35 18 00 00 00 65 8b 3d 1c 00 00 00 cf 65 8b 25 10 00 00 00 65 ff 25 00 40 01 00 65 66 a1 10 40 01 00 8e c0 65 66 a1 16 40 01 00 8e d8 65 66 a1 18 40 01 00 8e e0 65 8b 25 0c 40 01 00 65 ff 35 20 00 00 00 9d 65 8e 15 14 40 01 00 65 8b 25 10 00 00 00 65 a1 00 00 00 00 65 8b 0d 04 00 00 00 65 8b 15 08 00 00 00 65 8b 1d 0c 00 00 00 65 8b 2d 14 00 00 00 65 8b 35 18 00 00 00 65 8b 3d 1c 00 00 00 65 ff 25 00 40 01 00 65 89 0d 3c 00 00 00 0f b7 c8 65 8b 0c cd 00 00 02 00 f7 d1 8d 4c 01 01 e3 0e 65 8b 0d 3c 00 00 00 65 ff 25 00 40 01 00 65 8b 0d 44 00 00 00 8d 49 01 65 89 0d 44 00 00 00 0f b7 c8 65 ff 24 cd 04 00 02 00 eb fe')],
         },
     },
 }

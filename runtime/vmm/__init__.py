@@ -84,7 +84,7 @@ from ring1.runtime.host.context import (
     write_fpu,
 )
 from ring1.runtime.host.physcpu import SEG_IDS, CpuEvent, PhysicalCpu, UcError, changes_flags_before_store
-from ring1.runtime.isa.decoder import SEGMENT_PREFIX_OF, Decoded, decode
+from ring1.runtime.isa.decoder import SEGMENT_PREFIX_OF, Decoded, Truncated, decode
 from ring1.runtime.vmm.descriptor_tables import (
     ACCESSED,
     ATTR_COMPARED,
@@ -138,6 +138,14 @@ ACQUIT_AFTER = 32
 SLOT_BASE = 8160  # GDT slots for the six guest segment registers (selectors 0xFF00..0xFF28)
 CALLOUT_FORM = "(callout)"
 M32 = 0xFFFFFFFF
+# Units are keyed by where their code is and how it decodes (Vmm._key): 32-bit code (CS base 0)
+# by its EIP, 16-bit code by KEY16 | CS base << 16 | IP, so that a 16-bit unit and a 32-bit one
+# at the same linear address never mix, nor two 16-bit ones reached through different CS bases
+# (the IPs they push and wrap differ).
+KEY16 = 1 << 48
+MODE_NAMES = {MODE_REAL: "real", MODE_PROT: "prot", MODE_V86: "v86"}  # as FormInfo.modes names them
+OPERAND_SIZE_PREFIX = 0x66
+ADDRESS_SIZE_PREFIX = 0x67
 EFLAGS_VM = EFLAGS.VM
 GS_PREFIX = SEGMENT_PREFIX_OF[GS]
 PTE_P, PTE_W, PTE_U, PTE_A, PTE_D = PTE.P, PTE.RW, PTE.US, PTE.A, PTE.D
@@ -158,16 +166,62 @@ def _placeholder_value(d: Decoded | None, name: str) -> int | None:
 def guest_operand(d: Decoded, head: bytes, reg: int, tail: bytes) -> bytes:
     """A template's `{ea}` instruction on the guest instruction's own r/m operand: the
     assembled bytes before the ModRM (`head`) and after the operand (`tail`), the template's
-    reg field, and the guest's ModRM, SIB, displacement and address size."""
-    return d.address_size_prefix + head + d.rm_operand(reg) + tail
+    reg field, and the guest's ModRM, SIB, displacement and address size (in the TC's 32-bit code)."""
+    return tc_address_prefix(d) + head + d.rm_operand(reg) + tail
+
+
+def tc_address_prefix(d: Decoded) -> bytes:
+    """The prefix that gives the guest instruction's address size in the TC's 32-bit code."""
+    return bytes((ADDRESS_SIZE_PREFIX,)) if d.variant[1] == 16 else b""
+
+
+_SAME_IN_32BIT: dict[bytes, bytes | None] = {}  # 16-bit code's bytes -> their 32-bit equal (a cache)
+
+
+def same_in_32bit_code(d: Decoded) -> bytes | None:
+    """The bytes that mean in 32-bit code what `d` means in 16-bit code: its prefixes with the
+    operand- and address-size prefixes toggled (66 where its operand size is 16, 67 where its
+    address size is; or its own 66 kept, a mandatory prefix, for a form whose operand size is
+    not `v`), or None when neither decodes, in 32-bit code, to the same form, sizes and operands."""
+    if d.raw in _SAME_IN_32BIT:
+        return _SAME_IN_32BIT[d.raw]
+    if len(_SAME_IN_32BIT) >= 65536:
+        _SAME_IN_32BIT.clear()
+    found = None
+    if d.form is not None:
+        osize, asize = d.variant[0], d.variant[1]
+        others = bytes(p for p in d.prefixes if p not in (OPERAND_SIZE_PREFIX, ADDRESS_SIZE_PREFIX))
+        body = d.raw[len(d.prefixes) :]
+        address = bytes((ADDRESS_SIZE_PREFIX,)) if asize == 16 else b""
+        own_66 = OPERAND_SIZE_PREFIX in d.prefixes
+        want = {k: v for k, v in d.fields.items() if k not in ("next", "here")}
+        for with_66, same_osize in ((osize == 16, True), (own_66, FORMS[d.form].width == "v")):
+            raw = (bytes((OPERAND_SIZE_PREFIX,)) if with_66 else b"") + address + others + body
+            try:
+                e = decode(raw, 0, True)
+            except Truncated:
+                continue  # (a longer instruction in 32-bit code: not the same one)
+            fields = {k: v for k, v in e.fields.items() if k not in ("next", "here")}
+            if (
+                e.form == d.form
+                and len(e.raw) == len(raw)
+                and e.variant[1:] == d.variant[1:]
+                and (e.variant[0] == osize or not same_osize)
+                and fields == want
+            ):
+                found = raw
+                break
+    _SAME_IN_32BIT[d.raw] = found
+    return found
 
 
 @dataclass(eq=False)
 class Unit:
     """A CCF: the translation of one unit of guest code."""
 
-    guest: int  # guest linear address of its first instruction
+    guest: int  # guest EIP (IP in 16-bit code) of its first instruction
     host: int  # its address in the TC
+    key: int = -1  # its key in Vmm.units (Vmm._key): the EIP, or KEY16 | CS base << 16 | IP
     size: int = 0
     insns: list[tuple[int, int, int, str, int]] = field(default_factory=list)  # guest, host, end, rule, eax saved at
     pages: set[int] = field(default_factory=set)  # every guest physical page its code came from
@@ -181,6 +235,18 @@ class Unit:
     exit_slots: list[int] = field(default_factory=list)  # its slots in the exit pad
     callout_slots: list[int] = field(default_factory=list)  # and in the callout pad
 
+    @property
+    def code16(self) -> bool:
+        return self.key >= KEY16
+
+    @property
+    def cs_base(self) -> int:
+        return (self.key >> 16) & M32 if self.code16 else 0
+
+    def key_of(self, eip: int) -> int:
+        """The key of a unit at `eip` in the same code segment as this one."""
+        return self.key & ~0xFFFF | eip & 0xFFFF if self.code16 else eip
+
 
 @dataclass
 class Exit:
@@ -188,7 +254,7 @@ class Exit:
     until the VMM chains it to the CCF of its guest target."""
 
     site: int  # TC address of the jump's rel32 field
-    target: int  # the guest EIP it continues at
+    target: int  # the key (Vmm._key) of the guest EIP it continues at
     slot: int  # its slot in the exit pad
     unit: Unit
 
@@ -408,6 +474,7 @@ class Vmm:
         put(C["SEL_TC_CODE"], 0, M32, 0xC0BB)  # DPL 1
         put(C["SEL_VMM_GS"], self.base, VMM_SIZE - 1, 0xC0B3)  # DPL 1, byte granular limit would not fit
         put(C["SEL_VMM_TSS"], self.base + C["VMM_TSS"], 0x67, 0x89)
+        put(C["SEL_VMM_STACK"], 0, M32, 0xC0B3)  # DPL 1: the stubs' scratch stack, whatever the guest's SS
         # The VMM's TSS, which TR's cache points at while guest code runs: no back link (an IRET
         # with NT set is #TS(0), emulated: the guest's task return, never the hardware's) and no
         # I/O bitmap (I/O above IOPL is #GP, emulated with the guest's own bitmap).
@@ -420,6 +487,8 @@ class Vmm:
         self.vmm_write(C["VMM_CALLOUT_PAD"], _pad_code("callout_slot", CALLOUT_SLOTS))
         self.vmm_write32(C["V_RESTORE"], self.L["restore_regs"])
         self.vmm_write32(C["V_JUMP"], self.L["vmm_exit"])
+        self.vmm_write32(C["V_SCRATCH_FLAT"], self.base + C["VMM_SCRATCH_STACK"])
+        self.vmm_write(C["V_VMM_SS"], struct.pack("<H", C["SEL_VMM_STACK"]))
         self._clear_hash()
 
     def _setup_hardware(self) -> None:
@@ -481,18 +550,23 @@ class Vmm:
     # ------------------------------------------------------------ the virtual CPU, seen by translated code
 
     def can_translate(self) -> bool:
-        """Translated execution needs protected mode, the kernel's flat 32-bit CS, a 32-bit stack
-        segment (the stubs and templates keep the guest's flags on a scratch stack through the
-        guest's SS: with a 16-bit one, SP would wrap into guest memory), and no TF."""
+        """Translated execution: the kernel in protected mode with its flat 32-bit CS and a 32-bit
+        stack segment (the PUSHF template keeps the guest's flags on a scratch stack through the
+        guest's SS: with a 16-bit one, SP would wrap into guest memory), or real-mode code with
+        a 16-bit CS (spec/vmm.r1: 16-bit code); no TF either way."""
         S = self.m.state
-        return self.mode == "bt" and (
-            S.mode == MODE_PROT
-            and S.cpl == 0
-            and S.base[CS] == 0
-            and S.code32 == 1
-            and S.stack32 == 1
-            and not S.eflags & EFLAGS.TF
-        )
+        if self.mode != "bt" or S.eflags & EFLAGS.TF:
+            return False
+        if S.mode == MODE_REAL:
+            return not S.code32
+        return S.mode == MODE_PROT and S.cpl == 0 and S.base[CS] == 0 and S.code32 == 1 and S.stack32 == 1
+
+    def _key(self, eip: int) -> int:
+        """The key of the unit at `eip` in the current code segment (KEY16)."""
+        S = self.m.state
+        if S.code32:
+            return eip
+        return KEY16 | S.base[CS] << 16 | eip & 0xFFFF
 
     def can_run_direct(self) -> bool:
         """Direct execution: guest user code at CPL 3, or (trap mode) the kernel itself at CPL 1."""
@@ -529,6 +603,7 @@ class Vmm:
         if user and not translated and self.own_tables:
             return list(S.sel)  # the guest's own, loaded from its own tables
         shadow = self._kernel_shadow_gdt() if not user and not translated else None
+        real = S.mode == MODE_REAL
         sels = []
         for s in range(6):
             if s == GS and translated and not user:
@@ -539,13 +614,17 @@ class Vmm:
                 # The guest's own selector, from the shadow GDT (CS and SS with RPL 1: CPL 1).
                 sels.append((sel & ~3) | 1 if s in (CS, SS) else sel)
                 continue
-            if S.sel[s] & ~3 == 0 and s != SS and s != CS:
+            if S.sel[s] & ~3 == 0 and s != SS and s != CS and not real:
                 sels.append(0)
                 continue
             attr = S.attr[s]
             dpl = attr >> 5 & 3
             rpl = 3 if user else 1
-            if not user and dpl == 0:
+            if real:
+                # Real mode: every segment a present, writable data segment at DPL 1 (SS too),
+                # with the guest's base and limit, and the size and granularity bits it has.
+                attr = attr & 0xF000 | 0xB3
+            elif not user and dpl == 0:
                 attr = attr & ~0x60 | 0x20  # DPL 1: usable by the deprivileged kernel
             if user and s == CS:
                 attr |= 0x60
@@ -847,6 +926,10 @@ class Vmm:
         self.vmm_write(C["V_EAX"], struct.pack("<8I", *self.m.regs))
         cs = sels[CS] if direct else C["SEL_TC_CODE"]
         eflags = self.hardware_eflags(user, translated=not direct)
+        if not direct and not S.stack32:
+            # A 16-bit stack segment: the IRET would load only SP (stub enter_tc16).
+            self.vmm_write32(C["V_JUMP"], host_eip)
+            host_eip = self.L["enter_tc16"]
         frame = struct.pack("<5I", host_eip, cs, eflags, self.m.regs[4], sels[SS])
         if v86:
             frame += struct.pack("<4I", sels[0], sels[3], sels[4], sels[5])  # ES DS FS GS
@@ -1070,20 +1153,27 @@ class Vmm:
 
     # ------------------------------------------------------------ translation
 
-    def unit_for(self, guest: int) -> Unit:
-        u = self.units.get(guest)
+    def unit_for(self, key: int) -> Unit:
+        """The unit whose key (Vmm._key) is `key`, translated now if there is none."""
+        u = self.units.get(key)
         while u is not None and u.forwarded_to is not None:
             u = u.forwarded_to
         if u is None:
-            u = self.translate(guest)
+            u = self.translate(key)
         return u
 
     def _fetch(self, eip: int) -> tuple[Decoded, tuple[int, ...]]:
         return self.m.decode_at(eip)
 
-    def translate(self, guest: int) -> Unit:
-        """Translate the unit at guest EIP `guest` into a new CCF."""
-        unit = Unit(guest, self.tc_next + len(INDIRECT_ENTRY))
+    def translate(self, key: int) -> Unit:
+        """Translate the unit with key `key` (Vmm._key: a guest EIP, or 16-bit code's CS base and
+        IP) into a new CCF. The virtual CPU's CS is the unit's (exits and callouts that change
+        it leave translated code first)."""
+        if key != self._key(key & (0xFFFF if key >= KEY16 else M32)):
+            raise VMStop("vmm", f"translating unit {key:#x} while CS is {self.m.state.base[CS]:#x}")
+        unit = Unit(key & 0xFFFF if key >= KEY16 else key, self.tc_next + len(INDIRECT_ENTRY), key)
+        guest = unit.guest
+        code16 = unit.code16
         code = bytearray()
         # Jumps to pad slots, filled in once the unit is known to fit: (offset of the rel32
         # field in code, guest target) for continuations, (offset of the rel32 field, guest
@@ -1110,7 +1200,9 @@ class Vmm:
             if rule == "ident":
                 if _reads_arith_flags_from_memory(d):
                     code += SETTLE_FLAGS
-                code += d.raw
+                # 16-bit code: the same instruction in the TC's 32-bit code (the spec's choice
+                # made sure there is one: fact same_in_32bit_code).
+                code += same_in_32bit_code(d) if code16 else d.raw
             elif rule in ("direct", "indirect", "inline"):
                 start = len(code)
                 body, links, marks = self._instance(d, rule, unit.host + start)
@@ -1153,10 +1245,10 @@ class Vmm:
         full = unit.host + len(code) > self.base + VMM_SIZE
         if full or len(exits) > self.exit_pool.available() or len(callouts) > self.callout_pool.available():
             self.flush_translations()
-            return self.translate(guest)
+            return self.translate(key)
         # Each exit jumps to a slot of its own; each jump to an exit pad slot is a patch site.
         for field_off, target in exits:
-            ex = Exit(unit.host + field_off, target, self.exit_pool.take(), unit)
+            ex = Exit(unit.host + field_off, unit.key_of(target), self.exit_pool.take(), unit)
             self._point_at_slot(code, field_off, unit.host, self.exit_pad + ex.slot * PAD_SLOT)
             self.exits[ex.slot] = self.patch_sites[ex.site] = ex
             unit.exit_slots.append(ex.slot)
@@ -1168,9 +1260,12 @@ class Vmm:
         self.host.write(self.tc_phys(self.tc_next), INDIRECT_ENTRY + bytes(code))
         self.uc.ctl_remove_cache(self.tc_next, unit.host + len(code))
         self.tc_next = (unit.host + len(code) + 15) & ~15
-        self.units[guest] = unit
+        self.units[key] = unit
         self.unit_starts.append(unit.host)
-        self.set_hash(guest, unit.host - len(INDIRECT_ENTRY))
+        if code16:
+            self.stats["units_16bit"] += 1  # (never in the lookup table: spec/vmm.r1)
+        else:
+            self.set_hash(guest, unit.host - len(INDIRECT_ENTRY))
         self.stats["ccfs"] += 1
         self.stats["tc_bytes"] += len(code)
         self._index_unit(unit)
@@ -1202,6 +1297,11 @@ class Vmm:
         "vmm_address": lambda vmm, d: vmm._touches_vmm_area(d),
         "template_fits": lambda vmm, d: vmm._template_applies(d, RULES[d.form][0]),
         "flags_lost_at_store": lambda vmm, d: _changes_flags_before_store(d),
+        "code16": lambda vmm, d: not vmm.m.state.code32,
+        "same_in_32bit_code": lambda vmm, d: same_in_32bit_code(d) is not None,
+        "outside_its_modes": lambda vmm, d: (
+            d.form is not None and MODE_NAMES[vmm.m.state.mode] not in FORMS[d.form].modes
+        ),
     }
 
     def _touches_vmm_area(self, d: Decoded) -> bool:
@@ -1263,7 +1363,7 @@ class Vmm:
             elif kind == "seg":
                 out += d.segment_prefix
             elif kind == "addr":
-                out += d.address_size_prefix
+                out += tc_address_prefix(d)
             elif kind == "mark":
                 marks[chunk[1]] = len(out)
             else:  # abs32 / rel32: a value of the instance or a stub's label
@@ -1356,7 +1456,7 @@ class Vmm:
     def _record_code(self, unit: Unit, d: Decoded, pages: tuple[int, ...]) -> None:
         """Remember the guest bytes one translated instruction came from, and the linear pages
         it was fetched through (the translation is valid only while they map there)."""
-        la = d.eip  # can_translate: CS base 0
+        la = (unit.cs_base + d.eip) & M32  # (32-bit code: CS base 0)
         ranges = instruction_ranges(la, len(d.raw), pages)
         unit.code.add(ranges)
         unit.pages.update(page for page, _, _ in ranges)
@@ -1386,10 +1486,11 @@ class Vmm:
             return
         unit.live = False
         self.by_host.pop(unit.host, None)
-        if self.units.get(unit.guest) is unit:
-            del self.units[unit.guest]
+        if self.units.get(unit.key) is unit:
+            del self.units[unit.key]
         entry = C["VMM_HASH"] + (unit.guest & 0xFFFF) * 8
-        if self.vmm_read32(entry) == unit.guest and self.vmm_read32(entry + 4) == unit.host - len(INDIRECT_ENTRY):
+        hashed = self.vmm_read32(entry) == unit.guest and self.vmm_read32(entry + 4) == unit.host - len(INDIRECT_ENTRY)
+        if hashed and not unit.code16:
             self.vmm_write(entry, struct.pack("<II", (~unit.guest) & 0xFFFF, 0))
         for site_addr in unit.incoming:
             ex = self.patch_sites.get(site_addr)
@@ -1587,8 +1688,9 @@ class Vmm:
         ex = self._recorded(self.exits, self.exit_pad, address, "exit")
         if ex is None:
             return
-        if ex.target in self.stop_addresses:
-            self._exit_to_vmm("stop", ex.target)
+        target_eip = ex.target & (0xFFFF if ex.target >= KEY16 else M32)
+        if target_eip in self.stop_addresses:
+            self._exit_to_vmm("stop", target_eip)
             return
         unit = self._translated_for_exit(ex.target)
         if unit is None:
@@ -1600,7 +1702,8 @@ class Vmm:
                 self._exit_to_vmm("vmstop", stop)
                 return
             unit.incoming.append(ex.site)  # unlinked again if `unit` is dropped
-        self.set_hash(ex.target, unit.host - len(INDIRECT_ENTRY))
+        if not unit.code16:
+            self.set_hash(ex.target, unit.host - len(INDIRECT_ENTRY))
         self.vmm_write32(C["V_JUMP"], unit.host)
         self.stats["translator_entries"] += 1
 
@@ -1624,11 +1727,11 @@ class Vmm:
         self.vmm_write32(C["V_JUMP"], unit.host)
         self.stats["translator_entries"] += 1
 
-    def _translated_for_exit(self, guest: int) -> Unit | None:
+    def _translated_for_exit(self, key: int) -> Unit | None:
         try:
-            return self.unit_for(guest)
+            return self.unit_for(key)
         except Fault as f:
-            self._exit_to_vmm("fetch-fault", (guest, f))
+            self._exit_to_vmm("fetch-fault", (key & (0xFFFF if key >= KEY16 else M32), f))
             return None
 
     def _recorded(self, records: dict, pad: int, address: int, what: str):
@@ -1731,13 +1834,15 @@ class Vmm:
         if S.eip in self.stop_addresses:
             self._exit_to_vmm("stop", S.eip)
             return
-        if S.eip == site.next_guest and site.unit.live:
+        key = self._key(S.eip)
+        if key == site.unit.key_of(site.next_guest) and site.unit.live:
             self.vmm_write32(C["V_JUMP"], site.resume)
             return
-        # Elsewhere, or the callout flushed the TC (it wrote a page of translated code): the
-        # next guest instruction comes from a fresh translation, never from a dropped unit.
+        # Elsewhere (another IP or another CS), or the callout flushed the TC (it wrote a page of
+        # translated code): the next guest instruction comes from a fresh translation, never
+        # from a dropped unit.
         try:
-            unit = self.unit_for(S.eip)
+            unit = self.unit_for(key)
         except Fault as f:
             self._exit_to_vmm("fetch-fault", (S.eip, f))
             return
@@ -1964,6 +2069,8 @@ class Vmm:
         self.innocent_callouts[guest_eip] = 0
         self.convictions[guest_eip] += 1
         for start, old in list(self.units.items()):
+            if self._key(old.guest) != start:
+                continue  # a unit of another code segment (the instruction trapped in this one)
             if old.live and old.forwarded_to is None and any(ins[0] == guest_eip for ins in old.insns):
                 del self.units[start]
                 new = self.translate(start)
@@ -2118,7 +2225,7 @@ class Vmm:
                 return ("stop", S.eip)
             if self.can_translate():
                 try:
-                    unit = self.unit_for(S.eip)
+                    unit = self.unit_for(self._key(S.eip))
                 except Fault as f:
                     if self.stop_on_event:
                         return ("event", f)
@@ -2274,6 +2381,7 @@ def figures(vmm: Vmm, stats, elapsed: float) -> None:
     translated = s["guest_instructions_translated"]
     stats.add("guest_instructions_translated", "guest instructions translated", translated)
     stats.add("ccfs", "CCFs (compiled code fragments)", s["ccfs"])
+    stats.add("units_16bit", "CCFs of 16-bit code (real mode)", s["units_16bit"])
     stats.add("tc_bytes", "TC bytes", s["tc_bytes"])
     share = round(100.0 * s["rule_ident"] / translated, 1) if translated else 0.0
     stats.add("ident_share_percent", "share of IDENT instructions", share, "%")
