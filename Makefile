@@ -64,7 +64,7 @@ ASM_GUESTS := hello fault halt spin
 C_GUESTS := demo devtest procs
 GUEST_LIB := boot isr lib mem format
 
-guests: $(foreach g,$(C_GUESTS) $(ASM_GUESTS),$(GUEST_OUT)/$(g).elf) $(GUEST_OUT)/rom.bin
+guests: $(foreach g,$(C_GUESTS) $(ASM_GUESTS),$(GUEST_OUT)/$(g).elf) $(GUEST_OUT)/rom.bin $(GUEST_OUT)/realmode.bin
 
 $(GUEST_OUT)/%.o: $(GUEST_DIR)/%.c $(GUEST_DIR)/lib.h $(GUEST_DIR)/mem.h $(GUEST_DIR)/format.h | $(GUEST_OUT)
 	$(GUEST_CC) $(GUEST_CFLAGS) -c $< -o $@
@@ -99,6 +99,10 @@ $(GUEST_OUT)/procs.elf: $(foreach o,boot lib mem format procs procs_entry,$(GUES
 
 # The system ROM `ring1 run --bios` starts from: linked at its low copy, written out raw.
 $(GUEST_OUT)/rom.bin: $(GUEST_OUT)/rom.o
+	$(GUEST_LD) -m elf_i386 -Ttext 0xF0000 --oformat binary -z noexecstack -o $@ $<
+
+# A ROM that stays in real mode (translated as 16-bit code under bt), linked the same way.
+$(GUEST_OUT)/realmode.bin: $(GUEST_OUT)/realmode.o
 	$(GUEST_LD) -m elf_i386 -Ttext 0xF0000 --oformat binary -z noexecstack -o $@ $<
 
 .PRECIOUS: $(GUEST_OUT)/%.o

@@ -1038,6 +1038,16 @@ CONSTS = {
 # label of the stubs. Variants are keyed by the numbers of the placeholders listed (registers,
 # cc); blobs have an origin address and exported labels.
 TEMPLATES = {
+    'address_size_prefix': {  # spec/vmm.r1:501
+        "placeholders": (),
+        "values": (),
+        "when": {},
+        "origin": None,
+        "labels": {},
+        "variants": {
+            (): [bytes.fromhex('67')],
+        },
+    },
     'callout_exit': {  # spec/vmm.r1:478
         "placeholders": (),
         "values": ('callout',),
@@ -1173,7 +1183,7 @@ TEMPLATES = {
             (): [bytes.fromhex('65 ff 25 00 40 01 00 cc')],
         },
     },
-    'forward': {  # spec/vmm.r1:496
+    'forward': {  # spec/vmm.r1:507
         "placeholders": (),
         "values": ('to',),
         "when": {},
@@ -1306,6 +1316,16 @@ TEMPLATES = {
             (7, 7): [bytes.fromhex('65 0f b7 3d 6e 00 00 00')],
         },
     },
+    'operand_size_prefix': {  # spec/vmm.r1:497
+        "placeholders": (),
+        "values": (),
+        "when": {},
+        "origin": None,
+        "labels": {},
+        "variants": {
+            (): [bytes.fromhex('66')],
+        },
+    },
     'popf_virtual': {  # spec/vmm.r1:317
         "placeholders": (),
         "values": ('callout',),
@@ -1326,7 +1346,7 @@ TEMPLATES = {
             (): [bytes.fromhex('9c 65 a3 38 00 00 00 65 89 0d 3c 00 00 00 65 89 25 50 00 00 00 65 8b 25 08 40 01 00 9c 65 a1 50 00 00 00 36 81 20 ff cd ff ff 65 8b 0d 24 00 00 00 36 09 08 65 8b 0d 48 00 00 00 36 09 08 9d 65 8b 25 50 00 00 00 65 8b 0d 3c 00 00 00 65 a1 38 00 00 00')],
         },
     },
-    'settle_flags': {  # spec/vmm.r1:505
+    'settle_flags': {  # spec/vmm.r1:516
         "placeholders": (),
         "values": (),
         "when": {},

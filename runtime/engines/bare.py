@@ -114,7 +114,9 @@ class BareMachine:
                 except VMStop as stop:
                     return BareStop("vmstop", stop)
                 eip = uc.reg_read(X.UC_X86_REG_EIP)
-            begin = (S.base[1] + eip) & 0xFFFFFFFF
+            # Unicorn's emu_start takes `begin` as the EIP to start at (an offset in CS, which
+            # only a flat CS makes linear) and `until` as a linear address.
+            begin = eip
             until = self._until()
             if counter is not None:
                 if counter.hit_limit or counter.stopped_before_unhookable:
@@ -238,10 +240,8 @@ class BareMachine:
         counter = self.cpu.counter
         if counter.hit_limit and self._opens_shadow(counter.previous_address):
             counter.start(1)
-            S = self.interp.state
-            begin = (S.base[1] + uc.reg_read(X.UC_X86_REG_EIP)) & 0xFFFFFFFF
             try:
-                ev = self.cpu.run(begin, self._until())
+                ev = self.cpu.run(uc.reg_read(X.UC_X86_REG_EIP), self._until())  # (an EIP: PhysicalCpu.run)
             finally:
                 self._account_time()
             if ev is not None:

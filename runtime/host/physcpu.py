@@ -231,7 +231,8 @@ class PhysicalCpu:
         return list(self.uc.reg_read_batch(STATE_IDS))
 
     def run(self, begin: int, until: int, count: int = 0) -> CpuEvent | None:
-        """Run from linear `begin` until linear `until`, `count` instructions or an event.
+        """Run from EIP `begin` (unicorn sets EIP to it: linear only with a flat CS) until linear
+        `until`, `count` instructions or an event.
         Unicorn's emu_stop (every stop but the run's end) with paging on writes `until - 1` into
         CR2 (tests/test_physcpu.py): the guest's CR2 is put back after such a run, unless the
         run ended in a page fault, which set it."""

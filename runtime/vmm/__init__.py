@@ -143,9 +143,10 @@ M32 = 0xFFFFFFFF
 # at the same linear address never mix, nor two 16-bit ones reached through different CS bases
 # (the IPs they push and wrap differ).
 KEY16 = 1 << 48
+# The prefixes that give an instruction of 16-bit code its sizes in 32-bit code (spec/vmm.r1).
+DATA16 = b"".join(TEMPLATES["operand_size_prefix"]["variants"][()])
+ADDR16 = b"".join(TEMPLATES["address_size_prefix"]["variants"][()])
 MODE_NAMES = {MODE_REAL: "real", MODE_PROT: "prot", MODE_V86: "v86"}  # as FormInfo.modes names them
-OPERAND_SIZE_PREFIX = 0x66
-ADDRESS_SIZE_PREFIX = 0x67
 EFLAGS_VM = EFLAGS.VM
 GS_PREFIX = SEGMENT_PREFIX_OF[GS]
 PTE_P, PTE_W, PTE_U, PTE_A, PTE_D = PTE.P, PTE.RW, PTE.US, PTE.A, PTE.D
@@ -172,7 +173,7 @@ def guest_operand(d: Decoded, head: bytes, reg: int, tail: bytes) -> bytes:
 
 def tc_address_prefix(d: Decoded) -> bytes:
     """The prefix that gives the guest instruction's address size in the TC's 32-bit code."""
-    return bytes((ADDRESS_SIZE_PREFIX,)) if d.variant[1] == 16 else b""
+    return ADDR16 if d.variant[1] == 16 else b""
 
 
 _SAME_IN_32BIT: dict[bytes, bytes | None] = {}  # 16-bit code's bytes -> their 32-bit equal (a cache)
@@ -190,13 +191,13 @@ def same_in_32bit_code(d: Decoded) -> bytes | None:
     found = None
     if d.form is not None:
         osize, asize = d.variant[0], d.variant[1]
-        others = bytes(p for p in d.prefixes if p not in (OPERAND_SIZE_PREFIX, ADDRESS_SIZE_PREFIX))
+        others = bytes(p for p in d.prefixes if p not in (DATA16[0], ADDR16[0]))
         body = d.raw[len(d.prefixes) :]
-        address = bytes((ADDRESS_SIZE_PREFIX,)) if asize == 16 else b""
-        own_66 = OPERAND_SIZE_PREFIX in d.prefixes
+        address = ADDR16 if asize == 16 else b""
+        own_66 = DATA16[0] in d.prefixes
         want = {k: v for k, v in d.fields.items() if k not in ("next", "here")}
         for with_66, same_osize in ((osize == 16, True), (own_66, FORMS[d.form].width == "v")):
-            raw = (bytes((OPERAND_SIZE_PREFIX,)) if with_66 else b"") + address + others + body
+            raw = (DATA16 if with_66 else b"") + address + others + body
             try:
                 e = decode(raw, 0, True)
             except Truncated:
