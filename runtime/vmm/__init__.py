@@ -65,6 +65,7 @@ from unicorn import UC_HOOK_BLOCK, UC_HOOK_CODE, UC_HOOK_INSN
 from unicorn import x86_const as X
 from unicorn.unicorn_const import UC_CTL_IO_WRITE, UC_CTL_TLB_FLUSH
 
+from ring1.generated.decode import OPCODES
 from ring1.generated.forms import FORMS
 from ring1.generated.layouts import CR0, CR4, EFLAGS, PTE
 from ring1.generated.rules import CONSTS, RULES, TEMPLATES, choose_rule
@@ -177,13 +178,17 @@ def tc_address_prefix(d: Decoded) -> bytes:
 
 
 _SAME_IN_32BIT: dict[bytes, bytes | None] = {}  # 16-bit code's bytes -> their 32-bit equal (a cache)
+# Forms chosen by a mandatory prefix (none, 66, F2, F3: SSE, MMX): a 66 there picks the form,
+# not an operand size, and stays as the guest wrote it.
+MANDATORY_PREFIX_FORMS = frozenset(c[0] for cands in OPCODES.values() for c in cands if c[6] is not None)
 
 
 def same_in_32bit_code(d: Decoded) -> bytes | None:
     """The bytes that mean in 32-bit code what `d` means in 16-bit code: its prefixes with the
     operand- and address-size prefixes toggled (66 where its operand size is 16, 67 where its
-    address size is; or its own 66 kept, a mandatory prefix, for a form whose operand size is
-    not `v`), or None when neither decodes, in 32-bit code, to the same form, sizes and operands."""
+    address size is; a form chosen by a mandatory prefix keeps its own 66 and has no operand
+    size), or None when that does not decode, in 32-bit code, to the same form, sizes and
+    operands."""
     if d.raw in _SAME_IN_32BIT:
         return _SAME_IN_32BIT[d.raw]
     if len(_SAME_IN_32BIT) >= 65536:
@@ -194,24 +199,23 @@ def same_in_32bit_code(d: Decoded) -> bytes | None:
         others = bytes(p for p in d.prefixes if p not in (DATA16[0], ADDR16[0]))
         body = d.raw[len(d.prefixes) :]
         address = ADDR16 if asize == 16 else b""
-        own_66 = DATA16[0] in d.prefixes
+        mandatory = d.form in MANDATORY_PREFIX_FORMS
+        with_66 = DATA16[0] in d.prefixes if mandatory else osize == 16
+        raw = (DATA16 if with_66 else b"") + address + others + body
         want = {k: v for k, v in d.fields.items() if k not in ("next", "here")}
-        for with_66, same_osize in ((osize == 16, True), (own_66, FORMS[d.form].width == "v")):
-            raw = (DATA16 if with_66 else b"") + address + others + body
-            try:
-                e = decode(raw, 0, True)
-            except Truncated:
-                continue  # (a longer instruction in 32-bit code: not the same one)
-            fields = {k: v for k, v in e.fields.items() if k not in ("next", "here")}
-            if (
-                e.form == d.form
-                and len(e.raw) == len(raw)
-                and e.variant[1:] == d.variant[1:]
-                and (e.variant[0] == osize or not same_osize)
-                and fields == want
-            ):
-                found = raw
-                break
+        try:
+            e = decode(raw, 0, True)
+        except Truncated:
+            e = None  # (a longer instruction in 32-bit code: not the same one)
+        if (
+            e is not None
+            and e.form == d.form
+            and len(e.raw) == len(raw)
+            and e.variant[1:] == d.variant[1:]
+            and (e.variant[0] == osize or mandatory)
+            and {k: v for k, v in e.fields.items() if k not in ("next", "here")} == want
+        ):
+            found = raw
     _SAME_IN_32BIT[d.raw] = found
     return found
 
