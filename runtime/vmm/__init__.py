@@ -2320,6 +2320,10 @@ class Vmm:
                 self._capture_at_exit()
                 eip, f = what
                 S.eip = eip
+                if self.budget is not None and self.budget <= 0:
+                    # The fetch was the translator's, ahead of execution (the next unit, after a
+                    # callout or an exit): the budget ended before that instruction.
+                    return ("limit", None)
                 if self.stop_on_event:
                     return ("event", f)
                 self.deliver(f)
