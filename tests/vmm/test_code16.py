@@ -6,10 +6,13 @@ base and IP, a fault inside a 16-bit unit, a write to 16-bit code that has been 
 from __future__ import annotations
 
 import struct
+from collections import Counter
 
 import pytest
+from hypothesis import HealthCheck, given, reject, settings
+from hypothesis import strategies as st
 
-from ring1.runtime.isa.assembler import assemble
+from ring1.runtime.isa.assembler import AssemblerError, assemble
 from ring1.runtime.isa.decoder import Truncated, decode
 from ring1.runtime.tools import fresh_machine
 from ring1.runtime.vmm import KEY16, MANDATORY_PREFIX_FORMS, same_in_32bit_code
@@ -238,3 +241,119 @@ def test_16_bit_and_32_bit_units_at_one_address_never_mix() -> None:
         assert differences(run(spec, mode), bt) == [], mode
     assert (bt.regs["ebx"] & 0xFFFF, bt.regs["ecx"]) == (0x1234, 0x90901234)
     assert 0x9000 in vmm.units and KEY16 | 0x9000 in vmm.units
+
+
+# ---------------------------------------------------------------- random real-mode programs
+
+WINDOW = fresh_machine.REAL_WINDOW  # DS and ES: the DATA window, 64 KB of random bytes
+R16 = ("ax", "bx", "dx", "si", "di", "bp")  # CX counts loops, SP is the stack
+R32 = ("eax", "ebx", "edx", "esi", "edi", "ebp")
+R8 = ("al", "ah", "bl", "bh", "dl", "dh")
+MEM = ("[bx + si + {d}]", "[bx + di + {d}]", "[si + {d}]", "[di + {d}]", "[bx + {d}]", "[{d}]")
+ALU = ("add", "sub", "adc", "sbb", "cmp", "and", "or", "xor", "test")
+
+
+def _memory(draw, width: str = "") -> str:
+    """A memory operand in the window: 16-bit addressing with a small displacement."""
+    where = draw(st.sampled_from(MEM)).format(d=draw(st.integers(0, 0x7F)))
+    return f"{width} ptr {where}" if width else where
+
+
+@st.composite
+def _operand_pair(draw) -> str:
+    size = draw(st.sampled_from((8, 16, 32)))
+    regs = {8: R8, 16: R16, 32: R32}[size]
+    dst = draw(st.sampled_from(regs))
+    mem = _memory(draw, {8: "byte", 16: "word", 32: "dword"}[size])
+    kind = draw(st.sampled_from(("reg", "imm", "load", "store")))
+    if kind == "reg":
+        return f"{dst}, {draw(st.sampled_from(regs))}"
+    if kind == "imm":
+        return f"{dst}, {draw(st.integers(0, (1 << size) - 1)):#x}"
+    return f"{dst}, {mem}" if kind == "load" else f"{mem}, {dst}"
+
+
+@st.composite
+def _statement(draw, depth: int) -> list[str]:
+    kinds = ["alu", "alu", "unary", "move", "stack", "rotate", "string", "widen"]
+    if depth < 2:
+        kinds += ["if", "loop"]
+    kind = draw(st.sampled_from(kinds))
+    if kind == "alu":
+        return [f"{draw(st.sampled_from(ALU))} {draw(_operand_pair())}"]
+    if kind == "unary":
+        return [f"{draw(st.sampled_from(('inc', 'dec', 'neg', 'not')))} {draw(st.sampled_from(R16 + R32 + R8))}"]
+    if kind == "move":
+        how = draw(st.sampled_from(("mov", "movzx", "movsx", "lea", "xchg")))
+        if how == "mov":
+            return [f"mov {draw(_operand_pair())}"]
+        if how in ("movzx", "movsx"):
+            return [f"{how} {draw(st.sampled_from(R16 + R32))}, {_memory(draw, 'byte')}"]
+        if how == "lea":
+            return [f"lea {draw(st.sampled_from(R16 + R32))}, {_memory(draw)}"]
+        return [f"xchg {draw(st.sampled_from(R16))}, {draw(st.sampled_from(R16))}"]
+    if kind == "stack":
+        regs = draw(st.sampled_from((R16, R32)))
+        return [f"push {draw(st.sampled_from(regs))}", f"pop {draw(st.sampled_from(regs))}"]
+    if kind == "rotate":
+        return [f"{draw(st.sampled_from(('rol', 'ror')))} {draw(st.sampled_from(R16 + R8))}, 1"]
+    if kind == "widen":
+        return [draw(st.sampled_from(("cbw", "cwd", "cwde", "cdq")))]
+    if kind == "string":
+        op = draw(st.sampled_from(("movsb", "movsw", "stosb", "stosw", "lodsb", "lodsw", "cmpsb", "scasw")))
+        reps = ("", "rep ", "repe ", "repne ") if op[:3] in ("cmp", "sca") else ("", "rep ")
+        return [
+            f"mov si, {draw(st.integers(0, 0xFF00)):#x}",
+            f"mov di, {draw(st.integers(0, 0xFF00)):#x}",
+            f"mov cx, {draw(st.integers(0, 40))}",
+            draw(st.sampled_from(("cld", "std"))),
+            f"{draw(st.sampled_from(reps))}{op}",
+            "cld",
+        ]
+    if kind == "if":
+        cc = draw(st.sampled_from(("z", "nz", "c", "nc", "s", "ns", "o", "no", "p", "np", "l", "ge", "le", "g")))
+        return [f"j{cc} 9{depth}f", *draw(_block(depth + 1)), f"9{depth}:"]
+    body = draw(_block(depth + 1))
+    return [f"mov cx, {draw(st.integers(1, 4))}", f"8{depth}:", "push cx", *body, "pop cx", f"loop 8{depth}b"]
+
+
+@st.composite
+def _block(draw, depth: int) -> list[str]:
+    return [line for _ in range(draw(st.integers(1, 4))) for line in draw(_statement(depth))]
+
+
+@st.composite
+def real_mode_programs(draw) -> fresh_machine.FreshSpec:
+    """Straight-line and looping real-mode code: ALU, moves, the stack, strings and branches
+    over the DATA window (DS = ES), with 8-, 16- and 32-bit operands and 16-bit addressing.
+    AND, OR, XOR and TEST leave AF undefined: a CMP at the end defines every flag, and nothing
+    reads AF before it."""
+    lines = ["mov ax, 0x1000", "mov ds, ax", "mov es, ax", *draw(_block(0)), "cmp ax, bx"]
+    regs = {r: draw(st.integers(0, 0xFFFFFFFF)) for r in ("eax", "ebx", "edx", "esi", "edi", "ebp")}
+    window = draw(st.binary(min_size=256, max_size=256)) * (fresh_machine.DATA_SIZE // 256)
+    try:
+        return real("\n".join(lines), memory={fresh_machine.DATA: window}, regs=regs)
+    except AssemblerError:
+        reject()  # a LOOP whose body grew past rel8's reach
+
+
+def test_random_real_mode_code_bt_equals_bare(diff_settings: dict) -> None:
+    translated = Counter()
+
+    @settings(
+        deadline=None,
+        suppress_health_check=list(HealthCheck),
+        database=None,
+        max_examples=max(1, diff_settings["max_examples"] * 5),
+        derandomize=diff_settings["derandomize"],
+    )
+    @given(real_mode_programs())
+    def check(spec: fresh_machine.FreshSpec) -> None:
+        vmm = new_vmm()
+        bt = run(spec, "bt", vmm=vmm)
+        assert differences(run(spec, "bare"), bt) == []
+        translated["units"] += vmm.stats["units_16bit"]
+        translated["interpreted"] += vmm.stats["interpreted_instructions"]
+
+    check()
+    assert translated["units"] > diff_settings["max_examples"] and translated["interpreted"] == 0
