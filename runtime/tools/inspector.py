@@ -17,7 +17,7 @@ from ring1.generated.forms import FORMS
 from ring1.generated.rules import RULES
 from ring1.runtime.cpu.events import Fault
 from ring1.runtime.tools import tables
-from ring1.runtime.vmm import INDIRECT_ENTRY, PAD_SLOT, Unit, Vmm
+from ring1.runtime.vmm import INDIRECT_ENTRY, KEY16, M32, PAD_SLOT, Unit, Vmm
 
 _CS = Cs(CS_ARCH_X86, CS_MODE_32)
 
@@ -100,7 +100,7 @@ class Inspector:
             if any(g == guest for g, *_ in unit.insns):
                 return unit, False
         try:
-            return self.vmm.translate(guest), True
+            return self.vmm.translate(self.vmm.unit_key(guest)), True
         except Fault as f:
             raise InspectError(
                 f"cannot translate at {guest:#010x}: the instruction fetch raises vector {f.vector}"
@@ -116,7 +116,7 @@ class Inspector:
             return f"stub {labels[host]}"
         if vmm.exit_pad <= host < vmm.callout_pad:
             ex = vmm.exits.get((host - vmm.exit_pad) // PAD_SLOT)
-            target = f" to guest {ex.target:#010x}" if ex else ""
+            target = f" to guest {ex.target & (0xFFFF if ex.target >= KEY16 else M32):#010x}" if ex else ""
             return f"its continuation{target} (exit pad slot, not chained yet)"
         if vmm.callout_pad <= host < vmm.tc_start:
             site = vmm.sites.get((host - vmm.callout_pad) // PAD_SLOT)

@@ -139,7 +139,7 @@ ACQUIT_AFTER = 32
 SLOT_BASE = 8160  # GDT slots for the six guest segment registers (selectors 0xFF00..0xFF28)
 CALLOUT_FORM = "(callout)"
 M32 = 0xFFFFFFFF
-# Units are keyed by where their code is and how it decodes (Vmm._key): 32-bit code (CS base 0)
+# Units are keyed by where their code is and how it decodes (Vmm.unit_key): 32-bit code (CS base 0)
 # by its EIP, 16-bit code by KEY16 | CS base << 16 | IP, so that a 16-bit unit and a 32-bit one
 # at the same linear address never mix, nor two 16-bit ones reached through different CS bases
 # (the IPs they push and wrap differ).
@@ -226,7 +226,7 @@ class Unit:
 
     guest: int  # guest EIP (IP in 16-bit code) of its first instruction
     host: int  # its address in the TC
-    key: int = -1  # its key in Vmm.units (Vmm._key): the EIP, or KEY16 | CS base << 16 | IP
+    key: int = -1  # its key in Vmm.units (Vmm.unit_key): the EIP, or KEY16 | CS base << 16 | IP
     size: int = 0
     insns: list[tuple[int, int, int, str, int]] = field(default_factory=list)  # guest, host, end, rule, eax saved at
     pages: set[int] = field(default_factory=set)  # every guest physical page its code came from
@@ -259,7 +259,7 @@ class Exit:
     until the VMM chains it to the CCF of its guest target."""
 
     site: int  # TC address of the jump's rel32 field
-    target: int  # the key (Vmm._key) of the guest EIP it continues at
+    target: int  # the key (Vmm.unit_key) of the guest EIP it continues at
     slot: int  # its slot in the exit pad
     unit: Unit
 
@@ -566,7 +566,7 @@ class Vmm:
             return not S.code32
         return S.mode == MODE_PROT and S.cpl == 0 and S.base[CS] == 0 and S.code32 == 1 and S.stack32 == 1
 
-    def _key(self, eip: int) -> int:
+    def unit_key(self, eip: int) -> int:
         """The key of the unit at `eip` in the current code segment (KEY16)."""
         S = self.m.state
         if S.code32:
@@ -1159,7 +1159,7 @@ class Vmm:
     # ------------------------------------------------------------ translation
 
     def unit_for(self, key: int) -> Unit:
-        """The unit whose key (Vmm._key) is `key`, translated now if there is none."""
+        """The unit whose key (Vmm.unit_key) is `key`, translated now if there is none."""
         u = self.units.get(key)
         while u is not None and u.forwarded_to is not None:
             u = u.forwarded_to
@@ -1171,10 +1171,10 @@ class Vmm:
         return self.m.decode_at(eip)
 
     def translate(self, key: int) -> Unit:
-        """Translate the unit with key `key` (Vmm._key: a guest EIP, or 16-bit code's CS base and
+        """Translate the unit with key `key` (Vmm.unit_key: a guest EIP, or 16-bit code's CS base and
         IP) into a new CCF. The virtual CPU's CS is the unit's (exits and callouts that change
         it leave translated code first)."""
-        if key != self._key(key & (0xFFFF if key >= KEY16 else M32)):
+        if key != self.unit_key(key & (0xFFFF if key >= KEY16 else M32)):
             raise VMStop("vmm", f"translating unit {key:#x} while CS is {self.m.state.base[CS]:#x}")
         unit = Unit(key & 0xFFFF if key >= KEY16 else key, self.tc_next + len(INDIRECT_ENTRY), key)
         guest = unit.guest
@@ -1839,7 +1839,7 @@ class Vmm:
         if S.eip in self.stop_addresses:
             self._exit_to_vmm("stop", S.eip)
             return
-        key = self._key(S.eip)
+        key = self.unit_key(S.eip)
         if key == site.unit.key_of(site.next_guest) and site.unit.live:
             self.vmm_write32(C["V_JUMP"], site.resume)
             return
@@ -2074,7 +2074,7 @@ class Vmm:
         self.innocent_callouts[guest_eip] = 0
         self.convictions[guest_eip] += 1
         for start, old in list(self.units.items()):
-            if self._key(old.guest) != start:
+            if self.unit_key(old.guest) != start:
                 continue  # a unit of another code segment (the instruction trapped in this one)
             if old.live and old.forwarded_to is None and any(ins[0] == guest_eip for ins in old.insns):
                 del self.units[start]
@@ -2230,7 +2230,7 @@ class Vmm:
                 return ("stop", S.eip)
             if self.can_translate():
                 try:
-                    unit = self.unit_for(self._key(S.eip))
+                    unit = self.unit_for(self.unit_key(S.eip))
                 except Fault as f:
                     if self.stop_on_event:
                         return ("event", f)

@@ -39,7 +39,7 @@ from .common import VMM_LINEAR, assert_clean, differences, new_vmm, run
 
 F = fresh_machine.FreshSpec
 CONTROL = C["VMM_CONTROL"]
-CONTROL_FIELDS = ("V_JUMP", "V_RESTORE", "V_SCRATCH_SP", "V_HWSEL")
+CONTROL_FIELDS = ("V_JUMP", "V_RESTORE", "V_SCRATCH_SP", "V_HWSEL", "V_SCRATCH_FLAT", "V_VMM_SS")
 TC_LINEAR = C["VMM_BASE"] + C["VMM_TC"]
 # Where the VMM's control data lived on the guest-writable vcpu page before this decision:
 # V_JUMP, V_NEXT, V_SITE, V_RESTORE, V_JUMP2, V_SCRATCH_SP and the six V_HWSEL words.
