@@ -33,8 +33,10 @@ Template lines may use placeholders in braces:
   in-TC emulation: a callout of the guest instruction itself, placed after the CCF, that
   comes back after the template. The stubs' labels (`jmp lookup`) are filled the same way.
 A first line `when osize=32 mod=reg src#=0..5` limits the template to instances with that
-operand size (`asize=` address size, `stack=` the stack's size), ModRM form and register
-number range; the translator makes the others callouts.
+operand size (`asize=` address size, `stack=` the stack's size, `code=` the code segment's:
+16 for real-mode code), ModRM form and register number range; the translator makes the
+others callouts. Several templates may share a name when each has a `when` line (alternates,
+generated as NAME, NAME/2...): the translator emits the first that covers the instance.
 A template whose first line is `org {ADDRESS}` is a blob placed at that address; its labels
 (`name:` lines) are exported with their addresses.
 """
@@ -187,10 +189,11 @@ def assemble_all(spec) -> dict[str, AssembledTemplate]:
             raise AsmError(loc, f"template {t.name}: at most two operand placeholders, not {', '.join(used)}")
         for key, value in at.when.items():
             ranged = key.endswith("#") and key[:-1] in used and re.fullmatch(r"[0-7]\.\.[0-7]", value)
-            if key not in ("osize", "asize", "stack", "mod") and not ranged:
+            if key not in ("osize", "asize", "stack", "code", "mod") and not ranged:
                 raise AsmError(
                     loc,
-                    f"template {t.name}: `when {key}={value}` is not osize=, asize=, stack=, mod= or <operand>#=lo..hi",
+                    f"template {t.name}: `when {key}={value}` is not osize=, asize=, stack=, code=, mod= or "
+                    "<operand>#=lo..hi",
                 )
         at.placeholders = used
         at.values = tuple(

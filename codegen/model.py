@@ -9,6 +9,7 @@ without the `flags` line declaring them.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -16,6 +17,7 @@ from ring1.codegen import ast as A
 from ring1.codegen.parse import parse_file
 
 SPEC_SUFFIX = ".r1"
+ALTERNATE = "/"  # a template's alternates are NAME/2, NAME/3... (the generated TEMPLATES' keys)
 
 STATUS_FLAGS = ("cf", "pf", "af", "zf", "sf", "of")
 ALL_FLAGS = ("cf", "pf", "af", "zf", "sf", "tf", "if", "df", "of", "iopl", "nt", "rf", "vm", "ac", "vif", "vip", "id")
@@ -39,6 +41,12 @@ EXCEPTIONS = {  # name -> (vector, takes an error code)
     "MC": (18, False),
     "XM": (19, False),
 }
+
+def _has_when(t: A.Template) -> bool:
+    """The template's first line limits it to some instances (`when ...`)."""
+    first = next((ln.strip() for ln in t.lines if ln.strip()), "")
+    return first.startswith("when ")
+
 
 TRANSLATE_RULES = {
     "ident": (None,),
@@ -359,7 +367,18 @@ class Resolver:
                         s.choices = list(item.choices) or [A.Choice(A.Name(item.loc, "false"), "ident", "", item.loc)]
                     case A.Template():
                         if item.name in s.templates:
-                            raise A.SpecError(item.loc, f"template {item.name!r} is already defined")
+                            # An alternate: another template of the name, for the instances its
+                            # `when` covers; the translator emits the first whose `when` holds.
+                            first = s.templates[item.name]
+                            if not (_has_when(first) and _has_when(item)):
+                                raise A.SpecError(
+                                    item.loc,
+                                    f"template {item.name!r} is already defined (alternates need `when` lines)",
+                                )
+                            n = 2
+                            while f"{item.name}{ALTERNATE}{n}" in s.templates:
+                                n += 1
+                            item = dataclasses.replace(item, name=f"{item.name}{ALTERNATE}{n}")
                         s.templates[item.name] = item
                     case A.Insn():
                         insns.append((item, f.path))

@@ -549,6 +549,7 @@ class Vmm:
             uc.hook_add(UC_HOOK_CODE, self._on_exit_slot, None, self.exit_pad, exit_end),
             uc.hook_add(UC_HOOK_CODE, self._on_callout, None, self.callout_pad, callout_end),
             uc.hook_add(UC_HOOK_CODE, self._on_lookup_miss, None, at["lookup_miss"], at["lookup_miss"]),
+            uc.hook_add(UC_HOOK_CODE, self._on_lookup16_miss, None, at["lookup16_miss"], at["lookup16_miss"]),
             uc.hook_add(UC_HOOK_CODE, self._on_vmm_exit, None, at["vmm_exit"], at["vmm_exit"]),
         ]
 
@@ -565,6 +566,12 @@ class Vmm:
         if S.mode == MODE_REAL:
             return not S.code32
         return S.mode == MODE_PROT and S.cpl == 0 and S.base[CS] == 0 and S.code32 == 1 and S.stack32 == 1
+
+    def _paragraph_cs(self) -> bool:
+        """16-bit code whose CS base is a paragraph below 1 MB (real mode's, selector << 4):
+        lookup16's key, CS base << 12 | IP, is unique then (spec/vmm.r1)."""
+        S = self.m.state
+        return not S.code32 and S.base[CS] & 0xF == 0 and S.base[CS] <= 0xFFFF0
 
     def unit_key(self, eip: int) -> int:
         """The key of the unit at `eip` in the current code segment (KEY16)."""
@@ -594,6 +601,7 @@ class Vmm:
         S = self.m.state
         scratch = self.base + C["VMM_SCRATCH_STACK"]
         self.vmm_write32(C["V_SCRATCH_SP"], (scratch - S.base[SS]) & M32)
+        self.vmm_write32(C["V_CS16"], S.base[CS] << 12 & M32)  # (lookup16: real mode's CS only)
         eflags = self.m.eflags()
         self.vmm_write32(C["V_VIRT_IF"], eflags & EFLAGS.IF)
         self.vmm_write32(C["V_VIRT_IOPL"], eflags & EFLAGS.IOPL)
@@ -1268,7 +1276,8 @@ class Vmm:
         self.units[key] = unit
         self.unit_starts.append(unit.host)
         if code16:
-            self.stats["units_16bit"] += 1  # (never in the lookup table: spec/vmm.r1)
+            self.stats["units_16bit"] += 1
+            self.set_hash16(unit)  # (lookup16's own table: spec/vmm.r1)
         else:
             self.set_hash(guest, unit.host - len(INDIRECT_ENTRY))
         self.stats["ccfs"] += 1
@@ -1303,6 +1312,7 @@ class Vmm:
         "template_fits": lambda vmm, d: vmm._template_applies(d, RULES[d.form][0]),
         "flags_lost_at_store": lambda vmm, d: _changes_flags_before_store(d),
         "code16": lambda vmm, d: not vmm.m.state.code32,
+        "paragraph_cs": lambda vmm, d: vmm._paragraph_cs(),
         "same_in_32bit_code": lambda vmm, d: same_in_32bit_code(d) is not None,
         "outside_its_modes": lambda vmm, d: (
             d.form is not None and MODE_NAMES[vmm.m.state.mode] not in FORMS[d.form].modes
@@ -1325,10 +1335,26 @@ class Vmm:
         arg = RULES[d.form][1]
         return arg if rule == "inline" else f"{rule}_{arg}"
 
+    def template_for(self, d: Decoded, rule: str) -> str | None:
+        """The template the rule emits for this instance: the first of its name and its
+        alternates (NAME/2, NAME/3...: spec/vmm.r1) whose `when` clause covers it, or None (then
+        it is a callout)."""
+        name = self.template_name(d, rule)
+        candidate, n = name, 1
+        while candidate in TEMPLATES:
+            if self._when_holds(d, TEMPLATES[candidate]):
+                return candidate
+            n += 1
+            candidate = f"{name}/{n}"
+        return None
+
     def _template_applies(self, d: Decoded, rule: str) -> bool:
-        """Whether the template's `when` clause covers this instance (else it is a callout)."""
-        t = TEMPLATES[self.template_name(d, rule)]
+        return self.template_for(d, rule) is not None
+
+    def _when_holds(self, d: Decoded, t: dict) -> bool:
+        """Whether a template's `when` clause covers this instance."""
         osize, asize, mod = d.variant[0], d.variant[1], d.variant[2]
+        S = self.m.state
         for key, want in t["when"].items():
             if key.endswith("#"):
                 lo, hi = (int(v) for v in want.split(".."))
@@ -1338,7 +1364,8 @@ class Vmm:
                 if want != mod:
                     return False
             else:
-                have = {"osize": osize, "asize": asize, "stack": 32 if self.m.state.stack32 else 16}[key]
+                stack, code = 32 if S.stack32 else 16, 32 if S.code32 else 16
+                have = {"osize": osize, "asize": asize, "stack": stack, "code": code}[key]
                 if int(want) != have:
                     return False
         return all(_placeholder_value(d, p) is not None for p in t["placeholders"])
@@ -1352,7 +1379,9 @@ class Vmm:
         """A template's code for instance `d` placed at TC address `at`: the bytes, the rel32
         fields whose `{@name}` target the caller fills in (offset, name: exits and slow paths),
         and the offsets of its marks. Values and the stubs' labels are filled in here."""
-        name = self.template_name(d, rule_or_name) if d is not None else rule_or_name
+        name = self.template_for(d, rule_or_name) if d is not None else rule_or_name
+        if name is None:
+            raise ValueError(f"no template of rule {rule_or_name} covers {d.form} {d.variant}")
         t = TEMPLATES[name]
         key = tuple(_placeholder_value(d, p) for p in t["placeholders"])
         out = bytearray()
@@ -1389,6 +1418,23 @@ class Vmm:
         """Empty entries hold a guest EIP whose low half differs from their index: never a hit."""
         table = struct.pack("<131072I", *[v for i in range(65536) for v in ((~i) & 0xFFFF, 0)])
         self.vmm_write(C["VMM_HASH"], table)
+        self._clear_hash16()
+
+    def _lookup_key16(self, unit: Unit) -> int | None:
+        """A 16-bit unit's key in lookup16's table (CS base << 12 | IP), or None: its CS base is
+        not a paragraph below 1 MB, and no lookup16 can be looking for it."""
+        base = unit.cs_base
+        return None if base & 0xF or base > 0xFFFF0 else base << 12 | unit.guest
+
+    def set_hash16(self, unit: Unit) -> None:
+        key = self._lookup_key16(unit)
+        if key is not None:
+            off = C["VMM_HASH16"] + (key & 0xFF) * 8
+            self.vmm_write(off, struct.pack("<II", key, unit.host - len(INDIRECT_ENTRY)))
+
+    def _clear_hash16(self) -> None:
+        """Empty entries hold a key whose low byte differs from their index: never a hit."""
+        self.vmm_write(C["VMM_HASH16"], struct.pack("<512I", *[v for i in range(256) for v in ((~i) & 0xFF, 0)]))
 
     def set_hash(self, guest: int, host: int) -> None:
         off = C["VMM_HASH"] + (guest & 0xFFFF) * 8
@@ -1494,8 +1540,13 @@ class Vmm:
         if self.units.get(unit.key) is unit:
             del self.units[unit.key]
         entry = C["VMM_HASH"] + (unit.guest & 0xFFFF) * 8
-        hashed = self.vmm_read32(entry) == unit.guest and self.vmm_read32(entry + 4) == unit.host - len(INDIRECT_ENTRY)
-        if hashed and not unit.code16:
+        entry_host = unit.host - len(INDIRECT_ENTRY)
+        if unit.code16:
+            key = self._lookup_key16(unit)
+            entry = C["VMM_HASH16"] + ((key or 0) & 0xFF) * 8
+            if key is not None and self.vmm_read32(entry) == key and self.vmm_read32(entry + 4) == entry_host:
+                self.vmm_write(entry, struct.pack("<II", (~key) & 0xFF, 0))
+        elif self.vmm_read32(entry) == unit.guest and self.vmm_read32(entry + 4) == entry_host:
             self.vmm_write(entry, struct.pack("<II", (~unit.guest) & 0xFFFF, 0))
         for site_addr in unit.incoming:
             ex = self.patch_sites.get(site_addr)
@@ -1707,7 +1758,9 @@ class Vmm:
                 self._exit_to_vmm("vmstop", stop)
                 return
             unit.incoming.append(ex.site)  # unlinked again if `unit` is dropped
-        if not unit.code16:
+        if unit.code16:
+            self.set_hash16(unit)
+        else:
             self.set_hash(ex.target, unit.host - len(INDIRECT_ENTRY))
         self.vmm_write32(C["V_JUMP"], unit.host)
         self.stats["translator_entries"] += 1
@@ -1729,6 +1782,33 @@ class Vmm:
         if unit is None:
             return
         self.set_hash(guest, unit.host - len(INDIRECT_ENTRY))
+        self.vmm_write32(C["V_JUMP"], unit.host)
+        self.stats["translator_entries"] += 1
+
+    def _on_lookup16_miss(self, uc, address: int, size: int, _user) -> None:
+        """An indirect branch of 16-bit code whose key (CS base << 12 | IP, in EAX) has no CCF in
+        lookup16's table yet. The key's CS base must be the virtual CPU's (every change of CS
+        leaves translated code first)."""
+        if self.pending is not None:
+            return
+        if self.direct:
+            self._refuse(f"direct execution reached the VMM's lookup16 miss at {address:#x}")
+            return
+        key = uc.reg_read(X.UC_X86_REG_EAX)
+        uc.reg_write(X.UC_X86_REG_EAX, self.vmm_read32(C["V_SAVE_EAX"]))  # the guest's own EAX
+        self.stats["indirect_misses"] += 1
+        S = self.m.state
+        ip = key & 0xFFFF
+        if S.code32 or key != (S.base[CS] << 12 | ip) & M32:
+            self._refuse(f"lookup16 missed with key {key:#x}, but CS's base is {S.base[CS]:#x}")
+            return
+        if ip in self.stop_addresses:
+            self._exit_to_vmm("stop", ip)
+            return
+        unit = self._translated_for_exit(self.unit_key(ip))
+        if unit is None:
+            return
+        self.set_hash16(unit)
         self.vmm_write32(C["V_JUMP"], unit.host)
         self.stats["translator_entries"] += 1
 
