@@ -602,6 +602,7 @@ class Vmm:
         scratch = self.base + C["VMM_SCRATCH_STACK"]
         self.vmm_write32(C["V_SCRATCH_SP"], (scratch - S.base[SS]) & M32)
         self.vmm_write32(C["V_CS16"], S.base[CS] << 12 & M32)  # (lookup16: real mode's CS only)
+        self.vmm_write32(C["V_CS16_BASE"], S.base[CS])
         eflags = self.m.eflags()
         self.vmm_write32(C["V_VIRT_IF"], eflags & EFLAGS.IF)
         self.vmm_write32(C["V_VIRT_IOPL"], eflags & EFLAGS.IOPL)
@@ -1276,8 +1277,8 @@ class Vmm:
         self.units[key] = unit
         self.unit_starts.append(unit.host)
         if code16:
+            # (Entered in lookup16's table, 256 entries, only when an indirect branch misses it.)
             self.stats["units_16bit"] += 1
-            self.set_hash16(unit)  # (lookup16's own table: spec/vmm.r1)
         else:
             self.set_hash(guest, unit.host - len(INDIRECT_ENTRY))
         self.stats["ccfs"] += 1
@@ -1426,15 +1427,24 @@ class Vmm:
         base = unit.cs_base
         return None if base & 0xF or base > 0xFFFF0 else base << 12 | unit.guest
 
+    @staticmethod
+    def _entry16(unit: Unit) -> int:
+        """Where a 16-bit unit's entry is in lookup16's table: by its linear address's low byte."""
+        return C["VMM_HASH16"] + ((unit.cs_base + unit.guest) & 0xFF) * 8
+
     def set_hash16(self, unit: Unit) -> None:
         key = self._lookup_key16(unit)
         if key is not None:
-            off = C["VMM_HASH16"] + (key & 0xFF) * 8
-            self.vmm_write(off, struct.pack("<II", key, unit.host - len(INDIRECT_ENTRY)))
+            self.vmm_write(self._entry16(unit), struct.pack("<II", key, unit.host - len(INDIRECT_ENTRY)))
 
     def _clear_hash16(self) -> None:
-        """Empty entries hold a key whose low byte differs from their index: never a hit."""
-        self.vmm_write(C["VMM_HASH16"], struct.pack("<512I", *[v for i in range(256) for v in ((~i) & 0xFF, 0)]))
+        """Empty entry i holds key i + 1 (CS base 0, IP i + 1), whose linear address's low byte
+        is not i: no lookup at that entry ever looks for it."""
+        for i in range(256):
+            self._empty_entry16(C["VMM_HASH16"] + i * 8)
+
+    def _empty_entry16(self, entry: int) -> None:
+        self.vmm_write(entry, struct.pack("<II", (entry - C["VMM_HASH16"]) // 8 + 1, 0))
 
     def set_hash(self, guest: int, host: int) -> None:
         off = C["VMM_HASH"] + (guest & 0xFFFF) * 8
@@ -1543,9 +1553,9 @@ class Vmm:
         entry_host = unit.host - len(INDIRECT_ENTRY)
         if unit.code16:
             key = self._lookup_key16(unit)
-            entry = C["VMM_HASH16"] + ((key or 0) & 0xFF) * 8
+            entry = self._entry16(unit)
             if key is not None and self.vmm_read32(entry) == key and self.vmm_read32(entry + 4) == entry_host:
-                self.vmm_write(entry, struct.pack("<II", (~key) & 0xFF, 0))
+                self._empty_entry16(entry)
         elif self.vmm_read32(entry) == unit.guest and self.vmm_read32(entry + 4) == entry_host:
             self.vmm_write(entry, struct.pack("<II", (~unit.guest) & 0xFFFF, 0))
         for site_addr in unit.incoming:
@@ -1758,9 +1768,7 @@ class Vmm:
                 self._exit_to_vmm("vmstop", stop)
                 return
             unit.incoming.append(ex.site)  # unlinked again if `unit` is dropped
-        if unit.code16:
-            self.set_hash16(unit)
-        else:
+        if not unit.code16:
             self.set_hash(ex.target, unit.host - len(INDIRECT_ENTRY))
         self.vmm_write32(C["V_JUMP"], unit.host)
         self.stats["translator_entries"] += 1

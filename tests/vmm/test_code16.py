@@ -12,6 +12,7 @@ import pytest
 from hypothesis import HealthCheck, given, reject, settings
 from hypothesis import strategies as st
 
+from ring1.generated.rules import CONSTS as C
 from ring1.runtime.isa.assembler import AssemblerError, assemble
 from ring1.runtime.isa.decoder import Truncated, decode
 from ring1.runtime.tools import fresh_machine
@@ -122,6 +123,8 @@ def test_esp_keeps_its_upper_half_with_a_16_bit_stack() -> None:
 
 
 def test_loops_strings_and_calls() -> None:
+    """CALL and RET (and RET imm16, JMP through a register) in the TC: RET looks its target up
+    in lookup16's table, and hits from the second round on."""
     spec = real(
         """
         mov ax, 0x1000
@@ -130,7 +133,12 @@ def test_loops_strings_and_calls() -> None:
         xor dx, dx
     1:  add dx, cx
         call 2f
-        loop 1b
+        push cx
+        call 4f
+        mov bx, offset 5f
+        jmp bx
+        hlt
+    5:  loop 1b
         mov si, 0x8000
         xor di, di
         mov cx, 32
@@ -143,10 +151,36 @@ def test_loops_strings_and_calls() -> None:
         pushf
         popf
         ret
+    4:  xor dx, [esp + 2]
+        ret 2
     3:  mov bx, cx
         """
     )
-    assert_translated_like_bare(spec)
+    _, vmm = assert_translated_like_bare(spec)
+    assert vmm.vmm_read32(C["V_HITS"]) > 100 and vmm.stats["indirect_misses"] < 10
+
+
+def test_lookup16_keys_by_cs_base() -> None:
+    """A routine at 0000:9000 and a copy at 0A08:0000: the near RETs' targets, IPs 0x9003 and
+    0x0003 (the same low byte) in two code segments, both stay in lookup16's table and hit.
+    (Reached as 0900:0000, the first would alias 0000:9000 linearly: correct, but its entry
+    would take the other's place: test_units_are_keyed_by_cs_base_and_ip.)"""
+    routine = assemble(".code16\ncall 1f\nretf\n1: mov bx, sp\nmov ax, [bx]\nret").code
+    spec = real(
+        """
+        mov cx, 3
+    1:  .byte 0x9a
+        .word 0x9000, 0
+        mov dx, ax
+        .byte 0x9a
+        .word 0, 0xa08
+        loop 1b
+        """,
+        memory={0x9000: routine, 0xA080: routine},
+    )
+    bt, vmm = assert_translated_like_bare(spec)
+    assert (bt.regs["edx"] & 0xFFFF, bt.regs["eax"] & 0xFFFF) == (0x9003, 0x0003)
+    assert vmm.vmm_read32(C["V_HITS"]) == 4 and vmm.stats["indirect_misses"] == 2
 
 
 def test_a_jump_target_wraps_at_64_kb() -> None:
