@@ -3,7 +3,8 @@
    (issue 13, item 4). It reports POST codes on port 0x80 and one line per check on COM1:
    calls and a recursion on its stack, a checksum loop, string instructions, segment
    arithmetic, #DE and INT 0x60 through its own IVT, code copied to RAM, run, rewritten and
-   run again, and a short jump whose target wraps past 64 KB to the start of the segment.
+   run again, a short jump whose target wraps past 64 KB to the start of the segment, and
+   the PIT's interrupt through the 8259 and the IVT, waited for in HLT.
    Linked at 0xF0000 (the ROM's low copy) and written out as a raw binary (Makefile). */
     .intel_syntax noprefix
     .equ POST, 0x80
@@ -13,6 +14,9 @@
     .equ RAM_SEG, 0x1000                // scratch data at 0x10000
     .equ CODE_SEG, 0x2000               // code copied to RAM at 0x20000
     .equ WRAP_JUMP, 0xFFE0              // where the wrapping jump is (below the reset vector)
+    .equ TICKS, 0x0500                  // 0000:0500, the timer interrupt's count
+    .equ PIC1, 0x20
+    .equ PIT, 0x40
 
 #define OFF(label) ((label) - rom_base)          /* as an address in CS = F000 */
 #define IMM(label) offset ((label) - rom_base)  /* as an immediate */
@@ -182,6 +186,39 @@ after_wrap:
     mov si, IMM(msg_wrap)
     call puts
 
+    // The PIT's channel 0 at 1 kHz on IRQ 0, the 8259 set up to vector 8 (as a BIOS does),
+    // waited for in HLT with IF set until five ticks were counted by the handler.
+    mov al, 0x08
+    out POST, al
+    xor ax, ax
+    mov es, ax
+    mov word ptr es:[8 * 4], IMM(timer_handler)
+    mov word ptr es:[8 * 4 + 2], ROM_SEG
+    mov word ptr es:[TICKS], 0
+    mov al, 0x11                        // ICW1: edge, cascade, ICW4
+    out PIC1, al
+    mov al, 0x08                        // ICW2: IRQ 0-7 at vectors 8-15
+    out PIC1 + 1, al
+    mov al, 0x04                        // ICW3: the slave on IRQ 2
+    out PIC1 + 1, al
+    mov al, 0x01                        // ICW4: 8086 mode
+    out PIC1 + 1, al
+    mov al, 0xFE                        // only IRQ 0
+    out PIC1 + 1, al
+    mov al, 0x34                        // channel 0, low then high byte, mode 2
+    out PIT + 3, al
+    mov ax, 1193                        // 1.193182 MHz / 1193: 1 kHz
+    out PIT, al
+    mov al, ah
+    out PIT, al
+    sti
+1:  hlt
+    cmp word ptr es:[TICKS], 5
+    jb 1b
+    cli
+    mov si, IMM(msg_timer)
+    call puts
+
     mov al, 0x0F                        // POST 0F: done
     out POST, al
     mov si, IMM(msg_ok)
@@ -271,6 +308,18 @@ int60_handler:
     mov ax, 0x6060
     iret
 
+timer_handler:
+    push ax
+    push ds
+    xor ax, ax
+    mov ds, ax
+    inc word ptr [TICKS]
+    mov al, 0x20                        // EOI
+    out PIC1, al
+    pop ds
+    pop ax
+    iret
+
 // Copied to CODE_SEG:0 and called far.
 ram_routine:
     mov ax, 0x1111
@@ -290,6 +339,7 @@ msg_segments:   .asciz "realmode: segment arithmetic\n"
 msg_interrupts: .asciz "realmode: #DE and INT 0x60 through the IVT\n"
 msg_smc:        .asciz "realmode: code in RAM rewritten and run again\n"
 msg_wrap:       .asciz "realmode: a jump that wraps at 64 KB\n"
+msg_timer:      .asciz "realmode: five timer interrupts through the 8259 and the IVT, in HLT\n"
 msg_ok:         .asciz "realmode: ok\n"
 msg_fail:       .asciz "realmode: FAILED\n"
 
