@@ -811,19 +811,19 @@ RULES = {
 
 # What the translator knows about an instance, for choosing its rule (the `fact`s of the spec).
 FACTS = {
-    'undefined': 'no form matches the bytes (the instruction raises #UD)',  # spec/vmm.r1:137
-    'invalid_lock': 'a LOCK prefix the form does not allow (#UD)',  # spec/vmm.r1:138
-    'adaptive': 'the instruction trapped often and was retranslated (innocent until proven guilty)',  # spec/vmm.r1:139
-    'forced': 'a benchmark forced the form to a callout (Vmm(rule_overrides=...))',  # spec/vmm.r1:140
-    'trap_mode': 'the VMM runs in trap mode: the kernel untranslated at CPL 1',  # spec/vmm.r1:141
-    'uses_gs': "the instruction uses GS, which is the VMM's in translated code",  # spec/vmm.r1:142
-    'vmm_address': "an absolute address (disp32 or moffs) in the VMM's area",  # spec/vmm.r1:143
-    'template_fits': "the rule's template covers this instance (its `when` clause)",  # spec/vmm.r1:144
-    'flags_lost_at_store': "unicorn changes the flags before the instance's store, so a fault there loses them (RCL, RCR on memory: physcpu)",  # spec/vmm.r1:145
-    'code16': "the unit is 16-bit code (real mode), run in the TC's flat 32-bit code segment",  # spec/vmm.r1:146
-    'same_in_32bit_code': 'with its operand- and address-size prefixes toggled, its bytes decode in 32-bit code to the same form, sizes and operands',  # spec/vmm.r1:147
-    'paragraph_cs': "16-bit code whose CS base is a paragraph below 1 MB (real mode's, selector << 4): lookup16 keys it",  # spec/vmm.r1:148
-    'outside_its_modes': "the form does not exist in the CPU's mode (STR, LAR... in real mode: #UD)",  # spec/vmm.r1:149
+    'undefined': 'no form matches the bytes (the instruction raises #UD)',  # spec/vmm.r1:138
+    'invalid_lock': 'a LOCK prefix the form does not allow (#UD)',  # spec/vmm.r1:139
+    'adaptive': 'the instruction trapped often and was retranslated (innocent until proven guilty)',  # spec/vmm.r1:140
+    'forced': 'a benchmark forced the form to a callout (Vmm(rule_overrides=...))',  # spec/vmm.r1:141
+    'trap_mode': 'the VMM runs in trap mode: the kernel untranslated at CPL 1',  # spec/vmm.r1:142
+    'uses_gs': "the instruction uses GS, which is the VMM's in translated code",  # spec/vmm.r1:143
+    'vmm_address': "an absolute address (disp32 or moffs) in the VMM's area",  # spec/vmm.r1:144
+    'template_fits': "the rule's template covers this instance (its `when` clause)",  # spec/vmm.r1:145
+    'flags_lost_at_store': "unicorn changes the flags before the instance's store, so a fault there loses them (RCL, RCR on memory: physcpu)",  # spec/vmm.r1:146
+    'code16': "the unit is 16-bit code (real mode, a 16-bit CS), run in the TC's flat 32-bit code segment",  # spec/vmm.r1:147
+    'same_in_32bit_code': 'with its operand- and address-size prefixes toggled, its bytes decode in 32-bit code to the same form, sizes and operands',  # spec/vmm.r1:148
+    'paragraph_cs': "16-bit code whose CS base is a paragraph below 1 MB (real mode's, selector << 4): lookup16 keys it",  # spec/vmm.r1:149
+    'outside_its_modes': "the form does not exist in the CPU's mode (STR, LAR... in real mode: #UD)",  # spec/vmm.r1:150
 }
 
 
@@ -832,35 +832,35 @@ def choose_rule(rule: str, fact) -> tuple[str, str, str | None]:
     (`fact(name)` answers the spec's facts for the instance), else the form's own `rule`.
     Returns (rule, reason, the clause's spec file:line)."""
     if (fact('code16') and fact('undefined')):
-        return 'callout', 'undefined opcode in 16-bit code: its length and #UD come from the interpreter', 'spec/vmm.r1:152'
+        return 'callout', 'undefined opcode in 16-bit code: its length and #UD come from the interpreter', 'spec/vmm.r1:153'
     if fact('undefined'):
-        return 'ident', 'undefined opcode: the hardware raises #UD, and the interpreter confirms it', 'spec/vmm.r1:153'
+        return 'ident', 'undefined opcode: the hardware raises #UD, and the interpreter confirms it', 'spec/vmm.r1:154'
     if fact('outside_its_modes'):
-        return 'callout', 'the form does not exist in this mode: the interpreter raises #UD', 'spec/vmm.r1:154'
+        return 'callout', 'the form does not exist in this mode: the interpreter raises #UD', 'spec/vmm.r1:155'
     if fact('invalid_lock'):
-        return 'callout', 'invalid LOCK prefix: unicorn runs most (deviation invalid-lock); #UD from the spec', 'spec/vmm.r1:155'
+        return 'callout', 'invalid LOCK prefix: unicorn runs most (deviation invalid-lock); #UD from the spec', 'spec/vmm.r1:156'
     if fact('adaptive'):
-        return 'callout', 'adaptive: it trapped often, so it was retranslated as a callout', 'spec/vmm.r1:156'
+        return 'callout', 'adaptive: it trapped often, so it was retranslated as a callout', 'spec/vmm.r1:157'
     if fact('forced'):
-        return 'callout', 'forced to a callout by Vmm(rule_overrides=...)', 'spec/vmm.r1:157'
+        return 'callout', 'forced to a callout by Vmm(rule_overrides=...)', 'spec/vmm.r1:158'
     if (fact('trap_mode') and rule in ('ident', 'trap')):
-        return rule, '', 'spec/vmm.r1:158'
+        return rule, '', 'spec/vmm.r1:159'
     if fact('trap_mode'):
-        return 'callout', 'trap mode: the kernel runs untranslated; this is where it exits', 'spec/vmm.r1:159'
+        return 'callout', 'trap mode: the kernel runs untranslated; this is where it exits', 'spec/vmm.r1:160'
     if fact('uses_gs'):
-        return 'callout', "it uses GS, which is the VMM's: emulated", 'spec/vmm.r1:160'
+        return 'callout', "it uses GS, which is the VMM's: emulated", 'spec/vmm.r1:161'
     if ((fact('code16') and rule in ('indirect',)) and not fact('paragraph_cs')):
-        return 'callout', '16-bit code whose CS base is not its selector << 4: no key for lookup16', 'spec/vmm.r1:161'
+        return 'callout', '16-bit code whose CS base is not its selector << 4: no key for lookup16', 'spec/vmm.r1:162'
     if ((fact('code16') and rule in ('ident', 'trap')) and not fact('same_in_32bit_code')):
-        return 'callout', '16-bit code whose bytes mean something else in 32-bit code whatever its size prefixes (a mandatory 66)', 'spec/vmm.r1:162'
+        return 'callout', '16-bit code whose bytes mean something else in 32-bit code whatever its size prefixes (a mandatory 66)', 'spec/vmm.r1:163'
     if (rule in ('ident', 'trap') and fact('vmm_address')):
-        return 'callout', "its address lies in the VMM's area: emulated", 'spec/vmm.r1:163'
+        return 'callout', "its address lies in the VMM's area: emulated", 'spec/vmm.r1:164'
     if (rule in ('direct', 'indirect', 'inline') and not fact('template_fits')):
-        return 'callout', 'its template does not cover this operand or address size, stack or form', 'spec/vmm.r1:164'
+        return 'callout', 'its template does not cover this operand or address size, stack or form', 'spec/vmm.r1:165'
     if (rule in ('ident', 'trap') and fact('flags_lost_at_store')):
-        return 'callout', 'unicorn changes its flags before its store: a fault there loses them', 'spec/vmm.r1:165'
+        return 'callout', 'unicorn changes its flags before its store: a fault there loses them', 'spec/vmm.r1:166'
     if rule in ('trap',):
-        return 'ident', 'copied; left to trap when the hardware faults', 'spec/vmm.r1:166'
+        return 'ident', 'copied; left to trap when the hardware faults', 'spec/vmm.r1:167'
     return rule, "", None
 
 
@@ -1042,7 +1042,7 @@ CONSTS = {
 # label of the stubs. Variants are keyed by the numbers of the placeholders listed (registers,
 # cc); blobs have an origin address and exported labels.
 TEMPLATES = {
-    'address_size_prefix': {  # spec/vmm.r1:576
+    'address_size_prefix': {  # spec/vmm.r1:577
         "placeholders": (),
         "values": (),
         "when": {},
@@ -1052,7 +1052,7 @@ TEMPLATES = {
             (): [bytes.fromhex('67')],
         },
     },
-    'callout_exit': {  # spec/vmm.r1:553
+    'callout_exit': {  # spec/vmm.r1:554
         "placeholders": (),
         "values": ('callout',),
         "when": {},
@@ -1062,7 +1062,7 @@ TEMPLATES = {
             (): [bytes.fromhex('65 a3 00 00 00 00 65 89 0d 04 00 00 00 65 89 15 08 00 00 00 65 89 1d 0c 00 00 00 65 89 25 10 00 00 00 65 89 2d 14 00 00 00 65 89 35 18 00 00 00 65 89 3d 1c 00 00 00 65 8e 15 24 40 01 00 65 8b 25 0c 40 01 00 9c 65 8f 05 20 00 00 00 e9'), ('rel32', '@callout', -4)],
         },
     },
-    'callout_slot': {  # spec/vmm.r1:541
+    'callout_slot': {  # spec/vmm.r1:542
         "placeholders": (),
         "values": (),
         "when": {},
@@ -1072,7 +1072,7 @@ TEMPLATES = {
             (): [bytes.fromhex('65 ff 25 04 40 01 00 cc')],
         },
     },
-    'cli_virtual': {  # spec/vmm.r1:309
+    'cli_virtual': {  # spec/vmm.r1:310
         "placeholders": (),
         "values": (),
         "when": {},
@@ -1082,7 +1082,7 @@ TEMPLATES = {
             (): [bytes.fromhex('65 c7 05 24 00 00 00 00 00 00 00')],
         },
     },
-    'direct_call': {  # spec/vmm.r1:416
+    'direct_call': {  # spec/vmm.r1:417
         "placeholders": (),
         "values": ('next', 'target'),
         "when": {'osize': '32'},
@@ -1092,7 +1092,7 @@ TEMPLATES = {
             (): [bytes.fromhex('68'), ('abs32', '@next', 0), bytes.fromhex('e9'), ('rel32', '@target', -4)],
         },
     },
-    'direct_call/2': {  # spec/vmm.r1:423
+    'direct_call/2': {  # spec/vmm.r1:424
         "placeholders": (),
         "values": ('next', 'target'),
         "when": {'osize': '16'},
@@ -1102,7 +1102,7 @@ TEMPLATES = {
             (): [bytes.fromhex('65 a3 38 00 00 00'), ('mark', 'eax_saved'), bytes.fromhex('b8'), ('abs32', '@next', 0), bytes.fromhex('66 50 65 a1 38 00 00 00 e9'), ('rel32', '@target', -4)],
         },
     },
-    'direct_jcc': {  # spec/vmm.r1:411
+    'direct_jcc': {  # spec/vmm.r1:412
         "placeholders": ('cc',),
         "values": ('target', 'next'),
         "when": {},
@@ -1127,7 +1127,7 @@ TEMPLATES = {
             (15,): [bytes.fromhex('0f 8f'), ('rel32', '@target', -4), bytes.fromhex('e9'), ('rel32', '@next', -4)],
         },
     },
-    'direct_jecxz': {  # spec/vmm.r1:456
+    'direct_jecxz': {  # spec/vmm.r1:457
         "placeholders": (),
         "values": ('next', 'target'),
         "when": {},
@@ -1137,7 +1137,7 @@ TEMPLATES = {
             (): [('addr',), bytes.fromhex('e3 05 e9'), ('rel32', '@next', -4), bytes.fromhex('e9'), ('rel32', '@target', -4)],
         },
     },
-    'direct_jmp': {  # spec/vmm.r1:407
+    'direct_jmp': {  # spec/vmm.r1:408
         "placeholders": (),
         "values": ('target',),
         "when": {},
@@ -1147,7 +1147,7 @@ TEMPLATES = {
             (): [bytes.fromhex('e9'), ('rel32', '@target', -4)],
         },
     },
-    'direct_loop': {  # spec/vmm.r1:435
+    'direct_loop': {  # spec/vmm.r1:436
         "placeholders": (),
         "values": ('next', 'target'),
         "when": {},
@@ -1157,7 +1157,7 @@ TEMPLATES = {
             (): [('addr',), bytes.fromhex('e2 05 e9'), ('rel32', '@next', -4), bytes.fromhex('e9'), ('rel32', '@target', -4)],
         },
     },
-    'direct_loope': {  # spec/vmm.r1:442
+    'direct_loope': {  # spec/vmm.r1:443
         "placeholders": (),
         "values": ('next', 'target'),
         "when": {},
@@ -1167,7 +1167,7 @@ TEMPLATES = {
             (): [('addr',), bytes.fromhex('e1 05 e9'), ('rel32', '@next', -4), bytes.fromhex('e9'), ('rel32', '@target', -4)],
         },
     },
-    'direct_loopne': {  # spec/vmm.r1:449
+    'direct_loopne': {  # spec/vmm.r1:450
         "placeholders": (),
         "values": ('next', 'target'),
         "when": {},
@@ -1177,7 +1177,7 @@ TEMPLATES = {
             (): [('addr',), bytes.fromhex('e0 05 e9'), ('rel32', '@next', -4), bytes.fromhex('e9'), ('rel32', '@target', -4)],
         },
     },
-    'exit_next': {  # spec/vmm.r1:527
+    'exit_next': {  # spec/vmm.r1:528
         "placeholders": (),
         "values": ('next',),
         "when": {},
@@ -1187,7 +1187,7 @@ TEMPLATES = {
             (): [bytes.fromhex('e9'), ('rel32', '@next', -4)],
         },
     },
-    'exit_slot': {  # spec/vmm.r1:534
+    'exit_slot': {  # spec/vmm.r1:535
         "placeholders": (),
         "values": (),
         "when": {},
@@ -1197,7 +1197,7 @@ TEMPLATES = {
             (): [bytes.fromhex('65 ff 25 00 40 01 00 cc')],
         },
     },
-    'forward': {  # spec/vmm.r1:582
+    'forward': {  # spec/vmm.r1:583
         "placeholders": (),
         "values": ('to',),
         "when": {},
@@ -1207,7 +1207,7 @@ TEMPLATES = {
             (): [bytes.fromhex('e9'), ('rel32', '@to', -4)],
         },
     },
-    'indirect_call': {  # spec/vmm.r1:471
+    'indirect_call': {  # spec/vmm.r1:472
         "placeholders": (),
         "values": ('next',),
         "when": {'osize': '32', 'asize': '32', 'code': '32'},
@@ -1217,7 +1217,7 @@ TEMPLATES = {
             (): [bytes.fromhex('65 a3 38 00 00 00'), ('mark', 'eax_saved'), ('seg',), ('ea', bytes.fromhex('8b'), 0, bytes.fromhex('')), bytes.fromhex('68'), ('abs32', '@next', 0), bytes.fromhex('e9'), ('rel32', 'lookup', -4)],
         },
     },
-    'indirect_entry': {  # spec/vmm.r1:296
+    'indirect_entry': {  # spec/vmm.r1:297
         "placeholders": (),
         "values": (),
         "when": {},
@@ -1227,7 +1227,7 @@ TEMPLATES = {
             (): [bytes.fromhex('65 8b 0d 3c 00 00 00 65 a1 38 00 00 00')],
         },
     },
-    'indirect_jmp': {  # spec/vmm.r1:463
+    'indirect_jmp': {  # spec/vmm.r1:464
         "placeholders": (),
         "values": (),
         "when": {'osize': '32', 'asize': '32', 'code': '32'},
@@ -1237,7 +1237,7 @@ TEMPLATES = {
             (): [bytes.fromhex('65 a3 38 00 00 00'), ('mark', 'eax_saved'), ('seg',), ('ea', bytes.fromhex('8b'), 0, bytes.fromhex('')), bytes.fromhex('e9'), ('rel32', 'lookup', -4)],
         },
     },
-    'indirect_jmp/2': {  # spec/vmm.r1:499
+    'indirect_jmp/2': {  # spec/vmm.r1:500
         "placeholders": (),
         "values": (),
         "when": {'osize': '16', 'code': '16'},
@@ -1247,7 +1247,7 @@ TEMPLATES = {
             (): [bytes.fromhex('65 a3 38 00 00 00'), ('mark', 'eax_saved'), ('seg',), ('ea', bytes.fromhex('0f b7'), 0, bytes.fromhex('')), bytes.fromhex('e9'), ('rel32', 'lookup16', -4)],
         },
     },
-    'indirect_ret': {  # spec/vmm.r1:480
+    'indirect_ret': {  # spec/vmm.r1:481
         "placeholders": (),
         "values": (),
         "when": {'osize': '32', 'stack': '32', 'code': '32'},
@@ -1257,7 +1257,7 @@ TEMPLATES = {
             (): [bytes.fromhex('65 a3 38 00 00 00'), ('mark', 'eax_saved'), bytes.fromhex('58 e9'), ('rel32', 'lookup', -4)],
         },
     },
-    'indirect_ret/2': {  # spec/vmm.r1:507
+    'indirect_ret/2': {  # spec/vmm.r1:508
         "placeholders": (),
         "values": (),
         "when": {'osize': '16', 'stack': '16', 'code': '16'},
@@ -1267,7 +1267,7 @@ TEMPLATES = {
             (): [bytes.fromhex('65 a3 38 00 00 00'), ('mark', 'eax_saved'), bytes.fromhex('66 58 0f b7 c0 e9'), ('rel32', 'lookup16', -4)],
         },
     },
-    'indirect_ret_imm': {  # spec/vmm.r1:488
+    'indirect_ret_imm': {  # spec/vmm.r1:489
         "placeholders": (),
         "values": ('n',),
         "when": {'osize': '32', 'stack': '32', 'code': '32'},
@@ -1277,7 +1277,7 @@ TEMPLATES = {
             (): [bytes.fromhex('65 a3 38 00 00 00'), ('mark', 'eax_saved'), bytes.fromhex('58 8d a4 24'), ('abs32', '@n', 0), bytes.fromhex('e9'), ('rel32', 'lookup', -4)],
         },
     },
-    'indirect_ret_imm/2': {  # spec/vmm.r1:516
+    'indirect_ret_imm/2': {  # spec/vmm.r1:517
         "placeholders": (),
         "values": ('n',),
         "when": {'osize': '16', 'stack': '16', 'code': '16'},
@@ -1287,7 +1287,7 @@ TEMPLATES = {
             (): [bytes.fromhex('65 a3 38 00 00 00'), ('mark', 'eax_saved'), bytes.fromhex('66 58 0f b7 c0 66 8d a4 24'), ('abs32', '@n', 0), bytes.fromhex('e9'), ('rel32', 'lookup16', -4)],
         },
     },
-    'mov_from_sreg': {  # spec/vmm.r1:374
+    'mov_from_sreg': {  # spec/vmm.r1:375
         "placeholders": ('dst', 'src'),
         "values": (),
         "when": {'osize': '32', 'mod': 'reg', 'src#': '0..5'},
@@ -1360,7 +1360,7 @@ TEMPLATES = {
             (7, 7): [bytes.fromhex('65 0f b7 3d 6e 00 00 00')],
         },
     },
-    'operand_size_prefix': {  # spec/vmm.r1:572
+    'operand_size_prefix': {  # spec/vmm.r1:573
         "placeholders": (),
         "values": (),
         "when": {},
@@ -1370,7 +1370,7 @@ TEMPLATES = {
             (): [bytes.fromhex('66')],
         },
     },
-    'popf_virtual': {  # spec/vmm.r1:351
+    'popf_virtual': {  # spec/vmm.r1:352
         "placeholders": (),
         "values": ('callout',),
         "when": {'osize': '32', 'stack': '32'},
@@ -1380,7 +1380,7 @@ TEMPLATES = {
             (): [bytes.fromhex('65 a3 38 00 00 00 8b 04 24 a9 00 01 00 00 75 0c 65 23 05 20 40 01 00 a9 00 02 00 00 65 a1 38 00 00 00 0f 85'), ('rel32', '@callout', -4), bytes.fromhex('8b 04 24 25 00 02 00 00 65 a3 24 00 00 00 8b 04 24 25 00 30 00 00 65 a3 48 00 00 00 65 a1 38 00 00 00 9d')],
         },
     },
-    'pushf_virtual': {  # spec/vmm.r1:326
+    'pushf_virtual': {  # spec/vmm.r1:327
         "placeholders": (),
         "values": (),
         "when": {'osize': '32', 'stack': '32'},
@@ -1390,7 +1390,7 @@ TEMPLATES = {
             (): [bytes.fromhex('9c 65 a3 38 00 00 00 65 89 0d 3c 00 00 00 65 89 25 50 00 00 00 65 8b 25 08 40 01 00 9c 65 a1 50 00 00 00 36 81 20 ff cd ff ff 65 8b 0d 24 00 00 00 36 09 08 65 8b 0d 48 00 00 00 36 09 08 9d 65 8b 25 50 00 00 00 65 8b 0d 3c 00 00 00 65 a1 38 00 00 00')],
         },
     },
-    'settle_flags': {  # spec/vmm.r1:591
+    'settle_flags': {  # spec/vmm.r1:592
         "placeholders": (),
         "values": (),
         "when": {},
@@ -1400,7 +1400,7 @@ TEMPLATES = {
             (): [bytes.fromhex('f5 f5')],
         },
     },
-    'sldt_virtual': {  # spec/vmm.r1:389
+    'sldt_virtual': {  # spec/vmm.r1:390
         "placeholders": ('dst',),
         "values": (),
         "when": {'osize': '32', 'mod': 'reg'},
@@ -1417,7 +1417,7 @@ TEMPLATES = {
             (7,): [bytes.fromhex('65 0f b7 3d 70 00 00 00')],
         },
     },
-    'smsw_virtual': {  # spec/vmm.r1:379
+    'smsw_virtual': {  # spec/vmm.r1:380
         "placeholders": ('dst',),
         "values": (),
         "when": {'osize': '32', 'mod': 'reg'},
@@ -1434,7 +1434,7 @@ TEMPLATES = {
             (7,): [bytes.fromhex('65 8b 3d 6c 00 00 00')],
         },
     },
-    'sti_virtual': {  # spec/vmm.r1:315
+    'sti_virtual': {  # spec/vmm.r1:316
         "placeholders": (),
         "values": ('callout',),
         "when": {},
@@ -1444,7 +1444,7 @@ TEMPLATES = {
             (): [bytes.fromhex('65 89 0d 3c 00 00 00 65 8b 0d 20 40 01 00 e3 0c 65 8b 0d 3c 00 00 00 e9'), ('rel32', '@callout', -4), bytes.fromhex('65 8b 0d 3c 00 00 00 65 c7 05 24 00 00 00 00 02 00 00')],
         },
     },
-    'str_virtual': {  # spec/vmm.r1:384
+    'str_virtual': {  # spec/vmm.r1:385
         "placeholders": ('dst',),
         "values": (),
         "when": {'osize': '32', 'mod': 'reg'},
@@ -1461,7 +1461,7 @@ TEMPLATES = {
             (7,): [bytes.fromhex('65 0f b7 3d 72 00 00 00')],
         },
     },
-    'vmm_stubs': {  # spec/vmm.r1:171
+    'vmm_stubs': {  # spec/vmm.r1:172
         "placeholders": (),
         "values": (),
         "when": {},

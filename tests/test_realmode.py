@@ -46,7 +46,7 @@ def test_the_real_mode_rom_says_the_same_in_every_mode(runs, mode: str) -> None:
 
 def test_under_bt_its_code_is_translated_as_16_bit_units(runs) -> None:
     done, figures = runs["bt"]
-    assert "CCFs of 16-bit code (real mode)" in done.stderr
+    assert "CCFs of 16-bit code (real mode, 16-bit CS)" in done.stderr
     assert figures["units_16bit"] > 20
     assert figures["units_16bit"] == figures["ccfs"]  # it never leaves real mode
     assert figures["interpreted_instructions"] == 0  # nor runs a real-mode instruction interpreted

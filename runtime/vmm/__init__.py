@@ -556,16 +556,16 @@ class Vmm:
     # ------------------------------------------------------------ the virtual CPU, seen by translated code
 
     def can_translate(self) -> bool:
-        """Translated execution: the kernel in protected mode with its flat 32-bit CS and a 32-bit
-        stack segment (the PUSHF template keeps the guest's flags on a scratch stack through the
-        guest's SS: with a 16-bit one, SP would wrap into guest memory), or real-mode code with
-        a 16-bit CS (spec/vmm.r1: 16-bit code); no TF either way."""
+        """Translated execution: real-mode code with a 16-bit CS, and the kernel (CPL 0) in
+        protected mode with a 16-bit CS or a flat 32-bit one, on a stack of either size
+        (spec/vmm.r1: 16-bit code; templates that keep flags on the scratch stack through the
+        guest's SS say `stack=32`); no TF."""
         S = self.m.state
         if self.mode != "bt" or S.eflags & EFLAGS.TF:
             return False
         if S.mode == MODE_REAL:
             return not S.code32
-        return S.mode == MODE_PROT and S.cpl == 0 and S.base[CS] == 0 and S.code32 == 1 and S.stack32 == 1
+        return S.mode == MODE_PROT and S.cpl == 0 and (not S.code32 or S.base[CS] == 0)
 
     def _paragraph_cs(self) -> bool:
         """16-bit code whose CS base is a paragraph below 1 MB (real mode's, selector << 4):
@@ -2478,7 +2478,7 @@ def figures(vmm: Vmm, stats, elapsed: float) -> None:
     translated = s["guest_instructions_translated"]
     stats.add("guest_instructions_translated", "guest instructions translated", translated)
     stats.add("ccfs", "CCFs (compiled code fragments)", s["ccfs"])
-    stats.add("units_16bit", "CCFs of 16-bit code (real mode)", s["units_16bit"])
+    stats.add("units_16bit", "CCFs of 16-bit code (real mode, 16-bit CS)", s["units_16bit"])
     stats.add("tc_bytes", "TC bytes", s["tc_bytes"])
     share = round(100.0 * s["rule_ident"] / translated, 1) if translated else 0.0
     stats.add("ident_share_percent", "share of IDENT instructions", share, "%")

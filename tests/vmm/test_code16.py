@@ -391,3 +391,83 @@ def test_random_real_mode_code_bt_equals_bare(diff_settings: dict) -> None:
 
     check()
     assert translated["units"] > diff_settings["max_examples"] and translated["interpreted"] == 0
+
+
+# ---------------------------------------------------------------- 16-bit protected mode, 16-bit stacks
+
+SEL_CODE16, SEL_DATA16 = fresh_machine.SEL_CODE16, fresh_machine.SEL_DATA16
+
+
+def protected(src: str, memory: dict[int, bytes] | None = None) -> fresh_machine.FreshSpec:
+    code = assemble(src, origin=CODE).code
+    return fresh_machine.FreshSpec(code=code, memory=memory or {})
+
+
+def test_16_bit_protected_mode_code_is_translated() -> None:
+    """The kernel far-jumps to a 16-bit code segment (GDT 0x30), loads a 16-bit stack segment,
+    runs loops, calls, RETs and string instructions there, and comes back to 32-bit code."""
+    spec = protected(
+        f"""
+        .byte 0xea
+        .long c16
+        .word {SEL_CODE16}
+        .code16
+    c16:
+        mov ax, {SEL_DATA16}
+        mov ss, ax
+        mov sp, 0x6000
+        mov cx, 20
+        xor dx, dx
+    1:  call 2f
+        loop 1b
+        mov si, 0x8000
+        mov di, 0x9000
+        mov cx, 16
+        rep movsw
+        .byte 0x66, 0xea
+        .long c32
+        .word {fresh_machine.SEL_CODE0}
+    2:  add dx, cx
+        ret
+        .code32
+    c32:
+        mov ax, {fresh_machine.SEL_DATA0}
+        mov ss, ax
+        mov esp, 0x7000
+        """
+    )
+    vmm = new_vmm()
+    bt = run(spec, "bt", vmm=vmm)
+    for mode in ("bare", "interp"):
+        assert differences(run(spec, mode), bt) == [], mode
+    assert bt.regs["edx"] & 0xFFFF == sum(range(1, 21))
+    assert vmm.stats["units_16bit"] > 0 and vmm.stats["interpreted_instructions"] == 0
+
+
+def test_32_bit_kernel_code_on_a_16_bit_stack_is_translated() -> None:
+    """32-bit code with SS a 16-bit segment: its pushes and pops wrap SP, its PUSHFD and
+    POPFD and RET are callouts (`stack=32` templates), and ESP's upper half survives."""
+    spec = protected(
+        f"""
+        mov ax, {SEL_DATA16}
+        mov ss, ax
+        mov esp, 0xabcd0010
+        mov ecx, 5
+    1:  call 2f
+        pushfd
+        popfd
+        loop 1b
+        mov ebx, esp
+        jmp 3f
+    2:  push ecx
+        pop edx
+        ret
+    3:
+        """
+    )
+    vmm = new_vmm()
+    bt = run(spec, "bt", vmm=vmm)
+    for mode in ("bare", "interp"):
+        assert differences(run(spec, mode), bt) == [], mode
+    assert bt.regs["ebx"] == 0xABCD0010
+    assert vmm.stats["interpreted_instructions"] == 0 and vmm.stats["units_16bit"] == 0
