@@ -29,6 +29,7 @@ from ring1.runtime.engines import delegate
 from ring1.runtime.host.context import read_into_machine, soft_interrupt_before, write_from_machine
 from ring1.runtime.host.physcpu import GPR_IDS, PhysicalCpu, UcError
 from ring1.runtime.isa.decoder import decode
+from ring1.runtime.ledger import NO_LEDGER, NoLedger, timed
 
 NOWHERE = 0xFFFFFFFF  # an `until` address guest code never reaches: runs end on events
 PAGING_IDS = (X.UC_X86_REG_CR0, X.UC_X86_REG_CR3, X.UC_X86_REG_CR4)
@@ -64,6 +65,7 @@ class BareMachine:
         self.cpu.answer_cpuid(self.interp.b_cpuid_leaf)
         self.events: dict[int, int] = {}
         self.event_time = 0.0
+        self.ledger: NoLedger = NO_LEDGER  # where the run's wall time goes (`ring1 run --stats`)
         self.stop_addresses: set[int] = set()
         self.stop_on_event = False  # report the first guest event instead of delivering it
 
@@ -194,6 +196,7 @@ class BareMachine:
         linear = (self.interp.state.base[1] + self.cpu.uc.reg_read(X.UC_X86_REG_EIP)) & 0xFFFFFFFF
         self.cpu.counter.account(self.clock, linear)
 
+    @timed("instructions unicorn cannot run (RDMSR, WRMSR...)")
     def _emulate_one(self) -> None:
         """The interpreter runs the instruction unicorn stopped before (RDTSC, RDMSR, WRMSR, RDPMC),
         with the same state, and delivers what it raises."""
@@ -227,6 +230,7 @@ class BareMachine:
         if self.platform.interrupt_pending():
             self.cpu.counter.counts.watch_if = 1
 
+    @timed("interrupts delivered")
     def _take_interrupt(self) -> None:
         """INTR is up: if the guest's IF allows and no interrupt shadow is open, deliver it.
         A run cut by the clock may have stopped right after an instruction that opens the
@@ -320,6 +324,7 @@ class BareMachine:
             return False
         return self.cpu.restore_lost_flags(mnemonic, memory, d.variant[3] if len(d.variant) > 3 else None)
 
+    @timed("exceptions delivered")
     def deliver(self, vector: int) -> None:
         started = time.perf_counter()
         uc = self.cpu.uc
@@ -375,6 +380,9 @@ class BareEngine:
 
     def counters(self) -> dict[str, int]:
         return {"events_delivered": sum(self.bare.events.values())}
+
+    def attach_ledger(self, ledger: NoLedger) -> None:
+        self.bare.ledger = self.bare.cpu.ledger = ledger
 
     def figures(self, stats, elapsed: float) -> None:
         bm = self.bare

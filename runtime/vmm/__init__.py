@@ -85,6 +85,7 @@ from ring1.runtime.host.context import (
 )
 from ring1.runtime.host.physcpu import SEG_IDS, CpuEvent, PhysicalCpu, UcError, changes_flags_before_store
 from ring1.runtime.isa.decoder import SEGMENT_PREFIX_OF, Decoded, decode
+from ring1.runtime.ledger import DIRECT_EXECUTION, NO_LEDGER, TRANSLATED_CODE, NoLedger, timed
 from ring1.runtime.vmm.descriptor_tables import (
     ACCESSED,
     ATTR_COMPARED,
@@ -202,6 +203,7 @@ class Site:
     resume: int  # TC address after the callout sequence
     unit: Unit
     simd_state: bool = False  # the instruction reads or writes x87, MMX or SSE state (FormInfo)
+    cause: str = "callout"  # what the time ledger charges its time to: "callout FORM"
 
 
 class Stats(Counter):
@@ -252,6 +254,7 @@ class Vmm:
         rule_overrides: dict[str, str] | None = None,
     ) -> None:
         self.mode = mode
+        self.ledger: NoLedger = NO_LEDGER  # where the run's wall time goes (`ring1 run --stats`)
         # For benchmarks (`ring1 bench nano`'s ladder): force forms, by name, to the callout rule
         # in bt mode, e.g. {"CLI": "callout"}, to compare callout-and-emulate with the spec's rule.
         self.rule_overrides = dict(rule_overrides or {})
@@ -833,6 +836,7 @@ class Vmm:
 
     # ------------------------------------------------------------ world switch
 
+    @timed("world switches")
     def enter(self, host_eip: int, direct: bool) -> None:
         """Load the virtual CPU into the hardware and IRET into guest context at host_eip:
         translated code (the TC, at CPL 1) or direct execution of the guest's own code."""
@@ -851,6 +855,7 @@ class Vmm:
         if v86:
             frame += struct.pack("<4I", sels[0], sels[3], sels[4], sels[5])  # ES DS FS GS
         self.direct = direct
+        self.cpu.running_as = DIRECT_EXECUTION if direct else TRANSLATED_CODE
         self.vmm_write(C["VMM_STACK_TOP"] - len(frame), frame)
         self.publish_virtual()
         guest_fpu = self.cpu.save_context()  # (its x87 and SSE state: building a context restores ring0)
@@ -936,7 +941,11 @@ class Vmm:
             return
         self.stats["interrupts_delivered"] += 1
         self.last_event = None
-        self.m.take_interrupt()
+        self.ledger.enter("interrupts delivered")
+        try:
+            self.m.take_interrupt()
+        finally:
+            self.ledger.leave()
 
     def _callout_interrupt(self) -> bool:
         """After a callout's instruction (an OUT that unmasked a line, an STI or POPF that set
@@ -1075,7 +1084,11 @@ class Vmm:
         while u is not None and u.forwarded_to is not None:
             u = u.forwarded_to
         if u is None:
-            u = self.translate(guest)
+            self.ledger.enter("translation")
+            try:
+                u = self.translate(guest)
+            finally:
+                self.ledger.leave()
         return u
 
     def _fetch(self, eip: int) -> tuple[Decoded, tuple[int, ...]]:
@@ -1089,10 +1102,10 @@ class Vmm:
         # field in code, guest target) for continuations, (offset of the rel32 field, guest
         # EIP, next guest EIP, offset to resume at) for callouts.
         exits: list[tuple[int, int]] = []
-        callouts: list[tuple[int, int, int, int]] = []
+        callouts: list[tuple[int, int, int, int, bool, str]] = []
         # In-TC emulations' slow paths, callouts placed after the CCF: (offset of the rel32
         # field of the template's conditional jump, guest EIP, next guest EIP, offset to resume at)
-        slow_paths: list[tuple[int, int, int, int]] = []
+        slow_paths: list[tuple[int, int, int, int, str | None]] = []
         pc = guest
         ended = False
         for _ in range(MAX_UNIT):
@@ -1117,7 +1130,7 @@ class Vmm:
                 code += body
                 for field_off, value in links:
                     if value == "callout":  # an in-TC emulation's slow path
-                        slow_paths.append((start + field_off, pc, d.next, start + len(body)))
+                        slow_paths.append((start + field_off, pc, d.next, start + len(body), d.form))
                     else:
                         exits.append((start + field_off, self._value(d, value)))
                 if "eax_saved" in marks:
@@ -1128,7 +1141,8 @@ class Vmm:
                 body, links, _ = self._instance(None, "callout_exit", unit.host + start)
                 code += body
                 simd = d.form is not None and FORMS[d.form].simd_state
-                callouts += [(start + field_off, pc, d.next, len(code), simd) for field_off, _ in links]
+                cause = f"callout {d.form}"
+                callouts += [(start + field_off, pc, d.next, len(code), simd, cause) for field_off, _ in links]
                 ended = True
             unit.insns.append((pc, host, unit.host + len(code), rule, unit.host + eax_at if eax_at >= 0 else -1))
             self.guest_starts[host] = pc
@@ -1143,10 +1157,11 @@ class Vmm:
             body, links, _ = self._instance(None, "exit_next", unit.host + len(code))
             exits += [(len(code) + field_off, pc) for field_off, _ in links]
             code += body
-        for field_off, pc_at, next_guest, resume_off in slow_paths:
+        for field_off, pc_at, next_guest, resume_off, form in slow_paths:
             stub = len(code)
             body, links, _ = self._instance(None, "callout_exit", unit.host + stub)
-            callouts += [(stub + link_off, pc_at, next_guest, resume_off, False) for link_off, _ in links]
+            cause = f"callout {form} (in-TC slow path)"
+            callouts += [(stub + link_off, pc_at, next_guest, resume_off, False, cause) for link_off, _ in links]
             code += body
             code[field_off : field_off + 4] = _U32.pack((stub - (field_off + 4)) & M32)
         unit.size = len(code)
@@ -1160,10 +1175,10 @@ class Vmm:
             self._point_at_slot(code, field_off, unit.host, self.exit_pad + ex.slot * PAD_SLOT)
             self.exits[ex.slot] = self.patch_sites[ex.site] = ex
             unit.exit_slots.append(ex.slot)
-        for field_off, pc_at, next_guest, resume_off, simd in callouts:
+        for field_off, pc_at, next_guest, resume_off, simd, cause in callouts:
             slot = self.callout_pool.take()
             self._point_at_slot(code, field_off, unit.host, self.callout_pad + slot * PAD_SLOT)
-            self.sites[slot] = Site(pc_at, next_guest, unit.host + resume_off, unit, simd)
+            self.sites[slot] = Site(pc_at, next_guest, unit.host + resume_off, unit, simd, cause)
             unit.callout_slots.append(slot)
         self.host.write(self.tc_phys(self.tc_next), INDIRECT_ENTRY + bytes(code))
         self.uc.ctl_remove_cache(self.tc_next, unit.host + len(code))
@@ -1582,6 +1597,7 @@ class Vmm:
 
     # ------------------------------------------------------------ hooks (inside emulation: memory writes only)
 
+    @timed("continuations (chaining)")
     def _on_exit_slot(self, uc, address: int, size: int, _user) -> None:
         """A continuation was taken: translate its target, chain its jump there, go there."""
         ex = self._recorded(self.exits, self.exit_pad, address, "exit")
@@ -1604,6 +1620,7 @@ class Vmm:
         self.vmm_write32(C["V_JUMP"], unit.host)
         self.stats["translator_entries"] += 1
 
+    @timed("indirect lookup misses")
     def _on_lookup_miss(self, uc, address: int, size: int, _user) -> None:
         """An indirect branch whose guest target (in EAX) has no CCF in the hash table yet."""
         if self.pending is not None:  # already on the way out (after a refusal)
@@ -1667,6 +1684,13 @@ class Vmm:
         site = self._recorded(self.sites, self.callout_pad, address, "callout")
         if site is None:
             return
+        self.ledger.enter(site.cause)
+        try:
+            self._callout(site)
+        finally:
+            self.ledger.leave()
+
+    def _callout(self, site: Site) -> None:
         m, S = self.m, self.m.state
         regs = struct.unpack_from("<8I", self.host.view, self.vmm_phys + C["V_EAX"])
         m.regs[:] = regs
@@ -1769,6 +1793,13 @@ class Vmm:
         """A CPU exception while in guest context (`host_eip`: where the hardware stopped). Returns
         a stop reason, "resume" to restart the hardware where it stopped, or None to re-enter the
         guest from the virtual state."""
+        self.ledger.enter("exceptions from the hardware")  # (relabelled once known)
+        try:
+            return self._handle_event_in_guest(event, host_eip)
+        finally:
+            self.ledger.leave()
+
+    def _handle_event_in_guest(self, event: CpuEvent, host_eip: int) -> str | None:
         vector = event.vector
         if vector == SYSENTER_EVENT:
             host_eip = event.eip  # the hardware went on past it, having done nothing
@@ -1780,6 +1811,7 @@ class Vmm:
         if vector == 14:
             cr2 = event.cr2  # read by the hook, at the fault
             if not self.in_vmm(cr2) and self._hidden_fault(cr2, host_eip):
+                self.ledger.relabel("hidden page faults")
                 self.stats["traps"] += 1
                 self._eflags_at_resume = hw_eflags
                 return "resume"  # a page the guest maps: filled in; the instruction runs again
@@ -1806,6 +1838,7 @@ class Vmm:
                     return "event"
                 if user:
                     self.stats["user_soft_interrupts_reflected"] += 1
+                self.ledger.relabel("INT n from direct execution (system calls)")
                 self.deliver(soft)
                 return None
         if vector == NM_VECTOR:
@@ -1818,6 +1851,7 @@ class Vmm:
             if user:
                 self.stats["user_events_reflected"] += 1
             self.stats["nm_reflected"] += 1
+            self.ledger.relabel("#NM reflected (lazy FPU)")
             self.deliver(Fault(NM_VECTOR))
             return None
         # Emulate the instruction with the interpreter: a guest fault is raised precisely
@@ -1832,7 +1866,18 @@ class Vmm:
             page = cr2 & ~0xFFF
             self.uc.ctl_remove_cache(page, min(page + 0x2000, 1 << 32))
         m = self.m
+        traced, code_writes = self.stats["traced_writes"], self.stats["code_writes"]
         r = m.step()
+        if vector == SYSENTER_EVENT:
+            self.ledger.relabel("SYSENTER from user code (system calls)")
+        elif self.stats["traced_writes"] != traced:
+            self.ledger.relabel("traced writes to page tables")
+        elif self.stats["code_writes"] != code_writes:
+            self.ledger.relabel("writes to translated code")
+        elif r.event is not None:
+            self.ledger.relabel("guest faults reflected")
+        else:
+            self.ledger.relabel("traps emulated (privileged or protected)")
         if r.event is not None:
             if self.stop_on_event:
                 self.pending = ("event", r.event)
@@ -2219,6 +2264,7 @@ class Vmm:
         """At vmm_exit the hardware holds the guest's registers (a callout restored them first)."""
         self.capture()
 
+    @timed("interpreter (real mode, v86, TF...)")
     def _interpret_until_translatable(self) -> tuple[str, object] | None:
         """Real mode, v86, single-stepping, a non-flat kernel CS: the interpreter runs the guest."""
         m = self.m
@@ -2370,6 +2416,9 @@ class VmmEngine:
 
     def figures(self, stats, elapsed: float) -> None:
         figures(self.vmm, stats, elapsed)
+
+    def attach_ledger(self, ledger: NoLedger) -> None:
+        self.vmm.ledger = self.vmm.cpu.ledger = ledger
 
     def stop(self, outcome, max_insns: int | None):
         from ring1.runtime import engines
