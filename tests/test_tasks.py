@@ -28,7 +28,13 @@ TASK_GATE = 5
 
 
 def machine_after(
-    mode: str, code: str, idt: dict[int, bytes], tss_b: bytes, stop: int = TASK_CODE, **gdt_args
+    mode: str,
+    code: str,
+    idt: dict[int, bytes],
+    tss_b: bytes,
+    stop: int = TASK_CODE,
+    task_code: bytes = b"\xf4",
+    **gdt_args,
 ) -> tuple:
     """Run `code` (after an LGDT of the test GDT and an LIDT of the fresh IDT with `idt`'s gates)
     in `mode`, events delivered, until `stop`: task B's first instruction at TASK_CODE."""
@@ -44,7 +50,7 @@ def machine_after(
         GDTR_AT + 8: struct.pack("<HI", len(gates) - 1, NEW_IDT),
         NEW_IDT: bytes(gates),
         TSS_B: tss_b,
-        TASK_CODE: b"\xf4",
+        TASK_CODE: task_code,
     }
     spec = fm.FreshSpec(code=assembled.code, regs={"eax": 0xA}, memory=memory)
     engine = engines.create(mode, fm.MEMORY_SIZE, ClockedPlatform())
@@ -124,3 +130,47 @@ def test_the_t_bit_of_a_task_gates_tss_raises_db_in_the_new_task() -> None:
     assert m.state.tr == SEL_TSS_B and m.state.dr[6] & 0x8000  # DR6.BT
     assert m.state.eip == fm.HANDLER + 1  # the handler's HLT ran
     assert dword(m, TASK_STACK_TOP - 12) == TASK_CODE  # the #DB frame: the new task's first instruction
+
+
+USER_TASK = assemble(
+    ".intel_syntax noprefix\nallowed: in al, 0x80\nmov ecx, 0x5678\nmov edx, cs\nnext: in al, 0x81\nend: nop\n",
+    TASK_CODE,
+)
+
+
+def user_task(bitmap_byte: int) -> bytes:
+    """Task B at CPL 3 (IOPL 0) with a ring-0 stack and an I/O bitmap of its own: ports 0x80-0x87
+    as `bitmap_byte` says (a set bit denies), every port below allowed."""
+    t = bytearray(tss32(TASK_CODE, cs=fm.SEL_CODE3, ss=fm.SEL_DATA3, ds=fm.SEL_DATA3))
+    struct.pack_into("<II", t, 4, fm.STACK0_TOP, fm.SEL_DATA0)  # ESP0, SS0
+    return bytes(t) + bytes(0x10) + bytes([bitmap_byte, 0xFF])
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_the_io_bitmap_is_the_new_tasks(mode: str) -> None:
+    # The fresh machine's TSS denies every port at CPL 3; task B's bitmap allows port 0x80 and
+    # denies 0x81: the IN instructions of task B are checked against B's TSS, the current one.
+    labels = USER_TASK.labels
+    outcome, m, _ = machine_after(
+        mode, "ljmp 0x50, 0\n", {}, user_task(0x02), stop=fm.HANDLER, task_code=USER_TASK.code, tss_b_limit=0x79
+    )
+    assert outcome.reason == "stop-address", outcome
+    assert m.regs[1] == 0x5678 and m.regs[2] == fm.SEL_CODE3  # the first IN ran, at CPL 3
+    frame = [dword(m, fm.STACK0_TOP - 24 + 4 * i) for i in range(6)]  # error, EIP, CS, EFLAGS, ESP, SS
+    assert frame[:3] == [0, labels["next"], fm.SEL_CODE3]  # #GP(0) at the second
+    assert m.state.tr == SEL_TSS_B
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_the_io_bitmap_of_the_new_task_allows(mode: str) -> None:
+    outcome, m, _ = machine_after(
+        mode,
+        "ljmp 0x50, 0\n",
+        {},
+        user_task(0x00),
+        stop=USER_TASK.labels["end"],
+        task_code=USER_TASK.code,
+        tss_b_limit=0x79,
+    )
+    assert outcome.reason == "stop-address", outcome
+    assert m.regs[1] == 0x5678 and m.state.cpl == 3
