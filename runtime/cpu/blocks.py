@@ -114,6 +114,7 @@ def block_source(name: str, insns: list[Decoded], describe) -> str:
     lines.append("        S.icount += i")
     lines.append("        raise")
     lines.append("    except VMStop:")  # a clean stop names the instruction that made it
+    lines.append("        S.new_task = False")
     lines.append("        S.eip = EIPS[i]")
     lines.append("        S.icount += i")
     lines.append("        raise")
