@@ -202,6 +202,7 @@ class BareMachine:
         with the same state, and delivers what it raises."""
         uc, m = self.cpu.uc, self.interp
         read_into_machine(uc, m)
+        tables = task_state(m.state)
         r = m.step()
         if r.vmstop is not None:
             raise r.vmstop
@@ -209,6 +210,8 @@ class BareMachine:
             self.events[r.event.vector] = self.events.get(r.event.vector, 0) + 1
             m.deliver_event(r.event)
         self.cpu.clear_exception_latch()
+        if task_state(m.state) != tables:
+            write_task_state(uc, m.state)
         write_from_machine(uc, m)
 
     def _io_allowed(self, port: int, size: int) -> bool:
@@ -255,9 +258,12 @@ class BareMachine:
                 return
         started = time.perf_counter()
         read_into_machine(uc, self.interp)
+        tables = task_state(self.interp.state)
         vector = self.interp.take_interrupt()
         self.events[vector] = self.events.get(vector, 0) + 1
         self.cpu.clear_exception_latch()
+        if task_state(self.interp.state) != tables:
+            write_task_state(uc, self.interp.state)
         write_from_machine(uc, self.interp)
         self.event_time += time.perf_counter() - started
 
@@ -338,10 +344,28 @@ class BareMachine:
         self.events[ev.vector] = self.events.get(ev.vector, 0) + 1
         S = m.state
         hardware = (m.eflags(), S.sel[SS])  # what unicorn holds until write_from_machine
+        tables = task_state(S)
         m.deliver_event(ev)
         self.cpu.clear_exception_latch()
+        if task_state(S) != tables:
+            write_task_state(uc, S)  # a task gate switched tasks (spec/tasks.r1)
         write_from_machine(uc, m, sse=False, hardware=hardware)  # delivery changes no SSE state
         self.event_time += time.perf_counter() - started
+
+
+def task_state(S) -> tuple:
+    """What a task switch the interpreter made (an event through a task gate: spec/tasks.r1)
+    changes besides the registers write_from_machine gives unicorn."""
+    return (S.tr, S.tr_base, S.tr_limit, S.tr_attr, S.ldtr, S.ldtr_base, S.ldtr_limit, S.ldtr_attr, S.cr[0], S.cr[3])
+
+
+def write_task_state(uc, S) -> None:
+    """Give unicorn the new task's CR0 (TS), CR3, TR and LDTR, before its segment registers are
+    reloaded (a selector may be the new LDT's, and the tables are read through the new CR3)."""
+    uc.reg_write(X.UC_X86_REG_CR0, S.cr[0])
+    uc.reg_write(X.UC_X86_REG_CR3, S.cr[3])
+    uc.reg_write(X.UC_X86_REG_TR, (S.tr, S.tr_base, S.tr_limit, S.tr_attr << 8))
+    uc.reg_write(X.UC_X86_REG_LDTR, (S.ldtr, S.ldtr_base, S.ldtr_limit, S.ldtr_attr << 8))
 
 
 __all__ = ["EVENT_EXCEPTION", "BareEngine", "BareMachine", "BareStop"]

@@ -1711,6 +1711,11 @@ class Vmm:
             return
         if ev is not None:
             if self.stop_on_event:
+                # The hardware restores the registers from the vcpu page on its way out, and
+                # they are captured there: the interpreter's, which a fault leaves as they were,
+                # unless it is a new task's (spec/tasks.r1: the switch loaded them before it).
+                self.vmm_write(C["V_EAX"], struct.pack("<8I", *m.regs))
+                self.vmm_write32(C["V_EFLAGS"], self.hardware_eflags(False))
                 self._exit_to_vmm("event", ev)
                 return
             try:
