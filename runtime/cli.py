@@ -355,7 +355,7 @@ def _bench_boot(args: argparse.Namespace) -> int:
 
     bad = [m for m in args.modes if m not in MODES]
     if bad or args.forks < 1 or args.timeout <= 0:
-        what = f"unknown mode {', '.join(bad)} (modes: {', '.join(MODES)})" if bad else "--forks and --timeout must be positive"
+        what = f"unknown mode {', '.join(bad)} (modes: {', '.join(MODES)})" if bad else "--forks, --timeout: positive"
         print(f"ring1 bench boot: {what}", file=sys.stderr)
         return 2
     paths = {
