@@ -2486,14 +2486,14 @@ LAYOUT = {
     'RDMSR': (False, None, (), ()),  # spec/system.r1:395
     'WRMSR': (False, None, (), ()),  # spec/system.r1:410
     'RDTSC': (False, None, (), ()),  # spec/system.r1:420
-    'RDPMC': (False, None, (), ()),  # spec/system.r1:434
-    'SYSENTER': (False, None, (), ()),  # spec/system.r1:451
-    'SYSEXIT': (False, None, (), ()),  # spec/system.r1:474
-    'ARPL': (True, None, (), (('dst', 'rm', 16), ('src', 'reg', 16))),  # spec/system.r1:495
-    'LAR': (True, None, (), (('dst', 'reg', 'v'), ('src', 'rm', 16))),  # spec/system.r1:515
-    'LSL': (True, None, (), (('dst', 'reg', 'v'), ('src', 'rm', 16))),  # spec/system.r1:536
-    'VERR': (True, None, (), (('src', 'rm', 16),)),  # spec/system.r1:557
-    'VERW': (True, None, (), (('src', 'rm', 16),)),  # spec/system.r1:577
+    'RDPMC': (False, None, (), ()),  # spec/system.r1:438
+    'SYSENTER': (False, None, (), ()),  # spec/system.r1:455
+    'SYSEXIT': (False, None, (), ()),  # spec/system.r1:478
+    'ARPL': (True, None, (), (('dst', 'rm', 16), ('src', 'reg', 16))),  # spec/system.r1:499
+    'LAR': (True, None, (), (('dst', 'reg', 'v'), ('src', 'rm', 16))),  # spec/system.r1:519
+    'LSL': (True, None, (), (('dst', 'reg', 'v'), ('src', 'rm', 16))),  # spec/system.r1:540
+    'VERR': (True, None, (), (('src', 'rm', 16),)),  # spec/system.r1:561
+    'VERW': (True, None, (), (('src', 'rm', 16),)),  # spec/system.r1:581
     'FADD_M32': (True, None, (), (('dst', 'x87', 80), ('src', 'mem', 32))),  # spec/x87.r1:345
     'FADD_M64': (True, None, (), (('dst', 'x87', 80), ('src', 'mem', 64))),  # spec/x87.r1:356
     'FIADD_M32': (True, None, (), (('dst', 'x87', 80), ('src', 'mem', 32))),  # spec/x87.r1:367
@@ -3286,14 +3286,14 @@ ENCODINGS = {
     'RDMSR': ((15, 50), None, None, None, None, None, (), None, None, None),  # spec/system.r1:395
     'WRMSR': ((15, 48), None, None, None, None, None, (), None, None, None),  # spec/system.r1:410
     'RDTSC': ((15, 49), None, None, None, None, None, (), None, None, None),  # spec/system.r1:420
-    'RDPMC': ((15, 51), None, None, None, None, None, (), None, None, None),  # spec/system.r1:434
-    'SYSENTER': ((15, 52), None, None, None, None, None, (), None, None, None),  # spec/system.r1:451
-    'SYSEXIT': ((15, 53), None, None, None, None, None, (), None, None, None),  # spec/system.r1:474
-    'ARPL': ((99,), None, 'r', None, None, None, (), None, None, None),  # spec/system.r1:495
-    'LAR': ((15, 2), None, 'r', None, None, None, (), None, None, None),  # spec/system.r1:515
-    'LSL': ((15, 3), None, 'r', None, None, None, (), None, None, None),  # spec/system.r1:536
-    'VERR': ((15, 0), None, '4', None, None, None, (), None, None, None),  # spec/system.r1:557
-    'VERW': ((15, 0), None, '5', None, None, None, (), None, None, None),  # spec/system.r1:577
+    'RDPMC': ((15, 51), None, None, None, None, None, (), None, None, None),  # spec/system.r1:438
+    'SYSENTER': ((15, 52), None, None, None, None, None, (), None, None, None),  # spec/system.r1:455
+    'SYSEXIT': ((15, 53), None, None, None, None, None, (), None, None, None),  # spec/system.r1:478
+    'ARPL': ((99,), None, 'r', None, None, None, (), None, None, None),  # spec/system.r1:499
+    'LAR': ((15, 2), None, 'r', None, None, None, (), None, None, None),  # spec/system.r1:519
+    'LSL': ((15, 3), None, 'r', None, None, None, (), None, None, None),  # spec/system.r1:540
+    'VERR': ((15, 0), None, '4', None, None, None, (), None, None, None),  # spec/system.r1:561
+    'VERW': ((15, 0), None, '5', None, None, None, (), None, None, None),  # spec/system.r1:581
     'FADD_M32': ((216,), None, '0', None, 'mem', None, (), None, None, None),  # spec/x87.r1:345
     'FADD_M64': ((220,), None, '0', None, 'mem', None, (), None, None, None),  # spec/x87.r1:356
     'FIADD_M32': ((218,), None, '0', None, 'mem', None, (), None, None, None),  # spec/x87.r1:367

@@ -15504,10 +15504,10 @@ FORMS = {
         prefixes=(),
         reads=('tsc',),
         writes=(),
-        rule='callout',
+        rule='ident',
         rule_arg=None,
         semantics=True,
-        ends_block=True,
+        ends_block=False,
         xchecks=(),
         soft_interrupt=None,
         simd_state=False,
@@ -15516,7 +15516,7 @@ FORMS = {
     'RDPMC': FormInfo(
         name='RDPMC',
         mnemonics={None: 'rdpmc'},
-        source='spec/system.r1:434',
+        source='spec/system.r1:438',
         encoding='0F 33',
         operands=(),
         width='v',
@@ -15540,7 +15540,7 @@ FORMS = {
     'SYSENTER': FormInfo(
         name='SYSENTER',
         mnemonics={None: 'sysenter'},
-        source='spec/system.r1:451',
+        source='spec/system.r1:455',
         encoding='0F 34',
         operands=(),
         width='v',
@@ -15564,7 +15564,7 @@ FORMS = {
     'SYSEXIT': FormInfo(
         name='SYSEXIT',
         mnemonics={None: 'sysexit'},
-        source='spec/system.r1:474',
+        source='spec/system.r1:478',
         encoding='0F 35',
         operands=(),
         width='v',
@@ -15588,7 +15588,7 @@ FORMS = {
     'ARPL': FormInfo(
         name='ARPL',
         mnemonics={None: 'arpl'},
-        source='spec/system.r1:495',
+        source='spec/system.r1:499',
         encoding='63 /r',
         operands=(('dst', 'rm16', 'rw'), ('src', 'r16', 'r')),
         width=16,
@@ -15612,7 +15612,7 @@ FORMS = {
     'LAR': FormInfo(
         name='LAR',
         mnemonics={None: 'lar'},
-        source='spec/system.r1:515',
+        source='spec/system.r1:519',
         encoding='0F 02 /r',
         operands=(('dst', 'rv', 'w'), ('src', 'rm16', 'r')),
         width='v',
@@ -15636,7 +15636,7 @@ FORMS = {
     'LSL': FormInfo(
         name='LSL',
         mnemonics={None: 'lsl'},
-        source='spec/system.r1:536',
+        source='spec/system.r1:540',
         encoding='0F 03 /r',
         operands=(('dst', 'rv', 'w'), ('src', 'rm16', 'r')),
         width='v',
@@ -15660,7 +15660,7 @@ FORMS = {
     'VERR': FormInfo(
         name='VERR',
         mnemonics={None: 'verr'},
-        source='spec/system.r1:557',
+        source='spec/system.r1:561',
         encoding='0F 00 /4',
         operands=(('src', 'rm16', 'r'),),
         width=16,
@@ -15684,7 +15684,7 @@ FORMS = {
     'VERW': FormInfo(
         name='VERW',
         mnemonics={None: 'verw'},
-        source='spec/system.r1:577',
+        source='spec/system.r1:581',
         encoding='0F 00 /5',
         operands=(('src', 'rm16', 'r'),),
         width=16,

@@ -656,15 +656,15 @@ RULES = {
     'MOV_DR_R32': ('callout', None, ('dr', 'cr4'), ('dr',)),  # spec/system.r1:373
     'RDMSR': ('callout', None, ('msr', 'tsc', 'sysenter'), ()),  # spec/system.r1:395
     'WRMSR': ('callout', None, (), ('msr', 'tsc', 'sysenter')),  # spec/system.r1:410
-    'RDTSC': ('callout', None, ('tsc',), ()),  # spec/system.r1:420
-    'RDPMC': ('callout', None, ('pmc',), ()),  # spec/system.r1:434
-    'SYSENTER': ('callout', None, ('sysenter',), ('cpl', 'seg', 'vm', 'if', 'rf')),  # spec/system.r1:451
-    'SYSEXIT': ('callout', None, ('sysenter',), ('cpl', 'seg')),  # spec/system.r1:474
-    'ARPL': ('ident', None, (), ()),  # spec/system.r1:495
-    'LAR': ('callout', None, ('cpl', 'gdtr', 'ldtr', 'gdt'), ()),  # spec/system.r1:515
-    'LSL': ('callout', None, ('cpl', 'gdtr', 'ldtr', 'gdt'), ()),  # spec/system.r1:536
-    'VERR': ('callout', None, ('cpl', 'gdtr', 'ldtr', 'gdt'), ()),  # spec/system.r1:557
-    'VERW': ('callout', None, ('cpl', 'gdtr', 'ldtr', 'gdt'), ()),  # spec/system.r1:577
+    'RDTSC': ('ident', None, ('tsc',), ()),  # spec/system.r1:420
+    'RDPMC': ('callout', None, ('pmc',), ()),  # spec/system.r1:438
+    'SYSENTER': ('callout', None, ('sysenter',), ('cpl', 'seg', 'vm', 'if', 'rf')),  # spec/system.r1:455
+    'SYSEXIT': ('callout', None, ('sysenter',), ('cpl', 'seg')),  # spec/system.r1:478
+    'ARPL': ('ident', None, (), ()),  # spec/system.r1:499
+    'LAR': ('callout', None, ('cpl', 'gdtr', 'ldtr', 'gdt'), ()),  # spec/system.r1:519
+    'LSL': ('callout', None, ('cpl', 'gdtr', 'ldtr', 'gdt'), ()),  # spec/system.r1:540
+    'VERR': ('callout', None, ('cpl', 'gdtr', 'ldtr', 'gdt'), ()),  # spec/system.r1:561
+    'VERW': ('callout', None, ('cpl', 'gdtr', 'ldtr', 'gdt'), ()),  # spec/system.r1:581
     'FADD_M32': ('ident', None, (), ()),  # spec/x87.r1:345
     'FADD_M64': ('ident', None, (), ()),  # spec/x87.r1:356
     'FIADD_M32': ('ident', None, (), ()),  # spec/x87.r1:367

@@ -392,6 +392,10 @@ class Vmm:
         self.exit_pad = base + C["VMM_EXIT_PAD"]
         self.callout_pad = base + C["VMM_CALLOUT_PAD"]
         self.tc_start = base + C["VMM_TC"]
+        if self.counter is not None:
+            # RDTSC copied into the TC (spec/system.r1) reads the virtual clock in the counter's hook.
+            tc_size = base + VMM_SIZE - self.tc_start
+            self.counter.answer_rdtsc_in(self.host.address + self.tc_phys(self.tc_start), self.tc_start, tc_size)
         self.L = {name: address - VMM_BASE + base for name, address in L.items()}  # the stubs' labels
 
     def in_vmm(self, la: int) -> bool:
@@ -433,10 +437,10 @@ class Vmm:
             flags = PTE_P | PTE_A | PTE_D | (PTE_W if i in writable else 0)
             self.host.write32(vmm_pt + i * 4, (self.vmm_phys + (i << 12)) | flags)
         uc.reg_write(X.UC_X86_REG_CR3, self.shadow.current.pd)
-        # With a virtual clock, CR4.TSD: RDTSC run by the hardware outside the TC (user code run
-        # directly, the kernel under `trap`) faults and is emulated, reading the virtual TSC
-        # (in the TC it is a callout already). Unicorn's own TSC follows the host's.
-        uc.reg_write(X.UC_X86_REG_CR4, CR4.TSD if self.clock is not None else 0)
+        # CR4.TSD: RDTSC that the hardware would run (user code run directly, the kernel under
+        # `trap`, translated code when the counter's hook does not answer it: no guest clock)
+        # faults and is emulated, reading the virtual TSC. Unicorn's own TSC follows the host's.
+        uc.reg_write(X.UC_X86_REG_CR4, CR4.TSD)
         uc.reg_write(X.UC_X86_REG_CR0, 0x80010031)  # PG WP NE ET PE
         uc.reg_write(X.UC_X86_REG_GDTR, (0, self.base + C["VMM_GDT"], 8192 * 8 - 1, 0))
         uc.reg_write(X.UC_X86_REG_IDTR, (0, self.base + C["VMM_IDT"], 0x7FF, 0))
@@ -907,7 +911,7 @@ class Vmm:
             if self._stop_next:
                 self._stop_next, limit = False, 1
             self.counter.start(self.clock.insns_until_deadline() if limit is None else limit, keep_limit=restart)
-        self.counter.bind(self.clock)
+        self.counter.bind(self.clock, tsc_offset=self.m.state.tsc)
 
     def _account_time(self) -> None:
         """After the hardware ran: what it executed advances the virtual clock. (Translated
