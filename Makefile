@@ -61,7 +61,7 @@ GUEST_CFLAGS := -m32 -march=i686 -std=gnu11 -O2 -g -Wall -Wextra -ffreestanding 
 GUEST_ASFLAGS := -m32 -Wa,--fatal-warnings
 GUEST_LDFLAGS := -m elf_i386 -T $(GUEST_DIR)/linker.ld -nostdlib -z max-page-size=0x1000 --build-id=none -z noexecstack
 ASM_GUESTS := hello fault halt spin
-C_GUESTS := demo devtest procs
+C_GUESTS := demo devtest procs tasks
 GUEST_LIB := boot isr lib mem format
 
 guests: $(foreach g,$(C_GUESTS) $(ASM_GUESTS),$(GUEST_OUT)/$(g).elf) $(GUEST_OUT)/rom.bin $(GUEST_OUT)/realmode.bin

@@ -318,14 +318,14 @@ S.eip = $next
 if ($target > b_seg_limit(1)):  # control.r1:13
     raise Fault(13, 0)  # control.r1:13
 m_v_0 = S.eip
-if S.stack32:  # prelude.r1:328
-    l_top_1 = ((R[4] - 2) & 4294967295)  # prelude.r1:329
-    wr16(2, l_top_1, m_v_0)  # prelude.r1:330
-    R[4] = l_top_1 & 0xffffffff  # prelude.r1:331
+if S.stack32:  # prelude.r1:330
+    l_top_1 = ((R[4] - 2) & 4294967295)  # prelude.r1:331
+    wr16(2, l_top_1, m_v_0)  # prelude.r1:332
+    R[4] = l_top_1 & 0xffffffff  # prelude.r1:333
 else:
-    l_top_2 = (((R[4] & 0xffff) - 2) & 65535)  # prelude.r1:333
-    wr16(2, l_top_2, m_v_0)  # prelude.r1:334
-    R[4] = R[4] & 0xffff0000 | l_top_2 & 0xffff  # prelude.r1:335
+    l_top_2 = (((R[4] & 0xffff) - 2) & 65535)  # prelude.r1:335
+    wr16(2, l_top_2, m_v_0)  # prelude.r1:336
+    R[4] = R[4] & 0xffff0000 | l_top_2 & 0xffff  # prelude.r1:337
 S.eip = $target  # control.r1:15
 """
 
@@ -335,14 +335,14 @@ S.eip = $next
 if ($target > b_seg_limit(1)):  # control.r1:13
     raise Fault(13, 0)  # control.r1:13
 m_v_0 = S.eip
-if S.stack32:  # prelude.r1:328
-    l_top_1 = ((R[4] - 4) & 4294967295)  # prelude.r1:329
-    wr32(2, l_top_1, m_v_0)  # prelude.r1:330
-    R[4] = l_top_1 & 0xffffffff  # prelude.r1:331
+if S.stack32:  # prelude.r1:330
+    l_top_1 = ((R[4] - 4) & 4294967295)  # prelude.r1:331
+    wr32(2, l_top_1, m_v_0)  # prelude.r1:332
+    R[4] = l_top_1 & 0xffffffff  # prelude.r1:333
 else:
-    l_top_2 = (((R[4] & 0xffff) - 4) & 65535)  # prelude.r1:333
-    wr32(2, l_top_2, m_v_0)  # prelude.r1:334
-    R[4] = R[4] & 0xffff0000 | l_top_2 & 0xffff  # prelude.r1:335
+    l_top_2 = (((R[4] & 0xffff) - 4) & 65535)  # prelude.r1:335
+    wr32(2, l_top_2, m_v_0)  # prelude.r1:336
+    R[4] = R[4] & 0xffff0000 | l_top_2 & 0xffff  # prelude.r1:337
 S.eip = $target  # control.r1:15
 """
 
@@ -475,14 +475,14 @@ v_target = (R[$target] & 0xffff)  # control.r1:153
 if (v_target > b_seg_limit(1)):  # control.r1:13
     raise Fault(13, 0)  # control.r1:13
 m_v_0 = S.eip
-if S.stack32:  # prelude.r1:328
-    l_top_1 = ((R[4] - 2) & 4294967295)  # prelude.r1:329
-    wr16(2, l_top_1, m_v_0)  # prelude.r1:330
-    R[4] = l_top_1 & 0xffffffff  # prelude.r1:331
+if S.stack32:  # prelude.r1:330
+    l_top_1 = ((R[4] - 2) & 4294967295)  # prelude.r1:331
+    wr16(2, l_top_1, m_v_0)  # prelude.r1:332
+    R[4] = l_top_1 & 0xffffffff  # prelude.r1:333
 else:
-    l_top_2 = (((R[4] & 0xffff) - 2) & 65535)  # prelude.r1:333
-    wr16(2, l_top_2, m_v_0)  # prelude.r1:334
-    R[4] = R[4] & 0xffff0000 | l_top_2 & 0xffff  # prelude.r1:335
+    l_top_2 = (((R[4] & 0xffff) - 2) & 65535)  # prelude.r1:335
+    wr16(2, l_top_2, m_v_0)  # prelude.r1:336
+    R[4] = R[4] & 0xffff0000 | l_top_2 & 0xffff  # prelude.r1:337
 S.eip = v_target  # control.r1:15
 """
 
@@ -494,14 +494,14 @@ v_target = rd16($seg, ea)  # control.r1:153
 if (v_target > b_seg_limit(1)):  # control.r1:13
     raise Fault(13, 0)  # control.r1:13
 m_v_0 = S.eip
-if S.stack32:  # prelude.r1:328
-    l_top_1 = ((R[4] - 2) & 4294967295)  # prelude.r1:329
-    wr16(2, l_top_1, m_v_0)  # prelude.r1:330
-    R[4] = l_top_1 & 0xffffffff  # prelude.r1:331
+if S.stack32:  # prelude.r1:330
+    l_top_1 = ((R[4] - 2) & 4294967295)  # prelude.r1:331
+    wr16(2, l_top_1, m_v_0)  # prelude.r1:332
+    R[4] = l_top_1 & 0xffffffff  # prelude.r1:333
 else:
-    l_top_2 = (((R[4] & 0xffff) - 2) & 65535)  # prelude.r1:333
-    wr16(2, l_top_2, m_v_0)  # prelude.r1:334
-    R[4] = R[4] & 0xffff0000 | l_top_2 & 0xffff  # prelude.r1:335
+    l_top_2 = (((R[4] & 0xffff) - 2) & 65535)  # prelude.r1:335
+    wr16(2, l_top_2, m_v_0)  # prelude.r1:336
+    R[4] = R[4] & 0xffff0000 | l_top_2 & 0xffff  # prelude.r1:337
 S.eip = v_target  # control.r1:15
 """
 
@@ -512,14 +512,14 @@ v_target = R[$target]  # control.r1:153
 if (v_target > b_seg_limit(1)):  # control.r1:13
     raise Fault(13, 0)  # control.r1:13
 m_v_0 = S.eip
-if S.stack32:  # prelude.r1:328
-    l_top_1 = ((R[4] - 4) & 4294967295)  # prelude.r1:329
-    wr32(2, l_top_1, m_v_0)  # prelude.r1:330
-    R[4] = l_top_1 & 0xffffffff  # prelude.r1:331
+if S.stack32:  # prelude.r1:330
+    l_top_1 = ((R[4] - 4) & 4294967295)  # prelude.r1:331
+    wr32(2, l_top_1, m_v_0)  # prelude.r1:332
+    R[4] = l_top_1 & 0xffffffff  # prelude.r1:333
 else:
-    l_top_2 = (((R[4] & 0xffff) - 4) & 65535)  # prelude.r1:333
-    wr32(2, l_top_2, m_v_0)  # prelude.r1:334
-    R[4] = R[4] & 0xffff0000 | l_top_2 & 0xffff  # prelude.r1:335
+    l_top_2 = (((R[4] & 0xffff) - 4) & 65535)  # prelude.r1:335
+    wr32(2, l_top_2, m_v_0)  # prelude.r1:336
+    R[4] = R[4] & 0xffff0000 | l_top_2 & 0xffff  # prelude.r1:337
 S.eip = v_target  # control.r1:15
 """
 
@@ -531,14 +531,14 @@ v_target = rd32($seg, ea)  # control.r1:153
 if (v_target > b_seg_limit(1)):  # control.r1:13
     raise Fault(13, 0)  # control.r1:13
 m_v_0 = S.eip
-if S.stack32:  # prelude.r1:328
-    l_top_1 = ((R[4] - 4) & 4294967295)  # prelude.r1:329
-    wr32(2, l_top_1, m_v_0)  # prelude.r1:330
-    R[4] = l_top_1 & 0xffffffff  # prelude.r1:331
+if S.stack32:  # prelude.r1:330
+    l_top_1 = ((R[4] - 4) & 4294967295)  # prelude.r1:331
+    wr32(2, l_top_1, m_v_0)  # prelude.r1:332
+    R[4] = l_top_1 & 0xffffffff  # prelude.r1:333
 else:
-    l_top_2 = (((R[4] & 0xffff) - 4) & 65535)  # prelude.r1:333
-    wr32(2, l_top_2, m_v_0)  # prelude.r1:334
-    R[4] = R[4] & 0xffff0000 | l_top_2 & 0xffff  # prelude.r1:335
+    l_top_2 = (((R[4] & 0xffff) - 4) & 65535)  # prelude.r1:335
+    wr32(2, l_top_2, m_v_0)  # prelude.r1:336
+    R[4] = R[4] & 0xffff0000 | l_top_2 & 0xffff  # prelude.r1:337
 S.eip = v_target  # control.r1:15
 """
 
@@ -549,10 +549,10 @@ l_t_0 = rd16(2, ((R[4] if S.stack32 else (R[4] & 0xffff)) & ((1 << (32 if S.stac
 if (l_t_0 > b_seg_limit(1)):  # control.r1:164
     raise Fault(13, 0)  # control.r1:164
 m_v_1 = (((R[4] if S.stack32 else (R[4] & 0xffff)) + 2) & ((1 << (32 if S.stack32 else 16)) - 1))
-if S.stack32:  # prelude.r1:360
-    R[4] = m_v_1 & 0xffffffff  # prelude.r1:360
+if S.stack32:  # prelude.r1:362
+    R[4] = m_v_1 & 0xffffffff  # prelude.r1:362
 else:
-    R[4] = R[4] & 0xffff0000 | m_v_1 & 0xffff  # prelude.r1:360
+    R[4] = R[4] & 0xffff0000 | m_v_1 & 0xffff  # prelude.r1:362
 S.eip = l_t_0  # control.r1:166
 """
 
@@ -563,10 +563,10 @@ l_t_0 = rd32(2, ((R[4] if S.stack32 else (R[4] & 0xffff)) & ((1 << (32 if S.stac
 if (l_t_0 > b_seg_limit(1)):  # control.r1:164
     raise Fault(13, 0)  # control.r1:164
 m_v_1 = (((R[4] if S.stack32 else (R[4] & 0xffff)) + 4) & ((1 << (32 if S.stack32 else 16)) - 1))
-if S.stack32:  # prelude.r1:360
-    R[4] = m_v_1 & 0xffffffff  # prelude.r1:360
+if S.stack32:  # prelude.r1:362
+    R[4] = m_v_1 & 0xffffffff  # prelude.r1:362
 else:
-    R[4] = R[4] & 0xffff0000 | m_v_1 & 0xffff  # prelude.r1:360
+    R[4] = R[4] & 0xffff0000 | m_v_1 & 0xffff  # prelude.r1:362
 S.eip = l_t_0  # control.r1:166
 """
 
@@ -577,10 +577,10 @@ l_t_0 = rd16(2, ((R[4] if S.stack32 else (R[4] & 0xffff)) & ((1 << (32 if S.stac
 if (l_t_0 > b_seg_limit(1)):  # control.r1:164
     raise Fault(13, 0)  # control.r1:164
 m_v_1 = ((((R[4] if S.stack32 else (R[4] & 0xffff)) + 2) + $n) & ((1 << (32 if S.stack32 else 16)) - 1))
-if S.stack32:  # prelude.r1:360
-    R[4] = m_v_1 & 0xffffffff  # prelude.r1:360
+if S.stack32:  # prelude.r1:362
+    R[4] = m_v_1 & 0xffffffff  # prelude.r1:362
 else:
-    R[4] = R[4] & 0xffff0000 | m_v_1 & 0xffff  # prelude.r1:360
+    R[4] = R[4] & 0xffff0000 | m_v_1 & 0xffff  # prelude.r1:362
 S.eip = l_t_0  # control.r1:166
 """
 
@@ -591,141 +591,141 @@ l_t_0 = rd32(2, ((R[4] if S.stack32 else (R[4] & 0xffff)) & ((1 << (32 if S.stac
 if (l_t_0 > b_seg_limit(1)):  # control.r1:164
     raise Fault(13, 0)  # control.r1:164
 m_v_1 = ((((R[4] if S.stack32 else (R[4] & 0xffff)) + 4) + $n) & ((1 << (32 if S.stack32 else 16)) - 1))
-if S.stack32:  # prelude.r1:360
-    R[4] = m_v_1 & 0xffffffff  # prelude.r1:360
+if S.stack32:  # prelude.r1:362
+    R[4] = m_v_1 & 0xffffffff  # prelude.r1:362
 else:
-    R[4] = R[4] & 0xffff0000 | m_v_1 & 0xffff  # prelude.r1:360
+    R[4] = R[4] & 0xffff0000 | m_v_1 & 0xffff  # prelude.r1:362
 S.eip = l_t_0  # control.r1:166
 """
 
-# JMP_FAR_PTR [o16 a16, o16 a32] from spec/control.r1:340
+# JMP_FAR_PTR [o16 a16, o16 a32] from spec/control.r1:341
 _T56 = """\
 S.eip = $next
-p_far_transfer(($target >> 16), ($target & 65535), 16, 0)  # control.r1:348
+p_far_transfer(($target >> 16), ($target & 65535), 16, 0)  # control.r1:349
 """
 
-# JMP_FAR_PTR [o32 a16, o32 a32] from spec/control.r1:340
+# JMP_FAR_PTR [o32 a16, o32 a32] from spec/control.r1:341
 _T57 = """\
 S.eip = $next
-p_far_transfer(($target >> 32), ($target & 4294967295), 32, 0)  # control.r1:348
+p_far_transfer(($target >> 32), ($target & 4294967295), 32, 0)  # control.r1:349
 """
 
-# JMP_FAR_M [o16 a16 mem, o16 a32 mem] from spec/control.r1:351
+# JMP_FAR_M [o16 a16 mem, o16 a32 mem] from spec/control.r1:352
 _T58 = """\
 S.eip = $next
 ea = $ea
-v_target = rd32($seg, ea)  # control.r1:354
-p_far_transfer((v_target >> 16), (v_target & 65535), 16, 0)  # control.r1:358
+v_target = rd32($seg, ea)  # control.r1:355
+p_far_transfer((v_target >> 16), (v_target & 65535), 16, 0)  # control.r1:359
 """
 
-# JMP_FAR_M [o32 a16 mem, o32 a32 mem] from spec/control.r1:351
+# JMP_FAR_M [o32 a16 mem, o32 a32 mem] from spec/control.r1:352
 _T59 = """\
 S.eip = $next
 ea = $ea
-v_target = b_load($seg, ea, 48)  # control.r1:354
-p_far_transfer((v_target >> 32), (v_target & 4294967295), 32, 0)  # control.r1:358
+v_target = b_load($seg, ea, 48)  # control.r1:355
+p_far_transfer((v_target >> 32), (v_target & 4294967295), 32, 0)  # control.r1:359
 """
 
-# CALL_FAR_PTR [o16 a16, o16 a32] from spec/control.r1:361
+# CALL_FAR_PTR [o16 a16, o16 a32] from spec/control.r1:362
 _T60 = """\
 S.eip = $next
-p_far_transfer(($target >> 16), ($target & 65535), 16, 1)  # control.r1:369
+p_far_transfer(($target >> 16), ($target & 65535), 16, 1)  # control.r1:370
 """
 
-# CALL_FAR_PTR [o32 a16, o32 a32] from spec/control.r1:361
+# CALL_FAR_PTR [o32 a16, o32 a32] from spec/control.r1:362
 _T61 = """\
 S.eip = $next
-p_far_transfer(($target >> 32), ($target & 4294967295), 32, 1)  # control.r1:369
+p_far_transfer(($target >> 32), ($target & 4294967295), 32, 1)  # control.r1:370
 """
 
-# CALL_FAR_M [o16 a16 mem, o16 a32 mem] from spec/control.r1:372
+# CALL_FAR_M [o16 a16 mem, o16 a32 mem] from spec/control.r1:373
 _T62 = """\
 S.eip = $next
 ea = $ea
-v_target = rd32($seg, ea)  # control.r1:375
-p_far_transfer((v_target >> 16), (v_target & 65535), 16, 1)  # control.r1:379
+v_target = rd32($seg, ea)  # control.r1:376
+p_far_transfer((v_target >> 16), (v_target & 65535), 16, 1)  # control.r1:380
 """
 
-# CALL_FAR_M [o32 a16 mem, o32 a32 mem] from spec/control.r1:372
+# CALL_FAR_M [o32 a16 mem, o32 a32 mem] from spec/control.r1:373
 _T63 = """\
 S.eip = $next
 ea = $ea
-v_target = b_load($seg, ea, 48)  # control.r1:375
-p_far_transfer((v_target >> 32), (v_target & 4294967295), 32, 1)  # control.r1:379
+v_target = b_load($seg, ea, 48)  # control.r1:376
+p_far_transfer((v_target >> 32), (v_target & 4294967295), 32, 1)  # control.r1:380
 """
 
-# RET_FAR [o16 a16, o16 a32] from spec/control.r1:382
+# RET_FAR [o16 a16, o16 a32] from spec/control.r1:383
 _T64 = """\
 S.eip = $next
-p_far_return(16, 0)  # control.r1:389
+p_far_return(16, 0)  # control.r1:390
 """
 
-# RET_FAR [o32 a16, o32 a32] from spec/control.r1:382
+# RET_FAR [o32 a16, o32 a32] from spec/control.r1:383
 _T65 = """\
 S.eip = $next
-p_far_return(32, 0)  # control.r1:389
+p_far_return(32, 0)  # control.r1:390
 """
 
-# RET_FAR_Iw [o16 a16, o16 a32] from spec/control.r1:392
+# RET_FAR_Iw [o16 a16, o16 a32] from spec/control.r1:393
 _T66 = """\
 S.eip = $next
-p_far_return(16, $n)  # control.r1:399
+p_far_return(16, $n)  # control.r1:400
 """
 
-# RET_FAR_Iw [o32 a16, o32 a32] from spec/control.r1:392
+# RET_FAR_Iw [o32 a16, o32 a32] from spec/control.r1:393
 _T67 = """\
 S.eip = $next
-p_far_return(32, $n)  # control.r1:399
+p_far_return(32, $n)  # control.r1:400
 """
 
-# INT_Ib [o16 a16, o16 a32, o32 a16, o32 a32] from spec/control.r1:404
+# INT_Ib [o16 a16, o16 a32, o32 a16, o32 a32] from spec/control.r1:405
 _T68 = """\
 S.eip = $next
-if not ((S.mode != 2) or ((S.eflags >> 12 & 0x3) == 3)): raise Fault(13, 0)  # control.r1:409
-b_soft_interrupt($vector, 2)  # control.r1:413
+if not ((S.mode != 2) or ((S.eflags >> 12 & 0x3) == 3)): raise Fault(13, 0)  # control.r1:410
+b_soft_interrupt($vector, 2)  # control.r1:414
 """
 
-# INT3 [o16 a16, o16 a32, o32 a16, o32 a32] from spec/control.r1:416
+# INT3 [o16 a16, o16 a32, o32 a16, o32 a32] from spec/control.r1:417
 _T69 = """\
 S.eip = $next
-if not ((S.mode != 2) or ((S.eflags >> 12 & 0x3) == 3)): raise Fault(13, 0)  # control.r1:420
-b_soft_interrupt(3, 3)  # control.r1:423
+if not ((S.mode != 2) or ((S.eflags >> 12 & 0x3) == 3)): raise Fault(13, 0)  # control.r1:421
+b_soft_interrupt(3, 3)  # control.r1:424
 """
 
-# INTO [o16 a16, o16 a32, o32 a16, o32 a32] from spec/control.r1:426
+# INTO [o16 a16, o16 a32, o32 a16, o32 a32] from spec/control.r1:427
 _T70 = """\
 S.eip = $next
-if not ((S.mode != 2) or ((S.eflags >> 12 & 0x3) == 3)): raise Fault(13, 0)  # control.r1:430
-if GET_OF[S.cc[0]](S.cc):  # control.r1:434
-    b_soft_interrupt(4, 4)  # control.r1:434
+if not ((S.mode != 2) or ((S.eflags >> 12 & 0x3) == 3)): raise Fault(13, 0)  # control.r1:431
+if GET_OF[S.cc[0]](S.cc):  # control.r1:435
+    b_soft_interrupt(4, 4)  # control.r1:435
 """
 
-# ICEBP [o16 a16, o16 a32, o32 a16, o32 a32] from spec/control.r1:437
+# ICEBP [o16 a16, o16 a32, o32 a16, o32 a32] from spec/control.r1:438
 _T71 = """\
 S.eip = $next
-b_soft_interrupt(1, 5)  # control.r1:445
+b_soft_interrupt(1, 5)  # control.r1:446
 """
 
-# BOUND [o16 a16 mem, o16 a32 mem] from spec/control.r1:448
+# BOUND [o16 a16 mem, o16 a32 mem] from spec/control.r1:449
 _T72 = """\
 ea = $ea
-v_index = (R[$index] & 0xffff)  # control.r1:451
-l_lower = ((rd16($seg, ea) & 0xffff ^ 0x8000) - 0x8000)  # control.r1:457
-l_upper = ((rd16($seg, (ea + 2)) & 0xffff ^ 0x8000) - 0x8000)  # control.r1:458
-l_i = ((v_index & 0xffff ^ 0x8000) - 0x8000)  # control.r1:459
-if ((l_i < l_lower) or (l_i > l_upper)):  # control.r1:460
-    raise Fault(5, None)  # control.r1:460
+v_index = (R[$index] & 0xffff)  # control.r1:452
+l_lower = ((rd16($seg, ea) & 0xffff ^ 0x8000) - 0x8000)  # control.r1:458
+l_upper = ((rd16($seg, (ea + 2)) & 0xffff ^ 0x8000) - 0x8000)  # control.r1:459
+l_i = ((v_index & 0xffff ^ 0x8000) - 0x8000)  # control.r1:460
+if ((l_i < l_lower) or (l_i > l_upper)):  # control.r1:461
+    raise Fault(5, None)  # control.r1:461
 """
 
-# BOUND [o32 a16 mem, o32 a32 mem] from spec/control.r1:448
+# BOUND [o32 a16 mem, o32 a32 mem] from spec/control.r1:449
 _T73 = """\
 ea = $ea
-v_index = R[$index]  # control.r1:451
-l_lower = ((rd32($seg, ea) & 0xffffffff ^ 0x80000000) - 0x80000000)  # control.r1:457
-l_upper = ((rd32($seg, (ea + 4)) & 0xffffffff ^ 0x80000000) - 0x80000000)  # control.r1:458
-l_i = ((v_index & 0xffffffff ^ 0x80000000) - 0x80000000)  # control.r1:459
-if ((l_i < l_lower) or (l_i > l_upper)):  # control.r1:460
-    raise Fault(5, None)  # control.r1:460
+v_index = R[$index]  # control.r1:452
+l_lower = ((rd32($seg, ea) & 0xffffffff ^ 0x80000000) - 0x80000000)  # control.r1:458
+l_upper = ((rd32($seg, (ea + 4)) & 0xffffffff ^ 0x80000000) - 0x80000000)  # control.r1:459
+l_i = ((v_index & 0xffffffff ^ 0x80000000) - 0x80000000)  # control.r1:460
+if ((l_i < l_lower) or (l_i > l_upper)):  # control.r1:461
+    raise Fault(5, None)  # control.r1:461
 """
 
 TEMPLATES = {
@@ -951,77 +951,77 @@ TEMPLATES = {
         (32, 16, None, None, None): _T55,
         (32, 32, None, None, None): _T55,
     },
-    # spec/control.r1:340
+    # spec/control.r1:341
     'JMP_FAR_PTR': {
         (16, 16, None, None, None): _T56,
         (16, 32, None, None, None): _T56,
         (32, 16, None, None, None): _T57,
         (32, 32, None, None, None): _T57,
     },
-    # spec/control.r1:351
+    # spec/control.r1:352
     'JMP_FAR_M': {
         (16, 16, 'mem', None, None): _T58,
         (16, 32, 'mem', None, None): _T58,
         (32, 16, 'mem', None, None): _T59,
         (32, 32, 'mem', None, None): _T59,
     },
-    # spec/control.r1:361
+    # spec/control.r1:362
     'CALL_FAR_PTR': {
         (16, 16, None, None, None): _T60,
         (16, 32, None, None, None): _T60,
         (32, 16, None, None, None): _T61,
         (32, 32, None, None, None): _T61,
     },
-    # spec/control.r1:372
+    # spec/control.r1:373
     'CALL_FAR_M': {
         (16, 16, 'mem', None, None): _T62,
         (16, 32, 'mem', None, None): _T62,
         (32, 16, 'mem', None, None): _T63,
         (32, 32, 'mem', None, None): _T63,
     },
-    # spec/control.r1:382
+    # spec/control.r1:383
     'RET_FAR': {
         (16, 16, None, None, None): _T64,
         (16, 32, None, None, None): _T64,
         (32, 16, None, None, None): _T65,
         (32, 32, None, None, None): _T65,
     },
-    # spec/control.r1:392
+    # spec/control.r1:393
     'RET_FAR_Iw': {
         (16, 16, None, None, None): _T66,
         (16, 32, None, None, None): _T66,
         (32, 16, None, None, None): _T67,
         (32, 32, None, None, None): _T67,
     },
-    # spec/control.r1:404
+    # spec/control.r1:405
     'INT_Ib': {
         (16, 16, None, None, None): _T68,
         (16, 32, None, None, None): _T68,
         (32, 16, None, None, None): _T68,
         (32, 32, None, None, None): _T68,
     },
-    # spec/control.r1:416
+    # spec/control.r1:417
     'INT3': {
         (16, 16, None, None, None): _T69,
         (16, 32, None, None, None): _T69,
         (32, 16, None, None, None): _T69,
         (32, 32, None, None, None): _T69,
     },
-    # spec/control.r1:426
+    # spec/control.r1:427
     'INTO': {
         (16, 16, None, None, None): _T70,
         (16, 32, None, None, None): _T70,
         (32, 16, None, None, None): _T70,
         (32, 32, None, None, None): _T70,
     },
-    # spec/control.r1:437
+    # spec/control.r1:438
     'ICEBP': {
         (16, 16, None, None, None): _T71,
         (16, 32, None, None, None): _T71,
         (32, 16, None, None, None): _T71,
         (32, 32, None, None, None): _T71,
     },
-    # spec/control.r1:448
+    # spec/control.r1:449
     'BOUND': {
         (16, 16, 'mem', None, None): _T72,
         (16, 32, 'mem', None, None): _T72,

@@ -8,22 +8,22 @@ register-or-memory, condition, REP). `$name` placeholders are filled from the de
 instruction by ring1.runtime.cpu.blocks, which joins templates into one function per block.
 """
 
-# IRET [o16 a16, o16 a32] from spec/interrupts.r1:270
+# IRET [o16 a16, o16 a32] from spec/interrupts.r1:276
 _T0 = """\
 S.eip = $next
-if not ((S.mode != 2) or ((S.eflags >> 12 & 0x3) == 3)): raise Fault(13, 0)  # interrupts.r1:274
-p_iret(16)  # interrupts.r1:280
+if not ((S.mode != 2) or ((S.eflags >> 12 & 0x3) == 3)): raise Fault(13, 0)  # interrupts.r1:280
+p_iret(16)  # interrupts.r1:286
 """
 
-# IRET [o32 a16, o32 a32] from spec/interrupts.r1:270
+# IRET [o32 a16, o32 a32] from spec/interrupts.r1:276
 _T1 = """\
 S.eip = $next
-if not ((S.mode != 2) or ((S.eflags >> 12 & 0x3) == 3)): raise Fault(13, 0)  # interrupts.r1:274
-p_iret(32)  # interrupts.r1:280
+if not ((S.mode != 2) or ((S.eflags >> 12 & 0x3) == 3)): raise Fault(13, 0)  # interrupts.r1:280
+p_iret(32)  # interrupts.r1:286
 """
 
 TEMPLATES = {
-    # spec/interrupts.r1:270
+    # spec/interrupts.r1:276
     'IRET': {
         (16, 16, None, None, None): _T0,
         (16, 32, None, None, None): _T0,

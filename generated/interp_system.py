@@ -342,229 +342,228 @@ b_write_msr(R[1], ((R[2] << 32) | R[0]))  # system.r1:417
 
 # RDTSC [o16 a16, o16 a32, o32 a16, o32 a32] from spec/system.r1:420
 _T36 = """\
-S.eip = $next
 if not (((S.cr[4] >> 2 & 0x1) == 0) or (S.cpl == 0)): raise Fault(13, 0)  # system.r1:423
-l_t = b_read_tsc()  # system.r1:428
-R[0] = (l_t & 4294967295) & 0xffffffff  # system.r1:429
-R[2] = ((l_t >> 32) & 4294967295) & 0xffffffff  # system.r1:430
+l_t = b_read_tsc()  # system.r1:432
+R[0] = (l_t & 4294967295) & 0xffffffff  # system.r1:433
+R[2] = ((l_t >> 32) & 4294967295) & 0xffffffff  # system.r1:434
 """
 
-# RDPMC [o16 a16, o16 a32, o32 a16, o32 a32] from spec/system.r1:434
+# RDPMC [o16 a16, o16 a32, o32 a16, o32 a32] from spec/system.r1:438
 _T37 = """\
 S.eip = $next
-if not (((S.cr[4] >> 8 & 0x1) == 1) or (S.cpl == 0)): raise Fault(13, 0)  # system.r1:437
-l_v = b_read_pmc(R[1])  # system.r1:443
-R[0] = (l_v & 4294967295) & 0xffffffff  # system.r1:444
-R[2] = ((l_v >> 32) & 4294967295) & 0xffffffff  # system.r1:445
+if not (((S.cr[4] >> 8 & 0x1) == 1) or (S.cpl == 0)): raise Fault(13, 0)  # system.r1:441
+l_v = b_read_pmc(R[1])  # system.r1:447
+R[0] = (l_v & 4294967295) & 0xffffffff  # system.r1:448
+R[2] = ((l_v >> 32) & 4294967295) & 0xffffffff  # system.r1:449
 """
 
-# SYSENTER [o16 a16, o16 a32, o32 a16, o32 a32] from spec/system.r1:451
+# SYSENTER [o16 a16, o16 a32, o32 a16, o32 a32] from spec/system.r1:455
 _T38 = """\
 S.eip = $next
-if (S.mode == 0):  # system.r1:461
-    raise Fault(13, 0)  # system.r1:461
-l_sel = (b_read_msr(372) & 65535)  # system.r1:462
-if ((l_sel & 65532) == 0):  # system.r1:463
-    raise Fault(13, 0)  # system.r1:463
-S.eflags = S.eflags & 0xfffdffff | 0  # system.r1:464
-S.eflags = S.eflags & 0xfffffdff | 0  # system.r1:465
-S.eflags = S.eflags & 0xfffeffff | 0  # system.r1:466
-b_set_seg(1, (l_sel & 65532), 0, 4294967295, 53147)  # system.r1:467
-b_set_seg(2, ((l_sel & 65532) + 8), 0, 4294967295, 53139)  # system.r1:468
-R[4] = b_read_msr(373) & 0xffffffff  # system.r1:469
-S.eip = (b_read_msr(374) & 4294967295)  # system.r1:470
+if (S.mode == 0):  # system.r1:465
+    raise Fault(13, 0)  # system.r1:465
+l_sel = (b_read_msr(372) & 65535)  # system.r1:466
+if ((l_sel & 65532) == 0):  # system.r1:467
+    raise Fault(13, 0)  # system.r1:467
+S.eflags = S.eflags & 0xfffdffff | 0  # system.r1:468
+S.eflags = S.eflags & 0xfffffdff | 0  # system.r1:469
+S.eflags = S.eflags & 0xfffeffff | 0  # system.r1:470
+b_set_seg(1, (l_sel & 65532), 0, 4294967295, 53147)  # system.r1:471
+b_set_seg(2, ((l_sel & 65532) + 8), 0, 4294967295, 53139)  # system.r1:472
+R[4] = b_read_msr(373) & 0xffffffff  # system.r1:473
+S.eip = (b_read_msr(374) & 4294967295)  # system.r1:474
 """
 
-# SYSEXIT [o16 a16, o16 a32, o32 a16, o32 a32] from spec/system.r1:474
+# SYSEXIT [o16 a16, o16 a32, o32 a16, o32 a32] from spec/system.r1:478
 _T39 = """\
 S.eip = $next
-if not (S.cpl == 0): raise Fault(13, 0)  # system.r1:477
-if (S.mode == 0):  # system.r1:483
-    raise Fault(13, 0)  # system.r1:483
-l_sel = (b_read_msr(372) & 65535)  # system.r1:484
-if ((l_sel & 65532) == 0):  # system.r1:485
-    raise Fault(13, 0)  # system.r1:485
-b_set_seg(1, (((l_sel + 16) & 65535) | 3), 0, 4294967295, 53243)  # system.r1:486
-b_set_seg(2, (((l_sel + 24) & 65535) | 3), 0, 4294967295, 53235)  # system.r1:487
-R[4] = R[1] & 0xffffffff  # system.r1:488
-S.eip = R[2]  # system.r1:489
+if not (S.cpl == 0): raise Fault(13, 0)  # system.r1:481
+if (S.mode == 0):  # system.r1:487
+    raise Fault(13, 0)  # system.r1:487
+l_sel = (b_read_msr(372) & 65535)  # system.r1:488
+if ((l_sel & 65532) == 0):  # system.r1:489
+    raise Fault(13, 0)  # system.r1:489
+b_set_seg(1, (((l_sel + 16) & 65535) | 3), 0, 4294967295, 53243)  # system.r1:490
+b_set_seg(2, (((l_sel + 24) & 65535) | 3), 0, 4294967295, 53235)  # system.r1:491
+R[4] = R[1] & 0xffffffff  # system.r1:492
+S.eip = R[2]  # system.r1:493
 """
 
-# ARPL [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/system.r1:495
+# ARPL [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/system.r1:499
 _T40 = """\
-if S.mode not in (1,): raise Fault(6, None)  # system.r1:495
-v_dst = (R[$dst] & 0xffff)  # system.r1:498
-v_src = (R[$src] & 0xffff)  # system.r1:498
-if ((v_dst & 3) < (v_src & 3)):  # system.r1:506
-    R[$dst] = R[$dst] & 0xffff0000 | ((v_dst & 65532) | (v_src & 3)) & 0xffff  # system.r1:507
-    S.eflags = flush_cc() & 0xffffffbf | 64  # system.r1:508
+if S.mode not in (1,): raise Fault(6, None)  # system.r1:499
+v_dst = (R[$dst] & 0xffff)  # system.r1:502
+v_src = (R[$src] & 0xffff)  # system.r1:502
+if ((v_dst & 3) < (v_src & 3)):  # system.r1:510
+    R[$dst] = R[$dst] & 0xffff0000 | ((v_dst & 65532) | (v_src & 3)) & 0xffff  # system.r1:511
+    S.eflags = flush_cc() & 0xffffffbf | 64  # system.r1:512
 else:
-    S.eflags = flush_cc() & 0xffffffbf | 0  # system.r1:510
+    S.eflags = flush_cc() & 0xffffffbf | 0  # system.r1:514
 """
 
-# ARPL [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/system.r1:495
+# ARPL [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/system.r1:499
 _T41 = """\
-if S.mode not in (1,): raise Fault(6, None)  # system.r1:495
+if S.mode not in (1,): raise Fault(6, None)  # system.r1:499
 ea = $ea
-v_src = (R[$src] & 0xffff)  # system.r1:498
-v_dst = rd16($seg, ea)  # system.r1:498
-if ((v_dst & 3) < (v_src & 3)):  # system.r1:506
-    wr16($seg, ea, ((v_dst & 65532) | (v_src & 3)))  # system.r1:507
-    S.eflags = flush_cc() & 0xffffffbf | 64  # system.r1:508
+v_src = (R[$src] & 0xffff)  # system.r1:502
+v_dst = rd16($seg, ea)  # system.r1:502
+if ((v_dst & 3) < (v_src & 3)):  # system.r1:510
+    wr16($seg, ea, ((v_dst & 65532) | (v_src & 3)))  # system.r1:511
+    S.eflags = flush_cc() & 0xffffffbf | 64  # system.r1:512
 else:
-    S.eflags = flush_cc() & 0xffffffbf | 0  # system.r1:510
+    S.eflags = flush_cc() & 0xffffffbf | 0  # system.r1:514
 """
 
-# LAR [o16 a16 reg, o16 a32 reg] from spec/system.r1:515
+# LAR [o16 a16 reg, o16 a32 reg] from spec/system.r1:519
 _T42 = """\
 S.eip = $next
-if S.mode not in (1,): raise Fault(6, None)  # system.r1:515
-v_src = (R[$src] & 0xffff)  # system.r1:518
-l_d = p_probe_descriptor(v_src)  # system.r1:526
-if (((l_d >> 44 & 1) or (6718 >> (l_d >> 40 & 0xf) & 1)) and ((((l_d >> 44 & 1) and (l_d >> 43 & 1)) and (l_d >> 42 & 1)) or (((l_d >> 45 & 0x3) >= S.cpl) and ((l_d >> 45 & 0x3) >= (v_src & 3))))):  # system.r1:527
-    R[$dst] = R[$dst] & 0xffff0000 | ((l_d >> 32 & 0xffffffff) & 15793920) & 0xffff  # system.r1:528
-    S.eflags = flush_cc() & 0xffffffbf | 64  # system.r1:529
+if S.mode not in (1,): raise Fault(6, None)  # system.r1:519
+v_src = (R[$src] & 0xffff)  # system.r1:522
+l_d = p_probe_descriptor(v_src)  # system.r1:530
+if (((l_d >> 44 & 1) or (6718 >> (l_d >> 40 & 0xf) & 1)) and ((((l_d >> 44 & 1) and (l_d >> 43 & 1)) and (l_d >> 42 & 1)) or (((l_d >> 45 & 0x3) >= S.cpl) and ((l_d >> 45 & 0x3) >= (v_src & 3))))):  # system.r1:531
+    R[$dst] = R[$dst] & 0xffff0000 | ((l_d >> 32 & 0xffffffff) & 15793920) & 0xffff  # system.r1:532
+    S.eflags = flush_cc() & 0xffffffbf | 64  # system.r1:533
 else:
-    S.eflags = flush_cc() & 0xffffffbf | 0  # system.r1:531
+    S.eflags = flush_cc() & 0xffffffbf | 0  # system.r1:535
 """
 
-# LAR [o16 a16 mem, o16 a32 mem] from spec/system.r1:515
+# LAR [o16 a16 mem, o16 a32 mem] from spec/system.r1:519
 _T43 = """\
 S.eip = $next
-if S.mode not in (1,): raise Fault(6, None)  # system.r1:515
+if S.mode not in (1,): raise Fault(6, None)  # system.r1:519
 ea = $ea
-v_src = rd16($seg, ea)  # system.r1:518
-l_d = p_probe_descriptor(v_src)  # system.r1:526
-if (((l_d >> 44 & 1) or (6718 >> (l_d >> 40 & 0xf) & 1)) and ((((l_d >> 44 & 1) and (l_d >> 43 & 1)) and (l_d >> 42 & 1)) or (((l_d >> 45 & 0x3) >= S.cpl) and ((l_d >> 45 & 0x3) >= (v_src & 3))))):  # system.r1:527
-    R[$dst] = R[$dst] & 0xffff0000 | ((l_d >> 32 & 0xffffffff) & 15793920) & 0xffff  # system.r1:528
-    S.eflags = flush_cc() & 0xffffffbf | 64  # system.r1:529
+v_src = rd16($seg, ea)  # system.r1:522
+l_d = p_probe_descriptor(v_src)  # system.r1:530
+if (((l_d >> 44 & 1) or (6718 >> (l_d >> 40 & 0xf) & 1)) and ((((l_d >> 44 & 1) and (l_d >> 43 & 1)) and (l_d >> 42 & 1)) or (((l_d >> 45 & 0x3) >= S.cpl) and ((l_d >> 45 & 0x3) >= (v_src & 3))))):  # system.r1:531
+    R[$dst] = R[$dst] & 0xffff0000 | ((l_d >> 32 & 0xffffffff) & 15793920) & 0xffff  # system.r1:532
+    S.eflags = flush_cc() & 0xffffffbf | 64  # system.r1:533
 else:
-    S.eflags = flush_cc() & 0xffffffbf | 0  # system.r1:531
+    S.eflags = flush_cc() & 0xffffffbf | 0  # system.r1:535
 """
 
-# LAR [o32 a16 reg, o32 a32 reg] from spec/system.r1:515
+# LAR [o32 a16 reg, o32 a32 reg] from spec/system.r1:519
 _T44 = """\
 S.eip = $next
-if S.mode not in (1,): raise Fault(6, None)  # system.r1:515
-v_src = (R[$src] & 0xffff)  # system.r1:518
-l_d = p_probe_descriptor(v_src)  # system.r1:526
-if (((l_d >> 44 & 1) or (6718 >> (l_d >> 40 & 0xf) & 1)) and ((((l_d >> 44 & 1) and (l_d >> 43 & 1)) and (l_d >> 42 & 1)) or (((l_d >> 45 & 0x3) >= S.cpl) and ((l_d >> 45 & 0x3) >= (v_src & 3))))):  # system.r1:527
-    R[$dst] = ((l_d >> 32 & 0xffffffff) & 15793920) & 0xffffffff  # system.r1:528
-    S.eflags = flush_cc() & 0xffffffbf | 64  # system.r1:529
+if S.mode not in (1,): raise Fault(6, None)  # system.r1:519
+v_src = (R[$src] & 0xffff)  # system.r1:522
+l_d = p_probe_descriptor(v_src)  # system.r1:530
+if (((l_d >> 44 & 1) or (6718 >> (l_d >> 40 & 0xf) & 1)) and ((((l_d >> 44 & 1) and (l_d >> 43 & 1)) and (l_d >> 42 & 1)) or (((l_d >> 45 & 0x3) >= S.cpl) and ((l_d >> 45 & 0x3) >= (v_src & 3))))):  # system.r1:531
+    R[$dst] = ((l_d >> 32 & 0xffffffff) & 15793920) & 0xffffffff  # system.r1:532
+    S.eflags = flush_cc() & 0xffffffbf | 64  # system.r1:533
 else:
-    S.eflags = flush_cc() & 0xffffffbf | 0  # system.r1:531
+    S.eflags = flush_cc() & 0xffffffbf | 0  # system.r1:535
 """
 
-# LAR [o32 a16 mem, o32 a32 mem] from spec/system.r1:515
+# LAR [o32 a16 mem, o32 a32 mem] from spec/system.r1:519
 _T45 = """\
 S.eip = $next
-if S.mode not in (1,): raise Fault(6, None)  # system.r1:515
+if S.mode not in (1,): raise Fault(6, None)  # system.r1:519
 ea = $ea
-v_src = rd16($seg, ea)  # system.r1:518
-l_d = p_probe_descriptor(v_src)  # system.r1:526
-if (((l_d >> 44 & 1) or (6718 >> (l_d >> 40 & 0xf) & 1)) and ((((l_d >> 44 & 1) and (l_d >> 43 & 1)) and (l_d >> 42 & 1)) or (((l_d >> 45 & 0x3) >= S.cpl) and ((l_d >> 45 & 0x3) >= (v_src & 3))))):  # system.r1:527
-    R[$dst] = ((l_d >> 32 & 0xffffffff) & 15793920) & 0xffffffff  # system.r1:528
-    S.eflags = flush_cc() & 0xffffffbf | 64  # system.r1:529
+v_src = rd16($seg, ea)  # system.r1:522
+l_d = p_probe_descriptor(v_src)  # system.r1:530
+if (((l_d >> 44 & 1) or (6718 >> (l_d >> 40 & 0xf) & 1)) and ((((l_d >> 44 & 1) and (l_d >> 43 & 1)) and (l_d >> 42 & 1)) or (((l_d >> 45 & 0x3) >= S.cpl) and ((l_d >> 45 & 0x3) >= (v_src & 3))))):  # system.r1:531
+    R[$dst] = ((l_d >> 32 & 0xffffffff) & 15793920) & 0xffffffff  # system.r1:532
+    S.eflags = flush_cc() & 0xffffffbf | 64  # system.r1:533
 else:
-    S.eflags = flush_cc() & 0xffffffbf | 0  # system.r1:531
+    S.eflags = flush_cc() & 0xffffffbf | 0  # system.r1:535
 """
 
-# LSL [o16 a16 reg, o16 a32 reg] from spec/system.r1:536
+# LSL [o16 a16 reg, o16 a32 reg] from spec/system.r1:540
 _T46 = """\
 S.eip = $next
-if S.mode not in (1,): raise Fault(6, None)  # system.r1:536
-v_src = (R[$src] & 0xffff)  # system.r1:539
-l_d = p_probe_descriptor(v_src)  # system.r1:547
-if (((l_d >> 44 & 1) or (2574 >> (l_d >> 40 & 0xf) & 1)) and ((((l_d >> 44 & 1) and (l_d >> 43 & 1)) and (l_d >> 42 & 1)) or (((l_d >> 45 & 0x3) >= S.cpl) and ((l_d >> 45 & 0x3) >= (v_src & 3))))):  # system.r1:548
-    R[$dst] = R[$dst] & 0xffff0000 | (((((l_d & 0xffff) | ((l_d >> 48 & 0xf) << 16)) << 12) | 4095) if (l_d >> 55 & 1) else ((l_d & 0xffff) | ((l_d >> 48 & 0xf) << 16))) & 0xffff  # system.r1:549
-    S.eflags = flush_cc() & 0xffffffbf | 64  # system.r1:550
+if S.mode not in (1,): raise Fault(6, None)  # system.r1:540
+v_src = (R[$src] & 0xffff)  # system.r1:543
+l_d = p_probe_descriptor(v_src)  # system.r1:551
+if (((l_d >> 44 & 1) or (2574 >> (l_d >> 40 & 0xf) & 1)) and ((((l_d >> 44 & 1) and (l_d >> 43 & 1)) and (l_d >> 42 & 1)) or (((l_d >> 45 & 0x3) >= S.cpl) and ((l_d >> 45 & 0x3) >= (v_src & 3))))):  # system.r1:552
+    R[$dst] = R[$dst] & 0xffff0000 | (((((l_d & 0xffff) | ((l_d >> 48 & 0xf) << 16)) << 12) | 4095) if (l_d >> 55 & 1) else ((l_d & 0xffff) | ((l_d >> 48 & 0xf) << 16))) & 0xffff  # system.r1:553
+    S.eflags = flush_cc() & 0xffffffbf | 64  # system.r1:554
 else:
-    S.eflags = flush_cc() & 0xffffffbf | 0  # system.r1:552
+    S.eflags = flush_cc() & 0xffffffbf | 0  # system.r1:556
 """
 
-# LSL [o16 a16 mem, o16 a32 mem] from spec/system.r1:536
+# LSL [o16 a16 mem, o16 a32 mem] from spec/system.r1:540
 _T47 = """\
 S.eip = $next
-if S.mode not in (1,): raise Fault(6, None)  # system.r1:536
+if S.mode not in (1,): raise Fault(6, None)  # system.r1:540
 ea = $ea
-v_src = rd16($seg, ea)  # system.r1:539
-l_d = p_probe_descriptor(v_src)  # system.r1:547
-if (((l_d >> 44 & 1) or (2574 >> (l_d >> 40 & 0xf) & 1)) and ((((l_d >> 44 & 1) and (l_d >> 43 & 1)) and (l_d >> 42 & 1)) or (((l_d >> 45 & 0x3) >= S.cpl) and ((l_d >> 45 & 0x3) >= (v_src & 3))))):  # system.r1:548
-    R[$dst] = R[$dst] & 0xffff0000 | (((((l_d & 0xffff) | ((l_d >> 48 & 0xf) << 16)) << 12) | 4095) if (l_d >> 55 & 1) else ((l_d & 0xffff) | ((l_d >> 48 & 0xf) << 16))) & 0xffff  # system.r1:549
-    S.eflags = flush_cc() & 0xffffffbf | 64  # system.r1:550
+v_src = rd16($seg, ea)  # system.r1:543
+l_d = p_probe_descriptor(v_src)  # system.r1:551
+if (((l_d >> 44 & 1) or (2574 >> (l_d >> 40 & 0xf) & 1)) and ((((l_d >> 44 & 1) and (l_d >> 43 & 1)) and (l_d >> 42 & 1)) or (((l_d >> 45 & 0x3) >= S.cpl) and ((l_d >> 45 & 0x3) >= (v_src & 3))))):  # system.r1:552
+    R[$dst] = R[$dst] & 0xffff0000 | (((((l_d & 0xffff) | ((l_d >> 48 & 0xf) << 16)) << 12) | 4095) if (l_d >> 55 & 1) else ((l_d & 0xffff) | ((l_d >> 48 & 0xf) << 16))) & 0xffff  # system.r1:553
+    S.eflags = flush_cc() & 0xffffffbf | 64  # system.r1:554
 else:
-    S.eflags = flush_cc() & 0xffffffbf | 0  # system.r1:552
+    S.eflags = flush_cc() & 0xffffffbf | 0  # system.r1:556
 """
 
-# LSL [o32 a16 reg, o32 a32 reg] from spec/system.r1:536
+# LSL [o32 a16 reg, o32 a32 reg] from spec/system.r1:540
 _T48 = """\
 S.eip = $next
-if S.mode not in (1,): raise Fault(6, None)  # system.r1:536
-v_src = (R[$src] & 0xffff)  # system.r1:539
-l_d = p_probe_descriptor(v_src)  # system.r1:547
-if (((l_d >> 44 & 1) or (2574 >> (l_d >> 40 & 0xf) & 1)) and ((((l_d >> 44 & 1) and (l_d >> 43 & 1)) and (l_d >> 42 & 1)) or (((l_d >> 45 & 0x3) >= S.cpl) and ((l_d >> 45 & 0x3) >= (v_src & 3))))):  # system.r1:548
-    R[$dst] = (((((l_d & 0xffff) | ((l_d >> 48 & 0xf) << 16)) << 12) | 4095) if (l_d >> 55 & 1) else ((l_d & 0xffff) | ((l_d >> 48 & 0xf) << 16))) & 0xffffffff  # system.r1:549
-    S.eflags = flush_cc() & 0xffffffbf | 64  # system.r1:550
+if S.mode not in (1,): raise Fault(6, None)  # system.r1:540
+v_src = (R[$src] & 0xffff)  # system.r1:543
+l_d = p_probe_descriptor(v_src)  # system.r1:551
+if (((l_d >> 44 & 1) or (2574 >> (l_d >> 40 & 0xf) & 1)) and ((((l_d >> 44 & 1) and (l_d >> 43 & 1)) and (l_d >> 42 & 1)) or (((l_d >> 45 & 0x3) >= S.cpl) and ((l_d >> 45 & 0x3) >= (v_src & 3))))):  # system.r1:552
+    R[$dst] = (((((l_d & 0xffff) | ((l_d >> 48 & 0xf) << 16)) << 12) | 4095) if (l_d >> 55 & 1) else ((l_d & 0xffff) | ((l_d >> 48 & 0xf) << 16))) & 0xffffffff  # system.r1:553
+    S.eflags = flush_cc() & 0xffffffbf | 64  # system.r1:554
 else:
-    S.eflags = flush_cc() & 0xffffffbf | 0  # system.r1:552
+    S.eflags = flush_cc() & 0xffffffbf | 0  # system.r1:556
 """
 
-# LSL [o32 a16 mem, o32 a32 mem] from spec/system.r1:536
+# LSL [o32 a16 mem, o32 a32 mem] from spec/system.r1:540
 _T49 = """\
 S.eip = $next
-if S.mode not in (1,): raise Fault(6, None)  # system.r1:536
+if S.mode not in (1,): raise Fault(6, None)  # system.r1:540
 ea = $ea
-v_src = rd16($seg, ea)  # system.r1:539
-l_d = p_probe_descriptor(v_src)  # system.r1:547
-if (((l_d >> 44 & 1) or (2574 >> (l_d >> 40 & 0xf) & 1)) and ((((l_d >> 44 & 1) and (l_d >> 43 & 1)) and (l_d >> 42 & 1)) or (((l_d >> 45 & 0x3) >= S.cpl) and ((l_d >> 45 & 0x3) >= (v_src & 3))))):  # system.r1:548
-    R[$dst] = (((((l_d & 0xffff) | ((l_d >> 48 & 0xf) << 16)) << 12) | 4095) if (l_d >> 55 & 1) else ((l_d & 0xffff) | ((l_d >> 48 & 0xf) << 16))) & 0xffffffff  # system.r1:549
-    S.eflags = flush_cc() & 0xffffffbf | 64  # system.r1:550
+v_src = rd16($seg, ea)  # system.r1:543
+l_d = p_probe_descriptor(v_src)  # system.r1:551
+if (((l_d >> 44 & 1) or (2574 >> (l_d >> 40 & 0xf) & 1)) and ((((l_d >> 44 & 1) and (l_d >> 43 & 1)) and (l_d >> 42 & 1)) or (((l_d >> 45 & 0x3) >= S.cpl) and ((l_d >> 45 & 0x3) >= (v_src & 3))))):  # system.r1:552
+    R[$dst] = (((((l_d & 0xffff) | ((l_d >> 48 & 0xf) << 16)) << 12) | 4095) if (l_d >> 55 & 1) else ((l_d & 0xffff) | ((l_d >> 48 & 0xf) << 16))) & 0xffffffff  # system.r1:553
+    S.eflags = flush_cc() & 0xffffffbf | 64  # system.r1:554
 else:
-    S.eflags = flush_cc() & 0xffffffbf | 0  # system.r1:552
+    S.eflags = flush_cc() & 0xffffffbf | 0  # system.r1:556
 """
 
-# VERR [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/system.r1:557
+# VERR [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/system.r1:561
 _T50 = """\
 S.eip = $next
-if S.mode not in (1,): raise Fault(6, None)  # system.r1:557
-v_src = (R[$src] & 0xffff)  # system.r1:560
-l_d = p_probe_descriptor(v_src)  # system.r1:568
-if ((l_d >> 44 & 1) and (l_d >> 43 & 1)):  # system.r1:569
-    S.eflags = flush_cc() & 0xffffffbf | (((l_d >> 41 & 1) and ((((l_d >> 44 & 1) and (l_d >> 43 & 1)) and (l_d >> 42 & 1)) or (((l_d >> 45 & 0x3) >= S.cpl) and ((l_d >> 45 & 0x3) >= (v_src & 3))))) & 1) << 6  # system.r1:570
+if S.mode not in (1,): raise Fault(6, None)  # system.r1:561
+v_src = (R[$src] & 0xffff)  # system.r1:564
+l_d = p_probe_descriptor(v_src)  # system.r1:572
+if ((l_d >> 44 & 1) and (l_d >> 43 & 1)):  # system.r1:573
+    S.eflags = flush_cc() & 0xffffffbf | (((l_d >> 41 & 1) and ((((l_d >> 44 & 1) and (l_d >> 43 & 1)) and (l_d >> 42 & 1)) or (((l_d >> 45 & 0x3) >= S.cpl) and ((l_d >> 45 & 0x3) >= (v_src & 3))))) & 1) << 6  # system.r1:574
 else:
-    S.eflags = flush_cc() & 0xffffffbf | ((((l_d >> 44 & 1) and (not (l_d >> 43 & 1))) and ((((l_d >> 44 & 1) and (l_d >> 43 & 1)) and (l_d >> 42 & 1)) or (((l_d >> 45 & 0x3) >= S.cpl) and ((l_d >> 45 & 0x3) >= (v_src & 3))))) & 1) << 6  # system.r1:572
+    S.eflags = flush_cc() & 0xffffffbf | ((((l_d >> 44 & 1) and (not (l_d >> 43 & 1))) and ((((l_d >> 44 & 1) and (l_d >> 43 & 1)) and (l_d >> 42 & 1)) or (((l_d >> 45 & 0x3) >= S.cpl) and ((l_d >> 45 & 0x3) >= (v_src & 3))))) & 1) << 6  # system.r1:576
 """
 
-# VERR [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/system.r1:557
+# VERR [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/system.r1:561
 _T51 = """\
 S.eip = $next
-if S.mode not in (1,): raise Fault(6, None)  # system.r1:557
+if S.mode not in (1,): raise Fault(6, None)  # system.r1:561
 ea = $ea
-v_src = rd16($seg, ea)  # system.r1:560
-l_d = p_probe_descriptor(v_src)  # system.r1:568
-if ((l_d >> 44 & 1) and (l_d >> 43 & 1)):  # system.r1:569
-    S.eflags = flush_cc() & 0xffffffbf | (((l_d >> 41 & 1) and ((((l_d >> 44 & 1) and (l_d >> 43 & 1)) and (l_d >> 42 & 1)) or (((l_d >> 45 & 0x3) >= S.cpl) and ((l_d >> 45 & 0x3) >= (v_src & 3))))) & 1) << 6  # system.r1:570
+v_src = rd16($seg, ea)  # system.r1:564
+l_d = p_probe_descriptor(v_src)  # system.r1:572
+if ((l_d >> 44 & 1) and (l_d >> 43 & 1)):  # system.r1:573
+    S.eflags = flush_cc() & 0xffffffbf | (((l_d >> 41 & 1) and ((((l_d >> 44 & 1) and (l_d >> 43 & 1)) and (l_d >> 42 & 1)) or (((l_d >> 45 & 0x3) >= S.cpl) and ((l_d >> 45 & 0x3) >= (v_src & 3))))) & 1) << 6  # system.r1:574
 else:
-    S.eflags = flush_cc() & 0xffffffbf | ((((l_d >> 44 & 1) and (not (l_d >> 43 & 1))) and ((((l_d >> 44 & 1) and (l_d >> 43 & 1)) and (l_d >> 42 & 1)) or (((l_d >> 45 & 0x3) >= S.cpl) and ((l_d >> 45 & 0x3) >= (v_src & 3))))) & 1) << 6  # system.r1:572
+    S.eflags = flush_cc() & 0xffffffbf | ((((l_d >> 44 & 1) and (not (l_d >> 43 & 1))) and ((((l_d >> 44 & 1) and (l_d >> 43 & 1)) and (l_d >> 42 & 1)) or (((l_d >> 45 & 0x3) >= S.cpl) and ((l_d >> 45 & 0x3) >= (v_src & 3))))) & 1) << 6  # system.r1:576
 """
 
-# VERW [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/system.r1:577
+# VERW [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/system.r1:581
 _T52 = """\
 S.eip = $next
-if S.mode not in (1,): raise Fault(6, None)  # system.r1:577
-v_src = (R[$src] & 0xffff)  # system.r1:580
-l_d = p_probe_descriptor(v_src)  # system.r1:588
-S.eflags = flush_cc() & 0xffffffbf | (((((l_d >> 44 & 1) and (not (l_d >> 43 & 1))) and (l_d >> 41 & 1)) and ((((l_d >> 44 & 1) and (l_d >> 43 & 1)) and (l_d >> 42 & 1)) or (((l_d >> 45 & 0x3) >= S.cpl) and ((l_d >> 45 & 0x3) >= (v_src & 3))))) & 1) << 6  # system.r1:589
+if S.mode not in (1,): raise Fault(6, None)  # system.r1:581
+v_src = (R[$src] & 0xffff)  # system.r1:584
+l_d = p_probe_descriptor(v_src)  # system.r1:592
+S.eflags = flush_cc() & 0xffffffbf | (((((l_d >> 44 & 1) and (not (l_d >> 43 & 1))) and (l_d >> 41 & 1)) and ((((l_d >> 44 & 1) and (l_d >> 43 & 1)) and (l_d >> 42 & 1)) or (((l_d >> 45 & 0x3) >= S.cpl) and ((l_d >> 45 & 0x3) >= (v_src & 3))))) & 1) << 6  # system.r1:593
 """
 
-# VERW [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/system.r1:577
+# VERW [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/system.r1:581
 _T53 = """\
 S.eip = $next
-if S.mode not in (1,): raise Fault(6, None)  # system.r1:577
+if S.mode not in (1,): raise Fault(6, None)  # system.r1:581
 ea = $ea
-v_src = rd16($seg, ea)  # system.r1:580
-l_d = p_probe_descriptor(v_src)  # system.r1:588
-S.eflags = flush_cc() & 0xffffffbf | (((((l_d >> 44 & 1) and (not (l_d >> 43 & 1))) and (l_d >> 41 & 1)) and ((((l_d >> 44 & 1) and (l_d >> 43 & 1)) and (l_d >> 42 & 1)) or (((l_d >> 45 & 0x3) >= S.cpl) and ((l_d >> 45 & 0x3) >= (v_src & 3))))) & 1) << 6  # system.r1:589
+v_src = rd16($seg, ea)  # system.r1:584
+l_d = p_probe_descriptor(v_src)  # system.r1:592
+S.eflags = flush_cc() & 0xffffffbf | (((((l_d >> 44 & 1) and (not (l_d >> 43 & 1))) and (l_d >> 41 & 1)) and ((((l_d >> 44 & 1) and (l_d >> 43 & 1)) and (l_d >> 42 & 1)) or (((l_d >> 45 & 0x3) >= S.cpl) and ((l_d >> 45 & 0x3) >= (v_src & 3))))) & 1) << 6  # system.r1:593
 """
 
 TEMPLATES = {
@@ -760,28 +759,28 @@ TEMPLATES = {
         (32, 16, None, None, None): _T36,
         (32, 32, None, None, None): _T36,
     },
-    # spec/system.r1:434
+    # spec/system.r1:438
     'RDPMC': {
         (16, 16, None, None, None): _T37,
         (16, 32, None, None, None): _T37,
         (32, 16, None, None, None): _T37,
         (32, 32, None, None, None): _T37,
     },
-    # spec/system.r1:451
+    # spec/system.r1:455
     'SYSENTER': {
         (16, 16, None, None, None): _T38,
         (16, 32, None, None, None): _T38,
         (32, 16, None, None, None): _T38,
         (32, 32, None, None, None): _T38,
     },
-    # spec/system.r1:474
+    # spec/system.r1:478
     'SYSEXIT': {
         (16, 16, None, None, None): _T39,
         (16, 32, None, None, None): _T39,
         (32, 16, None, None, None): _T39,
         (32, 32, None, None, None): _T39,
     },
-    # spec/system.r1:495
+    # spec/system.r1:499
     'ARPL': {
         (16, 16, 'reg', None, None): _T40,
         (16, 16, 'mem', None, None): _T41,
@@ -792,7 +791,7 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T40,
         (32, 32, 'mem', None, None): _T41,
     },
-    # spec/system.r1:515
+    # spec/system.r1:519
     'LAR': {
         (16, 16, 'reg', None, None): _T42,
         (16, 16, 'mem', None, None): _T43,
@@ -803,7 +802,7 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T44,
         (32, 32, 'mem', None, None): _T45,
     },
-    # spec/system.r1:536
+    # spec/system.r1:540
     'LSL': {
         (16, 16, 'reg', None, None): _T46,
         (16, 16, 'mem', None, None): _T47,
@@ -814,7 +813,7 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T48,
         (32, 32, 'mem', None, None): _T49,
     },
-    # spec/system.r1:557
+    # spec/system.r1:561
     'VERR': {
         (16, 16, 'reg', None, None): _T50,
         (16, 16, 'mem', None, None): _T51,
@@ -825,7 +824,7 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T50,
         (32, 32, 'mem', None, None): _T51,
     },
-    # spec/system.r1:577
+    # spec/system.r1:581
     'VERW': {
         (16, 16, 'reg', None, None): _T52,
         (16, 16, 'mem', None, None): _T53,

@@ -5,10 +5,15 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from ring1.codegen.ast import SpecError
+
+if TYPE_CHECKING:
+    from ring1.runtime.engines import RunStats
 
 
 def repo_root() -> Path:
@@ -269,7 +274,8 @@ def cmd_run(args: argparse.Namespace) -> int:
             disk.close()
         print(f"ring1 run: --serial-input {wanted}: {err.strerror}", file=sys.stderr)
         return engines.EXIT_USAGE
-    stats = engines.RunStats(args.mode)
+    stats = engines.RunStats(args.mode, timed=bool(args.stats or args.json_stats))
+    _report_on_sigusr1(stats, args.stats, args.json_stats)
     gdb = None
     if args.gdb is not None:
         from ring1.runtime.tools.gdbstub import GdbServer, describe_figures
@@ -335,11 +341,67 @@ def cmd_run(args: argparse.Namespace) -> int:
         print(stats.format(), file=sys.stderr)
     if args.json_stats:
         try:
-            Path(args.json_stats).write_text(json.dumps(stats.as_json(), indent=1) + "\n")
+            _write_json_stats(args.json_stats, stats)
         except OSError as err:
             print(f"ring1 run: cannot write {args.json_stats}: {err.strerror or err}", file=sys.stderr)
             return engines.EXIT_USAGE
     return stop.exit_status
+
+
+def _bench_boot(args: argparse.Namespace) -> int:
+    from ring1.runtime.engines import MODES
+    from ring1.runtime.tools import bench_boot
+    from ring1.runtime.tools.progress import Progress
+
+    bad = [m for m in args.modes if m not in MODES]
+    if bad or args.forks < 1 or args.timeout <= 0:
+        what = f"unknown mode {', '.join(bad)} (modes: {', '.join(MODES)})" if bad else "--forks, --timeout: positive"
+        print(f"ring1 bench boot: {what}", file=sys.stderr)
+        return 2
+    paths = {
+        "kernel": Path(args.kernel) if args.kernel else bench_boot.KERNEL,
+        "initrd": Path(args.initrd) if args.initrd else bench_boot.INITRD,
+    }
+    try:
+        with Progress("boot", len(args.modes)) as progress:
+            result = bench_boot.run_boot_bench(
+                tuple(args.modes), args.forks, boot_timeout=args.timeout, progress=progress, **paths
+            )
+    except bench_boot.BenchError as err:
+        print(f"ring1 bench boot: {err}", file=sys.stderr)
+        return 1
+    print(json.dumps(result, indent=1) if args.json else bench_boot.format_boot(result))
+    return 0
+
+
+def _write_json_stats(path: str, stats: RunStats) -> None:
+    """Whole or not at all: a reader polling the file never sees half of it."""
+    tmp = f"{path}.tmp"
+    Path(tmp).write_text(json.dumps(stats.as_json(), indent=1) + "\n")
+    os.replace(tmp, path)
+
+
+def _report_on_sigusr1(stats: RunStats, to_stderr: bool, json_path: str | None) -> None:
+    """SIGUSR1 makes a run report its statistics so far, as dd reports its progress: on stderr
+    with --stats, into the --json-stats file (replaced whole) with that, and runs on. The
+    handler runs between two Python steps of the engine (every exit from unicorn is one)."""
+    if not (to_stderr or json_path) or not hasattr(signal, "SIGUSR1"):
+        return
+
+    def report(_signum: int, _frame: object) -> None:
+        snapshot = stats.snapshot() if stats.snapshot is not None else None
+        if snapshot is None:
+            return  # (before the guest starts or after it ended: the final report follows)
+        snapshot.add("snapshot", "snapshot", "while running")
+        if to_stderr:
+            print(snapshot.format(), file=sys.stderr)
+        if json_path:
+            try:
+                _write_json_stats(json_path, snapshot)
+            except OSError as err:
+                print(f"ring1 run: cannot write {json_path}: {err.strerror or err}", file=sys.stderr)
+
+    signal.signal(signal.SIGUSR1, report)
 
 
 def _symbol_address(image_path: str, name: str) -> int | None:
@@ -441,6 +503,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
         result = bench.run_interp_bench(quick=args.quick, repeats=args.repeats)
         print(json.dumps(result, indent=1) if args.json else bench.format_interp(result))
         return 0
+    if args.bench_command == "boot":
+        return _bench_boot(args)
     if args.bench_command == "startup":
         if args.repeats < 1:
             print("ring1 bench startup: --repeats must be at least 1", file=sys.stderr)
@@ -698,6 +762,20 @@ def build_parser() -> argparse.ArgumentParser:
     bs.add_argument("--json", action="store_true", help="one JSON document on stdout")
     bs.add_argument("--repeats", type=int, default=7, metavar="N", help="runs per command; the median is kept")
     bs.add_argument("--guest", default="build/guests/hello.elf", help="the image `run` boots (make guests)")
+    bb = bsub.add_parser(
+        "boot",
+        help="Debian's Linux (make linux-guest) to its shell and a fork+exec loop, bt against bare, time by cause",
+        description="Boots the Linux guest under each mode (ring1 run --kernel ... --append console=ttyS0), "
+        "times the boot to init's marker on the console and a loop of N fork+exec of /bin/true typed into "
+        "its shell, then powers it off; the time of each phase split by cause from ring1's own ledger "
+        "(snapshots on SIGUSR1), with the exits to Python per cause. Minutes per mode.",
+    )
+    bb.add_argument("--json", action="store_true", help="one JSON document on stdout")
+    bb.add_argument("--modes", nargs="+", default=["bt", "bare"], metavar="MODE", help="modes (default: bt bare)")
+    bb.add_argument("--forks", type=int, default=200, metavar="N", help="fork+exec of /bin/true in the loop (200)")
+    bb.add_argument("--kernel", default=None, help="the bzImage (default: build/guests/linux/vmlinuz)")
+    bb.add_argument("--initrd", default=None, help="the initramfs (default: build/guests/linux/initrd.gz)")
+    bb.add_argument("--timeout", type=float, default=3600.0, metavar="S", help="seconds allowed per phase")
     bench.set_defaults(func=cmd_bench)
     return p
 

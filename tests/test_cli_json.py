@@ -20,6 +20,7 @@ JSON_OPTION = {
     "bench interp": "--json",  # tests/test_bench.py
     "bench nano": "--json",
     "bench startup": "--json",
+    "bench boot": "--json",  # tests/test_bench_boot.py
 }
 # Commands that print no table.
 NO_TABLE = {

@@ -195,3 +195,19 @@ def test_cmpxchg8b_with_a_register_operand_is_undefined(mode: str) -> None:
     # form that does not exist, an IndexError out of ring1, Vmm._restore_flags_unicorn_lost.)
     ours = assert_like_bare(FreshSpec(code=bytes.fromhex("0f c7 c8 f4")), mode)  # cmpxchg8b eax
     assert ours.exception == 6
+
+
+@pytest.mark.parametrize("tsd", [0, 1])
+def test_translated_rdtsc_reads_the_clock_without_an_exit(tsd: int) -> None:
+    # RDTSC is copied into the TC (spec/system.r1) and the instruction counter's hook answers it:
+    # no callout, no trap, whatever the guest's CR4.TSD (the kernel is at CPL 0); the value is
+    # the clock's, as the reads above check.
+    from ring1.runtime.tools.snippet import ClockedPlatform
+    from ring1.runtime.vmm import Vmm
+
+    vmm = Vmm(fm.MEMORY_SIZE, ClockedPlatform(), "bt")
+    r = run_vmm(FreshSpec(code=RDTSC_LOOP[:-1], cr4=4 if tsd else 0), "bt", vmm=vmm)  # (no HLT: a callout)
+    assert r.exception is None and r.regs["edx"] == 0, r
+    assert vmm.stats["callouts"] == 0 and vmm.stats["traps"] == 0, dict(vmm.stats)
+    delta = (r.regs["eax"] - r.regs["ebx"]) & 0xFFFFFFFF
+    assert delta % NS_PER_INSN == 0 and BETWEEN * NS_PER_INSN <= delta <= 3 * BETWEEN * NS_PER_INSN

@@ -11,8 +11,8 @@ import re
 
 import pytest
 
+from ring1.runtime.tools.console_session import INITRD, KERNEL, Session
 from ring1.runtime.tools.linux_guest import MARKER
-from tests.linux_session import INITRD, KERNEL, Session
 
 BOOT_TIMEOUT = 1800  # seconds of wall time to the shell (bt on a loaded 2-core machine)
 

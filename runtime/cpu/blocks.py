@@ -109,14 +109,17 @@ def block_source(name: str, insns: list[Decoded], describe) -> str:
     else:
         lines.append(f"        S.eip = {last.next}")
     lines.append("    except Fault:")
-    lines.append("        S.eip = EIPS[i]")
+    lines.append("        if S.new_task: S.new_task = False")  # (EIP is the new task's: spec/tasks.r1)
+    lines.append("        else: S.eip = EIPS[i]")
     lines.append("        S.icount += i")
     lines.append("        raise")
     lines.append("    except VMStop:")  # a clean stop names the instruction that made it
+    lines.append("        S.new_task = False")
     lines.append("        S.eip = EIPS[i]")
     lines.append("        S.icount += i")
     lines.append("        raise")
     lines.append("    except Trap as trap:")
+    lines.append("        S.new_task = False")
     lines.append("        trap.start = EIPS[i]")
     lines.append("        S.icount += i + 1")
     lines.append("        raise")

@@ -709,7 +709,16 @@ class Machine:
             try:
                 deliver(vector, kind, int(err is not None), err or 0)
                 return
+            except Trap as t:
+                # A task gate's switch found the new task's T bit (spec/tasks.r1): its #DB, now.
+                vector, kind, err, start = t.vector, t.kind, None, None
+                first = vector
+                continue
             except Fault as f2:
+                if self.state.new_task:
+                    # A fault while loading the new task of a task gate: the new task's, at its
+                    # own EIP (spec/tasks.r1), never reported at the software interrupt.
+                    self.state.new_task, start = False, None
                 if start is not None:
                     # The software interrupt did not happen: its fault is reported at it.
                     self.state.eip, start = start, None
@@ -860,6 +869,14 @@ class Machine:
         else:
             for listener in self.mapping_listeners:
                 listener(page)
+
+    def b_task_commit(self, on: int) -> None:
+        self.state.new_task = bool(on)
+
+    def b_task_debug_trap(self) -> None:
+        """The new task's T bit (spec/tasks.r1): a #DB trap, taken before its first instruction."""
+        self.state.dr[6] |= 0x8000  # BT
+        raise Trap(1, EVENT_EXCEPTION)
 
     def b_halt(self) -> None:
         self.state.halted = True

@@ -55,6 +55,7 @@ class CpuState:
         "mode",
         "msr",
         "mxcsr",
+        "new_task",
         "sel",
         "smc",
         "stack32",
@@ -116,6 +117,9 @@ class CpuState:
         # any maskable interrupt is taken (the interrupt shadow).
         self.irq_shadow = False
         self.smc = False  # a store hit code of the block now running
+        # A task switch passed its commit point (spec/tasks.r1): a fault now is the new task's,
+        # at the EIP it loaded, not at the instruction or event that switched.
+        self.new_task = False
 
 
 @dataclass

@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from ring1.runtime.cpu.machine import Platform
+from ring1.runtime.ledger import NO_LEDGER, NoLedger
 
 PORT_SPACE = 0x10000
 
@@ -99,6 +100,7 @@ class Bus(Platform):
         # in `ring1 run --stats` instead of failing silently): address -> "in 1" / "out 2"...
         self.unclaimed_ports: dict[int, str] = {}
         self.unclaimed_mmio: dict[int, str] = {}
+        self.ledger: NoLedger = NO_LEDGER  # time by device (`ring1 run --stats`, `ring1 bench boot`)
 
     def map_ports(self, name: str, base: int, length: int, device: BusDevice, *, split: bool = True) -> Region:
         region = Region(name, base, length, device, split)
@@ -116,6 +118,15 @@ class Bus(Platform):
     # ------------------------------------------------------------ ports (the Platform interface)
 
     def io_in(self, port: int, size: int) -> int:
+        if not self.ledger.enabled:
+            return self._io_in(port, size)
+        self.ledger.enter(self._cause(self.ports, port))
+        try:
+            return self._io_in(port, size)
+        finally:
+            self.ledger.leave()
+
+    def _io_in(self, port: int, size: int) -> int:
         self.io_counts[(port, "in")] += 1
         region = self.ports.find(port)
         if region is not None and not region.split:
@@ -133,6 +144,15 @@ class Bus(Platform):
         return value
 
     def io_out(self, port: int, size: int, value: int) -> None:
+        if not self.ledger.enabled:
+            return self._io_out(port, size, value)
+        self.ledger.enter(self._cause(self.ports, port))
+        try:
+            return self._io_out(port, size, value)
+        finally:
+            self.ledger.leave()
+
+    def _io_out(self, port: int, size: int, value: int) -> None:
         self.io_counts[(port, "out")] += 1
         value &= (1 << (8 * size)) - 1
         region = self.ports.find(port)
@@ -146,6 +166,11 @@ class Bus(Platform):
                 byte_region.device.write(at - byte_region.base, 1, value >> (8 * i) & 0xFF)
             else:
                 self.unclaimed_ports.setdefault(at, f"out {size}")
+
+    @staticmethod
+    def _cause(space: _RegionMap, address: int) -> str:
+        region = space.find(address)
+        return f"I/O {region.name}" if region is not None else "I/O unclaimed"
 
     def unclaimed(self) -> dict[str, str]:
         """{"port 0x2e8": "in 1", "mmio 0xfed00000": "read 4"}: the first access to each."""
@@ -169,6 +194,15 @@ class Bus(Platform):
         return [(r.base, r.length) for r in self.mmio.regions]
 
     def mmio_read(self, address: int, size: int) -> int:
+        if not self.ledger.enabled:
+            return self._mmio_read(address, size)
+        self.ledger.enter(self._cause(self.mmio, address))
+        try:
+            return self._mmio_read(address, size)
+        finally:
+            self.ledger.leave()
+
+    def _mmio_read(self, address: int, size: int) -> int:
         region = self.mmio.find(address)
         if region is None:
             self.unclaimed_mmio.setdefault(address, f"read {size}")
@@ -176,6 +210,15 @@ class Bus(Platform):
         return region.device.read(address - region.base, size) & ((1 << (8 * size)) - 1)
 
     def mmio_write(self, address: int, size: int, value: int) -> None:
+        if not self.ledger.enabled:
+            return self._mmio_write(address, size, value)
+        self.ledger.enter(self._cause(self.mmio, address))
+        try:
+            return self._mmio_write(address, size, value)
+        finally:
+            self.ledger.leave()
+
+    def _mmio_write(self, address: int, size: int, value: int) -> None:
         region = self.mmio.find(address)
         if region is not None:
             region.device.write(address - region.base, size, value & ((1 << (8 * size)) - 1))

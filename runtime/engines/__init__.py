@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Protocol
 from ring1.runtime.cpu.events import Fault, VMStop
 from ring1.runtime.cpu.state import CS
 from ring1.runtime.devices.platform import GuestExit
+from ring1.runtime.ledger import TimeLedger
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -163,6 +164,10 @@ class RunStats:
 
     mode: str
     figures: list[Figure] = field(default_factory=list)
+    # Set before the run: account the run's wall time by cause (ring1.runtime.ledger).
+    timed: bool = False
+    # While a run is on: its figures so far, as a new RunStats (`ring1 run` on SIGUSR1).
+    snapshot: Callable[[], RunStats] | None = field(default=None, repr=False)
 
     def add(self, key: str, label: str, value: object, unit: str = "") -> None:
         self.figures = [f for f in self.figures if f.key != key]
@@ -178,7 +183,18 @@ class RunStats:
         from ring1.runtime.tools import tables
 
         rows = [(f.label, _format_value(f.value, f.unit)) for f in self.figures if not isinstance(f.value, dict)]
-        return "\n".join([f"ring1 run stats (mode {self.mode}):", *tables.render(None, rows, "ll", indent="  ")])
+        lines = [f"ring1 run stats (mode {self.mode}):", *tables.render(None, rows, "ll", indent="  ")]
+        seconds, entries = self.get("time_by_cause_s"), self.get("entries_by_cause")
+        if isinstance(seconds, dict) and isinstance(entries, dict):
+            total = sum(seconds.values()) or 1.0
+            split = [
+                (cause, f"{t:.3f} s", f"{100 * t / total:.1f} %", f"{entries[cause]:,}" if cause in entries else "")
+                for cause, t in seconds.items()
+                if t >= total / 1000
+            ]
+            lines.append("  where the wall time went (entries: exits to Python, for what the hardware calls):")
+            lines += tables.render(("cause", "time", "share", "entries"), split, "lrrr", indent="    ")
+        return "\n".join(lines)
 
 
 def _format_value(value: object, unit: str) -> str:
@@ -256,13 +272,33 @@ def run_image(
         platform.install_firmware(engine.machine.mem)  # then the kernel, which wins where they meet
     interp_boot(image, platform, engine.machine)
     engine.start()
+    ledger = None
+    if stats.timed:
+        ledger = TimeLedger("interpreter" if mode == "interp" else "ring1 (Python), other")
+        platform.ledger = ledger
+        attach = getattr(engine, "attach_ledger", None)
+        if attach is not None:
+            attach(ledger)
     started = time.perf_counter()
-    if driver is not None:
-        stop = driver(engine)
-    else:
-        stop = engine.stop(engine.run(max_insns), max_insns)
-    engine.figures(stats, time.perf_counter() - started)
-    platform.figures(stats)
+
+    def collect(into: RunStats) -> RunStats:
+        engine.figures(into, time.perf_counter() - started)
+        platform.figures(into)
+        if ledger is not None:
+            split = ledger.snapshot()
+            into.add("time_by_cause_s", "wall time by cause", split["seconds"], "s")
+            into.add("entries_by_cause", "entries by cause", split["entries"])
+        return into
+
+    stats.snapshot = lambda: collect(RunStats(stats.mode))
+    try:
+        if driver is not None:
+            stop = driver(engine)
+        else:
+            stop = engine.stop(engine.run(max_insns), max_insns)
+    finally:
+        stats.snapshot = None
+    collect(stats)
     return stop
 
 

@@ -29,6 +29,7 @@ from ring1.runtime.engines import delegate
 from ring1.runtime.host.context import read_into_machine, soft_interrupt_before, write_from_machine
 from ring1.runtime.host.physcpu import GPR_IDS, PhysicalCpu, UcError
 from ring1.runtime.isa.decoder import decode
+from ring1.runtime.ledger import NO_LEDGER, NoLedger, timed
 
 NOWHERE = 0xFFFFFFFF  # an `until` address guest code never reaches: runs end on events
 PAGING_IDS = (X.UC_X86_REG_CR0, X.UC_X86_REG_CR3, X.UC_X86_REG_CR4)
@@ -64,6 +65,7 @@ class BareMachine:
         self.cpu.answer_cpuid(self.interp.b_cpuid_leaf)
         self.events: dict[int, int] = {}
         self.event_time = 0.0
+        self.ledger: NoLedger = NO_LEDGER  # where the run's wall time goes (`ring1 run --stats`)
         self.stop_addresses: set[int] = set()
         self.stop_on_event = False  # report the first guest event instead of delivering it
 
@@ -196,11 +198,13 @@ class BareMachine:
         linear = (self.interp.state.base[1] + self.cpu.uc.reg_read(X.UC_X86_REG_EIP)) & 0xFFFFFFFF
         self.cpu.counter.account(self.clock, linear)
 
+    @timed("instructions unicorn cannot run (RDMSR, WRMSR...)")
     def _emulate_one(self) -> None:
         """The interpreter runs the instruction unicorn stopped before (RDTSC, RDMSR, WRMSR, RDPMC),
         with the same state, and delivers what it raises."""
         uc, m = self.cpu.uc, self.interp
         read_into_machine(uc, m)
+        tables = task_state(m.state)
         r = m.step()
         if r.vmstop is not None:
             raise r.vmstop
@@ -208,6 +212,8 @@ class BareMachine:
             self.events[r.event.vector] = self.events.get(r.event.vector, 0) + 1
             m.deliver_event(r.event)
         self.cpu.clear_exception_latch()
+        if task_state(m.state) != tables:
+            write_task_state(uc, m.state)
         write_from_machine(uc, m)
 
     def _io_allowed(self, port: int, size: int) -> bool:
@@ -229,6 +235,7 @@ class BareMachine:
         if self.platform.interrupt_pending():
             self.cpu.counter.counts.watch_if = 1
 
+    @timed("interrupts delivered")
     def _take_interrupt(self) -> None:
         """INTR is up: if the guest's IF allows and no interrupt shadow is open, deliver it.
         A run cut by the clock may have stopped right after an instruction that opens the
@@ -251,9 +258,12 @@ class BareMachine:
                 return
         started = time.perf_counter()
         read_into_machine(uc, self.interp)
+        tables = task_state(self.interp.state)
         vector = self.interp.take_interrupt()
         self.events[vector] = self.events.get(vector, 0) + 1
         self.cpu.clear_exception_latch()
+        if task_state(self.interp.state) != tables:
+            write_task_state(uc, self.interp.state)
         write_from_machine(uc, self.interp)
         self.event_time += time.perf_counter() - started
 
@@ -320,6 +330,7 @@ class BareMachine:
             return False
         return self.cpu.restore_lost_flags(mnemonic, memory, d.variant[3] if len(d.variant) > 3 else None)
 
+    @timed("exceptions delivered")
     def deliver(self, vector: int) -> None:
         started = time.perf_counter()
         uc = self.cpu.uc
@@ -333,10 +344,28 @@ class BareMachine:
         self.events[ev.vector] = self.events.get(ev.vector, 0) + 1
         S = m.state
         hardware = (m.eflags(), S.sel[SS])  # what unicorn holds until write_from_machine
+        tables = task_state(S)
         m.deliver_event(ev)
         self.cpu.clear_exception_latch()
+        if task_state(S) != tables:
+            write_task_state(uc, S)  # a task gate switched tasks (spec/tasks.r1)
         write_from_machine(uc, m, sse=False, hardware=hardware)  # delivery changes no SSE state
         self.event_time += time.perf_counter() - started
+
+
+def task_state(S) -> tuple:
+    """What a task switch the interpreter made (an event through a task gate: spec/tasks.r1)
+    changes besides the registers write_from_machine gives unicorn."""
+    return (S.tr, S.tr_base, S.tr_limit, S.tr_attr, S.ldtr, S.ldtr_base, S.ldtr_limit, S.ldtr_attr, S.cr[0], S.cr[3])
+
+
+def write_task_state(uc, S) -> None:
+    """Give unicorn the new task's CR0 (TS), CR3, TR and LDTR, before its segment registers are
+    reloaded (a selector may be the new LDT's, and the tables are read through the new CR3)."""
+    uc.reg_write(X.UC_X86_REG_CR0, S.cr[0])
+    uc.reg_write(X.UC_X86_REG_CR3, S.cr[3])
+    uc.reg_write(X.UC_X86_REG_TR, (S.tr, S.tr_base, S.tr_limit, S.tr_attr << 8))
+    uc.reg_write(X.UC_X86_REG_LDTR, (S.ldtr, S.ldtr_base, S.ldtr_limit, S.ldtr_attr << 8))
 
 
 __all__ = ["EVENT_EXCEPTION", "BareEngine", "BareMachine", "BareStop"]
@@ -375,6 +404,9 @@ class BareEngine:
 
     def counters(self) -> dict[str, int]:
         return {"events_delivered": sum(self.bare.events.values())}
+
+    def attach_ledger(self, ledger: NoLedger) -> None:
+        self.bare.ledger = self.bare.cpu.ledger = ledger
 
     def figures(self, stats, elapsed: float) -> None:
         bm = self.bare

@@ -37,7 +37,23 @@ typedef struct {
     uint64_t ns_per_insn;
     int32_t emulate_rdtsc;  /* RDTSC (CR4.TSD clear) is answered here, not by Python, not by the host's TSC */
     int32_t rdtsc_ids[3];   /* UC_X86_REG_EAX, EDX, EIP */
+    const uint8_t *tc;      /* the VMM's translation cache in host memory, or NULL */
+    uint64_t tc_linear;     /* its linear address */
+    uint64_t tc_size;
 } ring1_counter;
+
+/* RDTSC on the virtual clock, in place: EDX:EAX, then EIP past it (unicorn goes on from the EIP a
+   hook writes, and never runs the instruction itself). */
+static void answer_rdtsc(ring1_counter *c, void *uc)
+{
+    uint64_t tsc = c->tsc_base + c->ns_per_insn * (c->calls - 1);
+    uint64_t lo = tsc & 0xFFFFFFFFu, hi = tsc >> 32, eip = 0;
+    c->reg_write(uc, c->rdtsc_ids[0], &lo);
+    c->reg_write(uc, c->rdtsc_ids[1], &hi);
+    c->reg_read(uc, c->rdtsc_ids[2], &eip);
+    eip += 2;
+    c->reg_write(uc, c->rdtsc_ids[2], &eip);
+}
 
 /* The guest-physical address of linear `la` through the guest's page tables (no checks but
    presence: a wrong answer only costs a needless stop or misses one), or -1. */
@@ -90,6 +106,16 @@ void ring1_count(void *uc, uint64_t address, uint32_t size, void *user)
         if (pa >= 0 && (uint64_t)pa + 1 < c->ram_size && c->ram[pa] == 0x0F && c->ram[pa + 1] == 0x22)
             c->reread_paging = 1; /* MOV CRn, r32 */
     }
+    if (size == 2 && c->emulate_rdtsc && address - c->tc_linear < c->tc_size) {
+        /* Translated guest kernel code (a virtual CPL 0, whatever the guest's CR4.TSD): its RDTSC,
+           copied into the TC, reads the virtual clock here. Unanswered (no guest clock), the
+           hardware's CR4.TSD makes it fault at CPL 1 and the VMM emulates it. */
+        const uint8_t *at = c->tc + (address - c->tc_linear);
+        if (address - c->tc_linear + 1 < c->tc_size && at[0] == 0x0F && at[1] == 0x31) {
+            answer_rdtsc(c, uc);
+            return;
+        }
+    }
     if (size == 2 && c->ram != NULL) {
         int64_t pa = physical(c, address);
         if (pa >= 0 && (uint64_t)pa + 1 < c->ram_size && c->ram[pa] == 0x0F) {
@@ -100,13 +126,7 @@ void ring1_count(void *uc, uint64_t address, uint32_t size, void *user)
                 uint64_t cr4 = 0;
                 c->reg_read(uc, c->cr_ids[2], &cr4);
                 if (!(cr4 & 0x4)) {
-                    uint64_t tsc = c->tsc_base + c->ns_per_insn * (c->calls - 1);
-                    uint64_t lo = tsc & 0xFFFFFFFFu, hi = tsc >> 32, eip = 0;
-                    c->reg_write(uc, c->rdtsc_ids[0], &lo);
-                    c->reg_write(uc, c->rdtsc_ids[1], &hi);
-                    c->reg_read(uc, c->rdtsc_ids[2], &eip);
-                    eip += 2;
-                    c->reg_write(uc, c->rdtsc_ids[2], &eip);
+                    answer_rdtsc(c, uc);
                     return;
                 }
             }

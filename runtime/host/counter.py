@@ -77,6 +77,9 @@ class _Counts(ctypes.Structure):
         ("ns_per_insn", ctypes.c_uint64),
         ("emulate_rdtsc", ctypes.c_int32),
         ("rdtsc_ids", ctypes.c_int32 * 3),
+        ("tc", ctypes.c_void_p),
+        ("tc_linear", ctypes.c_uint64),
+        ("tc_size", ctypes.c_uint64),
     ]
 
 
@@ -227,6 +230,13 @@ class InstructionCounter:
         linear addresses reach it."""
         self.counts.ram = ram_address
         self.counts.ram_size = ram_size
+
+    def answer_rdtsc_in(self, host_address: int, linear: int, size: int) -> None:
+        """Translated code: RDTSC at a linear address in [linear, linear + size), whose bytes are
+        in host memory at `host_address` (the TC), is answered on the virtual clock by the hook
+        (with `bind`'s tsc_offset), without an exit."""
+        c = self.counts
+        c.tc, c.tc_linear, c.tc_size = host_address, linear, size
 
     def set_paging(self, cr0: int, cr3: int, cr4: int) -> None:
         c = self.counts

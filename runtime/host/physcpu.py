@@ -62,6 +62,7 @@ from unicorn import x86_const as X
 
 from ring1.runtime.cpu.memory import PhysicalMemory
 from ring1.runtime.host.counter import InstructionCounter
+from ring1.runtime.ledger import GUEST_CODE, NO_LEDGER, NoLedger
 
 GPR_IDS = (
     X.UC_X86_REG_EAX,
@@ -121,6 +122,10 @@ class PhysicalCpu:
         # Whether the guest may make an I/O access (port, size) now, for engines that run code
         # whose checks unicorn skips (the VMM's direct execution); needs the counter.
         self.io_allowed: Callable[[int, int], bool] | None = None
+        # Where the time spent inside emu_start goes (hooks into Python enter causes of their
+        # own): the engine names what the hardware runs, the guest's code or the TC.
+        self.ledger: NoLedger = NO_LEDGER
+        self.running_as = GUEST_CODE
         self._rewind_to: int | None = None
         self._stop_hooks: dict[int, int] = {}  # address -> the code hook that stops there (stop_before)
         self.uc.emu_start = self._rewinding(self.uc.emu_start)  # type: ignore[method-assign]
@@ -192,9 +197,12 @@ class PhysicalCpu:
         """emu_start, then EIP back to an I/O instruction refused in a hook (`_refuse_io`)."""
 
         def emu_start(begin: int, until: int, timeout: int = 0, count: int = 0) -> None:
+            ledger = self.ledger
+            ledger.enter(self.running_as)
             try:
                 start(begin, until, timeout, count)
             finally:
+                ledger.leave()
                 if self._rewind_to is not None:
                     self.uc.reg_write(X.UC_X86_REG_EIP, self._rewind_to)
                     self._rewind_to = None
@@ -207,6 +215,13 @@ class PhysicalCpu:
         `counted` is called for each (a statistic)."""
 
         def on_cpuid(uc: Uc, _user) -> int:
+            self.ledger.enter("CPUID")
+            try:
+                return answer(uc)
+            finally:
+                self.ledger.leave()
+
+        def answer(uc: Uc) -> int:
             eax, ecx = uc.reg_read(X.UC_X86_REG_EAX), uc.reg_read(X.UC_X86_REG_ECX)
             for which, rid in enumerate((X.UC_X86_REG_EAX, X.UC_X86_REG_EBX, X.UC_X86_REG_ECX, X.UC_X86_REG_EDX)):
                 uc.reg_write(rid, leaf(eax, ecx, which))

@@ -86,6 +86,7 @@ from ring1.runtime.host.context import (
 )
 from ring1.runtime.host.physcpu import SEG_IDS, CpuEvent, PhysicalCpu, UcError, changes_flags_before_store
 from ring1.runtime.isa.decoder import SEGMENT_PREFIX_OF, Decoded, Truncated, decode
+from ring1.runtime.ledger import DIRECT_EXECUTION, NO_LEDGER, TRANSLATED_CODE, NoLedger, timed
 from ring1.runtime.vmm.descriptor_tables import (
     ACCESSED,
     ATTR_COMPARED,
@@ -273,6 +274,7 @@ class Site:
     resume: int  # TC address after the callout sequence
     unit: Unit
     simd_state: bool = False  # the instruction reads or writes x87, MMX or SSE state (FormInfo)
+    cause: str = "callout"  # what the time ledger charges its time to: "callout FORM"
 
 
 class Stats(Counter):
@@ -323,6 +325,7 @@ class Vmm:
         rule_overrides: dict[str, str] | None = None,
     ) -> None:
         self.mode = mode
+        self.ledger: NoLedger = NO_LEDGER  # where the run's wall time goes (`ring1 run --stats`)
         # For benchmarks (`ring1 bench nano`'s ladder): force forms, by name, to the callout rule
         # in bt mode, e.g. {"CLI": "callout"}, to compare callout-and-emulate with the spec's rule.
         self.rule_overrides = dict(rule_overrides or {})
@@ -460,6 +463,10 @@ class Vmm:
         self.exit_pad = base + C["VMM_EXIT_PAD"]
         self.callout_pad = base + C["VMM_CALLOUT_PAD"]
         self.tc_start = base + C["VMM_TC"]
+        if self.counter is not None:
+            # RDTSC copied into the TC (spec/system.r1) reads the virtual clock in the counter's hook.
+            tc_size = base + VMM_SIZE - self.tc_start
+            self.counter.answer_rdtsc_in(self.host.address + self.tc_phys(self.tc_start), self.tc_start, tc_size)
         self.L = {name: address - VMM_BASE + base for name, address in L.items()}  # the stubs' labels
 
     def in_vmm(self, la: int) -> bool:
@@ -504,10 +511,10 @@ class Vmm:
             flags = PTE_P | PTE_A | PTE_D | (PTE_W if i in writable else 0)
             self.host.write32(vmm_pt + i * 4, (self.vmm_phys + (i << 12)) | flags)
         uc.reg_write(X.UC_X86_REG_CR3, self.shadow.current.pd)
-        # With a virtual clock, CR4.TSD: RDTSC run by the hardware outside the TC (user code run
-        # directly, the kernel under `trap`) faults and is emulated, reading the virtual TSC
-        # (in the TC it is a callout already). Unicorn's own TSC follows the host's.
-        uc.reg_write(X.UC_X86_REG_CR4, CR4.TSD if self.clock is not None else 0)
+        # CR4.TSD: RDTSC that the hardware would run (user code run directly, the kernel under
+        # `trap`, translated code when the counter's hook does not answer it: no guest clock)
+        # faults and is emulated, reading the virtual TSC. Unicorn's own TSC follows the host's.
+        uc.reg_write(X.UC_X86_REG_CR4, CR4.TSD)
         uc.reg_write(X.UC_X86_REG_CR0, 0x80010031)  # PG WP NE ET PE
         uc.reg_write(X.UC_X86_REG_GDTR, (0, self.base + C["VMM_GDT"], 8192 * 8 - 1, 0))
         uc.reg_write(X.UC_X86_REG_IDTR, (0, self.base + C["VMM_IDT"], 0x7FF, 0))
@@ -926,6 +933,7 @@ class Vmm:
 
     # ------------------------------------------------------------ world switch
 
+    @timed("world switches")
     def enter(self, host_eip: int, direct: bool) -> None:
         """Load the virtual CPU into the hardware and IRET into guest context at host_eip:
         translated code (the TC, at CPL 1) or direct execution of the guest's own code."""
@@ -948,6 +956,7 @@ class Vmm:
         if v86:
             frame += struct.pack("<4I", sels[0], sels[3], sels[4], sels[5])  # ES DS FS GS
         self.direct = direct
+        self.cpu.running_as = DIRECT_EXECUTION if direct else TRANSLATED_CODE
         self.vmm_write(C["VMM_STACK_TOP"] - len(frame), frame)
         self.publish_virtual()
         guest_fpu = self.cpu.save_context()  # (its x87 and SSE state: building a context restores ring0)
@@ -999,7 +1008,7 @@ class Vmm:
             if self._stop_next:
                 self._stop_next, limit = False, 1
             self.counter.start(self.clock.insns_until_deadline() if limit is None else limit, keep_limit=restart)
-        self.counter.bind(self.clock)
+        self.counter.bind(self.clock, tsc_offset=self.m.state.tsc)
 
     def _account_time(self) -> None:
         """After the hardware ran: what it executed advances the virtual clock. (Translated
@@ -1033,7 +1042,11 @@ class Vmm:
             return
         self.stats["interrupts_delivered"] += 1
         self.last_event = None
-        self.m.take_interrupt()
+        self.ledger.enter("interrupts delivered")
+        try:
+            self.m.take_interrupt()
+        finally:
+            self.ledger.leave()
 
     def _callout_interrupt(self) -> bool:
         """After a callout's instruction (an OUT that unmasked a line, an STI or POPF that set
@@ -1173,7 +1186,11 @@ class Vmm:
         while u is not None and u.forwarded_to is not None:
             u = u.forwarded_to
         if u is None:
-            u = self.translate(key)
+            self.ledger.enter("translation")
+            try:
+                u = self.translate(key)
+            finally:
+                self.ledger.leave()
         return u
 
     def _fetch(self, eip: int) -> tuple[Decoded, tuple[int, ...]]:
@@ -1193,10 +1210,10 @@ class Vmm:
         # field in code, guest target) for continuations, (offset of the rel32 field, guest
         # EIP, next guest EIP, offset to resume at) for callouts.
         exits: list[tuple[int, int]] = []
-        callouts: list[tuple[int, int, int, int]] = []
+        callouts: list[tuple[int, int, int, int, bool, str]] = []
         # In-TC emulations' slow paths, callouts placed after the CCF: (offset of the rel32
         # field of the template's conditional jump, guest EIP, next guest EIP, offset to resume at)
-        slow_paths: list[tuple[int, int, int, int]] = []
+        slow_paths: list[tuple[int, int, int, int, str | None]] = []
         pc = guest
         ended = False
         for _ in range(MAX_UNIT):
@@ -1223,7 +1240,7 @@ class Vmm:
                 code += body
                 for field_off, value in links:
                     if value == "callout":  # an in-TC emulation's slow path
-                        slow_paths.append((start + field_off, pc, d.next, start + len(body)))
+                        slow_paths.append((start + field_off, pc, d.next, start + len(body), d.form))
                     else:
                         exits.append((start + field_off, self._value(d, value)))
                 if "eax_saved" in marks:
@@ -1234,7 +1251,8 @@ class Vmm:
                 body, links, _ = self._instance(None, "callout_exit", unit.host + start)
                 code += body
                 simd = d.form is not None and FORMS[d.form].simd_state
-                callouts += [(start + field_off, pc, d.next, len(code), simd) for field_off, _ in links]
+                cause = f"callout {d.form}"
+                callouts += [(start + field_off, pc, d.next, len(code), simd, cause) for field_off, _ in links]
                 ended = True
             unit.insns.append((pc, host, unit.host + len(code), rule, unit.host + eax_at if eax_at >= 0 else -1))
             self.guest_starts[host] = pc
@@ -1249,10 +1267,11 @@ class Vmm:
             body, links, _ = self._instance(None, "exit_next", unit.host + len(code))
             exits += [(len(code) + field_off, pc) for field_off, _ in links]
             code += body
-        for field_off, pc_at, next_guest, resume_off in slow_paths:
+        for field_off, pc_at, next_guest, resume_off, form in slow_paths:
             stub = len(code)
             body, links, _ = self._instance(None, "callout_exit", unit.host + stub)
-            callouts += [(stub + link_off, pc_at, next_guest, resume_off, False) for link_off, _ in links]
+            cause = f"callout {form} (in-TC slow path)"
+            callouts += [(stub + link_off, pc_at, next_guest, resume_off, False, cause) for link_off, _ in links]
             code += body
             code[field_off : field_off + 4] = _U32.pack((stub - (field_off + 4)) & M32)
         unit.size = len(code)
@@ -1266,10 +1285,10 @@ class Vmm:
             self._point_at_slot(code, field_off, unit.host, self.exit_pad + ex.slot * PAD_SLOT)
             self.exits[ex.slot] = self.patch_sites[ex.site] = ex
             unit.exit_slots.append(ex.slot)
-        for field_off, pc_at, next_guest, resume_off, simd in callouts:
+        for field_off, pc_at, next_guest, resume_off, simd, cause in callouts:
             slot = self.callout_pool.take()
             self._point_at_slot(code, field_off, unit.host, self.callout_pad + slot * PAD_SLOT)
-            self.sites[slot] = Site(pc_at, next_guest, unit.host + resume_off, unit, simd)
+            self.sites[slot] = Site(pc_at, next_guest, unit.host + resume_off, unit, simd, cause)
             unit.callout_slots.append(slot)
         self.host.write(self.tc_phys(self.tc_next), INDIRECT_ENTRY + bytes(code))
         self.uc.ctl_remove_cache(self.tc_next, unit.host + len(code))
@@ -1749,6 +1768,7 @@ class Vmm:
 
     # ------------------------------------------------------------ hooks (inside emulation: memory writes only)
 
+    @timed("continuations (chaining)")
     def _on_exit_slot(self, uc, address: int, size: int, _user) -> None:
         """A continuation was taken: translate its target, chain its jump there, go there."""
         ex = self._recorded(self.exits, self.exit_pad, address, "exit")
@@ -1773,6 +1793,7 @@ class Vmm:
         self.vmm_write32(C["V_JUMP"], unit.host)
         self.stats["translator_entries"] += 1
 
+    @timed("indirect lookup misses")
     def _on_lookup_miss(self, uc, address: int, size: int, _user) -> None:
         """An indirect branch whose guest target (in EAX) has no CCF in the hash table yet."""
         if self.pending is not None:  # already on the way out (after a refusal)
@@ -1863,6 +1884,13 @@ class Vmm:
         site = self._recorded(self.sites, self.callout_pad, address, "callout")
         if site is None:
             return
+        self.ledger.enter(site.cause)
+        try:
+            self._callout(site)
+        finally:
+            self.ledger.leave()
+
+    def _callout(self, site: Site) -> None:
         m, S = self.m, self.m.state
         regs = struct.unpack_from("<8I", self.host.view, self.vmm_phys + C["V_EAX"])
         m.regs[:] = regs
@@ -1883,6 +1911,11 @@ class Vmm:
             return
         if ev is not None:
             if self.stop_on_event:
+                # The hardware restores the registers from the vcpu page on its way out, and
+                # they are captured there: the interpreter's, which a fault leaves as they were,
+                # unless it is a new task's (spec/tasks.r1: the switch loaded them before it).
+                self.vmm_write(C["V_EAX"], struct.pack("<8I", *m.regs))
+                self.vmm_write32(C["V_EFLAGS"], self.hardware_eflags(False))
                 self._exit_to_vmm("event", ev)
                 return
             try:
@@ -1967,6 +2000,13 @@ class Vmm:
         """A CPU exception while in guest context (`host_eip`: where the hardware stopped). Returns
         a stop reason, "resume" to restart the hardware where it stopped, or None to re-enter the
         guest from the virtual state."""
+        self.ledger.enter("exceptions from the hardware")  # (relabelled once known)
+        try:
+            return self._handle_event_in_guest(event, host_eip)
+        finally:
+            self.ledger.leave()
+
+    def _handle_event_in_guest(self, event: CpuEvent, host_eip: int) -> str | None:
         vector = event.vector
         if vector == SYSENTER_EVENT:
             host_eip = event.eip  # the hardware went on past it, having done nothing
@@ -1978,6 +2018,7 @@ class Vmm:
         if vector == 14:
             cr2 = event.cr2  # read by the hook, at the fault
             if not self.in_vmm(cr2) and self._hidden_fault(cr2, host_eip):
+                self.ledger.relabel("hidden page faults")
                 self.stats["traps"] += 1
                 self._eflags_at_resume = hw_eflags
                 return "resume"  # a page the guest maps: filled in; the instruction runs again
@@ -2004,6 +2045,7 @@ class Vmm:
                     return "event"
                 if user:
                     self.stats["user_soft_interrupts_reflected"] += 1
+                self.ledger.relabel("INT n from direct execution (system calls)")
                 self.deliver(soft)
                 return None
         if vector == NM_VECTOR:
@@ -2016,6 +2058,7 @@ class Vmm:
             if user:
                 self.stats["user_events_reflected"] += 1
             self.stats["nm_reflected"] += 1
+            self.ledger.relabel("#NM reflected (lazy FPU)")
             self.deliver(Fault(NM_VECTOR))
             return None
         # Emulate the instruction with the interpreter: a guest fault is raised precisely
@@ -2030,7 +2073,18 @@ class Vmm:
             page = cr2 & ~0xFFF
             self.uc.ctl_remove_cache(page, min(page + 0x2000, 1 << 32))
         m = self.m
+        traced, code_writes = self.stats["traced_writes"], self.stats["code_writes"]
         r = m.step()
+        if vector == SYSENTER_EVENT:
+            self.ledger.relabel("SYSENTER from user code (system calls)")
+        elif self.stats["traced_writes"] != traced:
+            self.ledger.relabel("traced writes to page tables")
+        elif self.stats["code_writes"] != code_writes:
+            self.ledger.relabel("writes to translated code")
+        elif r.event is not None:
+            self.ledger.relabel("guest faults reflected")
+        else:
+            self.ledger.relabel("traps emulated (privileged or protected)")
         if r.event is not None:
             if self.stop_on_event:
                 self.pending = ("event", r.event)
@@ -2423,6 +2477,7 @@ class Vmm:
         """At vmm_exit the hardware holds the guest's registers (a callout restored them first)."""
         self.capture()
 
+    @timed("interpreter (real mode, v86, TF...)")
     def _interpret_until_translatable(self) -> tuple[str, object] | None:
         """Real mode, v86, single-stepping, a non-flat kernel CS: the interpreter runs the guest."""
         m = self.m
@@ -2575,6 +2630,9 @@ class VmmEngine:
 
     def figures(self, stats, elapsed: float) -> None:
         figures(self.vmm, stats, elapsed)
+
+    def attach_ledger(self, ledger: NoLedger) -> None:
+        self.vmm.ledger = self.vmm.cpu.ledger = ledger
 
     def stop(self, outcome, max_insns: int | None):
         from ring1.runtime import engines

@@ -1,6 +1,7 @@
-"""A scripted session with the Linux guest (`make linux-guest`) on its serial console, as a user
-at a terminal would have it: `ring1 run --kernel ... --initrd ...` with COM1's input on a pipe
-(ring1's default when stdin is a pipe), its console on stdout.
+"""A scripted session with a guest on its serial console, as a user at a terminal would have
+it: `ring1 run --kernel ... --initrd ...` with COM1's input on a pipe (ring1's default when stdin
+is a pipe), its console on stdout. The Linux guest (`make linux-guest`) by default; used by
+tests/test_linux_session.py and `ring1 bench boot`.
 
 The shell echoes what is typed (the tty's line discipline), so the end of a command's output is
 found by a marker the shell computes and the echo cannot show: `echo @@$((N+1))@@` prints
@@ -15,7 +16,7 @@ import threading
 import time
 from pathlib import Path
 
-GUEST = Path(__file__).resolve().parents[1] / "build" / "guests" / "linux"
+GUEST = Path(__file__).resolve().parents[2] / "build" / "guests" / "linux"
 KERNEL, INITRD = GUEST / "vmlinuz", GUEST / "initrd.gz"
 APPEND = "console=ttyS0"
 
@@ -27,10 +28,15 @@ class SessionError(AssertionError):
 class Session:
     """One boot of the guest under `mode`, driven through its console."""
 
-    def __init__(self, mode: str, *extra: str) -> None:
+    def __init__(
+        self, mode: str, *extra: str, kernel: Path = KERNEL, initrd: Path | None = INITRD, append: str = APPEND
+    ) -> None:
         self.mode = mode
-        command = [sys.executable, "-m", "ring1.runtime.cli", "run", "--kernel", str(KERNEL)]
-        command += ["--initrd", str(INITRD), "--append", APPEND, "--mode", mode, *extra]
+        command = [sys.executable, "-m", "ring1.runtime.cli", "run", "--kernel", str(kernel)]
+        if initrd is not None:
+            command += ["--initrd", str(initrd)]
+        command += ["--append", append, "--mode", mode, *extra]
+        self.started = time.monotonic()
         self.proc = subprocess.Popen(
             command,
             stdin=subprocess.PIPE,
