@@ -1814,6 +1814,7 @@ class Vmm:
         self.vmm_write32(C["V_JUMP"], unit.host)
         self.stats["translator_entries"] += 1
 
+    @timed("indirect lookup misses")
     def _on_lookup16_miss(self, uc, address: int, size: int, _user) -> None:
         """An indirect branch of 16-bit code whose key (CS base << 12 | IP, in EAX) has no CCF in
         lookup16's table yet. The key's CS base must be the virtual CPU's (every change of CS
@@ -2477,9 +2478,10 @@ class Vmm:
         """At vmm_exit the hardware holds the guest's registers (a callout restored them first)."""
         self.capture()
 
-    @timed("interpreter (real mode, v86, TF...)")
+    @timed("interpreter (TF, a 32-bit CS not flat, user segments unshadowed...)")
     def _interpret_until_translatable(self) -> tuple[str, object] | None:
-        """Real mode, v86, single-stepping, a non-flat kernel CS: the interpreter runs the guest."""
+        """Single-stepping, a 32-bit kernel CS that is not flat, code at CPL 1 or 2, user code
+        with unshadowed segments: the interpreter runs the guest."""
         m = self.m
         m.stop_on_event = self.stop_on_event
         m.stop_addresses = set(self.stop_addresses)
@@ -2562,7 +2564,7 @@ def figures(vmm: Vmm, stats, elapsed: float) -> None:
     stats.add("interrupts_delivered", "external interrupts delivered", s["interrupts_delivered"])
     stats.add(
         "interpreted_instructions",
-        "instructions run by the interpreter (real mode, v86, TF, unshadowed user segments)",
+        "instructions run by the interpreter (TF, a 32-bit CS not flat, unshadowed user segments)",
         s["interpreted_instructions"],
     )
     if vmm.clock is not None:
