@@ -158,6 +158,21 @@ def test_template_when_clauses_are_checked(tmp_path: Path) -> None:
     assert "spec/t.r1:1:" in str(info.value) and "dst#=0..5" in str(info.value)
 
 
+def test_templates_of_one_name_are_alternates_with_when_clauses(tmp_path: Path) -> None:
+    """A second template of a name is an alternate (NAME/2: the translator emits the first whose
+    `when` holds) when both have a `when` line; `code=` is the code segment's size."""
+    from ring1.codegen.asm import assemble_all
+
+    two = "template t {\n  | when osize=32\n  | nop\n}\ntemplate t {\n  | when osize=16 code=16\n  | int3\n}\n"
+    out = assemble_all(compile_spec(tmp_path, two))
+    assert (out["t"].when, out["t/2"].when) == ({"osize": "32"}, {"osize": "16", "code": "16"})
+    assert (out["t"].variants[()], out["t/2"].variants[()]) == ([b"\x90"], [b"\xcc"])
+    bare = "template t {\n  | when osize=32\n  | nop\n}\ntemplate t {\n  | int3\n}\n"
+    with pytest.raises(SpecError) as info:
+        compile_spec(tmp_path, bare)
+    assert "spec/t.r1:5:" in str(info.value) and "alternates need `when` lines" in str(info.value)
+
+
 def test_assembler_errors_point_at_the_template_line(tmp_path: Path) -> None:
     from ring1.codegen.asm import assemble_all
 
