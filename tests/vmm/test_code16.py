@@ -123,8 +123,8 @@ def test_esp_keeps_its_upper_half_with_a_16_bit_stack() -> None:
 
 
 def test_loops_strings_and_calls() -> None:
-    """CALL and RET (and RET imm16, JMP through a register) in the TC: RET looks its target up
-    in lookup16's table, and hits from the second round on."""
+    """CALL and RET (and RET imm16, JMP and CALL through a register or memory) in the TC: RET
+    looks its target up in lookup16's table, and hits from the second round on."""
     spec = real(
         """
         mov ax, 0x1000
@@ -152,7 +152,12 @@ def test_loops_strings_and_calls() -> None:
         popf
         ret
     4:  xor dx, [esp + 2]
+        mov bx, offset 6f
+        mov [0x9000], bx
+        call [0x9000]
+        call bx
         ret 2
+    6:  ret
     3:  mov bx, cx
         """
     )
