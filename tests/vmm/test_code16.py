@@ -313,11 +313,22 @@ def _operand_pair(draw) -> str:
 
 
 @st.composite
-def _statement(draw, depth: int) -> list[str]:
+def _statement(draw, depth: int, subs: tuple[str, ...] = ()) -> list[str]:
     kinds = ["alu", "alu", "unary", "move", "stack", "rotate", "string", "widen"]
     if depth < 2:
         kinds += ["if", "loop"]
+    if subs:
+        kinds += ["call"]
     kind = draw(st.sampled_from(kinds))
+    if kind == "call":
+        # Near CALL, direct, through a register or through memory (SS:6000, below the stack).
+        sub = draw(st.sampled_from(subs))
+        how = draw(st.sampled_from(("direct", "reg", "mem")))
+        if how == "direct":
+            return [f"call {sub}"]
+        if how == "reg":
+            return [f"mov bx, offset {sub}", "call bx"]
+        return [f"mov word ptr ss:[0x6000], offset {sub}", "call word ptr ss:[0x6000]"]
     if kind == "alu":
         return [f"{draw(st.sampled_from(ALU))} {draw(_operand_pair())}"]
     if kind == "unary":
@@ -351,23 +362,27 @@ def _statement(draw, depth: int) -> list[str]:
         ]
     if kind == "if":
         cc = draw(st.sampled_from(("z", "nz", "c", "nc", "s", "ns", "o", "no", "p", "np", "l", "ge", "le", "g")))
-        return [f"j{cc} 9{depth}f", *draw(_block(depth + 1)), f"9{depth}:"]
-    body = draw(_block(depth + 1))
+        return [f"j{cc} 9{depth}f", *draw(_block(depth + 1, subs)), f"9{depth}:"]
+    body = draw(_block(depth + 1, subs))
     return [f"mov cx, {draw(st.integers(1, 4))}", f"8{depth}:", "push cx", *body, "pop cx", f"loop 8{depth}b"]
 
 
 @st.composite
-def _block(draw, depth: int) -> list[str]:
-    return [line for _ in range(draw(st.integers(1, 4))) for line in draw(_statement(depth))]
+def _block(draw, depth: int, subs: tuple[str, ...] = ()) -> list[str]:
+    return [line for _ in range(draw(st.integers(1, 4))) for line in draw(_statement(depth, subs))]
 
 
 @st.composite
 def real_mode_programs(draw) -> fresh_machine.FreshSpec:
-    """Straight-line and looping real-mode code: ALU, moves, the stack, strings and branches
-    over the DATA window (DS = ES), with 8-, 16- and 32-bit operands and 16-bit addressing.
-    AND, OR, XOR and TEST leave AF undefined: a CMP at the end defines every flag, and nothing
-    reads AF before it."""
-    lines = ["mov ax, 0x1000", "mov ds, ax", "mov es, ax", *draw(_block(0)), "cmp ax, bx"]
+    """Straight-line and looping real-mode code: ALU, moves, the stack, strings, branches and
+    near calls (direct, through a register or memory) of subroutines that RET, over the DATA
+    window (DS = ES), with 8-, 16- and 32-bit operands and 16-bit addressing. AND, OR, XOR and
+    TEST leave AF undefined: a CMP at the end defines every flag, and nothing reads AF before it."""
+    subs = tuple(f"sub{i}" for i in range(draw(st.integers(0, 2))))
+    lines = ["mov ax, 0x1000", "mov ds, ax", "mov es, ax", *draw(_block(0, subs)), "cmp ax, bx", "jmp 99f"]
+    for i, name in enumerate(subs):  # (a subroutine calls only those after it: no recursion)
+        lines += [f"{name}:", *draw(_block(1, subs[i + 1 :])), "ret"]
+    lines.append("99:")
     regs = {r: draw(st.integers(0, 0xFFFFFFFF)) for r in ("eax", "ebx", "edx", "esi", "edi", "ebp")}
     window = draw(st.binary(min_size=256, max_size=256)) * (fresh_machine.DATA_SIZE // 256)
     try:
