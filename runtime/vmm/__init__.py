@@ -1848,6 +1848,9 @@ class Vmm:
         except Fault as f:
             self._exit_to_vmm("fetch-fault", (key & (0xFFFF if key >= KEY16 else M32), f))
             return None
+        except VMStop as stop:  # (a key of another code segment than CS's: `translate`)
+            self._exit_to_vmm("vmstop", stop)
+            return None
 
     def _recorded(self, records: dict, pad: int, address: int, what: str):
         """The record of the pad slot at `address`, or None after a VM stop: the slot must be
