@@ -1928,7 +1928,8 @@ class Vmm:
                 self._exit_to_vmm("vmstop", stop)
                 return
         if S.halted:
-            self._exit_to_vmm("halt", None)
+            # (HLT just before a stop address: the stop first, as the interpreter's run loop has it)
+            self._exit_to_vmm(*(("stop", S.eip) if S.eip in self.stop_addresses else ("halt", None)))
             return
         if self.clock is not None and not self._callout_interrupt():
             return
@@ -2363,6 +2364,8 @@ class Vmm:
                     self._take_interrupt()
                 except VMStop as stop:
                     return ("vmstop", stop)
+            if S.eip in self.stop_addresses:  # (translated, direct or interpreted alike; before HLT's sleep)
+                return ("stop", S.eip)
             if S.halted:
                 try:
                     if self._interrupt_deliverable() or (
@@ -2372,8 +2375,6 @@ class Vmm:
                 except VMStop as stop:  # a device's timer stopped the machine (Ctrl-A x)
                     return ("vmstop", stop)
                 return ("halt", None)
-            if S.eip in self.stop_addresses:  # (translated, direct or interpreted alike)
-                return ("stop", S.eip)
             if self.can_translate():
                 try:
                     unit = self.unit_for(self.unit_key(S.eip))
