@@ -13,6 +13,9 @@
 typedef int (*ring1_stop_fn)(void *uc);
 typedef int (*ring1_reg_read_fn)(void *uc, int regid, void *value);
 typedef int (*ring1_reg_write_fn)(void *uc, int regid, const void *value);
+typedef void (*ring1_code_fn)(void *uc, uint64_t address, uint32_t size, void *user);
+
+#define RING1_RANGES 8
 
 typedef struct {
     uint64_t calls;   /* hook calls so far (Python subtracts the ones whose instruction never ran) */
@@ -40,6 +43,13 @@ typedef struct {
     const uint8_t *tc;      /* the VMM's translation cache in host memory, or NULL */
     uint64_t tc_linear;     /* its linear address */
     uint64_t tc_size;
+    /* Code hooks of the VMM's own (its pads and stubs), called from here: every code hook
+       unicorn holds costs every instruction it runs, hooked or not (one more hook: about 1.5x
+       the time per instruction), so they ride on the counter's, as a range test each. */
+    int32_t nranges;
+    uint64_t range_lo[RING1_RANGES];
+    uint64_t range_hi[RING1_RANGES]; /* inclusive */
+    ring1_code_fn range_fn;          /* called with the range's index as `user` */
 } ring1_counter;
 
 /* RDTSC on the virtual clock, in place: EDX:EAX, then EIP past it (unicorn goes on from the EIP a
@@ -145,6 +155,13 @@ void ring1_count(void *uc, uint64_t address, uint32_t size, void *user)
             c->saw_if = 1;
             c->watch_if = 0;
             c->stop(uc);
+            return; /* the instruction does not run now: its range's hook runs when it does */
+        }
+    }
+    for (int32_t i = 0; i < c->nranges; i++) {
+        if (address - c->range_lo[i] <= c->range_hi[i] - c->range_lo[i]) {
+            c->range_fn(uc, address, size, (void *)(intptr_t)i);
+            return;
         }
     }
 }

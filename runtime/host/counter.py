@@ -24,6 +24,7 @@ import hashlib
 import os
 import subprocess
 import tempfile
+from collections.abc import Callable
 from functools import cache
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -53,6 +54,11 @@ class CounterUnavailable(RuntimeError):
     """The counting hook could not be built (no C compiler)."""
 
 
+RANGES = 8  # RING1_RANGES: code hooks that ride on the counter's
+_CODE_HOOK = ctypes.CFUNCTYPE(None, ctypes.c_void_p, ctypes.c_uint64, ctypes.c_uint32, ctypes.c_void_p)
+CodeHook = Callable[[Uc, int, int, object], None]  # unicorn's code hook signature
+
+
 class _Counts(ctypes.Structure):
     _fields_ = [
         ("calls", ctypes.c_uint64),
@@ -80,6 +86,10 @@ class _Counts(ctypes.Structure):
         ("tc", ctypes.c_void_p),
         ("tc_linear", ctypes.c_uint64),
         ("tc_size", ctypes.c_uint64),
+        ("nranges", ctypes.c_int32),
+        ("range_lo", ctypes.c_uint64 * RANGES),
+        ("range_hi", ctypes.c_uint64 * RANGES),
+        ("range_fn", ctypes.c_void_p),
     ]
 
 
@@ -157,6 +167,39 @@ class InstructionCounter:
             raise CounterUnavailable(f"unicorn refused the counting hook (error {status})")
         self._calls_at_start = 0
         self._given_to_clock = 0  # instructions already given to the clock (`account`)
+        self._range_hooks: list[CodeHook] = []
+        self._range_trampoline = _CODE_HOOK(self._on_range)  # (kept alive while C holds it)
+        self.counts.range_fn = ctypes.cast(self._range_trampoline, ctypes.c_void_p)
+        self.hook_error: BaseException | None = None
+
+    def hook_ranges(self, hooks: list[tuple[int, int, CodeHook]]) -> None:
+        """Code hooks, each over [begin, end] (inclusive), called by the counter's own hook as
+        unicorn would call them (after the instruction is counted, only if it runs now), in
+        place of unicorn code hooks: each of those costs every instruction unicorn runs. An
+        exception out of one stops the CPU and is raised by `raise_hook_error` (as unicorn's
+        binding does with its hooks). Replaces the previous set."""
+        if len(hooks) > RANGES:
+            raise ValueError(f"at most {RANGES} ranges")
+        c = self.counts
+        c.nranges = 0
+        for i, (begin, end, _fn) in enumerate(hooks):
+            c.range_lo[i], c.range_hi[i] = begin, end
+        self._range_hooks = [fn for _b, _e, fn in hooks]
+        c.nranges = len(hooks)
+
+    def _on_range(self, _handle: int, address: int, size: int, index: int | None) -> None:
+        try:
+            self._range_hooks[index or 0](self.uc, address, size, None)
+        except BaseException as err:  # (out of a ctypes callback an exception would be lost)
+            if self.hook_error is None:
+                self.hook_error = err
+            self.uc.emu_stop()
+
+    def raise_hook_error(self) -> None:
+        """After emu_start: what a range hook raised, if anything."""
+        err, self.hook_error = self.hook_error, None
+        if err is not None:
+            raise err
 
     @property
     def executed(self) -> int:

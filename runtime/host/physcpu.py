@@ -203,6 +203,8 @@ class PhysicalCpu:
                 start(begin, until, timeout, count)
             finally:
                 ledger.leave()
+                if self.counter is not None:
+                    self.counter.raise_hook_error()  # (a hook that rides on the counter's raised)
                 if self._rewind_to is not None:
                     self.uc.reg_write(X.UC_X86_REG_EIP, self._rewind_to)
                     self._rewind_to = None

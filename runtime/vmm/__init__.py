@@ -551,14 +551,21 @@ class Vmm:
             uc.hook_del(handle)
         exit_end = self.exit_pad + EXIT_SLOTS * PAD_SLOT - 1
         callout_end = self.callout_pad + CALLOUT_SLOTS * PAD_SLOT - 1
-        self._vmm_code_hooks = [
-            # A hook over each pad runs only when an exit is taken: nothing else executes there.
-            uc.hook_add(UC_HOOK_CODE, self._on_exit_slot, None, self.exit_pad, exit_end),
-            uc.hook_add(UC_HOOK_CODE, self._on_callout, None, self.callout_pad, callout_end),
-            uc.hook_add(UC_HOOK_CODE, self._on_lookup_miss, None, at["lookup_miss"], at["lookup_miss"]),
-            uc.hook_add(UC_HOOK_CODE, self._on_lookup16_miss, None, at["lookup16_miss"], at["lookup16_miss"]),
-            uc.hook_add(UC_HOOK_CODE, self._on_vmm_exit, None, at["vmm_exit"], at["vmm_exit"]),
+        # A hook over each pad runs only when an exit is taken: nothing else executes there.
+        hooks = [
+            (self.exit_pad, exit_end, self._on_exit_slot),
+            (self.callout_pad, callout_end, self._on_callout),
+            (at["lookup_miss"], at["lookup_miss"], self._on_lookup_miss),
+            (at["lookup16_miss"], at["lookup16_miss"], self._on_lookup16_miss),
+            (at["vmm_exit"], at["vmm_exit"], self._on_vmm_exit),
         ]
+        if self.counter is not None:
+            # On the counter's hook: unicorn's own code hooks would each cost every instruction
+            # the hardware runs (host/counter.c), translated or direct.
+            self.counter.hook_ranges(hooks)
+            self._vmm_code_hooks = []
+            return
+        self._vmm_code_hooks = [uc.hook_add(UC_HOOK_CODE, fn, None, begin, end) for begin, end, fn in hooks]
 
     # ------------------------------------------------------------ the virtual CPU, seen by translated code
 
