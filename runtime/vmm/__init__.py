@@ -1670,19 +1670,30 @@ class Vmm:
         regions whose PDE is the one their units were last checked under: the same page table
         (or 4 MB page) maps them alike there, as the kernel's regions are in every process's
         directory (a CPU keeps such translations too, as global pages). The same CR3 written
-        again, or a CR0/CR4 change, flushes everything: every page is walked (a PTE changed
-        since, without INVLPG, takes effect then, as a TLB flush makes it)."""
+        again, or a CR0/CR4 change that leaves paging's meaning alone (CR4.PGE toggled, as
+        Linux's global TLB flush does), flushes the rest: every page of a region mapped by page
+        tables is walked (a PTE changed since, without INVLPG, takes effect then, as a TLB flush
+        makes it), while a region that one unchanged 4 MB page maps keeps its units (no PTE
+        there could have changed). A change of CR0.PG or CR4.PSE walks everything."""
         S = self.m.state
-        space = (S.cr[3], S.cr[0] & CR0.PG | S.cr[4] & (CR4.PSE | CR4.PGE))
-        switched = space[0] != self._checked_space[0] and space[1] == self._checked_space[1]
+        space = (S.cr[3], S.cr[0] & CR0.PG | S.cr[4] & CR4.PSE)
+        same_meaning = space[1] == self._checked_space[1]
+        switched = space[0] != self._checked_space[0] and same_meaning
         self._checked_space = space
         now = {region: self._guest_pde(region) for region in self._code_pdes}
         if switched:
             moved = {region for region, pde in now.items() if self._code_pdes[region] != pde}
-            pages = [lpage for lpage in self.units_on_linear if lpage >> 10 in moved]
-            self.stats["address_space_regions_kept"] += len(now) - len(moved)
+        elif same_meaning:
+            big = S.cr[4] & CR4.PSE
+            moved = {
+                region
+                for region, pde in now.items()
+                if not (big and pde is not None and pde & PTE.PS and pde & PTE.P and self._code_pdes[region] == pde)
+            }
         else:
-            pages = list(self.units_on_linear)
+            moved = set(now)
+        pages = [lpage for lpage in self.units_on_linear if lpage >> 10 in moved]
+        self.stats["address_space_regions_kept"] += len(now) - len(moved)
         self._code_pdes = now
         return pages
 

@@ -291,6 +291,46 @@ def test_a_cr3_write_keeps_the_translations_of_code_mapped_alike() -> None:
     assert counts[2] == counts[40] and counts[40][1] == 0
 
 
+def test_a_pte_changed_without_invlpg_takes_effect_at_a_reload_of_cr3() -> None:
+    # Remapped with no INVLPG: the old code may still run (a stale TLB entry), but writing CR3
+    # again flushes the TLB, and then the new code must run: its 4 KB region is walked again.
+    memory = paging_memory()
+    memory.update(_two_routines())
+    code = ENABLE_PAGING + call(fresh_machine.CODE + len(ENABLE_PAGING), ROUTINE)
+    code += b"\xc7\x05" + struct.pack("<II", PT0 + (ROUTINE >> 12) * 4, OTHER | 3)  # remap the page
+    code += b"\x0f\x20\xd8\x0f\x22\xd8"  # mov eax, cr3; mov cr3, eax
+    code += call(fresh_machine.CODE + len(code), ROUTINE)
+    runs = compare_all(fresh_machine.FreshSpec(code=code, memory=memory))
+    assert runs["bare"].regs["esi"] == 1 + 2
+    assert runs["bt"].stats["units_remapped"] >= 1
+
+
+def test_a_global_tlb_flush_keeps_the_units_of_code_on_a_4mb_page() -> None:
+    # Linux flushes global TLB entries by toggling CR4.PGE; its text is mapped by 4 MB pages.
+    # Neither the toggle nor a reload of CR3 can change what an unchanged 4 MB PDE maps: the
+    # units stay and their pages are not walked (each was a walk of every page of translated
+    # code), however many flushes.
+    pd = bytearray(4096)
+    struct.pack_into("<I", pd, 0, 0x83)  # a 4 MB page at 0: present, writable, PS
+    enable = b"\x0f\x20\xe0\x83\xc8\x10\x0f\x22\xe0"  # mov eax, cr4; or eax, PSE; mov cr4, eax
+    enable += ENABLE_PAGING
+    counts = {}
+    for n in (2, 40):
+        code = enable + b"\xb9" + struct.pack("<I", n)  # mov ecx, n
+        top = fresh_machine.CODE + len(code)
+        code += b"\x0f\x20\xe0\x35\x80\x00\x00\x00\x0f\x22\xe0"  # mov eax, cr4; xor eax, PGE; mov cr4, eax
+        code += b"\x0f\x20\xd8\x0f\x22\xd8\x46"  # mov eax, cr3; mov cr3, eax; inc esi
+        code += b"\x49\x0f\x85" + struct.pack("<I", (top - (fresh_machine.CODE + len(code) + 7)) & 0xFFFFFFFF)
+        vmm = new_vmm("bt")
+        spec = fresh_machine.FreshSpec(code=code, memory={PD: bytes(pd)})
+        r = run(spec, "bt", vmm)
+        assert differences(run(spec, "bare"), r) == []
+        assert r.regs["esi"] == n
+        counts[n] = vmm.stats["ccfs"], vmm.stats["units_remapped"], vmm.stats["address_space_regions_kept"]
+    assert counts[2][:2] == counts[40][:2] and counts[40][1] == 0
+    assert counts[40][2] >= 2 * 40  # the region kept at each toggle and each reload
+
+
 # ---------------------------------------------------------------- self-modifying code under callouts
 
 SGDT_VAR = fresh_machine.CODE + 0x100  # on the code page, past the code
