@@ -35,13 +35,6 @@ struct multiboot_info {
     uint32_t drives_length, drives_addr, config_table, boot_loader_name;
 };
 
-struct tss {
-    uint32_t link, esp0, ss0, esp1, ss1, esp2, ss2, cr3, eip, eflags;
-    uint32_t eax, ecx, edx, ebx, esp, ebp, esi, edi;
-    uint32_t es, cs, ss, ds, fs, gs, ldt;
-    uint16_t trap, iomap;
-};
-
 extern const uint32_t isr_stubs[33];
 extern char stack_top[];
 extern char __image_start[], __readonly_end[];

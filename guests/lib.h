@@ -53,6 +53,15 @@ struct descriptor {
     uint32_t lo, hi;
 };
 
+/* A 32-bit task-state segment, as the CPU reads and writes it (a task switch saves the old
+   task's registers in it; a privilege change reads esp0/ss0). */
+struct tss {
+    uint32_t link, esp0, ss0, esp1, ss1, esp2, ss2, cr3, eip, eflags;
+    uint32_t eax, ecx, edx, ebx, esp, ebp, esi, edi;
+    uint32_t es, cs, ss, ds, fs, gs, ldt;
+    uint16_t trap, iomap;
+};
+
 struct __attribute__((packed)) table_register {
     uint16_t limit;
     uint32_t base;

@@ -62,13 +62,6 @@ struct trap_frame {
     uint32_t user_esp, user_ss;
 };
 
-struct tss {
-    uint32_t link, esp0, ss0, esp1, ss1, esp2, ss2, cr3, eip, eflags;
-    uint32_t eax, ecx, edx, ebx, esp, ebp, esi, edi;
-    uint32_t es, cs, ss, ds, fs, gs, ldt;
-    uint16_t trap, iomap;
-};
-
 enum proc_state { UNUSED, RUNNABLE, RUNNING, BLOCKED, ZOMBIE };
 
 /* An open file: nothing, the console, or one end of a pipe. */

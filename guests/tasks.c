@@ -32,13 +32,6 @@
 #define EFLAGS_NT 0x4000u
 #define SHOWN_PAGE 0x00400000u /* mapped to another frame in task A's address space */
 
-struct tss {
-    uint32_t link, esp0, ss0, esp1, ss1, esp2, ss2, cr3, eip, eflags;
-    uint32_t eax, ecx, edx, ebx, esp, ebp, esi, edi;
-    uint32_t es, cs, ss, ds, fs, gs, ldt;
-    uint16_t trap, iomap;
-};
-
 static struct descriptor gdt[9];
 static struct descriptor idt[32];
 static struct descriptor ldt_b[1];
