@@ -118,13 +118,7 @@ class Bus(Platform):
     # ------------------------------------------------------------ ports (the Platform interface)
 
     def io_in(self, port: int, size: int) -> int:
-        if not self.ledger.enabled:
-            return self._io_in(port, size)
-        self.ledger.enter(self._cause(self.ports, port))
-        try:
-            return self._io_in(port, size)
-        finally:
-            self.ledger.leave()
+        return self._timed(self.ports, port, self._io_in, port, size)
 
     def _io_in(self, port: int, size: int) -> int:
         self.io_counts[(port, "in")] += 1
@@ -144,13 +138,7 @@ class Bus(Platform):
         return value
 
     def io_out(self, port: int, size: int, value: int) -> None:
-        if not self.ledger.enabled:
-            return self._io_out(port, size, value)
-        self.ledger.enter(self._cause(self.ports, port))
-        try:
-            return self._io_out(port, size, value)
-        finally:
-            self.ledger.leave()
+        return self._timed(self.ports, port, self._io_out, port, size, value)
 
     def _io_out(self, port: int, size: int, value: int) -> None:
         self.io_counts[(port, "out")] += 1
@@ -167,10 +155,16 @@ class Bus(Platform):
             else:
                 self.unclaimed_ports.setdefault(at, f"out {size}")
 
-    @staticmethod
-    def _cause(space: _RegionMap, address: int) -> str:
+    def _timed(self, space: _RegionMap, address: int, access, *args):
+        """An access, its time charged to its device in the run's ledger when there is one."""
+        if not self.ledger.enabled:
+            return access(*args)
         region = space.find(address)
-        return f"I/O {region.name}" if region is not None else "I/O unclaimed"
+        self.ledger.enter(f"I/O {region.name}" if region is not None else "I/O unclaimed")
+        try:
+            return access(*args)
+        finally:
+            self.ledger.leave()
 
     def unclaimed(self) -> dict[str, str]:
         """{"port 0x2e8": "in 1", "mmio 0xfed00000": "read 4"}: the first access to each."""
@@ -194,13 +188,7 @@ class Bus(Platform):
         return [(r.base, r.length) for r in self.mmio.regions]
 
     def mmio_read(self, address: int, size: int) -> int:
-        if not self.ledger.enabled:
-            return self._mmio_read(address, size)
-        self.ledger.enter(self._cause(self.mmio, address))
-        try:
-            return self._mmio_read(address, size)
-        finally:
-            self.ledger.leave()
+        return self._timed(self.mmio, address, self._mmio_read, address, size)
 
     def _mmio_read(self, address: int, size: int) -> int:
         region = self.mmio.find(address)
@@ -210,13 +198,7 @@ class Bus(Platform):
         return region.device.read(address - region.base, size) & ((1 << (8 * size)) - 1)
 
     def mmio_write(self, address: int, size: int, value: int) -> None:
-        if not self.ledger.enabled:
-            return self._mmio_write(address, size, value)
-        self.ledger.enter(self._cause(self.mmio, address))
-        try:
-            return self._mmio_write(address, size, value)
-        finally:
-            self.ledger.leave()
+        return self._timed(self.mmio, address, self._mmio_write, address, size, value)
 
     def _mmio_write(self, address: int, size: int, value: int) -> None:
         region = self.mmio.find(address)
