@@ -136,8 +136,9 @@ SELF_WRITING_CALLOUTS = {
     "str m16": b"\x0f\x00\x0d" + struct.pack("<I", VAR) + TWELVE_ADDS,
     "smsw m16": b"\x0f\x01\x25" + struct.pack("<I", VAR) + TWELVE_ADDS,
     "mov m16, ds": b"\x8c\x1d" + struct.pack("<I", VAR) + TWELVE_ADDS,
-    # the stack on the code page: push cs, then read what it pushed
-    "push cs": b"\xbc" + struct.pack("<I", VAR) + b"\x0e" + b"\x8b\x0c\x24" + TWELVE_ADDS,
+    # the stack on the code page: a push that is a callout (it uses GS), then read what it pushed
+    "push gs:[0]": b"\xbc" + struct.pack("<I", VAR) + b"\x65\xff\x35\x00\x00\x00\x00" + b"\x8b\x0c\x24"
+    + TWELVE_ADDS,
     "rep insb": b"\xbf" + struct.pack("<I", VAR) + b"\xb9\x04\x00\x00\x00\xba\x80\x00\x00\x00\xfc\xf3\x6c"
     + TWELVE_ADDS,
     # a store that traps (the page holds translated code) until it is retranslated as a callout

@@ -318,3 +318,40 @@ def test_software_interrupts_are_known_from_the_spec() -> None:
 
     soft = {name: f.soft_interrupt for name, f in FORMS.items() if f.soft_interrupt is not None}
     assert soft == {"INT_Ib": ("vector", 2), "INT3": (3, 3), "INTO": (4, 4), "ICEBP": (1, 5)}
+
+
+def test_push_of_a_segment_register_is_emulated_in_the_tc() -> None:
+    # PUSH ES, CS, SS, DS, FS, GS, each popped into a register: the guest's own selectors
+    # (CS with the guest's RPL 0, not the TC's CPL 1; GS the guest's, not the VMM's),
+    # zero-extended over a dirty stack slot, without a callout.
+    dirty = b"\x68\xff\xff\xff\xff\x5f"  # push 0xffffffff; pop edi
+    code = b""
+    for push, pop in (
+        (b"\x06", 0x58),
+        (b"\x0e", 0x59),
+        (b"\x16", 0x5A),
+        (b"\x1e", 0x5B),
+        (b"\x0f\xa0", 0x5D),
+        (b"\x0f\xa8", 0x5E),
+    ):
+        code += dirty + push + bytes([pop])  # ... pop eax, ecx, edx, ebx, ebp, esi
+    spec = fresh_machine.FreshSpec(code=code)
+    vmm = new_vmm("bt")
+    bt, bare = run(spec, "bt", vmm), run(spec, "bare")
+    assert differences(bare, bt) == []
+    got = [bt.regs[r] for r in ("eax", "ecx", "edx", "ebx", "ebp", "esi")]
+    assert got == [bt.regs[s] for s in ("es", "cs", "ss", "ds", "fs", "gs")] and got[1] & 3 == 0
+    assert vmm.stats["callouts"] == 0 and vmm.stats["rule_inline"] == 6
+
+
+def test_push_cs_onto_its_own_code_page_from_the_tc() -> None:
+    # The stack on the page of the code that pushes: the in-TC PUSH writes a page of translated
+    # code (protected: it traps, is emulated, and the units of the page are dropped) and the
+    # guest goes on in a fresh translation, as on bare.
+    var = fresh_machine.CODE + 0x800
+    code = b"\xbc" + struct.pack("<I", var) + b"\x0e" + b"\x8b\x0c\x24" + b"\x05\x01\x00\x00\x00" * 12
+    vmm = new_vmm("bt")
+    spec = fresh_machine.FreshSpec(code=code)
+    bt, bare = run(spec, "bt", vmm), run(spec, "bare")
+    assert differences(bare, bt) == []
+    assert bt.regs["ecx"] == bt.regs["cs"] and vmm.stats["code_writes"] >= 1
