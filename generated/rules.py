@@ -811,19 +811,19 @@ RULES = {
 
 # What the translator knows about an instance, for choosing its rule (the `fact`s of the spec).
 FACTS = {
-    'undefined': 'no form matches the bytes (the instruction raises #UD)',  # spec/vmm.r1:141
-    'invalid_lock': 'a LOCK prefix the form does not allow (#UD)',  # spec/vmm.r1:142
-    'adaptive': 'the instruction trapped often and was retranslated (innocent until proven guilty)',  # spec/vmm.r1:143
-    'forced': 'a benchmark forced the form to a callout (Vmm(rule_overrides=...))',  # spec/vmm.r1:144
-    'trap_mode': 'the VMM runs in trap mode: the kernel untranslated at CPL 1',  # spec/vmm.r1:145
-    'uses_gs': "the instruction uses GS, which is the VMM's in translated code",  # spec/vmm.r1:146
-    'vmm_address': "an absolute address (disp32 or moffs) in the VMM's area",  # spec/vmm.r1:147
-    'template_fits': "the rule's template covers this instance (its `when` clause)",  # spec/vmm.r1:148
-    'flags_lost_at_store': "unicorn changes the flags before the instance's store, so a fault there loses them (RCL, RCR on memory: physcpu)",  # spec/vmm.r1:149
-    'code16': "the unit is 16-bit code (real mode, a 16-bit CS), run in the TC's flat 32-bit code segment",  # spec/vmm.r1:150
-    'same_in_32bit_code': 'with its operand- and address-size prefixes toggled, its bytes decode in 32-bit code to the same form, sizes and operands',  # spec/vmm.r1:151
-    'paragraph_cs': "16-bit code whose CS base is a paragraph below 1 MB (real mode's, selector << 4): lookup16 keys it",  # spec/vmm.r1:152
-    'outside_its_modes': "the form does not exist in the CPU's mode (STR, LAR... in real mode: #UD)",  # spec/vmm.r1:153
+    'undefined': 'no form matches the bytes (the instruction raises #UD)',  # spec/vmm.r1:140
+    'invalid_lock': 'a LOCK prefix the form does not allow (#UD)',  # spec/vmm.r1:141
+    'adaptive': 'the instruction trapped often and was retranslated (innocent until proven guilty)',  # spec/vmm.r1:142
+    'forced': 'a benchmark forced the form to a callout (Vmm(rule_overrides=...))',  # spec/vmm.r1:143
+    'trap_mode': 'the VMM runs in trap mode: the kernel untranslated at CPL 1',  # spec/vmm.r1:144
+    'uses_gs': "the instruction uses GS, which is the VMM's in translated code",  # spec/vmm.r1:145
+    'vmm_address': "an absolute address (disp32 or moffs) in the VMM's area",  # spec/vmm.r1:146
+    'template_fits': "the rule's template covers this instance (its `when` clause)",  # spec/vmm.r1:147
+    'flags_lost_at_store': "unicorn changes the flags before the instance's store, so a fault there loses them (RCL, RCR on memory: physcpu)",  # spec/vmm.r1:148
+    'code16': "the unit is 16-bit code (real mode, a 16-bit CS), run in the TC's flat 32-bit code segment",  # spec/vmm.r1:149
+    'same_in_32bit_code': 'with its operand- and address-size prefixes toggled, its bytes decode in 32-bit code to the same form, sizes and operands',  # spec/vmm.r1:150
+    'paragraph_cs': "16-bit code whose CS base is a paragraph below 1 MB (real mode's, selector << 4): lookup16 keys it",  # spec/vmm.r1:151
+    'outside_its_modes': "the form does not exist in the CPU's mode (STR, LAR... in real mode: #UD)",  # spec/vmm.r1:152
 }
 
 
@@ -832,35 +832,35 @@ def choose_rule(rule: str, fact) -> tuple[str, str, str | None]:
     (`fact(name)` answers the spec's facts for the instance), else the form's own `rule`.
     Returns (rule, reason, the clause's spec file:line)."""
     if (fact('code16') and fact('undefined')):
-        return 'callout', 'undefined opcode in 16-bit code: its length and #UD come from the interpreter', 'spec/vmm.r1:156'
+        return 'callout', 'undefined opcode in 16-bit code: its length and #UD come from the interpreter', 'spec/vmm.r1:155'
     if fact('undefined'):
-        return 'ident', 'undefined opcode: the hardware raises #UD, and the interpreter confirms it', 'spec/vmm.r1:157'
+        return 'ident', 'undefined opcode: the hardware raises #UD, and the interpreter confirms it', 'spec/vmm.r1:156'
     if fact('outside_its_modes'):
-        return 'callout', 'the form does not exist in this mode: the interpreter raises #UD', 'spec/vmm.r1:158'
+        return 'callout', 'the form does not exist in this mode: the interpreter raises #UD', 'spec/vmm.r1:157'
     if fact('invalid_lock'):
-        return 'callout', 'invalid LOCK prefix: unicorn runs most (deviation invalid-lock); #UD from the spec', 'spec/vmm.r1:159'
+        return 'callout', 'invalid LOCK prefix: unicorn runs most (deviation invalid-lock); #UD from the spec', 'spec/vmm.r1:158'
     if fact('adaptive'):
-        return 'callout', 'adaptive: it trapped often, so it was retranslated as a callout', 'spec/vmm.r1:160'
+        return 'callout', 'adaptive: it trapped often, so it was retranslated as a callout', 'spec/vmm.r1:159'
     if fact('forced'):
-        return 'callout', 'forced to a callout by Vmm(rule_overrides=...)', 'spec/vmm.r1:161'
+        return 'callout', 'forced to a callout by Vmm(rule_overrides=...)', 'spec/vmm.r1:160'
     if (fact('trap_mode') and rule in ('ident', 'trap')):
-        return rule, '', 'spec/vmm.r1:162'
+        return rule, '', 'spec/vmm.r1:161'
     if fact('trap_mode'):
-        return 'callout', 'trap mode: the kernel runs untranslated; this is where it exits', 'spec/vmm.r1:163'
+        return 'callout', 'trap mode: the kernel runs untranslated; this is where it exits', 'spec/vmm.r1:162'
     if fact('uses_gs'):
-        return 'callout', "it uses GS, which is the VMM's: emulated", 'spec/vmm.r1:164'
+        return 'callout', "it uses GS, which is the VMM's: emulated", 'spec/vmm.r1:163'
     if ((fact('code16') and rule in ('indirect',)) and not fact('paragraph_cs')):
-        return 'callout', '16-bit code whose CS base is not its selector << 4: no key for lookup16', 'spec/vmm.r1:165'
+        return 'callout', '16-bit code whose CS base is not its selector << 4: no key for lookup16', 'spec/vmm.r1:164'
     if ((fact('code16') and rule in ('ident', 'trap')) and not fact('same_in_32bit_code')):
-        return 'callout', '16-bit code whose bytes mean something else in 32-bit code whatever its size prefixes (a mandatory 66)', 'spec/vmm.r1:166'
+        return 'callout', '16-bit code whose bytes mean something else in 32-bit code whatever its size prefixes (a mandatory 66)', 'spec/vmm.r1:165'
     if (rule in ('ident', 'trap') and fact('vmm_address')):
-        return 'callout', "its address lies in the VMM's area: emulated", 'spec/vmm.r1:167'
+        return 'callout', "its address lies in the VMM's area: emulated", 'spec/vmm.r1:166'
     if (rule in ('direct', 'indirect', 'inline') and not fact('template_fits')):
-        return 'callout', 'its template does not cover this operand or address size, stack or form', 'spec/vmm.r1:168'
+        return 'callout', 'its template does not cover this operand or address size, stack or form', 'spec/vmm.r1:167'
     if (rule in ('ident', 'trap') and fact('flags_lost_at_store')):
-        return 'callout', 'unicorn changes its flags before its store: a fault there loses them', 'spec/vmm.r1:169'
+        return 'callout', 'unicorn changes its flags before its store: a fault there loses them', 'spec/vmm.r1:168'
     if rule in ('trap',):
-        return 'ident', 'copied; left to trap when the hardware faults', 'spec/vmm.r1:170'
+        return 'ident', 'copied; left to trap when the hardware faults', 'spec/vmm.r1:169'
     return rule, "", None
 
 
@@ -1016,8 +1016,7 @@ CONSTS = {
     'V_SAVE_ESP': 80,
     'V_SCRATCH_FLAT': 81932,
     'V_SCRATCH_SP': 81928,
-    'V_SEL': 96,
-    'V_SEL32': 128,
+    'V_SEL': 128,
     'V_TARGET16': 84,
     'V_TR': 114,
     'V_VIRT_IF': 36,
@@ -1051,7 +1050,7 @@ CONSTS = {
 # label of the stubs. Variants are keyed by the numbers of the placeholders listed (registers,
 # cc); blobs have an origin address and exported labels.
 TEMPLATES = {
-    'address_size_prefix': {  # spec/vmm.r1:629
+    'address_size_prefix': {  # spec/vmm.r1:628
         "placeholders": (),
         "values": (),
         "when": {},
@@ -1061,7 +1060,7 @@ TEMPLATES = {
             (): [bytes.fromhex('67')],
         },
     },
-    'callout_exit': {  # spec/vmm.r1:606
+    'callout_exit': {  # spec/vmm.r1:605
         "placeholders": (),
         "values": ('callout',),
         "when": {},
@@ -1071,7 +1070,7 @@ TEMPLATES = {
             (): [bytes.fromhex('65 a3 00 00 00 00 65 89 0d 04 00 00 00 65 89 15 08 00 00 00 65 89 1d 0c 00 00 00 65 89 25 10 00 00 00 65 89 2d 14 00 00 00 65 89 35 18 00 00 00 65 89 3d 1c 00 00 00 65 8e 15 24 40 01 00 65 8b 25 0c 40 01 00 9c 65 8f 05 20 00 00 00 e9'), ('rel32', '@callout', -4)],
         },
     },
-    'callout_slot': {  # spec/vmm.r1:594
+    'callout_slot': {  # spec/vmm.r1:593
         "placeholders": (),
         "values": (),
         "when": {},
@@ -1081,7 +1080,7 @@ TEMPLATES = {
             (): [bytes.fromhex('65 ff 25 04 40 01 00 cc')],
         },
     },
-    'cli_virtual': {  # spec/vmm.r1:313
+    'cli_virtual': {  # spec/vmm.r1:312
         "placeholders": (),
         "values": (),
         "when": {},
@@ -1091,7 +1090,7 @@ TEMPLATES = {
             (): [bytes.fromhex('65 c7 05 24 00 00 00 00 00 00 00')],
         },
     },
-    'direct_call': {  # spec/vmm.r1:454
+    'direct_call': {  # spec/vmm.r1:453
         "placeholders": (),
         "values": ('next', 'target'),
         "when": {'osize': '32'},
@@ -1101,7 +1100,7 @@ TEMPLATES = {
             (): [bytes.fromhex('68'), ('abs32', '@next', 0), bytes.fromhex('e9'), ('rel32', '@target', -4)],
         },
     },
-    'direct_call/2': {  # spec/vmm.r1:461
+    'direct_call/2': {  # spec/vmm.r1:460
         "placeholders": (),
         "values": ('next', 'target'),
         "when": {'osize': '16'},
@@ -1111,7 +1110,7 @@ TEMPLATES = {
             (): [bytes.fromhex('65 a3 38 00 00 00'), ('mark', 'eax_saved'), bytes.fromhex('b8'), ('abs32', '@next', 0), bytes.fromhex('66 50 65 a1 38 00 00 00 e9'), ('rel32', '@target', -4)],
         },
     },
-    'direct_jcc': {  # spec/vmm.r1:449
+    'direct_jcc': {  # spec/vmm.r1:448
         "placeholders": ('cc',),
         "values": ('target', 'next'),
         "when": {},
@@ -1136,7 +1135,7 @@ TEMPLATES = {
             (15,): [bytes.fromhex('0f 8f'), ('rel32', '@target', -4), bytes.fromhex('e9'), ('rel32', '@next', -4)],
         },
     },
-    'direct_jecxz': {  # spec/vmm.r1:494
+    'direct_jecxz': {  # spec/vmm.r1:493
         "placeholders": (),
         "values": ('next', 'target'),
         "when": {},
@@ -1146,7 +1145,7 @@ TEMPLATES = {
             (): [('addr',), bytes.fromhex('e3 05 e9'), ('rel32', '@next', -4), bytes.fromhex('e9'), ('rel32', '@target', -4)],
         },
     },
-    'direct_jmp': {  # spec/vmm.r1:445
+    'direct_jmp': {  # spec/vmm.r1:444
         "placeholders": (),
         "values": ('target',),
         "when": {},
@@ -1156,7 +1155,7 @@ TEMPLATES = {
             (): [bytes.fromhex('e9'), ('rel32', '@target', -4)],
         },
     },
-    'direct_loop': {  # spec/vmm.r1:473
+    'direct_loop': {  # spec/vmm.r1:472
         "placeholders": (),
         "values": ('next', 'target'),
         "when": {},
@@ -1166,7 +1165,7 @@ TEMPLATES = {
             (): [('addr',), bytes.fromhex('e2 05 e9'), ('rel32', '@next', -4), bytes.fromhex('e9'), ('rel32', '@target', -4)],
         },
     },
-    'direct_loope': {  # spec/vmm.r1:480
+    'direct_loope': {  # spec/vmm.r1:479
         "placeholders": (),
         "values": ('next', 'target'),
         "when": {},
@@ -1176,7 +1175,7 @@ TEMPLATES = {
             (): [('addr',), bytes.fromhex('e1 05 e9'), ('rel32', '@next', -4), bytes.fromhex('e9'), ('rel32', '@target', -4)],
         },
     },
-    'direct_loopne': {  # spec/vmm.r1:487
+    'direct_loopne': {  # spec/vmm.r1:486
         "placeholders": (),
         "values": ('next', 'target'),
         "when": {},
@@ -1186,7 +1185,7 @@ TEMPLATES = {
             (): [('addr',), bytes.fromhex('e0 05 e9'), ('rel32', '@next', -4), bytes.fromhex('e9'), ('rel32', '@target', -4)],
         },
     },
-    'exit_next': {  # spec/vmm.r1:580
+    'exit_next': {  # spec/vmm.r1:579
         "placeholders": (),
         "values": ('next',),
         "when": {},
@@ -1196,7 +1195,7 @@ TEMPLATES = {
             (): [bytes.fromhex('e9'), ('rel32', '@next', -4)],
         },
     },
-    'exit_slot': {  # spec/vmm.r1:587
+    'exit_slot': {  # spec/vmm.r1:586
         "placeholders": (),
         "values": (),
         "when": {},
@@ -1206,7 +1205,7 @@ TEMPLATES = {
             (): [bytes.fromhex('65 ff 25 00 40 01 00 cc')],
         },
     },
-    'forward': {  # spec/vmm.r1:635
+    'forward': {  # spec/vmm.r1:634
         "placeholders": (),
         "values": ('to',),
         "when": {},
@@ -1216,7 +1215,7 @@ TEMPLATES = {
             (): [bytes.fromhex('e9'), ('rel32', '@to', -4)],
         },
     },
-    'indirect_call': {  # spec/vmm.r1:509
+    'indirect_call': {  # spec/vmm.r1:508
         "placeholders": (),
         "values": ('next',),
         "when": {'osize': '32', 'asize': '32', 'code': '32'},
@@ -1226,7 +1225,7 @@ TEMPLATES = {
             (): [bytes.fromhex('65 a3 38 00 00 00'), ('mark', 'eax_saved'), ('seg',), ('ea', bytes.fromhex('8b'), 0, bytes.fromhex('')), bytes.fromhex('68'), ('abs32', '@next', 0), bytes.fromhex('e9'), ('rel32', 'lookup', -4)],
         },
     },
-    'indirect_call/2': {  # spec/vmm.r1:548
+    'indirect_call/2': {  # spec/vmm.r1:547
         "placeholders": (),
         "values": ('next',),
         "when": {'osize': '16', 'code': '16'},
@@ -1236,7 +1235,7 @@ TEMPLATES = {
             (): [bytes.fromhex('65 a3 38 00 00 00'), ('mark', 'eax_saved'), ('seg',), ('ea', bytes.fromhex('0f b7'), 0, bytes.fromhex('')), bytes.fromhex('65 a3 54 00 00 00 b8'), ('abs32', '@next', 0), bytes.fromhex('66 50 65 a1 54 00 00 00 e9'), ('rel32', 'lookup16', -4)],
         },
     },
-    'indirect_entry': {  # spec/vmm.r1:300
+    'indirect_entry': {  # spec/vmm.r1:299
         "placeholders": (),
         "values": (),
         "when": {},
@@ -1246,7 +1245,7 @@ TEMPLATES = {
             (): [bytes.fromhex('65 8b 0d 3c 00 00 00 65 a1 38 00 00 00')],
         },
     },
-    'indirect_jmp': {  # spec/vmm.r1:501
+    'indirect_jmp': {  # spec/vmm.r1:500
         "placeholders": (),
         "values": (),
         "when": {'osize': '32', 'asize': '32', 'code': '32'},
@@ -1256,7 +1255,7 @@ TEMPLATES = {
             (): [bytes.fromhex('65 a3 38 00 00 00'), ('mark', 'eax_saved'), ('seg',), ('ea', bytes.fromhex('8b'), 0, bytes.fromhex('')), bytes.fromhex('e9'), ('rel32', 'lookup', -4)],
         },
     },
-    'indirect_jmp/2': {  # spec/vmm.r1:538
+    'indirect_jmp/2': {  # spec/vmm.r1:537
         "placeholders": (),
         "values": (),
         "when": {'osize': '16', 'code': '16'},
@@ -1266,7 +1265,7 @@ TEMPLATES = {
             (): [bytes.fromhex('65 a3 38 00 00 00'), ('mark', 'eax_saved'), ('seg',), ('ea', bytes.fromhex('0f b7'), 0, bytes.fromhex('')), bytes.fromhex('e9'), ('rel32', 'lookup16', -4)],
         },
     },
-    'indirect_ret': {  # spec/vmm.r1:518
+    'indirect_ret': {  # spec/vmm.r1:517
         "placeholders": (),
         "values": (),
         "when": {'osize': '32', 'stack': '32', 'code': '32'},
@@ -1276,7 +1275,7 @@ TEMPLATES = {
             (): [bytes.fromhex('65 a3 38 00 00 00'), ('mark', 'eax_saved'), bytes.fromhex('58 e9'), ('rel32', 'lookup', -4)],
         },
     },
-    'indirect_ret/2': {  # spec/vmm.r1:560
+    'indirect_ret/2': {  # spec/vmm.r1:559
         "placeholders": (),
         "values": (),
         "when": {'osize': '16', 'stack': '16', 'code': '16'},
@@ -1286,7 +1285,7 @@ TEMPLATES = {
             (): [bytes.fromhex('65 a3 38 00 00 00'), ('mark', 'eax_saved'), bytes.fromhex('66 58 0f b7 c0 e9'), ('rel32', 'lookup16', -4)],
         },
     },
-    'indirect_ret_imm': {  # spec/vmm.r1:526
+    'indirect_ret_imm': {  # spec/vmm.r1:525
         "placeholders": (),
         "values": ('n',),
         "when": {'osize': '32', 'stack': '32', 'code': '32'},
@@ -1296,7 +1295,7 @@ TEMPLATES = {
             (): [bytes.fromhex('65 a3 38 00 00 00'), ('mark', 'eax_saved'), bytes.fromhex('58 8d a4 24'), ('abs32', '@n', 0), bytes.fromhex('e9'), ('rel32', 'lookup', -4)],
         },
     },
-    'indirect_ret_imm/2': {  # spec/vmm.r1:569
+    'indirect_ret_imm/2': {  # spec/vmm.r1:568
         "placeholders": (),
         "values": ('n',),
         "when": {'osize': '16', 'stack': '16', 'code': '16'},
@@ -1306,80 +1305,80 @@ TEMPLATES = {
             (): [bytes.fromhex('65 a3 38 00 00 00'), ('mark', 'eax_saved'), bytes.fromhex('66 58 0f b7 c0 66 8d a4 24'), ('abs32', '@n', 0), bytes.fromhex('e9'), ('rel32', 'lookup16', -4)],
         },
     },
-    'mov_from_sreg': {  # spec/vmm.r1:378
+    'mov_from_sreg': {  # spec/vmm.r1:377
         "placeholders": ('dst', 'src'),
         "values": (),
         "when": {'osize': '32', 'mod': 'reg', 'src#': '0..5'},
         "origin": None,
         "labels": {},
         "variants": {
-            (0, 0): [bytes.fromhex('65 0f b7 05 60 00 00 00')],
-            (0, 1): [bytes.fromhex('65 0f b7 05 62 00 00 00')],
-            (0, 2): [bytes.fromhex('65 0f b7 05 64 00 00 00')],
-            (0, 3): [bytes.fromhex('65 0f b7 05 66 00 00 00')],
-            (0, 4): [bytes.fromhex('65 0f b7 05 68 00 00 00')],
-            (0, 5): [bytes.fromhex('65 0f b7 05 6a 00 00 00')],
-            (0, 6): [bytes.fromhex('65 0f b7 05 6c 00 00 00')],
-            (0, 7): [bytes.fromhex('65 0f b7 05 6e 00 00 00')],
-            (1, 0): [bytes.fromhex('65 0f b7 0d 60 00 00 00')],
-            (1, 1): [bytes.fromhex('65 0f b7 0d 62 00 00 00')],
-            (1, 2): [bytes.fromhex('65 0f b7 0d 64 00 00 00')],
-            (1, 3): [bytes.fromhex('65 0f b7 0d 66 00 00 00')],
-            (1, 4): [bytes.fromhex('65 0f b7 0d 68 00 00 00')],
-            (1, 5): [bytes.fromhex('65 0f b7 0d 6a 00 00 00')],
-            (1, 6): [bytes.fromhex('65 0f b7 0d 6c 00 00 00')],
-            (1, 7): [bytes.fromhex('65 0f b7 0d 6e 00 00 00')],
-            (2, 0): [bytes.fromhex('65 0f b7 15 60 00 00 00')],
-            (2, 1): [bytes.fromhex('65 0f b7 15 62 00 00 00')],
-            (2, 2): [bytes.fromhex('65 0f b7 15 64 00 00 00')],
-            (2, 3): [bytes.fromhex('65 0f b7 15 66 00 00 00')],
-            (2, 4): [bytes.fromhex('65 0f b7 15 68 00 00 00')],
-            (2, 5): [bytes.fromhex('65 0f b7 15 6a 00 00 00')],
-            (2, 6): [bytes.fromhex('65 0f b7 15 6c 00 00 00')],
-            (2, 7): [bytes.fromhex('65 0f b7 15 6e 00 00 00')],
-            (3, 0): [bytes.fromhex('65 0f b7 1d 60 00 00 00')],
-            (3, 1): [bytes.fromhex('65 0f b7 1d 62 00 00 00')],
-            (3, 2): [bytes.fromhex('65 0f b7 1d 64 00 00 00')],
-            (3, 3): [bytes.fromhex('65 0f b7 1d 66 00 00 00')],
-            (3, 4): [bytes.fromhex('65 0f b7 1d 68 00 00 00')],
-            (3, 5): [bytes.fromhex('65 0f b7 1d 6a 00 00 00')],
-            (3, 6): [bytes.fromhex('65 0f b7 1d 6c 00 00 00')],
-            (3, 7): [bytes.fromhex('65 0f b7 1d 6e 00 00 00')],
-            (4, 0): [bytes.fromhex('65 0f b7 25 60 00 00 00')],
-            (4, 1): [bytes.fromhex('65 0f b7 25 62 00 00 00')],
-            (4, 2): [bytes.fromhex('65 0f b7 25 64 00 00 00')],
-            (4, 3): [bytes.fromhex('65 0f b7 25 66 00 00 00')],
-            (4, 4): [bytes.fromhex('65 0f b7 25 68 00 00 00')],
-            (4, 5): [bytes.fromhex('65 0f b7 25 6a 00 00 00')],
-            (4, 6): [bytes.fromhex('65 0f b7 25 6c 00 00 00')],
-            (4, 7): [bytes.fromhex('65 0f b7 25 6e 00 00 00')],
-            (5, 0): [bytes.fromhex('65 0f b7 2d 60 00 00 00')],
-            (5, 1): [bytes.fromhex('65 0f b7 2d 62 00 00 00')],
-            (5, 2): [bytes.fromhex('65 0f b7 2d 64 00 00 00')],
-            (5, 3): [bytes.fromhex('65 0f b7 2d 66 00 00 00')],
-            (5, 4): [bytes.fromhex('65 0f b7 2d 68 00 00 00')],
-            (5, 5): [bytes.fromhex('65 0f b7 2d 6a 00 00 00')],
-            (5, 6): [bytes.fromhex('65 0f b7 2d 6c 00 00 00')],
-            (5, 7): [bytes.fromhex('65 0f b7 2d 6e 00 00 00')],
-            (6, 0): [bytes.fromhex('65 0f b7 35 60 00 00 00')],
-            (6, 1): [bytes.fromhex('65 0f b7 35 62 00 00 00')],
-            (6, 2): [bytes.fromhex('65 0f b7 35 64 00 00 00')],
-            (6, 3): [bytes.fromhex('65 0f b7 35 66 00 00 00')],
-            (6, 4): [bytes.fromhex('65 0f b7 35 68 00 00 00')],
-            (6, 5): [bytes.fromhex('65 0f b7 35 6a 00 00 00')],
-            (6, 6): [bytes.fromhex('65 0f b7 35 6c 00 00 00')],
-            (6, 7): [bytes.fromhex('65 0f b7 35 6e 00 00 00')],
-            (7, 0): [bytes.fromhex('65 0f b7 3d 60 00 00 00')],
-            (7, 1): [bytes.fromhex('65 0f b7 3d 62 00 00 00')],
-            (7, 2): [bytes.fromhex('65 0f b7 3d 64 00 00 00')],
-            (7, 3): [bytes.fromhex('65 0f b7 3d 66 00 00 00')],
-            (7, 4): [bytes.fromhex('65 0f b7 3d 68 00 00 00')],
-            (7, 5): [bytes.fromhex('65 0f b7 3d 6a 00 00 00')],
-            (7, 6): [bytes.fromhex('65 0f b7 3d 6c 00 00 00')],
-            (7, 7): [bytes.fromhex('65 0f b7 3d 6e 00 00 00')],
+            (0, 0): [bytes.fromhex('65 a1 80 00 00 00')],
+            (0, 1): [bytes.fromhex('65 a1 84 00 00 00')],
+            (0, 2): [bytes.fromhex('65 a1 88 00 00 00')],
+            (0, 3): [bytes.fromhex('65 a1 8c 00 00 00')],
+            (0, 4): [bytes.fromhex('65 a1 90 00 00 00')],
+            (0, 5): [bytes.fromhex('65 a1 94 00 00 00')],
+            (0, 6): [bytes.fromhex('65 a1 98 00 00 00')],
+            (0, 7): [bytes.fromhex('65 a1 9c 00 00 00')],
+            (1, 0): [bytes.fromhex('65 8b 0d 80 00 00 00')],
+            (1, 1): [bytes.fromhex('65 8b 0d 84 00 00 00')],
+            (1, 2): [bytes.fromhex('65 8b 0d 88 00 00 00')],
+            (1, 3): [bytes.fromhex('65 8b 0d 8c 00 00 00')],
+            (1, 4): [bytes.fromhex('65 8b 0d 90 00 00 00')],
+            (1, 5): [bytes.fromhex('65 8b 0d 94 00 00 00')],
+            (1, 6): [bytes.fromhex('65 8b 0d 98 00 00 00')],
+            (1, 7): [bytes.fromhex('65 8b 0d 9c 00 00 00')],
+            (2, 0): [bytes.fromhex('65 8b 15 80 00 00 00')],
+            (2, 1): [bytes.fromhex('65 8b 15 84 00 00 00')],
+            (2, 2): [bytes.fromhex('65 8b 15 88 00 00 00')],
+            (2, 3): [bytes.fromhex('65 8b 15 8c 00 00 00')],
+            (2, 4): [bytes.fromhex('65 8b 15 90 00 00 00')],
+            (2, 5): [bytes.fromhex('65 8b 15 94 00 00 00')],
+            (2, 6): [bytes.fromhex('65 8b 15 98 00 00 00')],
+            (2, 7): [bytes.fromhex('65 8b 15 9c 00 00 00')],
+            (3, 0): [bytes.fromhex('65 8b 1d 80 00 00 00')],
+            (3, 1): [bytes.fromhex('65 8b 1d 84 00 00 00')],
+            (3, 2): [bytes.fromhex('65 8b 1d 88 00 00 00')],
+            (3, 3): [bytes.fromhex('65 8b 1d 8c 00 00 00')],
+            (3, 4): [bytes.fromhex('65 8b 1d 90 00 00 00')],
+            (3, 5): [bytes.fromhex('65 8b 1d 94 00 00 00')],
+            (3, 6): [bytes.fromhex('65 8b 1d 98 00 00 00')],
+            (3, 7): [bytes.fromhex('65 8b 1d 9c 00 00 00')],
+            (4, 0): [bytes.fromhex('65 8b 25 80 00 00 00')],
+            (4, 1): [bytes.fromhex('65 8b 25 84 00 00 00')],
+            (4, 2): [bytes.fromhex('65 8b 25 88 00 00 00')],
+            (4, 3): [bytes.fromhex('65 8b 25 8c 00 00 00')],
+            (4, 4): [bytes.fromhex('65 8b 25 90 00 00 00')],
+            (4, 5): [bytes.fromhex('65 8b 25 94 00 00 00')],
+            (4, 6): [bytes.fromhex('65 8b 25 98 00 00 00')],
+            (4, 7): [bytes.fromhex('65 8b 25 9c 00 00 00')],
+            (5, 0): [bytes.fromhex('65 8b 2d 80 00 00 00')],
+            (5, 1): [bytes.fromhex('65 8b 2d 84 00 00 00')],
+            (5, 2): [bytes.fromhex('65 8b 2d 88 00 00 00')],
+            (5, 3): [bytes.fromhex('65 8b 2d 8c 00 00 00')],
+            (5, 4): [bytes.fromhex('65 8b 2d 90 00 00 00')],
+            (5, 5): [bytes.fromhex('65 8b 2d 94 00 00 00')],
+            (5, 6): [bytes.fromhex('65 8b 2d 98 00 00 00')],
+            (5, 7): [bytes.fromhex('65 8b 2d 9c 00 00 00')],
+            (6, 0): [bytes.fromhex('65 8b 35 80 00 00 00')],
+            (6, 1): [bytes.fromhex('65 8b 35 84 00 00 00')],
+            (6, 2): [bytes.fromhex('65 8b 35 88 00 00 00')],
+            (6, 3): [bytes.fromhex('65 8b 35 8c 00 00 00')],
+            (6, 4): [bytes.fromhex('65 8b 35 90 00 00 00')],
+            (6, 5): [bytes.fromhex('65 8b 35 94 00 00 00')],
+            (6, 6): [bytes.fromhex('65 8b 35 98 00 00 00')],
+            (6, 7): [bytes.fromhex('65 8b 35 9c 00 00 00')],
+            (7, 0): [bytes.fromhex('65 8b 3d 80 00 00 00')],
+            (7, 1): [bytes.fromhex('65 8b 3d 84 00 00 00')],
+            (7, 2): [bytes.fromhex('65 8b 3d 88 00 00 00')],
+            (7, 3): [bytes.fromhex('65 8b 3d 8c 00 00 00')],
+            (7, 4): [bytes.fromhex('65 8b 3d 90 00 00 00')],
+            (7, 5): [bytes.fromhex('65 8b 3d 94 00 00 00')],
+            (7, 6): [bytes.fromhex('65 8b 3d 98 00 00 00')],
+            (7, 7): [bytes.fromhex('65 8b 3d 9c 00 00 00')],
         },
     },
-    'operand_size_prefix': {  # spec/vmm.r1:625
+    'operand_size_prefix': {  # spec/vmm.r1:624
         "placeholders": (),
         "values": (),
         "when": {},
@@ -1389,7 +1388,7 @@ TEMPLATES = {
             (): [bytes.fromhex('66')],
         },
     },
-    'popf_virtual': {  # spec/vmm.r1:355
+    'popf_virtual': {  # spec/vmm.r1:354
         "placeholders": (),
         "values": ('callout',),
         "when": {'osize': '32', 'stack': '32'},
@@ -1399,7 +1398,7 @@ TEMPLATES = {
             (): [bytes.fromhex('65 a3 38 00 00 00 8b 04 24 a9 00 01 00 00 75 0c 65 23 05 20 40 01 00 a9 00 02 00 00 65 a1 38 00 00 00 0f 85'), ('rel32', '@callout', -4), bytes.fromhex('8b 04 24 25 00 02 00 00 65 a3 24 00 00 00 8b 04 24 25 00 30 00 00 65 a3 48 00 00 00 65 a1 38 00 00 00 9d')],
         },
     },
-    'push_cs_virtual': {  # spec/vmm.r1:392
+    'push_cs_virtual': {  # spec/vmm.r1:391
         "placeholders": (),
         "values": (),
         "when": {'osize': '32', 'stack': '32', 'code': '32'},
@@ -1409,7 +1408,7 @@ TEMPLATES = {
             (): [bytes.fromhex('65 ff 35 84 00 00 00')],
         },
     },
-    'push_ds_virtual': {  # spec/vmm.r1:402
+    'push_ds_virtual': {  # spec/vmm.r1:401
         "placeholders": (),
         "values": (),
         "when": {'osize': '32', 'stack': '32', 'code': '32'},
@@ -1419,7 +1418,7 @@ TEMPLATES = {
             (): [bytes.fromhex('65 ff 35 8c 00 00 00')],
         },
     },
-    'push_es_virtual': {  # spec/vmm.r1:387
+    'push_es_virtual': {  # spec/vmm.r1:386
         "placeholders": (),
         "values": (),
         "when": {'osize': '32', 'stack': '32', 'code': '32'},
@@ -1429,7 +1428,7 @@ TEMPLATES = {
             (): [bytes.fromhex('65 ff 35 80 00 00 00')],
         },
     },
-    'push_fs_virtual': {  # spec/vmm.r1:407
+    'push_fs_virtual': {  # spec/vmm.r1:406
         "placeholders": (),
         "values": (),
         "when": {'osize': '32', 'stack': '32', 'code': '32'},
@@ -1439,7 +1438,7 @@ TEMPLATES = {
             (): [bytes.fromhex('65 ff 35 90 00 00 00')],
         },
     },
-    'push_gs_virtual': {  # spec/vmm.r1:412
+    'push_gs_virtual': {  # spec/vmm.r1:411
         "placeholders": (),
         "values": (),
         "when": {'osize': '32', 'stack': '32', 'code': '32'},
@@ -1449,7 +1448,7 @@ TEMPLATES = {
             (): [bytes.fromhex('65 ff 35 94 00 00 00')],
         },
     },
-    'push_ss_virtual': {  # spec/vmm.r1:397
+    'push_ss_virtual': {  # spec/vmm.r1:396
         "placeholders": (),
         "values": (),
         "when": {'osize': '32', 'stack': '32', 'code': '32'},
@@ -1459,7 +1458,7 @@ TEMPLATES = {
             (): [bytes.fromhex('65 ff 35 88 00 00 00')],
         },
     },
-    'pushf_virtual': {  # spec/vmm.r1:330
+    'pushf_virtual': {  # spec/vmm.r1:329
         "placeholders": (),
         "values": (),
         "when": {'osize': '32', 'stack': '32'},
@@ -1469,7 +1468,7 @@ TEMPLATES = {
             (): [bytes.fromhex('9c 65 a3 38 00 00 00 65 89 0d 3c 00 00 00 65 89 25 50 00 00 00 65 8b 25 08 40 01 00 9c 65 a1 50 00 00 00 36 81 20 ff cd ff ff 65 8b 0d 24 00 00 00 36 09 08 65 8b 0d 48 00 00 00 36 09 08 9d 65 8b 25 50 00 00 00 65 8b 0d 3c 00 00 00 65 a1 38 00 00 00')],
         },
     },
-    'settle_flags': {  # spec/vmm.r1:644
+    'settle_flags': {  # spec/vmm.r1:643
         "placeholders": (),
         "values": (),
         "when": {},
@@ -1479,7 +1478,7 @@ TEMPLATES = {
             (): [bytes.fromhex('f5 f5')],
         },
     },
-    'sldt_virtual': {  # spec/vmm.r1:427
+    'sldt_virtual': {  # spec/vmm.r1:426
         "placeholders": ('dst',),
         "values": (),
         "when": {'osize': '32', 'mod': 'reg'},
@@ -1496,7 +1495,7 @@ TEMPLATES = {
             (7,): [bytes.fromhex('65 0f b7 3d 70 00 00 00')],
         },
     },
-    'smsw_virtual': {  # spec/vmm.r1:417
+    'smsw_virtual': {  # spec/vmm.r1:416
         "placeholders": ('dst',),
         "values": (),
         "when": {'osize': '32', 'mod': 'reg'},
@@ -1513,7 +1512,7 @@ TEMPLATES = {
             (7,): [bytes.fromhex('65 8b 3d 6c 00 00 00')],
         },
     },
-    'sti_virtual': {  # spec/vmm.r1:319
+    'sti_virtual': {  # spec/vmm.r1:318
         "placeholders": (),
         "values": ('callout',),
         "when": {},
@@ -1523,7 +1522,7 @@ TEMPLATES = {
             (): [bytes.fromhex('65 89 0d 3c 00 00 00 65 8b 0d 20 40 01 00 e3 0c 65 8b 0d 3c 00 00 00 e9'), ('rel32', '@callout', -4), bytes.fromhex('65 8b 0d 3c 00 00 00 65 c7 05 24 00 00 00 00 02 00 00')],
         },
     },
-    'str_virtual': {  # spec/vmm.r1:422
+    'str_virtual': {  # spec/vmm.r1:421
         "placeholders": ('dst',),
         "values": (),
         "when": {'osize': '32', 'mod': 'reg'},
@@ -1540,7 +1539,7 @@ TEMPLATES = {
             (7,): [bytes.fromhex('65 0f b7 3d 72 00 00 00')],
         },
     },
-    'vmm_stubs': {  # spec/vmm.r1:175
+    'vmm_stubs': {  # spec/vmm.r1:174
         "placeholders": (),
         "values": (),
         "when": {},

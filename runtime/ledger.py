@@ -10,8 +10,8 @@ entered: for a handler called from inside the hardware, that is its number of ex
 
 The instrumented places call `enter(cause)` and `leave()` in a try/finally; `NO_LEDGER` is the
 do-nothing ledger every component starts with, so uninstrumented runs pay one method call per
-place and nothing else. Causes are short lower-case phrases ("translated code", "callout MOV
-CR3", "I/O com1").
+place and nothing else. Causes are short phrases ("translated code", "callout MOV_CR_R32",
+"I/O COM1": a form's or a bus region's own name).
 """
 
 from __future__ import annotations

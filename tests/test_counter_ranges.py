@@ -1,7 +1,7 @@
 """Code hooks that ride on the instruction counter's (host/counter.py, `hook_ranges`): the VMM's
 pad and stub hooks. Unicorn runs every instruction slower for each code hook it holds, wherever
-the hook's range is (measured: one more bounded hook elsewhere, about 1.5x the time per
-instruction with the counter's hook on), so the VMM's are range tests in the counter's C hook.
+the hook's range is (seen as the gap between translated code and bare's guest code in `ring1
+bench boot`'s split), so the VMM's are range tests in the counter's C hook.
 They must behave as unicorn's own hooks did: called once before each instruction of the range
 that runs, with unicorn's arguments, never for one the counter stops before, and an exception
 out of one ends emu_start with that exception."""

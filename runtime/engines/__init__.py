@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Protocol
 from ring1.runtime.cpu.events import Fault, VMStop
 from ring1.runtime.cpu.state import CS
 from ring1.runtime.devices.platform import GuestExit
-from ring1.runtime.ledger import TimeLedger
+from ring1.runtime.ledger import NoLedger, TimeLedger
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -78,6 +78,9 @@ class Engine(Protocol):
 
     def figures(self, stats: RunStats, elapsed: float) -> None:
         """Add this run's figures to `ring1 run --stats`."""
+
+    def attach_ledger(self, ledger: NoLedger) -> None:
+        """Account the run's wall time by cause in `ledger` (ring1.runtime.ledger) from now on."""
 
     def stop(self, outcome: Outcome, max_insns: int | None) -> Stop:
         """How the run ended, as `ring1 run` reports it."""
@@ -276,9 +279,7 @@ def run_image(
     if stats.timed:
         ledger = TimeLedger("interpreter" if mode == "interp" else "ring1 (Python), other")
         platform.ledger = ledger
-        attach = getattr(engine, "attach_ledger", None)
-        if attach is not None:
-            attach(ledger)
+        engine.attach_ledger(ledger)
     started = time.perf_counter()
 
     def collect(into: RunStats) -> RunStats:

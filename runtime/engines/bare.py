@@ -211,10 +211,7 @@ class BareMachine:
         if r.event is not None:
             self.events[r.event.vector] = self.events.get(r.event.vector, 0) + 1
             m.deliver_event(r.event)
-        self.cpu.clear_exception_latch()
-        if task_state(m.state) != tables:
-            write_task_state(uc, m.state)
-        write_from_machine(uc, m)
+        self._back_to_unicorn(tables)
 
     def _io_allowed(self, port: int, size: int) -> bool:
         """IN and OUT as the CPU allows them (unicorn allows all): at CPL <= IOPL outside v86,
@@ -261,10 +258,7 @@ class BareMachine:
         tables = task_state(self.interp.state)
         vector = self.interp.take_interrupt()
         self.events[vector] = self.events.get(vector, 0) + 1
-        self.cpu.clear_exception_latch()
-        if task_state(self.interp.state) != tables:
-            write_task_state(uc, self.interp.state)
-        write_from_machine(uc, self.interp)
+        self._back_to_unicorn(tables)
         self.event_time += time.perf_counter() - started
 
     def _opens_shadow(self, linear: int) -> bool:
@@ -346,11 +340,18 @@ class BareMachine:
         hardware = (m.eflags(), S.sel[SS])  # what unicorn holds until write_from_machine
         tables = task_state(S)
         m.deliver_event(ev)
+        self._back_to_unicorn(tables, sse=False, hardware=hardware)  # delivery changes no SSE state
+        self.event_time += time.perf_counter() - started
+
+    def _back_to_unicorn(self, tables: tuple, **how) -> None:
+        """After the interpreter ran an instruction or delivered an event: unicorn gets the
+        virtual CPU back (write_from_machine, with `how`), the new task's tables first when a
+        task gate or the instruction switched tasks (`tables`: task_state before; spec/tasks.r1)."""
+        uc, S = self.cpu.uc, self.interp.state
         self.cpu.clear_exception_latch()
         if task_state(S) != tables:
-            write_task_state(uc, S)  # a task gate switched tasks (spec/tasks.r1)
-        write_from_machine(uc, m, sse=False, hardware=hardware)  # delivery changes no SSE state
-        self.event_time += time.perf_counter() - started
+            write_task_state(uc, S)
+        write_from_machine(uc, self.interp, **how)
 
 
 def task_state(S) -> tuple:

@@ -99,6 +99,10 @@ class InterpEngine:
     def counters(self) -> dict[str, int]:
         return {"events_delivered": sum(self.machine.events_delivered.values())}
 
+    def attach_ledger(self, ledger) -> None:
+        """Nothing to attach: the whole run is the interpreter (the ledger's base cause), but for
+        device accesses, which the platform's bus charges itself."""
+
     def figures(self, stats: RunStats, elapsed: float) -> None:
         m = self.machine
         S = m.state

@@ -44,8 +44,8 @@ typedef struct {
     uint64_t tc_linear;     /* its linear address */
     uint64_t tc_size;
     /* Code hooks of the VMM's own (its pads and stubs), called from here: every code hook
-       unicorn holds costs every instruction it runs, hooked or not (one more hook: about 1.5x
-       the time per instruction), so they ride on the counter's, as a range test each. */
+       unicorn holds slows every instruction it runs, hooked or not (tests/test_counter_ranges.py
+       says how it was seen), so they ride on the counter's, as a range test each. */
     int32_t nranges;
     uint64_t range_lo[RING1_RANGES];
     uint64_t range_hi[RING1_RANGES]; /* inclusive */

@@ -34,8 +34,9 @@ class BenchError(Exception):
     pass
 
 
-def _snapshot(session: Session, path: Path, previous: float | None) -> dict:
-    """Ask the running ring1 for its statistics so far; wait for the file to be replaced."""
+def _snapshot(session: Session, path: Path, previous: int | None) -> tuple[dict, int]:
+    """Ask the running ring1 for its statistics so far; wait for the file to be replaced.
+    Returns them and the file's modification time (to tell the next snapshot from this one)."""
     deadline = time.monotonic() + SNAPSHOT_TIMEOUT
     session.proc.send_signal(signal.SIGUSR1)
     while time.monotonic() < deadline:
@@ -44,9 +45,7 @@ def _snapshot(session: Session, path: Path, previous: float | None) -> dict:
         except FileNotFoundError:
             stamp = None
         if stamp is not None and stamp != previous:
-            data = json.loads(path.read_text())
-            data["_stamp"] = stamp
-            return data
+            return json.loads(path.read_text()), stamp
         if session.proc.poll() is not None:
             raise BenchError(f"{session.mode}: ring1 ended ({session.proc.returncode}) before its statistics")
         time.sleep(0.05)
@@ -79,14 +78,14 @@ def measure_mode(mode: str, forks: int, kernel: Path, initrd: Path, boot_timeout
         try:
             session.expect(MARKER, boot_timeout)
             boot_wall = time.monotonic() - session.started
-            booted = _snapshot(session, stats_file, None)
+            booted, stamp = _snapshot(session, stats_file, None)
             t0 = time.monotonic()
             loop = f"i=0; while [ $i -lt {forks} ]; do /bin/true; i=$((i+1)); done; echo forked $i"
             out = session.run(loop, timeout=boot_timeout)
             forks_wall = time.monotonic() - t0
             if f"forked {forks}" not in out:
                 raise BenchError(f"{mode}: the loop printed {out!r}")
-            looped = _snapshot(session, stats_file, booted["_stamp"])
+            looped, _ = _snapshot(session, stats_file, stamp)
             session.type("poweroff -f")
             status = session.finish()
         except SessionError as err:

@@ -620,8 +620,7 @@ class Vmm:
         eflags = self.m.eflags()
         self.vmm_write32(C["V_VIRT_IF"], eflags & EFLAGS.IF)
         self.vmm_write32(C["V_VIRT_IOPL"], eflags & EFLAGS.IOPL)
-        self.vmm_write(C["V_SEL"], struct.pack("<6H", *S.sel))
-        self.vmm_write(C["V_SEL32"], struct.pack("<6I", *S.sel))
+        self.vmm_write(C["V_SEL"], struct.pack("<6I", *S.sel))
         self.vmm_write32(C["V_MSW"], S.cr[0])
         self.vmm_write(C["V_LDTR"], struct.pack("<HH", S.ldtr, S.tr))
 
