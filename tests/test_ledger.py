@@ -15,8 +15,6 @@ import pytest
 
 from ring1.runtime.ledger import NO_LEDGER, TimeLedger, split_between, timed
 
-ROOT = Path(__file__).resolve().parents[1]
-
 
 class FakeClock:
     def __init__(self) -> None:
@@ -106,7 +104,7 @@ def test_timed_methods_charge_their_cause_even_when_they_raise() -> None:
 
 
 @pytest.mark.parametrize("mode", ["bt", "bare", "interp"])
-def test_run_stats_split_the_wall_time_by_cause(mode: str, tmp_path: Path) -> None:
+def test_run_stats_split_the_wall_time_by_cause(mode: str, tmp_path: Path, guests: Path) -> None:
     out = tmp_path / "stats.json"
     r = subprocess.run(
         [
@@ -114,7 +112,7 @@ def test_run_stats_split_the_wall_time_by_cause(mode: str, tmp_path: Path) -> No
             "-m",
             "ring1.runtime.cli",
             "run",
-            str(ROOT / "build/guests/procs.elf"),
+            str(guests / "procs.elf"),
             "--mode",
             mode,
             "--stats",
@@ -146,7 +144,7 @@ def test_run_stats_split_the_wall_time_by_cause(mode: str, tmp_path: Path) -> No
         assert entries["I/O COM1"] == com1 > 0  # every access to the device is entered once
 
 
-def test_sigusr1_writes_a_snapshot_and_the_run_goes_on(tmp_path: Path) -> None:
+def test_sigusr1_writes_a_snapshot_and_the_run_goes_on(tmp_path: Path, guests: Path) -> None:
     """`kill -USR1` on a running `ring1 run --json-stats F` replaces F with the figures so far."""
     out = tmp_path / "stats.json"
     proc = subprocess.Popen(
@@ -155,7 +153,7 @@ def test_sigusr1_writes_a_snapshot_and_the_run_goes_on(tmp_path: Path) -> None:
             "-m",
             "ring1.runtime.cli",
             "run",
-            str(ROOT / "build/guests/spin.elf"),
+            str(guests / "spin.elf"),
             "--mode",
             "bt",
             "--json-stats",
