@@ -41,6 +41,9 @@ class NoLedger:
     def relabel(self, cause: str) -> None:
         pass
 
+    def cancel(self) -> None:
+        pass
+
 
 NO_LEDGER = NoLedger()
 
@@ -88,6 +91,18 @@ class TimeLedger(NoLedger):
         self._stack[-1] = cause
         self.entries[cause] += 1
         self.seconds[cause] = self.seconds.get(cause, 0.0) + own
+
+    def cancel(self) -> None:
+        """The handler on top declined after all (a fast path whose case it was not): it leaves,
+        and its entry is taken back and its time given to the cause below it."""
+        if len(self._stack) == 1:
+            return
+        self._charge()
+        cause, own = self._stack.pop(), self._own.pop()
+        self.entries[cause] -= 1
+        self.seconds[cause] -= own
+        self.seconds[self._stack[-1]] = self.seconds.get(self._stack[-1], 0.0) + own
+        self._own[-1] += own
 
     @property
     def depth(self) -> int:

@@ -63,6 +63,25 @@ def test_relabel_moves_the_handlers_own_time_and_its_entry_not_its_callees() -> 
     assert snap["entries"] == {"translation": 1, "hidden page fault": 1}
 
 
+def test_cancel_gives_a_declined_handlers_entry_and_time_to_the_cause_below() -> None:
+    clock = FakeClock()
+    ledger = TimeLedger("other", clock)
+    ledger.enter("translated code")
+    clock.now = 2.0
+    ledger.enter("hidden page faults")  # a fast path, inside the hardware's run
+    clock.now = 2.5
+    ledger.cancel()  # not its case after all
+    clock.now = 3.0
+    ledger.enter("hidden page faults")
+    clock.now = 4.0
+    ledger.leave()
+    ledger.leave()
+    snap = ledger.snapshot()
+    assert snap["seconds"] == {"translated code": 3.0, "hidden page faults": 1.0}
+    assert snap["entries"] == {"translated code": 1, "hidden page faults": 1}
+    assert ledger.depth == 1
+
+
 def test_the_base_cause_is_never_left_and_phases_subtract() -> None:
     clock = FakeClock()
     ledger = TimeLedger("other", clock)

@@ -228,6 +228,15 @@ class InstructionCounter:
         self._calls_at_start = c.calls
         c.watch_if = 0
 
+    def uncount(self, linear_pc: int) -> None:
+        """The instruction at `linear_pc` was counted, faulted, and runs again from the fault's
+        hook without leaving emu_start (a hidden page fault handled in place): it is counted
+        once, when it completes."""
+        c = self.counts
+        if c.calls > self._calls_at_start and c.last == linear_pc:
+            c.calls -= 1
+            c.last = c.prev
+
     # ------------------------------------------------------------ the clock it drives
 
     def bind(self, clock: VirtualClock, tsc_offset: int | None = None) -> None:

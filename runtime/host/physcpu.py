@@ -127,6 +127,11 @@ class PhysicalCpu:
         self.ledger: NoLedger = NO_LEDGER
         self.running_as = GUEST_CODE
         self._rewind_to: int | None = None
+        # Asked first about every exception (vector, EIP, CR2 of a #PF): True when it dealt with
+        # it in place, the CPU's exception latch cleared (clear_exception_latch), and the CPU
+        # goes on at EIP without leaving emu_start (the VMM's hidden page faults: a stop and a
+        # restart cost three times the hook).
+        self.handle_in_place: Callable[[int, int, int | None], bool] | None = None
         self._stop_hooks: dict[int, int] = {}  # address -> the code hook that stops there (stop_before)
         self.uc.emu_start = self._rewinding(self.uc.emu_start)  # type: ignore[method-assign]
         self.uc.hook_add(UC_HOOK_INTR, self._on_interrupt)
@@ -236,6 +241,8 @@ class PhysicalCpu:
     def _on_interrupt(self, uc: Uc, vector: int, _user) -> None:
         eip = uc.reg_read(X.UC_X86_REG_EIP)
         cr2 = uc.reg_read(X.UC_X86_REG_CR2) if vector == 14 else None
+        if self.handle_in_place is not None and self.handle_in_place(vector, eip, cr2):
+            return
         self.event = CpuEvent(vector, eip, cr2)
         uc.emu_stop()
 

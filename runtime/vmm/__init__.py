@@ -352,6 +352,7 @@ class Vmm:
         if self.clock is not None:
             self.cpu.after_device_access = self._after_device_access
             self.cpu.io_allowed = self._io_allowed
+        self.cpu.handle_in_place = self._hidden_fault_in_place
         self._boundaries_to_pass = 0  # guest instructions to let run before taking an interrupt
         self._stop_next = False  # the next hardware run stops after one instruction
         self.stats = Stats()
@@ -2232,6 +2233,40 @@ class Vmm:
             return False
         _ = S
         return True
+
+    def _hidden_fault_in_place(self, vector: int, host_eip: int, cr2: int | None) -> bool:
+        """A hidden page fault dealt with inside unicorn's exception hook: the shadow filled, the
+        faulting instruction restarted where it is, without leaving emu_start (the stop, the
+        trip through `_run` and `resume`'s emu_start cost more than the fill). The same steps
+        as `_handle_event_in_guest` and `resume`, in their order; anything else (a fault the
+        guest sees, a split run, kernel code run directly) stops the CPU as before."""
+        if vector != 14 or cr2 is None or self._split is not None or self.pending is not None:
+            return False
+        S = self.m.state
+        if self.direct and S.cpl != 3:
+            return False  # trap mode's kernel may have IRETed to v86 mode (_adopt_hardware_v86)
+        if self.in_vmm(cr2):
+            return False
+        self.ledger.enter("hidden page faults")
+        if not self._hidden_fault(cr2, host_eip):
+            self.ledger.cancel()
+            return False  # (nothing changed: the stop path decides)
+        try:
+            hw_eflags = self._flags_as_first_seen(host_eip, vector, None)
+            self.stats["traps"] += 1
+            self.stats["hidden_faults_in_place"] += 1
+            self._refund_unrun(host_eip, whole_instruction=False)  # its block is counted again
+            if self.counter is not None:
+                linear = (host_eip + S.base[CS]) & M32 if self.direct else host_eip
+                self.counter.uncount(linear)
+            saved = self.cpu.clear_exception_latch()
+            gprs, eip = gprs_and_eip(saved)
+            if hw_eflags is None:
+                hw_eflags = self.uc.reg_read(X.UC_X86_REG_EFLAGS)
+            self._restarted = (eip, tuple(gprs), hw_eflags)
+            return True
+        finally:
+            self.ledger.leave()
 
     def retranslate(self, guest_eip: int) -> None:
         """An instruction that keeps trapping: emulate it by callout, and forward its old CCF."""
