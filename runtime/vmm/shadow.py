@@ -75,6 +75,9 @@ WHY_SHADOW = "shadow page table"  # the reason of the shadow's page traces
 # per store while traced). A page the guest keeps using as a page table is traced again by
 # the next fill through it.
 UNSHADOW_AFTER = 4
+# At a fill, the linear pages of its aligned group of this many (64 KB) that the guest maps with
+# their accessed bit set are entered too (ShadowMmu._prefill_neighbours).
+PREFILL_GROUP = 16
 PTE_P, PTE_W, PTE_U, PTE_A, PTE_D, PTE_PS, PTE_G = PTE.P, PTE.RW, PTE.US, PTE.A, PTE.D, PTE.PS, PTE.G
 FRAME = 0xFFFFF000
 
@@ -316,7 +319,45 @@ class ShadowMmu:
             # TLB, and one that was read-only for the same frame gets a write walked again.)
             self.flush_hw_tlb()
         self.stats["hidden_page_faults"] += 1
+        if entries:
+            self._prefill_neighbours(table, la, entries)
         return True
+
+    def _prefill_neighbours(self, table: int, la: int, entries: list[tuple[int, int]]) -> None:
+        """After a fill, also enter the linear pages around `la` (its aligned group of
+        PREFILL_GROUP) that the same guest table maps with the accessed bit set already: a
+        TLB may cache any translation whose walk would set no bit (nothing the guest can see
+        changes), and a process touches its pages in runs, each otherwise a hidden fault.
+        Each is entered as `fill` would enter it, read-only while its dirty bit is clear."""
+        first = (la >> 12) & ~(PREFILL_GROUP - 1)
+        mem, pte_derived, G = self.m.mem, self.pte_derived, self.G
+        pde_addr, pde = entries[0]
+        big = len(entries) == 1  # a 4 MB page: every neighbour in it is mapped by that PDE
+        for linear in range(first, first + PREFILL_GROUP):
+            pte_addr = table + (linear & 0x3FF) * 4
+            if pte_addr in pte_derived or linear == la >> 12:
+                continue
+            if big:
+                source, value = pde_addr, pde
+                gpa = (pde & 0xFFC00000) | ((linear & 0x3FF) << 12)
+                user, writable = bool(pde & PTE_U), bool(pde & PTE_W)
+            else:
+                source = (pde & FRAME) | ((linear & 0x3FF) << 2)
+                value = mem.read32(source)
+                if value & (PTE_P | PTE_A) != PTE_P | PTE_A:
+                    continue
+                gpa = value & FRAME
+                user, writable = bool(pde & value & PTE_U), bool(pde & value & PTE_W)
+            if gpa + 0x1000 > G:
+                continue  # (device memory: entered by its own fill)
+            page = gpa >> 12
+            dirty = bool(value & PTE_D)
+            hw_write = writable and dirty and page not in self.traced_pages and not self.protected(page)
+            global_ = self.pge and bool(value & PTE_G)
+            self._record_pte(pte_addr, Derived(source, value, page, linear, global_))
+            flags = PTE_P | PTE_A | PTE_D | (PTE_U if user else 0) | (PTE_W if hw_write else 0)
+            self.host.write32(pte_addr, gpa | flags)
+            self.stats["shadow_entries_prefilled"] += 1
 
     def _record_pte(self, pte_addr: int, d: Derived) -> None:
         self.pte_derived[pte_addr] = d

@@ -602,3 +602,33 @@ def test_the_clock_counts_an_instruction_restarted_in_the_hook_once() -> None:
     (stopped, none), (in_hook, filled) = clock_after(False), clock_after(True)
     assert none == 0 and filled >= 2 * 6
     assert in_hook == stopped
+
+
+# ---------------------------------------------------------------- prefilled neighbours
+
+
+def test_a_fill_enters_the_neighbours_the_guest_has_accessed_already(monkeypatch) -> None:
+    # WINDOW's pages 1-3 have A set (page 2 also D), page 4 has not, page 0 is the first touch.
+    # The fill of page 0 enters 1-3 too (1 and 3 read-only: D clear); page 4 and the write to
+    # page 1 (its D) fault on their own. bare, the interpreter and trap agree with bt on every
+    # register and every accessed and dirty bit of the tables.
+    from ring1.runtime.vmm import shadow
+
+    memory = window_space(5)
+    entries = {0: PAGES[0] | P | RW, 1: PAGES[1] | P | RW | A, 2: PAGES[2] | P | RW | A | D}
+    entries |= {3: PAGES[3] | P | RW | A, 4: PAGES[4] | P | RW}
+    memory[PT_A] = table(entries)
+    text = paging_on(PD_A) + touch_all(5) + f"""
+        mov dword ptr [{WINDOW + 0x1000:#x}], 9
+        mov dword ptr [{WINDOW + 0x2000:#x}], 8
+        mov esi, [{PT_A + 4:#x}]
+        mov ebx, [{PT_A + 16:#x}]
+    """
+    bare, vmm = compare_all(spec(text, memory))
+    assert bare.regs["esi"] & (A | D) == A | D and bare.regs["ebx"] & A
+    assert vmm.stats["shadow_entries_prefilled"] >= 3
+    assert vmm.shadow.hardware_pte(WINDOW + 0x2000) & RW  # entered writable: D was set
+    monkeypatch.setattr(shadow, "PREFILL_GROUP", 1)  # a fill enters its own page only
+    _bare, alone = compare_all(spec(text, memory))
+    assert alone.stats["shadow_entries_prefilled"] == 0
+    assert alone.stats["hidden_page_faults"] - vmm.stats["hidden_page_faults"] == 3  # pages 1, 2, 3
