@@ -56,6 +56,7 @@ Every shadow directory carries the VMM's own entry (PDE 1023 at first: it moves 
 
 from __future__ import annotations
 
+import struct
 from collections import Counter, OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -329,23 +330,27 @@ class ShadowMmu:
         TLB may cache any translation whose walk would set no bit (nothing the guest can see
         changes), and a process touches its pages in runs, each otherwise a hidden fault.
         Each is entered as `fill` would enter it, read-only while its dirty bit is clear."""
-        first = (la >> 12) & ~(PREFILL_GROUP - 1)
+        group = PREFILL_GROUP
+        first = (la >> 12) & ~(group - 1)
         mem, pte_derived, G = self.m.mem, self.pte_derived, self.G
         pde_addr, pde = entries[0]
         big = len(entries) == 1  # a 4 MB page: every neighbour in it is mapped by that PDE
-        for linear in range(first, first + PREFILL_GROUP):
-            pte_addr = table + (linear & 0x3FF) * 4
-            if pte_addr in pte_derived or linear == la >> 12:
+        guest_ptes = (pde & FRAME) | ((first & 0x3FF) << 2)
+        values = (pde,) * group if big else struct.unpack_from(f"<{group}I", mem.read(guest_ptes, 4 * group))
+        shadow_ptes = table + (first & 0x3FF) * 4
+        for i, value in enumerate(values):
+            linear = first + i
+            pte_addr = shadow_ptes + 4 * i
+            if linear == la >> 12 or pte_addr in pte_derived:
                 continue
             if big:
-                source, value = pde_addr, pde
+                source = pde_addr
                 gpa = (pde & 0xFFC00000) | ((linear & 0x3FF) << 12)
                 user, writable = bool(pde & PTE_U), bool(pde & PTE_W)
             else:
-                source = (pde & FRAME) | ((linear & 0x3FF) << 2)
-                value = mem.read32(source)
                 if value & (PTE_P | PTE_A) != PTE_P | PTE_A:
                     continue
+                source = guest_ptes + 4 * i
                 gpa = value & FRAME
                 user, writable = bool(pde & value & PTE_U), bool(pde & value & PTE_W)
             if gpa + 0x1000 > G:
