@@ -55,7 +55,7 @@ from __future__ import annotations
 
 import bisect
 import struct
-from collections import Counter
+from collections import Counter, defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import cache
@@ -132,11 +132,14 @@ SYSENTER_EVENT = -1  # CpuEvent.vector of a SYSENTER the hardware stopped at (Vm
 CONTEXTS_KEPT = 64  # hardware contexts kept for world switches (bounded: the guest chooses the keys)
 TRAP_THRESHOLD = 8
 # "Innocent until proven guilty", both ways: an instruction retranslated as a callout because it
-# kept trapping gets its own rule back after this many callouts in a row that wrote no page the
-# VMM watches (twice as many each time it is convicted again), so that a store which trapped
-# while its page was a page table (a kernel zeroing pages it later gives out as data) does not
-# stay a callout for good, while one that keeps writing code or page tables stays one.
-ACQUIT_AFTER = 32
+# kept trapping is judged on its record as a callout. After every ACQUIT_WINDOW callouts, if
+# fewer than one in GUILTY_SHARE of them wrote a page the VMM watches (what made it trap), it
+# gets its own rule back: a trap for each guilty run then costs less than a callout for every
+# run (a store into page tables inside a memcpy or a PTE helper that mostly writes data, or
+# tables not shadowed any more). Each acquittal doubles the traps that convict it again (up
+# to 16 times TRAP_THRESHOLD), so an instruction on the edge settles as its own rule.
+ACQUIT_WINDOW = 32
+GUILTY_SHARE = 4
 SLOT_BASE = 8160  # GDT slots for the six guest segment registers (selectors 0xFF00..0xFF28)
 CALLOUT_FORM = "(callout)"
 M32 = 0xFFFFFFFF
@@ -375,7 +378,8 @@ class Vmm:
         self._checked_space: tuple[int, int] = (0, 0)
         self.callout_override: set[int] = set()  # guest EIPs retranslated as callouts
         self.trap_counts: Counter[int] = Counter()
-        self.innocent_callouts: Counter[int] = Counter()  # callouts of each in a row that would not have trapped
+        # Of each convicted instruction: [callouts, guilty ones] in the current window (ACQUIT_WINDOW)
+        self.callout_record: defaultdict[int, list[int]] = defaultdict(lambda: [0, 0])
         self.convictions: Counter[int] = Counter()  # how often each was retranslated as a callout
         self._place(VMM_BASE)
         self.tc_next = self.tc_start
@@ -1953,12 +1957,14 @@ class Vmm:
         if self.clock is not None and not self._callout_interrupt():
             return
         if site.guest in self.callout_override:
-            if m.traces.told != told:
-                self.innocent_callouts[site.guest] = 0  # it wrote a watched page: it would have trapped
-            else:
-                self.innocent_callouts[site.guest] += 1
-                if self.innocent_callouts[site.guest] >= ACQUIT_AFTER << min(self.convictions[site.guest] - 1, 10):
+            record = self.callout_record[site.guest]
+            record[0] += 1
+            record[1] += m.traces.told != told  # it wrote a watched page: it would have trapped
+            if record[0] >= ACQUIT_WINDOW:
+                if record[1] * GUILTY_SHARE < record[0]:
                     self._acquit(site.guest)
+                else:
+                    record[:] = [0, 0]
         after = (tuple(S.sel), tuple(S.base), tuple(S.attr), S.cpl, S.cr[0], S.cr[3], S.cr[4])
         if (
             self.relocation_pending
@@ -2123,7 +2129,8 @@ class Vmm:
             self.stats["emulated_after_trap"] += 1
             if self.budget is not None:
                 self.budget -= 1  # it ran, in the interpreter
-            if not user and self.trap_counts[guest_eip] >= TRAP_THRESHOLD and guest_eip not in self.callout_override:
+            threshold = TRAP_THRESHOLD << min(self.convictions[guest_eip], 4)
+            if not user and self.trap_counts[guest_eip] >= threshold and guest_eip not in self.callout_override:
                 self.retranslate(guest_eip)
         if S.halted:
             self.pending = ("halt", None)
@@ -2271,7 +2278,7 @@ class Vmm:
     def retranslate(self, guest_eip: int) -> None:
         """An instruction that keeps trapping: emulate it by callout, and forward its old CCF."""
         self.callout_override.add(guest_eip)
-        self.innocent_callouts[guest_eip] = 0
+        self.callout_record[guest_eip] = [0, 0]
         self.convictions[guest_eip] += 1
         for start, old in list(self.units.items()):
             if self.unit_key(old.guest) != start:
@@ -2293,10 +2300,10 @@ class Vmm:
                 self.uc.ctl_remove_cache(old.host, old.host + len(code))
 
     def _acquit(self, guest_eip: int) -> None:
-        """A callout that ran ACQUIT_AFTER times in a row (doubled per conviction) without writing a
-        page the VMM watches (what made it trap): the instruction
-        goes back to its own rule (the units holding it are dropped and translated again when
-        next reached); trapping TRAP_THRESHOLD times again convicts it again."""
+        """A callout fewer than one in GUILTY_SHARE of whose last ACQUIT_WINDOW runs wrote a page
+        the VMM watches (what made it trap): the instruction goes back to its own rule (the
+        units holding it are dropped and translated again when next reached); trapping again
+        (TRAP_THRESHOLD times, doubled per conviction) convicts it again."""
         self.callout_override.discard(guest_eip)
         self.trap_counts[guest_eip] = 0
         for unit in {u for u in self.by_host.values() if u.live and any(ins[0] == guest_eip for ins in u.insns)}:
@@ -2603,6 +2610,12 @@ def figures(vmm: Vmm, stats, elapsed: float) -> None:
     stats.add("callouts", "callouts", s["callouts"])
     stats.add("traps", "traps", s["traps"])
     stats.add("hidden_page_faults", "hidden page faults filled", s["hidden_page_faults"])
+    stats.add(
+        "hidden_faults_in_place", "hidden page faults filled inside the exception hook", s["hidden_faults_in_place"]
+    )
+    stats.add(
+        "shadow_entries_prefilled", "shadow entries prefilled (accessed neighbours)", s["shadow_entries_prefilled"]
+    )
     stats.add("traced_writes", "traced writes to guest page tables", s["traced_writes"])
     stats.add(
         "shadow_entries_dropped", "shadow entries dropped by traced writes", s["shadow_entries_dropped"]
