@@ -650,7 +650,7 @@ RULES = {
     'LMSW': ('callout', None, ('cr0',), ('cr0',)),  # spec/system.r1:295
     'SMSW': ('inline', 'smsw_virtual', ('cr0',), ()),  # spec/system.r1:306
     'CLTS': ('callout', None, ('cr0',), ('cr0',)),  # spec/system.r1:319
-    'MOV_R32_CR': ('callout', None, ('cr0', 'cr2', 'cr3', 'cr4'), ()),  # spec/system.r1:331
+    'MOV_R32_CR': ('inline', 'mov_from_cr_virtual', ('cr0', 'cr2', 'cr3', 'cr4'), ()),  # spec/system.r1:331
     'MOV_CR_R32': ('callout', None, (), ('cr0', 'cr2', 'cr3', 'cr4', 'tlb')),  # spec/system.r1:345
     'MOV_R32_DR': ('callout', None, ('dr', 'cr4'), ('dr',)),  # spec/system.r1:359
     'MOV_DR_R32': ('callout', None, ('dr', 'cr4'), ('dr',)),  # spec/system.r1:373
@@ -811,19 +811,19 @@ RULES = {
 
 # What the translator knows about an instance, for choosing its rule (the `fact`s of the spec).
 FACTS = {
-    'undefined': 'no form matches the bytes (the instruction raises #UD)',  # spec/vmm.r1:140
-    'invalid_lock': 'a LOCK prefix the form does not allow (#UD)',  # spec/vmm.r1:141
-    'adaptive': 'the instruction trapped often and was retranslated (innocent until proven guilty)',  # spec/vmm.r1:142
-    'forced': 'a benchmark forced the form to a callout (Vmm(rule_overrides=...))',  # spec/vmm.r1:143
-    'trap_mode': 'the VMM runs in trap mode: the kernel untranslated at CPL 1',  # spec/vmm.r1:144
-    'uses_gs': "the instruction uses GS, which is the VMM's in translated code",  # spec/vmm.r1:145
-    'vmm_address': "an absolute address (disp32 or moffs) in the VMM's area",  # spec/vmm.r1:146
-    'template_fits': "the rule's template covers this instance (its `when` clause)",  # spec/vmm.r1:147
-    'flags_lost_at_store': "unicorn changes the flags before the instance's store, so a fault there loses them (RCL, RCR on memory: physcpu)",  # spec/vmm.r1:148
-    'code16': "the unit is 16-bit code (real mode, a 16-bit CS), run in the TC's flat 32-bit code segment",  # spec/vmm.r1:149
-    'same_in_32bit_code': 'with its operand- and address-size prefixes toggled, its bytes decode in 32-bit code to the same form, sizes and operands',  # spec/vmm.r1:150
-    'paragraph_cs': "16-bit code whose CS base is a paragraph below 1 MB (real mode's, selector << 4): lookup16 keys it",  # spec/vmm.r1:151
-    'outside_its_modes': "the form does not exist in the CPU's mode (STR, LAR... in real mode: #UD)",  # spec/vmm.r1:152
+    'undefined': 'no form matches the bytes (the instruction raises #UD)',  # spec/vmm.r1:141
+    'invalid_lock': 'a LOCK prefix the form does not allow (#UD)',  # spec/vmm.r1:142
+    'adaptive': 'the instruction trapped often and was retranslated (innocent until proven guilty)',  # spec/vmm.r1:143
+    'forced': 'a benchmark forced the form to a callout (Vmm(rule_overrides=...))',  # spec/vmm.r1:144
+    'trap_mode': 'the VMM runs in trap mode: the kernel untranslated at CPL 1',  # spec/vmm.r1:145
+    'uses_gs': "the instruction uses GS, which is the VMM's in translated code",  # spec/vmm.r1:146
+    'vmm_address': "an absolute address (disp32 or moffs) in the VMM's area",  # spec/vmm.r1:147
+    'template_fits': "the rule's template covers this instance (its `when` clause)",  # spec/vmm.r1:148
+    'flags_lost_at_store': "unicorn changes the flags before the instance's store, so a fault there loses them (RCL, RCR on memory: physcpu)",  # spec/vmm.r1:149
+    'code16': "the unit is 16-bit code (real mode, a 16-bit CS), run in the TC's flat 32-bit code segment",  # spec/vmm.r1:150
+    'same_in_32bit_code': 'with its operand- and address-size prefixes toggled, its bytes decode in 32-bit code to the same form, sizes and operands',  # spec/vmm.r1:151
+    'paragraph_cs': "16-bit code whose CS base is a paragraph below 1 MB (real mode's, selector << 4): lookup16 keys it",  # spec/vmm.r1:152
+    'outside_its_modes': "the form does not exist in the CPU's mode (STR, LAR... in real mode: #UD)",  # spec/vmm.r1:153
 }
 
 
@@ -832,35 +832,35 @@ def choose_rule(rule: str, fact) -> tuple[str, str, str | None]:
     (`fact(name)` answers the spec's facts for the instance), else the form's own `rule`.
     Returns (rule, reason, the clause's spec file:line)."""
     if (fact('code16') and fact('undefined')):
-        return 'callout', 'undefined opcode in 16-bit code: its length and #UD come from the interpreter', 'spec/vmm.r1:155'
+        return 'callout', 'undefined opcode in 16-bit code: its length and #UD come from the interpreter', 'spec/vmm.r1:156'
     if fact('undefined'):
-        return 'ident', 'undefined opcode: the hardware raises #UD, and the interpreter confirms it', 'spec/vmm.r1:156'
+        return 'ident', 'undefined opcode: the hardware raises #UD, and the interpreter confirms it', 'spec/vmm.r1:157'
     if fact('outside_its_modes'):
-        return 'callout', 'the form does not exist in this mode: the interpreter raises #UD', 'spec/vmm.r1:157'
+        return 'callout', 'the form does not exist in this mode: the interpreter raises #UD', 'spec/vmm.r1:158'
     if fact('invalid_lock'):
-        return 'callout', 'invalid LOCK prefix: unicorn runs most (deviation invalid-lock); #UD from the spec', 'spec/vmm.r1:158'
+        return 'callout', 'invalid LOCK prefix: unicorn runs most (deviation invalid-lock); #UD from the spec', 'spec/vmm.r1:159'
     if fact('adaptive'):
-        return 'callout', 'adaptive: it trapped often, so it was retranslated as a callout', 'spec/vmm.r1:159'
+        return 'callout', 'adaptive: it trapped often, so it was retranslated as a callout', 'spec/vmm.r1:160'
     if fact('forced'):
-        return 'callout', 'forced to a callout by Vmm(rule_overrides=...)', 'spec/vmm.r1:160'
+        return 'callout', 'forced to a callout by Vmm(rule_overrides=...)', 'spec/vmm.r1:161'
     if (fact('trap_mode') and rule in ('ident', 'trap')):
-        return rule, '', 'spec/vmm.r1:161'
+        return rule, '', 'spec/vmm.r1:162'
     if fact('trap_mode'):
-        return 'callout', 'trap mode: the kernel runs untranslated; this is where it exits', 'spec/vmm.r1:162'
+        return 'callout', 'trap mode: the kernel runs untranslated; this is where it exits', 'spec/vmm.r1:163'
     if fact('uses_gs'):
-        return 'callout', "it uses GS, which is the VMM's: emulated", 'spec/vmm.r1:163'
+        return 'callout', "it uses GS, which is the VMM's: emulated", 'spec/vmm.r1:164'
     if ((fact('code16') and rule in ('indirect',)) and not fact('paragraph_cs')):
-        return 'callout', '16-bit code whose CS base is not its selector << 4: no key for lookup16', 'spec/vmm.r1:164'
+        return 'callout', '16-bit code whose CS base is not its selector << 4: no key for lookup16', 'spec/vmm.r1:165'
     if ((fact('code16') and rule in ('ident', 'trap')) and not fact('same_in_32bit_code')):
-        return 'callout', '16-bit code whose bytes mean something else in 32-bit code whatever its size prefixes (a mandatory 66)', 'spec/vmm.r1:165'
+        return 'callout', '16-bit code whose bytes mean something else in 32-bit code whatever its size prefixes (a mandatory 66)', 'spec/vmm.r1:166'
     if (rule in ('ident', 'trap') and fact('vmm_address')):
-        return 'callout', "its address lies in the VMM's area: emulated", 'spec/vmm.r1:166'
+        return 'callout', "its address lies in the VMM's area: emulated", 'spec/vmm.r1:167'
     if (rule in ('direct', 'indirect', 'inline') and not fact('template_fits')):
-        return 'callout', 'its template does not cover this operand or address size, stack or form', 'spec/vmm.r1:167'
+        return 'callout', 'its template does not cover this operand or address size, stack or form', 'spec/vmm.r1:168'
     if (rule in ('ident', 'trap') and fact('flags_lost_at_store')):
-        return 'callout', 'unicorn changes its flags before its store: a fault there loses them', 'spec/vmm.r1:168'
+        return 'callout', 'unicorn changes its flags before its store: a fault there loses them', 'spec/vmm.r1:169'
     if rule in ('trap',):
-        return 'ident', 'copied; left to trap when the hardware faults', 'spec/vmm.r1:169'
+        return 'ident', 'copied; left to trap when the hardware faults', 'spec/vmm.r1:170'
     return rule, "", None
 
 
@@ -998,6 +998,7 @@ CONSTS = {
     'VMM_TC': 1572864,
     'VMM_TSS': 71680,
     'VMM_VCPU': 0,
+    'V_CR': 160,
     'V_CS16': 81960,
     'V_CS16_BASE': 81964,
     'V_EAX': 0,
@@ -1050,7 +1051,7 @@ CONSTS = {
 # label of the stubs. Variants are keyed by the numbers of the placeholders listed (registers,
 # cc); blobs have an origin address and exported labels.
 TEMPLATES = {
-    'address_size_prefix': {  # spec/vmm.r1:628
+    'address_size_prefix': {  # spec/vmm.r1:643
         "placeholders": (),
         "values": (),
         "when": {},
@@ -1060,7 +1061,7 @@ TEMPLATES = {
             (): [bytes.fromhex('67')],
         },
     },
-    'callout_exit': {  # spec/vmm.r1:605
+    'callout_exit': {  # spec/vmm.r1:620
         "placeholders": (),
         "values": ('callout',),
         "when": {},
@@ -1070,7 +1071,7 @@ TEMPLATES = {
             (): [bytes.fromhex('65 a3 00 00 00 00 65 89 0d 04 00 00 00 65 89 15 08 00 00 00 65 89 1d 0c 00 00 00 65 89 25 10 00 00 00 65 89 2d 14 00 00 00 65 89 35 18 00 00 00 65 89 3d 1c 00 00 00 65 8e 15 24 40 01 00 65 8b 25 0c 40 01 00 9c 65 8f 05 20 00 00 00 e9'), ('rel32', '@callout', -4)],
         },
     },
-    'callout_slot': {  # spec/vmm.r1:593
+    'callout_slot': {  # spec/vmm.r1:608
         "placeholders": (),
         "values": (),
         "when": {},
@@ -1080,7 +1081,7 @@ TEMPLATES = {
             (): [bytes.fromhex('65 ff 25 04 40 01 00 cc')],
         },
     },
-    'cli_virtual': {  # spec/vmm.r1:312
+    'cli_virtual': {  # spec/vmm.r1:313
         "placeholders": (),
         "values": (),
         "when": {},
@@ -1090,7 +1091,7 @@ TEMPLATES = {
             (): [bytes.fromhex('65 c7 05 24 00 00 00 00 00 00 00')],
         },
     },
-    'direct_call': {  # spec/vmm.r1:453
+    'direct_call': {  # spec/vmm.r1:468
         "placeholders": (),
         "values": ('next', 'target'),
         "when": {'osize': '32'},
@@ -1100,7 +1101,7 @@ TEMPLATES = {
             (): [bytes.fromhex('68'), ('abs32', '@next', 0), bytes.fromhex('e9'), ('rel32', '@target', -4)],
         },
     },
-    'direct_call/2': {  # spec/vmm.r1:460
+    'direct_call/2': {  # spec/vmm.r1:475
         "placeholders": (),
         "values": ('next', 'target'),
         "when": {'osize': '16'},
@@ -1110,7 +1111,7 @@ TEMPLATES = {
             (): [bytes.fromhex('65 a3 38 00 00 00'), ('mark', 'eax_saved'), bytes.fromhex('b8'), ('abs32', '@next', 0), bytes.fromhex('66 50 65 a1 38 00 00 00 e9'), ('rel32', '@target', -4)],
         },
     },
-    'direct_jcc': {  # spec/vmm.r1:448
+    'direct_jcc': {  # spec/vmm.r1:463
         "placeholders": ('cc',),
         "values": ('target', 'next'),
         "when": {},
@@ -1135,7 +1136,7 @@ TEMPLATES = {
             (15,): [bytes.fromhex('0f 8f'), ('rel32', '@target', -4), bytes.fromhex('e9'), ('rel32', '@next', -4)],
         },
     },
-    'direct_jecxz': {  # spec/vmm.r1:493
+    'direct_jecxz': {  # spec/vmm.r1:508
         "placeholders": (),
         "values": ('next', 'target'),
         "when": {},
@@ -1145,7 +1146,7 @@ TEMPLATES = {
             (): [('addr',), bytes.fromhex('e3 05 e9'), ('rel32', '@next', -4), bytes.fromhex('e9'), ('rel32', '@target', -4)],
         },
     },
-    'direct_jmp': {  # spec/vmm.r1:444
+    'direct_jmp': {  # spec/vmm.r1:459
         "placeholders": (),
         "values": ('target',),
         "when": {},
@@ -1155,7 +1156,7 @@ TEMPLATES = {
             (): [bytes.fromhex('e9'), ('rel32', '@target', -4)],
         },
     },
-    'direct_loop': {  # spec/vmm.r1:472
+    'direct_loop': {  # spec/vmm.r1:487
         "placeholders": (),
         "values": ('next', 'target'),
         "when": {},
@@ -1165,7 +1166,7 @@ TEMPLATES = {
             (): [('addr',), bytes.fromhex('e2 05 e9'), ('rel32', '@next', -4), bytes.fromhex('e9'), ('rel32', '@target', -4)],
         },
     },
-    'direct_loope': {  # spec/vmm.r1:479
+    'direct_loope': {  # spec/vmm.r1:494
         "placeholders": (),
         "values": ('next', 'target'),
         "when": {},
@@ -1175,7 +1176,7 @@ TEMPLATES = {
             (): [('addr',), bytes.fromhex('e1 05 e9'), ('rel32', '@next', -4), bytes.fromhex('e9'), ('rel32', '@target', -4)],
         },
     },
-    'direct_loopne': {  # spec/vmm.r1:486
+    'direct_loopne': {  # spec/vmm.r1:501
         "placeholders": (),
         "values": ('next', 'target'),
         "when": {},
@@ -1185,7 +1186,7 @@ TEMPLATES = {
             (): [('addr',), bytes.fromhex('e0 05 e9'), ('rel32', '@next', -4), bytes.fromhex('e9'), ('rel32', '@target', -4)],
         },
     },
-    'exit_next': {  # spec/vmm.r1:579
+    'exit_next': {  # spec/vmm.r1:594
         "placeholders": (),
         "values": ('next',),
         "when": {},
@@ -1195,7 +1196,7 @@ TEMPLATES = {
             (): [bytes.fromhex('e9'), ('rel32', '@next', -4)],
         },
     },
-    'exit_slot': {  # spec/vmm.r1:586
+    'exit_slot': {  # spec/vmm.r1:601
         "placeholders": (),
         "values": (),
         "when": {},
@@ -1205,7 +1206,7 @@ TEMPLATES = {
             (): [bytes.fromhex('65 ff 25 00 40 01 00 cc')],
         },
     },
-    'forward': {  # spec/vmm.r1:634
+    'forward': {  # spec/vmm.r1:649
         "placeholders": (),
         "values": ('to',),
         "when": {},
@@ -1215,7 +1216,7 @@ TEMPLATES = {
             (): [bytes.fromhex('e9'), ('rel32', '@to', -4)],
         },
     },
-    'indirect_call': {  # spec/vmm.r1:508
+    'indirect_call': {  # spec/vmm.r1:523
         "placeholders": (),
         "values": ('next',),
         "when": {'osize': '32', 'asize': '32', 'code': '32'},
@@ -1225,7 +1226,7 @@ TEMPLATES = {
             (): [bytes.fromhex('65 a3 38 00 00 00'), ('mark', 'eax_saved'), ('seg',), ('ea', bytes.fromhex('8b'), 0, bytes.fromhex('')), bytes.fromhex('68'), ('abs32', '@next', 0), bytes.fromhex('e9'), ('rel32', 'lookup', -4)],
         },
     },
-    'indirect_call/2': {  # spec/vmm.r1:547
+    'indirect_call/2': {  # spec/vmm.r1:562
         "placeholders": (),
         "values": ('next',),
         "when": {'osize': '16', 'code': '16'},
@@ -1235,7 +1236,7 @@ TEMPLATES = {
             (): [bytes.fromhex('65 a3 38 00 00 00'), ('mark', 'eax_saved'), ('seg',), ('ea', bytes.fromhex('0f b7'), 0, bytes.fromhex('')), bytes.fromhex('65 a3 54 00 00 00 b8'), ('abs32', '@next', 0), bytes.fromhex('66 50 65 a1 54 00 00 00 e9'), ('rel32', 'lookup16', -4)],
         },
     },
-    'indirect_entry': {  # spec/vmm.r1:299
+    'indirect_entry': {  # spec/vmm.r1:300
         "placeholders": (),
         "values": (),
         "when": {},
@@ -1245,7 +1246,7 @@ TEMPLATES = {
             (): [bytes.fromhex('65 8b 0d 3c 00 00 00 65 a1 38 00 00 00')],
         },
     },
-    'indirect_jmp': {  # spec/vmm.r1:500
+    'indirect_jmp': {  # spec/vmm.r1:515
         "placeholders": (),
         "values": (),
         "when": {'osize': '32', 'asize': '32', 'code': '32'},
@@ -1255,7 +1256,7 @@ TEMPLATES = {
             (): [bytes.fromhex('65 a3 38 00 00 00'), ('mark', 'eax_saved'), ('seg',), ('ea', bytes.fromhex('8b'), 0, bytes.fromhex('')), bytes.fromhex('e9'), ('rel32', 'lookup', -4)],
         },
     },
-    'indirect_jmp/2': {  # spec/vmm.r1:537
+    'indirect_jmp/2': {  # spec/vmm.r1:552
         "placeholders": (),
         "values": (),
         "when": {'osize': '16', 'code': '16'},
@@ -1265,7 +1266,7 @@ TEMPLATES = {
             (): [bytes.fromhex('65 a3 38 00 00 00'), ('mark', 'eax_saved'), ('seg',), ('ea', bytes.fromhex('0f b7'), 0, bytes.fromhex('')), bytes.fromhex('e9'), ('rel32', 'lookup16', -4)],
         },
     },
-    'indirect_ret': {  # spec/vmm.r1:517
+    'indirect_ret': {  # spec/vmm.r1:532
         "placeholders": (),
         "values": (),
         "when": {'osize': '32', 'stack': '32', 'code': '32'},
@@ -1275,7 +1276,7 @@ TEMPLATES = {
             (): [bytes.fromhex('65 a3 38 00 00 00'), ('mark', 'eax_saved'), bytes.fromhex('58 e9'), ('rel32', 'lookup', -4)],
         },
     },
-    'indirect_ret/2': {  # spec/vmm.r1:559
+    'indirect_ret/2': {  # spec/vmm.r1:574
         "placeholders": (),
         "values": (),
         "when": {'osize': '16', 'stack': '16', 'code': '16'},
@@ -1285,7 +1286,7 @@ TEMPLATES = {
             (): [bytes.fromhex('65 a3 38 00 00 00'), ('mark', 'eax_saved'), bytes.fromhex('66 58 0f b7 c0 e9'), ('rel32', 'lookup16', -4)],
         },
     },
-    'indirect_ret_imm': {  # spec/vmm.r1:525
+    'indirect_ret_imm': {  # spec/vmm.r1:540
         "placeholders": (),
         "values": ('n',),
         "when": {'osize': '32', 'stack': '32', 'code': '32'},
@@ -1295,7 +1296,7 @@ TEMPLATES = {
             (): [bytes.fromhex('65 a3 38 00 00 00'), ('mark', 'eax_saved'), bytes.fromhex('58 8d a4 24'), ('abs32', '@n', 0), bytes.fromhex('e9'), ('rel32', 'lookup', -4)],
         },
     },
-    'indirect_ret_imm/2': {  # spec/vmm.r1:568
+    'indirect_ret_imm/2': {  # spec/vmm.r1:583
         "placeholders": (),
         "values": ('n',),
         "when": {'osize': '16', 'stack': '16', 'code': '16'},
@@ -1305,7 +1306,153 @@ TEMPLATES = {
             (): [bytes.fromhex('65 a3 38 00 00 00'), ('mark', 'eax_saved'), bytes.fromhex('66 58 0f b7 c0 66 8d a4 24'), ('abs32', '@n', 0), bytes.fromhex('e9'), ('rel32', 'lookup16', -4)],
         },
     },
-    'mov_from_sreg': {  # spec/vmm.r1:377
+    'mov_from_cr_virtual': {  # spec/vmm.r1:421
+        "placeholders": ('dst', 'src'),
+        "values": (),
+        "when": {'mod': 'reg', 'src#': '0..0'},
+        "origin": None,
+        "labels": {},
+        "variants": {
+            (0, 0): [bytes.fromhex('65 a1 a0 00 00 00')],
+            (0, 1): [bytes.fromhex('65 a1 a4 00 00 00')],
+            (0, 2): [bytes.fromhex('65 a1 a8 00 00 00')],
+            (0, 3): [bytes.fromhex('65 a1 ac 00 00 00')],
+            (0, 4): [bytes.fromhex('65 a1 b0 00 00 00')],
+            (0, 5): [bytes.fromhex('65 a1 b4 00 00 00')],
+            (0, 6): [bytes.fromhex('65 a1 b8 00 00 00')],
+            (0, 7): [bytes.fromhex('65 a1 bc 00 00 00')],
+            (1, 0): [bytes.fromhex('65 8b 0d a0 00 00 00')],
+            (1, 1): [bytes.fromhex('65 8b 0d a4 00 00 00')],
+            (1, 2): [bytes.fromhex('65 8b 0d a8 00 00 00')],
+            (1, 3): [bytes.fromhex('65 8b 0d ac 00 00 00')],
+            (1, 4): [bytes.fromhex('65 8b 0d b0 00 00 00')],
+            (1, 5): [bytes.fromhex('65 8b 0d b4 00 00 00')],
+            (1, 6): [bytes.fromhex('65 8b 0d b8 00 00 00')],
+            (1, 7): [bytes.fromhex('65 8b 0d bc 00 00 00')],
+            (2, 0): [bytes.fromhex('65 8b 15 a0 00 00 00')],
+            (2, 1): [bytes.fromhex('65 8b 15 a4 00 00 00')],
+            (2, 2): [bytes.fromhex('65 8b 15 a8 00 00 00')],
+            (2, 3): [bytes.fromhex('65 8b 15 ac 00 00 00')],
+            (2, 4): [bytes.fromhex('65 8b 15 b0 00 00 00')],
+            (2, 5): [bytes.fromhex('65 8b 15 b4 00 00 00')],
+            (2, 6): [bytes.fromhex('65 8b 15 b8 00 00 00')],
+            (2, 7): [bytes.fromhex('65 8b 15 bc 00 00 00')],
+            (3, 0): [bytes.fromhex('65 8b 1d a0 00 00 00')],
+            (3, 1): [bytes.fromhex('65 8b 1d a4 00 00 00')],
+            (3, 2): [bytes.fromhex('65 8b 1d a8 00 00 00')],
+            (3, 3): [bytes.fromhex('65 8b 1d ac 00 00 00')],
+            (3, 4): [bytes.fromhex('65 8b 1d b0 00 00 00')],
+            (3, 5): [bytes.fromhex('65 8b 1d b4 00 00 00')],
+            (3, 6): [bytes.fromhex('65 8b 1d b8 00 00 00')],
+            (3, 7): [bytes.fromhex('65 8b 1d bc 00 00 00')],
+            (4, 0): [bytes.fromhex('65 8b 25 a0 00 00 00')],
+            (4, 1): [bytes.fromhex('65 8b 25 a4 00 00 00')],
+            (4, 2): [bytes.fromhex('65 8b 25 a8 00 00 00')],
+            (4, 3): [bytes.fromhex('65 8b 25 ac 00 00 00')],
+            (4, 4): [bytes.fromhex('65 8b 25 b0 00 00 00')],
+            (4, 5): [bytes.fromhex('65 8b 25 b4 00 00 00')],
+            (4, 6): [bytes.fromhex('65 8b 25 b8 00 00 00')],
+            (4, 7): [bytes.fromhex('65 8b 25 bc 00 00 00')],
+            (5, 0): [bytes.fromhex('65 8b 2d a0 00 00 00')],
+            (5, 1): [bytes.fromhex('65 8b 2d a4 00 00 00')],
+            (5, 2): [bytes.fromhex('65 8b 2d a8 00 00 00')],
+            (5, 3): [bytes.fromhex('65 8b 2d ac 00 00 00')],
+            (5, 4): [bytes.fromhex('65 8b 2d b0 00 00 00')],
+            (5, 5): [bytes.fromhex('65 8b 2d b4 00 00 00')],
+            (5, 6): [bytes.fromhex('65 8b 2d b8 00 00 00')],
+            (5, 7): [bytes.fromhex('65 8b 2d bc 00 00 00')],
+            (6, 0): [bytes.fromhex('65 8b 35 a0 00 00 00')],
+            (6, 1): [bytes.fromhex('65 8b 35 a4 00 00 00')],
+            (6, 2): [bytes.fromhex('65 8b 35 a8 00 00 00')],
+            (6, 3): [bytes.fromhex('65 8b 35 ac 00 00 00')],
+            (6, 4): [bytes.fromhex('65 8b 35 b0 00 00 00')],
+            (6, 5): [bytes.fromhex('65 8b 35 b4 00 00 00')],
+            (6, 6): [bytes.fromhex('65 8b 35 b8 00 00 00')],
+            (6, 7): [bytes.fromhex('65 8b 35 bc 00 00 00')],
+            (7, 0): [bytes.fromhex('65 8b 3d a0 00 00 00')],
+            (7, 1): [bytes.fromhex('65 8b 3d a4 00 00 00')],
+            (7, 2): [bytes.fromhex('65 8b 3d a8 00 00 00')],
+            (7, 3): [bytes.fromhex('65 8b 3d ac 00 00 00')],
+            (7, 4): [bytes.fromhex('65 8b 3d b0 00 00 00')],
+            (7, 5): [bytes.fromhex('65 8b 3d b4 00 00 00')],
+            (7, 6): [bytes.fromhex('65 8b 3d b8 00 00 00')],
+            (7, 7): [bytes.fromhex('65 8b 3d bc 00 00 00')],
+        },
+    },
+    'mov_from_cr_virtual/2': {  # spec/vmm.r1:426
+        "placeholders": ('dst', 'src'),
+        "values": (),
+        "when": {'mod': 'reg', 'src#': '2..4'},
+        "origin": None,
+        "labels": {},
+        "variants": {
+            (0, 0): [bytes.fromhex('65 a1 a0 00 00 00')],
+            (0, 1): [bytes.fromhex('65 a1 a4 00 00 00')],
+            (0, 2): [bytes.fromhex('65 a1 a8 00 00 00')],
+            (0, 3): [bytes.fromhex('65 a1 ac 00 00 00')],
+            (0, 4): [bytes.fromhex('65 a1 b0 00 00 00')],
+            (0, 5): [bytes.fromhex('65 a1 b4 00 00 00')],
+            (0, 6): [bytes.fromhex('65 a1 b8 00 00 00')],
+            (0, 7): [bytes.fromhex('65 a1 bc 00 00 00')],
+            (1, 0): [bytes.fromhex('65 8b 0d a0 00 00 00')],
+            (1, 1): [bytes.fromhex('65 8b 0d a4 00 00 00')],
+            (1, 2): [bytes.fromhex('65 8b 0d a8 00 00 00')],
+            (1, 3): [bytes.fromhex('65 8b 0d ac 00 00 00')],
+            (1, 4): [bytes.fromhex('65 8b 0d b0 00 00 00')],
+            (1, 5): [bytes.fromhex('65 8b 0d b4 00 00 00')],
+            (1, 6): [bytes.fromhex('65 8b 0d b8 00 00 00')],
+            (1, 7): [bytes.fromhex('65 8b 0d bc 00 00 00')],
+            (2, 0): [bytes.fromhex('65 8b 15 a0 00 00 00')],
+            (2, 1): [bytes.fromhex('65 8b 15 a4 00 00 00')],
+            (2, 2): [bytes.fromhex('65 8b 15 a8 00 00 00')],
+            (2, 3): [bytes.fromhex('65 8b 15 ac 00 00 00')],
+            (2, 4): [bytes.fromhex('65 8b 15 b0 00 00 00')],
+            (2, 5): [bytes.fromhex('65 8b 15 b4 00 00 00')],
+            (2, 6): [bytes.fromhex('65 8b 15 b8 00 00 00')],
+            (2, 7): [bytes.fromhex('65 8b 15 bc 00 00 00')],
+            (3, 0): [bytes.fromhex('65 8b 1d a0 00 00 00')],
+            (3, 1): [bytes.fromhex('65 8b 1d a4 00 00 00')],
+            (3, 2): [bytes.fromhex('65 8b 1d a8 00 00 00')],
+            (3, 3): [bytes.fromhex('65 8b 1d ac 00 00 00')],
+            (3, 4): [bytes.fromhex('65 8b 1d b0 00 00 00')],
+            (3, 5): [bytes.fromhex('65 8b 1d b4 00 00 00')],
+            (3, 6): [bytes.fromhex('65 8b 1d b8 00 00 00')],
+            (3, 7): [bytes.fromhex('65 8b 1d bc 00 00 00')],
+            (4, 0): [bytes.fromhex('65 8b 25 a0 00 00 00')],
+            (4, 1): [bytes.fromhex('65 8b 25 a4 00 00 00')],
+            (4, 2): [bytes.fromhex('65 8b 25 a8 00 00 00')],
+            (4, 3): [bytes.fromhex('65 8b 25 ac 00 00 00')],
+            (4, 4): [bytes.fromhex('65 8b 25 b0 00 00 00')],
+            (4, 5): [bytes.fromhex('65 8b 25 b4 00 00 00')],
+            (4, 6): [bytes.fromhex('65 8b 25 b8 00 00 00')],
+            (4, 7): [bytes.fromhex('65 8b 25 bc 00 00 00')],
+            (5, 0): [bytes.fromhex('65 8b 2d a0 00 00 00')],
+            (5, 1): [bytes.fromhex('65 8b 2d a4 00 00 00')],
+            (5, 2): [bytes.fromhex('65 8b 2d a8 00 00 00')],
+            (5, 3): [bytes.fromhex('65 8b 2d ac 00 00 00')],
+            (5, 4): [bytes.fromhex('65 8b 2d b0 00 00 00')],
+            (5, 5): [bytes.fromhex('65 8b 2d b4 00 00 00')],
+            (5, 6): [bytes.fromhex('65 8b 2d b8 00 00 00')],
+            (5, 7): [bytes.fromhex('65 8b 2d bc 00 00 00')],
+            (6, 0): [bytes.fromhex('65 8b 35 a0 00 00 00')],
+            (6, 1): [bytes.fromhex('65 8b 35 a4 00 00 00')],
+            (6, 2): [bytes.fromhex('65 8b 35 a8 00 00 00')],
+            (6, 3): [bytes.fromhex('65 8b 35 ac 00 00 00')],
+            (6, 4): [bytes.fromhex('65 8b 35 b0 00 00 00')],
+            (6, 5): [bytes.fromhex('65 8b 35 b4 00 00 00')],
+            (6, 6): [bytes.fromhex('65 8b 35 b8 00 00 00')],
+            (6, 7): [bytes.fromhex('65 8b 35 bc 00 00 00')],
+            (7, 0): [bytes.fromhex('65 8b 3d a0 00 00 00')],
+            (7, 1): [bytes.fromhex('65 8b 3d a4 00 00 00')],
+            (7, 2): [bytes.fromhex('65 8b 3d a8 00 00 00')],
+            (7, 3): [bytes.fromhex('65 8b 3d ac 00 00 00')],
+            (7, 4): [bytes.fromhex('65 8b 3d b0 00 00 00')],
+            (7, 5): [bytes.fromhex('65 8b 3d b4 00 00 00')],
+            (7, 6): [bytes.fromhex('65 8b 3d b8 00 00 00')],
+            (7, 7): [bytes.fromhex('65 8b 3d bc 00 00 00')],
+        },
+    },
+    'mov_from_sreg': {  # spec/vmm.r1:378
         "placeholders": ('dst', 'src'),
         "values": (),
         "when": {'osize': '32', 'mod': 'reg', 'src#': '0..5'},
@@ -1378,7 +1525,7 @@ TEMPLATES = {
             (7, 7): [bytes.fromhex('65 8b 3d 9c 00 00 00')],
         },
     },
-    'operand_size_prefix': {  # spec/vmm.r1:624
+    'operand_size_prefix': {  # spec/vmm.r1:639
         "placeholders": (),
         "values": (),
         "when": {},
@@ -1388,7 +1535,7 @@ TEMPLATES = {
             (): [bytes.fromhex('66')],
         },
     },
-    'popf_virtual': {  # spec/vmm.r1:354
+    'popf_virtual': {  # spec/vmm.r1:355
         "placeholders": (),
         "values": ('callout',),
         "when": {'osize': '32', 'stack': '32'},
@@ -1398,7 +1545,7 @@ TEMPLATES = {
             (): [bytes.fromhex('65 a3 38 00 00 00 8b 04 24 a9 00 01 00 00 75 0c 65 23 05 20 40 01 00 a9 00 02 00 00 65 a1 38 00 00 00 0f 85'), ('rel32', '@callout', -4), bytes.fromhex('8b 04 24 25 00 02 00 00 65 a3 24 00 00 00 8b 04 24 25 00 30 00 00 65 a3 48 00 00 00 65 a1 38 00 00 00 9d')],
         },
     },
-    'push_cs_virtual': {  # spec/vmm.r1:391
+    'push_cs_virtual': {  # spec/vmm.r1:392
         "placeholders": (),
         "values": (),
         "when": {'osize': '32', 'stack': '32', 'code': '32'},
@@ -1408,7 +1555,7 @@ TEMPLATES = {
             (): [bytes.fromhex('65 ff 35 84 00 00 00')],
         },
     },
-    'push_ds_virtual': {  # spec/vmm.r1:401
+    'push_ds_virtual': {  # spec/vmm.r1:402
         "placeholders": (),
         "values": (),
         "when": {'osize': '32', 'stack': '32', 'code': '32'},
@@ -1418,7 +1565,7 @@ TEMPLATES = {
             (): [bytes.fromhex('65 ff 35 8c 00 00 00')],
         },
     },
-    'push_es_virtual': {  # spec/vmm.r1:386
+    'push_es_virtual': {  # spec/vmm.r1:387
         "placeholders": (),
         "values": (),
         "when": {'osize': '32', 'stack': '32', 'code': '32'},
@@ -1428,7 +1575,7 @@ TEMPLATES = {
             (): [bytes.fromhex('65 ff 35 80 00 00 00')],
         },
     },
-    'push_fs_virtual': {  # spec/vmm.r1:406
+    'push_fs_virtual': {  # spec/vmm.r1:407
         "placeholders": (),
         "values": (),
         "when": {'osize': '32', 'stack': '32', 'code': '32'},
@@ -1438,7 +1585,7 @@ TEMPLATES = {
             (): [bytes.fromhex('65 ff 35 90 00 00 00')],
         },
     },
-    'push_gs_virtual': {  # spec/vmm.r1:411
+    'push_gs_virtual': {  # spec/vmm.r1:412
         "placeholders": (),
         "values": (),
         "when": {'osize': '32', 'stack': '32', 'code': '32'},
@@ -1448,7 +1595,7 @@ TEMPLATES = {
             (): [bytes.fromhex('65 ff 35 94 00 00 00')],
         },
     },
-    'push_ss_virtual': {  # spec/vmm.r1:396
+    'push_ss_virtual': {  # spec/vmm.r1:397
         "placeholders": (),
         "values": (),
         "when": {'osize': '32', 'stack': '32', 'code': '32'},
@@ -1458,7 +1605,7 @@ TEMPLATES = {
             (): [bytes.fromhex('65 ff 35 88 00 00 00')],
         },
     },
-    'pushf_virtual': {  # spec/vmm.r1:329
+    'pushf_virtual': {  # spec/vmm.r1:330
         "placeholders": (),
         "values": (),
         "when": {'osize': '32', 'stack': '32'},
@@ -1468,7 +1615,7 @@ TEMPLATES = {
             (): [bytes.fromhex('9c 65 a3 38 00 00 00 65 89 0d 3c 00 00 00 65 89 25 50 00 00 00 65 8b 25 08 40 01 00 9c 65 a1 50 00 00 00 36 81 20 ff cd ff ff 65 8b 0d 24 00 00 00 36 09 08 65 8b 0d 48 00 00 00 36 09 08 9d 65 8b 25 50 00 00 00 65 8b 0d 3c 00 00 00 65 a1 38 00 00 00')],
         },
     },
-    'settle_flags': {  # spec/vmm.r1:643
+    'settle_flags': {  # spec/vmm.r1:658
         "placeholders": (),
         "values": (),
         "when": {},
@@ -1478,7 +1625,7 @@ TEMPLATES = {
             (): [bytes.fromhex('f5 f5')],
         },
     },
-    'sldt_virtual': {  # spec/vmm.r1:426
+    'sldt_virtual': {  # spec/vmm.r1:441
         "placeholders": ('dst',),
         "values": (),
         "when": {'osize': '32', 'mod': 'reg'},
@@ -1495,7 +1642,7 @@ TEMPLATES = {
             (7,): [bytes.fromhex('65 0f b7 3d 70 00 00 00')],
         },
     },
-    'smsw_virtual': {  # spec/vmm.r1:416
+    'smsw_virtual': {  # spec/vmm.r1:431
         "placeholders": ('dst',),
         "values": (),
         "when": {'osize': '32', 'mod': 'reg'},
@@ -1512,7 +1659,7 @@ TEMPLATES = {
             (7,): [bytes.fromhex('65 8b 3d 6c 00 00 00')],
         },
     },
-    'sti_virtual': {  # spec/vmm.r1:318
+    'sti_virtual': {  # spec/vmm.r1:319
         "placeholders": (),
         "values": ('callout',),
         "when": {},
@@ -1522,7 +1669,7 @@ TEMPLATES = {
             (): [bytes.fromhex('65 89 0d 3c 00 00 00 65 8b 0d 20 40 01 00 e3 0c 65 8b 0d 3c 00 00 00 e9'), ('rel32', '@callout', -4), bytes.fromhex('65 8b 0d 3c 00 00 00 65 c7 05 24 00 00 00 00 02 00 00')],
         },
     },
-    'str_virtual': {  # spec/vmm.r1:421
+    'str_virtual': {  # spec/vmm.r1:436
         "placeholders": ('dst',),
         "values": (),
         "when": {'osize': '32', 'mod': 'reg'},
@@ -1539,7 +1686,7 @@ TEMPLATES = {
             (7,): [bytes.fromhex('65 0f b7 3d 72 00 00 00')],
         },
     },
-    'vmm_stubs': {  # spec/vmm.r1:174
+    'vmm_stubs': {  # spec/vmm.r1:175
         "placeholders": (),
         "values": (),
         "when": {},

@@ -627,6 +627,7 @@ class Vmm:
         self.vmm_write32(C["V_VIRT_IOPL"], eflags & EFLAGS.IOPL)
         self.vmm_write(C["V_SEL"], struct.pack("<6I", *S.sel))
         self.vmm_write32(C["V_MSW"], S.cr[0])
+        self.vmm_write(C["V_CR"], struct.pack("<5I", *S.cr))
         self.vmm_write(C["V_LDTR"], struct.pack("<HH", S.ldtr, S.tr))
 
     def hardware_selectors(self, user: bool, translated: bool = True) -> list[int]:

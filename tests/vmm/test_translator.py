@@ -20,7 +20,7 @@ from ring1.generated.rules import CONSTS as C
 from ring1.runtime.tools import fresh_machine
 from ring1.runtime.vmm import ACQUIT_WINDOW, TRAP_THRESHOLD
 
-from .common import PT0, differences, new_vmm, paged, run
+from .common import PD, PT0, differences, new_vmm, paged, run
 
 
 def mov(reg: int, v: int) -> bytes:
@@ -401,3 +401,22 @@ def test_push_cs_onto_its_own_code_page_from_the_tc() -> None:
     bt, bare = run(spec, "bt", vmm), run(spec, "bare")
     assert differences(bare, bt) == []
     assert bt.regs["ecx"] == bt.regs["cs"] and vmm.stats["code_writes"] >= 1
+
+
+# ---------------------------------------------------------------- MOV from a control register
+
+
+def test_mov_from_cr0_cr2_cr3_cr4_reads_the_vcpu_page_in_the_tc() -> None:
+    # spec/vmm.r1 mov_from_cr_virtual: no callout (ENABLE_PAGING's two writes are the only ones),
+    # the guest's own values (not the hardware's shadow CR3 or its CR0 with WP and CR4 with TSD).
+    reads = b"\x0f\x20\xc0\x0f\x20\xd3\x0f\x20\xd9\x0f\x20\xe2\x0f\x20\xc6"  # eax=cr0 ebx=cr2 ecx=cr3 edx=cr4 esi=cr0
+    bare, vmm = bt_and_bare(paged(reads))
+    assert bare.regs["ecx"] == PD and bare.regs["eax"] & 0x80000001 == 0x80000001
+    assert vmm.stats["callouts"] == 2  # mov cr3, eax; mov cr0, eax
+
+
+def test_mov_from_cr1_is_a_callout_that_raises_ud() -> None:
+    spec = fresh_machine.FreshSpec(code=b"\x0f\x20\xc8")  # mov eax, cr1
+    vmm = new_vmm("bt")
+    ref, bt = run(spec, "interp"), run(spec, "bt", vmm)
+    assert ref.exception == 6 and differences(ref, bt) == []
