@@ -61,7 +61,9 @@ CONDITION_CODES = {
     )
     for name in ("j" + n for n in names.split())
 }  # fmt: skip
-_PLACE = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)(16|#)?\}")
+# A placeholder: a spec const (upper case, digits part of the name: VMM_HASH16) or an operand
+# (lower case) with its 16-bit (`{src16}`) or number (`{dst#}`) suffix.
+_PLACE = re.compile(r"\{([A-Z_][A-Z0-9_]*|[a-z_][a-z0-9_]*?)(16|#)?\}")
 
 
 @dataclass

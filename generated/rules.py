@@ -292,17 +292,17 @@ RULES = {
     'PSRAW_MM_IMM8': ('ident', None, (), ()),  # spec/mmx.r1:848
     'PSRAD_MM_IMM8': ('ident', None, (), ()),  # spec/mmx.r1:859
     'MOV_RMw_Sreg': ('inline', 'mov_from_sreg', ('cpl', 'seg'), ()),  # spec/segment.r1:140
-    'MOV_Sreg_RMw': ('callout', None, ('cpl', 'gdt'), ('seg',)),  # spec/segment.r1:155
+    'MOV_Sreg_RMw': ('inline', 'mov_sreg_unchanged', ('cpl', 'gdt'), ('seg',)),  # spec/segment.r1:155
     'PUSH_ES': ('inline', 'push_es_virtual', ('seg',), ()),  # spec/segment.r1:171
     'PUSH_CS': ('inline', 'push_cs_virtual', ('cpl', 'seg'), ()),  # spec/segment.r1:180
     'PUSH_SS': ('inline', 'push_ss_virtual', ('cpl', 'seg'), ()),  # spec/segment.r1:190
     'PUSH_DS': ('inline', 'push_ds_virtual', ('seg',), ()),  # spec/segment.r1:200
     'PUSH_FS': ('inline', 'push_fs_virtual', ('seg',), ()),  # spec/segment.r1:209
     'PUSH_GS': ('inline', 'push_gs_virtual', ('seg',), ()),  # spec/segment.r1:218
-    'POP_ES': ('callout', None, ('cpl', 'gdt'), ('seg',)),  # spec/segment.r1:238
+    'POP_ES': ('inline', 'pop_es_unchanged', ('cpl', 'gdt'), ('seg',)),  # spec/segment.r1:238
     'POP_SS': ('callout', None, ('cpl', 'gdt'), ('seg',)),  # spec/segment.r1:248
-    'POP_DS': ('callout', None, ('cpl', 'gdt'), ('seg',)),  # spec/segment.r1:261
-    'POP_FS': ('callout', None, ('cpl', 'gdt'), ('seg',)),  # spec/segment.r1:271
+    'POP_DS': ('inline', 'pop_ds_unchanged', ('cpl', 'gdt'), ('seg',)),  # spec/segment.r1:261
+    'POP_FS': ('inline', 'pop_fs_unchanged', ('cpl', 'gdt'), ('seg',)),  # spec/segment.r1:271
     'POP_GS': ('callout', None, ('cpl', 'gdt'), ('seg',)),  # spec/segment.r1:281
     'LDS': ('callout', None, ('cpl', 'gdt'), ('seg',)),  # spec/segment.r1:295
     'LES': ('callout', None, ('cpl', 'gdt'), ('seg',)),  # spec/segment.r1:308
@@ -811,19 +811,19 @@ RULES = {
 
 # What the translator knows about an instance, for choosing its rule (the `fact`s of the spec).
 FACTS = {
-    'undefined': 'no form matches the bytes (the instruction raises #UD)',  # spec/vmm.r1:141
-    'invalid_lock': 'a LOCK prefix the form does not allow (#UD)',  # spec/vmm.r1:142
-    'adaptive': 'the instruction trapped often and was retranslated (innocent until proven guilty)',  # spec/vmm.r1:143
-    'forced': 'a benchmark forced the form to a callout (Vmm(rule_overrides=...))',  # spec/vmm.r1:144
-    'trap_mode': 'the VMM runs in trap mode: the kernel untranslated at CPL 1',  # spec/vmm.r1:145
-    'uses_gs': "the instruction uses GS, which is the VMM's in translated code",  # spec/vmm.r1:146
-    'vmm_address': "an absolute address (disp32 or moffs) in the VMM's area",  # spec/vmm.r1:147
-    'template_fits': "the rule's template covers this instance (its `when` clause)",  # spec/vmm.r1:148
-    'flags_lost_at_store': "unicorn changes the flags before the instance's store, so a fault there loses them (RCL, RCR on memory: physcpu)",  # spec/vmm.r1:149
-    'code16': "the unit is 16-bit code (real mode, a 16-bit CS), run in the TC's flat 32-bit code segment",  # spec/vmm.r1:150
-    'same_in_32bit_code': 'with its operand- and address-size prefixes toggled, its bytes decode in 32-bit code to the same form, sizes and operands',  # spec/vmm.r1:151
-    'paragraph_cs': "16-bit code whose CS base is a paragraph below 1 MB (real mode's, selector << 4): lookup16 keys it",  # spec/vmm.r1:152
-    'outside_its_modes': "the form does not exist in the CPU's mode (STR, LAR... in real mode: #UD)",  # spec/vmm.r1:153
+    'undefined': 'no form matches the bytes (the instruction raises #UD)',  # spec/vmm.r1:143
+    'invalid_lock': 'a LOCK prefix the form does not allow (#UD)',  # spec/vmm.r1:144
+    'adaptive': 'the instruction trapped often and was retranslated (innocent until proven guilty)',  # spec/vmm.r1:145
+    'forced': 'a benchmark forced the form to a callout (Vmm(rule_overrides=...))',  # spec/vmm.r1:146
+    'trap_mode': 'the VMM runs in trap mode: the kernel untranslated at CPL 1',  # spec/vmm.r1:147
+    'uses_gs': "the instruction uses GS, which is the VMM's in translated code",  # spec/vmm.r1:148
+    'vmm_address': "an absolute address (disp32 or moffs) in the VMM's area",  # spec/vmm.r1:149
+    'template_fits': "the rule's template covers this instance (its `when` clause)",  # spec/vmm.r1:150
+    'flags_lost_at_store': "unicorn changes the flags before the instance's store, so a fault there loses them (RCL, RCR on memory: physcpu)",  # spec/vmm.r1:151
+    'code16': "the unit is 16-bit code (real mode, a 16-bit CS), run in the TC's flat 32-bit code segment",  # spec/vmm.r1:152
+    'same_in_32bit_code': 'with its operand- and address-size prefixes toggled, its bytes decode in 32-bit code to the same form, sizes and operands',  # spec/vmm.r1:153
+    'paragraph_cs': "16-bit code whose CS base is a paragraph below 1 MB (real mode's, selector << 4): lookup16 keys it",  # spec/vmm.r1:154
+    'outside_its_modes': "the form does not exist in the CPU's mode (STR, LAR... in real mode: #UD)",  # spec/vmm.r1:155
 }
 
 
@@ -832,35 +832,35 @@ def choose_rule(rule: str, fact) -> tuple[str, str, str | None]:
     (`fact(name)` answers the spec's facts for the instance), else the form's own `rule`.
     Returns (rule, reason, the clause's spec file:line)."""
     if (fact('code16') and fact('undefined')):
-        return 'callout', 'undefined opcode in 16-bit code: its length and #UD come from the interpreter', 'spec/vmm.r1:156'
+        return 'callout', 'undefined opcode in 16-bit code: its length and #UD come from the interpreter', 'spec/vmm.r1:158'
     if fact('undefined'):
-        return 'ident', 'undefined opcode: the hardware raises #UD, and the interpreter confirms it', 'spec/vmm.r1:157'
+        return 'ident', 'undefined opcode: the hardware raises #UD, and the interpreter confirms it', 'spec/vmm.r1:159'
     if fact('outside_its_modes'):
-        return 'callout', 'the form does not exist in this mode: the interpreter raises #UD', 'spec/vmm.r1:158'
+        return 'callout', 'the form does not exist in this mode: the interpreter raises #UD', 'spec/vmm.r1:160'
     if fact('invalid_lock'):
-        return 'callout', 'invalid LOCK prefix: unicorn runs most (deviation invalid-lock); #UD from the spec', 'spec/vmm.r1:159'
+        return 'callout', 'invalid LOCK prefix: unicorn runs most (deviation invalid-lock); #UD from the spec', 'spec/vmm.r1:161'
     if fact('adaptive'):
-        return 'callout', 'adaptive: it trapped often, so it was retranslated as a callout', 'spec/vmm.r1:160'
+        return 'callout', 'adaptive: it trapped often, so it was retranslated as a callout', 'spec/vmm.r1:162'
     if fact('forced'):
-        return 'callout', 'forced to a callout by Vmm(rule_overrides=...)', 'spec/vmm.r1:161'
+        return 'callout', 'forced to a callout by Vmm(rule_overrides=...)', 'spec/vmm.r1:163'
     if (fact('trap_mode') and rule in ('ident', 'trap')):
-        return rule, '', 'spec/vmm.r1:162'
+        return rule, '', 'spec/vmm.r1:164'
     if fact('trap_mode'):
-        return 'callout', 'trap mode: the kernel runs untranslated; this is where it exits', 'spec/vmm.r1:163'
+        return 'callout', 'trap mode: the kernel runs untranslated; this is where it exits', 'spec/vmm.r1:165'
     if fact('uses_gs'):
-        return 'callout', "it uses GS, which is the VMM's: emulated", 'spec/vmm.r1:164'
+        return 'callout', "it uses GS, which is the VMM's: emulated", 'spec/vmm.r1:166'
     if ((fact('code16') and rule in ('indirect',)) and not fact('paragraph_cs')):
-        return 'callout', '16-bit code whose CS base is not its selector << 4: no key for lookup16', 'spec/vmm.r1:165'
+        return 'callout', '16-bit code whose CS base is not its selector << 4: no key for lookup16', 'spec/vmm.r1:167'
     if ((fact('code16') and rule in ('ident', 'trap')) and not fact('same_in_32bit_code')):
-        return 'callout', '16-bit code whose bytes mean something else in 32-bit code whatever its size prefixes (a mandatory 66)', 'spec/vmm.r1:166'
+        return 'callout', '16-bit code whose bytes mean something else in 32-bit code whatever its size prefixes (a mandatory 66)', 'spec/vmm.r1:168'
     if (rule in ('ident', 'trap') and fact('vmm_address')):
-        return 'callout', "its address lies in the VMM's area: emulated", 'spec/vmm.r1:167'
+        return 'callout', "its address lies in the VMM's area: emulated", 'spec/vmm.r1:169'
     if (rule in ('direct', 'indirect', 'inline') and not fact('template_fits')):
-        return 'callout', 'its template does not cover this operand or address size, stack or form', 'spec/vmm.r1:168'
+        return 'callout', 'its template does not cover this operand or address size, stack or form', 'spec/vmm.r1:170'
     if (rule in ('ident', 'trap') and fact('flags_lost_at_store')):
-        return 'callout', 'unicorn changes its flags before its store: a fault there loses them', 'spec/vmm.r1:169'
+        return 'callout', 'unicorn changes its flags before its store: a fault there loses them', 'spec/vmm.r1:171'
     if rule in ('trap',):
-        return 'ident', 'copied; left to trap when the hardware faults', 'spec/vmm.r1:170'
+        return 'ident', 'copied; left to trap when the hardware faults', 'spec/vmm.r1:172'
     return rule, "", None
 
 
@@ -1017,6 +1017,7 @@ CONSTS = {
     'V_SAVE_ESP': 80,
     'V_SCRATCH_FLAT': 81932,
     'V_SCRATCH_SP': 81928,
+    'V_SEG_MATCH': 81968,
     'V_SEL': 128,
     'V_TARGET16': 84,
     'V_TR': 114,
@@ -1051,7 +1052,7 @@ CONSTS = {
 # label of the stubs. Variants are keyed by the numbers of the placeholders listed (registers,
 # cc); blobs have an origin address and exported labels.
 TEMPLATES = {
-    'address_size_prefix': {  # spec/vmm.r1:643
+    'address_size_prefix': {  # spec/vmm.r1:736
         "placeholders": (),
         "values": (),
         "when": {},
@@ -1061,7 +1062,7 @@ TEMPLATES = {
             (): [bytes.fromhex('67')],
         },
     },
-    'callout_exit': {  # spec/vmm.r1:620
+    'callout_exit': {  # spec/vmm.r1:713
         "placeholders": (),
         "values": ('callout',),
         "when": {},
@@ -1071,7 +1072,7 @@ TEMPLATES = {
             (): [bytes.fromhex('65 a3 00 00 00 00 65 89 0d 04 00 00 00 65 89 15 08 00 00 00 65 89 1d 0c 00 00 00 65 89 25 10 00 00 00 65 89 2d 14 00 00 00 65 89 35 18 00 00 00 65 89 3d 1c 00 00 00 65 8e 15 24 40 01 00 65 8b 25 0c 40 01 00 9c 65 8f 05 20 00 00 00 e9'), ('rel32', '@callout', -4)],
         },
     },
-    'callout_slot': {  # spec/vmm.r1:608
+    'callout_slot': {  # spec/vmm.r1:701
         "placeholders": (),
         "values": (),
         "when": {},
@@ -1081,7 +1082,7 @@ TEMPLATES = {
             (): [bytes.fromhex('65 ff 25 04 40 01 00 cc')],
         },
     },
-    'cli_virtual': {  # spec/vmm.r1:313
+    'cli_virtual': {  # spec/vmm.r1:315
         "placeholders": (),
         "values": (),
         "when": {},
@@ -1091,7 +1092,7 @@ TEMPLATES = {
             (): [bytes.fromhex('65 c7 05 24 00 00 00 00 00 00 00')],
         },
     },
-    'direct_call': {  # spec/vmm.r1:468
+    'direct_call': {  # spec/vmm.r1:561
         "placeholders": (),
         "values": ('next', 'target'),
         "when": {'osize': '32'},
@@ -1101,7 +1102,7 @@ TEMPLATES = {
             (): [bytes.fromhex('68'), ('abs32', '@next', 0), bytes.fromhex('e9'), ('rel32', '@target', -4)],
         },
     },
-    'direct_call/2': {  # spec/vmm.r1:475
+    'direct_call/2': {  # spec/vmm.r1:568
         "placeholders": (),
         "values": ('next', 'target'),
         "when": {'osize': '16'},
@@ -1111,7 +1112,7 @@ TEMPLATES = {
             (): [bytes.fromhex('65 a3 38 00 00 00'), ('mark', 'eax_saved'), bytes.fromhex('b8'), ('abs32', '@next', 0), bytes.fromhex('66 50 65 a1 38 00 00 00 e9'), ('rel32', '@target', -4)],
         },
     },
-    'direct_jcc': {  # spec/vmm.r1:463
+    'direct_jcc': {  # spec/vmm.r1:556
         "placeholders": ('cc',),
         "values": ('target', 'next'),
         "when": {},
@@ -1136,7 +1137,7 @@ TEMPLATES = {
             (15,): [bytes.fromhex('0f 8f'), ('rel32', '@target', -4), bytes.fromhex('e9'), ('rel32', '@next', -4)],
         },
     },
-    'direct_jecxz': {  # spec/vmm.r1:508
+    'direct_jecxz': {  # spec/vmm.r1:601
         "placeholders": (),
         "values": ('next', 'target'),
         "when": {},
@@ -1146,7 +1147,7 @@ TEMPLATES = {
             (): [('addr',), bytes.fromhex('e3 05 e9'), ('rel32', '@next', -4), bytes.fromhex('e9'), ('rel32', '@target', -4)],
         },
     },
-    'direct_jmp': {  # spec/vmm.r1:459
+    'direct_jmp': {  # spec/vmm.r1:552
         "placeholders": (),
         "values": ('target',),
         "when": {},
@@ -1156,7 +1157,7 @@ TEMPLATES = {
             (): [bytes.fromhex('e9'), ('rel32', '@target', -4)],
         },
     },
-    'direct_loop': {  # spec/vmm.r1:487
+    'direct_loop': {  # spec/vmm.r1:580
         "placeholders": (),
         "values": ('next', 'target'),
         "when": {},
@@ -1166,7 +1167,7 @@ TEMPLATES = {
             (): [('addr',), bytes.fromhex('e2 05 e9'), ('rel32', '@next', -4), bytes.fromhex('e9'), ('rel32', '@target', -4)],
         },
     },
-    'direct_loope': {  # spec/vmm.r1:494
+    'direct_loope': {  # spec/vmm.r1:587
         "placeholders": (),
         "values": ('next', 'target'),
         "when": {},
@@ -1176,7 +1177,7 @@ TEMPLATES = {
             (): [('addr',), bytes.fromhex('e1 05 e9'), ('rel32', '@next', -4), bytes.fromhex('e9'), ('rel32', '@target', -4)],
         },
     },
-    'direct_loopne': {  # spec/vmm.r1:501
+    'direct_loopne': {  # spec/vmm.r1:594
         "placeholders": (),
         "values": ('next', 'target'),
         "when": {},
@@ -1186,7 +1187,7 @@ TEMPLATES = {
             (): [('addr',), bytes.fromhex('e0 05 e9'), ('rel32', '@next', -4), bytes.fromhex('e9'), ('rel32', '@target', -4)],
         },
     },
-    'exit_next': {  # spec/vmm.r1:594
+    'exit_next': {  # spec/vmm.r1:687
         "placeholders": (),
         "values": ('next',),
         "when": {},
@@ -1196,7 +1197,7 @@ TEMPLATES = {
             (): [bytes.fromhex('e9'), ('rel32', '@next', -4)],
         },
     },
-    'exit_slot': {  # spec/vmm.r1:601
+    'exit_slot': {  # spec/vmm.r1:694
         "placeholders": (),
         "values": (),
         "when": {},
@@ -1206,7 +1207,7 @@ TEMPLATES = {
             (): [bytes.fromhex('65 ff 25 00 40 01 00 cc')],
         },
     },
-    'forward': {  # spec/vmm.r1:649
+    'forward': {  # spec/vmm.r1:742
         "placeholders": (),
         "values": ('to',),
         "when": {},
@@ -1216,7 +1217,7 @@ TEMPLATES = {
             (): [bytes.fromhex('e9'), ('rel32', '@to', -4)],
         },
     },
-    'indirect_call': {  # spec/vmm.r1:523
+    'indirect_call': {  # spec/vmm.r1:616
         "placeholders": (),
         "values": ('next',),
         "when": {'osize': '32', 'asize': '32', 'code': '32'},
@@ -1226,7 +1227,7 @@ TEMPLATES = {
             (): [bytes.fromhex('65 a3 38 00 00 00'), ('mark', 'eax_saved'), ('seg',), ('ea', bytes.fromhex('8b'), 0, bytes.fromhex('')), bytes.fromhex('68'), ('abs32', '@next', 0), bytes.fromhex('e9'), ('rel32', 'lookup', -4)],
         },
     },
-    'indirect_call/2': {  # spec/vmm.r1:562
+    'indirect_call/2': {  # spec/vmm.r1:655
         "placeholders": (),
         "values": ('next',),
         "when": {'osize': '16', 'code': '16'},
@@ -1236,7 +1237,7 @@ TEMPLATES = {
             (): [bytes.fromhex('65 a3 38 00 00 00'), ('mark', 'eax_saved'), ('seg',), ('ea', bytes.fromhex('0f b7'), 0, bytes.fromhex('')), bytes.fromhex('65 a3 54 00 00 00 b8'), ('abs32', '@next', 0), bytes.fromhex('66 50 65 a1 54 00 00 00 e9'), ('rel32', 'lookup16', -4)],
         },
     },
-    'indirect_entry': {  # spec/vmm.r1:300
+    'indirect_entry': {  # spec/vmm.r1:302
         "placeholders": (),
         "values": (),
         "when": {},
@@ -1246,7 +1247,7 @@ TEMPLATES = {
             (): [bytes.fromhex('65 8b 0d 3c 00 00 00 65 a1 38 00 00 00')],
         },
     },
-    'indirect_jmp': {  # spec/vmm.r1:515
+    'indirect_jmp': {  # spec/vmm.r1:608
         "placeholders": (),
         "values": (),
         "when": {'osize': '32', 'asize': '32', 'code': '32'},
@@ -1256,7 +1257,7 @@ TEMPLATES = {
             (): [bytes.fromhex('65 a3 38 00 00 00'), ('mark', 'eax_saved'), ('seg',), ('ea', bytes.fromhex('8b'), 0, bytes.fromhex('')), bytes.fromhex('e9'), ('rel32', 'lookup', -4)],
         },
     },
-    'indirect_jmp/2': {  # spec/vmm.r1:552
+    'indirect_jmp/2': {  # spec/vmm.r1:645
         "placeholders": (),
         "values": (),
         "when": {'osize': '16', 'code': '16'},
@@ -1266,7 +1267,7 @@ TEMPLATES = {
             (): [bytes.fromhex('65 a3 38 00 00 00'), ('mark', 'eax_saved'), ('seg',), ('ea', bytes.fromhex('0f b7'), 0, bytes.fromhex('')), bytes.fromhex('e9'), ('rel32', 'lookup16', -4)],
         },
     },
-    'indirect_ret': {  # spec/vmm.r1:532
+    'indirect_ret': {  # spec/vmm.r1:625
         "placeholders": (),
         "values": (),
         "when": {'osize': '32', 'stack': '32', 'code': '32'},
@@ -1276,7 +1277,7 @@ TEMPLATES = {
             (): [bytes.fromhex('65 a3 38 00 00 00'), ('mark', 'eax_saved'), bytes.fromhex('58 e9'), ('rel32', 'lookup', -4)],
         },
     },
-    'indirect_ret/2': {  # spec/vmm.r1:574
+    'indirect_ret/2': {  # spec/vmm.r1:667
         "placeholders": (),
         "values": (),
         "when": {'osize': '16', 'stack': '16', 'code': '16'},
@@ -1286,7 +1287,7 @@ TEMPLATES = {
             (): [bytes.fromhex('65 a3 38 00 00 00'), ('mark', 'eax_saved'), bytes.fromhex('66 58 0f b7 c0 e9'), ('rel32', 'lookup16', -4)],
         },
     },
-    'indirect_ret_imm': {  # spec/vmm.r1:540
+    'indirect_ret_imm': {  # spec/vmm.r1:633
         "placeholders": (),
         "values": ('n',),
         "when": {'osize': '32', 'stack': '32', 'code': '32'},
@@ -1296,7 +1297,7 @@ TEMPLATES = {
             (): [bytes.fromhex('65 a3 38 00 00 00'), ('mark', 'eax_saved'), bytes.fromhex('58 8d a4 24'), ('abs32', '@n', 0), bytes.fromhex('e9'), ('rel32', 'lookup', -4)],
         },
     },
-    'indirect_ret_imm/2': {  # spec/vmm.r1:583
+    'indirect_ret_imm/2': {  # spec/vmm.r1:676
         "placeholders": (),
         "values": ('n',),
         "when": {'osize': '16', 'stack': '16', 'code': '16'},
@@ -1306,7 +1307,7 @@ TEMPLATES = {
             (): [bytes.fromhex('65 a3 38 00 00 00'), ('mark', 'eax_saved'), bytes.fromhex('66 58 0f b7 c0 66 8d a4 24'), ('abs32', '@n', 0), bytes.fromhex('e9'), ('rel32', 'lookup16', -4)],
         },
     },
-    'mov_from_cr_virtual': {  # spec/vmm.r1:421
+    'mov_from_cr_virtual': {  # spec/vmm.r1:514
         "placeholders": ('dst', 'src'),
         "values": (),
         "when": {'mod': 'reg', 'src#': '0..0'},
@@ -1379,7 +1380,7 @@ TEMPLATES = {
             (7, 7): [bytes.fromhex('65 8b 3d bc 00 00 00')],
         },
     },
-    'mov_from_cr_virtual/2': {  # spec/vmm.r1:426
+    'mov_from_cr_virtual/2': {  # spec/vmm.r1:519
         "placeholders": ('dst', 'src'),
         "values": (),
         "when": {'mod': 'reg', 'src#': '2..4'},
@@ -1452,7 +1453,7 @@ TEMPLATES = {
             (7, 7): [bytes.fromhex('65 8b 3d bc 00 00 00')],
         },
     },
-    'mov_from_sreg': {  # spec/vmm.r1:378
+    'mov_from_sreg': {  # spec/vmm.r1:380
         "placeholders": ('dst', 'src'),
         "values": (),
         "when": {'osize': '32', 'mod': 'reg', 'src#': '0..5'},
@@ -1525,7 +1526,153 @@ TEMPLATES = {
             (7, 7): [bytes.fromhex('65 8b 3d 9c 00 00 00')],
         },
     },
-    'operand_size_prefix': {  # spec/vmm.r1:639
+    'mov_sreg_unchanged': {  # spec/vmm.r1:427
+        "placeholders": ('src', 'dst'),
+        "values": ('callout',),
+        "when": {'mod': 'reg', 'code': '32', 'dst#': '0..0'},
+        "origin": None,
+        "labels": {},
+        "variants": {
+            (0, 0): [bytes.fromhex('65 89 0d 3c 00 00 00 65 a3 38 00 00 00 0f b7 c8 65 a1 30 40 01 00 8d 0c 01 65 a1 38 00 00 00 e3 0c 65 8b 0d 3c 00 00 00 e9'), ('rel32', '@callout', -4), bytes.fromhex('65 8b 0d 3c 00 00 00')],
+            (0, 1): [bytes.fromhex('65 89 0d 3c 00 00 00 65 a3 38 00 00 00 0f b7 c8 65 a1 34 40 01 00 8d 0c 01 65 a1 38 00 00 00 e3 0c 65 8b 0d 3c 00 00 00 e9'), ('rel32', '@callout', -4), bytes.fromhex('65 8b 0d 3c 00 00 00')],
+            (0, 2): [bytes.fromhex('65 89 0d 3c 00 00 00 65 a3 38 00 00 00 0f b7 c8 65 a1 38 40 01 00 8d 0c 01 65 a1 38 00 00 00 e3 0c 65 8b 0d 3c 00 00 00 e9'), ('rel32', '@callout', -4), bytes.fromhex('65 8b 0d 3c 00 00 00')],
+            (0, 3): [bytes.fromhex('65 89 0d 3c 00 00 00 65 a3 38 00 00 00 0f b7 c8 65 a1 3c 40 01 00 8d 0c 01 65 a1 38 00 00 00 e3 0c 65 8b 0d 3c 00 00 00 e9'), ('rel32', '@callout', -4), bytes.fromhex('65 8b 0d 3c 00 00 00')],
+            (0, 4): [bytes.fromhex('65 89 0d 3c 00 00 00 65 a3 38 00 00 00 0f b7 c8 65 a1 40 40 01 00 8d 0c 01 65 a1 38 00 00 00 e3 0c 65 8b 0d 3c 00 00 00 e9'), ('rel32', '@callout', -4), bytes.fromhex('65 8b 0d 3c 00 00 00')],
+            (0, 5): [bytes.fromhex('65 89 0d 3c 00 00 00 65 a3 38 00 00 00 0f b7 c8 65 a1 44 40 01 00 8d 0c 01 65 a1 38 00 00 00 e3 0c 65 8b 0d 3c 00 00 00 e9'), ('rel32', '@callout', -4), bytes.fromhex('65 8b 0d 3c 00 00 00')],
+            (0, 6): [bytes.fromhex('65 89 0d 3c 00 00 00 65 a3 38 00 00 00 0f b7 c8 65 a1 48 40 01 00 8d 0c 01 65 a1 38 00 00 00 e3 0c 65 8b 0d 3c 00 00 00 e9'), ('rel32', '@callout', -4), bytes.fromhex('65 8b 0d 3c 00 00 00')],
+            (0, 7): [bytes.fromhex('65 89 0d 3c 00 00 00 65 a3 38 00 00 00 0f b7 c8 65 a1 4c 40 01 00 8d 0c 01 65 a1 38 00 00 00 e3 0c 65 8b 0d 3c 00 00 00 e9'), ('rel32', '@callout', -4), bytes.fromhex('65 8b 0d 3c 00 00 00')],
+            (1, 0): [bytes.fromhex('65 89 0d 3c 00 00 00 65 a3 38 00 00 00 0f b7 c9 65 a1 30 40 01 00 8d 0c 01 65 a1 38 00 00 00 e3 0c 65 8b 0d 3c 00 00 00 e9'), ('rel32', '@callout', -4), bytes.fromhex('65 8b 0d 3c 00 00 00')],
+            (1, 1): [bytes.fromhex('65 89 0d 3c 00 00 00 65 a3 38 00 00 00 0f b7 c9 65 a1 34 40 01 00 8d 0c 01 65 a1 38 00 00 00 e3 0c 65 8b 0d 3c 00 00 00 e9'), ('rel32', '@callout', -4), bytes.fromhex('65 8b 0d 3c 00 00 00')],
+            (1, 2): [bytes.fromhex('65 89 0d 3c 00 00 00 65 a3 38 00 00 00 0f b7 c9 65 a1 38 40 01 00 8d 0c 01 65 a1 38 00 00 00 e3 0c 65 8b 0d 3c 00 00 00 e9'), ('rel32', '@callout', -4), bytes.fromhex('65 8b 0d 3c 00 00 00')],
+            (1, 3): [bytes.fromhex('65 89 0d 3c 00 00 00 65 a3 38 00 00 00 0f b7 c9 65 a1 3c 40 01 00 8d 0c 01 65 a1 38 00 00 00 e3 0c 65 8b 0d 3c 00 00 00 e9'), ('rel32', '@callout', -4), bytes.fromhex('65 8b 0d 3c 00 00 00')],
+            (1, 4): [bytes.fromhex('65 89 0d 3c 00 00 00 65 a3 38 00 00 00 0f b7 c9 65 a1 40 40 01 00 8d 0c 01 65 a1 38 00 00 00 e3 0c 65 8b 0d 3c 00 00 00 e9'), ('rel32', '@callout', -4), bytes.fromhex('65 8b 0d 3c 00 00 00')],
+            (1, 5): [bytes.fromhex('65 89 0d 3c 00 00 00 65 a3 38 00 00 00 0f b7 c9 65 a1 44 40 01 00 8d 0c 01 65 a1 38 00 00 00 e3 0c 65 8b 0d 3c 00 00 00 e9'), ('rel32', '@callout', -4), bytes.fromhex('65 8b 0d 3c 00 00 00')],
+            (1, 6): [bytes.fromhex('65 89 0d 3c 00 00 00 65 a3 38 00 00 00 0f b7 c9 65 a1 48 40 01 00 8d 0c 01 65 a1 38 00 00 00 e3 0c 65 8b 0d 3c 00 00 00 e9'), ('rel32', '@callout', -4), bytes.fromhex('65 8b 0d 3c 00 00 00')],
+            (1, 7): [bytes.fromhex('65 89 0d 3c 00 00 00 65 a3 38 00 00 00 0f b7 c9 65 a1 4c 40 01 00 8d 0c 01 65 a1 38 00 00 00 e3 0c 65 8b 0d 3c 00 00 00 e9'), ('rel32', '@callout', -4), bytes.fromhex('65 8b 0d 3c 00 00 00')],
+            (2, 0): [bytes.fromhex('65 89 0d 3c 00 00 00 65 a3 38 00 00 00 0f b7 ca 65 a1 30 40 01 00 8d 0c 01 65 a1 38 00 00 00 e3 0c 65 8b 0d 3c 00 00 00 e9'), ('rel32', '@callout', -4), bytes.fromhex('65 8b 0d 3c 00 00 00')],
+            (2, 1): [bytes.fromhex('65 89 0d 3c 00 00 00 65 a3 38 00 00 00 0f b7 ca 65 a1 34 40 01 00 8d 0c 01 65 a1 38 00 00 00 e3 0c 65 8b 0d 3c 00 00 00 e9'), ('rel32', '@callout', -4), bytes.fromhex('65 8b 0d 3c 00 00 00')],
+            (2, 2): [bytes.fromhex('65 89 0d 3c 00 00 00 65 a3 38 00 00 00 0f b7 ca 65 a1 38 40 01 00 8d 0c 01 65 a1 38 00 00 00 e3 0c 65 8b 0d 3c 00 00 00 e9'), ('rel32', '@callout', -4), bytes.fromhex('65 8b 0d 3c 00 00 00')],
+            (2, 3): [bytes.fromhex('65 89 0d 3c 00 00 00 65 a3 38 00 00 00 0f b7 ca 65 a1 3c 40 01 00 8d 0c 01 65 a1 38 00 00 00 e3 0c 65 8b 0d 3c 00 00 00 e9'), ('rel32', '@callout', -4), bytes.fromhex('65 8b 0d 3c 00 00 00')],
+            (2, 4): [bytes.fromhex('65 89 0d 3c 00 00 00 65 a3 38 00 00 00 0f b7 ca 65 a1 40 40 01 00 8d 0c 01 65 a1 38 00 00 00 e3 0c 65 8b 0d 3c 00 00 00 e9'), ('rel32', '@callout', -4), bytes.fromhex('65 8b 0d 3c 00 00 00')],
+            (2, 5): [bytes.fromhex('65 89 0d 3c 00 00 00 65 a3 38 00 00 00 0f b7 ca 65 a1 44 40 01 00 8d 0c 01 65 a1 38 00 00 00 e3 0c 65 8b 0d 3c 00 00 00 e9'), ('rel32', '@callout', -4), bytes.fromhex('65 8b 0d 3c 00 00 00')],
+            (2, 6): [bytes.fromhex('65 89 0d 3c 00 00 00 65 a3 38 00 00 00 0f b7 ca 65 a1 48 40 01 00 8d 0c 01 65 a1 38 00 00 00 e3 0c 65 8b 0d 3c 00 00 00 e9'), ('rel32', '@callout', -4), bytes.fromhex('65 8b 0d 3c 00 00 00')],
+            (2, 7): [bytes.fromhex('65 89 0d 3c 00 00 00 65 a3 38 00 00 00 0f b7 ca 65 a1 4c 40 01 00 8d 0c 01 65 a1 38 00 00 00 e3 0c 65 8b 0d 3c 00 00 00 e9'), ('rel32', '@callout', -4), bytes.fromhex('65 8b 0d 3c 00 00 00')],
+            (3, 0): [bytes.fromhex('65 89 0d 3c 00 00 00 65 a3 38 00 00 00 0f b7 cb 65 a1 30 40 01 00 8d 0c 01 65 a1 38 00 00 00 e3 0c 65 8b 0d 3c 00 00 00 e9'), ('rel32', '@callout', -4), bytes.fromhex('65 8b 0d 3c 00 00 00')],
+            (3, 1): [bytes.fromhex('65 89 0d 3c 00 00 00 65 a3 38 00 00 00 0f b7 cb 65 a1 34 40 01 00 8d 0c 01 65 a1 38 00 00 00 e3 0c 65 8b 0d 3c 00 00 00 e9'), ('rel32', '@callout', -4), bytes.fromhex('65 8b 0d 3c 00 00 00')],
+            (3, 2): [bytes.fromhex('65 89 0d 3c 00 00 00 65 a3 38 00 00 00 0f b7 cb 65 a1 38 40 01 00 8d 0c 01 65 a1 38 00 00 00 e3 0c 65 8b 0d 3c 00 00 00 e9'), ('rel32', '@callout', -4), bytes.fromhex('65 8b 0d 3c 00 00 00')],
+            (3, 3): [bytes.fromhex('65 89 0d 3c 00 00 00 65 a3 38 00 00 00 0f b7 cb 65 a1 3c 40 01 00 8d 0c 01 65 a1 38 00 00 00 e3 0c 65 8b 0d 3c 00 00 00 e9'), ('rel32', '@callout', -4), bytes.fromhex('65 8b 0d 3c 00 00 00')],
+            (3, 4): [bytes.fromhex('65 89 0d 3c 00 00 00 65 a3 38 00 00 00 0f b7 cb 65 a1 40 40 01 00 8d 0c 01 65 a1 38 00 00 00 e3 0c 65 8b 0d 3c 00 00 00 e9'), ('rel32', '@callout', -4), bytes.fromhex('65 8b 0d 3c 00 00 00')],
+            (3, 5): [bytes.fromhex('65 89 0d 3c 00 00 00 65 a3 38 00 00 00 0f b7 cb 65 a1 44 40 01 00 8d 0c 01 65 a1 38 00 00 00 e3 0c 65 8b 0d 3c 00 00 00 e9'), ('rel32', '@callout', -4), bytes.fromhex('65 8b 0d 3c 00 00 00')],
+            (3, 6): [bytes.fromhex('65 89 0d 3c 00 00 00 65 a3 38 00 00 00 0f b7 cb 65 a1 48 40 01 00 8d 0c 01 65 a1 38 00 00 00 e3 0c 65 8b 0d 3c 00 00 00 e9'), ('rel32', '@callout', -4), bytes.fromhex('65 8b 0d 3c 00 00 00')],
+            (3, 7): [bytes.fromhex('65 89 0d 3c 00 00 00 65 a3 38 00 00 00 0f b7 cb 65 a1 4c 40 01 00 8d 0c 01 65 a1 38 00 00 00 e3 0c 65 8b 0d 3c 00 00 00 e9'), ('rel32', '@callout', -4), bytes.fromhex('65 8b 0d 3c 00 00 00')],
+            (4, 0): [bytes.fromhex('65 89 0d 3c 00 00 00 65 a3 38 00 00 00 0f b7 cc 65 a1 30 40 01 00 8d 0c 01 65 a1 38 00 00 00 e3 0c 65 8b 0d 3c 00 00 00 e9'), ('rel32', '@callout', -4), bytes.fromhex('65 8b 0d 3c 00 00 00')],
+            (4, 1): [bytes.fromhex('65 89 0d 3c 00 00 00 65 a3 38 00 00 00 0f b7 cc 65 a1 34 40 01 00 8d 0c 01 65 a1 38 00 00 00 e3 0c 65 8b 0d 3c 00 00 00 e9'), ('rel32', '@callout', -4), bytes.fromhex('65 8b 0d 3c 00 00 00')],
+            (4, 2): [bytes.fromhex('65 89 0d 3c 00 00 00 65 a3 38 00 00 00 0f b7 cc 65 a1 38 40 01 00 8d 0c 01 65 a1 38 00 00 00 e3 0c 65 8b 0d 3c 00 00 00 e9'), ('rel32', '@callout', -4), bytes.fromhex('65 8b 0d 3c 00 00 00')],
+            (4, 3): [bytes.fromhex('65 89 0d 3c 00 00 00 65 a3 38 00 00 00 0f b7 cc 65 a1 3c 40 01 00 8d 0c 01 65 a1 38 00 00 00 e3 0c 65 8b 0d 3c 00 00 00 e9'), ('rel32', '@callout', -4), bytes.fromhex('65 8b 0d 3c 00 00 00')],
+            (4, 4): [bytes.fromhex('65 89 0d 3c 00 00 00 65 a3 38 00 00 00 0f b7 cc 65 a1 40 40 01 00 8d 0c 01 65 a1 38 00 00 00 e3 0c 65 8b 0d 3c 00 00 00 e9'), ('rel32', '@callout', -4), bytes.fromhex('65 8b 0d 3c 00 00 00')],
+            (4, 5): [bytes.fromhex('65 89 0d 3c 00 00 00 65 a3 38 00 00 00 0f b7 cc 65 a1 44 40 01 00 8d 0c 01 65 a1 38 00 00 00 e3 0c 65 8b 0d 3c 00 00 00 e9'), ('rel32', '@callout', -4), bytes.fromhex('65 8b 0d 3c 00 00 00')],
+            (4, 6): [bytes.fromhex('65 89 0d 3c 00 00 00 65 a3 38 00 00 00 0f b7 cc 65 a1 48 40 01 00 8d 0c 01 65 a1 38 00 00 00 e3 0c 65 8b 0d 3c 00 00 00 e9'), ('rel32', '@callout', -4), bytes.fromhex('65 8b 0d 3c 00 00 00')],
+            (4, 7): [bytes.fromhex('65 89 0d 3c 00 00 00 65 a3 38 00 00 00 0f b7 cc 65 a1 4c 40 01 00 8d 0c 01 65 a1 38 00 00 00 e3 0c 65 8b 0d 3c 00 00 00 e9'), ('rel32', '@callout', -4), bytes.fromhex('65 8b 0d 3c 00 00 00')],
+            (5, 0): [bytes.fromhex('65 89 0d 3c 00 00 00 65 a3 38 00 00 00 0f b7 cd 65 a1 30 40 01 00 8d 0c 01 65 a1 38 00 00 00 e3 0c 65 8b 0d 3c 00 00 00 e9'), ('rel32', '@callout', -4), bytes.fromhex('65 8b 0d 3c 00 00 00')],
+            (5, 1): [bytes.fromhex('65 89 0d 3c 00 00 00 65 a3 38 00 00 00 0f b7 cd 65 a1 34 40 01 00 8d 0c 01 65 a1 38 00 00 00 e3 0c 65 8b 0d 3c 00 00 00 e9'), ('rel32', '@callout', -4), bytes.fromhex('65 8b 0d 3c 00 00 00')],
+            (5, 2): [bytes.fromhex('65 89 0d 3c 00 00 00 65 a3 38 00 00 00 0f b7 cd 65 a1 38 40 01 00 8d 0c 01 65 a1 38 00 00 00 e3 0c 65 8b 0d 3c 00 00 00 e9'), ('rel32', '@callout', -4), bytes.fromhex('65 8b 0d 3c 00 00 00')],
+            (5, 3): [bytes.fromhex('65 89 0d 3c 00 00 00 65 a3 38 00 00 00 0f b7 cd 65 a1 3c 40 01 00 8d 0c 01 65 a1 38 00 00 00 e3 0c 65 8b 0d 3c 00 00 00 e9'), ('rel32', '@callout', -4), bytes.fromhex('65 8b 0d 3c 00 00 00')],
+            (5, 4): [bytes.fromhex('65 89 0d 3c 00 00 00 65 a3 38 00 00 00 0f b7 cd 65 a1 40 40 01 00 8d 0c 01 65 a1 38 00 00 00 e3 0c 65 8b 0d 3c 00 00 00 e9'), ('rel32', '@callout', -4), bytes.fromhex('65 8b 0d 3c 00 00 00')],
+            (5, 5): [bytes.fromhex('65 89 0d 3c 00 00 00 65 a3 38 00 00 00 0f b7 cd 65 a1 44 40 01 00 8d 0c 01 65 a1 38 00 00 00 e3 0c 65 8b 0d 3c 00 00 00 e9'), ('rel32', '@callout', -4), bytes.fromhex('65 8b 0d 3c 00 00 00')],
+            (5, 6): [bytes.fromhex('65 89 0d 3c 00 00 00 65 a3 38 00 00 00 0f b7 cd 65 a1 48 40 01 00 8d 0c 01 65 a1 38 00 00 00 e3 0c 65 8b 0d 3c 00 00 00 e9'), ('rel32', '@callout', -4), bytes.fromhex('65 8b 0d 3c 00 00 00')],
+            (5, 7): [bytes.fromhex('65 89 0d 3c 00 00 00 65 a3 38 00 00 00 0f b7 cd 65 a1 4c 40 01 00 8d 0c 01 65 a1 38 00 00 00 e3 0c 65 8b 0d 3c 00 00 00 e9'), ('rel32', '@callout', -4), bytes.fromhex('65 8b 0d 3c 00 00 00')],
+            (6, 0): [bytes.fromhex('65 89 0d 3c 00 00 00 65 a3 38 00 00 00 0f b7 ce 65 a1 30 40 01 00 8d 0c 01 65 a1 38 00 00 00 e3 0c 65 8b 0d 3c 00 00 00 e9'), ('rel32', '@callout', -4), bytes.fromhex('65 8b 0d 3c 00 00 00')],
+            (6, 1): [bytes.fromhex('65 89 0d 3c 00 00 00 65 a3 38 00 00 00 0f b7 ce 65 a1 34 40 01 00 8d 0c 01 65 a1 38 00 00 00 e3 0c 65 8b 0d 3c 00 00 00 e9'), ('rel32', '@callout', -4), bytes.fromhex('65 8b 0d 3c 00 00 00')],
+            (6, 2): [bytes.fromhex('65 89 0d 3c 00 00 00 65 a3 38 00 00 00 0f b7 ce 65 a1 38 40 01 00 8d 0c 01 65 a1 38 00 00 00 e3 0c 65 8b 0d 3c 00 00 00 e9'), ('rel32', '@callout', -4), bytes.fromhex('65 8b 0d 3c 00 00 00')],
+            (6, 3): [bytes.fromhex('65 89 0d 3c 00 00 00 65 a3 38 00 00 00 0f b7 ce 65 a1 3c 40 01 00 8d 0c 01 65 a1 38 00 00 00 e3 0c 65 8b 0d 3c 00 00 00 e9'), ('rel32', '@callout', -4), bytes.fromhex('65 8b 0d 3c 00 00 00')],
+            (6, 4): [bytes.fromhex('65 89 0d 3c 00 00 00 65 a3 38 00 00 00 0f b7 ce 65 a1 40 40 01 00 8d 0c 01 65 a1 38 00 00 00 e3 0c 65 8b 0d 3c 00 00 00 e9'), ('rel32', '@callout', -4), bytes.fromhex('65 8b 0d 3c 00 00 00')],
+            (6, 5): [bytes.fromhex('65 89 0d 3c 00 00 00 65 a3 38 00 00 00 0f b7 ce 65 a1 44 40 01 00 8d 0c 01 65 a1 38 00 00 00 e3 0c 65 8b 0d 3c 00 00 00 e9'), ('rel32', '@callout', -4), bytes.fromhex('65 8b 0d 3c 00 00 00')],
+            (6, 6): [bytes.fromhex('65 89 0d 3c 00 00 00 65 a3 38 00 00 00 0f b7 ce 65 a1 48 40 01 00 8d 0c 01 65 a1 38 00 00 00 e3 0c 65 8b 0d 3c 00 00 00 e9'), ('rel32', '@callout', -4), bytes.fromhex('65 8b 0d 3c 00 00 00')],
+            (6, 7): [bytes.fromhex('65 89 0d 3c 00 00 00 65 a3 38 00 00 00 0f b7 ce 65 a1 4c 40 01 00 8d 0c 01 65 a1 38 00 00 00 e3 0c 65 8b 0d 3c 00 00 00 e9'), ('rel32', '@callout', -4), bytes.fromhex('65 8b 0d 3c 00 00 00')],
+            (7, 0): [bytes.fromhex('65 89 0d 3c 00 00 00 65 a3 38 00 00 00 0f b7 cf 65 a1 30 40 01 00 8d 0c 01 65 a1 38 00 00 00 e3 0c 65 8b 0d 3c 00 00 00 e9'), ('rel32', '@callout', -4), bytes.fromhex('65 8b 0d 3c 00 00 00')],
+            (7, 1): [bytes.fromhex('65 89 0d 3c 00 00 00 65 a3 38 00 00 00 0f b7 cf 65 a1 34 40 01 00 8d 0c 01 65 a1 38 00 00 00 e3 0c 65 8b 0d 3c 00 00 00 e9'), ('rel32', '@callout', -4), bytes.fromhex('65 8b 0d 3c 00 00 00')],
+            (7, 2): [bytes.fromhex('65 89 0d 3c 00 00 00 65 a3 38 00 00 00 0f b7 cf 65 a1 38 40 01 00 8d 0c 01 65 a1 38 00 00 00 e3 0c 65 8b 0d 3c 00 00 00 e9'), ('rel32', '@callout', -4), bytes.fromhex('65 8b 0d 3c 00 00 00')],
+            (7, 3): [bytes.fromhex('65 89 0d 3c 00 00 00 65 a3 38 00 00 00 0f b7 cf 65 a1 3c 40 01 00 8d 0c 01 65 a1 38 00 00 00 e3 0c 65 8b 0d 3c 00 00 00 e9'), ('rel32', '@callout', -4), bytes.fromhex('65 8b 0d 3c 00 00 00')],
+            (7, 4): [bytes.fromhex('65 89 0d 3c 00 00 00 65 a3 38 00 00 00 0f b7 cf 65 a1 40 40 01 00 8d 0c 01 65 a1 38 00 00 00 e3 0c 65 8b 0d 3c 00 00 00 e9'), ('rel32', '@callout', -4), bytes.fromhex('65 8b 0d 3c 00 00 00')],
+            (7, 5): [bytes.fromhex('65 89 0d 3c 00 00 00 65 a3 38 00 00 00 0f b7 cf 65 a1 44 40 01 00 8d 0c 01 65 a1 38 00 00 00 e3 0c 65 8b 0d 3c 00 00 00 e9'), ('rel32', '@callout', -4), bytes.fromhex('65 8b 0d 3c 00 00 00')],
+            (7, 6): [bytes.fromhex('65 89 0d 3c 00 00 00 65 a3 38 00 00 00 0f b7 cf 65 a1 48 40 01 00 8d 0c 01 65 a1 38 00 00 00 e3 0c 65 8b 0d 3c 00 00 00 e9'), ('rel32', '@callout', -4), bytes.fromhex('65 8b 0d 3c 00 00 00')],
+            (7, 7): [bytes.fromhex('65 89 0d 3c 00 00 00 65 a3 38 00 00 00 0f b7 cf 65 a1 4c 40 01 00 8d 0c 01 65 a1 38 00 00 00 e3 0c 65 8b 0d 3c 00 00 00 e9'), ('rel32', '@callout', -4), bytes.fromhex('65 8b 0d 3c 00 00 00')],
+        },
+    },
+    'mov_sreg_unchanged/2': {  # spec/vmm.r1:442
+        "placeholders": ('src', 'dst'),
+        "values": ('callout',),
+        "when": {'mod': 'reg', 'code': '32', 'dst#': '3..4'},
+        "origin": None,
+        "labels": {},
+        "variants": {
+            (0, 0): [bytes.fromhex('65 89 0d 3c 00 00 00 65 a3 38 00 00 00 0f b7 c8 65 a1 30 40 01 00 8d 0c 01 65 a1 38 00 00 00 e3 0c 65 8b 0d 3c 00 00 00 e9'), ('rel32', '@callout', -4), bytes.fromhex('65 8b 0d 3c 00 00 00')],
+            (0, 1): [bytes.fromhex('65 89 0d 3c 00 00 00 65 a3 38 00 00 00 0f b7 c8 65 a1 34 40 01 00 8d 0c 01 65 a1 38 00 00 00 e3 0c 65 8b 0d 3c 00 00 00 e9'), ('rel32', '@callout', -4), bytes.fromhex('65 8b 0d 3c 00 00 00')],
+            (0, 2): [bytes.fromhex('65 89 0d 3c 00 00 00 65 a3 38 00 00 00 0f b7 c8 65 a1 38 40 01 00 8d 0c 01 65 a1 38 00 00 00 e3 0c 65 8b 0d 3c 00 00 00 e9'), ('rel32', '@callout', -4), bytes.fromhex('65 8b 0d 3c 00 00 00')],
+            (0, 3): [bytes.fromhex('65 89 0d 3c 00 00 00 65 a3 38 00 00 00 0f b7 c8 65 a1 3c 40 01 00 8d 0c 01 65 a1 38 00 00 00 e3 0c 65 8b 0d 3c 00 00 00 e9'), ('rel32', '@callout', -4), bytes.fromhex('65 8b 0d 3c 00 00 00')],
+            (0, 4): [bytes.fromhex('65 89 0d 3c 00 00 00 65 a3 38 00 00 00 0f b7 c8 65 a1 40 40 01 00 8d 0c 01 65 a1 38 00 00 00 e3 0c 65 8b 0d 3c 00 00 00 e9'), ('rel32', '@callout', -4), bytes.fromhex('65 8b 0d 3c 00 00 00')],
+            (0, 5): [bytes.fromhex('65 89 0d 3c 00 00 00 65 a3 38 00 00 00 0f b7 c8 65 a1 44 40 01 00 8d 0c 01 65 a1 38 00 00 00 e3 0c 65 8b 0d 3c 00 00 00 e9'), ('rel32', '@callout', -4), bytes.fromhex('65 8b 0d 3c 00 00 00')],
+            (0, 6): [bytes.fromhex('65 89 0d 3c 00 00 00 65 a3 38 00 00 00 0f b7 c8 65 a1 48 40 01 00 8d 0c 01 65 a1 38 00 00 00 e3 0c 65 8b 0d 3c 00 00 00 e9'), ('rel32', '@callout', -4), bytes.fromhex('65 8b 0d 3c 00 00 00')],
+            (0, 7): [bytes.fromhex('65 89 0d 3c 00 00 00 65 a3 38 00 00 00 0f b7 c8 65 a1 4c 40 01 00 8d 0c 01 65 a1 38 00 00 00 e3 0c 65 8b 0d 3c 00 00 00 e9'), ('rel32', '@callout', -4), bytes.fromhex('65 8b 0d 3c 00 00 00')],
+            (1, 0): [bytes.fromhex('65 89 0d 3c 00 00 00 65 a3 38 00 00 00 0f b7 c9 65 a1 30 40 01 00 8d 0c 01 65 a1 38 00 00 00 e3 0c 65 8b 0d 3c 00 00 00 e9'), ('rel32', '@callout', -4), bytes.fromhex('65 8b 0d 3c 00 00 00')],
+            (1, 1): [bytes.fromhex('65 89 0d 3c 00 00 00 65 a3 38 00 00 00 0f b7 c9 65 a1 34 40 01 00 8d 0c 01 65 a1 38 00 00 00 e3 0c 65 8b 0d 3c 00 00 00 e9'), ('rel32', '@callout', -4), bytes.fromhex('65 8b 0d 3c 00 00 00')],
+            (1, 2): [bytes.fromhex('65 89 0d 3c 00 00 00 65 a3 38 00 00 00 0f b7 c9 65 a1 38 40 01 00 8d 0c 01 65 a1 38 00 00 00 e3 0c 65 8b 0d 3c 00 00 00 e9'), ('rel32', '@callout', -4), bytes.fromhex('65 8b 0d 3c 00 00 00')],
+            (1, 3): [bytes.fromhex('65 89 0d 3c 00 00 00 65 a3 38 00 00 00 0f b7 c9 65 a1 3c 40 01 00 8d 0c 01 65 a1 38 00 00 00 e3 0c 65 8b 0d 3c 00 00 00 e9'), ('rel32', '@callout', -4), bytes.fromhex('65 8b 0d 3c 00 00 00')],
+            (1, 4): [bytes.fromhex('65 89 0d 3c 00 00 00 65 a3 38 00 00 00 0f b7 c9 65 a1 40 40 01 00 8d 0c 01 65 a1 38 00 00 00 e3 0c 65 8b 0d 3c 00 00 00 e9'), ('rel32', '@callout', -4), bytes.fromhex('65 8b 0d 3c 00 00 00')],
+            (1, 5): [bytes.fromhex('65 89 0d 3c 00 00 00 65 a3 38 00 00 00 0f b7 c9 65 a1 44 40 01 00 8d 0c 01 65 a1 38 00 00 00 e3 0c 65 8b 0d 3c 00 00 00 e9'), ('rel32', '@callout', -4), bytes.fromhex('65 8b 0d 3c 00 00 00')],
+            (1, 6): [bytes.fromhex('65 89 0d 3c 00 00 00 65 a3 38 00 00 00 0f b7 c9 65 a1 48 40 01 00 8d 0c 01 65 a1 38 00 00 00 e3 0c 65 8b 0d 3c 00 00 00 e9'), ('rel32', '@callout', -4), bytes.fromhex('65 8b 0d 3c 00 00 00')],
+            (1, 7): [bytes.fromhex('65 89 0d 3c 00 00 00 65 a3 38 00 00 00 0f b7 c9 65 a1 4c 40 01 00 8d 0c 01 65 a1 38 00 00 00 e3 0c 65 8b 0d 3c 00 00 00 e9'), ('rel32', '@callout', -4), bytes.fromhex('65 8b 0d 3c 00 00 00')],
+            (2, 0): [bytes.fromhex('65 89 0d 3c 00 00 00 65 a3 38 00 00 00 0f b7 ca 65 a1 30 40 01 00 8d 0c 01 65 a1 38 00 00 00 e3 0c 65 8b 0d 3c 00 00 00 e9'), ('rel32', '@callout', -4), bytes.fromhex('65 8b 0d 3c 00 00 00')],
+            (2, 1): [bytes.fromhex('65 89 0d 3c 00 00 00 65 a3 38 00 00 00 0f b7 ca 65 a1 34 40 01 00 8d 0c 01 65 a1 38 00 00 00 e3 0c 65 8b 0d 3c 00 00 00 e9'), ('rel32', '@callout', -4), bytes.fromhex('65 8b 0d 3c 00 00 00')],
+            (2, 2): [bytes.fromhex('65 89 0d 3c 00 00 00 65 a3 38 00 00 00 0f b7 ca 65 a1 38 40 01 00 8d 0c 01 65 a1 38 00 00 00 e3 0c 65 8b 0d 3c 00 00 00 e9'), ('rel32', '@callout', -4), bytes.fromhex('65 8b 0d 3c 00 00 00')],
+            (2, 3): [bytes.fromhex('65 89 0d 3c 00 00 00 65 a3 38 00 00 00 0f b7 ca 65 a1 3c 40 01 00 8d 0c 01 65 a1 38 00 00 00 e3 0c 65 8b 0d 3c 00 00 00 e9'), ('rel32', '@callout', -4), bytes.fromhex('65 8b 0d 3c 00 00 00')],
+            (2, 4): [bytes.fromhex('65 89 0d 3c 00 00 00 65 a3 38 00 00 00 0f b7 ca 65 a1 40 40 01 00 8d 0c 01 65 a1 38 00 00 00 e3 0c 65 8b 0d 3c 00 00 00 e9'), ('rel32', '@callout', -4), bytes.fromhex('65 8b 0d 3c 00 00 00')],
+            (2, 5): [bytes.fromhex('65 89 0d 3c 00 00 00 65 a3 38 00 00 00 0f b7 ca 65 a1 44 40 01 00 8d 0c 01 65 a1 38 00 00 00 e3 0c 65 8b 0d 3c 00 00 00 e9'), ('rel32', '@callout', -4), bytes.fromhex('65 8b 0d 3c 00 00 00')],
+            (2, 6): [bytes.fromhex('65 89 0d 3c 00 00 00 65 a3 38 00 00 00 0f b7 ca 65 a1 48 40 01 00 8d 0c 01 65 a1 38 00 00 00 e3 0c 65 8b 0d 3c 00 00 00 e9'), ('rel32', '@callout', -4), bytes.fromhex('65 8b 0d 3c 00 00 00')],
+            (2, 7): [bytes.fromhex('65 89 0d 3c 00 00 00 65 a3 38 00 00 00 0f b7 ca 65 a1 4c 40 01 00 8d 0c 01 65 a1 38 00 00 00 e3 0c 65 8b 0d 3c 00 00 00 e9'), ('rel32', '@callout', -4), bytes.fromhex('65 8b 0d 3c 00 00 00')],
+            (3, 0): [bytes.fromhex('65 89 0d 3c 00 00 00 65 a3 38 00 00 00 0f b7 cb 65 a1 30 40 01 00 8d 0c 01 65 a1 38 00 00 00 e3 0c 65 8b 0d 3c 00 00 00 e9'), ('rel32', '@callout', -4), bytes.fromhex('65 8b 0d 3c 00 00 00')],
+            (3, 1): [bytes.fromhex('65 89 0d 3c 00 00 00 65 a3 38 00 00 00 0f b7 cb 65 a1 34 40 01 00 8d 0c 01 65 a1 38 00 00 00 e3 0c 65 8b 0d 3c 00 00 00 e9'), ('rel32', '@callout', -4), bytes.fromhex('65 8b 0d 3c 00 00 00')],
+            (3, 2): [bytes.fromhex('65 89 0d 3c 00 00 00 65 a3 38 00 00 00 0f b7 cb 65 a1 38 40 01 00 8d 0c 01 65 a1 38 00 00 00 e3 0c 65 8b 0d 3c 00 00 00 e9'), ('rel32', '@callout', -4), bytes.fromhex('65 8b 0d 3c 00 00 00')],
+            (3, 3): [bytes.fromhex('65 89 0d 3c 00 00 00 65 a3 38 00 00 00 0f b7 cb 65 a1 3c 40 01 00 8d 0c 01 65 a1 38 00 00 00 e3 0c 65 8b 0d 3c 00 00 00 e9'), ('rel32', '@callout', -4), bytes.fromhex('65 8b 0d 3c 00 00 00')],
+            (3, 4): [bytes.fromhex('65 89 0d 3c 00 00 00 65 a3 38 00 00 00 0f b7 cb 65 a1 40 40 01 00 8d 0c 01 65 a1 38 00 00 00 e3 0c 65 8b 0d 3c 00 00 00 e9'), ('rel32', '@callout', -4), bytes.fromhex('65 8b 0d 3c 00 00 00')],
+            (3, 5): [bytes.fromhex('65 89 0d 3c 00 00 00 65 a3 38 00 00 00 0f b7 cb 65 a1 44 40 01 00 8d 0c 01 65 a1 38 00 00 00 e3 0c 65 8b 0d 3c 00 00 00 e9'), ('rel32', '@callout', -4), bytes.fromhex('65 8b 0d 3c 00 00 00')],
+            (3, 6): [bytes.fromhex('65 89 0d 3c 00 00 00 65 a3 38 00 00 00 0f b7 cb 65 a1 48 40 01 00 8d 0c 01 65 a1 38 00 00 00 e3 0c 65 8b 0d 3c 00 00 00 e9'), ('rel32', '@callout', -4), bytes.fromhex('65 8b 0d 3c 00 00 00')],
+            (3, 7): [bytes.fromhex('65 89 0d 3c 00 00 00 65 a3 38 00 00 00 0f b7 cb 65 a1 4c 40 01 00 8d 0c 01 65 a1 38 00 00 00 e3 0c 65 8b 0d 3c 00 00 00 e9'), ('rel32', '@callout', -4), bytes.fromhex('65 8b 0d 3c 00 00 00')],
+            (4, 0): [bytes.fromhex('65 89 0d 3c 00 00 00 65 a3 38 00 00 00 0f b7 cc 65 a1 30 40 01 00 8d 0c 01 65 a1 38 00 00 00 e3 0c 65 8b 0d 3c 00 00 00 e9'), ('rel32', '@callout', -4), bytes.fromhex('65 8b 0d 3c 00 00 00')],
+            (4, 1): [bytes.fromhex('65 89 0d 3c 00 00 00 65 a3 38 00 00 00 0f b7 cc 65 a1 34 40 01 00 8d 0c 01 65 a1 38 00 00 00 e3 0c 65 8b 0d 3c 00 00 00 e9'), ('rel32', '@callout', -4), bytes.fromhex('65 8b 0d 3c 00 00 00')],
+            (4, 2): [bytes.fromhex('65 89 0d 3c 00 00 00 65 a3 38 00 00 00 0f b7 cc 65 a1 38 40 01 00 8d 0c 01 65 a1 38 00 00 00 e3 0c 65 8b 0d 3c 00 00 00 e9'), ('rel32', '@callout', -4), bytes.fromhex('65 8b 0d 3c 00 00 00')],
+            (4, 3): [bytes.fromhex('65 89 0d 3c 00 00 00 65 a3 38 00 00 00 0f b7 cc 65 a1 3c 40 01 00 8d 0c 01 65 a1 38 00 00 00 e3 0c 65 8b 0d 3c 00 00 00 e9'), ('rel32', '@callout', -4), bytes.fromhex('65 8b 0d 3c 00 00 00')],
+            (4, 4): [bytes.fromhex('65 89 0d 3c 00 00 00 65 a3 38 00 00 00 0f b7 cc 65 a1 40 40 01 00 8d 0c 01 65 a1 38 00 00 00 e3 0c 65 8b 0d 3c 00 00 00 e9'), ('rel32', '@callout', -4), bytes.fromhex('65 8b 0d 3c 00 00 00')],
+            (4, 5): [bytes.fromhex('65 89 0d 3c 00 00 00 65 a3 38 00 00 00 0f b7 cc 65 a1 44 40 01 00 8d 0c 01 65 a1 38 00 00 00 e3 0c 65 8b 0d 3c 00 00 00 e9'), ('rel32', '@callout', -4), bytes.fromhex('65 8b 0d 3c 00 00 00')],
+            (4, 6): [bytes.fromhex('65 89 0d 3c 00 00 00 65 a3 38 00 00 00 0f b7 cc 65 a1 48 40 01 00 8d 0c 01 65 a1 38 00 00 00 e3 0c 65 8b 0d 3c 00 00 00 e9'), ('rel32', '@callout', -4), bytes.fromhex('65 8b 0d 3c 00 00 00')],
+            (4, 7): [bytes.fromhex('65 89 0d 3c 00 00 00 65 a3 38 00 00 00 0f b7 cc 65 a1 4c 40 01 00 8d 0c 01 65 a1 38 00 00 00 e3 0c 65 8b 0d 3c 00 00 00 e9'), ('rel32', '@callout', -4), bytes.fromhex('65 8b 0d 3c 00 00 00')],
+            (5, 0): [bytes.fromhex('65 89 0d 3c 00 00 00 65 a3 38 00 00 00 0f b7 cd 65 a1 30 40 01 00 8d 0c 01 65 a1 38 00 00 00 e3 0c 65 8b 0d 3c 00 00 00 e9'), ('rel32', '@callout', -4), bytes.fromhex('65 8b 0d 3c 00 00 00')],
+            (5, 1): [bytes.fromhex('65 89 0d 3c 00 00 00 65 a3 38 00 00 00 0f b7 cd 65 a1 34 40 01 00 8d 0c 01 65 a1 38 00 00 00 e3 0c 65 8b 0d 3c 00 00 00 e9'), ('rel32', '@callout', -4), bytes.fromhex('65 8b 0d 3c 00 00 00')],
+            (5, 2): [bytes.fromhex('65 89 0d 3c 00 00 00 65 a3 38 00 00 00 0f b7 cd 65 a1 38 40 01 00 8d 0c 01 65 a1 38 00 00 00 e3 0c 65 8b 0d 3c 00 00 00 e9'), ('rel32', '@callout', -4), bytes.fromhex('65 8b 0d 3c 00 00 00')],
+            (5, 3): [bytes.fromhex('65 89 0d 3c 00 00 00 65 a3 38 00 00 00 0f b7 cd 65 a1 3c 40 01 00 8d 0c 01 65 a1 38 00 00 00 e3 0c 65 8b 0d 3c 00 00 00 e9'), ('rel32', '@callout', -4), bytes.fromhex('65 8b 0d 3c 00 00 00')],
+            (5, 4): [bytes.fromhex('65 89 0d 3c 00 00 00 65 a3 38 00 00 00 0f b7 cd 65 a1 40 40 01 00 8d 0c 01 65 a1 38 00 00 00 e3 0c 65 8b 0d 3c 00 00 00 e9'), ('rel32', '@callout', -4), bytes.fromhex('65 8b 0d 3c 00 00 00')],
+            (5, 5): [bytes.fromhex('65 89 0d 3c 00 00 00 65 a3 38 00 00 00 0f b7 cd 65 a1 44 40 01 00 8d 0c 01 65 a1 38 00 00 00 e3 0c 65 8b 0d 3c 00 00 00 e9'), ('rel32', '@callout', -4), bytes.fromhex('65 8b 0d 3c 00 00 00')],
+            (5, 6): [bytes.fromhex('65 89 0d 3c 00 00 00 65 a3 38 00 00 00 0f b7 cd 65 a1 48 40 01 00 8d 0c 01 65 a1 38 00 00 00 e3 0c 65 8b 0d 3c 00 00 00 e9'), ('rel32', '@callout', -4), bytes.fromhex('65 8b 0d 3c 00 00 00')],
+            (5, 7): [bytes.fromhex('65 89 0d 3c 00 00 00 65 a3 38 00 00 00 0f b7 cd 65 a1 4c 40 01 00 8d 0c 01 65 a1 38 00 00 00 e3 0c 65 8b 0d 3c 00 00 00 e9'), ('rel32', '@callout', -4), bytes.fromhex('65 8b 0d 3c 00 00 00')],
+            (6, 0): [bytes.fromhex('65 89 0d 3c 00 00 00 65 a3 38 00 00 00 0f b7 ce 65 a1 30 40 01 00 8d 0c 01 65 a1 38 00 00 00 e3 0c 65 8b 0d 3c 00 00 00 e9'), ('rel32', '@callout', -4), bytes.fromhex('65 8b 0d 3c 00 00 00')],
+            (6, 1): [bytes.fromhex('65 89 0d 3c 00 00 00 65 a3 38 00 00 00 0f b7 ce 65 a1 34 40 01 00 8d 0c 01 65 a1 38 00 00 00 e3 0c 65 8b 0d 3c 00 00 00 e9'), ('rel32', '@callout', -4), bytes.fromhex('65 8b 0d 3c 00 00 00')],
+            (6, 2): [bytes.fromhex('65 89 0d 3c 00 00 00 65 a3 38 00 00 00 0f b7 ce 65 a1 38 40 01 00 8d 0c 01 65 a1 38 00 00 00 e3 0c 65 8b 0d 3c 00 00 00 e9'), ('rel32', '@callout', -4), bytes.fromhex('65 8b 0d 3c 00 00 00')],
+            (6, 3): [bytes.fromhex('65 89 0d 3c 00 00 00 65 a3 38 00 00 00 0f b7 ce 65 a1 3c 40 01 00 8d 0c 01 65 a1 38 00 00 00 e3 0c 65 8b 0d 3c 00 00 00 e9'), ('rel32', '@callout', -4), bytes.fromhex('65 8b 0d 3c 00 00 00')],
+            (6, 4): [bytes.fromhex('65 89 0d 3c 00 00 00 65 a3 38 00 00 00 0f b7 ce 65 a1 40 40 01 00 8d 0c 01 65 a1 38 00 00 00 e3 0c 65 8b 0d 3c 00 00 00 e9'), ('rel32', '@callout', -4), bytes.fromhex('65 8b 0d 3c 00 00 00')],
+            (6, 5): [bytes.fromhex('65 89 0d 3c 00 00 00 65 a3 38 00 00 00 0f b7 ce 65 a1 44 40 01 00 8d 0c 01 65 a1 38 00 00 00 e3 0c 65 8b 0d 3c 00 00 00 e9'), ('rel32', '@callout', -4), bytes.fromhex('65 8b 0d 3c 00 00 00')],
+            (6, 6): [bytes.fromhex('65 89 0d 3c 00 00 00 65 a3 38 00 00 00 0f b7 ce 65 a1 48 40 01 00 8d 0c 01 65 a1 38 00 00 00 e3 0c 65 8b 0d 3c 00 00 00 e9'), ('rel32', '@callout', -4), bytes.fromhex('65 8b 0d 3c 00 00 00')],
+            (6, 7): [bytes.fromhex('65 89 0d 3c 00 00 00 65 a3 38 00 00 00 0f b7 ce 65 a1 4c 40 01 00 8d 0c 01 65 a1 38 00 00 00 e3 0c 65 8b 0d 3c 00 00 00 e9'), ('rel32', '@callout', -4), bytes.fromhex('65 8b 0d 3c 00 00 00')],
+            (7, 0): [bytes.fromhex('65 89 0d 3c 00 00 00 65 a3 38 00 00 00 0f b7 cf 65 a1 30 40 01 00 8d 0c 01 65 a1 38 00 00 00 e3 0c 65 8b 0d 3c 00 00 00 e9'), ('rel32', '@callout', -4), bytes.fromhex('65 8b 0d 3c 00 00 00')],
+            (7, 1): [bytes.fromhex('65 89 0d 3c 00 00 00 65 a3 38 00 00 00 0f b7 cf 65 a1 34 40 01 00 8d 0c 01 65 a1 38 00 00 00 e3 0c 65 8b 0d 3c 00 00 00 e9'), ('rel32', '@callout', -4), bytes.fromhex('65 8b 0d 3c 00 00 00')],
+            (7, 2): [bytes.fromhex('65 89 0d 3c 00 00 00 65 a3 38 00 00 00 0f b7 cf 65 a1 38 40 01 00 8d 0c 01 65 a1 38 00 00 00 e3 0c 65 8b 0d 3c 00 00 00 e9'), ('rel32', '@callout', -4), bytes.fromhex('65 8b 0d 3c 00 00 00')],
+            (7, 3): [bytes.fromhex('65 89 0d 3c 00 00 00 65 a3 38 00 00 00 0f b7 cf 65 a1 3c 40 01 00 8d 0c 01 65 a1 38 00 00 00 e3 0c 65 8b 0d 3c 00 00 00 e9'), ('rel32', '@callout', -4), bytes.fromhex('65 8b 0d 3c 00 00 00')],
+            (7, 4): [bytes.fromhex('65 89 0d 3c 00 00 00 65 a3 38 00 00 00 0f b7 cf 65 a1 40 40 01 00 8d 0c 01 65 a1 38 00 00 00 e3 0c 65 8b 0d 3c 00 00 00 e9'), ('rel32', '@callout', -4), bytes.fromhex('65 8b 0d 3c 00 00 00')],
+            (7, 5): [bytes.fromhex('65 89 0d 3c 00 00 00 65 a3 38 00 00 00 0f b7 cf 65 a1 44 40 01 00 8d 0c 01 65 a1 38 00 00 00 e3 0c 65 8b 0d 3c 00 00 00 e9'), ('rel32', '@callout', -4), bytes.fromhex('65 8b 0d 3c 00 00 00')],
+            (7, 6): [bytes.fromhex('65 89 0d 3c 00 00 00 65 a3 38 00 00 00 0f b7 cf 65 a1 48 40 01 00 8d 0c 01 65 a1 38 00 00 00 e3 0c 65 8b 0d 3c 00 00 00 e9'), ('rel32', '@callout', -4), bytes.fromhex('65 8b 0d 3c 00 00 00')],
+            (7, 7): [bytes.fromhex('65 89 0d 3c 00 00 00 65 a3 38 00 00 00 0f b7 cf 65 a1 4c 40 01 00 8d 0c 01 65 a1 38 00 00 00 e3 0c 65 8b 0d 3c 00 00 00 e9'), ('rel32', '@callout', -4), bytes.fromhex('65 8b 0d 3c 00 00 00')],
+        },
+    },
+    'operand_size_prefix': {  # spec/vmm.r1:732
         "placeholders": (),
         "values": (),
         "when": {},
@@ -1535,7 +1682,37 @@ TEMPLATES = {
             (): [bytes.fromhex('66')],
         },
     },
-    'popf_virtual': {  # spec/vmm.r1:355
+    'pop_ds_unchanged': {  # spec/vmm.r1:476
+        "placeholders": (),
+        "values": ('callout',),
+        "when": {'osize': '32', 'stack': '32', 'code': '32'},
+        "origin": None,
+        "labels": {},
+        "variants": {
+            (): [bytes.fromhex('65 a3 38 00 00 00'), ('mark', 'eax_saved'), bytes.fromhex('0f b7 04 24 65 89 0d 3c 00 00 00 65 8b 0d 3c 40 01 00 8d 0c 01 65 a1 38 00 00 00 e3 0c 65 8b 0d 3c 00 00 00 e9'), ('rel32', '@callout', -4), bytes.fromhex('65 8b 0d 3c 00 00 00 8d 64 24 04')],
+        },
+    },
+    'pop_es_unchanged': {  # spec/vmm.r1:459
+        "placeholders": (),
+        "values": ('callout',),
+        "when": {'osize': '32', 'stack': '32', 'code': '32'},
+        "origin": None,
+        "labels": {},
+        "variants": {
+            (): [bytes.fromhex('65 a3 38 00 00 00'), ('mark', 'eax_saved'), bytes.fromhex('0f b7 04 24 65 89 0d 3c 00 00 00 65 8b 0d 30 40 01 00 8d 0c 01 65 a1 38 00 00 00 e3 0c 65 8b 0d 3c 00 00 00 e9'), ('rel32', '@callout', -4), bytes.fromhex('65 8b 0d 3c 00 00 00 8d 64 24 04')],
+        },
+    },
+    'pop_fs_unchanged': {  # spec/vmm.r1:493
+        "placeholders": (),
+        "values": ('callout',),
+        "when": {'osize': '32', 'stack': '32', 'code': '32'},
+        "origin": None,
+        "labels": {},
+        "variants": {
+            (): [bytes.fromhex('65 a3 38 00 00 00'), ('mark', 'eax_saved'), bytes.fromhex('0f b7 04 24 65 89 0d 3c 00 00 00 65 8b 0d 40 40 01 00 8d 0c 01 65 a1 38 00 00 00 e3 0c 65 8b 0d 3c 00 00 00 e9'), ('rel32', '@callout', -4), bytes.fromhex('65 8b 0d 3c 00 00 00 8d 64 24 04')],
+        },
+    },
+    'popf_virtual': {  # spec/vmm.r1:357
         "placeholders": (),
         "values": ('callout',),
         "when": {'osize': '32', 'stack': '32'},
@@ -1545,7 +1722,7 @@ TEMPLATES = {
             (): [bytes.fromhex('65 a3 38 00 00 00 8b 04 24 a9 00 01 00 00 75 0c 65 23 05 20 40 01 00 a9 00 02 00 00 65 a1 38 00 00 00 0f 85'), ('rel32', '@callout', -4), bytes.fromhex('8b 04 24 25 00 02 00 00 65 a3 24 00 00 00 8b 04 24 25 00 30 00 00 65 a3 48 00 00 00 65 a1 38 00 00 00 9d')],
         },
     },
-    'push_cs_virtual': {  # spec/vmm.r1:392
+    'push_cs_virtual': {  # spec/vmm.r1:394
         "placeholders": (),
         "values": (),
         "when": {'osize': '32', 'stack': '32', 'code': '32'},
@@ -1555,7 +1732,7 @@ TEMPLATES = {
             (): [bytes.fromhex('65 ff 35 84 00 00 00')],
         },
     },
-    'push_ds_virtual': {  # spec/vmm.r1:402
+    'push_ds_virtual': {  # spec/vmm.r1:404
         "placeholders": (),
         "values": (),
         "when": {'osize': '32', 'stack': '32', 'code': '32'},
@@ -1565,7 +1742,7 @@ TEMPLATES = {
             (): [bytes.fromhex('65 ff 35 8c 00 00 00')],
         },
     },
-    'push_es_virtual': {  # spec/vmm.r1:387
+    'push_es_virtual': {  # spec/vmm.r1:389
         "placeholders": (),
         "values": (),
         "when": {'osize': '32', 'stack': '32', 'code': '32'},
@@ -1575,7 +1752,7 @@ TEMPLATES = {
             (): [bytes.fromhex('65 ff 35 80 00 00 00')],
         },
     },
-    'push_fs_virtual': {  # spec/vmm.r1:407
+    'push_fs_virtual': {  # spec/vmm.r1:409
         "placeholders": (),
         "values": (),
         "when": {'osize': '32', 'stack': '32', 'code': '32'},
@@ -1585,7 +1762,7 @@ TEMPLATES = {
             (): [bytes.fromhex('65 ff 35 90 00 00 00')],
         },
     },
-    'push_gs_virtual': {  # spec/vmm.r1:412
+    'push_gs_virtual': {  # spec/vmm.r1:414
         "placeholders": (),
         "values": (),
         "when": {'osize': '32', 'stack': '32', 'code': '32'},
@@ -1595,7 +1772,7 @@ TEMPLATES = {
             (): [bytes.fromhex('65 ff 35 94 00 00 00')],
         },
     },
-    'push_ss_virtual': {  # spec/vmm.r1:397
+    'push_ss_virtual': {  # spec/vmm.r1:399
         "placeholders": (),
         "values": (),
         "when": {'osize': '32', 'stack': '32', 'code': '32'},
@@ -1605,7 +1782,7 @@ TEMPLATES = {
             (): [bytes.fromhex('65 ff 35 88 00 00 00')],
         },
     },
-    'pushf_virtual': {  # spec/vmm.r1:330
+    'pushf_virtual': {  # spec/vmm.r1:332
         "placeholders": (),
         "values": (),
         "when": {'osize': '32', 'stack': '32'},
@@ -1615,7 +1792,7 @@ TEMPLATES = {
             (): [bytes.fromhex('9c 65 a3 38 00 00 00 65 89 0d 3c 00 00 00 65 89 25 50 00 00 00 65 8b 25 08 40 01 00 9c 65 a1 50 00 00 00 36 81 20 ff cd ff ff 65 8b 0d 24 00 00 00 36 09 08 65 8b 0d 48 00 00 00 36 09 08 9d 65 8b 25 50 00 00 00 65 8b 0d 3c 00 00 00 65 a1 38 00 00 00')],
         },
     },
-    'settle_flags': {  # spec/vmm.r1:658
+    'settle_flags': {  # spec/vmm.r1:751
         "placeholders": (),
         "values": (),
         "when": {},
@@ -1625,7 +1802,7 @@ TEMPLATES = {
             (): [bytes.fromhex('f5 f5')],
         },
     },
-    'sldt_virtual': {  # spec/vmm.r1:441
+    'sldt_virtual': {  # spec/vmm.r1:534
         "placeholders": ('dst',),
         "values": (),
         "when": {'osize': '32', 'mod': 'reg'},
@@ -1642,7 +1819,7 @@ TEMPLATES = {
             (7,): [bytes.fromhex('65 0f b7 3d 70 00 00 00')],
         },
     },
-    'smsw_virtual': {  # spec/vmm.r1:431
+    'smsw_virtual': {  # spec/vmm.r1:524
         "placeholders": ('dst',),
         "values": (),
         "when": {'osize': '32', 'mod': 'reg'},
@@ -1659,7 +1836,7 @@ TEMPLATES = {
             (7,): [bytes.fromhex('65 8b 3d 6c 00 00 00')],
         },
     },
-    'sti_virtual': {  # spec/vmm.r1:319
+    'sti_virtual': {  # spec/vmm.r1:321
         "placeholders": (),
         "values": ('callout',),
         "when": {},
@@ -1669,7 +1846,7 @@ TEMPLATES = {
             (): [bytes.fromhex('65 89 0d 3c 00 00 00 65 8b 0d 20 40 01 00 e3 0c 65 8b 0d 3c 00 00 00 e9'), ('rel32', '@callout', -4), bytes.fromhex('65 8b 0d 3c 00 00 00 65 c7 05 24 00 00 00 00 02 00 00')],
         },
     },
-    'str_virtual': {  # spec/vmm.r1:436
+    'str_virtual': {  # spec/vmm.r1:529
         "placeholders": ('dst',),
         "values": (),
         "when": {'osize': '32', 'mod': 'reg'},
@@ -1686,7 +1863,7 @@ TEMPLATES = {
             (7,): [bytes.fromhex('65 0f b7 3d 72 00 00 00')],
         },
     },
-    'vmm_stubs': {  # spec/vmm.r1:175
+    'vmm_stubs': {  # spec/vmm.r1:177
         "placeholders": (),
         "values": (),
         "when": {},

@@ -143,6 +143,12 @@ GUILTY_SHARE = 4
 SLOT_BASE = 8160  # GDT slots for the six guest segment registers (selectors 0xFF00..0xFF28)
 CALLOUT_FORM = "(callout)"
 M32 = 0xFFFFFFFF
+# V_SEG_MATCH: the segment registers whose unchanged reload translated code makes itself (ES, DS,
+# FS: GS is the VMM's, SS's load also blocks interrupts, CS has no MOV), and the value of a
+# register whose reload would change something (no 16-bit selector added to it makes zero).
+RELOADED_IN_TC = (0, 3, 4)
+SEGMENT_STALE = 0x80000000
+SMALL_TABLE = 0x1000  # a GDT or LDT up to this limit is read for V_SEG_MATCH whenever it is not known
 # Units are keyed by where their code is and how it decodes (Vmm.unit_key): 32-bit code (CS base 0)
 # by its EIP, 16-bit code by KEY16 | CS base << 16 | IP, so that a 16-bit unit and a 32-bit one
 # at the same linear address never mix, nor two 16-bit ones reached through different CS bases
@@ -426,6 +432,7 @@ class Vmm:
         # selector state last found reversible.
         self._tables: TablesVerdict | None = None
         self._tables_key: tuple | None = None
+        self._segment_match_key: tuple | None = None  # what V_SEG_MATCH was published for
         self._table_ranges: dict[int, list[tuple[int, int]]] = {}  # guest physical page -> table bytes
         self._reversible: tuple | None = None
         # Trap mode: the shadow GDT of the kernel run directly (the VMM's GDT at the guest's
@@ -629,6 +636,31 @@ class Vmm:
         self.vmm_write32(C["V_MSW"], S.cr[0])
         self.vmm_write(C["V_CR"], struct.pack("<5I", *S.cr))
         self.vmm_write(C["V_LDTR"], struct.pack("<HH", S.ldtr, S.tr))
+        self._publish_segment_match()
+
+    def _publish_segment_match(self) -> None:
+        """V_SEG_MATCH for the templates of segment loads that change nothing (spec/vmm.r1
+        mov_sreg_unchanged): minus the selector of ES, DS and FS while their table entry is the
+        descriptor they cache, accessed bit set (the verdict on the guest's tables, read since
+        the last write to them or to the mappings they are read through: descriptor_tables.py),
+        else a value no selector cancels. Only in protected mode, for non-null selectors."""
+        S = self.m.state
+        ldt = (S.ldtr_base, S.ldtr_limit) if S.ldtr & ~3 else None
+        verdict = self._tables if self._tables_key == (S.gdtr_base, S.gdtr_limit, ldt) else None
+        small = S.gdtr_limit < SMALL_TABLE and (ldt is None or ldt[1] < SMALL_TABLE)
+        if verdict is None and S.mode == MODE_PROT and small:
+            verdict = self._guest_tables()  # (larger tables are read for user code, which needs them anyway)
+        key = (verdict, S.mode, *S.sel, *S.base, *S.limit, *S.attr)
+        if key == self._segment_match_key:
+            return
+        self._segment_match_key = key
+        match = [SEGMENT_STALE] * 6
+        if verdict is not None and S.mode == MODE_PROT:
+            for s in RELOADED_IN_TC:
+                sel = S.sel[s]
+                if sel & ~3 and verdict.holds(sel, S.base[s], S.limit[s], S.attr[s]):
+                    match[s] = -sel & M32
+        self.vmm_write(C["V_SEG_MATCH"], struct.pack("<6I", *match))
 
     def hardware_selectors(self, user: bool, translated: bool = True) -> list[int]:
         """Write the slot descriptors for the six segment registers; return the selectors.

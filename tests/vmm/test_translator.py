@@ -420,3 +420,72 @@ def test_mov_from_cr1_is_a_callout_that_raises_ud() -> None:
     vmm = new_vmm("bt")
     ref, bt = run(spec, "interp"), run(spec, "bt", vmm)
     assert ref.exception == 6 and differences(ref, bt) == []
+
+
+# ---------------------------------------------------------------- segment loads that change nothing
+
+
+def _segment_loads(text: str, memory: dict[int, bytes] | None = None) -> fresh_machine.FreshSpec:
+    from ring1.runtime.isa.assembler import assemble
+
+    return fresh_machine.FreshSpec(code=assemble(text, origin=fresh_machine.CODE).code, memory=memory or {})
+
+
+SEL_DATA0, SEL_WINDOW0 = fresh_machine.SEL_DATA0, fresh_machine.SEL_WINDOW0
+
+
+def test_reloading_the_selector_a_segment_register_holds_stays_in_the_tc() -> None:
+    # spec/vmm.r1 mov_sreg_unchanged, pop_*_unchanged: DS, ES and FS hold SEL_DATA0, whose GDT
+    # entry is what they cache: reloading it (MOV from a register, POP) is no callout. The
+    # flags are the guest's throughout (set before, read after).
+    text = f"""
+        mov edx, {SEL_DATA0}
+        mov eax, 5
+        cmp eax, 7
+        mov ds, dx
+        mov es, dx
+        mov fs, dx
+        push edx
+        pop ds
+        push edx
+        pop es
+        push edx
+        pop fs
+        setl bl
+    """
+    bare, vmm = bt_and_bare(_segment_loads(text))
+    assert bare.regs["ebx"] & 0xFF == 1
+    assert vmm.stats["callouts"] == 0
+
+
+def test_a_segment_load_that_changes_something_is_a_callout() -> None:
+    # Another selector (the DATA window's base), then the first one back: each loads; a GDT
+    # entry rewritten after its load (its base): reloading the same selector loads the new
+    # descriptor, which the test sees through DS.
+    window_entry = fresh_machine.GDT + SEL_WINDOW0
+    text = f"""
+        mov edx, {SEL_WINDOW0}
+        mov ds, dx
+        mov eax, [0]
+        mov dword ptr es:[{window_entry + 2}], 0x93020000
+        mov ds, dx
+        mov ebx, [0]
+        push {SEL_DATA0}
+        pop ds
+        mov ecx, [{fresh_machine.DATA}]
+        mov esi, ds
+    """
+    memory = {fresh_machine.DATA: struct.pack("<I", 0x11111111), 0x20000: struct.pack("<I", 0x22222222)}
+    bare, vmm = bt_and_bare(_segment_loads(text, memory))
+    assert (bare.regs["eax"], bare.regs["ebx"], bare.regs["ecx"]) == (0x11111111, 0x22222222, 0x11111111)
+    assert vmm.stats["callouts"] >= 3
+
+
+@pytest.mark.parametrize("mode", ["bt", "interp"])
+def test_a_pop_of_a_segment_whose_stack_read_faults_restarts_whole(mode: str) -> None:
+    # POP DS with ESP on a page the guest's tables leave out: the #PF is the POP's, EAX and
+    # ECX (the template's scratch) and ESP as they were.
+    code = b"\xb8\x44\x33\x22\x11\xb9\x88\x77\x66\x55\xbc\x00\x00\x40\x00\x1f"  # eax, ecx, esp=0x400000; pop ds
+    spec = paged(code)
+    bare, got = run(spec, "bare"), run(spec, mode)
+    assert bare.exception == 14 and differences(bare, got) == []
