@@ -148,7 +148,6 @@ M32 = 0xFFFFFFFF
 # register whose reload would change something (no 16-bit selector added to it makes zero).
 RELOADED_IN_TC = (0, 3, 4)
 SEGMENT_STALE = 0x80000000
-SMALL_TABLE = 0x1000  # a GDT or LDT up to this limit is read for V_SEG_MATCH whenever it is not known
 # Units are keyed by where their code is and how it decodes (Vmm.unit_key): 32-bit code (CS base 0)
 # by its EIP, 16-bit code by KEY16 | CS base << 16 | IP, so that a 16-bit unit and a 32-bit one
 # at the same linear address never mix, nor two 16-bit ones reached through different CS bases
@@ -643,13 +642,14 @@ class Vmm:
         mov_sreg_unchanged): minus the selector of ES, DS and FS while their table entry is the
         descriptor they cache, accessed bit set (the verdict on the guest's tables, read since
         the last write to them or to the mappings they are read through: descriptor_tables.py),
-        else a value no selector cancels. Only in protected mode, for non-null selectors."""
+        else a value no selector cancels. Only in protected mode, for non-null selectors. The
+        tables are not read for this: their pages would be traced while the kernel runs, and a
+        kernel that keeps data beside its GDT (Linux's decompressor) would trap on every store
+        there (1.7 million callouts before Linux proper starts). User code reads them (its
+        direct execution needs them), so a kernel entered from user code finds them known."""
         S = self.m.state
         ldt = (S.ldtr_base, S.ldtr_limit) if S.ldtr & ~3 else None
         verdict = self._tables if self._tables_key == (S.gdtr_base, S.gdtr_limit, ldt) else None
-        small = S.gdtr_limit < SMALL_TABLE and (ldt is None or ldt[1] < SMALL_TABLE)
-        if verdict is None and S.mode == MODE_PROT and small:
-            verdict = self._guest_tables()  # (larger tables are read for user code, which needs them anyway)
         key = (verdict, S.mode, *S.sel, *S.base, *S.limit, *S.attr)
         if key == self._segment_match_key:
             return
@@ -1995,7 +1995,7 @@ class Vmm:
             record[1] += m.traces.told != told  # it wrote a watched page: it would have trapped
             if record[0] >= ACQUIT_WINDOW:
                 if record[1] * GUILTY_SHARE < record[0]:
-                    self._acquit(site.guest)
+                    self._acquit(site.guest, site.unit.cs_base)
                 else:
                     record[:] = [0, 0]
         after = (tuple(S.sel), tuple(S.base), tuple(S.attr), S.cpl, S.cr[0], S.cr[3], S.cr[4])
@@ -2313,10 +2313,11 @@ class Vmm:
         self.callout_override.add(guest_eip)
         self.callout_record[guest_eip] = [0, 0]
         self.convictions[guest_eip] += 1
-        for start, old in list(self.units.items()):
-            if self.unit_key(old.guest) != start:
+        for old in self._units_holding(guest_eip, self.m.state.base[CS]):
+            start = old.key
+            if self.units.get(start) is not old or self.unit_key(old.guest) != start:
                 continue  # a unit of another code segment (the instruction trapped in this one)
-            if old.live and old.forwarded_to is None and any(ins[0] == guest_eip for ins in old.insns):
+            if old.forwarded_to is None:
                 del self.units[start]
                 new = self.translate(start)
                 self.units[start] = new
@@ -2332,14 +2333,25 @@ class Vmm:
                 self._forget_patch_sites(old, old.host, old.host + len(code))
                 self.uc.ctl_remove_cache(old.host, old.host + len(code))
 
-    def _acquit(self, guest_eip: int) -> None:
+    def _units_holding(self, guest_eip: int, cs_base: int) -> list[Unit]:
+        """The live units holding the instruction at `guest_eip` of a code segment at `cs_base`,
+        from the index of units by the linear pages they were fetched through (a Linux boot
+        leaves some 80,000 units: conviction and acquittal do not look at each)."""
+        la = (cs_base + guest_eip) & M32
+        return [
+            u
+            for u in self.units_on_linear.get(la >> 12, ())
+            if u.live and u.cs_base == cs_base and any(ins[0] == guest_eip for ins in u.insns)
+        ]
+
+    def _acquit(self, guest_eip: int, cs_base: int) -> None:
         """A callout fewer than one in GUILTY_SHARE of whose last ACQUIT_WINDOW runs wrote a page
         the VMM watches (what made it trap): the instruction goes back to its own rule (the
         units holding it are dropped and translated again when next reached); trapping again
         (TRAP_THRESHOLD times, doubled per conviction) convicts it again."""
         self.callout_override.discard(guest_eip)
         self.trap_counts[guest_eip] = 0
-        for unit in {u for u in self.by_host.values() if u.live and any(ins[0] == guest_eip for ins in u.insns)}:
+        for unit in self._units_holding(guest_eip, cs_base):
             self.invalidate_unit(unit)
         self.stats["acquittals"] += 1
 
