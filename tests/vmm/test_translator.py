@@ -434,14 +434,29 @@ def _segment_loads(text: str, memory: dict[int, bytes] | None = None) -> fresh_m
 SEL_DATA0, SEL_WINDOW0 = fresh_machine.SEL_DATA0, fresh_machine.SEL_WINDOW0
 
 
+def _system_call_with(handler: str) -> fresh_machine.FreshSpec:
+    """The kernel IRETs to user code, which loads DS, ES and FS with its data selector and makes a system call; the
+    kernel's INT 0x80 handler (at fresh_machine.HANDLER) is `handler`, then IRET."""
+    from ring1.runtime.isa.assembler import assemble
+
+    from .common import iret_to_user
+
+    user = f"mov ax, {fresh_machine.SEL_DATA3}\nmov ds, ax\nmov es, ax\nmov fs, ax\nmov eax, 5\ncmp eax, 7"
+    text = iret_to_user() + f"\nuser:\n{user}\nint 0x80\nsetl bl"
+    kernel = assemble(handler + "\niretd", origin=fresh_machine.HANDLER).code
+    code = assemble(text, origin=fresh_machine.CODE).code
+    return fresh_machine.FreshSpec(code=code, memory={fresh_machine.HANDLER: kernel})
+
+
 def test_reloading_the_selector_a_segment_register_holds_stays_in_the_tc() -> None:
-    # spec/vmm.r1 mov_sreg_unchanged, pop_*_unchanged: DS, ES and FS hold SEL_DATA0, whose GDT
-    # entry is what they cache: reloading it (MOV from a register, POP) is no callout. The
-    # flags are the guest's throughout (set before, read after).
-    text = f"""
-        mov edx, {SEL_DATA0}
-        mov eax, 5
-        cmp eax, 7
+    # spec/vmm.r1 mov_sreg_unchanged, pop_*_unchanged: in the kernel, entered from user code
+    # (which had the VMM read the guest's tables), DS, ES and FS hold the user's selector, whose
+    # GDT entry is what they cache: reloading it (MOV from a register, POP) is no callout. The
+    # flags are the guest's throughout (set before the call, read after it).
+    from .common import run_delivering
+
+    reloads = """
+        mov dx, ds
         mov ds, dx
         mov es, dx
         mov fs, dx
@@ -451,11 +466,16 @@ def test_reloading_the_selector_a_segment_register_holds_stays_in_the_tc() -> No
         pop es
         push edx
         pop fs
-        setl bl
     """
-    bare, vmm = bt_and_bare(_segment_loads(text))
-    assert bare.regs["ebx"] & 0xFF == 1
-    assert vmm.stats["callouts"] == 0
+    counts = {}
+    for name, handler in (("reloads", reloads), ("nothing", "mov dx, ds")):
+        spec = _system_call_with(handler)
+        vmm = new_vmm("bt")
+        bt, bare = run_delivering(spec, "bt", vmm), run_delivering(spec, "bare")
+        assert bt.stop == "end" and differences(bare, bt, memory=False) == []
+        assert bt.regs["ebx"] & 0xFF == 1
+        counts[name] = vmm.stats["callouts"]
+    assert counts["reloads"] == counts["nothing"]
 
 
 def test_a_segment_load_that_changes_something_is_a_callout() -> None:
