@@ -650,7 +650,8 @@ class Vmm:
         S = self.m.state
         ldt = (S.ldtr_base, S.ldtr_limit) if S.ldtr & ~3 else None
         verdict = self._tables if self._tables_key == (S.gdtr_base, S.gdtr_limit, ldt) else None
-        key = (verdict, S.mode, *S.sel, *S.base, *S.limit, *S.attr)
+        key = (verdict, S.mode, *(S.sel[s] for s in RELOADED_IN_TC), *(S.base[s] for s in RELOADED_IN_TC))
+        key += (*(S.limit[s] for s in RELOADED_IN_TC), *(S.attr[s] for s in RELOADED_IN_TC))
         if key == self._segment_match_key:
             return
         self._segment_match_key = key
