@@ -811,19 +811,19 @@ RULES = {
 
 # What the translator knows about an instance, for choosing its rule (the `fact`s of the spec).
 FACTS = {
-    'undefined': 'no form matches the bytes (the instruction raises #UD)',  # spec/vmm.r1:143
-    'invalid_lock': 'a LOCK prefix the form does not allow (#UD)',  # spec/vmm.r1:144
-    'adaptive': 'the instruction trapped often and was retranslated (innocent until proven guilty)',  # spec/vmm.r1:145
-    'forced': 'a benchmark forced the form to a callout (Vmm(rule_overrides=...))',  # spec/vmm.r1:146
-    'trap_mode': 'the VMM runs in trap mode: the kernel untranslated at CPL 1',  # spec/vmm.r1:147
-    'uses_gs': "the instruction uses GS, which is the VMM's in translated code",  # spec/vmm.r1:148
-    'vmm_address': "an absolute address (disp32 or moffs) in the VMM's area",  # spec/vmm.r1:149
-    'template_fits': "the rule's template covers this instance (its `when` clause)",  # spec/vmm.r1:150
-    'flags_lost_at_store': "unicorn changes the flags before the instance's store, so a fault there loses them (RCL, RCR on memory: physcpu)",  # spec/vmm.r1:151
-    'code16': "the unit is 16-bit code (real mode, a 16-bit CS), run in the TC's flat 32-bit code segment",  # spec/vmm.r1:152
-    'same_in_32bit_code': 'with its operand- and address-size prefixes toggled, its bytes decode in 32-bit code to the same form, sizes and operands',  # spec/vmm.r1:153
-    'paragraph_cs': "16-bit code whose CS base is a paragraph below 1 MB (real mode's, selector << 4): lookup16 keys it",  # spec/vmm.r1:154
-    'outside_its_modes': "the form does not exist in the CPU's mode (STR, LAR... in real mode: #UD)",  # spec/vmm.r1:155
+    'undefined': 'no form matches the bytes (the instruction raises #UD)',  # spec/vmm.r1:147
+    'invalid_lock': 'a LOCK prefix the form does not allow (#UD)',  # spec/vmm.r1:148
+    'adaptive': 'the instruction trapped often and was retranslated (innocent until proven guilty)',  # spec/vmm.r1:149
+    'forced': 'a benchmark forced the form to a callout (Vmm(rule_overrides=...))',  # spec/vmm.r1:150
+    'trap_mode': 'the VMM runs in trap mode: the kernel untranslated at CPL 1',  # spec/vmm.r1:151
+    'uses_gs': "the instruction uses GS, which is the VMM's in translated code",  # spec/vmm.r1:152
+    'vmm_address': "an absolute address (disp32 or moffs) in the VMM's area",  # spec/vmm.r1:153
+    'template_fits': "the rule's template covers this instance (its `when` clause)",  # spec/vmm.r1:154
+    'flags_lost_at_store': "unicorn changes the flags before the instance's store, so a fault there loses them (RCL, RCR on memory: physcpu)",  # spec/vmm.r1:155
+    'code16': "the unit is 16-bit code (real mode, a 16-bit CS), run in the TC's flat 32-bit code segment",  # spec/vmm.r1:156
+    'same_in_32bit_code': 'with its operand- and address-size prefixes toggled, its bytes decode in 32-bit code to the same form, sizes and operands',  # spec/vmm.r1:157
+    'paragraph_cs': "16-bit code whose CS base is a paragraph below 1 MB (real mode's, selector << 4): lookup16 keys it",  # spec/vmm.r1:158
+    'outside_its_modes': "the form does not exist in the CPU's mode (STR, LAR... in real mode: #UD)",  # spec/vmm.r1:159
 }
 
 
@@ -832,35 +832,35 @@ def choose_rule(rule: str, fact) -> tuple[str, str, str | None]:
     (`fact(name)` answers the spec's facts for the instance), else the form's own `rule`.
     Returns (rule, reason, the clause's spec file:line)."""
     if (fact('code16') and fact('undefined')):
-        return 'callout', 'undefined opcode in 16-bit code: its length and #UD come from the interpreter', 'spec/vmm.r1:158'
+        return 'callout', 'undefined opcode in 16-bit code: its length and #UD come from the interpreter', 'spec/vmm.r1:162'
     if fact('undefined'):
-        return 'ident', 'undefined opcode: the hardware raises #UD, and the interpreter confirms it', 'spec/vmm.r1:159'
+        return 'ident', 'undefined opcode: the hardware raises #UD, and the interpreter confirms it', 'spec/vmm.r1:163'
     if fact('outside_its_modes'):
-        return 'callout', 'the form does not exist in this mode: the interpreter raises #UD', 'spec/vmm.r1:160'
+        return 'callout', 'the form does not exist in this mode: the interpreter raises #UD', 'spec/vmm.r1:164'
     if fact('invalid_lock'):
-        return 'callout', 'invalid LOCK prefix: unicorn runs most (deviation invalid-lock); #UD from the spec', 'spec/vmm.r1:161'
+        return 'callout', 'invalid LOCK prefix: unicorn runs most (deviation invalid-lock); #UD from the spec', 'spec/vmm.r1:165'
     if fact('adaptive'):
-        return 'callout', 'adaptive: it trapped often, so it was retranslated as a callout', 'spec/vmm.r1:162'
+        return 'callout', 'adaptive: it trapped often, so it was retranslated as a callout', 'spec/vmm.r1:166'
     if fact('forced'):
-        return 'callout', 'forced to a callout by Vmm(rule_overrides=...)', 'spec/vmm.r1:163'
+        return 'callout', 'forced to a callout by Vmm(rule_overrides=...)', 'spec/vmm.r1:167'
     if (fact('trap_mode') and rule in ('ident', 'trap')):
-        return rule, '', 'spec/vmm.r1:164'
+        return rule, '', 'spec/vmm.r1:168'
     if fact('trap_mode'):
-        return 'callout', 'trap mode: the kernel runs untranslated; this is where it exits', 'spec/vmm.r1:165'
+        return 'callout', 'trap mode: the kernel runs untranslated; this is where it exits', 'spec/vmm.r1:169'
     if fact('uses_gs'):
-        return 'callout', "it uses GS, which is the VMM's: emulated", 'spec/vmm.r1:166'
+        return 'callout', "it uses GS, which is the VMM's: emulated", 'spec/vmm.r1:170'
     if ((fact('code16') and rule in ('indirect',)) and not fact('paragraph_cs')):
-        return 'callout', '16-bit code whose CS base is not its selector << 4: no key for lookup16', 'spec/vmm.r1:167'
+        return 'callout', '16-bit code whose CS base is not its selector << 4: no key for lookup16', 'spec/vmm.r1:171'
     if ((fact('code16') and rule in ('ident', 'trap')) and not fact('same_in_32bit_code')):
-        return 'callout', '16-bit code whose bytes mean something else in 32-bit code whatever its size prefixes (a mandatory 66)', 'spec/vmm.r1:168'
+        return 'callout', '16-bit code whose bytes mean something else in 32-bit code whatever its size prefixes (a mandatory 66)', 'spec/vmm.r1:172'
     if (rule in ('ident', 'trap') and fact('vmm_address')):
-        return 'callout', "its address lies in the VMM's area: emulated", 'spec/vmm.r1:169'
+        return 'callout', "its address lies in the VMM's area: emulated", 'spec/vmm.r1:173'
     if (rule in ('direct', 'indirect', 'inline') and not fact('template_fits')):
-        return 'callout', 'its template does not cover this operand or address size, stack or form', 'spec/vmm.r1:170'
+        return 'callout', 'its template does not cover this operand or address size, stack or form', 'spec/vmm.r1:174'
     if (rule in ('ident', 'trap') and fact('flags_lost_at_store')):
-        return 'callout', 'unicorn changes its flags before its store: a fault there loses them', 'spec/vmm.r1:171'
+        return 'callout', 'unicorn changes its flags before its store: a fault there loses them', 'spec/vmm.r1:175'
     if rule in ('trap',):
-        return 'ident', 'copied; left to trap when the hardware faults', 'spec/vmm.r1:172'
+        return 'ident', 'copied; left to trap when the hardware faults', 'spec/vmm.r1:176'
     return rule, "", None
 
 
@@ -1052,7 +1052,7 @@ CONSTS = {
 # label of the stubs. Variants are keyed by the numbers of the placeholders listed (registers,
 # cc); blobs have an origin address and exported labels.
 TEMPLATES = {
-    'address_size_prefix': {  # spec/vmm.r1:736
+    'address_size_prefix': {  # spec/vmm.r1:740
         "placeholders": (),
         "values": (),
         "when": {},
@@ -1062,7 +1062,7 @@ TEMPLATES = {
             (): [bytes.fromhex('67')],
         },
     },
-    'callout_exit': {  # spec/vmm.r1:713
+    'callout_exit': {  # spec/vmm.r1:717
         "placeholders": (),
         "values": ('callout',),
         "when": {},
@@ -1072,7 +1072,7 @@ TEMPLATES = {
             (): [bytes.fromhex('65 a3 00 00 00 00 65 89 0d 04 00 00 00 65 89 15 08 00 00 00 65 89 1d 0c 00 00 00 65 89 25 10 00 00 00 65 89 2d 14 00 00 00 65 89 35 18 00 00 00 65 89 3d 1c 00 00 00 65 8e 15 24 40 01 00 65 8b 25 0c 40 01 00 9c 65 8f 05 20 00 00 00 e9'), ('rel32', '@callout', -4)],
         },
     },
-    'callout_slot': {  # spec/vmm.r1:701
+    'callout_slot': {  # spec/vmm.r1:705
         "placeholders": (),
         "values": (),
         "when": {},
@@ -1082,7 +1082,7 @@ TEMPLATES = {
             (): [bytes.fromhex('65 ff 25 04 40 01 00 cc')],
         },
     },
-    'cli_virtual': {  # spec/vmm.r1:315
+    'cli_virtual': {  # spec/vmm.r1:319
         "placeholders": (),
         "values": (),
         "when": {},
@@ -1092,7 +1092,7 @@ TEMPLATES = {
             (): [bytes.fromhex('65 c7 05 24 00 00 00 00 00 00 00')],
         },
     },
-    'direct_call': {  # spec/vmm.r1:561
+    'direct_call': {  # spec/vmm.r1:565
         "placeholders": (),
         "values": ('next', 'target'),
         "when": {'osize': '32'},
@@ -1102,7 +1102,7 @@ TEMPLATES = {
             (): [bytes.fromhex('68'), ('abs32', '@next', 0), bytes.fromhex('e9'), ('rel32', '@target', -4)],
         },
     },
-    'direct_call/2': {  # spec/vmm.r1:568
+    'direct_call/2': {  # spec/vmm.r1:572
         "placeholders": (),
         "values": ('next', 'target'),
         "when": {'osize': '16'},
@@ -1112,7 +1112,7 @@ TEMPLATES = {
             (): [bytes.fromhex('65 a3 38 00 00 00'), ('mark', 'eax_saved'), bytes.fromhex('b8'), ('abs32', '@next', 0), bytes.fromhex('66 50 65 a1 38 00 00 00 e9'), ('rel32', '@target', -4)],
         },
     },
-    'direct_jcc': {  # spec/vmm.r1:556
+    'direct_jcc': {  # spec/vmm.r1:560
         "placeholders": ('cc',),
         "values": ('target', 'next'),
         "when": {},
@@ -1137,7 +1137,7 @@ TEMPLATES = {
             (15,): [bytes.fromhex('0f 8f'), ('rel32', '@target', -4), bytes.fromhex('e9'), ('rel32', '@next', -4)],
         },
     },
-    'direct_jecxz': {  # spec/vmm.r1:601
+    'direct_jecxz': {  # spec/vmm.r1:605
         "placeholders": (),
         "values": ('next', 'target'),
         "when": {},
@@ -1147,7 +1147,7 @@ TEMPLATES = {
             (): [('addr',), bytes.fromhex('e3 05 e9'), ('rel32', '@next', -4), bytes.fromhex('e9'), ('rel32', '@target', -4)],
         },
     },
-    'direct_jmp': {  # spec/vmm.r1:552
+    'direct_jmp': {  # spec/vmm.r1:556
         "placeholders": (),
         "values": ('target',),
         "when": {},
@@ -1157,7 +1157,7 @@ TEMPLATES = {
             (): [bytes.fromhex('e9'), ('rel32', '@target', -4)],
         },
     },
-    'direct_loop': {  # spec/vmm.r1:580
+    'direct_loop': {  # spec/vmm.r1:584
         "placeholders": (),
         "values": ('next', 'target'),
         "when": {},
@@ -1167,7 +1167,7 @@ TEMPLATES = {
             (): [('addr',), bytes.fromhex('e2 05 e9'), ('rel32', '@next', -4), bytes.fromhex('e9'), ('rel32', '@target', -4)],
         },
     },
-    'direct_loope': {  # spec/vmm.r1:587
+    'direct_loope': {  # spec/vmm.r1:591
         "placeholders": (),
         "values": ('next', 'target'),
         "when": {},
@@ -1177,7 +1177,7 @@ TEMPLATES = {
             (): [('addr',), bytes.fromhex('e1 05 e9'), ('rel32', '@next', -4), bytes.fromhex('e9'), ('rel32', '@target', -4)],
         },
     },
-    'direct_loopne': {  # spec/vmm.r1:594
+    'direct_loopne': {  # spec/vmm.r1:598
         "placeholders": (),
         "values": ('next', 'target'),
         "when": {},
@@ -1187,7 +1187,7 @@ TEMPLATES = {
             (): [('addr',), bytes.fromhex('e0 05 e9'), ('rel32', '@next', -4), bytes.fromhex('e9'), ('rel32', '@target', -4)],
         },
     },
-    'exit_next': {  # spec/vmm.r1:687
+    'exit_next': {  # spec/vmm.r1:691
         "placeholders": (),
         "values": ('next',),
         "when": {},
@@ -1197,7 +1197,7 @@ TEMPLATES = {
             (): [bytes.fromhex('e9'), ('rel32', '@next', -4)],
         },
     },
-    'exit_slot': {  # spec/vmm.r1:694
+    'exit_slot': {  # spec/vmm.r1:698
         "placeholders": (),
         "values": (),
         "when": {},
@@ -1207,7 +1207,7 @@ TEMPLATES = {
             (): [bytes.fromhex('65 ff 25 00 40 01 00 cc')],
         },
     },
-    'forward': {  # spec/vmm.r1:742
+    'forward': {  # spec/vmm.r1:746
         "placeholders": (),
         "values": ('to',),
         "when": {},
@@ -1217,7 +1217,7 @@ TEMPLATES = {
             (): [bytes.fromhex('e9'), ('rel32', '@to', -4)],
         },
     },
-    'indirect_call': {  # spec/vmm.r1:616
+    'indirect_call': {  # spec/vmm.r1:620
         "placeholders": (),
         "values": ('next',),
         "when": {'osize': '32', 'asize': '32', 'code': '32'},
@@ -1227,7 +1227,7 @@ TEMPLATES = {
             (): [bytes.fromhex('65 a3 38 00 00 00'), ('mark', 'eax_saved'), ('seg',), ('ea', bytes.fromhex('8b'), 0, bytes.fromhex('')), bytes.fromhex('68'), ('abs32', '@next', 0), bytes.fromhex('e9'), ('rel32', 'lookup', -4)],
         },
     },
-    'indirect_call/2': {  # spec/vmm.r1:655
+    'indirect_call/2': {  # spec/vmm.r1:659
         "placeholders": (),
         "values": ('next',),
         "when": {'osize': '16', 'code': '16'},
@@ -1237,7 +1237,7 @@ TEMPLATES = {
             (): [bytes.fromhex('65 a3 38 00 00 00'), ('mark', 'eax_saved'), ('seg',), ('ea', bytes.fromhex('0f b7'), 0, bytes.fromhex('')), bytes.fromhex('65 a3 54 00 00 00 b8'), ('abs32', '@next', 0), bytes.fromhex('66 50 65 a1 54 00 00 00 e9'), ('rel32', 'lookup16', -4)],
         },
     },
-    'indirect_entry': {  # spec/vmm.r1:302
+    'indirect_entry': {  # spec/vmm.r1:306
         "placeholders": (),
         "values": (),
         "when": {},
@@ -1247,7 +1247,7 @@ TEMPLATES = {
             (): [bytes.fromhex('65 8b 0d 3c 00 00 00 65 a1 38 00 00 00')],
         },
     },
-    'indirect_jmp': {  # spec/vmm.r1:608
+    'indirect_jmp': {  # spec/vmm.r1:612
         "placeholders": (),
         "values": (),
         "when": {'osize': '32', 'asize': '32', 'code': '32'},
@@ -1257,7 +1257,7 @@ TEMPLATES = {
             (): [bytes.fromhex('65 a3 38 00 00 00'), ('mark', 'eax_saved'), ('seg',), ('ea', bytes.fromhex('8b'), 0, bytes.fromhex('')), bytes.fromhex('e9'), ('rel32', 'lookup', -4)],
         },
     },
-    'indirect_jmp/2': {  # spec/vmm.r1:645
+    'indirect_jmp/2': {  # spec/vmm.r1:649
         "placeholders": (),
         "values": (),
         "when": {'osize': '16', 'code': '16'},
@@ -1267,7 +1267,7 @@ TEMPLATES = {
             (): [bytes.fromhex('65 a3 38 00 00 00'), ('mark', 'eax_saved'), ('seg',), ('ea', bytes.fromhex('0f b7'), 0, bytes.fromhex('')), bytes.fromhex('e9'), ('rel32', 'lookup16', -4)],
         },
     },
-    'indirect_ret': {  # spec/vmm.r1:625
+    'indirect_ret': {  # spec/vmm.r1:629
         "placeholders": (),
         "values": (),
         "when": {'osize': '32', 'stack': '32', 'code': '32'},
@@ -1277,7 +1277,7 @@ TEMPLATES = {
             (): [bytes.fromhex('65 a3 38 00 00 00'), ('mark', 'eax_saved'), bytes.fromhex('58 e9'), ('rel32', 'lookup', -4)],
         },
     },
-    'indirect_ret/2': {  # spec/vmm.r1:667
+    'indirect_ret/2': {  # spec/vmm.r1:671
         "placeholders": (),
         "values": (),
         "when": {'osize': '16', 'stack': '16', 'code': '16'},
@@ -1287,7 +1287,7 @@ TEMPLATES = {
             (): [bytes.fromhex('65 a3 38 00 00 00'), ('mark', 'eax_saved'), bytes.fromhex('66 58 0f b7 c0 e9'), ('rel32', 'lookup16', -4)],
         },
     },
-    'indirect_ret_imm': {  # spec/vmm.r1:633
+    'indirect_ret_imm': {  # spec/vmm.r1:637
         "placeholders": (),
         "values": ('n',),
         "when": {'osize': '32', 'stack': '32', 'code': '32'},
@@ -1297,7 +1297,7 @@ TEMPLATES = {
             (): [bytes.fromhex('65 a3 38 00 00 00'), ('mark', 'eax_saved'), bytes.fromhex('58 8d a4 24'), ('abs32', '@n', 0), bytes.fromhex('e9'), ('rel32', 'lookup', -4)],
         },
     },
-    'indirect_ret_imm/2': {  # spec/vmm.r1:676
+    'indirect_ret_imm/2': {  # spec/vmm.r1:680
         "placeholders": (),
         "values": ('n',),
         "when": {'osize': '16', 'stack': '16', 'code': '16'},
@@ -1307,7 +1307,7 @@ TEMPLATES = {
             (): [bytes.fromhex('65 a3 38 00 00 00'), ('mark', 'eax_saved'), bytes.fromhex('66 58 0f b7 c0 66 8d a4 24'), ('abs32', '@n', 0), bytes.fromhex('e9'), ('rel32', 'lookup16', -4)],
         },
     },
-    'mov_from_cr_virtual': {  # spec/vmm.r1:514
+    'mov_from_cr_virtual': {  # spec/vmm.r1:518
         "placeholders": ('dst', 'src'),
         "values": (),
         "when": {'mod': 'reg', 'src#': '0..0'},
@@ -1380,7 +1380,7 @@ TEMPLATES = {
             (7, 7): [bytes.fromhex('65 8b 3d bc 00 00 00')],
         },
     },
-    'mov_from_cr_virtual/2': {  # spec/vmm.r1:519
+    'mov_from_cr_virtual/2': {  # spec/vmm.r1:523
         "placeholders": ('dst', 'src'),
         "values": (),
         "when": {'mod': 'reg', 'src#': '2..4'},
@@ -1453,7 +1453,7 @@ TEMPLATES = {
             (7, 7): [bytes.fromhex('65 8b 3d bc 00 00 00')],
         },
     },
-    'mov_from_sreg': {  # spec/vmm.r1:380
+    'mov_from_sreg': {  # spec/vmm.r1:384
         "placeholders": ('dst', 'src'),
         "values": (),
         "when": {'osize': '32', 'mod': 'reg', 'src#': '0..5'},
@@ -1526,7 +1526,7 @@ TEMPLATES = {
             (7, 7): [bytes.fromhex('65 8b 3d 9c 00 00 00')],
         },
     },
-    'mov_sreg_unchanged': {  # spec/vmm.r1:427
+    'mov_sreg_unchanged': {  # spec/vmm.r1:431
         "placeholders": ('src', 'dst'),
         "values": ('callout',),
         "when": {'mod': 'reg', 'code': '32', 'dst#': '0..0'},
@@ -1599,7 +1599,7 @@ TEMPLATES = {
             (7, 7): [bytes.fromhex('65 89 0d 3c 00 00 00 65 a3 38 00 00 00 0f b7 cf 65 a1 4c 40 01 00 8d 0c 01 65 a1 38 00 00 00 e3 0c 65 8b 0d 3c 00 00 00 e9'), ('rel32', '@callout', -4), bytes.fromhex('65 8b 0d 3c 00 00 00')],
         },
     },
-    'mov_sreg_unchanged/2': {  # spec/vmm.r1:442
+    'mov_sreg_unchanged/2': {  # spec/vmm.r1:446
         "placeholders": ('src', 'dst'),
         "values": ('callout',),
         "when": {'mod': 'reg', 'code': '32', 'dst#': '3..4'},
@@ -1672,7 +1672,7 @@ TEMPLATES = {
             (7, 7): [bytes.fromhex('65 89 0d 3c 00 00 00 65 a3 38 00 00 00 0f b7 cf 65 a1 4c 40 01 00 8d 0c 01 65 a1 38 00 00 00 e3 0c 65 8b 0d 3c 00 00 00 e9'), ('rel32', '@callout', -4), bytes.fromhex('65 8b 0d 3c 00 00 00')],
         },
     },
-    'operand_size_prefix': {  # spec/vmm.r1:732
+    'operand_size_prefix': {  # spec/vmm.r1:736
         "placeholders": (),
         "values": (),
         "when": {},
@@ -1682,7 +1682,7 @@ TEMPLATES = {
             (): [bytes.fromhex('66')],
         },
     },
-    'pop_ds_unchanged': {  # spec/vmm.r1:476
+    'pop_ds_unchanged': {  # spec/vmm.r1:480
         "placeholders": (),
         "values": ('callout',),
         "when": {'osize': '32', 'stack': '32', 'code': '32'},
@@ -1692,7 +1692,7 @@ TEMPLATES = {
             (): [bytes.fromhex('65 a3 38 00 00 00'), ('mark', 'eax_saved'), bytes.fromhex('0f b7 04 24 65 89 0d 3c 00 00 00 65 8b 0d 3c 40 01 00 8d 0c 01 65 a1 38 00 00 00 e3 0c 65 8b 0d 3c 00 00 00 e9'), ('rel32', '@callout', -4), bytes.fromhex('65 8b 0d 3c 00 00 00 8d 64 24 04')],
         },
     },
-    'pop_es_unchanged': {  # spec/vmm.r1:459
+    'pop_es_unchanged': {  # spec/vmm.r1:463
         "placeholders": (),
         "values": ('callout',),
         "when": {'osize': '32', 'stack': '32', 'code': '32'},
@@ -1702,7 +1702,7 @@ TEMPLATES = {
             (): [bytes.fromhex('65 a3 38 00 00 00'), ('mark', 'eax_saved'), bytes.fromhex('0f b7 04 24 65 89 0d 3c 00 00 00 65 8b 0d 30 40 01 00 8d 0c 01 65 a1 38 00 00 00 e3 0c 65 8b 0d 3c 00 00 00 e9'), ('rel32', '@callout', -4), bytes.fromhex('65 8b 0d 3c 00 00 00 8d 64 24 04')],
         },
     },
-    'pop_fs_unchanged': {  # spec/vmm.r1:493
+    'pop_fs_unchanged': {  # spec/vmm.r1:497
         "placeholders": (),
         "values": ('callout',),
         "when": {'osize': '32', 'stack': '32', 'code': '32'},
@@ -1712,7 +1712,7 @@ TEMPLATES = {
             (): [bytes.fromhex('65 a3 38 00 00 00'), ('mark', 'eax_saved'), bytes.fromhex('0f b7 04 24 65 89 0d 3c 00 00 00 65 8b 0d 40 40 01 00 8d 0c 01 65 a1 38 00 00 00 e3 0c 65 8b 0d 3c 00 00 00 e9'), ('rel32', '@callout', -4), bytes.fromhex('65 8b 0d 3c 00 00 00 8d 64 24 04')],
         },
     },
-    'popf_virtual': {  # spec/vmm.r1:357
+    'popf_virtual': {  # spec/vmm.r1:361
         "placeholders": (),
         "values": ('callout',),
         "when": {'osize': '32', 'stack': '32'},
@@ -1722,7 +1722,7 @@ TEMPLATES = {
             (): [bytes.fromhex('65 a3 38 00 00 00 8b 04 24 a9 00 01 00 00 75 0c 65 23 05 20 40 01 00 a9 00 02 00 00 65 a1 38 00 00 00 0f 85'), ('rel32', '@callout', -4), bytes.fromhex('8b 04 24 25 00 02 00 00 65 a3 24 00 00 00 8b 04 24 25 00 30 00 00 65 a3 48 00 00 00 65 a1 38 00 00 00 9d')],
         },
     },
-    'push_cs_virtual': {  # spec/vmm.r1:394
+    'push_cs_virtual': {  # spec/vmm.r1:398
         "placeholders": (),
         "values": (),
         "when": {'osize': '32', 'stack': '32', 'code': '32'},
@@ -1732,7 +1732,7 @@ TEMPLATES = {
             (): [bytes.fromhex('65 ff 35 84 00 00 00')],
         },
     },
-    'push_ds_virtual': {  # spec/vmm.r1:404
+    'push_ds_virtual': {  # spec/vmm.r1:408
         "placeholders": (),
         "values": (),
         "when": {'osize': '32', 'stack': '32', 'code': '32'},
@@ -1742,7 +1742,7 @@ TEMPLATES = {
             (): [bytes.fromhex('65 ff 35 8c 00 00 00')],
         },
     },
-    'push_es_virtual': {  # spec/vmm.r1:389
+    'push_es_virtual': {  # spec/vmm.r1:393
         "placeholders": (),
         "values": (),
         "when": {'osize': '32', 'stack': '32', 'code': '32'},
@@ -1752,7 +1752,7 @@ TEMPLATES = {
             (): [bytes.fromhex('65 ff 35 80 00 00 00')],
         },
     },
-    'push_fs_virtual': {  # spec/vmm.r1:409
+    'push_fs_virtual': {  # spec/vmm.r1:413
         "placeholders": (),
         "values": (),
         "when": {'osize': '32', 'stack': '32', 'code': '32'},
@@ -1762,7 +1762,7 @@ TEMPLATES = {
             (): [bytes.fromhex('65 ff 35 90 00 00 00')],
         },
     },
-    'push_gs_virtual': {  # spec/vmm.r1:414
+    'push_gs_virtual': {  # spec/vmm.r1:418
         "placeholders": (),
         "values": (),
         "when": {'osize': '32', 'stack': '32', 'code': '32'},
@@ -1772,7 +1772,7 @@ TEMPLATES = {
             (): [bytes.fromhex('65 ff 35 94 00 00 00')],
         },
     },
-    'push_ss_virtual': {  # spec/vmm.r1:399
+    'push_ss_virtual': {  # spec/vmm.r1:403
         "placeholders": (),
         "values": (),
         "when": {'osize': '32', 'stack': '32', 'code': '32'},
@@ -1782,7 +1782,7 @@ TEMPLATES = {
             (): [bytes.fromhex('65 ff 35 88 00 00 00')],
         },
     },
-    'pushf_virtual': {  # spec/vmm.r1:332
+    'pushf_virtual': {  # spec/vmm.r1:336
         "placeholders": (),
         "values": (),
         "when": {'osize': '32', 'stack': '32'},
@@ -1792,7 +1792,7 @@ TEMPLATES = {
             (): [bytes.fromhex('9c 65 a3 38 00 00 00 65 89 0d 3c 00 00 00 65 89 25 50 00 00 00 65 8b 25 08 40 01 00 9c 65 a1 50 00 00 00 36 81 20 ff cd ff ff 65 8b 0d 24 00 00 00 36 09 08 65 8b 0d 48 00 00 00 36 09 08 9d 65 8b 25 50 00 00 00 65 8b 0d 3c 00 00 00 65 a1 38 00 00 00')],
         },
     },
-    'settle_flags': {  # spec/vmm.r1:751
+    'settle_flags': {  # spec/vmm.r1:755
         "placeholders": (),
         "values": (),
         "when": {},
@@ -1802,7 +1802,7 @@ TEMPLATES = {
             (): [bytes.fromhex('f5 f5')],
         },
     },
-    'sldt_virtual': {  # spec/vmm.r1:534
+    'sldt_virtual': {  # spec/vmm.r1:538
         "placeholders": ('dst',),
         "values": (),
         "when": {'osize': '32', 'mod': 'reg'},
@@ -1819,7 +1819,7 @@ TEMPLATES = {
             (7,): [bytes.fromhex('65 0f b7 3d 70 00 00 00')],
         },
     },
-    'smsw_virtual': {  # spec/vmm.r1:524
+    'smsw_virtual': {  # spec/vmm.r1:528
         "placeholders": ('dst',),
         "values": (),
         "when": {'osize': '32', 'mod': 'reg'},
@@ -1836,7 +1836,7 @@ TEMPLATES = {
             (7,): [bytes.fromhex('65 8b 3d 6c 00 00 00')],
         },
     },
-    'sti_virtual': {  # spec/vmm.r1:321
+    'sti_virtual': {  # spec/vmm.r1:325
         "placeholders": (),
         "values": ('callout',),
         "when": {},
@@ -1846,7 +1846,7 @@ TEMPLATES = {
             (): [bytes.fromhex('65 89 0d 3c 00 00 00 65 8b 0d 20 40 01 00 e3 0c 65 8b 0d 3c 00 00 00 e9'), ('rel32', '@callout', -4), bytes.fromhex('65 8b 0d 3c 00 00 00 65 c7 05 24 00 00 00 00 02 00 00')],
         },
     },
-    'str_virtual': {  # spec/vmm.r1:529
+    'str_virtual': {  # spec/vmm.r1:533
         "placeholders": ('dst',),
         "values": (),
         "when": {'osize': '32', 'mod': 'reg'},
@@ -1863,7 +1863,7 @@ TEMPLATES = {
             (7,): [bytes.fromhex('65 0f b7 3d 72 00 00 00')],
         },
     },
-    'vmm_stubs': {  # spec/vmm.r1:177
+    'vmm_stubs': {  # spec/vmm.r1:181
         "placeholders": (),
         "values": (),
         "when": {},

@@ -51,6 +51,13 @@ M80 = (1 << 80) - 1
 M128 = (1 << 128) - 1
 PARITY = tuple(1 - bin(i).count("1") % 2 for i in range(256))
 EFLAGS_FIXED_ONE = 0x2
+EFLAGS_AC, CR0_AM = 1 << 18, 1 << 18
+# Alignment checking (CPL 3, CR0.AM and EFLAGS.AC: #AC(0)): the address bits that must be clear
+# for a data access of each size (SDM vol. 1, "Alignment of words, doublewords, quadwords and
+# double quadwords"; a 48-bit far pointer: 4; an x87 extended real: 8). 16-byte accesses are
+# SSE's, whose aligned forms raise #GP themselves: none here.
+ALIGNMENT_MASK = {2: 1, 4: 3, 6: 3, 8: 7, 10: 7}
+VEC_AC = CONSTS["VEC_AC"]
 EFLAGS_DEFINED = 0x3F7FD5  # every bit a Pentium-class CPU implements
 WHY_BLOCKS = "interpreter blocks"  # the block cache's reason in the page-trace registry
 
@@ -140,6 +147,7 @@ class Machine:
         self.whi = [0xFFFF] * 6
         self.tlb = {(False, False): {}, (False, True): {}, (True, False): {}, (True, True): {}}  # (user, write)
         self.user = False
+        self.alignment_check = False  # CPL 3, CR0.AM and EFLAGS.AC (_select_tlbs)
         self.blocks: dict[tuple[int, int, int], Block] = {}
         self.single_blocks: dict[tuple[int, int, int], Block] = {}  # one-instruction blocks
         # physical page -> (one-instruction block?, key) of the blocks made from its bytes
@@ -211,13 +219,31 @@ class Machine:
     def set_eflags(self, value: int) -> None:
         S = self.state
         S.cc = NOCC
-        old_vm = S.eflags >> 17 & 1
+        old = S.eflags
         S.eflags = (value & EFLAGS_DEFINED) | EFLAGS_FIXED_ONE
-        if (S.eflags >> 17 & 1) != old_vm:
+        if (S.eflags ^ old) >> 17 & 1:
             self.update_mode()
+        elif (S.eflags ^ old) & EFLAGS_AC:
+            self._select_tlbs()
 
     def eflags(self) -> int:
         return self.ns["flush_cc"]()
+
+    def _select_tlbs(self) -> None:
+        """The TLB the fast paths (memfast) use: the CPL's, or while alignment checking is on
+        (CPL 3, CR0.AM, EFLAGS.AC) an empty one nothing fills, so that every data access takes
+        read_linear or write_linear, which check the alignment."""
+        S = self.state
+        self.alignment_check = self.user and bool(S.cr[0] & CR0_AM) and bool(S.eflags & EFLAGS_AC)
+        if self.alignment_check:
+            self.ns["TLBR"], self.ns["TLBW"] = {}, {}
+        else:
+            self.ns["TLBR"] = self.tlb[(self.user, False)]
+            self.ns["TLBW"] = self.tlb[(self.user, True)]
+
+    def _check_alignment(self, la: int, n: int) -> None:
+        if la & ALIGNMENT_MASK.get(n, 0):
+            raise Fault(VEC_AC, 0)
 
     def update_mode(self) -> None:
         """Recompute the mode, the CPL and the TLB set after CR0.PE, EFLAGS.VM or CS change."""
@@ -231,8 +257,7 @@ class Machine:
         changed_mode = mode != S.mode
         S.mode, S.cpl = mode, cpl
         self.user = cpl == 3
-        self.ns["TLBR"] = self.tlb[(self.user, False)]
-        self.ns["TLBW"] = self.tlb[(self.user, True)]
+        self._select_tlbs()
         if changed_mode:
             for s in range(6):
                 self.recompute_segment(s)
@@ -337,6 +362,8 @@ class Machine:
         self.tlb[(user, False)][page] = base
 
     def read_linear(self, la: int, n: int, user: bool) -> int:
+        if user and self.alignment_check:
+            self._check_alignment(la, n)
         first = self.translate(la, False, user)
         if (la & 0xFFF) + n <= 0x1000:
             if first + n > self.mem.size:
@@ -367,6 +394,8 @@ class Machine:
         return low | self.platform.mmio_read(pa + inside, n - inside) << (8 * inside)
 
     def write_linear(self, la: int, n: int, value: int, user: bool) -> None:
+        if user and self.alignment_check:
+            self._check_alignment(la, n)
         # Translate every page first, so that a fault on the second leaves memory untouched.
         first = self.translate(la, True, user)
         data = (value & ((1 << (8 * n)) - 1)).to_bytes(n, "little")
@@ -379,6 +408,8 @@ class Machine:
         self._write_phys(second, data[split:])
 
     def probe_write(self, la: int, n: int, user: bool) -> None:
+        if user and self.alignment_check:
+            self._check_alignment(la, n)
         self.translate(la, True, user)
         if (la & 0xFFF) + n > 0x1000:
             self.translate((la + 0x1000 - (la & 0xFFF)) & M32, True, user)
@@ -783,6 +814,8 @@ class Machine:
                 self.code_mapping_changed(None)
             if (old ^ S.cr[0]) & 1:
                 self.update_mode()
+            elif (old ^ S.cr[0]) & CR0_AM:
+                self._select_tlbs()
         elif n == 2:
             S.cr[2] = value
         elif n == 3:

@@ -44,6 +44,7 @@ SIMD_KEYS = (*XMM_NAMES, "mxcsr", *X87_KEYS)
 MXCSR_RESET = 0x1F80
 FCW_INIT = 0x037F  # the x87 control word after FNINIT, which a fresh machine starts from
 CR0_PE, CR0_MP, CR0_EM, CR0_TS, CR0_ET, CR0_NE = 0x1, 0x2, 0x4, 0x8, 0x10, 0x20
+CR0_AM = 0x40000
 CR4_OSFXSR, CR4_OSXMMEXCPT = 0x200, 0x400
 
 
@@ -102,7 +103,7 @@ class FreshSpec:
     fcw: int = FCW_INIT
     fsw: int = 0  # with TOP in bits 13:11
     ftw: int = 0  # abridged tag word: every register empty, as after FNINIT
-    cr0_bits: int = 0  # CR0 bits besides PE and ET: MP, EM, TS, NE
+    cr0_bits: int = 0  # CR0 bits besides PE and ET: MP, EM, TS, NE, AM
     cr4: int = 0  # OSFXSR and OSXMMEXCPT for SSE code
 
     def simd(self) -> dict[str, int]:

@@ -610,6 +610,12 @@ class Vmm:
         S = self.m.state
         if S.eflags & EFLAGS.TF or S.mode == MODE_REAL:
             return False
+        if self.m.alignment_check:
+            # CPL 3 with CR0.AM and EFLAGS.AC: unicorn never raises #AC (deviation
+            # no-alignment-check), the interpreter does. (Direct execution cannot see a POPF that
+            # sets AC: the user code run directly until its next exit goes unchecked.)
+            self.stats["direct_alignment_check"] += 1
+            return False
         if S.mode == MODE_V86:
             return True  # the 1999 design's "v8086 -> DE"
         if S.cpl == 3:
@@ -2693,8 +2699,8 @@ def figures(vmm: Vmm, stats, elapsed: float) -> None:
         stats.add(key, label, s[counter or key])
     stats.add(
         "user_code_interpreted",
-        "user code interpreted: tables refused, segments nonreversible",
-        s["direct_tables_refused"] + s["direct_nonreversible"],
+        "user code interpreted: tables refused, segments nonreversible, alignment checking",
+        s["direct_tables_refused"] + s["direct_nonreversible"] + s["direct_alignment_check"],
     )
     stats.add("wall_time_s", "wall time", round(elapsed, 6), "s")
 

@@ -77,6 +77,23 @@ def test_rdpmc_is_ud_on_unicorn() -> None:
     explained_by(case, o, "rdpmc-ud")
 
 
+def test_alignment_check_is_not_raised_by_unicorn() -> None:
+    # SDM vol. 3, #AC: at CPL 3 with CR0.AM and EFLAGS.AC set, a misaligned data access raises
+    # #AC(0) (a dword at an address not a multiple of 4). mov eax, [eax] with EAX = 1.
+    spec = fresh_machine.FreshSpec(
+        code=b"\x8b\x00",
+        regs={"eax": 1, "eflags": 0x40202},
+        cpl=3,
+        segs=window_segments(3, False),
+        cr0_bits=fresh_machine.CR0_AM,
+    )
+    case = Case(spec, ["MOV_Rv_RMv"])
+    o = run_both(case)
+    assert (o.ours.exception, o.ours.error_code) == (17, 0)
+    assert o.theirs.exception is None
+    explained_by(case, o, "no-alignment-check")
+
+
 def test_ltr_null_selector() -> None:
     # SDM LTR: "#GP(0) If the source operand contains a NULL segment selector."
     case, o = both(b"\x0f\x00\xd8", "LTR", eax=0x0003)
