@@ -298,6 +298,8 @@ class Insn:
     semantics_loc: Loc | None = None
     xchecks: list[tuple[str, str, Loc]] = field(default_factory=list)
     doc: str | None = None
+    bulk: Expr | None = None  # a builtin call that runs whole pages of a REP (string.r1)
+    bulk_loc: Loc | None = None
     seen: set[str] = field(default_factory=set)  # attribute keywords present, for duplicate checks
 
 

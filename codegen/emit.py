@@ -1187,6 +1187,10 @@ def emit_form(spec: Spec, form: Form, variant: Variant) -> FormCode:
         em.operand_vars[op.name] = var
     if variant.rep:
         counter = "ecx" if variant.asize == 32 else "cx"
+        if insn.bulk is not None and variant.asize == 32:
+            # `bulk`: with DF clear, a builtin does as many whole iterations as it can at once
+            # (each page's run in one access); the loop does the rest, one by one.
+            em.line(f"if not S.eflags >> 10 & 1: {em.expr(insn.bulk).code}", insn.bulk_loc)
         em.line(f"while {_gpr_read(counter)} != 0:", insn.semantics_loc)
         em.depth += 1
         em.scopes.append(Scope())

@@ -384,6 +384,10 @@ class _ToAst(Transformer):
     def _attr_xcheck(self, insn, attr, loc):
         insn.xchecks.append((str(attr.children[0]), str(attr.children[1])[1:-1], loc))
 
+    def _attr_bulk(self, insn, attr, loc):
+        insn.bulk = attr.children[0]
+        insn.bulk_loc = loc
+
     def _attr_doc(self, insn, attr, loc):
         insn.doc = str(attr.children[0])[1:-1]
 

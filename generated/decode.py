@@ -2448,20 +2448,20 @@ LAYOUT = {
     'PINSRW_XMM_R32_IMM8': (True, None, ('ib',), (('dst', 'xmm', 128), ('src', 'rm', 32), ('imm', 'imm', 8))),  # spec/sse.r1:3434
     'PINSRW_XMM_M16_IMM8': (True, None, ('ib',), (('dst', 'xmm', 128), ('src', 'mem', 16), ('imm', 'imm', 8))),  # spec/sse.r1:3445
     'PMOVMSKB_R32_XMM': (True, None, (), (('dst', 'reg', 32), ('src', 'rm', 128))),  # spec/sse.r1:3456
-    'MOVSB': (False, None, (), ()),  # spec/string.r1:20
-    'MOVSv': (False, None, (), ()),  # spec/string.r1:36
-    'CMPSB': (False, None, (), ()),  # spec/string.r1:56
-    'CMPSv': (False, None, (), ()),  # spec/string.r1:74
-    'SCASB': (False, None, (), ()),  # spec/string.r1:92
-    'SCASv': (False, None, (), ()),  # spec/string.r1:109
-    'LODSB': (False, None, (), ()),  # spec/string.r1:128
-    'LODSv': (False, None, (), ()),  # spec/string.r1:142
-    'STOSB': (False, None, (), ()),  # spec/string.r1:156
-    'STOSv': (False, None, (), ()),  # spec/string.r1:170
-    'INSB': (False, None, (), ()),  # spec/string.r1:188
-    'INSv': (False, None, (), ()),  # spec/string.r1:205
-    'OUTSB': (False, None, (), ()),  # spec/string.r1:222
-    'OUTSv': (False, None, (), ()),  # spec/string.r1:237
+    'MOVSB': (False, None, (), ()),  # spec/string.r1:22
+    'MOVSv': (False, None, (), ()),  # spec/string.r1:39
+    'CMPSB': (False, None, (), ()),  # spec/string.r1:60
+    'CMPSv': (False, None, (), ()),  # spec/string.r1:78
+    'SCASB': (False, None, (), ()),  # spec/string.r1:96
+    'SCASv': (False, None, (), ()),  # spec/string.r1:113
+    'LODSB': (False, None, (), ()),  # spec/string.r1:132
+    'LODSv': (False, None, (), ()),  # spec/string.r1:146
+    'STOSB': (False, None, (), ()),  # spec/string.r1:160
+    'STOSv': (False, None, (), ()),  # spec/string.r1:175
+    'INSB': (False, None, (), ()),  # spec/string.r1:194
+    'INSv': (False, None, (), ()),  # spec/string.r1:211
+    'OUTSB': (False, None, (), ()),  # spec/string.r1:228
+    'OUTSv': (False, None, (), ()),  # spec/string.r1:243
     'HLT': (False, None, (), ()),  # spec/system.r1:108
     'UD2': (False, None, (), ()),  # spec/system.r1:117
     'CPUID': (False, None, (), ()),  # spec/system.r1:127
@@ -3248,20 +3248,20 @@ ENCODINGS = {
     'PINSRW_XMM_R32_IMM8': ((15, 196), None, 'r', None, 'reg', None, ('ib',), None, None, 102),  # spec/sse.r1:3434
     'PINSRW_XMM_M16_IMM8': ((15, 196), None, 'r', None, 'mem', None, ('ib',), None, None, 102),  # spec/sse.r1:3445
     'PMOVMSKB_R32_XMM': ((15, 215), None, 'r', None, 'reg', None, (), None, None, 102),  # spec/sse.r1:3456
-    'MOVSB': ((164,), None, None, None, None, None, (), None, None, None),  # spec/string.r1:20
-    'MOVSv': ((165,), None, None, None, None, None, (), None, None, None),  # spec/string.r1:36
-    'CMPSB': ((166,), None, None, None, None, None, (), None, None, None),  # spec/string.r1:56
-    'CMPSv': ((167,), None, None, None, None, None, (), None, None, None),  # spec/string.r1:74
-    'SCASB': ((174,), None, None, None, None, None, (), None, None, None),  # spec/string.r1:92
-    'SCASv': ((175,), None, None, None, None, None, (), None, None, None),  # spec/string.r1:109
-    'LODSB': ((172,), None, None, None, None, None, (), None, None, None),  # spec/string.r1:128
-    'LODSv': ((173,), None, None, None, None, None, (), None, None, None),  # spec/string.r1:142
-    'STOSB': ((170,), None, None, None, None, None, (), None, None, None),  # spec/string.r1:156
-    'STOSv': ((171,), None, None, None, None, None, (), None, None, None),  # spec/string.r1:170
-    'INSB': ((108,), None, None, None, None, None, (), None, None, None),  # spec/string.r1:188
-    'INSv': ((109,), None, None, None, None, None, (), None, None, None),  # spec/string.r1:205
-    'OUTSB': ((110,), None, None, None, None, None, (), None, None, None),  # spec/string.r1:222
-    'OUTSv': ((111,), None, None, None, None, None, (), None, None, None),  # spec/string.r1:237
+    'MOVSB': ((164,), None, None, None, None, None, (), None, None, None),  # spec/string.r1:22
+    'MOVSv': ((165,), None, None, None, None, None, (), None, None, None),  # spec/string.r1:39
+    'CMPSB': ((166,), None, None, None, None, None, (), None, None, None),  # spec/string.r1:60
+    'CMPSv': ((167,), None, None, None, None, None, (), None, None, None),  # spec/string.r1:78
+    'SCASB': ((174,), None, None, None, None, None, (), None, None, None),  # spec/string.r1:96
+    'SCASv': ((175,), None, None, None, None, None, (), None, None, None),  # spec/string.r1:113
+    'LODSB': ((172,), None, None, None, None, None, (), None, None, None),  # spec/string.r1:132
+    'LODSv': ((173,), None, None, None, None, None, (), None, None, None),  # spec/string.r1:146
+    'STOSB': ((170,), None, None, None, None, None, (), None, None, None),  # spec/string.r1:160
+    'STOSv': ((171,), None, None, None, None, None, (), None, None, None),  # spec/string.r1:175
+    'INSB': ((108,), None, None, None, None, None, (), None, None, None),  # spec/string.r1:194
+    'INSv': ((109,), None, None, None, None, None, (), None, None, None),  # spec/string.r1:211
+    'OUTSB': ((110,), None, None, None, None, None, (), None, None, None),  # spec/string.r1:228
+    'OUTSv': ((111,), None, None, None, None, None, (), None, None, None),  # spec/string.r1:243
     'HLT': ((244,), None, None, None, None, None, (), None, None, None),  # spec/system.r1:108
     'UD2': ((15, 11), None, None, None, None, None, (), None, None, None),  # spec/system.r1:117
     'CPUID': ((15, 162), None, None, None, None, None, (), None, None, None),  # spec/system.r1:127

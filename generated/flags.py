@@ -13,42 +13,42 @@ NOCC = (0,)
 # Width and defined-flag mask of each id, and where it comes from.
 CC_INFO = (
     (None, 0, 0),  # 0: nothing pending
-    ('add', 8, 0x8d5),  # 1: spec/prelude.r1:216
-    ('add', 16, 0x8d5),  # 2: spec/prelude.r1:216
-    ('add', 32, 0x8d5),  # 3: spec/prelude.r1:216
-    ('adc', 8, 0x8d5),  # 4: spec/prelude.r1:225
-    ('adc', 16, 0x8d5),  # 5: spec/prelude.r1:225
-    ('adc', 32, 0x8d5),  # 6: spec/prelude.r1:225
-    ('sub', 8, 0x8d5),  # 7: spec/prelude.r1:234
-    ('sub', 16, 0x8d5),  # 8: spec/prelude.r1:234
-    ('sub', 32, 0x8d5),  # 9: spec/prelude.r1:234
-    ('sbb', 8, 0x8d5),  # 10: spec/prelude.r1:243
-    ('sbb', 16, 0x8d5),  # 11: spec/prelude.r1:243
-    ('sbb', 32, 0x8d5),  # 12: spec/prelude.r1:243
-    ('logic', 8, 0x8d5),  # 13: spec/prelude.r1:252
-    ('logic', 16, 0x8d5),  # 14: spec/prelude.r1:252
-    ('logic', 32, 0x8d5),  # 15: spec/prelude.r1:252
-    ('inc', 8, 0x8d4),  # 16: spec/prelude.r1:261
-    ('inc', 16, 0x8d4),  # 17: spec/prelude.r1:261
-    ('inc', 32, 0x8d4),  # 18: spec/prelude.r1:261
-    ('dec', 8, 0x8d4),  # 19: spec/prelude.r1:269
-    ('dec', 16, 0x8d4),  # 20: spec/prelude.r1:269
-    ('dec', 32, 0x8d4),  # 21: spec/prelude.r1:269
-    ('neg', 8, 0x8d5),  # 22: spec/prelude.r1:277
-    ('neg', 16, 0x8d5),  # 23: spec/prelude.r1:277
-    ('neg', 32, 0x8d5),  # 24: spec/prelude.r1:277
-    ('shl', 8, 0x8d5),  # 25: spec/prelude.r1:288
-    ('shl', 16, 0x8d5),  # 26: spec/prelude.r1:288
-    ('shl', 32, 0x8d5),  # 27: spec/prelude.r1:288
-    ('shr', 8, 0x8d5),  # 28: spec/prelude.r1:297
-    ('shr', 16, 0x8d5),  # 29: spec/prelude.r1:297
-    ('shr', 32, 0x8d5),  # 30: spec/prelude.r1:297
-    ('sar', 8, 0x8d5),  # 31: spec/prelude.r1:306
-    ('sar', 16, 0x8d5),  # 32: spec/prelude.r1:306
-    ('sar', 32, 0x8d5),  # 33: spec/prelude.r1:306
-    ('mul', 8, 0x8d5),  # 34: spec/prelude.r1:316
-    ('mul', 16, 0x8d5),  # 35: spec/prelude.r1:316
-    ('mul', 32, 0x8d5),  # 36: spec/prelude.r1:316
+    ('add', 8, 0x8d5),  # 1: spec/prelude.r1:218
+    ('add', 16, 0x8d5),  # 2: spec/prelude.r1:218
+    ('add', 32, 0x8d5),  # 3: spec/prelude.r1:218
+    ('adc', 8, 0x8d5),  # 4: spec/prelude.r1:227
+    ('adc', 16, 0x8d5),  # 5: spec/prelude.r1:227
+    ('adc', 32, 0x8d5),  # 6: spec/prelude.r1:227
+    ('sub', 8, 0x8d5),  # 7: spec/prelude.r1:236
+    ('sub', 16, 0x8d5),  # 8: spec/prelude.r1:236
+    ('sub', 32, 0x8d5),  # 9: spec/prelude.r1:236
+    ('sbb', 8, 0x8d5),  # 10: spec/prelude.r1:245
+    ('sbb', 16, 0x8d5),  # 11: spec/prelude.r1:245
+    ('sbb', 32, 0x8d5),  # 12: spec/prelude.r1:245
+    ('logic', 8, 0x8d5),  # 13: spec/prelude.r1:254
+    ('logic', 16, 0x8d5),  # 14: spec/prelude.r1:254
+    ('logic', 32, 0x8d5),  # 15: spec/prelude.r1:254
+    ('inc', 8, 0x8d4),  # 16: spec/prelude.r1:263
+    ('inc', 16, 0x8d4),  # 17: spec/prelude.r1:263
+    ('inc', 32, 0x8d4),  # 18: spec/prelude.r1:263
+    ('dec', 8, 0x8d4),  # 19: spec/prelude.r1:271
+    ('dec', 16, 0x8d4),  # 20: spec/prelude.r1:271
+    ('dec', 32, 0x8d4),  # 21: spec/prelude.r1:271
+    ('neg', 8, 0x8d5),  # 22: spec/prelude.r1:279
+    ('neg', 16, 0x8d5),  # 23: spec/prelude.r1:279
+    ('neg', 32, 0x8d5),  # 24: spec/prelude.r1:279
+    ('shl', 8, 0x8d5),  # 25: spec/prelude.r1:290
+    ('shl', 16, 0x8d5),  # 26: spec/prelude.r1:290
+    ('shl', 32, 0x8d5),  # 27: spec/prelude.r1:290
+    ('shr', 8, 0x8d5),  # 28: spec/prelude.r1:299
+    ('shr', 16, 0x8d5),  # 29: spec/prelude.r1:299
+    ('shr', 32, 0x8d5),  # 30: spec/prelude.r1:299
+    ('sar', 8, 0x8d5),  # 31: spec/prelude.r1:308
+    ('sar', 16, 0x8d5),  # 32: spec/prelude.r1:308
+    ('sar', 32, 0x8d5),  # 33: spec/prelude.r1:308
+    ('mul', 8, 0x8d5),  # 34: spec/prelude.r1:318
+    ('mul', 16, 0x8d5),  # 35: spec/prelude.r1:318
+    ('mul', 32, 0x8d5),  # 36: spec/prelude.r1:318
     ('szp', 8, 0xc4),  # 37: spec/arith.r1:11
     ('szp', 16, 0xc4),  # 38: spec/arith.r1:11
     ('szp', 32, 0xc4),  # 39: spec/arith.r1:11
@@ -64,634 +64,634 @@ CC_INFO = (
 )
 
 
-def cc_add8_cf(c):  # spec/prelude.r1:217
+def cc_add8_cf(c):  # spec/prelude.r1:219
     return (c[3] < c[1])
 
-def cc_add8_pf(c):  # spec/prelude.r1:218
+def cc_add8_pf(c):  # spec/prelude.r1:220
     return PARITY[c[3] & 0xff]
 
-def cc_add8_af(c):  # spec/prelude.r1:219
+def cc_add8_af(c):  # spec/prelude.r1:221
     return (((c[1] ^ c[2]) ^ c[3]) >> 4 & 1)
 
-def cc_add8_zf(c):  # spec/prelude.r1:220
+def cc_add8_zf(c):  # spec/prelude.r1:222
     return (c[3] == 0)
 
-def cc_add8_sf(c):  # spec/prelude.r1:221
+def cc_add8_sf(c):  # spec/prelude.r1:223
     return (c[3] >> 7 & 1)
 
-def cc_add8_of(c):  # spec/prelude.r1:222
+def cc_add8_of(c):  # spec/prelude.r1:224
     return (((c[1] ^ c[3]) & (c[2] ^ c[3])) >> 7 & 1)
 
-def cc_add16_cf(c):  # spec/prelude.r1:217
+def cc_add16_cf(c):  # spec/prelude.r1:219
     return (c[3] < c[1])
 
-def cc_add16_pf(c):  # spec/prelude.r1:218
+def cc_add16_pf(c):  # spec/prelude.r1:220
     return PARITY[c[3] & 0xff]
 
-def cc_add16_af(c):  # spec/prelude.r1:219
+def cc_add16_af(c):  # spec/prelude.r1:221
     return (((c[1] ^ c[2]) ^ c[3]) >> 4 & 1)
 
-def cc_add16_zf(c):  # spec/prelude.r1:220
+def cc_add16_zf(c):  # spec/prelude.r1:222
     return (c[3] == 0)
 
-def cc_add16_sf(c):  # spec/prelude.r1:221
+def cc_add16_sf(c):  # spec/prelude.r1:223
     return (c[3] >> 15 & 1)
 
-def cc_add16_of(c):  # spec/prelude.r1:222
+def cc_add16_of(c):  # spec/prelude.r1:224
     return (((c[1] ^ c[3]) & (c[2] ^ c[3])) >> 15 & 1)
 
-def cc_add32_cf(c):  # spec/prelude.r1:217
+def cc_add32_cf(c):  # spec/prelude.r1:219
     return (c[3] < c[1])
 
-def cc_add32_pf(c):  # spec/prelude.r1:218
+def cc_add32_pf(c):  # spec/prelude.r1:220
     return PARITY[c[3] & 0xff]
 
-def cc_add32_af(c):  # spec/prelude.r1:219
+def cc_add32_af(c):  # spec/prelude.r1:221
     return (((c[1] ^ c[2]) ^ c[3]) >> 4 & 1)
 
-def cc_add32_zf(c):  # spec/prelude.r1:220
+def cc_add32_zf(c):  # spec/prelude.r1:222
     return (c[3] == 0)
 
-def cc_add32_sf(c):  # spec/prelude.r1:221
+def cc_add32_sf(c):  # spec/prelude.r1:223
     return (c[3] >> 31 & 1)
 
-def cc_add32_of(c):  # spec/prelude.r1:222
+def cc_add32_of(c):  # spec/prelude.r1:224
     return (((c[1] ^ c[3]) & (c[2] ^ c[3])) >> 31 & 1)
 
-def cc_adc8_cf(c):  # spec/prelude.r1:226
+def cc_adc8_cf(c):  # spec/prelude.r1:228
     return ((c[3] <= c[1]) if c[4] else (c[3] < c[1]))
 
-def cc_adc8_pf(c):  # spec/prelude.r1:227
+def cc_adc8_pf(c):  # spec/prelude.r1:229
     return PARITY[c[3] & 0xff]
 
-def cc_adc8_af(c):  # spec/prelude.r1:228
+def cc_adc8_af(c):  # spec/prelude.r1:230
     return (((c[1] ^ c[2]) ^ c[3]) >> 4 & 1)
 
-def cc_adc8_zf(c):  # spec/prelude.r1:229
+def cc_adc8_zf(c):  # spec/prelude.r1:231
     return (c[3] == 0)
 
-def cc_adc8_sf(c):  # spec/prelude.r1:230
+def cc_adc8_sf(c):  # spec/prelude.r1:232
     return (c[3] >> 7 & 1)
 
-def cc_adc8_of(c):  # spec/prelude.r1:231
+def cc_adc8_of(c):  # spec/prelude.r1:233
     return (((c[1] ^ c[3]) & (c[2] ^ c[3])) >> 7 & 1)
 
-def cc_adc16_cf(c):  # spec/prelude.r1:226
+def cc_adc16_cf(c):  # spec/prelude.r1:228
     return ((c[3] <= c[1]) if c[4] else (c[3] < c[1]))
 
-def cc_adc16_pf(c):  # spec/prelude.r1:227
+def cc_adc16_pf(c):  # spec/prelude.r1:229
     return PARITY[c[3] & 0xff]
 
-def cc_adc16_af(c):  # spec/prelude.r1:228
+def cc_adc16_af(c):  # spec/prelude.r1:230
     return (((c[1] ^ c[2]) ^ c[3]) >> 4 & 1)
 
-def cc_adc16_zf(c):  # spec/prelude.r1:229
+def cc_adc16_zf(c):  # spec/prelude.r1:231
     return (c[3] == 0)
 
-def cc_adc16_sf(c):  # spec/prelude.r1:230
+def cc_adc16_sf(c):  # spec/prelude.r1:232
     return (c[3] >> 15 & 1)
 
-def cc_adc16_of(c):  # spec/prelude.r1:231
+def cc_adc16_of(c):  # spec/prelude.r1:233
     return (((c[1] ^ c[3]) & (c[2] ^ c[3])) >> 15 & 1)
 
-def cc_adc32_cf(c):  # spec/prelude.r1:226
+def cc_adc32_cf(c):  # spec/prelude.r1:228
     return ((c[3] <= c[1]) if c[4] else (c[3] < c[1]))
 
-def cc_adc32_pf(c):  # spec/prelude.r1:227
+def cc_adc32_pf(c):  # spec/prelude.r1:229
     return PARITY[c[3] & 0xff]
 
-def cc_adc32_af(c):  # spec/prelude.r1:228
+def cc_adc32_af(c):  # spec/prelude.r1:230
     return (((c[1] ^ c[2]) ^ c[3]) >> 4 & 1)
 
-def cc_adc32_zf(c):  # spec/prelude.r1:229
+def cc_adc32_zf(c):  # spec/prelude.r1:231
     return (c[3] == 0)
 
-def cc_adc32_sf(c):  # spec/prelude.r1:230
+def cc_adc32_sf(c):  # spec/prelude.r1:232
     return (c[3] >> 31 & 1)
 
-def cc_adc32_of(c):  # spec/prelude.r1:231
+def cc_adc32_of(c):  # spec/prelude.r1:233
     return (((c[1] ^ c[3]) & (c[2] ^ c[3])) >> 31 & 1)
 
-def cc_sub8_cf(c):  # spec/prelude.r1:235
+def cc_sub8_cf(c):  # spec/prelude.r1:237
     return (c[1] < c[2])
 
-def cc_sub8_pf(c):  # spec/prelude.r1:236
+def cc_sub8_pf(c):  # spec/prelude.r1:238
     return PARITY[c[3] & 0xff]
 
-def cc_sub8_af(c):  # spec/prelude.r1:237
+def cc_sub8_af(c):  # spec/prelude.r1:239
     return (((c[1] ^ c[2]) ^ c[3]) >> 4 & 1)
 
-def cc_sub8_zf(c):  # spec/prelude.r1:238
+def cc_sub8_zf(c):  # spec/prelude.r1:240
     return (c[3] == 0)
 
-def cc_sub8_sf(c):  # spec/prelude.r1:239
+def cc_sub8_sf(c):  # spec/prelude.r1:241
     return (c[3] >> 7 & 1)
 
-def cc_sub8_of(c):  # spec/prelude.r1:240
+def cc_sub8_of(c):  # spec/prelude.r1:242
     return (((c[1] ^ c[2]) & (c[1] ^ c[3])) >> 7 & 1)
 
-def cc_sub16_cf(c):  # spec/prelude.r1:235
+def cc_sub16_cf(c):  # spec/prelude.r1:237
     return (c[1] < c[2])
 
-def cc_sub16_pf(c):  # spec/prelude.r1:236
+def cc_sub16_pf(c):  # spec/prelude.r1:238
     return PARITY[c[3] & 0xff]
 
-def cc_sub16_af(c):  # spec/prelude.r1:237
+def cc_sub16_af(c):  # spec/prelude.r1:239
     return (((c[1] ^ c[2]) ^ c[3]) >> 4 & 1)
 
-def cc_sub16_zf(c):  # spec/prelude.r1:238
+def cc_sub16_zf(c):  # spec/prelude.r1:240
     return (c[3] == 0)
 
-def cc_sub16_sf(c):  # spec/prelude.r1:239
+def cc_sub16_sf(c):  # spec/prelude.r1:241
     return (c[3] >> 15 & 1)
 
-def cc_sub16_of(c):  # spec/prelude.r1:240
+def cc_sub16_of(c):  # spec/prelude.r1:242
     return (((c[1] ^ c[2]) & (c[1] ^ c[3])) >> 15 & 1)
 
-def cc_sub32_cf(c):  # spec/prelude.r1:235
+def cc_sub32_cf(c):  # spec/prelude.r1:237
     return (c[1] < c[2])
 
-def cc_sub32_pf(c):  # spec/prelude.r1:236
+def cc_sub32_pf(c):  # spec/prelude.r1:238
     return PARITY[c[3] & 0xff]
 
-def cc_sub32_af(c):  # spec/prelude.r1:237
+def cc_sub32_af(c):  # spec/prelude.r1:239
     return (((c[1] ^ c[2]) ^ c[3]) >> 4 & 1)
 
-def cc_sub32_zf(c):  # spec/prelude.r1:238
+def cc_sub32_zf(c):  # spec/prelude.r1:240
     return (c[3] == 0)
 
-def cc_sub32_sf(c):  # spec/prelude.r1:239
+def cc_sub32_sf(c):  # spec/prelude.r1:241
     return (c[3] >> 31 & 1)
 
-def cc_sub32_of(c):  # spec/prelude.r1:240
+def cc_sub32_of(c):  # spec/prelude.r1:242
     return (((c[1] ^ c[2]) & (c[1] ^ c[3])) >> 31 & 1)
 
-def cc_sbb8_cf(c):  # spec/prelude.r1:244
+def cc_sbb8_cf(c):  # spec/prelude.r1:246
     return ((c[1] <= c[2]) if c[4] else (c[1] < c[2]))
 
-def cc_sbb8_pf(c):  # spec/prelude.r1:245
+def cc_sbb8_pf(c):  # spec/prelude.r1:247
     return PARITY[c[3] & 0xff]
 
-def cc_sbb8_af(c):  # spec/prelude.r1:246
+def cc_sbb8_af(c):  # spec/prelude.r1:248
     return (((c[1] ^ c[2]) ^ c[3]) >> 4 & 1)
 
-def cc_sbb8_zf(c):  # spec/prelude.r1:247
+def cc_sbb8_zf(c):  # spec/prelude.r1:249
     return (c[3] == 0)
 
-def cc_sbb8_sf(c):  # spec/prelude.r1:248
+def cc_sbb8_sf(c):  # spec/prelude.r1:250
     return (c[3] >> 7 & 1)
 
-def cc_sbb8_of(c):  # spec/prelude.r1:249
+def cc_sbb8_of(c):  # spec/prelude.r1:251
     return (((c[1] ^ c[2]) & (c[1] ^ c[3])) >> 7 & 1)
 
-def cc_sbb16_cf(c):  # spec/prelude.r1:244
+def cc_sbb16_cf(c):  # spec/prelude.r1:246
     return ((c[1] <= c[2]) if c[4] else (c[1] < c[2]))
 
-def cc_sbb16_pf(c):  # spec/prelude.r1:245
+def cc_sbb16_pf(c):  # spec/prelude.r1:247
     return PARITY[c[3] & 0xff]
 
-def cc_sbb16_af(c):  # spec/prelude.r1:246
+def cc_sbb16_af(c):  # spec/prelude.r1:248
     return (((c[1] ^ c[2]) ^ c[3]) >> 4 & 1)
 
-def cc_sbb16_zf(c):  # spec/prelude.r1:247
+def cc_sbb16_zf(c):  # spec/prelude.r1:249
     return (c[3] == 0)
 
-def cc_sbb16_sf(c):  # spec/prelude.r1:248
+def cc_sbb16_sf(c):  # spec/prelude.r1:250
     return (c[3] >> 15 & 1)
 
-def cc_sbb16_of(c):  # spec/prelude.r1:249
+def cc_sbb16_of(c):  # spec/prelude.r1:251
     return (((c[1] ^ c[2]) & (c[1] ^ c[3])) >> 15 & 1)
 
-def cc_sbb32_cf(c):  # spec/prelude.r1:244
+def cc_sbb32_cf(c):  # spec/prelude.r1:246
     return ((c[1] <= c[2]) if c[4] else (c[1] < c[2]))
 
-def cc_sbb32_pf(c):  # spec/prelude.r1:245
+def cc_sbb32_pf(c):  # spec/prelude.r1:247
     return PARITY[c[3] & 0xff]
 
-def cc_sbb32_af(c):  # spec/prelude.r1:246
+def cc_sbb32_af(c):  # spec/prelude.r1:248
     return (((c[1] ^ c[2]) ^ c[3]) >> 4 & 1)
 
-def cc_sbb32_zf(c):  # spec/prelude.r1:247
+def cc_sbb32_zf(c):  # spec/prelude.r1:249
     return (c[3] == 0)
 
-def cc_sbb32_sf(c):  # spec/prelude.r1:248
+def cc_sbb32_sf(c):  # spec/prelude.r1:250
     return (c[3] >> 31 & 1)
 
-def cc_sbb32_of(c):  # spec/prelude.r1:249
+def cc_sbb32_of(c):  # spec/prelude.r1:251
     return (((c[1] ^ c[2]) & (c[1] ^ c[3])) >> 31 & 1)
 
-def cc_logic8_cf(c):  # spec/prelude.r1:253
+def cc_logic8_cf(c):  # spec/prelude.r1:255
     return 0
 
-def cc_logic8_pf(c):  # spec/prelude.r1:254
+def cc_logic8_pf(c):  # spec/prelude.r1:256
     return PARITY[c[1] & 0xff]
 
-def cc_logic8_af(c):  # spec/prelude.r1:255
+def cc_logic8_af(c):  # spec/prelude.r1:257
     return 0
 
-def cc_logic8_zf(c):  # spec/prelude.r1:256
+def cc_logic8_zf(c):  # spec/prelude.r1:258
     return (c[1] == 0)
 
-def cc_logic8_sf(c):  # spec/prelude.r1:257
+def cc_logic8_sf(c):  # spec/prelude.r1:259
     return (c[1] >> 7 & 1)
 
-def cc_logic8_of(c):  # spec/prelude.r1:258
+def cc_logic8_of(c):  # spec/prelude.r1:260
     return 0
 
-def cc_logic16_cf(c):  # spec/prelude.r1:253
+def cc_logic16_cf(c):  # spec/prelude.r1:255
     return 0
 
-def cc_logic16_pf(c):  # spec/prelude.r1:254
+def cc_logic16_pf(c):  # spec/prelude.r1:256
     return PARITY[c[1] & 0xff]
 
-def cc_logic16_af(c):  # spec/prelude.r1:255
+def cc_logic16_af(c):  # spec/prelude.r1:257
     return 0
 
-def cc_logic16_zf(c):  # spec/prelude.r1:256
+def cc_logic16_zf(c):  # spec/prelude.r1:258
     return (c[1] == 0)
 
-def cc_logic16_sf(c):  # spec/prelude.r1:257
+def cc_logic16_sf(c):  # spec/prelude.r1:259
     return (c[1] >> 15 & 1)
 
-def cc_logic16_of(c):  # spec/prelude.r1:258
+def cc_logic16_of(c):  # spec/prelude.r1:260
     return 0
 
-def cc_logic32_cf(c):  # spec/prelude.r1:253
+def cc_logic32_cf(c):  # spec/prelude.r1:255
     return 0
 
-def cc_logic32_pf(c):  # spec/prelude.r1:254
+def cc_logic32_pf(c):  # spec/prelude.r1:256
     return PARITY[c[1] & 0xff]
 
-def cc_logic32_af(c):  # spec/prelude.r1:255
+def cc_logic32_af(c):  # spec/prelude.r1:257
     return 0
 
-def cc_logic32_zf(c):  # spec/prelude.r1:256
+def cc_logic32_zf(c):  # spec/prelude.r1:258
     return (c[1] == 0)
 
-def cc_logic32_sf(c):  # spec/prelude.r1:257
+def cc_logic32_sf(c):  # spec/prelude.r1:259
     return (c[1] >> 31 & 1)
 
-def cc_logic32_of(c):  # spec/prelude.r1:258
+def cc_logic32_of(c):  # spec/prelude.r1:260
     return 0
 
-def cc_inc8_pf(c):  # spec/prelude.r1:262
+def cc_inc8_pf(c):  # spec/prelude.r1:264
     return PARITY[c[2] & 0xff]
 
-def cc_inc8_af(c):  # spec/prelude.r1:263
+def cc_inc8_af(c):  # spec/prelude.r1:265
     return ((c[2] & 15) == 0)
 
-def cc_inc8_zf(c):  # spec/prelude.r1:264
+def cc_inc8_zf(c):  # spec/prelude.r1:266
     return (c[2] == 0)
 
-def cc_inc8_sf(c):  # spec/prelude.r1:265
+def cc_inc8_sf(c):  # spec/prelude.r1:267
     return (c[2] >> 7 & 1)
 
-def cc_inc8_of(c):  # spec/prelude.r1:266
+def cc_inc8_of(c):  # spec/prelude.r1:268
     return (c[2] == 128)
 
-def cc_inc16_pf(c):  # spec/prelude.r1:262
+def cc_inc16_pf(c):  # spec/prelude.r1:264
     return PARITY[c[2] & 0xff]
 
-def cc_inc16_af(c):  # spec/prelude.r1:263
+def cc_inc16_af(c):  # spec/prelude.r1:265
     return ((c[2] & 15) == 0)
 
-def cc_inc16_zf(c):  # spec/prelude.r1:264
+def cc_inc16_zf(c):  # spec/prelude.r1:266
     return (c[2] == 0)
 
-def cc_inc16_sf(c):  # spec/prelude.r1:265
+def cc_inc16_sf(c):  # spec/prelude.r1:267
     return (c[2] >> 15 & 1)
 
-def cc_inc16_of(c):  # spec/prelude.r1:266
+def cc_inc16_of(c):  # spec/prelude.r1:268
     return (c[2] == 32768)
 
-def cc_inc32_pf(c):  # spec/prelude.r1:262
+def cc_inc32_pf(c):  # spec/prelude.r1:264
     return PARITY[c[2] & 0xff]
 
-def cc_inc32_af(c):  # spec/prelude.r1:263
+def cc_inc32_af(c):  # spec/prelude.r1:265
     return ((c[2] & 15) == 0)
 
-def cc_inc32_zf(c):  # spec/prelude.r1:264
+def cc_inc32_zf(c):  # spec/prelude.r1:266
     return (c[2] == 0)
 
-def cc_inc32_sf(c):  # spec/prelude.r1:265
+def cc_inc32_sf(c):  # spec/prelude.r1:267
     return (c[2] >> 31 & 1)
 
-def cc_inc32_of(c):  # spec/prelude.r1:266
+def cc_inc32_of(c):  # spec/prelude.r1:268
     return (c[2] == 2147483648)
 
-def cc_dec8_pf(c):  # spec/prelude.r1:270
+def cc_dec8_pf(c):  # spec/prelude.r1:272
     return PARITY[c[2] & 0xff]
 
-def cc_dec8_af(c):  # spec/prelude.r1:271
+def cc_dec8_af(c):  # spec/prelude.r1:273
     return ((c[2] & 15) == 15)
 
-def cc_dec8_zf(c):  # spec/prelude.r1:272
+def cc_dec8_zf(c):  # spec/prelude.r1:274
     return (c[2] == 0)
 
-def cc_dec8_sf(c):  # spec/prelude.r1:273
+def cc_dec8_sf(c):  # spec/prelude.r1:275
     return (c[2] >> 7 & 1)
 
-def cc_dec8_of(c):  # spec/prelude.r1:274
+def cc_dec8_of(c):  # spec/prelude.r1:276
     return (c[2] == 127)
 
-def cc_dec16_pf(c):  # spec/prelude.r1:270
+def cc_dec16_pf(c):  # spec/prelude.r1:272
     return PARITY[c[2] & 0xff]
 
-def cc_dec16_af(c):  # spec/prelude.r1:271
+def cc_dec16_af(c):  # spec/prelude.r1:273
     return ((c[2] & 15) == 15)
 
-def cc_dec16_zf(c):  # spec/prelude.r1:272
+def cc_dec16_zf(c):  # spec/prelude.r1:274
     return (c[2] == 0)
 
-def cc_dec16_sf(c):  # spec/prelude.r1:273
+def cc_dec16_sf(c):  # spec/prelude.r1:275
     return (c[2] >> 15 & 1)
 
-def cc_dec16_of(c):  # spec/prelude.r1:274
+def cc_dec16_of(c):  # spec/prelude.r1:276
     return (c[2] == 32767)
 
-def cc_dec32_pf(c):  # spec/prelude.r1:270
+def cc_dec32_pf(c):  # spec/prelude.r1:272
     return PARITY[c[2] & 0xff]
 
-def cc_dec32_af(c):  # spec/prelude.r1:271
+def cc_dec32_af(c):  # spec/prelude.r1:273
     return ((c[2] & 15) == 15)
 
-def cc_dec32_zf(c):  # spec/prelude.r1:272
+def cc_dec32_zf(c):  # spec/prelude.r1:274
     return (c[2] == 0)
 
-def cc_dec32_sf(c):  # spec/prelude.r1:273
+def cc_dec32_sf(c):  # spec/prelude.r1:275
     return (c[2] >> 31 & 1)
 
-def cc_dec32_of(c):  # spec/prelude.r1:274
+def cc_dec32_of(c):  # spec/prelude.r1:276
     return (c[2] == 2147483647)
 
-def cc_neg8_cf(c):  # spec/prelude.r1:278
+def cc_neg8_cf(c):  # spec/prelude.r1:280
     return (c[1] != 0)
 
-def cc_neg8_pf(c):  # spec/prelude.r1:279
+def cc_neg8_pf(c):  # spec/prelude.r1:281
     return PARITY[c[2] & 0xff]
 
-def cc_neg8_af(c):  # spec/prelude.r1:280
+def cc_neg8_af(c):  # spec/prelude.r1:282
     return ((c[1] ^ c[2]) >> 4 & 1)
 
-def cc_neg8_zf(c):  # spec/prelude.r1:281
+def cc_neg8_zf(c):  # spec/prelude.r1:283
     return (c[2] == 0)
 
-def cc_neg8_sf(c):  # spec/prelude.r1:282
+def cc_neg8_sf(c):  # spec/prelude.r1:284
     return (c[2] >> 7 & 1)
 
-def cc_neg8_of(c):  # spec/prelude.r1:283
+def cc_neg8_of(c):  # spec/prelude.r1:285
     return (c[1] == 128)
 
-def cc_neg16_cf(c):  # spec/prelude.r1:278
+def cc_neg16_cf(c):  # spec/prelude.r1:280
     return (c[1] != 0)
 
-def cc_neg16_pf(c):  # spec/prelude.r1:279
+def cc_neg16_pf(c):  # spec/prelude.r1:281
     return PARITY[c[2] & 0xff]
 
-def cc_neg16_af(c):  # spec/prelude.r1:280
+def cc_neg16_af(c):  # spec/prelude.r1:282
     return ((c[1] ^ c[2]) >> 4 & 1)
 
-def cc_neg16_zf(c):  # spec/prelude.r1:281
+def cc_neg16_zf(c):  # spec/prelude.r1:283
     return (c[2] == 0)
 
-def cc_neg16_sf(c):  # spec/prelude.r1:282
+def cc_neg16_sf(c):  # spec/prelude.r1:284
     return (c[2] >> 15 & 1)
 
-def cc_neg16_of(c):  # spec/prelude.r1:283
+def cc_neg16_of(c):  # spec/prelude.r1:285
     return (c[1] == 32768)
 
-def cc_neg32_cf(c):  # spec/prelude.r1:278
+def cc_neg32_cf(c):  # spec/prelude.r1:280
     return (c[1] != 0)
 
-def cc_neg32_pf(c):  # spec/prelude.r1:279
+def cc_neg32_pf(c):  # spec/prelude.r1:281
     return PARITY[c[2] & 0xff]
 
-def cc_neg32_af(c):  # spec/prelude.r1:280
+def cc_neg32_af(c):  # spec/prelude.r1:282
     return ((c[1] ^ c[2]) >> 4 & 1)
 
-def cc_neg32_zf(c):  # spec/prelude.r1:281
+def cc_neg32_zf(c):  # spec/prelude.r1:283
     return (c[2] == 0)
 
-def cc_neg32_sf(c):  # spec/prelude.r1:282
+def cc_neg32_sf(c):  # spec/prelude.r1:284
     return (c[2] >> 31 & 1)
 
-def cc_neg32_of(c):  # spec/prelude.r1:283
+def cc_neg32_of(c):  # spec/prelude.r1:285
     return (c[1] == 2147483648)
 
-def cc_shl8_cf(c):  # spec/prelude.r1:289
+def cc_shl8_cf(c):  # spec/prelude.r1:291
     return (c[1] >> 7 & 1)
 
-def cc_shl8_pf(c):  # spec/prelude.r1:290
+def cc_shl8_pf(c):  # spec/prelude.r1:292
     return PARITY[c[2] & 0xff]
 
-def cc_shl8_af(c):  # spec/prelude.r1:291
+def cc_shl8_af(c):  # spec/prelude.r1:293
     return 0
 
-def cc_shl8_zf(c):  # spec/prelude.r1:292
+def cc_shl8_zf(c):  # spec/prelude.r1:294
     return (c[2] == 0)
 
-def cc_shl8_sf(c):  # spec/prelude.r1:293
+def cc_shl8_sf(c):  # spec/prelude.r1:295
     return (c[2] >> 7 & 1)
 
-def cc_shl8_of(c):  # spec/prelude.r1:294
+def cc_shl8_of(c):  # spec/prelude.r1:296
     return ((c[2] >> 7 & 1) ^ (c[1] >> 7 & 1))
 
-def cc_shl16_cf(c):  # spec/prelude.r1:289
+def cc_shl16_cf(c):  # spec/prelude.r1:291
     return (c[1] >> 15 & 1)
 
-def cc_shl16_pf(c):  # spec/prelude.r1:290
+def cc_shl16_pf(c):  # spec/prelude.r1:292
     return PARITY[c[2] & 0xff]
 
-def cc_shl16_af(c):  # spec/prelude.r1:291
+def cc_shl16_af(c):  # spec/prelude.r1:293
     return 0
 
-def cc_shl16_zf(c):  # spec/prelude.r1:292
+def cc_shl16_zf(c):  # spec/prelude.r1:294
     return (c[2] == 0)
 
-def cc_shl16_sf(c):  # spec/prelude.r1:293
+def cc_shl16_sf(c):  # spec/prelude.r1:295
     return (c[2] >> 15 & 1)
 
-def cc_shl16_of(c):  # spec/prelude.r1:294
+def cc_shl16_of(c):  # spec/prelude.r1:296
     return ((c[2] >> 15 & 1) ^ (c[1] >> 15 & 1))
 
-def cc_shl32_cf(c):  # spec/prelude.r1:289
+def cc_shl32_cf(c):  # spec/prelude.r1:291
     return (c[1] >> 31 & 1)
 
-def cc_shl32_pf(c):  # spec/prelude.r1:290
+def cc_shl32_pf(c):  # spec/prelude.r1:292
     return PARITY[c[2] & 0xff]
 
-def cc_shl32_af(c):  # spec/prelude.r1:291
+def cc_shl32_af(c):  # spec/prelude.r1:293
     return 0
 
-def cc_shl32_zf(c):  # spec/prelude.r1:292
+def cc_shl32_zf(c):  # spec/prelude.r1:294
     return (c[2] == 0)
 
-def cc_shl32_sf(c):  # spec/prelude.r1:293
+def cc_shl32_sf(c):  # spec/prelude.r1:295
     return (c[2] >> 31 & 1)
 
-def cc_shl32_of(c):  # spec/prelude.r1:294
+def cc_shl32_of(c):  # spec/prelude.r1:296
     return ((c[2] >> 31 & 1) ^ (c[1] >> 31 & 1))
 
-def cc_shr8_cf(c):  # spec/prelude.r1:298
+def cc_shr8_cf(c):  # spec/prelude.r1:300
     return (c[1] >> 0 & 1)
 
-def cc_shr8_pf(c):  # spec/prelude.r1:299
+def cc_shr8_pf(c):  # spec/prelude.r1:301
     return PARITY[c[2] & 0xff]
 
-def cc_shr8_af(c):  # spec/prelude.r1:300
+def cc_shr8_af(c):  # spec/prelude.r1:302
     return 0
 
-def cc_shr8_zf(c):  # spec/prelude.r1:301
+def cc_shr8_zf(c):  # spec/prelude.r1:303
     return (c[2] == 0)
 
-def cc_shr8_sf(c):  # spec/prelude.r1:302
+def cc_shr8_sf(c):  # spec/prelude.r1:304
     return (c[2] >> 7 & 1)
 
-def cc_shr8_of(c):  # spec/prelude.r1:303
+def cc_shr8_of(c):  # spec/prelude.r1:305
     return ((c[1] >> 7 & 1) ^ (c[2] >> 7 & 1))
 
-def cc_shr16_cf(c):  # spec/prelude.r1:298
+def cc_shr16_cf(c):  # spec/prelude.r1:300
     return (c[1] >> 0 & 1)
 
-def cc_shr16_pf(c):  # spec/prelude.r1:299
+def cc_shr16_pf(c):  # spec/prelude.r1:301
     return PARITY[c[2] & 0xff]
 
-def cc_shr16_af(c):  # spec/prelude.r1:300
+def cc_shr16_af(c):  # spec/prelude.r1:302
     return 0
 
-def cc_shr16_zf(c):  # spec/prelude.r1:301
+def cc_shr16_zf(c):  # spec/prelude.r1:303
     return (c[2] == 0)
 
-def cc_shr16_sf(c):  # spec/prelude.r1:302
+def cc_shr16_sf(c):  # spec/prelude.r1:304
     return (c[2] >> 15 & 1)
 
-def cc_shr16_of(c):  # spec/prelude.r1:303
+def cc_shr16_of(c):  # spec/prelude.r1:305
     return ((c[1] >> 15 & 1) ^ (c[2] >> 15 & 1))
 
-def cc_shr32_cf(c):  # spec/prelude.r1:298
+def cc_shr32_cf(c):  # spec/prelude.r1:300
     return (c[1] >> 0 & 1)
 
-def cc_shr32_pf(c):  # spec/prelude.r1:299
+def cc_shr32_pf(c):  # spec/prelude.r1:301
     return PARITY[c[2] & 0xff]
 
-def cc_shr32_af(c):  # spec/prelude.r1:300
+def cc_shr32_af(c):  # spec/prelude.r1:302
     return 0
 
-def cc_shr32_zf(c):  # spec/prelude.r1:301
+def cc_shr32_zf(c):  # spec/prelude.r1:303
     return (c[2] == 0)
 
-def cc_shr32_sf(c):  # spec/prelude.r1:302
+def cc_shr32_sf(c):  # spec/prelude.r1:304
     return (c[2] >> 31 & 1)
 
-def cc_shr32_of(c):  # spec/prelude.r1:303
+def cc_shr32_of(c):  # spec/prelude.r1:305
     return ((c[1] >> 31 & 1) ^ (c[2] >> 31 & 1))
 
-def cc_sar8_cf(c):  # spec/prelude.r1:307
+def cc_sar8_cf(c):  # spec/prelude.r1:309
     return (c[1] >> 0 & 1)
 
-def cc_sar8_pf(c):  # spec/prelude.r1:308
+def cc_sar8_pf(c):  # spec/prelude.r1:310
     return PARITY[c[2] & 0xff]
 
-def cc_sar8_af(c):  # spec/prelude.r1:309
+def cc_sar8_af(c):  # spec/prelude.r1:311
     return 0
 
-def cc_sar8_zf(c):  # spec/prelude.r1:310
+def cc_sar8_zf(c):  # spec/prelude.r1:312
     return (c[2] == 0)
 
-def cc_sar8_sf(c):  # spec/prelude.r1:311
+def cc_sar8_sf(c):  # spec/prelude.r1:313
     return (c[2] >> 7 & 1)
 
-def cc_sar8_of(c):  # spec/prelude.r1:312
+def cc_sar8_of(c):  # spec/prelude.r1:314
     return 0
 
-def cc_sar16_cf(c):  # spec/prelude.r1:307
+def cc_sar16_cf(c):  # spec/prelude.r1:309
     return (c[1] >> 0 & 1)
 
-def cc_sar16_pf(c):  # spec/prelude.r1:308
+def cc_sar16_pf(c):  # spec/prelude.r1:310
     return PARITY[c[2] & 0xff]
 
-def cc_sar16_af(c):  # spec/prelude.r1:309
+def cc_sar16_af(c):  # spec/prelude.r1:311
     return 0
 
-def cc_sar16_zf(c):  # spec/prelude.r1:310
+def cc_sar16_zf(c):  # spec/prelude.r1:312
     return (c[2] == 0)
 
-def cc_sar16_sf(c):  # spec/prelude.r1:311
+def cc_sar16_sf(c):  # spec/prelude.r1:313
     return (c[2] >> 15 & 1)
 
-def cc_sar16_of(c):  # spec/prelude.r1:312
+def cc_sar16_of(c):  # spec/prelude.r1:314
     return 0
 
-def cc_sar32_cf(c):  # spec/prelude.r1:307
+def cc_sar32_cf(c):  # spec/prelude.r1:309
     return (c[1] >> 0 & 1)
 
-def cc_sar32_pf(c):  # spec/prelude.r1:308
+def cc_sar32_pf(c):  # spec/prelude.r1:310
     return PARITY[c[2] & 0xff]
 
-def cc_sar32_af(c):  # spec/prelude.r1:309
+def cc_sar32_af(c):  # spec/prelude.r1:311
     return 0
 
-def cc_sar32_zf(c):  # spec/prelude.r1:310
+def cc_sar32_zf(c):  # spec/prelude.r1:312
     return (c[2] == 0)
 
-def cc_sar32_sf(c):  # spec/prelude.r1:311
+def cc_sar32_sf(c):  # spec/prelude.r1:313
     return (c[2] >> 31 & 1)
 
-def cc_sar32_of(c):  # spec/prelude.r1:312
+def cc_sar32_of(c):  # spec/prelude.r1:314
     return 0
 
-def cc_mul8_cf(c):  # spec/prelude.r1:317
+def cc_mul8_cf(c):  # spec/prelude.r1:319
     return (c[2] & 1)
 
-def cc_mul8_pf(c):  # spec/prelude.r1:318
+def cc_mul8_pf(c):  # spec/prelude.r1:320
     return PARITY[c[1] & 0xff]
 
-def cc_mul8_af(c):  # spec/prelude.r1:319
+def cc_mul8_af(c):  # spec/prelude.r1:321
     return 0
 
-def cc_mul8_zf(c):  # spec/prelude.r1:320
+def cc_mul8_zf(c):  # spec/prelude.r1:322
     return (c[1] == 0)
 
-def cc_mul8_sf(c):  # spec/prelude.r1:321
+def cc_mul8_sf(c):  # spec/prelude.r1:323
     return (c[1] >> 7 & 1)
 
-def cc_mul8_of(c):  # spec/prelude.r1:322
+def cc_mul8_of(c):  # spec/prelude.r1:324
     return (c[2] & 1)
 
-def cc_mul16_cf(c):  # spec/prelude.r1:317
+def cc_mul16_cf(c):  # spec/prelude.r1:319
     return (c[2] & 1)
 
-def cc_mul16_pf(c):  # spec/prelude.r1:318
+def cc_mul16_pf(c):  # spec/prelude.r1:320
     return PARITY[c[1] & 0xff]
 
-def cc_mul16_af(c):  # spec/prelude.r1:319
+def cc_mul16_af(c):  # spec/prelude.r1:321
     return 0
 
-def cc_mul16_zf(c):  # spec/prelude.r1:320
+def cc_mul16_zf(c):  # spec/prelude.r1:322
     return (c[1] == 0)
 
-def cc_mul16_sf(c):  # spec/prelude.r1:321
+def cc_mul16_sf(c):  # spec/prelude.r1:323
     return (c[1] >> 15 & 1)
 
-def cc_mul16_of(c):  # spec/prelude.r1:322
+def cc_mul16_of(c):  # spec/prelude.r1:324
     return (c[2] & 1)
 
-def cc_mul32_cf(c):  # spec/prelude.r1:317
+def cc_mul32_cf(c):  # spec/prelude.r1:319
     return (c[2] & 1)
 
-def cc_mul32_pf(c):  # spec/prelude.r1:318
+def cc_mul32_pf(c):  # spec/prelude.r1:320
     return PARITY[c[1] & 0xff]
 
-def cc_mul32_af(c):  # spec/prelude.r1:319
+def cc_mul32_af(c):  # spec/prelude.r1:321
     return 0
 
-def cc_mul32_zf(c):  # spec/prelude.r1:320
+def cc_mul32_zf(c):  # spec/prelude.r1:322
     return (c[1] == 0)
 
-def cc_mul32_sf(c):  # spec/prelude.r1:321
+def cc_mul32_sf(c):  # spec/prelude.r1:323
     return (c[1] >> 31 & 1)
 
-def cc_mul32_of(c):  # spec/prelude.r1:322
+def cc_mul32_of(c):  # spec/prelude.r1:324
     return (c[2] & 1)
 
 def cc_szp8_pf(c):  # spec/arith.r1:12
@@ -794,112 +794,112 @@ def _init_tables():
     ALL_FLAGS_OF = (None, cc_add8_all, cc_add16_all, cc_add32_all, cc_adc8_all, cc_adc16_all, cc_adc32_all, cc_sub8_all, cc_sub16_all, cc_sub32_all, cc_sbb8_all, cc_sbb16_all, cc_sbb32_all, cc_logic8_all, cc_logic16_all, cc_logic32_all, cc_inc8_all, cc_inc16_all, cc_inc32_all, cc_dec8_all, cc_dec16_all, cc_dec32_all, cc_neg8_all, cc_neg16_all, cc_neg32_all, cc_shl8_all, cc_shl16_all, cc_shl32_all, cc_shr8_all, cc_shr16_all, cc_shr32_all, cc_sar8_all, cc_sar16_all, cc_sar32_all, cc_mul8_all, cc_mul16_all, cc_mul32_all, cc_szp8_all, cc_szp16_all, cc_szp32_all, cc_rol8_all, cc_rol16_all, cc_rol32_all, cc_ror8_all, cc_ror16_all, cc_ror32_all, cc_rc8_all, cc_rc16_all, cc_rc32_all)
 
 
-def cc_add8_all(c):  # spec/prelude.r1:216
+def cc_add8_all(c):  # spec/prelude.r1:218
     return ((c[3] < c[1])) | (PARITY[c[3] & 0xff]) << 2 | ((((c[1] ^ c[2]) ^ c[3]) >> 4 & 1)) << 4 | ((c[3] == 0)) << 6 | ((c[3] >> 7 & 1)) << 7 | ((((c[1] ^ c[3]) & (c[2] ^ c[3])) >> 7 & 1)) << 11
 
-def cc_add16_all(c):  # spec/prelude.r1:216
+def cc_add16_all(c):  # spec/prelude.r1:218
     return ((c[3] < c[1])) | (PARITY[c[3] & 0xff]) << 2 | ((((c[1] ^ c[2]) ^ c[3]) >> 4 & 1)) << 4 | ((c[3] == 0)) << 6 | ((c[3] >> 15 & 1)) << 7 | ((((c[1] ^ c[3]) & (c[2] ^ c[3])) >> 15 & 1)) << 11
 
-def cc_add32_all(c):  # spec/prelude.r1:216
+def cc_add32_all(c):  # spec/prelude.r1:218
     return ((c[3] < c[1])) | (PARITY[c[3] & 0xff]) << 2 | ((((c[1] ^ c[2]) ^ c[3]) >> 4 & 1)) << 4 | ((c[3] == 0)) << 6 | ((c[3] >> 31 & 1)) << 7 | ((((c[1] ^ c[3]) & (c[2] ^ c[3])) >> 31 & 1)) << 11
 
-def cc_adc8_all(c):  # spec/prelude.r1:225
+def cc_adc8_all(c):  # spec/prelude.r1:227
     return (((c[3] <= c[1]) if c[4] else (c[3] < c[1]))) | (PARITY[c[3] & 0xff]) << 2 | ((((c[1] ^ c[2]) ^ c[3]) >> 4 & 1)) << 4 | ((c[3] == 0)) << 6 | ((c[3] >> 7 & 1)) << 7 | ((((c[1] ^ c[3]) & (c[2] ^ c[3])) >> 7 & 1)) << 11
 
-def cc_adc16_all(c):  # spec/prelude.r1:225
+def cc_adc16_all(c):  # spec/prelude.r1:227
     return (((c[3] <= c[1]) if c[4] else (c[3] < c[1]))) | (PARITY[c[3] & 0xff]) << 2 | ((((c[1] ^ c[2]) ^ c[3]) >> 4 & 1)) << 4 | ((c[3] == 0)) << 6 | ((c[3] >> 15 & 1)) << 7 | ((((c[1] ^ c[3]) & (c[2] ^ c[3])) >> 15 & 1)) << 11
 
-def cc_adc32_all(c):  # spec/prelude.r1:225
+def cc_adc32_all(c):  # spec/prelude.r1:227
     return (((c[3] <= c[1]) if c[4] else (c[3] < c[1]))) | (PARITY[c[3] & 0xff]) << 2 | ((((c[1] ^ c[2]) ^ c[3]) >> 4 & 1)) << 4 | ((c[3] == 0)) << 6 | ((c[3] >> 31 & 1)) << 7 | ((((c[1] ^ c[3]) & (c[2] ^ c[3])) >> 31 & 1)) << 11
 
-def cc_sub8_all(c):  # spec/prelude.r1:234
+def cc_sub8_all(c):  # spec/prelude.r1:236
     return ((c[1] < c[2])) | (PARITY[c[3] & 0xff]) << 2 | ((((c[1] ^ c[2]) ^ c[3]) >> 4 & 1)) << 4 | ((c[3] == 0)) << 6 | ((c[3] >> 7 & 1)) << 7 | ((((c[1] ^ c[2]) & (c[1] ^ c[3])) >> 7 & 1)) << 11
 
-def cc_sub16_all(c):  # spec/prelude.r1:234
+def cc_sub16_all(c):  # spec/prelude.r1:236
     return ((c[1] < c[2])) | (PARITY[c[3] & 0xff]) << 2 | ((((c[1] ^ c[2]) ^ c[3]) >> 4 & 1)) << 4 | ((c[3] == 0)) << 6 | ((c[3] >> 15 & 1)) << 7 | ((((c[1] ^ c[2]) & (c[1] ^ c[3])) >> 15 & 1)) << 11
 
-def cc_sub32_all(c):  # spec/prelude.r1:234
+def cc_sub32_all(c):  # spec/prelude.r1:236
     return ((c[1] < c[2])) | (PARITY[c[3] & 0xff]) << 2 | ((((c[1] ^ c[2]) ^ c[3]) >> 4 & 1)) << 4 | ((c[3] == 0)) << 6 | ((c[3] >> 31 & 1)) << 7 | ((((c[1] ^ c[2]) & (c[1] ^ c[3])) >> 31 & 1)) << 11
 
-def cc_sbb8_all(c):  # spec/prelude.r1:243
+def cc_sbb8_all(c):  # spec/prelude.r1:245
     return (((c[1] <= c[2]) if c[4] else (c[1] < c[2]))) | (PARITY[c[3] & 0xff]) << 2 | ((((c[1] ^ c[2]) ^ c[3]) >> 4 & 1)) << 4 | ((c[3] == 0)) << 6 | ((c[3] >> 7 & 1)) << 7 | ((((c[1] ^ c[2]) & (c[1] ^ c[3])) >> 7 & 1)) << 11
 
-def cc_sbb16_all(c):  # spec/prelude.r1:243
+def cc_sbb16_all(c):  # spec/prelude.r1:245
     return (((c[1] <= c[2]) if c[4] else (c[1] < c[2]))) | (PARITY[c[3] & 0xff]) << 2 | ((((c[1] ^ c[2]) ^ c[3]) >> 4 & 1)) << 4 | ((c[3] == 0)) << 6 | ((c[3] >> 15 & 1)) << 7 | ((((c[1] ^ c[2]) & (c[1] ^ c[3])) >> 15 & 1)) << 11
 
-def cc_sbb32_all(c):  # spec/prelude.r1:243
+def cc_sbb32_all(c):  # spec/prelude.r1:245
     return (((c[1] <= c[2]) if c[4] else (c[1] < c[2]))) | (PARITY[c[3] & 0xff]) << 2 | ((((c[1] ^ c[2]) ^ c[3]) >> 4 & 1)) << 4 | ((c[3] == 0)) << 6 | ((c[3] >> 31 & 1)) << 7 | ((((c[1] ^ c[2]) & (c[1] ^ c[3])) >> 31 & 1)) << 11
 
-def cc_logic8_all(c):  # spec/prelude.r1:252
+def cc_logic8_all(c):  # spec/prelude.r1:254
     return (0) | (PARITY[c[1] & 0xff]) << 2 | (0) << 4 | ((c[1] == 0)) << 6 | ((c[1] >> 7 & 1)) << 7 | (0) << 11
 
-def cc_logic16_all(c):  # spec/prelude.r1:252
+def cc_logic16_all(c):  # spec/prelude.r1:254
     return (0) | (PARITY[c[1] & 0xff]) << 2 | (0) << 4 | ((c[1] == 0)) << 6 | ((c[1] >> 15 & 1)) << 7 | (0) << 11
 
-def cc_logic32_all(c):  # spec/prelude.r1:252
+def cc_logic32_all(c):  # spec/prelude.r1:254
     return (0) | (PARITY[c[1] & 0xff]) << 2 | (0) << 4 | ((c[1] == 0)) << 6 | ((c[1] >> 31 & 1)) << 7 | (0) << 11
 
-def cc_inc8_all(c):  # spec/prelude.r1:261
+def cc_inc8_all(c):  # spec/prelude.r1:263
     return (PARITY[c[2] & 0xff]) << 2 | (((c[2] & 15) == 0)) << 4 | ((c[2] == 0)) << 6 | ((c[2] >> 7 & 1)) << 7 | ((c[2] == 128)) << 11
 
-def cc_inc16_all(c):  # spec/prelude.r1:261
+def cc_inc16_all(c):  # spec/prelude.r1:263
     return (PARITY[c[2] & 0xff]) << 2 | (((c[2] & 15) == 0)) << 4 | ((c[2] == 0)) << 6 | ((c[2] >> 15 & 1)) << 7 | ((c[2] == 32768)) << 11
 
-def cc_inc32_all(c):  # spec/prelude.r1:261
+def cc_inc32_all(c):  # spec/prelude.r1:263
     return (PARITY[c[2] & 0xff]) << 2 | (((c[2] & 15) == 0)) << 4 | ((c[2] == 0)) << 6 | ((c[2] >> 31 & 1)) << 7 | ((c[2] == 2147483648)) << 11
 
-def cc_dec8_all(c):  # spec/prelude.r1:269
+def cc_dec8_all(c):  # spec/prelude.r1:271
     return (PARITY[c[2] & 0xff]) << 2 | (((c[2] & 15) == 15)) << 4 | ((c[2] == 0)) << 6 | ((c[2] >> 7 & 1)) << 7 | ((c[2] == 127)) << 11
 
-def cc_dec16_all(c):  # spec/prelude.r1:269
+def cc_dec16_all(c):  # spec/prelude.r1:271
     return (PARITY[c[2] & 0xff]) << 2 | (((c[2] & 15) == 15)) << 4 | ((c[2] == 0)) << 6 | ((c[2] >> 15 & 1)) << 7 | ((c[2] == 32767)) << 11
 
-def cc_dec32_all(c):  # spec/prelude.r1:269
+def cc_dec32_all(c):  # spec/prelude.r1:271
     return (PARITY[c[2] & 0xff]) << 2 | (((c[2] & 15) == 15)) << 4 | ((c[2] == 0)) << 6 | ((c[2] >> 31 & 1)) << 7 | ((c[2] == 2147483647)) << 11
 
-def cc_neg8_all(c):  # spec/prelude.r1:277
+def cc_neg8_all(c):  # spec/prelude.r1:279
     return ((c[1] != 0)) | (PARITY[c[2] & 0xff]) << 2 | (((c[1] ^ c[2]) >> 4 & 1)) << 4 | ((c[2] == 0)) << 6 | ((c[2] >> 7 & 1)) << 7 | ((c[1] == 128)) << 11
 
-def cc_neg16_all(c):  # spec/prelude.r1:277
+def cc_neg16_all(c):  # spec/prelude.r1:279
     return ((c[1] != 0)) | (PARITY[c[2] & 0xff]) << 2 | (((c[1] ^ c[2]) >> 4 & 1)) << 4 | ((c[2] == 0)) << 6 | ((c[2] >> 15 & 1)) << 7 | ((c[1] == 32768)) << 11
 
-def cc_neg32_all(c):  # spec/prelude.r1:277
+def cc_neg32_all(c):  # spec/prelude.r1:279
     return ((c[1] != 0)) | (PARITY[c[2] & 0xff]) << 2 | (((c[1] ^ c[2]) >> 4 & 1)) << 4 | ((c[2] == 0)) << 6 | ((c[2] >> 31 & 1)) << 7 | ((c[1] == 2147483648)) << 11
 
-def cc_shl8_all(c):  # spec/prelude.r1:288
+def cc_shl8_all(c):  # spec/prelude.r1:290
     return ((c[1] >> 7 & 1)) | (PARITY[c[2] & 0xff]) << 2 | (0) << 4 | ((c[2] == 0)) << 6 | ((c[2] >> 7 & 1)) << 7 | (((c[2] >> 7 & 1) ^ (c[1] >> 7 & 1))) << 11
 
-def cc_shl16_all(c):  # spec/prelude.r1:288
+def cc_shl16_all(c):  # spec/prelude.r1:290
     return ((c[1] >> 15 & 1)) | (PARITY[c[2] & 0xff]) << 2 | (0) << 4 | ((c[2] == 0)) << 6 | ((c[2] >> 15 & 1)) << 7 | (((c[2] >> 15 & 1) ^ (c[1] >> 15 & 1))) << 11
 
-def cc_shl32_all(c):  # spec/prelude.r1:288
+def cc_shl32_all(c):  # spec/prelude.r1:290
     return ((c[1] >> 31 & 1)) | (PARITY[c[2] & 0xff]) << 2 | (0) << 4 | ((c[2] == 0)) << 6 | ((c[2] >> 31 & 1)) << 7 | (((c[2] >> 31 & 1) ^ (c[1] >> 31 & 1))) << 11
 
-def cc_shr8_all(c):  # spec/prelude.r1:297
+def cc_shr8_all(c):  # spec/prelude.r1:299
     return ((c[1] >> 0 & 1)) | (PARITY[c[2] & 0xff]) << 2 | (0) << 4 | ((c[2] == 0)) << 6 | ((c[2] >> 7 & 1)) << 7 | (((c[1] >> 7 & 1) ^ (c[2] >> 7 & 1))) << 11
 
-def cc_shr16_all(c):  # spec/prelude.r1:297
+def cc_shr16_all(c):  # spec/prelude.r1:299
     return ((c[1] >> 0 & 1)) | (PARITY[c[2] & 0xff]) << 2 | (0) << 4 | ((c[2] == 0)) << 6 | ((c[2] >> 15 & 1)) << 7 | (((c[1] >> 15 & 1) ^ (c[2] >> 15 & 1))) << 11
 
-def cc_shr32_all(c):  # spec/prelude.r1:297
+def cc_shr32_all(c):  # spec/prelude.r1:299
     return ((c[1] >> 0 & 1)) | (PARITY[c[2] & 0xff]) << 2 | (0) << 4 | ((c[2] == 0)) << 6 | ((c[2] >> 31 & 1)) << 7 | (((c[1] >> 31 & 1) ^ (c[2] >> 31 & 1))) << 11
 
-def cc_sar8_all(c):  # spec/prelude.r1:306
+def cc_sar8_all(c):  # spec/prelude.r1:308
     return ((c[1] >> 0 & 1)) | (PARITY[c[2] & 0xff]) << 2 | (0) << 4 | ((c[2] == 0)) << 6 | ((c[2] >> 7 & 1)) << 7 | (0) << 11
 
-def cc_sar16_all(c):  # spec/prelude.r1:306
+def cc_sar16_all(c):  # spec/prelude.r1:308
     return ((c[1] >> 0 & 1)) | (PARITY[c[2] & 0xff]) << 2 | (0) << 4 | ((c[2] == 0)) << 6 | ((c[2] >> 15 & 1)) << 7 | (0) << 11
 
-def cc_sar32_all(c):  # spec/prelude.r1:306
+def cc_sar32_all(c):  # spec/prelude.r1:308
     return ((c[1] >> 0 & 1)) | (PARITY[c[2] & 0xff]) << 2 | (0) << 4 | ((c[2] == 0)) << 6 | ((c[2] >> 31 & 1)) << 7 | (0) << 11
 
-def cc_mul8_all(c):  # spec/prelude.r1:316
+def cc_mul8_all(c):  # spec/prelude.r1:318
     return ((c[2] & 1)) | (PARITY[c[1] & 0xff]) << 2 | (0) << 4 | ((c[1] == 0)) << 6 | ((c[1] >> 7 & 1)) << 7 | ((c[2] & 1)) << 11
 
-def cc_mul16_all(c):  # spec/prelude.r1:316
+def cc_mul16_all(c):  # spec/prelude.r1:318
     return ((c[2] & 1)) | (PARITY[c[1] & 0xff]) << 2 | (0) << 4 | ((c[1] == 0)) << 6 | ((c[1] >> 15 & 1)) << 7 | ((c[2] & 1)) << 11
 
-def cc_mul32_all(c):  # spec/prelude.r1:316
+def cc_mul32_all(c):  # spec/prelude.r1:318
     return ((c[2] & 1)) | (PARITY[c[1] & 0xff]) << 2 | (0) << 4 | ((c[1] == 0)) << 6 | ((c[1] >> 31 & 1)) << 7 | ((c[2] & 1)) << 11
 
 def cc_szp8_all(c):  # spec/arith.r1:11

@@ -14604,7 +14604,7 @@ FORMS = {
     'MOVSB': FormInfo(
         name='MOVSB',
         mnemonics={None: 'movsb'},
-        source='spec/string.r1:20',
+        source='spec/string.r1:22',
         encoding='A4',
         operands=(),
         width=8,
@@ -14628,7 +14628,7 @@ FORMS = {
     'MOVSv': FormInfo(
         name='MOVSv',
         mnemonics={'o16': 'movsw', 'o32': 'movsd'},
-        source='spec/string.r1:36',
+        source='spec/string.r1:39',
         encoding='A5',
         operands=(),
         width='v',
@@ -14652,7 +14652,7 @@ FORMS = {
     'CMPSB': FormInfo(
         name='CMPSB',
         mnemonics={None: 'cmpsb'},
-        source='spec/string.r1:56',
+        source='spec/string.r1:60',
         encoding='A6',
         operands=(),
         width=8,
@@ -14676,7 +14676,7 @@ FORMS = {
     'CMPSv': FormInfo(
         name='CMPSv',
         mnemonics={'o16': 'cmpsw', 'o32': 'cmpsd'},
-        source='spec/string.r1:74',
+        source='spec/string.r1:78',
         encoding='A7',
         operands=(),
         width='v',
@@ -14700,7 +14700,7 @@ FORMS = {
     'SCASB': FormInfo(
         name='SCASB',
         mnemonics={None: 'scasb'},
-        source='spec/string.r1:92',
+        source='spec/string.r1:96',
         encoding='AE',
         operands=(),
         width=8,
@@ -14724,7 +14724,7 @@ FORMS = {
     'SCASv': FormInfo(
         name='SCASv',
         mnemonics={'o16': 'scasw', 'o32': 'scasd'},
-        source='spec/string.r1:109',
+        source='spec/string.r1:113',
         encoding='AF',
         operands=(),
         width='v',
@@ -14748,7 +14748,7 @@ FORMS = {
     'LODSB': FormInfo(
         name='LODSB',
         mnemonics={None: 'lodsb'},
-        source='spec/string.r1:128',
+        source='spec/string.r1:132',
         encoding='AC',
         operands=(),
         width=8,
@@ -14772,7 +14772,7 @@ FORMS = {
     'LODSv': FormInfo(
         name='LODSv',
         mnemonics={'o16': 'lodsw', 'o32': 'lodsd'},
-        source='spec/string.r1:142',
+        source='spec/string.r1:146',
         encoding='AD',
         operands=(),
         width='v',
@@ -14796,7 +14796,7 @@ FORMS = {
     'STOSB': FormInfo(
         name='STOSB',
         mnemonics={None: 'stosb'},
-        source='spec/string.r1:156',
+        source='spec/string.r1:160',
         encoding='AA',
         operands=(),
         width=8,
@@ -14820,7 +14820,7 @@ FORMS = {
     'STOSv': FormInfo(
         name='STOSv',
         mnemonics={'o16': 'stosw', 'o32': 'stosd'},
-        source='spec/string.r1:170',
+        source='spec/string.r1:175',
         encoding='AB',
         operands=(),
         width='v',
@@ -14844,7 +14844,7 @@ FORMS = {
     'INSB': FormInfo(
         name='INSB',
         mnemonics={None: 'insb'},
-        source='spec/string.r1:188',
+        source='spec/string.r1:194',
         encoding='6C',
         operands=(),
         width=8,
@@ -14868,7 +14868,7 @@ FORMS = {
     'INSv': FormInfo(
         name='INSv',
         mnemonics={'o16': 'insw', 'o32': 'insd'},
-        source='spec/string.r1:205',
+        source='spec/string.r1:211',
         encoding='6D',
         operands=(),
         width='v',
@@ -14892,7 +14892,7 @@ FORMS = {
     'OUTSB': FormInfo(
         name='OUTSB',
         mnemonics={None: 'outsb'},
-        source='spec/string.r1:222',
+        source='spec/string.r1:228',
         encoding='6E',
         operands=(),
         width=8,
@@ -14916,7 +14916,7 @@ FORMS = {
     'OUTSv': FormInfo(
         name='OUTSv',
         mnemonics={'o16': 'outsw', 'o32': 'outsd'},
-        source='spec/string.r1:237',
+        source='spec/string.r1:243',
         encoding='6F',
         operands=(),
         width='v',

@@ -318,14 +318,14 @@ S.eip = $next
 if ($target > b_seg_limit(1)):  # control.r1:13
     raise Fault(13, 0)  # control.r1:13
 m_v_0 = S.eip
-if S.stack32:  # prelude.r1:330
-    l_top_1 = ((R[4] - 2) & 4294967295)  # prelude.r1:331
-    wr16(2, l_top_1, m_v_0)  # prelude.r1:332
-    R[4] = l_top_1 & 0xffffffff  # prelude.r1:333
+if S.stack32:  # prelude.r1:332
+    l_top_1 = ((R[4] - 2) & 4294967295)  # prelude.r1:333
+    wr16(2, l_top_1, m_v_0)  # prelude.r1:334
+    R[4] = l_top_1 & 0xffffffff  # prelude.r1:335
 else:
-    l_top_2 = (((R[4] & 0xffff) - 2) & 65535)  # prelude.r1:335
-    wr16(2, l_top_2, m_v_0)  # prelude.r1:336
-    R[4] = R[4] & 0xffff0000 | l_top_2 & 0xffff  # prelude.r1:337
+    l_top_2 = (((R[4] & 0xffff) - 2) & 65535)  # prelude.r1:337
+    wr16(2, l_top_2, m_v_0)  # prelude.r1:338
+    R[4] = R[4] & 0xffff0000 | l_top_2 & 0xffff  # prelude.r1:339
 S.eip = $target  # control.r1:15
 """
 
@@ -335,14 +335,14 @@ S.eip = $next
 if ($target > b_seg_limit(1)):  # control.r1:13
     raise Fault(13, 0)  # control.r1:13
 m_v_0 = S.eip
-if S.stack32:  # prelude.r1:330
-    l_top_1 = ((R[4] - 4) & 4294967295)  # prelude.r1:331
-    wr32(2, l_top_1, m_v_0)  # prelude.r1:332
-    R[4] = l_top_1 & 0xffffffff  # prelude.r1:333
+if S.stack32:  # prelude.r1:332
+    l_top_1 = ((R[4] - 4) & 4294967295)  # prelude.r1:333
+    wr32(2, l_top_1, m_v_0)  # prelude.r1:334
+    R[4] = l_top_1 & 0xffffffff  # prelude.r1:335
 else:
-    l_top_2 = (((R[4] & 0xffff) - 4) & 65535)  # prelude.r1:335
-    wr32(2, l_top_2, m_v_0)  # prelude.r1:336
-    R[4] = R[4] & 0xffff0000 | l_top_2 & 0xffff  # prelude.r1:337
+    l_top_2 = (((R[4] & 0xffff) - 4) & 65535)  # prelude.r1:337
+    wr32(2, l_top_2, m_v_0)  # prelude.r1:338
+    R[4] = R[4] & 0xffff0000 | l_top_2 & 0xffff  # prelude.r1:339
 S.eip = $target  # control.r1:15
 """
 
@@ -475,14 +475,14 @@ v_target = (R[$target] & 0xffff)  # control.r1:153
 if (v_target > b_seg_limit(1)):  # control.r1:13
     raise Fault(13, 0)  # control.r1:13
 m_v_0 = S.eip
-if S.stack32:  # prelude.r1:330
-    l_top_1 = ((R[4] - 2) & 4294967295)  # prelude.r1:331
-    wr16(2, l_top_1, m_v_0)  # prelude.r1:332
-    R[4] = l_top_1 & 0xffffffff  # prelude.r1:333
+if S.stack32:  # prelude.r1:332
+    l_top_1 = ((R[4] - 2) & 4294967295)  # prelude.r1:333
+    wr16(2, l_top_1, m_v_0)  # prelude.r1:334
+    R[4] = l_top_1 & 0xffffffff  # prelude.r1:335
 else:
-    l_top_2 = (((R[4] & 0xffff) - 2) & 65535)  # prelude.r1:335
-    wr16(2, l_top_2, m_v_0)  # prelude.r1:336
-    R[4] = R[4] & 0xffff0000 | l_top_2 & 0xffff  # prelude.r1:337
+    l_top_2 = (((R[4] & 0xffff) - 2) & 65535)  # prelude.r1:337
+    wr16(2, l_top_2, m_v_0)  # prelude.r1:338
+    R[4] = R[4] & 0xffff0000 | l_top_2 & 0xffff  # prelude.r1:339
 S.eip = v_target  # control.r1:15
 """
 
@@ -494,14 +494,14 @@ v_target = rd16($seg, ea)  # control.r1:153
 if (v_target > b_seg_limit(1)):  # control.r1:13
     raise Fault(13, 0)  # control.r1:13
 m_v_0 = S.eip
-if S.stack32:  # prelude.r1:330
-    l_top_1 = ((R[4] - 2) & 4294967295)  # prelude.r1:331
-    wr16(2, l_top_1, m_v_0)  # prelude.r1:332
-    R[4] = l_top_1 & 0xffffffff  # prelude.r1:333
+if S.stack32:  # prelude.r1:332
+    l_top_1 = ((R[4] - 2) & 4294967295)  # prelude.r1:333
+    wr16(2, l_top_1, m_v_0)  # prelude.r1:334
+    R[4] = l_top_1 & 0xffffffff  # prelude.r1:335
 else:
-    l_top_2 = (((R[4] & 0xffff) - 2) & 65535)  # prelude.r1:335
-    wr16(2, l_top_2, m_v_0)  # prelude.r1:336
-    R[4] = R[4] & 0xffff0000 | l_top_2 & 0xffff  # prelude.r1:337
+    l_top_2 = (((R[4] & 0xffff) - 2) & 65535)  # prelude.r1:337
+    wr16(2, l_top_2, m_v_0)  # prelude.r1:338
+    R[4] = R[4] & 0xffff0000 | l_top_2 & 0xffff  # prelude.r1:339
 S.eip = v_target  # control.r1:15
 """
 
@@ -512,14 +512,14 @@ v_target = R[$target]  # control.r1:153
 if (v_target > b_seg_limit(1)):  # control.r1:13
     raise Fault(13, 0)  # control.r1:13
 m_v_0 = S.eip
-if S.stack32:  # prelude.r1:330
-    l_top_1 = ((R[4] - 4) & 4294967295)  # prelude.r1:331
-    wr32(2, l_top_1, m_v_0)  # prelude.r1:332
-    R[4] = l_top_1 & 0xffffffff  # prelude.r1:333
+if S.stack32:  # prelude.r1:332
+    l_top_1 = ((R[4] - 4) & 4294967295)  # prelude.r1:333
+    wr32(2, l_top_1, m_v_0)  # prelude.r1:334
+    R[4] = l_top_1 & 0xffffffff  # prelude.r1:335
 else:
-    l_top_2 = (((R[4] & 0xffff) - 4) & 65535)  # prelude.r1:335
-    wr32(2, l_top_2, m_v_0)  # prelude.r1:336
-    R[4] = R[4] & 0xffff0000 | l_top_2 & 0xffff  # prelude.r1:337
+    l_top_2 = (((R[4] & 0xffff) - 4) & 65535)  # prelude.r1:337
+    wr32(2, l_top_2, m_v_0)  # prelude.r1:338
+    R[4] = R[4] & 0xffff0000 | l_top_2 & 0xffff  # prelude.r1:339
 S.eip = v_target  # control.r1:15
 """
 
@@ -531,14 +531,14 @@ v_target = rd32($seg, ea)  # control.r1:153
 if (v_target > b_seg_limit(1)):  # control.r1:13
     raise Fault(13, 0)  # control.r1:13
 m_v_0 = S.eip
-if S.stack32:  # prelude.r1:330
-    l_top_1 = ((R[4] - 4) & 4294967295)  # prelude.r1:331
-    wr32(2, l_top_1, m_v_0)  # prelude.r1:332
-    R[4] = l_top_1 & 0xffffffff  # prelude.r1:333
+if S.stack32:  # prelude.r1:332
+    l_top_1 = ((R[4] - 4) & 4294967295)  # prelude.r1:333
+    wr32(2, l_top_1, m_v_0)  # prelude.r1:334
+    R[4] = l_top_1 & 0xffffffff  # prelude.r1:335
 else:
-    l_top_2 = (((R[4] & 0xffff) - 4) & 65535)  # prelude.r1:335
-    wr32(2, l_top_2, m_v_0)  # prelude.r1:336
-    R[4] = R[4] & 0xffff0000 | l_top_2 & 0xffff  # prelude.r1:337
+    l_top_2 = (((R[4] & 0xffff) - 4) & 65535)  # prelude.r1:337
+    wr32(2, l_top_2, m_v_0)  # prelude.r1:338
+    R[4] = R[4] & 0xffff0000 | l_top_2 & 0xffff  # prelude.r1:339
 S.eip = v_target  # control.r1:15
 """
 
@@ -549,10 +549,10 @@ l_t_0 = rd16(2, ((R[4] if S.stack32 else (R[4] & 0xffff)) & ((1 << (32 if S.stac
 if (l_t_0 > b_seg_limit(1)):  # control.r1:164
     raise Fault(13, 0)  # control.r1:164
 m_v_1 = (((R[4] if S.stack32 else (R[4] & 0xffff)) + 2) & ((1 << (32 if S.stack32 else 16)) - 1))
-if S.stack32:  # prelude.r1:362
-    R[4] = m_v_1 & 0xffffffff  # prelude.r1:362
+if S.stack32:  # prelude.r1:364
+    R[4] = m_v_1 & 0xffffffff  # prelude.r1:364
 else:
-    R[4] = R[4] & 0xffff0000 | m_v_1 & 0xffff  # prelude.r1:362
+    R[4] = R[4] & 0xffff0000 | m_v_1 & 0xffff  # prelude.r1:364
 S.eip = l_t_0  # control.r1:166
 """
 
@@ -563,10 +563,10 @@ l_t_0 = rd32(2, ((R[4] if S.stack32 else (R[4] & 0xffff)) & ((1 << (32 if S.stac
 if (l_t_0 > b_seg_limit(1)):  # control.r1:164
     raise Fault(13, 0)  # control.r1:164
 m_v_1 = (((R[4] if S.stack32 else (R[4] & 0xffff)) + 4) & ((1 << (32 if S.stack32 else 16)) - 1))
-if S.stack32:  # prelude.r1:362
-    R[4] = m_v_1 & 0xffffffff  # prelude.r1:362
+if S.stack32:  # prelude.r1:364
+    R[4] = m_v_1 & 0xffffffff  # prelude.r1:364
 else:
-    R[4] = R[4] & 0xffff0000 | m_v_1 & 0xffff  # prelude.r1:362
+    R[4] = R[4] & 0xffff0000 | m_v_1 & 0xffff  # prelude.r1:364
 S.eip = l_t_0  # control.r1:166
 """
 
@@ -577,10 +577,10 @@ l_t_0 = rd16(2, ((R[4] if S.stack32 else (R[4] & 0xffff)) & ((1 << (32 if S.stac
 if (l_t_0 > b_seg_limit(1)):  # control.r1:164
     raise Fault(13, 0)  # control.r1:164
 m_v_1 = ((((R[4] if S.stack32 else (R[4] & 0xffff)) + 2) + $n) & ((1 << (32 if S.stack32 else 16)) - 1))
-if S.stack32:  # prelude.r1:362
-    R[4] = m_v_1 & 0xffffffff  # prelude.r1:362
+if S.stack32:  # prelude.r1:364
+    R[4] = m_v_1 & 0xffffffff  # prelude.r1:364
 else:
-    R[4] = R[4] & 0xffff0000 | m_v_1 & 0xffff  # prelude.r1:362
+    R[4] = R[4] & 0xffff0000 | m_v_1 & 0xffff  # prelude.r1:364
 S.eip = l_t_0  # control.r1:166
 """
 
@@ -591,10 +591,10 @@ l_t_0 = rd32(2, ((R[4] if S.stack32 else (R[4] & 0xffff)) & ((1 << (32 if S.stac
 if (l_t_0 > b_seg_limit(1)):  # control.r1:164
     raise Fault(13, 0)  # control.r1:164
 m_v_1 = ((((R[4] if S.stack32 else (R[4] & 0xffff)) + 4) + $n) & ((1 << (32 if S.stack32 else 16)) - 1))
-if S.stack32:  # prelude.r1:362
-    R[4] = m_v_1 & 0xffffffff  # prelude.r1:362
+if S.stack32:  # prelude.r1:364
+    R[4] = m_v_1 & 0xffffffff  # prelude.r1:364
 else:
-    R[4] = R[4] & 0xffff0000 | m_v_1 & 0xffff  # prelude.r1:362
+    R[4] = R[4] & 0xffff0000 | m_v_1 & 0xffff  # prelude.r1:364
 S.eip = l_t_0  # control.r1:166
 """
 

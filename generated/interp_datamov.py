@@ -1006,176 +1006,176 @@ else:
 # PUSH_RMv [o16 a16 reg, o16 a32 reg] from spec/datamov.r1:294
 _T114 = """\
 v_src = (R[$src] & 0xffff)  # datamov.r1:297
-if S.stack32:  # prelude.r1:330
-    l_top_0 = ((R[4] - 2) & 4294967295)  # prelude.r1:331
-    wr16(2, l_top_0, v_src)  # prelude.r1:332
-    R[4] = l_top_0 & 0xffffffff  # prelude.r1:333
+if S.stack32:  # prelude.r1:332
+    l_top_0 = ((R[4] - 2) & 4294967295)  # prelude.r1:333
+    wr16(2, l_top_0, v_src)  # prelude.r1:334
+    R[4] = l_top_0 & 0xffffffff  # prelude.r1:335
 else:
-    l_top_1 = (((R[4] & 0xffff) - 2) & 65535)  # prelude.r1:335
-    wr16(2, l_top_1, v_src)  # prelude.r1:336
-    R[4] = R[4] & 0xffff0000 | l_top_1 & 0xffff  # prelude.r1:337
+    l_top_1 = (((R[4] & 0xffff) - 2) & 65535)  # prelude.r1:337
+    wr16(2, l_top_1, v_src)  # prelude.r1:338
+    R[4] = R[4] & 0xffff0000 | l_top_1 & 0xffff  # prelude.r1:339
 """
 
 # PUSH_RMv [o16 a16 mem, o16 a32 mem] from spec/datamov.r1:294
 _T115 = """\
 ea = $ea
 v_src = rd16($seg, ea)  # datamov.r1:297
-if S.stack32:  # prelude.r1:330
-    l_top_0 = ((R[4] - 2) & 4294967295)  # prelude.r1:331
-    wr16(2, l_top_0, v_src)  # prelude.r1:332
-    R[4] = l_top_0 & 0xffffffff  # prelude.r1:333
+if S.stack32:  # prelude.r1:332
+    l_top_0 = ((R[4] - 2) & 4294967295)  # prelude.r1:333
+    wr16(2, l_top_0, v_src)  # prelude.r1:334
+    R[4] = l_top_0 & 0xffffffff  # prelude.r1:335
 else:
-    l_top_1 = (((R[4] & 0xffff) - 2) & 65535)  # prelude.r1:335
-    wr16(2, l_top_1, v_src)  # prelude.r1:336
-    R[4] = R[4] & 0xffff0000 | l_top_1 & 0xffff  # prelude.r1:337
+    l_top_1 = (((R[4] & 0xffff) - 2) & 65535)  # prelude.r1:337
+    wr16(2, l_top_1, v_src)  # prelude.r1:338
+    R[4] = R[4] & 0xffff0000 | l_top_1 & 0xffff  # prelude.r1:339
 """
 
 # PUSH_RMv [o32 a16 reg, o32 a32 reg] from spec/datamov.r1:294
 _T116 = """\
 v_src = R[$src]  # datamov.r1:297
-if S.stack32:  # prelude.r1:330
-    l_top_0 = ((R[4] - 4) & 4294967295)  # prelude.r1:331
-    wr32(2, l_top_0, v_src)  # prelude.r1:332
-    R[4] = l_top_0 & 0xffffffff  # prelude.r1:333
+if S.stack32:  # prelude.r1:332
+    l_top_0 = ((R[4] - 4) & 4294967295)  # prelude.r1:333
+    wr32(2, l_top_0, v_src)  # prelude.r1:334
+    R[4] = l_top_0 & 0xffffffff  # prelude.r1:335
 else:
-    l_top_1 = (((R[4] & 0xffff) - 4) & 65535)  # prelude.r1:335
-    wr32(2, l_top_1, v_src)  # prelude.r1:336
-    R[4] = R[4] & 0xffff0000 | l_top_1 & 0xffff  # prelude.r1:337
+    l_top_1 = (((R[4] & 0xffff) - 4) & 65535)  # prelude.r1:337
+    wr32(2, l_top_1, v_src)  # prelude.r1:338
+    R[4] = R[4] & 0xffff0000 | l_top_1 & 0xffff  # prelude.r1:339
 """
 
 # PUSH_RMv [o32 a16 mem, o32 a32 mem] from spec/datamov.r1:294
 _T117 = """\
 ea = $ea
 v_src = rd32($seg, ea)  # datamov.r1:297
-if S.stack32:  # prelude.r1:330
-    l_top_0 = ((R[4] - 4) & 4294967295)  # prelude.r1:331
-    wr32(2, l_top_0, v_src)  # prelude.r1:332
-    R[4] = l_top_0 & 0xffffffff  # prelude.r1:333
+if S.stack32:  # prelude.r1:332
+    l_top_0 = ((R[4] - 4) & 4294967295)  # prelude.r1:333
+    wr32(2, l_top_0, v_src)  # prelude.r1:334
+    R[4] = l_top_0 & 0xffffffff  # prelude.r1:335
 else:
-    l_top_1 = (((R[4] & 0xffff) - 4) & 65535)  # prelude.r1:335
-    wr32(2, l_top_1, v_src)  # prelude.r1:336
-    R[4] = R[4] & 0xffff0000 | l_top_1 & 0xffff  # prelude.r1:337
+    l_top_1 = (((R[4] & 0xffff) - 4) & 65535)  # prelude.r1:337
+    wr32(2, l_top_1, v_src)  # prelude.r1:338
+    R[4] = R[4] & 0xffff0000 | l_top_1 & 0xffff  # prelude.r1:339
 """
 
 # PUSH_Ov [o16 a16, o16 a32] from spec/datamov.r1:304
 _T118 = """\
 v_src = (R[$src] & 0xffff)  # datamov.r1:307
-if S.stack32:  # prelude.r1:330
-    l_top_0 = ((R[4] - 2) & 4294967295)  # prelude.r1:331
-    wr16(2, l_top_0, v_src)  # prelude.r1:332
-    R[4] = l_top_0 & 0xffffffff  # prelude.r1:333
+if S.stack32:  # prelude.r1:332
+    l_top_0 = ((R[4] - 2) & 4294967295)  # prelude.r1:333
+    wr16(2, l_top_0, v_src)  # prelude.r1:334
+    R[4] = l_top_0 & 0xffffffff  # prelude.r1:335
 else:
-    l_top_1 = (((R[4] & 0xffff) - 2) & 65535)  # prelude.r1:335
-    wr16(2, l_top_1, v_src)  # prelude.r1:336
-    R[4] = R[4] & 0xffff0000 | l_top_1 & 0xffff  # prelude.r1:337
+    l_top_1 = (((R[4] & 0xffff) - 2) & 65535)  # prelude.r1:337
+    wr16(2, l_top_1, v_src)  # prelude.r1:338
+    R[4] = R[4] & 0xffff0000 | l_top_1 & 0xffff  # prelude.r1:339
 """
 
 # PUSH_Ov [o32 a16, o32 a32] from spec/datamov.r1:304
 _T119 = """\
 v_src = R[$src]  # datamov.r1:307
-if S.stack32:  # prelude.r1:330
-    l_top_0 = ((R[4] - 4) & 4294967295)  # prelude.r1:331
-    wr32(2, l_top_0, v_src)  # prelude.r1:332
-    R[4] = l_top_0 & 0xffffffff  # prelude.r1:333
+if S.stack32:  # prelude.r1:332
+    l_top_0 = ((R[4] - 4) & 4294967295)  # prelude.r1:333
+    wr32(2, l_top_0, v_src)  # prelude.r1:334
+    R[4] = l_top_0 & 0xffffffff  # prelude.r1:335
 else:
-    l_top_1 = (((R[4] & 0xffff) - 4) & 65535)  # prelude.r1:335
-    wr32(2, l_top_1, v_src)  # prelude.r1:336
-    R[4] = R[4] & 0xffff0000 | l_top_1 & 0xffff  # prelude.r1:337
+    l_top_1 = (((R[4] & 0xffff) - 4) & 65535)  # prelude.r1:337
+    wr32(2, l_top_1, v_src)  # prelude.r1:338
+    R[4] = R[4] & 0xffff0000 | l_top_1 & 0xffff  # prelude.r1:339
 """
 
 # PUSH_Ib [o16 a16, o16 a32] from spec/datamov.r1:315
 _T120 = """\
-if S.stack32:  # prelude.r1:330
-    l_top_0 = ((R[4] - 2) & 4294967295)  # prelude.r1:331
-    wr16(2, l_top_0, $src)  # prelude.r1:332
-    R[4] = l_top_0 & 0xffffffff  # prelude.r1:333
+if S.stack32:  # prelude.r1:332
+    l_top_0 = ((R[4] - 2) & 4294967295)  # prelude.r1:333
+    wr16(2, l_top_0, $src)  # prelude.r1:334
+    R[4] = l_top_0 & 0xffffffff  # prelude.r1:335
 else:
-    l_top_1 = (((R[4] & 0xffff) - 2) & 65535)  # prelude.r1:335
-    wr16(2, l_top_1, $src)  # prelude.r1:336
-    R[4] = R[4] & 0xffff0000 | l_top_1 & 0xffff  # prelude.r1:337
+    l_top_1 = (((R[4] & 0xffff) - 2) & 65535)  # prelude.r1:337
+    wr16(2, l_top_1, $src)  # prelude.r1:338
+    R[4] = R[4] & 0xffff0000 | l_top_1 & 0xffff  # prelude.r1:339
 """
 
 # PUSH_Ib [o32 a16, o32 a32] from spec/datamov.r1:315
 _T121 = """\
-if S.stack32:  # prelude.r1:330
-    l_top_0 = ((R[4] - 4) & 4294967295)  # prelude.r1:331
-    wr32(2, l_top_0, $src)  # prelude.r1:332
-    R[4] = l_top_0 & 0xffffffff  # prelude.r1:333
+if S.stack32:  # prelude.r1:332
+    l_top_0 = ((R[4] - 4) & 4294967295)  # prelude.r1:333
+    wr32(2, l_top_0, $src)  # prelude.r1:334
+    R[4] = l_top_0 & 0xffffffff  # prelude.r1:335
 else:
-    l_top_1 = (((R[4] & 0xffff) - 4) & 65535)  # prelude.r1:335
-    wr32(2, l_top_1, $src)  # prelude.r1:336
-    R[4] = R[4] & 0xffff0000 | l_top_1 & 0xffff  # prelude.r1:337
+    l_top_1 = (((R[4] & 0xffff) - 4) & 65535)  # prelude.r1:337
+    wr32(2, l_top_1, $src)  # prelude.r1:338
+    R[4] = R[4] & 0xffff0000 | l_top_1 & 0xffff  # prelude.r1:339
 """
 
 # PUSH_Iv [o16 a16, o16 a32] from spec/datamov.r1:324
 _T122 = """\
-if S.stack32:  # prelude.r1:330
-    l_top_0 = ((R[4] - 2) & 4294967295)  # prelude.r1:331
-    wr16(2, l_top_0, $src)  # prelude.r1:332
-    R[4] = l_top_0 & 0xffffffff  # prelude.r1:333
+if S.stack32:  # prelude.r1:332
+    l_top_0 = ((R[4] - 2) & 4294967295)  # prelude.r1:333
+    wr16(2, l_top_0, $src)  # prelude.r1:334
+    R[4] = l_top_0 & 0xffffffff  # prelude.r1:335
 else:
-    l_top_1 = (((R[4] & 0xffff) - 2) & 65535)  # prelude.r1:335
-    wr16(2, l_top_1, $src)  # prelude.r1:336
-    R[4] = R[4] & 0xffff0000 | l_top_1 & 0xffff  # prelude.r1:337
+    l_top_1 = (((R[4] & 0xffff) - 2) & 65535)  # prelude.r1:337
+    wr16(2, l_top_1, $src)  # prelude.r1:338
+    R[4] = R[4] & 0xffff0000 | l_top_1 & 0xffff  # prelude.r1:339
 """
 
 # PUSH_Iv [o32 a16, o32 a32] from spec/datamov.r1:324
 _T123 = """\
-if S.stack32:  # prelude.r1:330
-    l_top_0 = ((R[4] - 4) & 4294967295)  # prelude.r1:331
-    wr32(2, l_top_0, $src)  # prelude.r1:332
-    R[4] = l_top_0 & 0xffffffff  # prelude.r1:333
+if S.stack32:  # prelude.r1:332
+    l_top_0 = ((R[4] - 4) & 4294967295)  # prelude.r1:333
+    wr32(2, l_top_0, $src)  # prelude.r1:334
+    R[4] = l_top_0 & 0xffffffff  # prelude.r1:335
 else:
-    l_top_1 = (((R[4] & 0xffff) - 4) & 65535)  # prelude.r1:335
-    wr32(2, l_top_1, $src)  # prelude.r1:336
-    R[4] = R[4] & 0xffff0000 | l_top_1 & 0xffff  # prelude.r1:337
+    l_top_1 = (((R[4] & 0xffff) - 4) & 65535)  # prelude.r1:337
+    wr32(2, l_top_1, $src)  # prelude.r1:338
+    R[4] = R[4] & 0xffff0000 | l_top_1 & 0xffff  # prelude.r1:339
 """
 
 # POP_Ov [o16 a16, o16 a32] from spec/datamov.r1:334
 _T124 = """\
-l_v_0 = 0  # prelude.r1:344
-if S.stack32:  # prelude.r1:345
-    l_v_0 = rd16(2, R[4])  # prelude.r1:346
-    R[4] = ((R[4] + 2) & 4294967295) & 0xffffffff  # prelude.r1:347
+l_v_0 = 0  # prelude.r1:346
+if S.stack32:  # prelude.r1:347
+    l_v_0 = rd16(2, R[4])  # prelude.r1:348
+    R[4] = ((R[4] + 2) & 4294967295) & 0xffffffff  # prelude.r1:349
 else:
-    l_v_0 = rd16(2, (R[4] & 0xffff))  # prelude.r1:349
-    R[4] = R[4] & 0xffff0000 | (((R[4] & 0xffff) + 2) & 65535) & 0xffff  # prelude.r1:350
+    l_v_0 = rd16(2, (R[4] & 0xffff))  # prelude.r1:351
+    R[4] = R[4] & 0xffff0000 | (((R[4] & 0xffff) + 2) & 65535) & 0xffff  # prelude.r1:352
 R[$dst] = R[$dst] & 0xffff0000 | l_v_0 & 0xffff  # datamov.r1:343
 """
 
 # POP_Ov [o32 a16, o32 a32] from spec/datamov.r1:334
 _T125 = """\
-l_v_0 = 0  # prelude.r1:344
-if S.stack32:  # prelude.r1:345
-    l_v_0 = rd32(2, R[4])  # prelude.r1:346
-    R[4] = ((R[4] + 4) & 4294967295) & 0xffffffff  # prelude.r1:347
+l_v_0 = 0  # prelude.r1:346
+if S.stack32:  # prelude.r1:347
+    l_v_0 = rd32(2, R[4])  # prelude.r1:348
+    R[4] = ((R[4] + 4) & 4294967295) & 0xffffffff  # prelude.r1:349
 else:
-    l_v_0 = rd32(2, (R[4] & 0xffff))  # prelude.r1:349
-    R[4] = R[4] & 0xffff0000 | (((R[4] & 0xffff) + 4) & 65535) & 0xffff  # prelude.r1:350
+    l_v_0 = rd32(2, (R[4] & 0xffff))  # prelude.r1:351
+    R[4] = R[4] & 0xffff0000 | (((R[4] & 0xffff) + 4) & 65535) & 0xffff  # prelude.r1:352
 R[$dst] = l_v_0 & 0xffffffff  # datamov.r1:343
 """
 
 # POP_Rv_8F [o16 a16 reg, o16 a32 reg] from spec/datamov.r1:345
 _T126 = """\
-l_v_0 = 0  # prelude.r1:344
-if S.stack32:  # prelude.r1:345
-    l_v_0 = rd16(2, R[4])  # prelude.r1:346
-    R[4] = ((R[4] + 2) & 4294967295) & 0xffffffff  # prelude.r1:347
+l_v_0 = 0  # prelude.r1:346
+if S.stack32:  # prelude.r1:347
+    l_v_0 = rd16(2, R[4])  # prelude.r1:348
+    R[4] = ((R[4] + 2) & 4294967295) & 0xffffffff  # prelude.r1:349
 else:
-    l_v_0 = rd16(2, (R[4] & 0xffff))  # prelude.r1:349
-    R[4] = R[4] & 0xffff0000 | (((R[4] & 0xffff) + 2) & 65535) & 0xffff  # prelude.r1:350
+    l_v_0 = rd16(2, (R[4] & 0xffff))  # prelude.r1:351
+    R[4] = R[4] & 0xffff0000 | (((R[4] & 0xffff) + 2) & 65535) & 0xffff  # prelude.r1:352
 R[$dst] = R[$dst] & 0xffff0000 | l_v_0 & 0xffff  # datamov.r1:352
 """
 
 # POP_Rv_8F [o32 a16 reg, o32 a32 reg] from spec/datamov.r1:345
 _T127 = """\
-l_v_0 = 0  # prelude.r1:344
-if S.stack32:  # prelude.r1:345
-    l_v_0 = rd32(2, R[4])  # prelude.r1:346
-    R[4] = ((R[4] + 4) & 4294967295) & 0xffffffff  # prelude.r1:347
+l_v_0 = 0  # prelude.r1:346
+if S.stack32:  # prelude.r1:347
+    l_v_0 = rd32(2, R[4])  # prelude.r1:348
+    R[4] = ((R[4] + 4) & 4294967295) & 0xffffffff  # prelude.r1:349
 else:
-    l_v_0 = rd32(2, (R[4] & 0xffff))  # prelude.r1:349
-    R[4] = R[4] & 0xffff0000 | (((R[4] & 0xffff) + 4) & 65535) & 0xffff  # prelude.r1:350
+    l_v_0 = rd32(2, (R[4] & 0xffff))  # prelude.r1:351
+    R[4] = R[4] & 0xffff0000 | (((R[4] & 0xffff) + 4) & 65535) & 0xffff  # prelude.r1:352
 R[$dst] = l_v_0 & 0xffffffff  # datamov.r1:352
 """
 

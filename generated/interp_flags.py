@@ -13,14 +13,14 @@ _T0 = """\
 S.eip = $next
 if not ((S.mode != 2) or ((S.eflags >> 12 & 0x3) == 3)): raise Fault(13, 0)  # flags.r1:18
 m_v_0 = (flush_cc() & 16580607)
-if S.stack32:  # prelude.r1:330
-    l_top_1 = ((R[4] - 2) & 4294967295)  # prelude.r1:331
-    wr16(2, l_top_1, m_v_0)  # prelude.r1:332
-    R[4] = l_top_1 & 0xffffffff  # prelude.r1:333
+if S.stack32:  # prelude.r1:332
+    l_top_1 = ((R[4] - 2) & 4294967295)  # prelude.r1:333
+    wr16(2, l_top_1, m_v_0)  # prelude.r1:334
+    R[4] = l_top_1 & 0xffffffff  # prelude.r1:335
 else:
-    l_top_2 = (((R[4] & 0xffff) - 2) & 65535)  # prelude.r1:335
-    wr16(2, l_top_2, m_v_0)  # prelude.r1:336
-    R[4] = R[4] & 0xffff0000 | l_top_2 & 0xffff  # prelude.r1:337
+    l_top_2 = (((R[4] & 0xffff) - 2) & 65535)  # prelude.r1:337
+    wr16(2, l_top_2, m_v_0)  # prelude.r1:338
+    R[4] = R[4] & 0xffff0000 | l_top_2 & 0xffff  # prelude.r1:339
 """
 
 # PUSHF [o32 a16, o32 a32] from spec/flags.r1:14
@@ -28,27 +28,27 @@ _T1 = """\
 S.eip = $next
 if not ((S.mode != 2) or ((S.eflags >> 12 & 0x3) == 3)): raise Fault(13, 0)  # flags.r1:18
 m_v_0 = (flush_cc() & 16580607)
-if S.stack32:  # prelude.r1:330
-    l_top_1 = ((R[4] - 4) & 4294967295)  # prelude.r1:331
-    wr32(2, l_top_1, m_v_0)  # prelude.r1:332
-    R[4] = l_top_1 & 0xffffffff  # prelude.r1:333
+if S.stack32:  # prelude.r1:332
+    l_top_1 = ((R[4] - 4) & 4294967295)  # prelude.r1:333
+    wr32(2, l_top_1, m_v_0)  # prelude.r1:334
+    R[4] = l_top_1 & 0xffffffff  # prelude.r1:335
 else:
-    l_top_2 = (((R[4] & 0xffff) - 4) & 65535)  # prelude.r1:335
-    wr32(2, l_top_2, m_v_0)  # prelude.r1:336
-    R[4] = R[4] & 0xffff0000 | l_top_2 & 0xffff  # prelude.r1:337
+    l_top_2 = (((R[4] & 0xffff) - 4) & 65535)  # prelude.r1:337
+    wr32(2, l_top_2, m_v_0)  # prelude.r1:338
+    R[4] = R[4] & 0xffff0000 | l_top_2 & 0xffff  # prelude.r1:339
 """
 
 # POPF [o16 a16, o16 a32] from spec/flags.r1:31
 _T2 = """\
 S.eip = $next
 if not ((S.mode != 2) or ((S.eflags >> 12 & 0x3) == 3)): raise Fault(13, 0)  # flags.r1:35
-l_v_0 = 0  # prelude.r1:344
-if S.stack32:  # prelude.r1:345
-    l_v_0 = rd16(2, R[4])  # prelude.r1:346
-    R[4] = ((R[4] + 2) & 4294967295) & 0xffffffff  # prelude.r1:347
+l_v_0 = 0  # prelude.r1:346
+if S.stack32:  # prelude.r1:347
+    l_v_0 = rd16(2, R[4])  # prelude.r1:348
+    R[4] = ((R[4] + 2) & 4294967295) & 0xffffffff  # prelude.r1:349
 else:
-    l_v_0 = rd16(2, (R[4] & 0xffff))  # prelude.r1:349
-    R[4] = R[4] & 0xffff0000 | (((R[4] & 0xffff) + 2) & 65535) & 0xffff  # prelude.r1:350
+    l_v_0 = rd16(2, (R[4] & 0xffff))  # prelude.r1:351
+    R[4] = R[4] & 0xffff0000 | (((R[4] & 0xffff) + 2) & 65535) & 0xffff  # prelude.r1:352
 l_v = l_v_0  # flags.r1:40
 l_m = 32725  # flags.r1:41
 if (S.cpl > 0):  # flags.r1:42
@@ -63,13 +63,13 @@ set_eflags(l_f)  # flags.r1:46
 _T3 = """\
 S.eip = $next
 if not ((S.mode != 2) or ((S.eflags >> 12 & 0x3) == 3)): raise Fault(13, 0)  # flags.r1:35
-l_v_0 = 0  # prelude.r1:344
-if S.stack32:  # prelude.r1:345
-    l_v_0 = rd32(2, R[4])  # prelude.r1:346
-    R[4] = ((R[4] + 4) & 4294967295) & 0xffffffff  # prelude.r1:347
+l_v_0 = 0  # prelude.r1:346
+if S.stack32:  # prelude.r1:347
+    l_v_0 = rd32(2, R[4])  # prelude.r1:348
+    R[4] = ((R[4] + 4) & 4294967295) & 0xffffffff  # prelude.r1:349
 else:
-    l_v_0 = rd32(2, (R[4] & 0xffff))  # prelude.r1:349
-    R[4] = R[4] & 0xffff0000 | (((R[4] & 0xffff) + 4) & 65535) & 0xffff  # prelude.r1:350
+    l_v_0 = rd32(2, (R[4] & 0xffff))  # prelude.r1:351
+    R[4] = R[4] & 0xffff0000 | (((R[4] & 0xffff) + 4) & 65535) & 0xffff  # prelude.r1:352
 l_v = l_v_0  # flags.r1:40
 l_m = 2392021  # flags.r1:41
 if (S.cpl > 0):  # flags.r1:42

@@ -63,168 +63,168 @@ if ($dst == 2):  # segment.r1:167
 _T5 = """\
 S.eip = $next
 m_v_0 = S.sel[0]
-if S.stack32:  # prelude.r1:330
-    l_top_1 = ((R[4] - 2) & 4294967295)  # prelude.r1:331
-    wr16(2, l_top_1, m_v_0)  # prelude.r1:332
-    R[4] = l_top_1 & 0xffffffff  # prelude.r1:333
+if S.stack32:  # prelude.r1:332
+    l_top_1 = ((R[4] - 2) & 4294967295)  # prelude.r1:333
+    wr16(2, l_top_1, m_v_0)  # prelude.r1:334
+    R[4] = l_top_1 & 0xffffffff  # prelude.r1:335
 else:
-    l_top_2 = (((R[4] & 0xffff) - 2) & 65535)  # prelude.r1:335
-    wr16(2, l_top_2, m_v_0)  # prelude.r1:336
-    R[4] = R[4] & 0xffff0000 | l_top_2 & 0xffff  # prelude.r1:337
+    l_top_2 = (((R[4] & 0xffff) - 2) & 65535)  # prelude.r1:337
+    wr16(2, l_top_2, m_v_0)  # prelude.r1:338
+    R[4] = R[4] & 0xffff0000 | l_top_2 & 0xffff  # prelude.r1:339
 """
 
 # PUSH_ES [o32 a16, o32 a32] from spec/segment.r1:171
 _T6 = """\
 S.eip = $next
 m_v_0 = S.sel[0]
-if S.stack32:  # prelude.r1:330
-    l_top_1 = ((R[4] - 4) & 4294967295)  # prelude.r1:331
-    wr32(2, l_top_1, m_v_0)  # prelude.r1:332
-    R[4] = l_top_1 & 0xffffffff  # prelude.r1:333
+if S.stack32:  # prelude.r1:332
+    l_top_1 = ((R[4] - 4) & 4294967295)  # prelude.r1:333
+    wr32(2, l_top_1, m_v_0)  # prelude.r1:334
+    R[4] = l_top_1 & 0xffffffff  # prelude.r1:335
 else:
-    l_top_2 = (((R[4] & 0xffff) - 4) & 65535)  # prelude.r1:335
-    wr32(2, l_top_2, m_v_0)  # prelude.r1:336
-    R[4] = R[4] & 0xffff0000 | l_top_2 & 0xffff  # prelude.r1:337
+    l_top_2 = (((R[4] & 0xffff) - 4) & 65535)  # prelude.r1:337
+    wr32(2, l_top_2, m_v_0)  # prelude.r1:338
+    R[4] = R[4] & 0xffff0000 | l_top_2 & 0xffff  # prelude.r1:339
 """
 
 # PUSH_CS [o16 a16, o16 a32] from spec/segment.r1:180
 _T7 = """\
 S.eip = $next
 m_v_0 = S.sel[1]
-if S.stack32:  # prelude.r1:330
-    l_top_1 = ((R[4] - 2) & 4294967295)  # prelude.r1:331
-    wr16(2, l_top_1, m_v_0)  # prelude.r1:332
-    R[4] = l_top_1 & 0xffffffff  # prelude.r1:333
+if S.stack32:  # prelude.r1:332
+    l_top_1 = ((R[4] - 2) & 4294967295)  # prelude.r1:333
+    wr16(2, l_top_1, m_v_0)  # prelude.r1:334
+    R[4] = l_top_1 & 0xffffffff  # prelude.r1:335
 else:
-    l_top_2 = (((R[4] & 0xffff) - 2) & 65535)  # prelude.r1:335
-    wr16(2, l_top_2, m_v_0)  # prelude.r1:336
-    R[4] = R[4] & 0xffff0000 | l_top_2 & 0xffff  # prelude.r1:337
+    l_top_2 = (((R[4] & 0xffff) - 2) & 65535)  # prelude.r1:337
+    wr16(2, l_top_2, m_v_0)  # prelude.r1:338
+    R[4] = R[4] & 0xffff0000 | l_top_2 & 0xffff  # prelude.r1:339
 """
 
 # PUSH_CS [o32 a16, o32 a32] from spec/segment.r1:180
 _T8 = """\
 S.eip = $next
 m_v_0 = S.sel[1]
-if S.stack32:  # prelude.r1:330
-    l_top_1 = ((R[4] - 4) & 4294967295)  # prelude.r1:331
-    wr32(2, l_top_1, m_v_0)  # prelude.r1:332
-    R[4] = l_top_1 & 0xffffffff  # prelude.r1:333
+if S.stack32:  # prelude.r1:332
+    l_top_1 = ((R[4] - 4) & 4294967295)  # prelude.r1:333
+    wr32(2, l_top_1, m_v_0)  # prelude.r1:334
+    R[4] = l_top_1 & 0xffffffff  # prelude.r1:335
 else:
-    l_top_2 = (((R[4] & 0xffff) - 4) & 65535)  # prelude.r1:335
-    wr32(2, l_top_2, m_v_0)  # prelude.r1:336
-    R[4] = R[4] & 0xffff0000 | l_top_2 & 0xffff  # prelude.r1:337
+    l_top_2 = (((R[4] & 0xffff) - 4) & 65535)  # prelude.r1:337
+    wr32(2, l_top_2, m_v_0)  # prelude.r1:338
+    R[4] = R[4] & 0xffff0000 | l_top_2 & 0xffff  # prelude.r1:339
 """
 
 # PUSH_SS [o16 a16, o16 a32] from spec/segment.r1:190
 _T9 = """\
 S.eip = $next
 m_v_0 = S.sel[2]
-if S.stack32:  # prelude.r1:330
-    l_top_1 = ((R[4] - 2) & 4294967295)  # prelude.r1:331
-    wr16(2, l_top_1, m_v_0)  # prelude.r1:332
-    R[4] = l_top_1 & 0xffffffff  # prelude.r1:333
+if S.stack32:  # prelude.r1:332
+    l_top_1 = ((R[4] - 2) & 4294967295)  # prelude.r1:333
+    wr16(2, l_top_1, m_v_0)  # prelude.r1:334
+    R[4] = l_top_1 & 0xffffffff  # prelude.r1:335
 else:
-    l_top_2 = (((R[4] & 0xffff) - 2) & 65535)  # prelude.r1:335
-    wr16(2, l_top_2, m_v_0)  # prelude.r1:336
-    R[4] = R[4] & 0xffff0000 | l_top_2 & 0xffff  # prelude.r1:337
+    l_top_2 = (((R[4] & 0xffff) - 2) & 65535)  # prelude.r1:337
+    wr16(2, l_top_2, m_v_0)  # prelude.r1:338
+    R[4] = R[4] & 0xffff0000 | l_top_2 & 0xffff  # prelude.r1:339
 """
 
 # PUSH_SS [o32 a16, o32 a32] from spec/segment.r1:190
 _T10 = """\
 S.eip = $next
 m_v_0 = S.sel[2]
-if S.stack32:  # prelude.r1:330
-    l_top_1 = ((R[4] - 4) & 4294967295)  # prelude.r1:331
-    wr32(2, l_top_1, m_v_0)  # prelude.r1:332
-    R[4] = l_top_1 & 0xffffffff  # prelude.r1:333
+if S.stack32:  # prelude.r1:332
+    l_top_1 = ((R[4] - 4) & 4294967295)  # prelude.r1:333
+    wr32(2, l_top_1, m_v_0)  # prelude.r1:334
+    R[4] = l_top_1 & 0xffffffff  # prelude.r1:335
 else:
-    l_top_2 = (((R[4] & 0xffff) - 4) & 65535)  # prelude.r1:335
-    wr32(2, l_top_2, m_v_0)  # prelude.r1:336
-    R[4] = R[4] & 0xffff0000 | l_top_2 & 0xffff  # prelude.r1:337
+    l_top_2 = (((R[4] & 0xffff) - 4) & 65535)  # prelude.r1:337
+    wr32(2, l_top_2, m_v_0)  # prelude.r1:338
+    R[4] = R[4] & 0xffff0000 | l_top_2 & 0xffff  # prelude.r1:339
 """
 
 # PUSH_DS [o16 a16, o16 a32] from spec/segment.r1:200
 _T11 = """\
 S.eip = $next
 m_v_0 = S.sel[3]
-if S.stack32:  # prelude.r1:330
-    l_top_1 = ((R[4] - 2) & 4294967295)  # prelude.r1:331
-    wr16(2, l_top_1, m_v_0)  # prelude.r1:332
-    R[4] = l_top_1 & 0xffffffff  # prelude.r1:333
+if S.stack32:  # prelude.r1:332
+    l_top_1 = ((R[4] - 2) & 4294967295)  # prelude.r1:333
+    wr16(2, l_top_1, m_v_0)  # prelude.r1:334
+    R[4] = l_top_1 & 0xffffffff  # prelude.r1:335
 else:
-    l_top_2 = (((R[4] & 0xffff) - 2) & 65535)  # prelude.r1:335
-    wr16(2, l_top_2, m_v_0)  # prelude.r1:336
-    R[4] = R[4] & 0xffff0000 | l_top_2 & 0xffff  # prelude.r1:337
+    l_top_2 = (((R[4] & 0xffff) - 2) & 65535)  # prelude.r1:337
+    wr16(2, l_top_2, m_v_0)  # prelude.r1:338
+    R[4] = R[4] & 0xffff0000 | l_top_2 & 0xffff  # prelude.r1:339
 """
 
 # PUSH_DS [o32 a16, o32 a32] from spec/segment.r1:200
 _T12 = """\
 S.eip = $next
 m_v_0 = S.sel[3]
-if S.stack32:  # prelude.r1:330
-    l_top_1 = ((R[4] - 4) & 4294967295)  # prelude.r1:331
-    wr32(2, l_top_1, m_v_0)  # prelude.r1:332
-    R[4] = l_top_1 & 0xffffffff  # prelude.r1:333
+if S.stack32:  # prelude.r1:332
+    l_top_1 = ((R[4] - 4) & 4294967295)  # prelude.r1:333
+    wr32(2, l_top_1, m_v_0)  # prelude.r1:334
+    R[4] = l_top_1 & 0xffffffff  # prelude.r1:335
 else:
-    l_top_2 = (((R[4] & 0xffff) - 4) & 65535)  # prelude.r1:335
-    wr32(2, l_top_2, m_v_0)  # prelude.r1:336
-    R[4] = R[4] & 0xffff0000 | l_top_2 & 0xffff  # prelude.r1:337
+    l_top_2 = (((R[4] & 0xffff) - 4) & 65535)  # prelude.r1:337
+    wr32(2, l_top_2, m_v_0)  # prelude.r1:338
+    R[4] = R[4] & 0xffff0000 | l_top_2 & 0xffff  # prelude.r1:339
 """
 
 # PUSH_FS [o16 a16, o16 a32] from spec/segment.r1:209
 _T13 = """\
 S.eip = $next
 m_v_0 = S.sel[4]
-if S.stack32:  # prelude.r1:330
-    l_top_1 = ((R[4] - 2) & 4294967295)  # prelude.r1:331
-    wr16(2, l_top_1, m_v_0)  # prelude.r1:332
-    R[4] = l_top_1 & 0xffffffff  # prelude.r1:333
+if S.stack32:  # prelude.r1:332
+    l_top_1 = ((R[4] - 2) & 4294967295)  # prelude.r1:333
+    wr16(2, l_top_1, m_v_0)  # prelude.r1:334
+    R[4] = l_top_1 & 0xffffffff  # prelude.r1:335
 else:
-    l_top_2 = (((R[4] & 0xffff) - 2) & 65535)  # prelude.r1:335
-    wr16(2, l_top_2, m_v_0)  # prelude.r1:336
-    R[4] = R[4] & 0xffff0000 | l_top_2 & 0xffff  # prelude.r1:337
+    l_top_2 = (((R[4] & 0xffff) - 2) & 65535)  # prelude.r1:337
+    wr16(2, l_top_2, m_v_0)  # prelude.r1:338
+    R[4] = R[4] & 0xffff0000 | l_top_2 & 0xffff  # prelude.r1:339
 """
 
 # PUSH_FS [o32 a16, o32 a32] from spec/segment.r1:209
 _T14 = """\
 S.eip = $next
 m_v_0 = S.sel[4]
-if S.stack32:  # prelude.r1:330
-    l_top_1 = ((R[4] - 4) & 4294967295)  # prelude.r1:331
-    wr32(2, l_top_1, m_v_0)  # prelude.r1:332
-    R[4] = l_top_1 & 0xffffffff  # prelude.r1:333
+if S.stack32:  # prelude.r1:332
+    l_top_1 = ((R[4] - 4) & 4294967295)  # prelude.r1:333
+    wr32(2, l_top_1, m_v_0)  # prelude.r1:334
+    R[4] = l_top_1 & 0xffffffff  # prelude.r1:335
 else:
-    l_top_2 = (((R[4] & 0xffff) - 4) & 65535)  # prelude.r1:335
-    wr32(2, l_top_2, m_v_0)  # prelude.r1:336
-    R[4] = R[4] & 0xffff0000 | l_top_2 & 0xffff  # prelude.r1:337
+    l_top_2 = (((R[4] & 0xffff) - 4) & 65535)  # prelude.r1:337
+    wr32(2, l_top_2, m_v_0)  # prelude.r1:338
+    R[4] = R[4] & 0xffff0000 | l_top_2 & 0xffff  # prelude.r1:339
 """
 
 # PUSH_GS [o16 a16, o16 a32] from spec/segment.r1:218
 _T15 = """\
 S.eip = $next
 m_v_0 = S.sel[5]
-if S.stack32:  # prelude.r1:330
-    l_top_1 = ((R[4] - 2) & 4294967295)  # prelude.r1:331
-    wr16(2, l_top_1, m_v_0)  # prelude.r1:332
-    R[4] = l_top_1 & 0xffffffff  # prelude.r1:333
+if S.stack32:  # prelude.r1:332
+    l_top_1 = ((R[4] - 2) & 4294967295)  # prelude.r1:333
+    wr16(2, l_top_1, m_v_0)  # prelude.r1:334
+    R[4] = l_top_1 & 0xffffffff  # prelude.r1:335
 else:
-    l_top_2 = (((R[4] & 0xffff) - 2) & 65535)  # prelude.r1:335
-    wr16(2, l_top_2, m_v_0)  # prelude.r1:336
-    R[4] = R[4] & 0xffff0000 | l_top_2 & 0xffff  # prelude.r1:337
+    l_top_2 = (((R[4] & 0xffff) - 2) & 65535)  # prelude.r1:337
+    wr16(2, l_top_2, m_v_0)  # prelude.r1:338
+    R[4] = R[4] & 0xffff0000 | l_top_2 & 0xffff  # prelude.r1:339
 """
 
 # PUSH_GS [o32 a16, o32 a32] from spec/segment.r1:218
 _T16 = """\
 S.eip = $next
 m_v_0 = S.sel[5]
-if S.stack32:  # prelude.r1:330
-    l_top_1 = ((R[4] - 4) & 4294967295)  # prelude.r1:331
-    wr32(2, l_top_1, m_v_0)  # prelude.r1:332
-    R[4] = l_top_1 & 0xffffffff  # prelude.r1:333
+if S.stack32:  # prelude.r1:332
+    l_top_1 = ((R[4] - 4) & 4294967295)  # prelude.r1:333
+    wr32(2, l_top_1, m_v_0)  # prelude.r1:334
+    R[4] = l_top_1 & 0xffffffff  # prelude.r1:335
 else:
-    l_top_2 = (((R[4] & 0xffff) - 4) & 65535)  # prelude.r1:335
-    wr32(2, l_top_2, m_v_0)  # prelude.r1:336
-    R[4] = R[4] & 0xffff0000 | l_top_2 & 0xffff  # prelude.r1:337
+    l_top_2 = (((R[4] & 0xffff) - 4) & 65535)  # prelude.r1:337
+    wr32(2, l_top_2, m_v_0)  # prelude.r1:338
+    R[4] = R[4] & 0xffff0000 | l_top_2 & 0xffff  # prelude.r1:339
 """
 
 # POP_ES [o16 a16, o16 a32] from spec/segment.r1:238

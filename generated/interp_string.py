@@ -8,914 +8,920 @@ register-or-memory, condition, REP). `$name` placeholders are filled from the de
 instruction by ring1.runtime.cpu.blocks, which joins templates into one function per block.
 """
 
-# MOVSB [o16 a16, o32 a16] from spec/string.r1:20
+# MOVSB [o16 a16, o32 a16] from spec/string.r1:22
 _T0 = """\
-l_v = rd8($dseg, (R[6] & 0xffff))  # string.r1:30
-wr8(0, (R[7] & 0xffff), l_v)  # string.r1:31
-R[6] = R[6] & 0xffff0000 | (((R[6] & 0xffff) - 1) if (S.eflags >> 10 & 0x1) else ((R[6] & 0xffff) + 1)) & 0xffff  # string.r1:16
-R[7] = R[7] & 0xffff0000 | (((R[7] & 0xffff) - 1) if (S.eflags >> 10 & 0x1) else ((R[7] & 0xffff) + 1)) & 0xffff  # string.r1:16
+l_v = rd8($dseg, (R[6] & 0xffff))  # string.r1:33
+wr8(0, (R[7] & 0xffff), l_v)  # string.r1:34
+R[6] = R[6] & 0xffff0000 | (((R[6] & 0xffff) - 1) if (S.eflags >> 10 & 0x1) else ((R[6] & 0xffff) + 1)) & 0xffff  # string.r1:18
+R[7] = R[7] & 0xffff0000 | (((R[7] & 0xffff) - 1) if (S.eflags >> 10 & 0x1) else ((R[7] & 0xffff) + 1)) & 0xffff  # string.r1:18
 """
 
-# MOVSB [o16 a16 rep, o32 a16 rep] from spec/string.r1:20
+# MOVSB [o16 a16 rep, o32 a16 rep] from spec/string.r1:22
 _T1 = """\
-while (R[1] & 0xffff) != 0:  # string.r1:29
-    l_v = rd8($dseg, (R[6] & 0xffff))  # string.r1:30
-    wr8(0, (R[7] & 0xffff), l_v)  # string.r1:31
-    R[6] = R[6] & 0xffff0000 | (((R[6] & 0xffff) - 1) if (S.eflags >> 10 & 0x1) else ((R[6] & 0xffff) + 1)) & 0xffff  # string.r1:16
-    R[7] = R[7] & 0xffff0000 | (((R[7] & 0xffff) - 1) if (S.eflags >> 10 & 0x1) else ((R[7] & 0xffff) + 1)) & 0xffff  # string.r1:16
+while (R[1] & 0xffff) != 0:  # string.r1:32
+    l_v = rd8($dseg, (R[6] & 0xffff))  # string.r1:33
+    wr8(0, (R[7] & 0xffff), l_v)  # string.r1:34
+    R[6] = R[6] & 0xffff0000 | (((R[6] & 0xffff) - 1) if (S.eflags >> 10 & 0x1) else ((R[6] & 0xffff) + 1)) & 0xffff  # string.r1:18
+    R[7] = R[7] & 0xffff0000 | (((R[7] & 0xffff) - 1) if (S.eflags >> 10 & 0x1) else ((R[7] & 0xffff) + 1)) & 0xffff  # string.r1:18
     R[1] = R[1] & 0xffff0000 | (R[1] & 0xffff) - 1 & 0xffff
 """
 
-# MOVSB [o16 a32, o32 a32] from spec/string.r1:20
+# MOVSB [o16 a32, o32 a32] from spec/string.r1:22
 _T2 = """\
-l_v = rd8($dseg, R[6])  # string.r1:30
-wr8(0, R[7], l_v)  # string.r1:31
-R[6] = ((R[6] - 1) if (S.eflags >> 10 & 0x1) else (R[6] + 1)) & 0xffffffff  # string.r1:16
-R[7] = ((R[7] - 1) if (S.eflags >> 10 & 0x1) else (R[7] + 1)) & 0xffffffff  # string.r1:16
+l_v = rd8($dseg, R[6])  # string.r1:33
+wr8(0, R[7], l_v)  # string.r1:34
+R[6] = ((R[6] - 1) if (S.eflags >> 10 & 0x1) else (R[6] + 1)) & 0xffffffff  # string.r1:18
+R[7] = ((R[7] - 1) if (S.eflags >> 10 & 0x1) else (R[7] + 1)) & 0xffffffff  # string.r1:18
 """
 
-# MOVSB [o16 a32 rep, o32 a32 rep] from spec/string.r1:20
+# MOVSB [o16 a32 rep, o32 a32 rep] from spec/string.r1:22
 _T3 = """\
-while R[1] != 0:  # string.r1:29
-    l_v = rd8($dseg, R[6])  # string.r1:30
-    wr8(0, R[7], l_v)  # string.r1:31
-    R[6] = ((R[6] - 1) if (S.eflags >> 10 & 0x1) else (R[6] + 1)) & 0xffffffff  # string.r1:16
-    R[7] = ((R[7] - 1) if (S.eflags >> 10 & 0x1) else (R[7] + 1)) & 0xffffffff  # string.r1:16
+if not S.eflags >> 10 & 1: b_rep_movs($dseg, 8)  # string.r1:31
+while R[1] != 0:  # string.r1:32
+    l_v = rd8($dseg, R[6])  # string.r1:33
+    wr8(0, R[7], l_v)  # string.r1:34
+    R[6] = ((R[6] - 1) if (S.eflags >> 10 & 0x1) else (R[6] + 1)) & 0xffffffff  # string.r1:18
+    R[7] = ((R[7] - 1) if (S.eflags >> 10 & 0x1) else (R[7] + 1)) & 0xffffffff  # string.r1:18
     R[1] = R[1] - 1 & 0xffffffff
 """
 
-# MOVSv [o16 a16] from spec/string.r1:36
+# MOVSv [o16 a16] from spec/string.r1:39
 _T4 = """\
-l_v = rd16($dseg, (R[6] & 0xffff))  # string.r1:45
-wr16(0, (R[7] & 0xffff), l_v)  # string.r1:46
-R[6] = R[6] & 0xffff0000 | (((R[6] & 0xffff) - 2) if (S.eflags >> 10 & 0x1) else ((R[6] & 0xffff) + 2)) & 0xffff  # string.r1:16
-R[7] = R[7] & 0xffff0000 | (((R[7] & 0xffff) - 2) if (S.eflags >> 10 & 0x1) else ((R[7] & 0xffff) + 2)) & 0xffff  # string.r1:16
+l_v = rd16($dseg, (R[6] & 0xffff))  # string.r1:49
+wr16(0, (R[7] & 0xffff), l_v)  # string.r1:50
+R[6] = R[6] & 0xffff0000 | (((R[6] & 0xffff) - 2) if (S.eflags >> 10 & 0x1) else ((R[6] & 0xffff) + 2)) & 0xffff  # string.r1:18
+R[7] = R[7] & 0xffff0000 | (((R[7] & 0xffff) - 2) if (S.eflags >> 10 & 0x1) else ((R[7] & 0xffff) + 2)) & 0xffff  # string.r1:18
 """
 
-# MOVSv [o16 a16 rep] from spec/string.r1:36
+# MOVSv [o16 a16 rep] from spec/string.r1:39
 _T5 = """\
-while (R[1] & 0xffff) != 0:  # string.r1:44
-    l_v = rd16($dseg, (R[6] & 0xffff))  # string.r1:45
-    wr16(0, (R[7] & 0xffff), l_v)  # string.r1:46
-    R[6] = R[6] & 0xffff0000 | (((R[6] & 0xffff) - 2) if (S.eflags >> 10 & 0x1) else ((R[6] & 0xffff) + 2)) & 0xffff  # string.r1:16
-    R[7] = R[7] & 0xffff0000 | (((R[7] & 0xffff) - 2) if (S.eflags >> 10 & 0x1) else ((R[7] & 0xffff) + 2)) & 0xffff  # string.r1:16
+while (R[1] & 0xffff) != 0:  # string.r1:48
+    l_v = rd16($dseg, (R[6] & 0xffff))  # string.r1:49
+    wr16(0, (R[7] & 0xffff), l_v)  # string.r1:50
+    R[6] = R[6] & 0xffff0000 | (((R[6] & 0xffff) - 2) if (S.eflags >> 10 & 0x1) else ((R[6] & 0xffff) + 2)) & 0xffff  # string.r1:18
+    R[7] = R[7] & 0xffff0000 | (((R[7] & 0xffff) - 2) if (S.eflags >> 10 & 0x1) else ((R[7] & 0xffff) + 2)) & 0xffff  # string.r1:18
     R[1] = R[1] & 0xffff0000 | (R[1] & 0xffff) - 1 & 0xffff
 """
 
-# MOVSv [o16 a32] from spec/string.r1:36
+# MOVSv [o16 a32] from spec/string.r1:39
 _T6 = """\
-l_v = rd16($dseg, R[6])  # string.r1:45
-wr16(0, R[7], l_v)  # string.r1:46
-R[6] = ((R[6] - 2) if (S.eflags >> 10 & 0x1) else (R[6] + 2)) & 0xffffffff  # string.r1:16
-R[7] = ((R[7] - 2) if (S.eflags >> 10 & 0x1) else (R[7] + 2)) & 0xffffffff  # string.r1:16
+l_v = rd16($dseg, R[6])  # string.r1:49
+wr16(0, R[7], l_v)  # string.r1:50
+R[6] = ((R[6] - 2) if (S.eflags >> 10 & 0x1) else (R[6] + 2)) & 0xffffffff  # string.r1:18
+R[7] = ((R[7] - 2) if (S.eflags >> 10 & 0x1) else (R[7] + 2)) & 0xffffffff  # string.r1:18
 """
 
-# MOVSv [o16 a32 rep] from spec/string.r1:36
+# MOVSv [o16 a32 rep] from spec/string.r1:39
 _T7 = """\
-while R[1] != 0:  # string.r1:44
-    l_v = rd16($dseg, R[6])  # string.r1:45
-    wr16(0, R[7], l_v)  # string.r1:46
-    R[6] = ((R[6] - 2) if (S.eflags >> 10 & 0x1) else (R[6] + 2)) & 0xffffffff  # string.r1:16
-    R[7] = ((R[7] - 2) if (S.eflags >> 10 & 0x1) else (R[7] + 2)) & 0xffffffff  # string.r1:16
+if not S.eflags >> 10 & 1: b_rep_movs($dseg, 16)  # string.r1:47
+while R[1] != 0:  # string.r1:48
+    l_v = rd16($dseg, R[6])  # string.r1:49
+    wr16(0, R[7], l_v)  # string.r1:50
+    R[6] = ((R[6] - 2) if (S.eflags >> 10 & 0x1) else (R[6] + 2)) & 0xffffffff  # string.r1:18
+    R[7] = ((R[7] - 2) if (S.eflags >> 10 & 0x1) else (R[7] + 2)) & 0xffffffff  # string.r1:18
     R[1] = R[1] - 1 & 0xffffffff
 """
 
-# MOVSv [o32 a16] from spec/string.r1:36
+# MOVSv [o32 a16] from spec/string.r1:39
 _T8 = """\
-l_v = rd32($dseg, (R[6] & 0xffff))  # string.r1:45
-wr32(0, (R[7] & 0xffff), l_v)  # string.r1:46
-R[6] = R[6] & 0xffff0000 | (((R[6] & 0xffff) - 4) if (S.eflags >> 10 & 0x1) else ((R[6] & 0xffff) + 4)) & 0xffff  # string.r1:16
-R[7] = R[7] & 0xffff0000 | (((R[7] & 0xffff) - 4) if (S.eflags >> 10 & 0x1) else ((R[7] & 0xffff) + 4)) & 0xffff  # string.r1:16
+l_v = rd32($dseg, (R[6] & 0xffff))  # string.r1:49
+wr32(0, (R[7] & 0xffff), l_v)  # string.r1:50
+R[6] = R[6] & 0xffff0000 | (((R[6] & 0xffff) - 4) if (S.eflags >> 10 & 0x1) else ((R[6] & 0xffff) + 4)) & 0xffff  # string.r1:18
+R[7] = R[7] & 0xffff0000 | (((R[7] & 0xffff) - 4) if (S.eflags >> 10 & 0x1) else ((R[7] & 0xffff) + 4)) & 0xffff  # string.r1:18
 """
 
-# MOVSv [o32 a16 rep] from spec/string.r1:36
+# MOVSv [o32 a16 rep] from spec/string.r1:39
 _T9 = """\
-while (R[1] & 0xffff) != 0:  # string.r1:44
-    l_v = rd32($dseg, (R[6] & 0xffff))  # string.r1:45
-    wr32(0, (R[7] & 0xffff), l_v)  # string.r1:46
-    R[6] = R[6] & 0xffff0000 | (((R[6] & 0xffff) - 4) if (S.eflags >> 10 & 0x1) else ((R[6] & 0xffff) + 4)) & 0xffff  # string.r1:16
-    R[7] = R[7] & 0xffff0000 | (((R[7] & 0xffff) - 4) if (S.eflags >> 10 & 0x1) else ((R[7] & 0xffff) + 4)) & 0xffff  # string.r1:16
+while (R[1] & 0xffff) != 0:  # string.r1:48
+    l_v = rd32($dseg, (R[6] & 0xffff))  # string.r1:49
+    wr32(0, (R[7] & 0xffff), l_v)  # string.r1:50
+    R[6] = R[6] & 0xffff0000 | (((R[6] & 0xffff) - 4) if (S.eflags >> 10 & 0x1) else ((R[6] & 0xffff) + 4)) & 0xffff  # string.r1:18
+    R[7] = R[7] & 0xffff0000 | (((R[7] & 0xffff) - 4) if (S.eflags >> 10 & 0x1) else ((R[7] & 0xffff) + 4)) & 0xffff  # string.r1:18
     R[1] = R[1] & 0xffff0000 | (R[1] & 0xffff) - 1 & 0xffff
 """
 
-# MOVSv [o32 a32] from spec/string.r1:36
+# MOVSv [o32 a32] from spec/string.r1:39
 _T10 = """\
-l_v = rd32($dseg, R[6])  # string.r1:45
-wr32(0, R[7], l_v)  # string.r1:46
-R[6] = ((R[6] - 4) if (S.eflags >> 10 & 0x1) else (R[6] + 4)) & 0xffffffff  # string.r1:16
-R[7] = ((R[7] - 4) if (S.eflags >> 10 & 0x1) else (R[7] + 4)) & 0xffffffff  # string.r1:16
+l_v = rd32($dseg, R[6])  # string.r1:49
+wr32(0, R[7], l_v)  # string.r1:50
+R[6] = ((R[6] - 4) if (S.eflags >> 10 & 0x1) else (R[6] + 4)) & 0xffffffff  # string.r1:18
+R[7] = ((R[7] - 4) if (S.eflags >> 10 & 0x1) else (R[7] + 4)) & 0xffffffff  # string.r1:18
 """
 
-# MOVSv [o32 a32 rep] from spec/string.r1:36
+# MOVSv [o32 a32 rep] from spec/string.r1:39
 _T11 = """\
-while R[1] != 0:  # string.r1:44
-    l_v = rd32($dseg, R[6])  # string.r1:45
-    wr32(0, R[7], l_v)  # string.r1:46
-    R[6] = ((R[6] - 4) if (S.eflags >> 10 & 0x1) else (R[6] + 4)) & 0xffffffff  # string.r1:16
-    R[7] = ((R[7] - 4) if (S.eflags >> 10 & 0x1) else (R[7] + 4)) & 0xffffffff  # string.r1:16
+if not S.eflags >> 10 & 1: b_rep_movs($dseg, 32)  # string.r1:47
+while R[1] != 0:  # string.r1:48
+    l_v = rd32($dseg, R[6])  # string.r1:49
+    wr32(0, R[7], l_v)  # string.r1:50
+    R[6] = ((R[6] - 4) if (S.eflags >> 10 & 0x1) else (R[6] + 4)) & 0xffffffff  # string.r1:18
+    R[7] = ((R[7] - 4) if (S.eflags >> 10 & 0x1) else (R[7] + 4)) & 0xffffffff  # string.r1:18
     R[1] = R[1] - 1 & 0xffffffff
 """
 
-# CMPSB [o16 a16, o32 a16] from spec/string.r1:56
+# CMPSB [o16 a16, o32 a16] from spec/string.r1:60
 _T12 = """\
-l_a = rd8($dseg, (R[6] & 0xffff))  # string.r1:67
-l_b = rd8(0, (R[7] & 0xffff))  # string.r1:68
-S.cc = (7, l_a, l_b, ((l_a - l_b) & 255))  # string.r1:69
-R[6] = R[6] & 0xffff0000 | (((R[6] & 0xffff) - 1) if (S.eflags >> 10 & 0x1) else ((R[6] & 0xffff) + 1)) & 0xffff  # string.r1:16
-R[7] = R[7] & 0xffff0000 | (((R[7] & 0xffff) - 1) if (S.eflags >> 10 & 0x1) else ((R[7] & 0xffff) + 1)) & 0xffff  # string.r1:16
+l_a = rd8($dseg, (R[6] & 0xffff))  # string.r1:71
+l_b = rd8(0, (R[7] & 0xffff))  # string.r1:72
+S.cc = (7, l_a, l_b, ((l_a - l_b) & 255))  # string.r1:73
+R[6] = R[6] & 0xffff0000 | (((R[6] & 0xffff) - 1) if (S.eflags >> 10 & 0x1) else ((R[6] & 0xffff) + 1)) & 0xffff  # string.r1:18
+R[7] = R[7] & 0xffff0000 | (((R[7] & 0xffff) - 1) if (S.eflags >> 10 & 0x1) else ((R[7] & 0xffff) + 1)) & 0xffff  # string.r1:18
 """
 
-# CMPSB [o16 a16 repe, o32 a16 repe] from spec/string.r1:56
+# CMPSB [o16 a16 repe, o32 a16 repe] from spec/string.r1:60
 _T13 = """\
-while (R[1] & 0xffff) != 0:  # string.r1:66
-    l_a = rd8($dseg, (R[6] & 0xffff))  # string.r1:67
-    l_b = rd8(0, (R[7] & 0xffff))  # string.r1:68
-    S.cc = (7, l_a, l_b, ((l_a - l_b) & 255))  # string.r1:69
-    R[6] = R[6] & 0xffff0000 | (((R[6] & 0xffff) - 1) if (S.eflags >> 10 & 0x1) else ((R[6] & 0xffff) + 1)) & 0xffff  # string.r1:16
-    R[7] = R[7] & 0xffff0000 | (((R[7] & 0xffff) - 1) if (S.eflags >> 10 & 0x1) else ((R[7] & 0xffff) + 1)) & 0xffff  # string.r1:16
+while (R[1] & 0xffff) != 0:  # string.r1:70
+    l_a = rd8($dseg, (R[6] & 0xffff))  # string.r1:71
+    l_b = rd8(0, (R[7] & 0xffff))  # string.r1:72
+    S.cc = (7, l_a, l_b, ((l_a - l_b) & 255))  # string.r1:73
+    R[6] = R[6] & 0xffff0000 | (((R[6] & 0xffff) - 1) if (S.eflags >> 10 & 0x1) else ((R[6] & 0xffff) + 1)) & 0xffff  # string.r1:18
+    R[7] = R[7] & 0xffff0000 | (((R[7] & 0xffff) - 1) if (S.eflags >> 10 & 0x1) else ((R[7] & 0xffff) + 1)) & 0xffff  # string.r1:18
     R[1] = R[1] & 0xffff0000 | (R[1] & 0xffff) - 1 & 0xffff
     if not GET_ZF[S.cc[0]](S.cc): break
 """
 
-# CMPSB [o16 a16 repne, o32 a16 repne] from spec/string.r1:56
+# CMPSB [o16 a16 repne, o32 a16 repne] from spec/string.r1:60
 _T14 = """\
-while (R[1] & 0xffff) != 0:  # string.r1:66
-    l_a = rd8($dseg, (R[6] & 0xffff))  # string.r1:67
-    l_b = rd8(0, (R[7] & 0xffff))  # string.r1:68
-    S.cc = (7, l_a, l_b, ((l_a - l_b) & 255))  # string.r1:69
-    R[6] = R[6] & 0xffff0000 | (((R[6] & 0xffff) - 1) if (S.eflags >> 10 & 0x1) else ((R[6] & 0xffff) + 1)) & 0xffff  # string.r1:16
-    R[7] = R[7] & 0xffff0000 | (((R[7] & 0xffff) - 1) if (S.eflags >> 10 & 0x1) else ((R[7] & 0xffff) + 1)) & 0xffff  # string.r1:16
+while (R[1] & 0xffff) != 0:  # string.r1:70
+    l_a = rd8($dseg, (R[6] & 0xffff))  # string.r1:71
+    l_b = rd8(0, (R[7] & 0xffff))  # string.r1:72
+    S.cc = (7, l_a, l_b, ((l_a - l_b) & 255))  # string.r1:73
+    R[6] = R[6] & 0xffff0000 | (((R[6] & 0xffff) - 1) if (S.eflags >> 10 & 0x1) else ((R[6] & 0xffff) + 1)) & 0xffff  # string.r1:18
+    R[7] = R[7] & 0xffff0000 | (((R[7] & 0xffff) - 1) if (S.eflags >> 10 & 0x1) else ((R[7] & 0xffff) + 1)) & 0xffff  # string.r1:18
     R[1] = R[1] & 0xffff0000 | (R[1] & 0xffff) - 1 & 0xffff
     if GET_ZF[S.cc[0]](S.cc): break
 """
 
-# CMPSB [o16 a32, o32 a32] from spec/string.r1:56
+# CMPSB [o16 a32, o32 a32] from spec/string.r1:60
 _T15 = """\
-l_a = rd8($dseg, R[6])  # string.r1:67
-l_b = rd8(0, R[7])  # string.r1:68
-S.cc = (7, l_a, l_b, ((l_a - l_b) & 255))  # string.r1:69
-R[6] = ((R[6] - 1) if (S.eflags >> 10 & 0x1) else (R[6] + 1)) & 0xffffffff  # string.r1:16
-R[7] = ((R[7] - 1) if (S.eflags >> 10 & 0x1) else (R[7] + 1)) & 0xffffffff  # string.r1:16
+l_a = rd8($dseg, R[6])  # string.r1:71
+l_b = rd8(0, R[7])  # string.r1:72
+S.cc = (7, l_a, l_b, ((l_a - l_b) & 255))  # string.r1:73
+R[6] = ((R[6] - 1) if (S.eflags >> 10 & 0x1) else (R[6] + 1)) & 0xffffffff  # string.r1:18
+R[7] = ((R[7] - 1) if (S.eflags >> 10 & 0x1) else (R[7] + 1)) & 0xffffffff  # string.r1:18
 """
 
-# CMPSB [o16 a32 repe, o32 a32 repe] from spec/string.r1:56
+# CMPSB [o16 a32 repe, o32 a32 repe] from spec/string.r1:60
 _T16 = """\
-while R[1] != 0:  # string.r1:66
-    l_a = rd8($dseg, R[6])  # string.r1:67
-    l_b = rd8(0, R[7])  # string.r1:68
-    S.cc = (7, l_a, l_b, ((l_a - l_b) & 255))  # string.r1:69
-    R[6] = ((R[6] - 1) if (S.eflags >> 10 & 0x1) else (R[6] + 1)) & 0xffffffff  # string.r1:16
-    R[7] = ((R[7] - 1) if (S.eflags >> 10 & 0x1) else (R[7] + 1)) & 0xffffffff  # string.r1:16
+while R[1] != 0:  # string.r1:70
+    l_a = rd8($dseg, R[6])  # string.r1:71
+    l_b = rd8(0, R[7])  # string.r1:72
+    S.cc = (7, l_a, l_b, ((l_a - l_b) & 255))  # string.r1:73
+    R[6] = ((R[6] - 1) if (S.eflags >> 10 & 0x1) else (R[6] + 1)) & 0xffffffff  # string.r1:18
+    R[7] = ((R[7] - 1) if (S.eflags >> 10 & 0x1) else (R[7] + 1)) & 0xffffffff  # string.r1:18
     R[1] = R[1] - 1 & 0xffffffff
     if not GET_ZF[S.cc[0]](S.cc): break
 """
 
-# CMPSB [o16 a32 repne, o32 a32 repne] from spec/string.r1:56
+# CMPSB [o16 a32 repne, o32 a32 repne] from spec/string.r1:60
 _T17 = """\
-while R[1] != 0:  # string.r1:66
-    l_a = rd8($dseg, R[6])  # string.r1:67
-    l_b = rd8(0, R[7])  # string.r1:68
-    S.cc = (7, l_a, l_b, ((l_a - l_b) & 255))  # string.r1:69
-    R[6] = ((R[6] - 1) if (S.eflags >> 10 & 0x1) else (R[6] + 1)) & 0xffffffff  # string.r1:16
-    R[7] = ((R[7] - 1) if (S.eflags >> 10 & 0x1) else (R[7] + 1)) & 0xffffffff  # string.r1:16
+while R[1] != 0:  # string.r1:70
+    l_a = rd8($dseg, R[6])  # string.r1:71
+    l_b = rd8(0, R[7])  # string.r1:72
+    S.cc = (7, l_a, l_b, ((l_a - l_b) & 255))  # string.r1:73
+    R[6] = ((R[6] - 1) if (S.eflags >> 10 & 0x1) else (R[6] + 1)) & 0xffffffff  # string.r1:18
+    R[7] = ((R[7] - 1) if (S.eflags >> 10 & 0x1) else (R[7] + 1)) & 0xffffffff  # string.r1:18
     R[1] = R[1] - 1 & 0xffffffff
     if GET_ZF[S.cc[0]](S.cc): break
 """
 
-# CMPSv [o16 a16] from spec/string.r1:74
+# CMPSv [o16 a16] from spec/string.r1:78
 _T18 = """\
-l_a = rd16($dseg, (R[6] & 0xffff))  # string.r1:84
-l_b = rd16(0, (R[7] & 0xffff))  # string.r1:85
-S.cc = (8, l_a, l_b, ((l_a - l_b) & 65535))  # string.r1:86
-R[6] = R[6] & 0xffff0000 | (((R[6] & 0xffff) - 2) if (S.eflags >> 10 & 0x1) else ((R[6] & 0xffff) + 2)) & 0xffff  # string.r1:16
-R[7] = R[7] & 0xffff0000 | (((R[7] & 0xffff) - 2) if (S.eflags >> 10 & 0x1) else ((R[7] & 0xffff) + 2)) & 0xffff  # string.r1:16
+l_a = rd16($dseg, (R[6] & 0xffff))  # string.r1:88
+l_b = rd16(0, (R[7] & 0xffff))  # string.r1:89
+S.cc = (8, l_a, l_b, ((l_a - l_b) & 65535))  # string.r1:90
+R[6] = R[6] & 0xffff0000 | (((R[6] & 0xffff) - 2) if (S.eflags >> 10 & 0x1) else ((R[6] & 0xffff) + 2)) & 0xffff  # string.r1:18
+R[7] = R[7] & 0xffff0000 | (((R[7] & 0xffff) - 2) if (S.eflags >> 10 & 0x1) else ((R[7] & 0xffff) + 2)) & 0xffff  # string.r1:18
 """
 
-# CMPSv [o16 a16 repe] from spec/string.r1:74
+# CMPSv [o16 a16 repe] from spec/string.r1:78
 _T19 = """\
-while (R[1] & 0xffff) != 0:  # string.r1:83
-    l_a = rd16($dseg, (R[6] & 0xffff))  # string.r1:84
-    l_b = rd16(0, (R[7] & 0xffff))  # string.r1:85
-    S.cc = (8, l_a, l_b, ((l_a - l_b) & 65535))  # string.r1:86
-    R[6] = R[6] & 0xffff0000 | (((R[6] & 0xffff) - 2) if (S.eflags >> 10 & 0x1) else ((R[6] & 0xffff) + 2)) & 0xffff  # string.r1:16
-    R[7] = R[7] & 0xffff0000 | (((R[7] & 0xffff) - 2) if (S.eflags >> 10 & 0x1) else ((R[7] & 0xffff) + 2)) & 0xffff  # string.r1:16
+while (R[1] & 0xffff) != 0:  # string.r1:87
+    l_a = rd16($dseg, (R[6] & 0xffff))  # string.r1:88
+    l_b = rd16(0, (R[7] & 0xffff))  # string.r1:89
+    S.cc = (8, l_a, l_b, ((l_a - l_b) & 65535))  # string.r1:90
+    R[6] = R[6] & 0xffff0000 | (((R[6] & 0xffff) - 2) if (S.eflags >> 10 & 0x1) else ((R[6] & 0xffff) + 2)) & 0xffff  # string.r1:18
+    R[7] = R[7] & 0xffff0000 | (((R[7] & 0xffff) - 2) if (S.eflags >> 10 & 0x1) else ((R[7] & 0xffff) + 2)) & 0xffff  # string.r1:18
     R[1] = R[1] & 0xffff0000 | (R[1] & 0xffff) - 1 & 0xffff
     if not GET_ZF[S.cc[0]](S.cc): break
 """
 
-# CMPSv [o16 a16 repne] from spec/string.r1:74
+# CMPSv [o16 a16 repne] from spec/string.r1:78
 _T20 = """\
-while (R[1] & 0xffff) != 0:  # string.r1:83
-    l_a = rd16($dseg, (R[6] & 0xffff))  # string.r1:84
-    l_b = rd16(0, (R[7] & 0xffff))  # string.r1:85
-    S.cc = (8, l_a, l_b, ((l_a - l_b) & 65535))  # string.r1:86
-    R[6] = R[6] & 0xffff0000 | (((R[6] & 0xffff) - 2) if (S.eflags >> 10 & 0x1) else ((R[6] & 0xffff) + 2)) & 0xffff  # string.r1:16
-    R[7] = R[7] & 0xffff0000 | (((R[7] & 0xffff) - 2) if (S.eflags >> 10 & 0x1) else ((R[7] & 0xffff) + 2)) & 0xffff  # string.r1:16
+while (R[1] & 0xffff) != 0:  # string.r1:87
+    l_a = rd16($dseg, (R[6] & 0xffff))  # string.r1:88
+    l_b = rd16(0, (R[7] & 0xffff))  # string.r1:89
+    S.cc = (8, l_a, l_b, ((l_a - l_b) & 65535))  # string.r1:90
+    R[6] = R[6] & 0xffff0000 | (((R[6] & 0xffff) - 2) if (S.eflags >> 10 & 0x1) else ((R[6] & 0xffff) + 2)) & 0xffff  # string.r1:18
+    R[7] = R[7] & 0xffff0000 | (((R[7] & 0xffff) - 2) if (S.eflags >> 10 & 0x1) else ((R[7] & 0xffff) + 2)) & 0xffff  # string.r1:18
     R[1] = R[1] & 0xffff0000 | (R[1] & 0xffff) - 1 & 0xffff
     if GET_ZF[S.cc[0]](S.cc): break
 """
 
-# CMPSv [o16 a32] from spec/string.r1:74
+# CMPSv [o16 a32] from spec/string.r1:78
 _T21 = """\
-l_a = rd16($dseg, R[6])  # string.r1:84
-l_b = rd16(0, R[7])  # string.r1:85
-S.cc = (8, l_a, l_b, ((l_a - l_b) & 65535))  # string.r1:86
-R[6] = ((R[6] - 2) if (S.eflags >> 10 & 0x1) else (R[6] + 2)) & 0xffffffff  # string.r1:16
-R[7] = ((R[7] - 2) if (S.eflags >> 10 & 0x1) else (R[7] + 2)) & 0xffffffff  # string.r1:16
+l_a = rd16($dseg, R[6])  # string.r1:88
+l_b = rd16(0, R[7])  # string.r1:89
+S.cc = (8, l_a, l_b, ((l_a - l_b) & 65535))  # string.r1:90
+R[6] = ((R[6] - 2) if (S.eflags >> 10 & 0x1) else (R[6] + 2)) & 0xffffffff  # string.r1:18
+R[7] = ((R[7] - 2) if (S.eflags >> 10 & 0x1) else (R[7] + 2)) & 0xffffffff  # string.r1:18
 """
 
-# CMPSv [o16 a32 repe] from spec/string.r1:74
+# CMPSv [o16 a32 repe] from spec/string.r1:78
 _T22 = """\
-while R[1] != 0:  # string.r1:83
-    l_a = rd16($dseg, R[6])  # string.r1:84
-    l_b = rd16(0, R[7])  # string.r1:85
-    S.cc = (8, l_a, l_b, ((l_a - l_b) & 65535))  # string.r1:86
-    R[6] = ((R[6] - 2) if (S.eflags >> 10 & 0x1) else (R[6] + 2)) & 0xffffffff  # string.r1:16
-    R[7] = ((R[7] - 2) if (S.eflags >> 10 & 0x1) else (R[7] + 2)) & 0xffffffff  # string.r1:16
+while R[1] != 0:  # string.r1:87
+    l_a = rd16($dseg, R[6])  # string.r1:88
+    l_b = rd16(0, R[7])  # string.r1:89
+    S.cc = (8, l_a, l_b, ((l_a - l_b) & 65535))  # string.r1:90
+    R[6] = ((R[6] - 2) if (S.eflags >> 10 & 0x1) else (R[6] + 2)) & 0xffffffff  # string.r1:18
+    R[7] = ((R[7] - 2) if (S.eflags >> 10 & 0x1) else (R[7] + 2)) & 0xffffffff  # string.r1:18
     R[1] = R[1] - 1 & 0xffffffff
     if not GET_ZF[S.cc[0]](S.cc): break
 """
 
-# CMPSv [o16 a32 repne] from spec/string.r1:74
+# CMPSv [o16 a32 repne] from spec/string.r1:78
 _T23 = """\
-while R[1] != 0:  # string.r1:83
-    l_a = rd16($dseg, R[6])  # string.r1:84
-    l_b = rd16(0, R[7])  # string.r1:85
-    S.cc = (8, l_a, l_b, ((l_a - l_b) & 65535))  # string.r1:86
-    R[6] = ((R[6] - 2) if (S.eflags >> 10 & 0x1) else (R[6] + 2)) & 0xffffffff  # string.r1:16
-    R[7] = ((R[7] - 2) if (S.eflags >> 10 & 0x1) else (R[7] + 2)) & 0xffffffff  # string.r1:16
+while R[1] != 0:  # string.r1:87
+    l_a = rd16($dseg, R[6])  # string.r1:88
+    l_b = rd16(0, R[7])  # string.r1:89
+    S.cc = (8, l_a, l_b, ((l_a - l_b) & 65535))  # string.r1:90
+    R[6] = ((R[6] - 2) if (S.eflags >> 10 & 0x1) else (R[6] + 2)) & 0xffffffff  # string.r1:18
+    R[7] = ((R[7] - 2) if (S.eflags >> 10 & 0x1) else (R[7] + 2)) & 0xffffffff  # string.r1:18
     R[1] = R[1] - 1 & 0xffffffff
     if GET_ZF[S.cc[0]](S.cc): break
 """
 
-# CMPSv [o32 a16] from spec/string.r1:74
+# CMPSv [o32 a16] from spec/string.r1:78
 _T24 = """\
-l_a = rd32($dseg, (R[6] & 0xffff))  # string.r1:84
-l_b = rd32(0, (R[7] & 0xffff))  # string.r1:85
-S.cc = (9, l_a, l_b, ((l_a - l_b) & 4294967295))  # string.r1:86
-R[6] = R[6] & 0xffff0000 | (((R[6] & 0xffff) - 4) if (S.eflags >> 10 & 0x1) else ((R[6] & 0xffff) + 4)) & 0xffff  # string.r1:16
-R[7] = R[7] & 0xffff0000 | (((R[7] & 0xffff) - 4) if (S.eflags >> 10 & 0x1) else ((R[7] & 0xffff) + 4)) & 0xffff  # string.r1:16
+l_a = rd32($dseg, (R[6] & 0xffff))  # string.r1:88
+l_b = rd32(0, (R[7] & 0xffff))  # string.r1:89
+S.cc = (9, l_a, l_b, ((l_a - l_b) & 4294967295))  # string.r1:90
+R[6] = R[6] & 0xffff0000 | (((R[6] & 0xffff) - 4) if (S.eflags >> 10 & 0x1) else ((R[6] & 0xffff) + 4)) & 0xffff  # string.r1:18
+R[7] = R[7] & 0xffff0000 | (((R[7] & 0xffff) - 4) if (S.eflags >> 10 & 0x1) else ((R[7] & 0xffff) + 4)) & 0xffff  # string.r1:18
 """
 
-# CMPSv [o32 a16 repe] from spec/string.r1:74
+# CMPSv [o32 a16 repe] from spec/string.r1:78
 _T25 = """\
-while (R[1] & 0xffff) != 0:  # string.r1:83
-    l_a = rd32($dseg, (R[6] & 0xffff))  # string.r1:84
-    l_b = rd32(0, (R[7] & 0xffff))  # string.r1:85
-    S.cc = (9, l_a, l_b, ((l_a - l_b) & 4294967295))  # string.r1:86
-    R[6] = R[6] & 0xffff0000 | (((R[6] & 0xffff) - 4) if (S.eflags >> 10 & 0x1) else ((R[6] & 0xffff) + 4)) & 0xffff  # string.r1:16
-    R[7] = R[7] & 0xffff0000 | (((R[7] & 0xffff) - 4) if (S.eflags >> 10 & 0x1) else ((R[7] & 0xffff) + 4)) & 0xffff  # string.r1:16
+while (R[1] & 0xffff) != 0:  # string.r1:87
+    l_a = rd32($dseg, (R[6] & 0xffff))  # string.r1:88
+    l_b = rd32(0, (R[7] & 0xffff))  # string.r1:89
+    S.cc = (9, l_a, l_b, ((l_a - l_b) & 4294967295))  # string.r1:90
+    R[6] = R[6] & 0xffff0000 | (((R[6] & 0xffff) - 4) if (S.eflags >> 10 & 0x1) else ((R[6] & 0xffff) + 4)) & 0xffff  # string.r1:18
+    R[7] = R[7] & 0xffff0000 | (((R[7] & 0xffff) - 4) if (S.eflags >> 10 & 0x1) else ((R[7] & 0xffff) + 4)) & 0xffff  # string.r1:18
     R[1] = R[1] & 0xffff0000 | (R[1] & 0xffff) - 1 & 0xffff
     if not GET_ZF[S.cc[0]](S.cc): break
 """
 
-# CMPSv [o32 a16 repne] from spec/string.r1:74
+# CMPSv [o32 a16 repne] from spec/string.r1:78
 _T26 = """\
-while (R[1] & 0xffff) != 0:  # string.r1:83
-    l_a = rd32($dseg, (R[6] & 0xffff))  # string.r1:84
-    l_b = rd32(0, (R[7] & 0xffff))  # string.r1:85
-    S.cc = (9, l_a, l_b, ((l_a - l_b) & 4294967295))  # string.r1:86
-    R[6] = R[6] & 0xffff0000 | (((R[6] & 0xffff) - 4) if (S.eflags >> 10 & 0x1) else ((R[6] & 0xffff) + 4)) & 0xffff  # string.r1:16
-    R[7] = R[7] & 0xffff0000 | (((R[7] & 0xffff) - 4) if (S.eflags >> 10 & 0x1) else ((R[7] & 0xffff) + 4)) & 0xffff  # string.r1:16
+while (R[1] & 0xffff) != 0:  # string.r1:87
+    l_a = rd32($dseg, (R[6] & 0xffff))  # string.r1:88
+    l_b = rd32(0, (R[7] & 0xffff))  # string.r1:89
+    S.cc = (9, l_a, l_b, ((l_a - l_b) & 4294967295))  # string.r1:90
+    R[6] = R[6] & 0xffff0000 | (((R[6] & 0xffff) - 4) if (S.eflags >> 10 & 0x1) else ((R[6] & 0xffff) + 4)) & 0xffff  # string.r1:18
+    R[7] = R[7] & 0xffff0000 | (((R[7] & 0xffff) - 4) if (S.eflags >> 10 & 0x1) else ((R[7] & 0xffff) + 4)) & 0xffff  # string.r1:18
     R[1] = R[1] & 0xffff0000 | (R[1] & 0xffff) - 1 & 0xffff
     if GET_ZF[S.cc[0]](S.cc): break
 """
 
-# CMPSv [o32 a32] from spec/string.r1:74
+# CMPSv [o32 a32] from spec/string.r1:78
 _T27 = """\
-l_a = rd32($dseg, R[6])  # string.r1:84
-l_b = rd32(0, R[7])  # string.r1:85
-S.cc = (9, l_a, l_b, ((l_a - l_b) & 4294967295))  # string.r1:86
-R[6] = ((R[6] - 4) if (S.eflags >> 10 & 0x1) else (R[6] + 4)) & 0xffffffff  # string.r1:16
-R[7] = ((R[7] - 4) if (S.eflags >> 10 & 0x1) else (R[7] + 4)) & 0xffffffff  # string.r1:16
+l_a = rd32($dseg, R[6])  # string.r1:88
+l_b = rd32(0, R[7])  # string.r1:89
+S.cc = (9, l_a, l_b, ((l_a - l_b) & 4294967295))  # string.r1:90
+R[6] = ((R[6] - 4) if (S.eflags >> 10 & 0x1) else (R[6] + 4)) & 0xffffffff  # string.r1:18
+R[7] = ((R[7] - 4) if (S.eflags >> 10 & 0x1) else (R[7] + 4)) & 0xffffffff  # string.r1:18
 """
 
-# CMPSv [o32 a32 repe] from spec/string.r1:74
+# CMPSv [o32 a32 repe] from spec/string.r1:78
 _T28 = """\
-while R[1] != 0:  # string.r1:83
-    l_a = rd32($dseg, R[6])  # string.r1:84
-    l_b = rd32(0, R[7])  # string.r1:85
-    S.cc = (9, l_a, l_b, ((l_a - l_b) & 4294967295))  # string.r1:86
-    R[6] = ((R[6] - 4) if (S.eflags >> 10 & 0x1) else (R[6] + 4)) & 0xffffffff  # string.r1:16
-    R[7] = ((R[7] - 4) if (S.eflags >> 10 & 0x1) else (R[7] + 4)) & 0xffffffff  # string.r1:16
+while R[1] != 0:  # string.r1:87
+    l_a = rd32($dseg, R[6])  # string.r1:88
+    l_b = rd32(0, R[7])  # string.r1:89
+    S.cc = (9, l_a, l_b, ((l_a - l_b) & 4294967295))  # string.r1:90
+    R[6] = ((R[6] - 4) if (S.eflags >> 10 & 0x1) else (R[6] + 4)) & 0xffffffff  # string.r1:18
+    R[7] = ((R[7] - 4) if (S.eflags >> 10 & 0x1) else (R[7] + 4)) & 0xffffffff  # string.r1:18
     R[1] = R[1] - 1 & 0xffffffff
     if not GET_ZF[S.cc[0]](S.cc): break
 """
 
-# CMPSv [o32 a32 repne] from spec/string.r1:74
+# CMPSv [o32 a32 repne] from spec/string.r1:78
 _T29 = """\
-while R[1] != 0:  # string.r1:83
-    l_a = rd32($dseg, R[6])  # string.r1:84
-    l_b = rd32(0, R[7])  # string.r1:85
-    S.cc = (9, l_a, l_b, ((l_a - l_b) & 4294967295))  # string.r1:86
-    R[6] = ((R[6] - 4) if (S.eflags >> 10 & 0x1) else (R[6] + 4)) & 0xffffffff  # string.r1:16
-    R[7] = ((R[7] - 4) if (S.eflags >> 10 & 0x1) else (R[7] + 4)) & 0xffffffff  # string.r1:16
+while R[1] != 0:  # string.r1:87
+    l_a = rd32($dseg, R[6])  # string.r1:88
+    l_b = rd32(0, R[7])  # string.r1:89
+    S.cc = (9, l_a, l_b, ((l_a - l_b) & 4294967295))  # string.r1:90
+    R[6] = ((R[6] - 4) if (S.eflags >> 10 & 0x1) else (R[6] + 4)) & 0xffffffff  # string.r1:18
+    R[7] = ((R[7] - 4) if (S.eflags >> 10 & 0x1) else (R[7] + 4)) & 0xffffffff  # string.r1:18
     R[1] = R[1] - 1 & 0xffffffff
     if GET_ZF[S.cc[0]](S.cc): break
 """
 
-# SCASB [o16 a16, o32 a16] from spec/string.r1:92
+# SCASB [o16 a16, o32 a16] from spec/string.r1:96
 _T30 = """\
-l_a = (R[0] & 0xff)  # string.r1:103
-l_b = rd8(0, (R[7] & 0xffff))  # string.r1:104
-S.cc = (7, l_a, l_b, ((l_a - l_b) & 255))  # string.r1:105
-R[7] = R[7] & 0xffff0000 | (((R[7] & 0xffff) - 1) if (S.eflags >> 10 & 0x1) else ((R[7] & 0xffff) + 1)) & 0xffff  # string.r1:16
+l_a = (R[0] & 0xff)  # string.r1:107
+l_b = rd8(0, (R[7] & 0xffff))  # string.r1:108
+S.cc = (7, l_a, l_b, ((l_a - l_b) & 255))  # string.r1:109
+R[7] = R[7] & 0xffff0000 | (((R[7] & 0xffff) - 1) if (S.eflags >> 10 & 0x1) else ((R[7] & 0xffff) + 1)) & 0xffff  # string.r1:18
 """
 
-# SCASB [o16 a16 repe, o32 a16 repe] from spec/string.r1:92
+# SCASB [o16 a16 repe, o32 a16 repe] from spec/string.r1:96
 _T31 = """\
-while (R[1] & 0xffff) != 0:  # string.r1:102
-    l_a = (R[0] & 0xff)  # string.r1:103
-    l_b = rd8(0, (R[7] & 0xffff))  # string.r1:104
-    S.cc = (7, l_a, l_b, ((l_a - l_b) & 255))  # string.r1:105
-    R[7] = R[7] & 0xffff0000 | (((R[7] & 0xffff) - 1) if (S.eflags >> 10 & 0x1) else ((R[7] & 0xffff) + 1)) & 0xffff  # string.r1:16
+while (R[1] & 0xffff) != 0:  # string.r1:106
+    l_a = (R[0] & 0xff)  # string.r1:107
+    l_b = rd8(0, (R[7] & 0xffff))  # string.r1:108
+    S.cc = (7, l_a, l_b, ((l_a - l_b) & 255))  # string.r1:109
+    R[7] = R[7] & 0xffff0000 | (((R[7] & 0xffff) - 1) if (S.eflags >> 10 & 0x1) else ((R[7] & 0xffff) + 1)) & 0xffff  # string.r1:18
     R[1] = R[1] & 0xffff0000 | (R[1] & 0xffff) - 1 & 0xffff
     if not GET_ZF[S.cc[0]](S.cc): break
 """
 
-# SCASB [o16 a16 repne, o32 a16 repne] from spec/string.r1:92
+# SCASB [o16 a16 repne, o32 a16 repne] from spec/string.r1:96
 _T32 = """\
-while (R[1] & 0xffff) != 0:  # string.r1:102
-    l_a = (R[0] & 0xff)  # string.r1:103
-    l_b = rd8(0, (R[7] & 0xffff))  # string.r1:104
-    S.cc = (7, l_a, l_b, ((l_a - l_b) & 255))  # string.r1:105
-    R[7] = R[7] & 0xffff0000 | (((R[7] & 0xffff) - 1) if (S.eflags >> 10 & 0x1) else ((R[7] & 0xffff) + 1)) & 0xffff  # string.r1:16
+while (R[1] & 0xffff) != 0:  # string.r1:106
+    l_a = (R[0] & 0xff)  # string.r1:107
+    l_b = rd8(0, (R[7] & 0xffff))  # string.r1:108
+    S.cc = (7, l_a, l_b, ((l_a - l_b) & 255))  # string.r1:109
+    R[7] = R[7] & 0xffff0000 | (((R[7] & 0xffff) - 1) if (S.eflags >> 10 & 0x1) else ((R[7] & 0xffff) + 1)) & 0xffff  # string.r1:18
     R[1] = R[1] & 0xffff0000 | (R[1] & 0xffff) - 1 & 0xffff
     if GET_ZF[S.cc[0]](S.cc): break
 """
 
-# SCASB [o16 a32, o32 a32] from spec/string.r1:92
+# SCASB [o16 a32, o32 a32] from spec/string.r1:96
 _T33 = """\
-l_a = (R[0] & 0xff)  # string.r1:103
-l_b = rd8(0, R[7])  # string.r1:104
-S.cc = (7, l_a, l_b, ((l_a - l_b) & 255))  # string.r1:105
-R[7] = ((R[7] - 1) if (S.eflags >> 10 & 0x1) else (R[7] + 1)) & 0xffffffff  # string.r1:16
+l_a = (R[0] & 0xff)  # string.r1:107
+l_b = rd8(0, R[7])  # string.r1:108
+S.cc = (7, l_a, l_b, ((l_a - l_b) & 255))  # string.r1:109
+R[7] = ((R[7] - 1) if (S.eflags >> 10 & 0x1) else (R[7] + 1)) & 0xffffffff  # string.r1:18
 """
 
-# SCASB [o16 a32 repe, o32 a32 repe] from spec/string.r1:92
+# SCASB [o16 a32 repe, o32 a32 repe] from spec/string.r1:96
 _T34 = """\
-while R[1] != 0:  # string.r1:102
-    l_a = (R[0] & 0xff)  # string.r1:103
-    l_b = rd8(0, R[7])  # string.r1:104
-    S.cc = (7, l_a, l_b, ((l_a - l_b) & 255))  # string.r1:105
-    R[7] = ((R[7] - 1) if (S.eflags >> 10 & 0x1) else (R[7] + 1)) & 0xffffffff  # string.r1:16
+while R[1] != 0:  # string.r1:106
+    l_a = (R[0] & 0xff)  # string.r1:107
+    l_b = rd8(0, R[7])  # string.r1:108
+    S.cc = (7, l_a, l_b, ((l_a - l_b) & 255))  # string.r1:109
+    R[7] = ((R[7] - 1) if (S.eflags >> 10 & 0x1) else (R[7] + 1)) & 0xffffffff  # string.r1:18
     R[1] = R[1] - 1 & 0xffffffff
     if not GET_ZF[S.cc[0]](S.cc): break
 """
 
-# SCASB [o16 a32 repne, o32 a32 repne] from spec/string.r1:92
+# SCASB [o16 a32 repne, o32 a32 repne] from spec/string.r1:96
 _T35 = """\
-while R[1] != 0:  # string.r1:102
-    l_a = (R[0] & 0xff)  # string.r1:103
-    l_b = rd8(0, R[7])  # string.r1:104
-    S.cc = (7, l_a, l_b, ((l_a - l_b) & 255))  # string.r1:105
-    R[7] = ((R[7] - 1) if (S.eflags >> 10 & 0x1) else (R[7] + 1)) & 0xffffffff  # string.r1:16
+while R[1] != 0:  # string.r1:106
+    l_a = (R[0] & 0xff)  # string.r1:107
+    l_b = rd8(0, R[7])  # string.r1:108
+    S.cc = (7, l_a, l_b, ((l_a - l_b) & 255))  # string.r1:109
+    R[7] = ((R[7] - 1) if (S.eflags >> 10 & 0x1) else (R[7] + 1)) & 0xffffffff  # string.r1:18
     R[1] = R[1] - 1 & 0xffffffff
     if GET_ZF[S.cc[0]](S.cc): break
 """
 
-# SCASv [o16 a16] from spec/string.r1:109
+# SCASv [o16 a16] from spec/string.r1:113
 _T36 = """\
-l_a = (R[0] & 0xffff)  # string.r1:119
-l_b = rd16(0, (R[7] & 0xffff))  # string.r1:120
-S.cc = (8, l_a, l_b, ((l_a - l_b) & 65535))  # string.r1:121
-R[7] = R[7] & 0xffff0000 | (((R[7] & 0xffff) - 2) if (S.eflags >> 10 & 0x1) else ((R[7] & 0xffff) + 2)) & 0xffff  # string.r1:16
+l_a = (R[0] & 0xffff)  # string.r1:123
+l_b = rd16(0, (R[7] & 0xffff))  # string.r1:124
+S.cc = (8, l_a, l_b, ((l_a - l_b) & 65535))  # string.r1:125
+R[7] = R[7] & 0xffff0000 | (((R[7] & 0xffff) - 2) if (S.eflags >> 10 & 0x1) else ((R[7] & 0xffff) + 2)) & 0xffff  # string.r1:18
 """
 
-# SCASv [o16 a16 repe] from spec/string.r1:109
+# SCASv [o16 a16 repe] from spec/string.r1:113
 _T37 = """\
-while (R[1] & 0xffff) != 0:  # string.r1:118
-    l_a = (R[0] & 0xffff)  # string.r1:119
-    l_b = rd16(0, (R[7] & 0xffff))  # string.r1:120
-    S.cc = (8, l_a, l_b, ((l_a - l_b) & 65535))  # string.r1:121
-    R[7] = R[7] & 0xffff0000 | (((R[7] & 0xffff) - 2) if (S.eflags >> 10 & 0x1) else ((R[7] & 0xffff) + 2)) & 0xffff  # string.r1:16
+while (R[1] & 0xffff) != 0:  # string.r1:122
+    l_a = (R[0] & 0xffff)  # string.r1:123
+    l_b = rd16(0, (R[7] & 0xffff))  # string.r1:124
+    S.cc = (8, l_a, l_b, ((l_a - l_b) & 65535))  # string.r1:125
+    R[7] = R[7] & 0xffff0000 | (((R[7] & 0xffff) - 2) if (S.eflags >> 10 & 0x1) else ((R[7] & 0xffff) + 2)) & 0xffff  # string.r1:18
     R[1] = R[1] & 0xffff0000 | (R[1] & 0xffff) - 1 & 0xffff
     if not GET_ZF[S.cc[0]](S.cc): break
 """
 
-# SCASv [o16 a16 repne] from spec/string.r1:109
+# SCASv [o16 a16 repne] from spec/string.r1:113
 _T38 = """\
-while (R[1] & 0xffff) != 0:  # string.r1:118
-    l_a = (R[0] & 0xffff)  # string.r1:119
-    l_b = rd16(0, (R[7] & 0xffff))  # string.r1:120
-    S.cc = (8, l_a, l_b, ((l_a - l_b) & 65535))  # string.r1:121
-    R[7] = R[7] & 0xffff0000 | (((R[7] & 0xffff) - 2) if (S.eflags >> 10 & 0x1) else ((R[7] & 0xffff) + 2)) & 0xffff  # string.r1:16
+while (R[1] & 0xffff) != 0:  # string.r1:122
+    l_a = (R[0] & 0xffff)  # string.r1:123
+    l_b = rd16(0, (R[7] & 0xffff))  # string.r1:124
+    S.cc = (8, l_a, l_b, ((l_a - l_b) & 65535))  # string.r1:125
+    R[7] = R[7] & 0xffff0000 | (((R[7] & 0xffff) - 2) if (S.eflags >> 10 & 0x1) else ((R[7] & 0xffff) + 2)) & 0xffff  # string.r1:18
     R[1] = R[1] & 0xffff0000 | (R[1] & 0xffff) - 1 & 0xffff
     if GET_ZF[S.cc[0]](S.cc): break
 """
 
-# SCASv [o16 a32] from spec/string.r1:109
+# SCASv [o16 a32] from spec/string.r1:113
 _T39 = """\
-l_a = (R[0] & 0xffff)  # string.r1:119
-l_b = rd16(0, R[7])  # string.r1:120
-S.cc = (8, l_a, l_b, ((l_a - l_b) & 65535))  # string.r1:121
-R[7] = ((R[7] - 2) if (S.eflags >> 10 & 0x1) else (R[7] + 2)) & 0xffffffff  # string.r1:16
+l_a = (R[0] & 0xffff)  # string.r1:123
+l_b = rd16(0, R[7])  # string.r1:124
+S.cc = (8, l_a, l_b, ((l_a - l_b) & 65535))  # string.r1:125
+R[7] = ((R[7] - 2) if (S.eflags >> 10 & 0x1) else (R[7] + 2)) & 0xffffffff  # string.r1:18
 """
 
-# SCASv [o16 a32 repe] from spec/string.r1:109
+# SCASv [o16 a32 repe] from spec/string.r1:113
 _T40 = """\
-while R[1] != 0:  # string.r1:118
-    l_a = (R[0] & 0xffff)  # string.r1:119
-    l_b = rd16(0, R[7])  # string.r1:120
-    S.cc = (8, l_a, l_b, ((l_a - l_b) & 65535))  # string.r1:121
-    R[7] = ((R[7] - 2) if (S.eflags >> 10 & 0x1) else (R[7] + 2)) & 0xffffffff  # string.r1:16
+while R[1] != 0:  # string.r1:122
+    l_a = (R[0] & 0xffff)  # string.r1:123
+    l_b = rd16(0, R[7])  # string.r1:124
+    S.cc = (8, l_a, l_b, ((l_a - l_b) & 65535))  # string.r1:125
+    R[7] = ((R[7] - 2) if (S.eflags >> 10 & 0x1) else (R[7] + 2)) & 0xffffffff  # string.r1:18
     R[1] = R[1] - 1 & 0xffffffff
     if not GET_ZF[S.cc[0]](S.cc): break
 """
 
-# SCASv [o16 a32 repne] from spec/string.r1:109
+# SCASv [o16 a32 repne] from spec/string.r1:113
 _T41 = """\
-while R[1] != 0:  # string.r1:118
-    l_a = (R[0] & 0xffff)  # string.r1:119
-    l_b = rd16(0, R[7])  # string.r1:120
-    S.cc = (8, l_a, l_b, ((l_a - l_b) & 65535))  # string.r1:121
-    R[7] = ((R[7] - 2) if (S.eflags >> 10 & 0x1) else (R[7] + 2)) & 0xffffffff  # string.r1:16
+while R[1] != 0:  # string.r1:122
+    l_a = (R[0] & 0xffff)  # string.r1:123
+    l_b = rd16(0, R[7])  # string.r1:124
+    S.cc = (8, l_a, l_b, ((l_a - l_b) & 65535))  # string.r1:125
+    R[7] = ((R[7] - 2) if (S.eflags >> 10 & 0x1) else (R[7] + 2)) & 0xffffffff  # string.r1:18
     R[1] = R[1] - 1 & 0xffffffff
     if GET_ZF[S.cc[0]](S.cc): break
 """
 
-# SCASv [o32 a16] from spec/string.r1:109
+# SCASv [o32 a16] from spec/string.r1:113
 _T42 = """\
-l_a = R[0]  # string.r1:119
-l_b = rd32(0, (R[7] & 0xffff))  # string.r1:120
-S.cc = (9, l_a, l_b, ((l_a - l_b) & 4294967295))  # string.r1:121
-R[7] = R[7] & 0xffff0000 | (((R[7] & 0xffff) - 4) if (S.eflags >> 10 & 0x1) else ((R[7] & 0xffff) + 4)) & 0xffff  # string.r1:16
+l_a = R[0]  # string.r1:123
+l_b = rd32(0, (R[7] & 0xffff))  # string.r1:124
+S.cc = (9, l_a, l_b, ((l_a - l_b) & 4294967295))  # string.r1:125
+R[7] = R[7] & 0xffff0000 | (((R[7] & 0xffff) - 4) if (S.eflags >> 10 & 0x1) else ((R[7] & 0xffff) + 4)) & 0xffff  # string.r1:18
 """
 
-# SCASv [o32 a16 repe] from spec/string.r1:109
+# SCASv [o32 a16 repe] from spec/string.r1:113
 _T43 = """\
-while (R[1] & 0xffff) != 0:  # string.r1:118
-    l_a = R[0]  # string.r1:119
-    l_b = rd32(0, (R[7] & 0xffff))  # string.r1:120
-    S.cc = (9, l_a, l_b, ((l_a - l_b) & 4294967295))  # string.r1:121
-    R[7] = R[7] & 0xffff0000 | (((R[7] & 0xffff) - 4) if (S.eflags >> 10 & 0x1) else ((R[7] & 0xffff) + 4)) & 0xffff  # string.r1:16
+while (R[1] & 0xffff) != 0:  # string.r1:122
+    l_a = R[0]  # string.r1:123
+    l_b = rd32(0, (R[7] & 0xffff))  # string.r1:124
+    S.cc = (9, l_a, l_b, ((l_a - l_b) & 4294967295))  # string.r1:125
+    R[7] = R[7] & 0xffff0000 | (((R[7] & 0xffff) - 4) if (S.eflags >> 10 & 0x1) else ((R[7] & 0xffff) + 4)) & 0xffff  # string.r1:18
     R[1] = R[1] & 0xffff0000 | (R[1] & 0xffff) - 1 & 0xffff
     if not GET_ZF[S.cc[0]](S.cc): break
 """
 
-# SCASv [o32 a16 repne] from spec/string.r1:109
+# SCASv [o32 a16 repne] from spec/string.r1:113
 _T44 = """\
-while (R[1] & 0xffff) != 0:  # string.r1:118
-    l_a = R[0]  # string.r1:119
-    l_b = rd32(0, (R[7] & 0xffff))  # string.r1:120
-    S.cc = (9, l_a, l_b, ((l_a - l_b) & 4294967295))  # string.r1:121
-    R[7] = R[7] & 0xffff0000 | (((R[7] & 0xffff) - 4) if (S.eflags >> 10 & 0x1) else ((R[7] & 0xffff) + 4)) & 0xffff  # string.r1:16
+while (R[1] & 0xffff) != 0:  # string.r1:122
+    l_a = R[0]  # string.r1:123
+    l_b = rd32(0, (R[7] & 0xffff))  # string.r1:124
+    S.cc = (9, l_a, l_b, ((l_a - l_b) & 4294967295))  # string.r1:125
+    R[7] = R[7] & 0xffff0000 | (((R[7] & 0xffff) - 4) if (S.eflags >> 10 & 0x1) else ((R[7] & 0xffff) + 4)) & 0xffff  # string.r1:18
     R[1] = R[1] & 0xffff0000 | (R[1] & 0xffff) - 1 & 0xffff
     if GET_ZF[S.cc[0]](S.cc): break
 """
 
-# SCASv [o32 a32] from spec/string.r1:109
+# SCASv [o32 a32] from spec/string.r1:113
 _T45 = """\
-l_a = R[0]  # string.r1:119
-l_b = rd32(0, R[7])  # string.r1:120
-S.cc = (9, l_a, l_b, ((l_a - l_b) & 4294967295))  # string.r1:121
-R[7] = ((R[7] - 4) if (S.eflags >> 10 & 0x1) else (R[7] + 4)) & 0xffffffff  # string.r1:16
+l_a = R[0]  # string.r1:123
+l_b = rd32(0, R[7])  # string.r1:124
+S.cc = (9, l_a, l_b, ((l_a - l_b) & 4294967295))  # string.r1:125
+R[7] = ((R[7] - 4) if (S.eflags >> 10 & 0x1) else (R[7] + 4)) & 0xffffffff  # string.r1:18
 """
 
-# SCASv [o32 a32 repe] from spec/string.r1:109
+# SCASv [o32 a32 repe] from spec/string.r1:113
 _T46 = """\
-while R[1] != 0:  # string.r1:118
-    l_a = R[0]  # string.r1:119
-    l_b = rd32(0, R[7])  # string.r1:120
-    S.cc = (9, l_a, l_b, ((l_a - l_b) & 4294967295))  # string.r1:121
-    R[7] = ((R[7] - 4) if (S.eflags >> 10 & 0x1) else (R[7] + 4)) & 0xffffffff  # string.r1:16
+while R[1] != 0:  # string.r1:122
+    l_a = R[0]  # string.r1:123
+    l_b = rd32(0, R[7])  # string.r1:124
+    S.cc = (9, l_a, l_b, ((l_a - l_b) & 4294967295))  # string.r1:125
+    R[7] = ((R[7] - 4) if (S.eflags >> 10 & 0x1) else (R[7] + 4)) & 0xffffffff  # string.r1:18
     R[1] = R[1] - 1 & 0xffffffff
     if not GET_ZF[S.cc[0]](S.cc): break
 """
 
-# SCASv [o32 a32 repne] from spec/string.r1:109
+# SCASv [o32 a32 repne] from spec/string.r1:113
 _T47 = """\
-while R[1] != 0:  # string.r1:118
-    l_a = R[0]  # string.r1:119
-    l_b = rd32(0, R[7])  # string.r1:120
-    S.cc = (9, l_a, l_b, ((l_a - l_b) & 4294967295))  # string.r1:121
-    R[7] = ((R[7] - 4) if (S.eflags >> 10 & 0x1) else (R[7] + 4)) & 0xffffffff  # string.r1:16
+while R[1] != 0:  # string.r1:122
+    l_a = R[0]  # string.r1:123
+    l_b = rd32(0, R[7])  # string.r1:124
+    S.cc = (9, l_a, l_b, ((l_a - l_b) & 4294967295))  # string.r1:125
+    R[7] = ((R[7] - 4) if (S.eflags >> 10 & 0x1) else (R[7] + 4)) & 0xffffffff  # string.r1:18
     R[1] = R[1] - 1 & 0xffffffff
     if GET_ZF[S.cc[0]](S.cc): break
 """
 
-# LODSB [o16 a16, o32 a16] from spec/string.r1:128
+# LODSB [o16 a16, o32 a16] from spec/string.r1:132
 _T48 = """\
-R[0] = R[0] & 0xffffff00 | rd8($dseg, (R[6] & 0xffff)) & 0xff  # string.r1:138
-R[6] = R[6] & 0xffff0000 | (((R[6] & 0xffff) - 1) if (S.eflags >> 10 & 0x1) else ((R[6] & 0xffff) + 1)) & 0xffff  # string.r1:16
+R[0] = R[0] & 0xffffff00 | rd8($dseg, (R[6] & 0xffff)) & 0xff  # string.r1:142
+R[6] = R[6] & 0xffff0000 | (((R[6] & 0xffff) - 1) if (S.eflags >> 10 & 0x1) else ((R[6] & 0xffff) + 1)) & 0xffff  # string.r1:18
 """
 
-# LODSB [o16 a16 rep, o32 a16 rep] from spec/string.r1:128
+# LODSB [o16 a16 rep, o32 a16 rep] from spec/string.r1:132
 _T49 = """\
-while (R[1] & 0xffff) != 0:  # string.r1:137
-    R[0] = R[0] & 0xffffff00 | rd8($dseg, (R[6] & 0xffff)) & 0xff  # string.r1:138
-    R[6] = R[6] & 0xffff0000 | (((R[6] & 0xffff) - 1) if (S.eflags >> 10 & 0x1) else ((R[6] & 0xffff) + 1)) & 0xffff  # string.r1:16
+while (R[1] & 0xffff) != 0:  # string.r1:141
+    R[0] = R[0] & 0xffffff00 | rd8($dseg, (R[6] & 0xffff)) & 0xff  # string.r1:142
+    R[6] = R[6] & 0xffff0000 | (((R[6] & 0xffff) - 1) if (S.eflags >> 10 & 0x1) else ((R[6] & 0xffff) + 1)) & 0xffff  # string.r1:18
     R[1] = R[1] & 0xffff0000 | (R[1] & 0xffff) - 1 & 0xffff
 """
 
-# LODSB [o16 a32, o32 a32] from spec/string.r1:128
+# LODSB [o16 a32, o32 a32] from spec/string.r1:132
 _T50 = """\
-R[0] = R[0] & 0xffffff00 | rd8($dseg, R[6]) & 0xff  # string.r1:138
-R[6] = ((R[6] - 1) if (S.eflags >> 10 & 0x1) else (R[6] + 1)) & 0xffffffff  # string.r1:16
+R[0] = R[0] & 0xffffff00 | rd8($dseg, R[6]) & 0xff  # string.r1:142
+R[6] = ((R[6] - 1) if (S.eflags >> 10 & 0x1) else (R[6] + 1)) & 0xffffffff  # string.r1:18
 """
 
-# LODSB [o16 a32 rep, o32 a32 rep] from spec/string.r1:128
+# LODSB [o16 a32 rep, o32 a32 rep] from spec/string.r1:132
 _T51 = """\
-while R[1] != 0:  # string.r1:137
-    R[0] = R[0] & 0xffffff00 | rd8($dseg, R[6]) & 0xff  # string.r1:138
-    R[6] = ((R[6] - 1) if (S.eflags >> 10 & 0x1) else (R[6] + 1)) & 0xffffffff  # string.r1:16
+while R[1] != 0:  # string.r1:141
+    R[0] = R[0] & 0xffffff00 | rd8($dseg, R[6]) & 0xff  # string.r1:142
+    R[6] = ((R[6] - 1) if (S.eflags >> 10 & 0x1) else (R[6] + 1)) & 0xffffffff  # string.r1:18
     R[1] = R[1] - 1 & 0xffffffff
 """
 
-# LODSv [o16 a16] from spec/string.r1:142
+# LODSv [o16 a16] from spec/string.r1:146
 _T52 = """\
-R[0] = R[0] & 0xffff0000 | rd16($dseg, (R[6] & 0xffff)) & 0xffff  # string.r1:151
-R[6] = R[6] & 0xffff0000 | (((R[6] & 0xffff) - 2) if (S.eflags >> 10 & 0x1) else ((R[6] & 0xffff) + 2)) & 0xffff  # string.r1:16
+R[0] = R[0] & 0xffff0000 | rd16($dseg, (R[6] & 0xffff)) & 0xffff  # string.r1:155
+R[6] = R[6] & 0xffff0000 | (((R[6] & 0xffff) - 2) if (S.eflags >> 10 & 0x1) else ((R[6] & 0xffff) + 2)) & 0xffff  # string.r1:18
 """
 
-# LODSv [o16 a16 rep] from spec/string.r1:142
+# LODSv [o16 a16 rep] from spec/string.r1:146
 _T53 = """\
-while (R[1] & 0xffff) != 0:  # string.r1:150
-    R[0] = R[0] & 0xffff0000 | rd16($dseg, (R[6] & 0xffff)) & 0xffff  # string.r1:151
-    R[6] = R[6] & 0xffff0000 | (((R[6] & 0xffff) - 2) if (S.eflags >> 10 & 0x1) else ((R[6] & 0xffff) + 2)) & 0xffff  # string.r1:16
+while (R[1] & 0xffff) != 0:  # string.r1:154
+    R[0] = R[0] & 0xffff0000 | rd16($dseg, (R[6] & 0xffff)) & 0xffff  # string.r1:155
+    R[6] = R[6] & 0xffff0000 | (((R[6] & 0xffff) - 2) if (S.eflags >> 10 & 0x1) else ((R[6] & 0xffff) + 2)) & 0xffff  # string.r1:18
     R[1] = R[1] & 0xffff0000 | (R[1] & 0xffff) - 1 & 0xffff
 """
 
-# LODSv [o16 a32] from spec/string.r1:142
+# LODSv [o16 a32] from spec/string.r1:146
 _T54 = """\
-R[0] = R[0] & 0xffff0000 | rd16($dseg, R[6]) & 0xffff  # string.r1:151
-R[6] = ((R[6] - 2) if (S.eflags >> 10 & 0x1) else (R[6] + 2)) & 0xffffffff  # string.r1:16
+R[0] = R[0] & 0xffff0000 | rd16($dseg, R[6]) & 0xffff  # string.r1:155
+R[6] = ((R[6] - 2) if (S.eflags >> 10 & 0x1) else (R[6] + 2)) & 0xffffffff  # string.r1:18
 """
 
-# LODSv [o16 a32 rep] from spec/string.r1:142
+# LODSv [o16 a32 rep] from spec/string.r1:146
 _T55 = """\
-while R[1] != 0:  # string.r1:150
-    R[0] = R[0] & 0xffff0000 | rd16($dseg, R[6]) & 0xffff  # string.r1:151
-    R[6] = ((R[6] - 2) if (S.eflags >> 10 & 0x1) else (R[6] + 2)) & 0xffffffff  # string.r1:16
+while R[1] != 0:  # string.r1:154
+    R[0] = R[0] & 0xffff0000 | rd16($dseg, R[6]) & 0xffff  # string.r1:155
+    R[6] = ((R[6] - 2) if (S.eflags >> 10 & 0x1) else (R[6] + 2)) & 0xffffffff  # string.r1:18
     R[1] = R[1] - 1 & 0xffffffff
 """
 
-# LODSv [o32 a16] from spec/string.r1:142
+# LODSv [o32 a16] from spec/string.r1:146
 _T56 = """\
-R[0] = rd32($dseg, (R[6] & 0xffff)) & 0xffffffff  # string.r1:151
-R[6] = R[6] & 0xffff0000 | (((R[6] & 0xffff) - 4) if (S.eflags >> 10 & 0x1) else ((R[6] & 0xffff) + 4)) & 0xffff  # string.r1:16
+R[0] = rd32($dseg, (R[6] & 0xffff)) & 0xffffffff  # string.r1:155
+R[6] = R[6] & 0xffff0000 | (((R[6] & 0xffff) - 4) if (S.eflags >> 10 & 0x1) else ((R[6] & 0xffff) + 4)) & 0xffff  # string.r1:18
 """
 
-# LODSv [o32 a16 rep] from spec/string.r1:142
+# LODSv [o32 a16 rep] from spec/string.r1:146
 _T57 = """\
-while (R[1] & 0xffff) != 0:  # string.r1:150
-    R[0] = rd32($dseg, (R[6] & 0xffff)) & 0xffffffff  # string.r1:151
-    R[6] = R[6] & 0xffff0000 | (((R[6] & 0xffff) - 4) if (S.eflags >> 10 & 0x1) else ((R[6] & 0xffff) + 4)) & 0xffff  # string.r1:16
+while (R[1] & 0xffff) != 0:  # string.r1:154
+    R[0] = rd32($dseg, (R[6] & 0xffff)) & 0xffffffff  # string.r1:155
+    R[6] = R[6] & 0xffff0000 | (((R[6] & 0xffff) - 4) if (S.eflags >> 10 & 0x1) else ((R[6] & 0xffff) + 4)) & 0xffff  # string.r1:18
     R[1] = R[1] & 0xffff0000 | (R[1] & 0xffff) - 1 & 0xffff
 """
 
-# LODSv [o32 a32] from spec/string.r1:142
+# LODSv [o32 a32] from spec/string.r1:146
 _T58 = """\
-R[0] = rd32($dseg, R[6]) & 0xffffffff  # string.r1:151
-R[6] = ((R[6] - 4) if (S.eflags >> 10 & 0x1) else (R[6] + 4)) & 0xffffffff  # string.r1:16
+R[0] = rd32($dseg, R[6]) & 0xffffffff  # string.r1:155
+R[6] = ((R[6] - 4) if (S.eflags >> 10 & 0x1) else (R[6] + 4)) & 0xffffffff  # string.r1:18
 """
 
-# LODSv [o32 a32 rep] from spec/string.r1:142
+# LODSv [o32 a32 rep] from spec/string.r1:146
 _T59 = """\
-while R[1] != 0:  # string.r1:150
-    R[0] = rd32($dseg, R[6]) & 0xffffffff  # string.r1:151
-    R[6] = ((R[6] - 4) if (S.eflags >> 10 & 0x1) else (R[6] + 4)) & 0xffffffff  # string.r1:16
+while R[1] != 0:  # string.r1:154
+    R[0] = rd32($dseg, R[6]) & 0xffffffff  # string.r1:155
+    R[6] = ((R[6] - 4) if (S.eflags >> 10 & 0x1) else (R[6] + 4)) & 0xffffffff  # string.r1:18
     R[1] = R[1] - 1 & 0xffffffff
 """
 
-# STOSB [o16 a16, o32 a16] from spec/string.r1:156
+# STOSB [o16 a16, o32 a16] from spec/string.r1:160
 _T60 = """\
-wr8(0, (R[7] & 0xffff), (R[0] & 0xff))  # string.r1:166
-R[7] = R[7] & 0xffff0000 | (((R[7] & 0xffff) - 1) if (S.eflags >> 10 & 0x1) else ((R[7] & 0xffff) + 1)) & 0xffff  # string.r1:16
+wr8(0, (R[7] & 0xffff), (R[0] & 0xff))  # string.r1:171
+R[7] = R[7] & 0xffff0000 | (((R[7] & 0xffff) - 1) if (S.eflags >> 10 & 0x1) else ((R[7] & 0xffff) + 1)) & 0xffff  # string.r1:18
 """
 
-# STOSB [o16 a16 rep, o32 a16 rep] from spec/string.r1:156
+# STOSB [o16 a16 rep, o32 a16 rep] from spec/string.r1:160
 _T61 = """\
-while (R[1] & 0xffff) != 0:  # string.r1:165
-    wr8(0, (R[7] & 0xffff), (R[0] & 0xff))  # string.r1:166
-    R[7] = R[7] & 0xffff0000 | (((R[7] & 0xffff) - 1) if (S.eflags >> 10 & 0x1) else ((R[7] & 0xffff) + 1)) & 0xffff  # string.r1:16
+while (R[1] & 0xffff) != 0:  # string.r1:170
+    wr8(0, (R[7] & 0xffff), (R[0] & 0xff))  # string.r1:171
+    R[7] = R[7] & 0xffff0000 | (((R[7] & 0xffff) - 1) if (S.eflags >> 10 & 0x1) else ((R[7] & 0xffff) + 1)) & 0xffff  # string.r1:18
     R[1] = R[1] & 0xffff0000 | (R[1] & 0xffff) - 1 & 0xffff
 """
 
-# STOSB [o16 a32, o32 a32] from spec/string.r1:156
+# STOSB [o16 a32, o32 a32] from spec/string.r1:160
 _T62 = """\
-wr8(0, R[7], (R[0] & 0xff))  # string.r1:166
-R[7] = ((R[7] - 1) if (S.eflags >> 10 & 0x1) else (R[7] + 1)) & 0xffffffff  # string.r1:16
+wr8(0, R[7], (R[0] & 0xff))  # string.r1:171
+R[7] = ((R[7] - 1) if (S.eflags >> 10 & 0x1) else (R[7] + 1)) & 0xffffffff  # string.r1:18
 """
 
-# STOSB [o16 a32 rep, o32 a32 rep] from spec/string.r1:156
+# STOSB [o16 a32 rep, o32 a32 rep] from spec/string.r1:160
 _T63 = """\
-while R[1] != 0:  # string.r1:165
-    wr8(0, R[7], (R[0] & 0xff))  # string.r1:166
-    R[7] = ((R[7] - 1) if (S.eflags >> 10 & 0x1) else (R[7] + 1)) & 0xffffffff  # string.r1:16
+if not S.eflags >> 10 & 1: b_rep_stos(8)  # string.r1:169
+while R[1] != 0:  # string.r1:170
+    wr8(0, R[7], (R[0] & 0xff))  # string.r1:171
+    R[7] = ((R[7] - 1) if (S.eflags >> 10 & 0x1) else (R[7] + 1)) & 0xffffffff  # string.r1:18
     R[1] = R[1] - 1 & 0xffffffff
 """
 
-# STOSv [o16 a16] from spec/string.r1:170
+# STOSv [o16 a16] from spec/string.r1:175
 _T64 = """\
-wr16(0, (R[7] & 0xffff), (R[0] & 0xffff))  # string.r1:179
-R[7] = R[7] & 0xffff0000 | (((R[7] & 0xffff) - 2) if (S.eflags >> 10 & 0x1) else ((R[7] & 0xffff) + 2)) & 0xffff  # string.r1:16
+wr16(0, (R[7] & 0xffff), (R[0] & 0xffff))  # string.r1:185
+R[7] = R[7] & 0xffff0000 | (((R[7] & 0xffff) - 2) if (S.eflags >> 10 & 0x1) else ((R[7] & 0xffff) + 2)) & 0xffff  # string.r1:18
 """
 
-# STOSv [o16 a16 rep] from spec/string.r1:170
+# STOSv [o16 a16 rep] from spec/string.r1:175
 _T65 = """\
-while (R[1] & 0xffff) != 0:  # string.r1:178
-    wr16(0, (R[7] & 0xffff), (R[0] & 0xffff))  # string.r1:179
-    R[7] = R[7] & 0xffff0000 | (((R[7] & 0xffff) - 2) if (S.eflags >> 10 & 0x1) else ((R[7] & 0xffff) + 2)) & 0xffff  # string.r1:16
+while (R[1] & 0xffff) != 0:  # string.r1:184
+    wr16(0, (R[7] & 0xffff), (R[0] & 0xffff))  # string.r1:185
+    R[7] = R[7] & 0xffff0000 | (((R[7] & 0xffff) - 2) if (S.eflags >> 10 & 0x1) else ((R[7] & 0xffff) + 2)) & 0xffff  # string.r1:18
     R[1] = R[1] & 0xffff0000 | (R[1] & 0xffff) - 1 & 0xffff
 """
 
-# STOSv [o16 a32] from spec/string.r1:170
+# STOSv [o16 a32] from spec/string.r1:175
 _T66 = """\
-wr16(0, R[7], (R[0] & 0xffff))  # string.r1:179
-R[7] = ((R[7] - 2) if (S.eflags >> 10 & 0x1) else (R[7] + 2)) & 0xffffffff  # string.r1:16
+wr16(0, R[7], (R[0] & 0xffff))  # string.r1:185
+R[7] = ((R[7] - 2) if (S.eflags >> 10 & 0x1) else (R[7] + 2)) & 0xffffffff  # string.r1:18
 """
 
-# STOSv [o16 a32 rep] from spec/string.r1:170
+# STOSv [o16 a32 rep] from spec/string.r1:175
 _T67 = """\
-while R[1] != 0:  # string.r1:178
-    wr16(0, R[7], (R[0] & 0xffff))  # string.r1:179
-    R[7] = ((R[7] - 2) if (S.eflags >> 10 & 0x1) else (R[7] + 2)) & 0xffffffff  # string.r1:16
+if not S.eflags >> 10 & 1: b_rep_stos(16)  # string.r1:183
+while R[1] != 0:  # string.r1:184
+    wr16(0, R[7], (R[0] & 0xffff))  # string.r1:185
+    R[7] = ((R[7] - 2) if (S.eflags >> 10 & 0x1) else (R[7] + 2)) & 0xffffffff  # string.r1:18
     R[1] = R[1] - 1 & 0xffffffff
 """
 
-# STOSv [o32 a16] from spec/string.r1:170
+# STOSv [o32 a16] from spec/string.r1:175
 _T68 = """\
-wr32(0, (R[7] & 0xffff), R[0])  # string.r1:179
-R[7] = R[7] & 0xffff0000 | (((R[7] & 0xffff) - 4) if (S.eflags >> 10 & 0x1) else ((R[7] & 0xffff) + 4)) & 0xffff  # string.r1:16
+wr32(0, (R[7] & 0xffff), R[0])  # string.r1:185
+R[7] = R[7] & 0xffff0000 | (((R[7] & 0xffff) - 4) if (S.eflags >> 10 & 0x1) else ((R[7] & 0xffff) + 4)) & 0xffff  # string.r1:18
 """
 
-# STOSv [o32 a16 rep] from spec/string.r1:170
+# STOSv [o32 a16 rep] from spec/string.r1:175
 _T69 = """\
-while (R[1] & 0xffff) != 0:  # string.r1:178
-    wr32(0, (R[7] & 0xffff), R[0])  # string.r1:179
-    R[7] = R[7] & 0xffff0000 | (((R[7] & 0xffff) - 4) if (S.eflags >> 10 & 0x1) else ((R[7] & 0xffff) + 4)) & 0xffff  # string.r1:16
+while (R[1] & 0xffff) != 0:  # string.r1:184
+    wr32(0, (R[7] & 0xffff), R[0])  # string.r1:185
+    R[7] = R[7] & 0xffff0000 | (((R[7] & 0xffff) - 4) if (S.eflags >> 10 & 0x1) else ((R[7] & 0xffff) + 4)) & 0xffff  # string.r1:18
     R[1] = R[1] & 0xffff0000 | (R[1] & 0xffff) - 1 & 0xffff
 """
 
-# STOSv [o32 a32] from spec/string.r1:170
+# STOSv [o32 a32] from spec/string.r1:175
 _T70 = """\
-wr32(0, R[7], R[0])  # string.r1:179
-R[7] = ((R[7] - 4) if (S.eflags >> 10 & 0x1) else (R[7] + 4)) & 0xffffffff  # string.r1:16
+wr32(0, R[7], R[0])  # string.r1:185
+R[7] = ((R[7] - 4) if (S.eflags >> 10 & 0x1) else (R[7] + 4)) & 0xffffffff  # string.r1:18
 """
 
-# STOSv [o32 a32 rep] from spec/string.r1:170
+# STOSv [o32 a32 rep] from spec/string.r1:175
 _T71 = """\
-while R[1] != 0:  # string.r1:178
-    wr32(0, R[7], R[0])  # string.r1:179
-    R[7] = ((R[7] - 4) if (S.eflags >> 10 & 0x1) else (R[7] + 4)) & 0xffffffff  # string.r1:16
+if not S.eflags >> 10 & 1: b_rep_stos(32)  # string.r1:183
+while R[1] != 0:  # string.r1:184
+    wr32(0, R[7], R[0])  # string.r1:185
+    R[7] = ((R[7] - 4) if (S.eflags >> 10 & 0x1) else (R[7] + 4)) & 0xffffffff  # string.r1:18
     R[1] = R[1] - 1 & 0xffffffff
 """
 
-# INSB [o16 a16, o32 a16] from spec/string.r1:188
+# INSB [o16 a16, o32 a16] from spec/string.r1:194
 _T72 = """\
 S.eip = $next
-if not (((S.mode != 2) and (S.cpl <= (S.eflags >> 12 & 0x3))) or (b_io_bitmap_allows((R[2] & 0xffff), 8) != 0)): raise Fault(13, 0)  # string.r1:194
-b_check_write(0, (R[7] & 0xffff), 8)  # string.r1:199
-l_v = b_io_in((R[2] & 0xffff), 8)  # string.r1:200
-wr8(0, (R[7] & 0xffff), l_v)  # string.r1:201
-R[7] = R[7] & 0xffff0000 | (((R[7] & 0xffff) - 1) if (S.eflags >> 10 & 0x1) else ((R[7] & 0xffff) + 1)) & 0xffff  # string.r1:16
+if not (((S.mode != 2) and (S.cpl <= (S.eflags >> 12 & 0x3))) or (b_io_bitmap_allows((R[2] & 0xffff), 8) != 0)): raise Fault(13, 0)  # string.r1:200
+b_check_write(0, (R[7] & 0xffff), 8)  # string.r1:205
+l_v = b_io_in((R[2] & 0xffff), 8)  # string.r1:206
+wr8(0, (R[7] & 0xffff), l_v)  # string.r1:207
+R[7] = R[7] & 0xffff0000 | (((R[7] & 0xffff) - 1) if (S.eflags >> 10 & 0x1) else ((R[7] & 0xffff) + 1)) & 0xffff  # string.r1:18
 """
 
-# INSB [o16 a16 rep, o32 a16 rep] from spec/string.r1:188
+# INSB [o16 a16 rep, o32 a16 rep] from spec/string.r1:194
 _T73 = """\
 S.eip = $next
-if (R[1] & 0xffff) != 0 and not (((S.mode != 2) and (S.cpl <= (S.eflags >> 12 & 0x3))) or (b_io_bitmap_allows((R[2] & 0xffff), 8) != 0)): raise Fault(13, 0)  # string.r1:194
-while (R[1] & 0xffff) != 0:  # string.r1:198
-    b_check_write(0, (R[7] & 0xffff), 8)  # string.r1:199
-    l_v = b_io_in((R[2] & 0xffff), 8)  # string.r1:200
-    wr8(0, (R[7] & 0xffff), l_v)  # string.r1:201
-    R[7] = R[7] & 0xffff0000 | (((R[7] & 0xffff) - 1) if (S.eflags >> 10 & 0x1) else ((R[7] & 0xffff) + 1)) & 0xffff  # string.r1:16
+if (R[1] & 0xffff) != 0 and not (((S.mode != 2) and (S.cpl <= (S.eflags >> 12 & 0x3))) or (b_io_bitmap_allows((R[2] & 0xffff), 8) != 0)): raise Fault(13, 0)  # string.r1:200
+while (R[1] & 0xffff) != 0:  # string.r1:204
+    b_check_write(0, (R[7] & 0xffff), 8)  # string.r1:205
+    l_v = b_io_in((R[2] & 0xffff), 8)  # string.r1:206
+    wr8(0, (R[7] & 0xffff), l_v)  # string.r1:207
+    R[7] = R[7] & 0xffff0000 | (((R[7] & 0xffff) - 1) if (S.eflags >> 10 & 0x1) else ((R[7] & 0xffff) + 1)) & 0xffff  # string.r1:18
     R[1] = R[1] & 0xffff0000 | (R[1] & 0xffff) - 1 & 0xffff
 """
 
-# INSB [o16 a32, o32 a32] from spec/string.r1:188
+# INSB [o16 a32, o32 a32] from spec/string.r1:194
 _T74 = """\
 S.eip = $next
-if not (((S.mode != 2) and (S.cpl <= (S.eflags >> 12 & 0x3))) or (b_io_bitmap_allows((R[2] & 0xffff), 8) != 0)): raise Fault(13, 0)  # string.r1:194
-b_check_write(0, R[7], 8)  # string.r1:199
-l_v = b_io_in((R[2] & 0xffff), 8)  # string.r1:200
-wr8(0, R[7], l_v)  # string.r1:201
-R[7] = ((R[7] - 1) if (S.eflags >> 10 & 0x1) else (R[7] + 1)) & 0xffffffff  # string.r1:16
+if not (((S.mode != 2) and (S.cpl <= (S.eflags >> 12 & 0x3))) or (b_io_bitmap_allows((R[2] & 0xffff), 8) != 0)): raise Fault(13, 0)  # string.r1:200
+b_check_write(0, R[7], 8)  # string.r1:205
+l_v = b_io_in((R[2] & 0xffff), 8)  # string.r1:206
+wr8(0, R[7], l_v)  # string.r1:207
+R[7] = ((R[7] - 1) if (S.eflags >> 10 & 0x1) else (R[7] + 1)) & 0xffffffff  # string.r1:18
 """
 
-# INSB [o16 a32 rep, o32 a32 rep] from spec/string.r1:188
+# INSB [o16 a32 rep, o32 a32 rep] from spec/string.r1:194
 _T75 = """\
 S.eip = $next
-if R[1] != 0 and not (((S.mode != 2) and (S.cpl <= (S.eflags >> 12 & 0x3))) or (b_io_bitmap_allows((R[2] & 0xffff), 8) != 0)): raise Fault(13, 0)  # string.r1:194
-while R[1] != 0:  # string.r1:198
-    b_check_write(0, R[7], 8)  # string.r1:199
-    l_v = b_io_in((R[2] & 0xffff), 8)  # string.r1:200
-    wr8(0, R[7], l_v)  # string.r1:201
-    R[7] = ((R[7] - 1) if (S.eflags >> 10 & 0x1) else (R[7] + 1)) & 0xffffffff  # string.r1:16
+if R[1] != 0 and not (((S.mode != 2) and (S.cpl <= (S.eflags >> 12 & 0x3))) or (b_io_bitmap_allows((R[2] & 0xffff), 8) != 0)): raise Fault(13, 0)  # string.r1:200
+while R[1] != 0:  # string.r1:204
+    b_check_write(0, R[7], 8)  # string.r1:205
+    l_v = b_io_in((R[2] & 0xffff), 8)  # string.r1:206
+    wr8(0, R[7], l_v)  # string.r1:207
+    R[7] = ((R[7] - 1) if (S.eflags >> 10 & 0x1) else (R[7] + 1)) & 0xffffffff  # string.r1:18
     R[1] = R[1] - 1 & 0xffffffff
 """
 
-# INSv [o16 a16] from spec/string.r1:205
+# INSv [o16 a16] from spec/string.r1:211
 _T76 = """\
 S.eip = $next
-if not (((S.mode != 2) and (S.cpl <= (S.eflags >> 12 & 0x3))) or (b_io_bitmap_allows((R[2] & 0xffff), 16) != 0)): raise Fault(13, 0)  # string.r1:210
-b_check_write(0, (R[7] & 0xffff), 16)  # string.r1:215
-l_v = b_io_in((R[2] & 0xffff), 16)  # string.r1:216
-wr16(0, (R[7] & 0xffff), l_v)  # string.r1:217
-R[7] = R[7] & 0xffff0000 | (((R[7] & 0xffff) - 2) if (S.eflags >> 10 & 0x1) else ((R[7] & 0xffff) + 2)) & 0xffff  # string.r1:16
+if not (((S.mode != 2) and (S.cpl <= (S.eflags >> 12 & 0x3))) or (b_io_bitmap_allows((R[2] & 0xffff), 16) != 0)): raise Fault(13, 0)  # string.r1:216
+b_check_write(0, (R[7] & 0xffff), 16)  # string.r1:221
+l_v = b_io_in((R[2] & 0xffff), 16)  # string.r1:222
+wr16(0, (R[7] & 0xffff), l_v)  # string.r1:223
+R[7] = R[7] & 0xffff0000 | (((R[7] & 0xffff) - 2) if (S.eflags >> 10 & 0x1) else ((R[7] & 0xffff) + 2)) & 0xffff  # string.r1:18
 """
 
-# INSv [o16 a16 rep] from spec/string.r1:205
+# INSv [o16 a16 rep] from spec/string.r1:211
 _T77 = """\
 S.eip = $next
-if (R[1] & 0xffff) != 0 and not (((S.mode != 2) and (S.cpl <= (S.eflags >> 12 & 0x3))) or (b_io_bitmap_allows((R[2] & 0xffff), 16) != 0)): raise Fault(13, 0)  # string.r1:210
-while (R[1] & 0xffff) != 0:  # string.r1:214
-    b_check_write(0, (R[7] & 0xffff), 16)  # string.r1:215
-    l_v = b_io_in((R[2] & 0xffff), 16)  # string.r1:216
-    wr16(0, (R[7] & 0xffff), l_v)  # string.r1:217
-    R[7] = R[7] & 0xffff0000 | (((R[7] & 0xffff) - 2) if (S.eflags >> 10 & 0x1) else ((R[7] & 0xffff) + 2)) & 0xffff  # string.r1:16
+if (R[1] & 0xffff) != 0 and not (((S.mode != 2) and (S.cpl <= (S.eflags >> 12 & 0x3))) or (b_io_bitmap_allows((R[2] & 0xffff), 16) != 0)): raise Fault(13, 0)  # string.r1:216
+while (R[1] & 0xffff) != 0:  # string.r1:220
+    b_check_write(0, (R[7] & 0xffff), 16)  # string.r1:221
+    l_v = b_io_in((R[2] & 0xffff), 16)  # string.r1:222
+    wr16(0, (R[7] & 0xffff), l_v)  # string.r1:223
+    R[7] = R[7] & 0xffff0000 | (((R[7] & 0xffff) - 2) if (S.eflags >> 10 & 0x1) else ((R[7] & 0xffff) + 2)) & 0xffff  # string.r1:18
     R[1] = R[1] & 0xffff0000 | (R[1] & 0xffff) - 1 & 0xffff
 """
 
-# INSv [o16 a32] from spec/string.r1:205
+# INSv [o16 a32] from spec/string.r1:211
 _T78 = """\
 S.eip = $next
-if not (((S.mode != 2) and (S.cpl <= (S.eflags >> 12 & 0x3))) or (b_io_bitmap_allows((R[2] & 0xffff), 16) != 0)): raise Fault(13, 0)  # string.r1:210
-b_check_write(0, R[7], 16)  # string.r1:215
-l_v = b_io_in((R[2] & 0xffff), 16)  # string.r1:216
-wr16(0, R[7], l_v)  # string.r1:217
-R[7] = ((R[7] - 2) if (S.eflags >> 10 & 0x1) else (R[7] + 2)) & 0xffffffff  # string.r1:16
+if not (((S.mode != 2) and (S.cpl <= (S.eflags >> 12 & 0x3))) or (b_io_bitmap_allows((R[2] & 0xffff), 16) != 0)): raise Fault(13, 0)  # string.r1:216
+b_check_write(0, R[7], 16)  # string.r1:221
+l_v = b_io_in((R[2] & 0xffff), 16)  # string.r1:222
+wr16(0, R[7], l_v)  # string.r1:223
+R[7] = ((R[7] - 2) if (S.eflags >> 10 & 0x1) else (R[7] + 2)) & 0xffffffff  # string.r1:18
 """
 
-# INSv [o16 a32 rep] from spec/string.r1:205
+# INSv [o16 a32 rep] from spec/string.r1:211
 _T79 = """\
 S.eip = $next
-if R[1] != 0 and not (((S.mode != 2) and (S.cpl <= (S.eflags >> 12 & 0x3))) or (b_io_bitmap_allows((R[2] & 0xffff), 16) != 0)): raise Fault(13, 0)  # string.r1:210
-while R[1] != 0:  # string.r1:214
-    b_check_write(0, R[7], 16)  # string.r1:215
-    l_v = b_io_in((R[2] & 0xffff), 16)  # string.r1:216
-    wr16(0, R[7], l_v)  # string.r1:217
-    R[7] = ((R[7] - 2) if (S.eflags >> 10 & 0x1) else (R[7] + 2)) & 0xffffffff  # string.r1:16
+if R[1] != 0 and not (((S.mode != 2) and (S.cpl <= (S.eflags >> 12 & 0x3))) or (b_io_bitmap_allows((R[2] & 0xffff), 16) != 0)): raise Fault(13, 0)  # string.r1:216
+while R[1] != 0:  # string.r1:220
+    b_check_write(0, R[7], 16)  # string.r1:221
+    l_v = b_io_in((R[2] & 0xffff), 16)  # string.r1:222
+    wr16(0, R[7], l_v)  # string.r1:223
+    R[7] = ((R[7] - 2) if (S.eflags >> 10 & 0x1) else (R[7] + 2)) & 0xffffffff  # string.r1:18
     R[1] = R[1] - 1 & 0xffffffff
 """
 
-# INSv [o32 a16] from spec/string.r1:205
+# INSv [o32 a16] from spec/string.r1:211
 _T80 = """\
 S.eip = $next
-if not (((S.mode != 2) and (S.cpl <= (S.eflags >> 12 & 0x3))) or (b_io_bitmap_allows((R[2] & 0xffff), 32) != 0)): raise Fault(13, 0)  # string.r1:210
-b_check_write(0, (R[7] & 0xffff), 32)  # string.r1:215
-l_v = b_io_in((R[2] & 0xffff), 32)  # string.r1:216
-wr32(0, (R[7] & 0xffff), l_v)  # string.r1:217
-R[7] = R[7] & 0xffff0000 | (((R[7] & 0xffff) - 4) if (S.eflags >> 10 & 0x1) else ((R[7] & 0xffff) + 4)) & 0xffff  # string.r1:16
+if not (((S.mode != 2) and (S.cpl <= (S.eflags >> 12 & 0x3))) or (b_io_bitmap_allows((R[2] & 0xffff), 32) != 0)): raise Fault(13, 0)  # string.r1:216
+b_check_write(0, (R[7] & 0xffff), 32)  # string.r1:221
+l_v = b_io_in((R[2] & 0xffff), 32)  # string.r1:222
+wr32(0, (R[7] & 0xffff), l_v)  # string.r1:223
+R[7] = R[7] & 0xffff0000 | (((R[7] & 0xffff) - 4) if (S.eflags >> 10 & 0x1) else ((R[7] & 0xffff) + 4)) & 0xffff  # string.r1:18
 """
 
-# INSv [o32 a16 rep] from spec/string.r1:205
+# INSv [o32 a16 rep] from spec/string.r1:211
 _T81 = """\
 S.eip = $next
-if (R[1] & 0xffff) != 0 and not (((S.mode != 2) and (S.cpl <= (S.eflags >> 12 & 0x3))) or (b_io_bitmap_allows((R[2] & 0xffff), 32) != 0)): raise Fault(13, 0)  # string.r1:210
-while (R[1] & 0xffff) != 0:  # string.r1:214
-    b_check_write(0, (R[7] & 0xffff), 32)  # string.r1:215
-    l_v = b_io_in((R[2] & 0xffff), 32)  # string.r1:216
-    wr32(0, (R[7] & 0xffff), l_v)  # string.r1:217
-    R[7] = R[7] & 0xffff0000 | (((R[7] & 0xffff) - 4) if (S.eflags >> 10 & 0x1) else ((R[7] & 0xffff) + 4)) & 0xffff  # string.r1:16
+if (R[1] & 0xffff) != 0 and not (((S.mode != 2) and (S.cpl <= (S.eflags >> 12 & 0x3))) or (b_io_bitmap_allows((R[2] & 0xffff), 32) != 0)): raise Fault(13, 0)  # string.r1:216
+while (R[1] & 0xffff) != 0:  # string.r1:220
+    b_check_write(0, (R[7] & 0xffff), 32)  # string.r1:221
+    l_v = b_io_in((R[2] & 0xffff), 32)  # string.r1:222
+    wr32(0, (R[7] & 0xffff), l_v)  # string.r1:223
+    R[7] = R[7] & 0xffff0000 | (((R[7] & 0xffff) - 4) if (S.eflags >> 10 & 0x1) else ((R[7] & 0xffff) + 4)) & 0xffff  # string.r1:18
     R[1] = R[1] & 0xffff0000 | (R[1] & 0xffff) - 1 & 0xffff
 """
 
-# INSv [o32 a32] from spec/string.r1:205
+# INSv [o32 a32] from spec/string.r1:211
 _T82 = """\
 S.eip = $next
-if not (((S.mode != 2) and (S.cpl <= (S.eflags >> 12 & 0x3))) or (b_io_bitmap_allows((R[2] & 0xffff), 32) != 0)): raise Fault(13, 0)  # string.r1:210
-b_check_write(0, R[7], 32)  # string.r1:215
-l_v = b_io_in((R[2] & 0xffff), 32)  # string.r1:216
-wr32(0, R[7], l_v)  # string.r1:217
-R[7] = ((R[7] - 4) if (S.eflags >> 10 & 0x1) else (R[7] + 4)) & 0xffffffff  # string.r1:16
+if not (((S.mode != 2) and (S.cpl <= (S.eflags >> 12 & 0x3))) or (b_io_bitmap_allows((R[2] & 0xffff), 32) != 0)): raise Fault(13, 0)  # string.r1:216
+b_check_write(0, R[7], 32)  # string.r1:221
+l_v = b_io_in((R[2] & 0xffff), 32)  # string.r1:222
+wr32(0, R[7], l_v)  # string.r1:223
+R[7] = ((R[7] - 4) if (S.eflags >> 10 & 0x1) else (R[7] + 4)) & 0xffffffff  # string.r1:18
 """
 
-# INSv [o32 a32 rep] from spec/string.r1:205
+# INSv [o32 a32 rep] from spec/string.r1:211
 _T83 = """\
 S.eip = $next
-if R[1] != 0 and not (((S.mode != 2) and (S.cpl <= (S.eflags >> 12 & 0x3))) or (b_io_bitmap_allows((R[2] & 0xffff), 32) != 0)): raise Fault(13, 0)  # string.r1:210
-while R[1] != 0:  # string.r1:214
-    b_check_write(0, R[7], 32)  # string.r1:215
-    l_v = b_io_in((R[2] & 0xffff), 32)  # string.r1:216
-    wr32(0, R[7], l_v)  # string.r1:217
-    R[7] = ((R[7] - 4) if (S.eflags >> 10 & 0x1) else (R[7] + 4)) & 0xffffffff  # string.r1:16
+if R[1] != 0 and not (((S.mode != 2) and (S.cpl <= (S.eflags >> 12 & 0x3))) or (b_io_bitmap_allows((R[2] & 0xffff), 32) != 0)): raise Fault(13, 0)  # string.r1:216
+while R[1] != 0:  # string.r1:220
+    b_check_write(0, R[7], 32)  # string.r1:221
+    l_v = b_io_in((R[2] & 0xffff), 32)  # string.r1:222
+    wr32(0, R[7], l_v)  # string.r1:223
+    R[7] = ((R[7] - 4) if (S.eflags >> 10 & 0x1) else (R[7] + 4)) & 0xffffffff  # string.r1:18
     R[1] = R[1] - 1 & 0xffffffff
 """
 
-# OUTSB [o16 a16, o32 a16] from spec/string.r1:222
+# OUTSB [o16 a16, o32 a16] from spec/string.r1:228
 _T84 = """\
 S.eip = $next
-if not (((S.mode != 2) and (S.cpl <= (S.eflags >> 12 & 0x3))) or (b_io_bitmap_allows((R[2] & 0xffff), 8) != 0)): raise Fault(13, 0)  # string.r1:228
-l_v = rd8($dseg, (R[6] & 0xffff))  # string.r1:232
-b_io_out((R[2] & 0xffff), 8, l_v)  # string.r1:233
-R[6] = R[6] & 0xffff0000 | (((R[6] & 0xffff) - 1) if (S.eflags >> 10 & 0x1) else ((R[6] & 0xffff) + 1)) & 0xffff  # string.r1:16
+if not (((S.mode != 2) and (S.cpl <= (S.eflags >> 12 & 0x3))) or (b_io_bitmap_allows((R[2] & 0xffff), 8) != 0)): raise Fault(13, 0)  # string.r1:234
+l_v = rd8($dseg, (R[6] & 0xffff))  # string.r1:238
+b_io_out((R[2] & 0xffff), 8, l_v)  # string.r1:239
+R[6] = R[6] & 0xffff0000 | (((R[6] & 0xffff) - 1) if (S.eflags >> 10 & 0x1) else ((R[6] & 0xffff) + 1)) & 0xffff  # string.r1:18
 """
 
-# OUTSB [o16 a16 rep, o32 a16 rep] from spec/string.r1:222
+# OUTSB [o16 a16 rep, o32 a16 rep] from spec/string.r1:228
 _T85 = """\
 S.eip = $next
-if (R[1] & 0xffff) != 0 and not (((S.mode != 2) and (S.cpl <= (S.eflags >> 12 & 0x3))) or (b_io_bitmap_allows((R[2] & 0xffff), 8) != 0)): raise Fault(13, 0)  # string.r1:228
-while (R[1] & 0xffff) != 0:  # string.r1:231
-    l_v = rd8($dseg, (R[6] & 0xffff))  # string.r1:232
-    b_io_out((R[2] & 0xffff), 8, l_v)  # string.r1:233
-    R[6] = R[6] & 0xffff0000 | (((R[6] & 0xffff) - 1) if (S.eflags >> 10 & 0x1) else ((R[6] & 0xffff) + 1)) & 0xffff  # string.r1:16
+if (R[1] & 0xffff) != 0 and not (((S.mode != 2) and (S.cpl <= (S.eflags >> 12 & 0x3))) or (b_io_bitmap_allows((R[2] & 0xffff), 8) != 0)): raise Fault(13, 0)  # string.r1:234
+while (R[1] & 0xffff) != 0:  # string.r1:237
+    l_v = rd8($dseg, (R[6] & 0xffff))  # string.r1:238
+    b_io_out((R[2] & 0xffff), 8, l_v)  # string.r1:239
+    R[6] = R[6] & 0xffff0000 | (((R[6] & 0xffff) - 1) if (S.eflags >> 10 & 0x1) else ((R[6] & 0xffff) + 1)) & 0xffff  # string.r1:18
     R[1] = R[1] & 0xffff0000 | (R[1] & 0xffff) - 1 & 0xffff
 """
 
-# OUTSB [o16 a32, o32 a32] from spec/string.r1:222
+# OUTSB [o16 a32, o32 a32] from spec/string.r1:228
 _T86 = """\
 S.eip = $next
-if not (((S.mode != 2) and (S.cpl <= (S.eflags >> 12 & 0x3))) or (b_io_bitmap_allows((R[2] & 0xffff), 8) != 0)): raise Fault(13, 0)  # string.r1:228
-l_v = rd8($dseg, R[6])  # string.r1:232
-b_io_out((R[2] & 0xffff), 8, l_v)  # string.r1:233
-R[6] = ((R[6] - 1) if (S.eflags >> 10 & 0x1) else (R[6] + 1)) & 0xffffffff  # string.r1:16
+if not (((S.mode != 2) and (S.cpl <= (S.eflags >> 12 & 0x3))) or (b_io_bitmap_allows((R[2] & 0xffff), 8) != 0)): raise Fault(13, 0)  # string.r1:234
+l_v = rd8($dseg, R[6])  # string.r1:238
+b_io_out((R[2] & 0xffff), 8, l_v)  # string.r1:239
+R[6] = ((R[6] - 1) if (S.eflags >> 10 & 0x1) else (R[6] + 1)) & 0xffffffff  # string.r1:18
 """
 
-# OUTSB [o16 a32 rep, o32 a32 rep] from spec/string.r1:222
+# OUTSB [o16 a32 rep, o32 a32 rep] from spec/string.r1:228
 _T87 = """\
 S.eip = $next
-if R[1] != 0 and not (((S.mode != 2) and (S.cpl <= (S.eflags >> 12 & 0x3))) or (b_io_bitmap_allows((R[2] & 0xffff), 8) != 0)): raise Fault(13, 0)  # string.r1:228
-while R[1] != 0:  # string.r1:231
-    l_v = rd8($dseg, R[6])  # string.r1:232
-    b_io_out((R[2] & 0xffff), 8, l_v)  # string.r1:233
-    R[6] = ((R[6] - 1) if (S.eflags >> 10 & 0x1) else (R[6] + 1)) & 0xffffffff  # string.r1:16
+if R[1] != 0 and not (((S.mode != 2) and (S.cpl <= (S.eflags >> 12 & 0x3))) or (b_io_bitmap_allows((R[2] & 0xffff), 8) != 0)): raise Fault(13, 0)  # string.r1:234
+while R[1] != 0:  # string.r1:237
+    l_v = rd8($dseg, R[6])  # string.r1:238
+    b_io_out((R[2] & 0xffff), 8, l_v)  # string.r1:239
+    R[6] = ((R[6] - 1) if (S.eflags >> 10 & 0x1) else (R[6] + 1)) & 0xffffffff  # string.r1:18
     R[1] = R[1] - 1 & 0xffffffff
 """
 
-# OUTSv [o16 a16] from spec/string.r1:237
+# OUTSv [o16 a16] from spec/string.r1:243
 _T88 = """\
 S.eip = $next
-if not (((S.mode != 2) and (S.cpl <= (S.eflags >> 12 & 0x3))) or (b_io_bitmap_allows((R[2] & 0xffff), 16) != 0)): raise Fault(13, 0)  # string.r1:242
-l_v = rd16($dseg, (R[6] & 0xffff))  # string.r1:246
-b_io_out((R[2] & 0xffff), 16, l_v)  # string.r1:247
-R[6] = R[6] & 0xffff0000 | (((R[6] & 0xffff) - 2) if (S.eflags >> 10 & 0x1) else ((R[6] & 0xffff) + 2)) & 0xffff  # string.r1:16
+if not (((S.mode != 2) and (S.cpl <= (S.eflags >> 12 & 0x3))) or (b_io_bitmap_allows((R[2] & 0xffff), 16) != 0)): raise Fault(13, 0)  # string.r1:248
+l_v = rd16($dseg, (R[6] & 0xffff))  # string.r1:252
+b_io_out((R[2] & 0xffff), 16, l_v)  # string.r1:253
+R[6] = R[6] & 0xffff0000 | (((R[6] & 0xffff) - 2) if (S.eflags >> 10 & 0x1) else ((R[6] & 0xffff) + 2)) & 0xffff  # string.r1:18
 """
 
-# OUTSv [o16 a16 rep] from spec/string.r1:237
+# OUTSv [o16 a16 rep] from spec/string.r1:243
 _T89 = """\
 S.eip = $next
-if (R[1] & 0xffff) != 0 and not (((S.mode != 2) and (S.cpl <= (S.eflags >> 12 & 0x3))) or (b_io_bitmap_allows((R[2] & 0xffff), 16) != 0)): raise Fault(13, 0)  # string.r1:242
-while (R[1] & 0xffff) != 0:  # string.r1:245
-    l_v = rd16($dseg, (R[6] & 0xffff))  # string.r1:246
-    b_io_out((R[2] & 0xffff), 16, l_v)  # string.r1:247
-    R[6] = R[6] & 0xffff0000 | (((R[6] & 0xffff) - 2) if (S.eflags >> 10 & 0x1) else ((R[6] & 0xffff) + 2)) & 0xffff  # string.r1:16
+if (R[1] & 0xffff) != 0 and not (((S.mode != 2) and (S.cpl <= (S.eflags >> 12 & 0x3))) or (b_io_bitmap_allows((R[2] & 0xffff), 16) != 0)): raise Fault(13, 0)  # string.r1:248
+while (R[1] & 0xffff) != 0:  # string.r1:251
+    l_v = rd16($dseg, (R[6] & 0xffff))  # string.r1:252
+    b_io_out((R[2] & 0xffff), 16, l_v)  # string.r1:253
+    R[6] = R[6] & 0xffff0000 | (((R[6] & 0xffff) - 2) if (S.eflags >> 10 & 0x1) else ((R[6] & 0xffff) + 2)) & 0xffff  # string.r1:18
     R[1] = R[1] & 0xffff0000 | (R[1] & 0xffff) - 1 & 0xffff
 """
 
-# OUTSv [o16 a32] from spec/string.r1:237
+# OUTSv [o16 a32] from spec/string.r1:243
 _T90 = """\
 S.eip = $next
-if not (((S.mode != 2) and (S.cpl <= (S.eflags >> 12 & 0x3))) or (b_io_bitmap_allows((R[2] & 0xffff), 16) != 0)): raise Fault(13, 0)  # string.r1:242
-l_v = rd16($dseg, R[6])  # string.r1:246
-b_io_out((R[2] & 0xffff), 16, l_v)  # string.r1:247
-R[6] = ((R[6] - 2) if (S.eflags >> 10 & 0x1) else (R[6] + 2)) & 0xffffffff  # string.r1:16
+if not (((S.mode != 2) and (S.cpl <= (S.eflags >> 12 & 0x3))) or (b_io_bitmap_allows((R[2] & 0xffff), 16) != 0)): raise Fault(13, 0)  # string.r1:248
+l_v = rd16($dseg, R[6])  # string.r1:252
+b_io_out((R[2] & 0xffff), 16, l_v)  # string.r1:253
+R[6] = ((R[6] - 2) if (S.eflags >> 10 & 0x1) else (R[6] + 2)) & 0xffffffff  # string.r1:18
 """
 
-# OUTSv [o16 a32 rep] from spec/string.r1:237
+# OUTSv [o16 a32 rep] from spec/string.r1:243
 _T91 = """\
 S.eip = $next
-if R[1] != 0 and not (((S.mode != 2) and (S.cpl <= (S.eflags >> 12 & 0x3))) or (b_io_bitmap_allows((R[2] & 0xffff), 16) != 0)): raise Fault(13, 0)  # string.r1:242
-while R[1] != 0:  # string.r1:245
-    l_v = rd16($dseg, R[6])  # string.r1:246
-    b_io_out((R[2] & 0xffff), 16, l_v)  # string.r1:247
-    R[6] = ((R[6] - 2) if (S.eflags >> 10 & 0x1) else (R[6] + 2)) & 0xffffffff  # string.r1:16
+if R[1] != 0 and not (((S.mode != 2) and (S.cpl <= (S.eflags >> 12 & 0x3))) or (b_io_bitmap_allows((R[2] & 0xffff), 16) != 0)): raise Fault(13, 0)  # string.r1:248
+while R[1] != 0:  # string.r1:251
+    l_v = rd16($dseg, R[6])  # string.r1:252
+    b_io_out((R[2] & 0xffff), 16, l_v)  # string.r1:253
+    R[6] = ((R[6] - 2) if (S.eflags >> 10 & 0x1) else (R[6] + 2)) & 0xffffffff  # string.r1:18
     R[1] = R[1] - 1 & 0xffffffff
 """
 
-# OUTSv [o32 a16] from spec/string.r1:237
+# OUTSv [o32 a16] from spec/string.r1:243
 _T92 = """\
 S.eip = $next
-if not (((S.mode != 2) and (S.cpl <= (S.eflags >> 12 & 0x3))) or (b_io_bitmap_allows((R[2] & 0xffff), 32) != 0)): raise Fault(13, 0)  # string.r1:242
-l_v = rd32($dseg, (R[6] & 0xffff))  # string.r1:246
-b_io_out((R[2] & 0xffff), 32, l_v)  # string.r1:247
-R[6] = R[6] & 0xffff0000 | (((R[6] & 0xffff) - 4) if (S.eflags >> 10 & 0x1) else ((R[6] & 0xffff) + 4)) & 0xffff  # string.r1:16
+if not (((S.mode != 2) and (S.cpl <= (S.eflags >> 12 & 0x3))) or (b_io_bitmap_allows((R[2] & 0xffff), 32) != 0)): raise Fault(13, 0)  # string.r1:248
+l_v = rd32($dseg, (R[6] & 0xffff))  # string.r1:252
+b_io_out((R[2] & 0xffff), 32, l_v)  # string.r1:253
+R[6] = R[6] & 0xffff0000 | (((R[6] & 0xffff) - 4) if (S.eflags >> 10 & 0x1) else ((R[6] & 0xffff) + 4)) & 0xffff  # string.r1:18
 """
 
-# OUTSv [o32 a16 rep] from spec/string.r1:237
+# OUTSv [o32 a16 rep] from spec/string.r1:243
 _T93 = """\
 S.eip = $next
-if (R[1] & 0xffff) != 0 and not (((S.mode != 2) and (S.cpl <= (S.eflags >> 12 & 0x3))) or (b_io_bitmap_allows((R[2] & 0xffff), 32) != 0)): raise Fault(13, 0)  # string.r1:242
-while (R[1] & 0xffff) != 0:  # string.r1:245
-    l_v = rd32($dseg, (R[6] & 0xffff))  # string.r1:246
-    b_io_out((R[2] & 0xffff), 32, l_v)  # string.r1:247
-    R[6] = R[6] & 0xffff0000 | (((R[6] & 0xffff) - 4) if (S.eflags >> 10 & 0x1) else ((R[6] & 0xffff) + 4)) & 0xffff  # string.r1:16
+if (R[1] & 0xffff) != 0 and not (((S.mode != 2) and (S.cpl <= (S.eflags >> 12 & 0x3))) or (b_io_bitmap_allows((R[2] & 0xffff), 32) != 0)): raise Fault(13, 0)  # string.r1:248
+while (R[1] & 0xffff) != 0:  # string.r1:251
+    l_v = rd32($dseg, (R[6] & 0xffff))  # string.r1:252
+    b_io_out((R[2] & 0xffff), 32, l_v)  # string.r1:253
+    R[6] = R[6] & 0xffff0000 | (((R[6] & 0xffff) - 4) if (S.eflags >> 10 & 0x1) else ((R[6] & 0xffff) + 4)) & 0xffff  # string.r1:18
     R[1] = R[1] & 0xffff0000 | (R[1] & 0xffff) - 1 & 0xffff
 """
 
-# OUTSv [o32 a32] from spec/string.r1:237
+# OUTSv [o32 a32] from spec/string.r1:243
 _T94 = """\
 S.eip = $next
-if not (((S.mode != 2) and (S.cpl <= (S.eflags >> 12 & 0x3))) or (b_io_bitmap_allows((R[2] & 0xffff), 32) != 0)): raise Fault(13, 0)  # string.r1:242
-l_v = rd32($dseg, R[6])  # string.r1:246
-b_io_out((R[2] & 0xffff), 32, l_v)  # string.r1:247
-R[6] = ((R[6] - 4) if (S.eflags >> 10 & 0x1) else (R[6] + 4)) & 0xffffffff  # string.r1:16
+if not (((S.mode != 2) and (S.cpl <= (S.eflags >> 12 & 0x3))) or (b_io_bitmap_allows((R[2] & 0xffff), 32) != 0)): raise Fault(13, 0)  # string.r1:248
+l_v = rd32($dseg, R[6])  # string.r1:252
+b_io_out((R[2] & 0xffff), 32, l_v)  # string.r1:253
+R[6] = ((R[6] - 4) if (S.eflags >> 10 & 0x1) else (R[6] + 4)) & 0xffffffff  # string.r1:18
 """
 
-# OUTSv [o32 a32 rep] from spec/string.r1:237
+# OUTSv [o32 a32 rep] from spec/string.r1:243
 _T95 = """\
 S.eip = $next
-if R[1] != 0 and not (((S.mode != 2) and (S.cpl <= (S.eflags >> 12 & 0x3))) or (b_io_bitmap_allows((R[2] & 0xffff), 32) != 0)): raise Fault(13, 0)  # string.r1:242
-while R[1] != 0:  # string.r1:245
-    l_v = rd32($dseg, R[6])  # string.r1:246
-    b_io_out((R[2] & 0xffff), 32, l_v)  # string.r1:247
-    R[6] = ((R[6] - 4) if (S.eflags >> 10 & 0x1) else (R[6] + 4)) & 0xffffffff  # string.r1:16
+if R[1] != 0 and not (((S.mode != 2) and (S.cpl <= (S.eflags >> 12 & 0x3))) or (b_io_bitmap_allows((R[2] & 0xffff), 32) != 0)): raise Fault(13, 0)  # string.r1:248
+while R[1] != 0:  # string.r1:251
+    l_v = rd32($dseg, R[6])  # string.r1:252
+    b_io_out((R[2] & 0xffff), 32, l_v)  # string.r1:253
+    R[6] = ((R[6] - 4) if (S.eflags >> 10 & 0x1) else (R[6] + 4)) & 0xffffffff  # string.r1:18
     R[1] = R[1] - 1 & 0xffffffff
 """
 
 TEMPLATES = {
-    # spec/string.r1:20
+    # spec/string.r1:22
     'MOVSB': {
         (16, 16, None, None, None): _T0,
         (16, 16, None, None, 'rep'): _T1,
@@ -926,7 +932,7 @@ TEMPLATES = {
         (32, 32, None, None, None): _T2,
         (32, 32, None, None, 'rep'): _T3,
     },
-    # spec/string.r1:36
+    # spec/string.r1:39
     'MOVSv': {
         (16, 16, None, None, None): _T4,
         (16, 16, None, None, 'rep'): _T5,
@@ -937,7 +943,7 @@ TEMPLATES = {
         (32, 32, None, None, None): _T10,
         (32, 32, None, None, 'rep'): _T11,
     },
-    # spec/string.r1:56
+    # spec/string.r1:60
     'CMPSB': {
         (16, 16, None, None, None): _T12,
         (16, 16, None, None, 'repe'): _T13,
@@ -952,7 +958,7 @@ TEMPLATES = {
         (32, 32, None, None, 'repe'): _T16,
         (32, 32, None, None, 'repne'): _T17,
     },
-    # spec/string.r1:74
+    # spec/string.r1:78
     'CMPSv': {
         (16, 16, None, None, None): _T18,
         (16, 16, None, None, 'repe'): _T19,
@@ -967,7 +973,7 @@ TEMPLATES = {
         (32, 32, None, None, 'repe'): _T28,
         (32, 32, None, None, 'repne'): _T29,
     },
-    # spec/string.r1:92
+    # spec/string.r1:96
     'SCASB': {
         (16, 16, None, None, None): _T30,
         (16, 16, None, None, 'repe'): _T31,
@@ -982,7 +988,7 @@ TEMPLATES = {
         (32, 32, None, None, 'repe'): _T34,
         (32, 32, None, None, 'repne'): _T35,
     },
-    # spec/string.r1:109
+    # spec/string.r1:113
     'SCASv': {
         (16, 16, None, None, None): _T36,
         (16, 16, None, None, 'repe'): _T37,
@@ -997,7 +1003,7 @@ TEMPLATES = {
         (32, 32, None, None, 'repe'): _T46,
         (32, 32, None, None, 'repne'): _T47,
     },
-    # spec/string.r1:128
+    # spec/string.r1:132
     'LODSB': {
         (16, 16, None, None, None): _T48,
         (16, 16, None, None, 'rep'): _T49,
@@ -1008,7 +1014,7 @@ TEMPLATES = {
         (32, 32, None, None, None): _T50,
         (32, 32, None, None, 'rep'): _T51,
     },
-    # spec/string.r1:142
+    # spec/string.r1:146
     'LODSv': {
         (16, 16, None, None, None): _T52,
         (16, 16, None, None, 'rep'): _T53,
@@ -1019,7 +1025,7 @@ TEMPLATES = {
         (32, 32, None, None, None): _T58,
         (32, 32, None, None, 'rep'): _T59,
     },
-    # spec/string.r1:156
+    # spec/string.r1:160
     'STOSB': {
         (16, 16, None, None, None): _T60,
         (16, 16, None, None, 'rep'): _T61,
@@ -1030,7 +1036,7 @@ TEMPLATES = {
         (32, 32, None, None, None): _T62,
         (32, 32, None, None, 'rep'): _T63,
     },
-    # spec/string.r1:170
+    # spec/string.r1:175
     'STOSv': {
         (16, 16, None, None, None): _T64,
         (16, 16, None, None, 'rep'): _T65,
@@ -1041,7 +1047,7 @@ TEMPLATES = {
         (32, 32, None, None, None): _T70,
         (32, 32, None, None, 'rep'): _T71,
     },
-    # spec/string.r1:188
+    # spec/string.r1:194
     'INSB': {
         (16, 16, None, None, None): _T72,
         (16, 16, None, None, 'rep'): _T73,
@@ -1052,7 +1058,7 @@ TEMPLATES = {
         (32, 32, None, None, None): _T74,
         (32, 32, None, None, 'rep'): _T75,
     },
-    # spec/string.r1:205
+    # spec/string.r1:211
     'INSv': {
         (16, 16, None, None, None): _T76,
         (16, 16, None, None, 'rep'): _T77,
@@ -1063,7 +1069,7 @@ TEMPLATES = {
         (32, 32, None, None, None): _T82,
         (32, 32, None, None, 'rep'): _T83,
     },
-    # spec/string.r1:222
+    # spec/string.r1:228
     'OUTSB': {
         (16, 16, None, None, None): _T84,
         (16, 16, None, None, 'rep'): _T85,
@@ -1074,7 +1080,7 @@ TEMPLATES = {
         (32, 32, None, None, None): _T86,
         (32, 32, None, None, 'rep'): _T87,
     },
-    # spec/string.r1:237
+    # spec/string.r1:243
     'OUTSv': {
         (16, 16, None, None, None): _T88,
         (16, 16, None, None, 'rep'): _T89,

@@ -18,23 +18,23 @@ def p_far_transfer(a_sel, a_off, a_osize, a_is_call):  # spec/control.r1:194
             raise Fault(13, 0)  # control.r1:204
         if a_is_call:  # control.r1:205
             m_v_0 = S.sel[1]
-            if S.stack32:  # prelude.r1:330
-                l_top_1 = ((R[4] - (a_osize // 8)) & 4294967295)  # prelude.r1:331
-                b_store(2, l_top_1, a_osize, m_v_0)  # prelude.r1:332
-                R[4] = l_top_1 & 0xffffffff  # prelude.r1:333
+            if S.stack32:  # prelude.r1:332
+                l_top_1 = ((R[4] - (a_osize // 8)) & 4294967295)  # prelude.r1:333
+                b_store(2, l_top_1, a_osize, m_v_0)  # prelude.r1:334
+                R[4] = l_top_1 & 0xffffffff  # prelude.r1:335
             else:
-                l_top_2 = (((R[4] & 0xffff) - (a_osize // 8)) & 65535)  # prelude.r1:335
-                b_store(2, l_top_2, a_osize, m_v_0)  # prelude.r1:336
-                R[4] = R[4] & 0xffff0000 | l_top_2 & 0xffff  # prelude.r1:337
+                l_top_2 = (((R[4] & 0xffff) - (a_osize // 8)) & 65535)  # prelude.r1:337
+                b_store(2, l_top_2, a_osize, m_v_0)  # prelude.r1:338
+                R[4] = R[4] & 0xffff0000 | l_top_2 & 0xffff  # prelude.r1:339
             m_v_3 = S.eip
-            if S.stack32:  # prelude.r1:330
-                l_top_4 = ((R[4] - (a_osize // 8)) & 4294967295)  # prelude.r1:331
-                b_store(2, l_top_4, a_osize, m_v_3)  # prelude.r1:332
-                R[4] = l_top_4 & 0xffffffff  # prelude.r1:333
+            if S.stack32:  # prelude.r1:332
+                l_top_4 = ((R[4] - (a_osize // 8)) & 4294967295)  # prelude.r1:333
+                b_store(2, l_top_4, a_osize, m_v_3)  # prelude.r1:334
+                R[4] = l_top_4 & 0xffffffff  # prelude.r1:335
             else:
-                l_top_5 = (((R[4] & 0xffff) - (a_osize // 8)) & 65535)  # prelude.r1:335
-                b_store(2, l_top_5, a_osize, m_v_3)  # prelude.r1:336
-                R[4] = R[4] & 0xffff0000 | l_top_5 & 0xffff  # prelude.r1:337
+                l_top_5 = (((R[4] & 0xffff) - (a_osize // 8)) & 65535)  # prelude.r1:337
+                b_store(2, l_top_5, a_osize, m_v_3)  # prelude.r1:338
+                R[4] = R[4] & 0xffff0000 | l_top_5 & 0xffff  # prelude.r1:339
         p_load_segment_cs_real(a_sel)  # control.r1:209
         S.eip = l_t  # control.r1:210
         return None  # control.r1:211
@@ -55,23 +55,23 @@ def p_far_transfer(a_sel, a_off, a_osize, a_is_call):  # spec/control.r1:194
         if a_is_call:  # control.r1:224
             b_check_write(2, (((R[4] if S.stack32 else (R[4] & 0xffff)) - (2 * l_w)) & ((1 << (32 if S.stack32 else 16)) - 1)), (2 * a_osize))  # control.r1:225
             m_v_6 = S.sel[1]
-            if S.stack32:  # prelude.r1:330
-                l_top_7 = ((R[4] - (a_osize // 8)) & 4294967295)  # prelude.r1:331
-                b_store(2, l_top_7, a_osize, m_v_6)  # prelude.r1:332
-                R[4] = l_top_7 & 0xffffffff  # prelude.r1:333
+            if S.stack32:  # prelude.r1:332
+                l_top_7 = ((R[4] - (a_osize // 8)) & 4294967295)  # prelude.r1:333
+                b_store(2, l_top_7, a_osize, m_v_6)  # prelude.r1:334
+                R[4] = l_top_7 & 0xffffffff  # prelude.r1:335
             else:
-                l_top_8 = (((R[4] & 0xffff) - (a_osize // 8)) & 65535)  # prelude.r1:335
-                b_store(2, l_top_8, a_osize, m_v_6)  # prelude.r1:336
-                R[4] = R[4] & 0xffff0000 | l_top_8 & 0xffff  # prelude.r1:337
+                l_top_8 = (((R[4] & 0xffff) - (a_osize // 8)) & 65535)  # prelude.r1:337
+                b_store(2, l_top_8, a_osize, m_v_6)  # prelude.r1:338
+                R[4] = R[4] & 0xffff0000 | l_top_8 & 0xffff  # prelude.r1:339
             m_v_9 = S.eip
-            if S.stack32:  # prelude.r1:330
-                l_top_10 = ((R[4] - (a_osize // 8)) & 4294967295)  # prelude.r1:331
-                b_store(2, l_top_10, a_osize, m_v_9)  # prelude.r1:332
-                R[4] = l_top_10 & 0xffffffff  # prelude.r1:333
+            if S.stack32:  # prelude.r1:332
+                l_top_10 = ((R[4] - (a_osize // 8)) & 4294967295)  # prelude.r1:333
+                b_store(2, l_top_10, a_osize, m_v_9)  # prelude.r1:334
+                R[4] = l_top_10 & 0xffffffff  # prelude.r1:335
             else:
-                l_top_11 = (((R[4] & 0xffff) - (a_osize // 8)) & 65535)  # prelude.r1:335
-                b_store(2, l_top_11, a_osize, m_v_9)  # prelude.r1:336
-                R[4] = R[4] & 0xffff0000 | l_top_11 & 0xffff  # prelude.r1:337
+                l_top_11 = (((R[4] & 0xffff) - (a_osize // 8)) & 65535)  # prelude.r1:337
+                b_store(2, l_top_11, a_osize, m_v_9)  # prelude.r1:338
+                R[4] = R[4] & 0xffff0000 | l_top_11 & 0xffff  # prelude.r1:339
         p_set_accessed(a_sel, l_d)  # control.r1:229
         b_set_seg(1, ((a_sel & 65532) | S.cpl), (((l_d >> 16 & 0xffff) | ((l_d >> 32 & 0xff) << 16)) | ((l_d >> 56 & 0xff) << 24)), (((((l_d & 0xffff) | ((l_d >> 48 & 0xf) << 16)) << 12) | 4095) if (l_d >> 55 & 1) else ((l_d & 0xffff) | ((l_d >> 48 & 0xf) << 16))), ((l_d >> 40 & 0xffff) | 256))  # control.r1:230
         S.eip = l_t2  # control.r1:231
@@ -133,23 +133,23 @@ def p_call_gate(a_sel, a_gate, a_osize, a_is_call):  # spec/control.r1:249
     elif a_is_call:  # control.r1:284
         b_check_write(2, (((R[4] if S.stack32 else (R[4] & 0xffff)) - (2 * l_gw)) & ((1 << (32 if S.stack32 else 16)) - 1)), (2 * l_gbits))  # control.r1:285
         m_v_0 = S.sel[1]
-        if S.stack32:  # prelude.r1:330
-            l_top_1 = ((R[4] - (l_gbits // 8)) & 4294967295)  # prelude.r1:331
-            b_store(2, l_top_1, l_gbits, m_v_0)  # prelude.r1:332
-            R[4] = l_top_1 & 0xffffffff  # prelude.r1:333
+        if S.stack32:  # prelude.r1:332
+            l_top_1 = ((R[4] - (l_gbits // 8)) & 4294967295)  # prelude.r1:333
+            b_store(2, l_top_1, l_gbits, m_v_0)  # prelude.r1:334
+            R[4] = l_top_1 & 0xffffffff  # prelude.r1:335
         else:
-            l_top_2 = (((R[4] & 0xffff) - (l_gbits // 8)) & 65535)  # prelude.r1:335
-            b_store(2, l_top_2, l_gbits, m_v_0)  # prelude.r1:336
-            R[4] = R[4] & 0xffff0000 | l_top_2 & 0xffff  # prelude.r1:337
+            l_top_2 = (((R[4] & 0xffff) - (l_gbits // 8)) & 65535)  # prelude.r1:337
+            b_store(2, l_top_2, l_gbits, m_v_0)  # prelude.r1:338
+            R[4] = R[4] & 0xffff0000 | l_top_2 & 0xffff  # prelude.r1:339
         m_v_3 = S.eip
-        if S.stack32:  # prelude.r1:330
-            l_top_4 = ((R[4] - (l_gbits // 8)) & 4294967295)  # prelude.r1:331
-            b_store(2, l_top_4, l_gbits, m_v_3)  # prelude.r1:332
-            R[4] = l_top_4 & 0xffffffff  # prelude.r1:333
+        if S.stack32:  # prelude.r1:332
+            l_top_4 = ((R[4] - (l_gbits // 8)) & 4294967295)  # prelude.r1:333
+            b_store(2, l_top_4, l_gbits, m_v_3)  # prelude.r1:334
+            R[4] = l_top_4 & 0xffffffff  # prelude.r1:335
         else:
-            l_top_5 = (((R[4] & 0xffff) - (l_gbits // 8)) & 65535)  # prelude.r1:335
-            b_store(2, l_top_5, l_gbits, m_v_3)  # prelude.r1:336
-            R[4] = R[4] & 0xffff0000 | l_top_5 & 0xffff  # prelude.r1:337
+            l_top_5 = (((R[4] & 0xffff) - (l_gbits // 8)) & 65535)  # prelude.r1:337
+            b_store(2, l_top_5, l_gbits, m_v_3)  # prelude.r1:338
+            R[4] = R[4] & 0xffff0000 | l_top_5 & 0xffff  # prelude.r1:339
     p_set_accessed(l_tsel, l_d)  # control.r1:289
     b_set_seg(1, ((l_tsel & 65532) | l_new_cpl), (((l_d >> 16 & 0xffff) | ((l_d >> 32 & 0xff) << 16)) | ((l_d >> 56 & 0xff) << 24)), (((((l_d & 0xffff) | ((l_d >> 48 & 0xf) << 16)) << 12) | 4095) if (l_d >> 55 & 1) else ((l_d & 0xffff) | ((l_d >> 48 & 0xf) << 16))), ((l_d >> 40 & 0xffff) | 256))  # control.r1:290
     S.eip = l_target  # control.r1:291
@@ -160,10 +160,10 @@ def p_far_return(a_osize, a_extra):  # spec/control.r1:296
     l_new_sel = (b_load(2, (((R[4] if S.stack32 else (R[4] & 0xffff)) + (1 * (a_osize // 8))) & ((1 << (32 if S.stack32 else 16)) - 1)), a_osize) & 65535)  # control.r1:299
     if (S.mode != 1):  # control.r1:300
         m_v_0 = ((((R[4] if S.stack32 else (R[4] & 0xffff)) + (2 * l_w)) + a_extra) & ((1 << (32 if S.stack32 else 16)) - 1))
-        if S.stack32:  # prelude.r1:362
-            R[4] = m_v_0 & 0xffffffff  # prelude.r1:362
+        if S.stack32:  # prelude.r1:364
+            R[4] = m_v_0 & 0xffffffff  # prelude.r1:364
         else:
-            R[4] = R[4] & 0xffff0000 | m_v_0 & 0xffff  # prelude.r1:362
+            R[4] = R[4] & 0xffff0000 | m_v_0 & 0xffff  # prelude.r1:364
         p_load_segment_cs_real(l_new_sel)  # control.r1:302
         S.eip = l_new_eip  # control.r1:303
         return None  # control.r1:304
@@ -183,10 +183,10 @@ def p_far_return(a_osize, a_extra):  # spec/control.r1:296
         raise Fault(13, 0)  # control.r1:313
     if (l_rpl == S.cpl):  # control.r1:314
         m_v_1 = ((((R[4] if S.stack32 else (R[4] & 0xffff)) + (2 * l_w)) + a_extra) & ((1 << (32 if S.stack32 else 16)) - 1))
-        if S.stack32:  # prelude.r1:362
-            R[4] = m_v_1 & 0xffffffff  # prelude.r1:362
+        if S.stack32:  # prelude.r1:364
+            R[4] = m_v_1 & 0xffffffff  # prelude.r1:364
         else:
-            R[4] = R[4] & 0xffff0000 | m_v_1 & 0xffff  # prelude.r1:362
+            R[4] = R[4] & 0xffff0000 | m_v_1 & 0xffff  # prelude.r1:364
         p_set_accessed(l_new_sel, l_d)  # control.r1:316
         b_set_seg(1, l_new_sel, (((l_d >> 16 & 0xffff) | ((l_d >> 32 & 0xff) << 16)) | ((l_d >> 56 & 0xff) << 24)), (((((l_d & 0xffff) | ((l_d >> 48 & 0xf) << 16)) << 12) | 4095) if (l_d >> 55 & 1) else ((l_d & 0xffff) | ((l_d >> 48 & 0xf) << 16))), ((l_d >> 40 & 0xffff) | 256))  # control.r1:317
         S.eip = l_new_eip  # control.r1:318
@@ -251,32 +251,32 @@ def p_deliver_real(a_vector):  # spec/interrupts.r1:56
     l_flags = flush_cc()  # interrupts.r1:60
     l_top = (((R[4] & 0xffff) - 6) & 65535)  # interrupts.r1:61
     b_check_write(2, l_top, 48)  # interrupts.r1:62
-    if S.stack32:  # prelude.r1:330
-        l_top_0 = ((R[4] - 2) & 4294967295)  # prelude.r1:331
-        wr16(2, l_top_0, l_flags)  # prelude.r1:332
-        R[4] = l_top_0 & 0xffffffff  # prelude.r1:333
+    if S.stack32:  # prelude.r1:332
+        l_top_0 = ((R[4] - 2) & 4294967295)  # prelude.r1:333
+        wr16(2, l_top_0, l_flags)  # prelude.r1:334
+        R[4] = l_top_0 & 0xffffffff  # prelude.r1:335
     else:
-        l_top_1 = (((R[4] & 0xffff) - 2) & 65535)  # prelude.r1:335
-        wr16(2, l_top_1, l_flags)  # prelude.r1:336
-        R[4] = R[4] & 0xffff0000 | l_top_1 & 0xffff  # prelude.r1:337
+        l_top_1 = (((R[4] & 0xffff) - 2) & 65535)  # prelude.r1:337
+        wr16(2, l_top_1, l_flags)  # prelude.r1:338
+        R[4] = R[4] & 0xffff0000 | l_top_1 & 0xffff  # prelude.r1:339
     m_v_2 = S.sel[1]
-    if S.stack32:  # prelude.r1:330
-        l_top_3 = ((R[4] - 2) & 4294967295)  # prelude.r1:331
-        wr16(2, l_top_3, m_v_2)  # prelude.r1:332
-        R[4] = l_top_3 & 0xffffffff  # prelude.r1:333
+    if S.stack32:  # prelude.r1:332
+        l_top_3 = ((R[4] - 2) & 4294967295)  # prelude.r1:333
+        wr16(2, l_top_3, m_v_2)  # prelude.r1:334
+        R[4] = l_top_3 & 0xffffffff  # prelude.r1:335
     else:
-        l_top_4 = (((R[4] & 0xffff) - 2) & 65535)  # prelude.r1:335
-        wr16(2, l_top_4, m_v_2)  # prelude.r1:336
-        R[4] = R[4] & 0xffff0000 | l_top_4 & 0xffff  # prelude.r1:337
+        l_top_4 = (((R[4] & 0xffff) - 2) & 65535)  # prelude.r1:337
+        wr16(2, l_top_4, m_v_2)  # prelude.r1:338
+        R[4] = R[4] & 0xffff0000 | l_top_4 & 0xffff  # prelude.r1:339
     m_v_5 = S.eip
-    if S.stack32:  # prelude.r1:330
-        l_top_6 = ((R[4] - 2) & 4294967295)  # prelude.r1:331
-        wr16(2, l_top_6, m_v_5)  # prelude.r1:332
-        R[4] = l_top_6 & 0xffffffff  # prelude.r1:333
+    if S.stack32:  # prelude.r1:332
+        l_top_6 = ((R[4] - 2) & 4294967295)  # prelude.r1:333
+        wr16(2, l_top_6, m_v_5)  # prelude.r1:334
+        R[4] = l_top_6 & 0xffffffff  # prelude.r1:335
     else:
-        l_top_7 = (((R[4] & 0xffff) - 2) & 65535)  # prelude.r1:335
-        wr16(2, l_top_7, m_v_5)  # prelude.r1:336
-        R[4] = R[4] & 0xffff0000 | l_top_7 & 0xffff  # prelude.r1:337
+        l_top_7 = (((R[4] & 0xffff) - 2) & 65535)  # prelude.r1:337
+        wr16(2, l_top_7, m_v_5)  # prelude.r1:338
+        R[4] = R[4] & 0xffff0000 | l_top_7 & 0xffff  # prelude.r1:339
     set_eflags((l_flags & (-262913)))  # interrupts.r1:66
     b_set_seg(1, l_sel, (l_sel << 4), b_seg_limit(1), b_seg_attr(1))  # interrupts.r1:67
     S.eip = l_ip  # interrupts.r1:68
@@ -353,39 +353,39 @@ def p_deliver(a_vector, a_kind, a_has_error, a_error):  # spec/interrupts.r1:71
         l_w2 = (l_gbits // 8)  # interrupts.r1:134
         l_count = (4 if a_has_error else 3)  # interrupts.r1:135
         b_check_write(2, (((R[4] if S.stack32 else (R[4] & 0xffff)) - (l_count * l_w2)) & ((1 << (32 if S.stack32 else 16)) - 1)), (l_count * l_gbits))  # interrupts.r1:136
-        if S.stack32:  # prelude.r1:330
-            l_top_0 = ((R[4] - (l_gbits // 8)) & 4294967295)  # prelude.r1:331
-            b_store(2, l_top_0, l_gbits, l_flags)  # prelude.r1:332
-            R[4] = l_top_0 & 0xffffffff  # prelude.r1:333
+        if S.stack32:  # prelude.r1:332
+            l_top_0 = ((R[4] - (l_gbits // 8)) & 4294967295)  # prelude.r1:333
+            b_store(2, l_top_0, l_gbits, l_flags)  # prelude.r1:334
+            R[4] = l_top_0 & 0xffffffff  # prelude.r1:335
         else:
-            l_top_1 = (((R[4] & 0xffff) - (l_gbits // 8)) & 65535)  # prelude.r1:335
-            b_store(2, l_top_1, l_gbits, l_flags)  # prelude.r1:336
-            R[4] = R[4] & 0xffff0000 | l_top_1 & 0xffff  # prelude.r1:337
-        if S.stack32:  # prelude.r1:330
-            l_top_2 = ((R[4] - (l_gbits // 8)) & 4294967295)  # prelude.r1:331
-            b_store(2, l_top_2, l_gbits, l_frame_cs)  # prelude.r1:332
-            R[4] = l_top_2 & 0xffffffff  # prelude.r1:333
+            l_top_1 = (((R[4] & 0xffff) - (l_gbits // 8)) & 65535)  # prelude.r1:337
+            b_store(2, l_top_1, l_gbits, l_flags)  # prelude.r1:338
+            R[4] = R[4] & 0xffff0000 | l_top_1 & 0xffff  # prelude.r1:339
+        if S.stack32:  # prelude.r1:332
+            l_top_2 = ((R[4] - (l_gbits // 8)) & 4294967295)  # prelude.r1:333
+            b_store(2, l_top_2, l_gbits, l_frame_cs)  # prelude.r1:334
+            R[4] = l_top_2 & 0xffffffff  # prelude.r1:335
         else:
-            l_top_3 = (((R[4] & 0xffff) - (l_gbits // 8)) & 65535)  # prelude.r1:335
-            b_store(2, l_top_3, l_gbits, l_frame_cs)  # prelude.r1:336
-            R[4] = R[4] & 0xffff0000 | l_top_3 & 0xffff  # prelude.r1:337
-        if S.stack32:  # prelude.r1:330
-            l_top_4 = ((R[4] - (l_gbits // 8)) & 4294967295)  # prelude.r1:331
-            b_store(2, l_top_4, l_gbits, l_frame_eip)  # prelude.r1:332
-            R[4] = l_top_4 & 0xffffffff  # prelude.r1:333
+            l_top_3 = (((R[4] & 0xffff) - (l_gbits // 8)) & 65535)  # prelude.r1:337
+            b_store(2, l_top_3, l_gbits, l_frame_cs)  # prelude.r1:338
+            R[4] = R[4] & 0xffff0000 | l_top_3 & 0xffff  # prelude.r1:339
+        if S.stack32:  # prelude.r1:332
+            l_top_4 = ((R[4] - (l_gbits // 8)) & 4294967295)  # prelude.r1:333
+            b_store(2, l_top_4, l_gbits, l_frame_eip)  # prelude.r1:334
+            R[4] = l_top_4 & 0xffffffff  # prelude.r1:335
         else:
-            l_top_5 = (((R[4] & 0xffff) - (l_gbits // 8)) & 65535)  # prelude.r1:335
-            b_store(2, l_top_5, l_gbits, l_frame_eip)  # prelude.r1:336
-            R[4] = R[4] & 0xffff0000 | l_top_5 & 0xffff  # prelude.r1:337
+            l_top_5 = (((R[4] & 0xffff) - (l_gbits // 8)) & 65535)  # prelude.r1:337
+            b_store(2, l_top_5, l_gbits, l_frame_eip)  # prelude.r1:338
+            R[4] = R[4] & 0xffff0000 | l_top_5 & 0xffff  # prelude.r1:339
         if a_has_error:  # interrupts.r1:140
-            if S.stack32:  # prelude.r1:330
-                l_top_6 = ((R[4] - (l_gbits // 8)) & 4294967295)  # prelude.r1:331
-                b_store(2, l_top_6, l_gbits, a_error)  # prelude.r1:332
-                R[4] = l_top_6 & 0xffffffff  # prelude.r1:333
+            if S.stack32:  # prelude.r1:332
+                l_top_6 = ((R[4] - (l_gbits // 8)) & 4294967295)  # prelude.r1:333
+                b_store(2, l_top_6, l_gbits, a_error)  # prelude.r1:334
+                R[4] = l_top_6 & 0xffffffff  # prelude.r1:335
             else:
-                l_top_7 = (((R[4] & 0xffff) - (l_gbits // 8)) & 65535)  # prelude.r1:335
-                b_store(2, l_top_7, l_gbits, a_error)  # prelude.r1:336
-                R[4] = R[4] & 0xffff0000 | l_top_7 & 0xffff  # prelude.r1:337
+                l_top_7 = (((R[4] & 0xffff) - (l_gbits // 8)) & 65535)  # prelude.r1:337
+                b_store(2, l_top_7, l_gbits, a_error)  # prelude.r1:338
+                R[4] = R[4] & 0xffff0000 | l_top_7 & 0xffff  # prelude.r1:339
     set_eflags(l_new_flags)  # interrupts.r1:142
     p_set_accessed(l_sel, l_cd)  # interrupts.r1:143
     b_set_seg(1, ((l_sel & 65532) | l_new_cpl), (((l_cd >> 16 & 0xffff) | ((l_cd >> 32 & 0xff) << 16)) | ((l_cd >> 56 & 0xff) << 24)), (((((l_cd & 0xffff) | ((l_cd >> 48 & 0xf) << 16)) << 12) | 4095) if (l_cd >> 55 & 1) else ((l_cd & 0xffff) | ((l_cd >> 48 & 0xf) << 16))), ((l_cd >> 40 & 0xffff) | 256))  # interrupts.r1:144
@@ -431,10 +431,10 @@ def p_iret(a_osize):  # spec/interrupts.r1:191
         if ((l_new_ip > 65535) and (S.mode == 2)):  # interrupts.r1:198
             raise Fault(13, 0)  # interrupts.r1:198
         m_v_0 = (((R[4] if S.stack32 else (R[4] & 0xffff)) + (3 * l_w)) & ((1 << (32 if S.stack32 else 16)) - 1))
-        if S.stack32:  # prelude.r1:362
-            R[4] = m_v_0 & 0xffffffff  # prelude.r1:362
+        if S.stack32:  # prelude.r1:364
+            R[4] = m_v_0 & 0xffffffff  # prelude.r1:364
         else:
-            R[4] = R[4] & 0xffff0000 | m_v_0 & 0xffff  # prelude.r1:362
+            R[4] = R[4] & 0xffff0000 | m_v_0 & 0xffff  # prelude.r1:364
         set_eflags(((flush_cc() & (~(((1 << a_osize) - 1) & ((2457557 & (~(0 if (S.cpl == 0) else 12288))) & (~(0 if (S.cpl <= (S.eflags >> 12 & 0x3)) else 512)))))) | ((l_new_flags & ((1 << a_osize) - 1)) & ((2457557 & (~(0 if (S.cpl == 0) else 12288))) & (~(0 if (S.cpl <= (S.eflags >> 12 & 0x3)) else 512))))))  # interrupts.r1:200
         p_load_segment(1, l_new_cs)  # interrupts.r1:201
         S.eip = l_new_ip  # interrupts.r1:202
@@ -465,10 +465,10 @@ def p_iret(a_osize):  # spec/interrupts.r1:191
         if (l_new_eip > (((((l_d & 0xffff) | ((l_d >> 48 & 0xf) << 16)) << 12) | 4095) if (l_d >> 55 & 1) else ((l_d & 0xffff) | ((l_d >> 48 & 0xf) << 16)))):  # interrupts.r1:225
             raise Fault(13, 0)  # interrupts.r1:225
         m_v_1 = (((R[4] if S.stack32 else (R[4] & 0xffff)) + (3 * l_w)) & ((1 << (32 if S.stack32 else 16)) - 1))
-        if S.stack32:  # prelude.r1:362
-            R[4] = m_v_1 & 0xffffffff  # prelude.r1:362
+        if S.stack32:  # prelude.r1:364
+            R[4] = m_v_1 & 0xffffffff  # prelude.r1:364
         else:
-            R[4] = R[4] & 0xffff0000 | m_v_1 & 0xffff  # prelude.r1:362
+            R[4] = R[4] & 0xffff0000 | m_v_1 & 0xffff  # prelude.r1:364
         set_eflags(l_loaded_flags)  # interrupts.r1:227
         p_set_accessed(l_new_sel, l_d)  # interrupts.r1:228
         b_set_seg(1, l_new_sel, (((l_d >> 16 & 0xffff) | ((l_d >> 32 & 0xff) << 16)) | ((l_d >> 56 & 0xff) << 24)), (((((l_d & 0xffff) | ((l_d >> 48 & 0xf) << 16)) << 12) | 4095) if (l_d >> 55 & 1) else ((l_d & 0xffff) | ((l_d >> 48 & 0xf) << 16))), ((l_d >> 40 & 0xffff) | 256))  # interrupts.r1:229
@@ -861,14 +861,14 @@ def p_task_gate_event(a_gate, a_has_error, a_error, a_ext):  # spec/tasks.r1:253
     if a_has_error:  # tasks.r1:260
         l_bits = (32 if ((l_td >> 40 & 0xf) >> 3 & 1) else 16)  # tasks.r1:261
         b_check_write(2, (((R[4] if S.stack32 else (R[4] & 0xffff)) - (l_bits // 8)) & ((1 << (32 if S.stack32 else 16)) - 1)), l_bits)  # tasks.r1:262
-        if S.stack32:  # prelude.r1:330
-            l_top_0 = ((R[4] - (l_bits // 8)) & 4294967295)  # prelude.r1:331
-            b_store(2, l_top_0, l_bits, a_error)  # prelude.r1:332
-            R[4] = l_top_0 & 0xffffffff  # prelude.r1:333
+        if S.stack32:  # prelude.r1:332
+            l_top_0 = ((R[4] - (l_bits // 8)) & 4294967295)  # prelude.r1:333
+            b_store(2, l_top_0, l_bits, a_error)  # prelude.r1:334
+            R[4] = l_top_0 & 0xffffffff  # prelude.r1:335
         else:
-            l_top_1 = (((R[4] & 0xffff) - (l_bits // 8)) & 65535)  # prelude.r1:335
-            b_store(2, l_top_1, l_bits, a_error)  # prelude.r1:336
-            R[4] = R[4] & 0xffff0000 | l_top_1 & 0xffff  # prelude.r1:337
+            l_top_1 = (((R[4] & 0xffff) - (l_bits // 8)) & 65535)  # prelude.r1:337
+            b_store(2, l_top_1, l_bits, a_error)  # prelude.r1:338
+            R[4] = R[4] & 0xffff0000 | l_top_1 & 0xffff  # prelude.r1:339
 
 def p_task_return():  # spec/tasks.r1:269
     l_link = b_load_sys(S.tr_base, 16)  # tasks.r1:270

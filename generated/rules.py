@@ -619,20 +619,20 @@ RULES = {
     'PINSRW_XMM_R32_IMM8': ('ident', None, (), ()),  # spec/sse.r1:3434
     'PINSRW_XMM_M16_IMM8': ('ident', None, (), ()),  # spec/sse.r1:3445
     'PMOVMSKB_R32_XMM': ('ident', None, (), ()),  # spec/sse.r1:3456
-    'MOVSB': ('ident', None, (), ()),  # spec/string.r1:20
-    'MOVSv': ('ident', None, (), ()),  # spec/string.r1:36
-    'CMPSB': ('ident', None, (), ()),  # spec/string.r1:56
-    'CMPSv': ('ident', None, (), ()),  # spec/string.r1:74
-    'SCASB': ('ident', None, (), ()),  # spec/string.r1:92
-    'SCASv': ('ident', None, (), ()),  # spec/string.r1:109
-    'LODSB': ('ident', None, (), ()),  # spec/string.r1:128
-    'LODSv': ('ident', None, (), ()),  # spec/string.r1:142
-    'STOSB': ('ident', None, (), ()),  # spec/string.r1:156
-    'STOSv': ('ident', None, (), ()),  # spec/string.r1:170
-    'INSB': ('callout', None, ('io', 'iopl', 'tr'), ()),  # spec/string.r1:188
-    'INSv': ('callout', None, ('io', 'iopl', 'tr'), ()),  # spec/string.r1:205
-    'OUTSB': ('callout', None, ('iopl', 'tr'), ('io',)),  # spec/string.r1:222
-    'OUTSv': ('callout', None, ('iopl', 'tr'), ('io',)),  # spec/string.r1:237
+    'MOVSB': ('ident', None, (), ()),  # spec/string.r1:22
+    'MOVSv': ('ident', None, (), ()),  # spec/string.r1:39
+    'CMPSB': ('ident', None, (), ()),  # spec/string.r1:60
+    'CMPSv': ('ident', None, (), ()),  # spec/string.r1:78
+    'SCASB': ('ident', None, (), ()),  # spec/string.r1:96
+    'SCASv': ('ident', None, (), ()),  # spec/string.r1:113
+    'LODSB': ('ident', None, (), ()),  # spec/string.r1:132
+    'LODSv': ('ident', None, (), ()),  # spec/string.r1:146
+    'STOSB': ('ident', None, (), ()),  # spec/string.r1:160
+    'STOSv': ('ident', None, (), ()),  # spec/string.r1:175
+    'INSB': ('callout', None, ('io', 'iopl', 'tr'), ()),  # spec/string.r1:194
+    'INSv': ('callout', None, ('io', 'iopl', 'tr'), ()),  # spec/string.r1:211
+    'OUTSB': ('callout', None, ('iopl', 'tr'), ('io',)),  # spec/string.r1:228
+    'OUTSv': ('callout', None, ('iopl', 'tr'), ('io',)),  # spec/string.r1:243
     'HLT': ('callout', None, (), ('halt',)),  # spec/system.r1:108
     'UD2': ('trap', None, (), ()),  # spec/system.r1:117
     'CPUID': ('callout', None, (), ()),  # spec/system.r1:127

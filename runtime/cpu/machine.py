@@ -877,6 +877,57 @@ class Machine:
     def b_io_out(self, port: int, bits: int, value: int) -> None:
         self.platform.io_out(port & 0xFFFF, bits // 8, value & ((1 << bits) - 1))
 
+    # ------------------------------------------------------------ REP STOS and REP MOVS in bulk
+
+    def _bulk_run(self, s: int, off: int, n: int, count: int, write: bool) -> tuple[int, int]:
+        """For `count` elements of n bytes at s:off going up: how many fit in the segment's
+        limits and the rest of the page, and the physical address they start at (0 elements:
+        leave them to the loop, which faults or goes to a device precisely)."""
+        hi = self.whi[s] if write else self.rhi[s]
+        if off < self.lo[s] or off > hi:
+            return 0, 0
+        la = (self.state.base[s] + off) & M32
+        count = min(count, (0x1000 - (la & 0xFFF)) // n, (hi - off + 1) // n)
+        if count <= 0:
+            return 0, 0
+        pa = self.translate(la, write, self.user)  # (a fault here is the loop's first one too)
+        if pa + count * n > self.mem.size:
+            return 0, 0
+        return count, pa
+
+    def b_rep_stos(self, bits: int) -> None:
+        """spec/string.r1 `bulk rep_stos`: REP STOS (32-bit addresses, DF clear), page by page."""
+        if self.alignment_check:
+            return  # (every access checked, by the loop)
+        R, n = self.regs, bits >> 3
+        pattern = (R[0] & ((1 << bits) - 1)).to_bytes(n, "little")
+        while R[1]:
+            count, pa = self._bulk_run(0, R[7], n, R[1], True)
+            if not count:
+                return
+            self._write_phys(pa, pattern * count)
+            R[7] = (R[7] + count * n) & M32
+            R[1] -= count
+
+    def b_rep_movs(self, seg: int, bits: int) -> None:
+        """spec/string.r1 `bulk rep_movs`: REP MOVS (32-bit addresses, DF clear), as long as
+        the source and destination runs do not overlap (a forward copy into its own source
+        repeats a pattern, which the loop makes element by element)."""
+        if self.alignment_check:
+            return
+        R, n = self.regs, bits >> 3
+        while R[1]:
+            count, src = self._bulk_run(seg, R[6], n, R[1], False)
+            if not count:
+                return
+            count, dst = self._bulk_run(0, R[7], n, count, True)
+            if not count or (src < dst + count * n and dst < src + count * n):
+                return
+            self._write_phys(dst, self.mem.read(src, count * n))
+            R[6] = (R[6] + count * n) & M32
+            R[7] = (R[7] + count * n) & M32
+            R[1] -= count
+
     def b_io_bitmap_allows(self, port: int, bits: int) -> int:
         """The TSS I/O permission bitmap check (a 32-bit TSS; its bitmap offset at byte 102)."""
         S = self.state
