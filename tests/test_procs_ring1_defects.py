@@ -52,10 +52,12 @@ def run_fresh(
     period_ns: int = 10**12,
     max_insns: int = 100_000,
     user_gate: bool = False,
+    before=None,
 ):
     """`code` on the fresh machine under a platform with a clock, as `ring1 run` has one, so
     that the engines count instructions; stops at its end. Returns the engine (its `machine`
-    holds the state). `user_gate`: VECTOR's gate has DPL 3 (a system call from user code)."""
+    holds the state). `user_gate`: VECTOR's gate has DPL 3 (a system call from user code);
+    `before(machine)` runs just before the engine starts."""
     platform = TickPlatform(period_ns=period_ns)
     engine = engines.create(mode, fm.MEMORY_SIZE, platform)
     m = engine.machine
@@ -64,6 +66,8 @@ def run_fresh(
         m.mem.write(HANDLER, handler)
         gate = descriptors.gate(HANDLER, fm.SEL_CODE0, descriptors.GATE_INTERRUPT32, dpl=3 if user_gate else 0)
         m.mem.write(fm.IDT + VECTOR * 8, gate)
+    if before is not None:
+        before(m)  # (the test's last touches to memory, after the handler's gate)
     engine.stop_addresses = {fm.CODE + len(code)}
     engine.start()
     outcome = engine.run(max_insns)

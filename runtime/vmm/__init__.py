@@ -432,6 +432,7 @@ class Vmm:
         self._tables: TablesVerdict | None = None
         self._tables_key: tuple | None = None
         self._segment_match_key: tuple | None = None  # what V_SEG_MATCH was published for
+        self._tables_unchecked = False  # mappings changed since the verdict: _known_tables checks
         self._table_ranges: dict[int, list[tuple[int, int]]] = {}  # guest physical page -> table bytes
         self._reversible: tuple | None = None
         # Trap mode: the shadow GDT of the kernel run directly (the VMM's GDT at the guest's
@@ -655,7 +656,7 @@ class Vmm:
         direct execution needs them), so a kernel entered from user code finds them known."""
         S = self.m.state
         ldt = (S.ldtr_base, S.ldtr_limit) if S.ldtr & ~3 else None
-        verdict = self._tables if self._tables_key == (S.gdtr_base, S.gdtr_limit, ldt) else None
+        verdict = self._known_tables() if self._tables_key == (S.gdtr_base, S.gdtr_limit, ldt) else None
         key = (verdict, S.mode, *(S.sel[s] for s in RELOADED_IN_TC), *(S.base[s] for s in RELOADED_IN_TC))
         key += (*(S.limit[s] for s in RELOADED_IN_TC), *(S.attr[s] for s in RELOADED_IN_TC))
         if key == self._segment_match_key:
@@ -755,7 +756,7 @@ class Vmm:
         S = self.m.state
         ldt = (S.ldtr_base, S.ldtr_limit) if S.ldtr & ~3 else None
         key = (S.gdtr_base, S.gdtr_limit, ldt)
-        if self._tables is not None and self._tables_key == key:
+        if self._tables_key == key and self._known_tables() is not None:
             return self._tables
         self._forget_tables()
         self.stats["descriptor_table_checks"] += 1
@@ -790,12 +791,32 @@ class Vmm:
             self.m.traces.watch(page, WHY_TABLES, self._on_table_write)
             self._write_protect(page)
 
+    def _tables_moved(self) -> None:
+        """The guest's mappings changed (a CR3 write, INVLPG, shadow entries dropped): the
+        verdict on its tables stands only while their linear pages still map to the pages it
+        read (checked when next asked, `_known_tables`), and the hardware must map them again
+        before user code runs with them."""
+        if self._tables is not None:
+            self._tables_unchecked = True
+            self._tables_mapped = False
+
+    def _known_tables(self) -> TablesVerdict | None:
+        """The verdict on the guest's tables, if it still holds (their contents are traced; after
+        a change of mappings their linear pages must still map where they were read)."""
+        verdict = self._tables
+        if verdict is not None and self._tables_unchecked:
+            if any(self._table_page(la) != gpa for la, gpa in zip(verdict.linear_pages, verdict.frames, strict=True)):
+                self._forget_tables()
+                return None
+            self._tables_unchecked = False
+        return verdict
+
     def _forget_tables(self) -> None:
         for page in self._table_ranges:
             self.m.traces.unwatch(page, WHY_TABLES)
         self._table_ranges = {}
         self._tables = self._tables_key = self._reversible = None
-        self._tables_mapped = False
+        self._tables_mapped = self._tables_unchecked = False
         self._shadow_gdt_of = None  # the shadow GDT is written again from the next reading
 
     def _on_table_write(self, page: int, start: int, end: int) -> None:
@@ -1679,8 +1700,7 @@ class Vmm:
         the old code until one, as the stale TLB entry would on a CPU.
         The shadow page tables: INVLPG drops the page's shadow entry; a CR3 (CR0, CR4) write
         selects the shadow of the new address space (shadow.py)."""
-        if self._tables is not None:
-            self._forget_tables()  # the tables' linear pages may map elsewhere now
+        self._tables_moved()  # the tables' linear pages may map elsewhere now
         if linear_page is None:
             S = self.m.state
             self._check_window()
@@ -1783,8 +1803,7 @@ class Vmm:
         forgets its translations too, so that an emulated access sees what the hardware's next
         one will (the new mapping, and accessed and dirty bits set again), not an older one."""
         self.m.flush_tlb()
-        if self._tables is not None:
-            self._forget_tables()  # their pages may no longer be mapped for the hardware
+        self._tables_moved()  # their pages may no longer be mapped, for the hardware or at all
 
     def _on_shadow_untrace(self, page: int) -> None:
         if page in self.m.code_pages and not self._write_protected(page):

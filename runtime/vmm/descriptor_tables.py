@@ -52,6 +52,7 @@ class TablesVerdict:
     entries: dict[int, int]  # selector with RPL 0 (TI set for the LDT) -> the 8-byte descriptor
     linear_pages: tuple[int, ...]  # the tables' linear pages (to map before entering)
     ranges: dict[int, list[tuple[int, int]]]  # guest physical page -> the table bytes on it (traced)
+    frames: tuple[int, ...] = ()  # the guest physical page (address) of each linear page, as read
 
     def reversible(self, sels: list[int], bases: list[int], limits: list[int], attrs: list[int]) -> bool:
         """Every loaded segment register holds what its table entry says now, accessed bit set
@@ -99,6 +100,7 @@ def read_tables(
     entries: dict[int, int] = {}
     hostile = ""
     linear: list[int] = []
+    frames: list[int] = []
     ranges: dict[int, list[tuple[int, int]]] = {}
     for ti, table in ((0, gdt), (4, ldt)):
         if table is None:
@@ -119,6 +121,7 @@ def read_tables(
             start, stop = max(base, page), min(end, page + 0x1000)
             raw += read(gpa + (start - page), stop - start)
             linear.append(page)
+            frames.append(gpa)
             ranges.setdefault(gpa >> 12, []).append((start - page, stop - page))
             page += 0x1000
         for i in range(count):
@@ -129,4 +132,4 @@ def read_tables(
                 entries[i * 8 | ti] = value
     # (Hostile tables are read all the same: a shadow of them, with their gates absent, serves
     # a kernel run directly.)
-    return TablesVerdict(not hostile, hostile, entries, tuple(linear), ranges)
+    return TablesVerdict(not hostile, hostile, entries, tuple(linear), ranges, tuple(frames))

@@ -324,3 +324,70 @@ def test_cpuid_answers_user_code_as_it_answers_the_kernel(leaf: int) -> None:
         if cpl == 3:
             assert vmm.stats["cpuid_direct"] == 1  # it ran on the hardware, and the hook answered
     assert answers[0] == answers[3]
+
+
+# ---------------------------------------------------------------- the tables' mappings
+
+
+REMAP_PD, REMAP_PT, GDT_COPY = 0x60000, 0x61000, 0x70000
+
+
+@pytest.mark.parametrize("remap", ["the tables' page", "another page"])
+def test_a_mapping_change_drops_the_verdict_only_if_the_tables_moved(remap: str) -> None:
+    """With paging on, the kernel's system-call handler rewrites a PTE and INVLPGs it: the
+    tables' own page (now mapping a copy of it whose window descriptor has another base: user
+    code's next load gets that one, as on bare metal), or another page (the verdict on the
+    tables stands: they are not read again)."""
+    page = 0 if remap == "the tables' page" else 0x40
+    code = assemble(
+        f"""
+        mov eax, {REMAP_PD:#x}
+        mov cr3, eax
+        mov eax, cr0
+        or eax, 0x80000000
+        mov cr0, eax
+        {iret_to_user(eflags=0x2)}
+    user:
+        mov bx, {fm.SEL_WINDOW3}
+        mov ds, bx
+        mov eax, ds:[0]
+        int 0x{VECTOR:x}
+        mov ds, bx
+        mov ebx, ds:[0]
+        """,
+        fm.CODE,
+    ).code
+    handler = assemble(
+        f"""
+        mov dword ptr ss:[{REMAP_PT + page * 4:#x}], {(GDT_COPY if page == 0 else page << 12) | 7:#x}
+        invlpg ss:[{page << 12:#x}]
+        iretd
+        """,
+        HANDLER,
+    ).code
+    pt = b"".join(struct.pack("<I", (i << 12) | 7) for i in range(fm.MEMORY_SIZE >> 12))
+    pd = struct.pack("<I", REMAP_PT | 7) + bytes(4092)
+    memory = {
+        REMAP_PD: pd,
+        REMAP_PT: pt,
+        fm.DATA: (0x11111111).to_bytes(4, "little"),
+        2 * fm.DATA: (0x22222222).to_bytes(4, "little"),
+    }
+    regs, stats = {}, None
+    for mode in ("interp", "bare", "bt"):
+        engine = run_fresh(mode, code, memory, handler, user_gate=True, before=_copy_page_zero)
+        regs[mode] = list(engine.machine.regs)
+        if mode == "bt":
+            stats = engine.vmm.stats
+    assert regs["interp"] == regs["bare"] == regs["bt"]
+    moved = page == 0
+    assert regs["bt"][0] == 0x11111111 and regs["bt"][3] == (0x22222222 if moved else 0x11111111)
+    assert stats["descriptor_table_checks"] == (2 if moved else 1)
+
+
+def _copy_page_zero(m) -> None:
+    """GDT_COPY: page 0 (IVT, GDT, IDT) as the fresh machine has it, the window descriptor's
+    base moved from DATA to 2 * DATA."""
+    copy = bytearray(m.mem.read(0, 0x1000))
+    copy[fm.GDT + (fm.SEL_WINDOW3 & ~7) + 4] = 0x02
+    m.mem.write(GDT_COPY, bytes(copy))
