@@ -112,6 +112,7 @@ class Derived:
     page: int = -1
     linear: int = -1
     global_: bool = False
+    writable: bool = False  # the guest lets this page be written now, setting nothing (W and D)
 
 
 class ShadowMmu:
@@ -310,9 +311,9 @@ class ShadowMmu:
         if entries:
             source, value = entries[-1]
             global_ = self.pge and bool(value & PTE_G) and (len(entries) == 2 or bool(value & PTE_PS))
-            self._record_pte(pte_addr, Derived(source, value, page, la >> 12, global_))
+            self._record_pte(pte_addr, Derived(source, value, page, la >> 12, global_, writable and (dirty or write)))
         else:
-            self._record_pte(pte_addr, Derived(-1, 0, page, la >> 12))
+            self._record_pte(pte_addr, Derived(-1, 0, page, la >> 12, writable=True))
         flags = PTE_P | PTE_A | PTE_D | (PTE_U if user else 0) | (PTE_W if hw_write else 0)
         self.host.write32(pte_addr, gpa | flags)
         if old & PTE_P and (old ^ gpa) & FRAME:
@@ -359,7 +360,7 @@ class ShadowMmu:
             dirty = bool(value & PTE_D)
             hw_write = writable and dirty and page not in self.traced_pages and not self.protected(page)
             global_ = self.pge and bool(value & PTE_G)
-            self._record_pte(pte_addr, Derived(source, value, page, linear, global_))
+            self._record_pte(pte_addr, Derived(source, value, page, linear, global_, writable and dirty))
             flags = PTE_P | PTE_A | PTE_D | (PTE_U if user else 0) | (PTE_W if hw_write else 0)
             self.host.write32(pte_addr, gpa | flags)
             self.stats["shadow_entries_prefilled"] += 1
@@ -387,7 +388,7 @@ class ShadowMmu:
                 if table is None:
                     table = self._new_table(target, index)
                 copy = table + (linear & 0x3FF) * 4
-                self._record_pte(copy, Derived(d.source, d.value, d.page, d.linear, True))
+                self._record_pte(copy, Derived(d.source, d.value, d.page, d.linear, True, d.writable))
                 self.host.write32(copy, self.host.read32(pte_addr))
                 break  # one copy per linear page is enough
 
@@ -501,6 +502,22 @@ class ShadowMmu:
             self.traced_pages.discard(page)
             self.m.traces.unwatch(page, WHY_SHADOW)
             self.on_untrace(page)
+            self.allow_writes(page)
+
+    def allow_writes(self, page: int) -> None:
+        """`page` is no longer protected for the shadow's sake: its hardware mappings whose guest
+        entries let it be written now (W and D set) become writable again, so that the writes
+        after a page table's last traced one (a table given back and written as data) do not
+        each fault to be mapped writable. Not while the VMM protects it for another reason."""
+        if page in self.traced_pages or self.protected(page):
+            return
+        for pte_addr in self.mapping.get(page, ()):
+            d = self.pte_derived.get(pte_addr)
+            if d is not None and d.writable:
+                v = self.host.read32(pte_addr)
+                if v & PTE_P and not v & PTE_W:
+                    self.host.write32(pte_addr, v | PTE_W)  # (more rights: no TLB entry to drop)
+                    self.stats["shadow_entries_made_writable"] += 1
 
     def write_protect(self, page: int) -> None:
         """Downgrade every hardware mapping of guest page `page`, in every shadow, to read-only."""

@@ -506,6 +506,7 @@ def test_a_page_table_written_as_data_is_unshadowed_after_a_few_writes() -> None
     memory = window_space()
     memory[PD_B] = table({0: PT0 | P | RW, 1: PT_B | P | RW})
     memory[PT_B] = table({i: PAGES[i] | P | RW for i in range(4)})
+    memory[PT0] = identity(overrides={PT_B >> 12: PT_B | P | RW | A | D})  # (written before: dirty)
     text = paging_on(PD_B) + touch_all() + f"""
         mov eax, {PD_A:#x}
         mov cr3, eax
@@ -523,6 +524,9 @@ def test_a_page_table_written_as_data_is_unshadowed_after_a_few_writes() -> None
     assert bare.exception == 14 and bare.cr2 == WINDOW + 0x2000
     assert vmm.stats["pages_unshadowed"] == 1 and vmm.stats["traced_writes"] == UNSHADOW_AFTER
     assert vmm.stats["shadow_entries_dropped"] == 4 and PT_B >> 12 not in vmm.shadow.traced_pages
+    # The table's own mapping (A's; its guest entry has W and D set) is writable again at once:
+    # the stores after the last traced one take no hidden fault to be mapped writable.
+    assert vmm.stats["shadow_entries_made_writable"] == 1
 
 
 # ---------------------------------------------------------------- hidden faults in the hook
