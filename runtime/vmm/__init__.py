@@ -148,6 +148,11 @@ M32 = 0xFFFFFFFF
 # register whose reload would change something (no 16-bit selector added to it makes zero).
 RELOADED_IN_TC = (0, 3, 4)
 SEGMENT_STALE = 0x80000000
+# The vcpu page from V_MSW to the end of V_CR: CR0 (SMSW), LDTR, TR, the six selectors, CR0-CR4.
+_VCPU_STATE = struct.Struct(
+    f"<IHH{C['V_SEL'] - C['V_TR'] - 2}x6I{C['V_CR'] - C['V_SEL'] - 24}x5I"
+)
+assert C["V_LDTR"] == C["V_MSW"] + 4 and C["V_TR"] == C["V_LDTR"] + 2  # (the layout _VCPU_STATE packs)
 # Units are keyed by where their code is and how it decodes (Vmm.unit_key): 32-bit code (CS base 0)
 # by its EIP, 16-bit code by KEY16 | CS base << 16 | IP, so that a 16-bit unit and a 32-bit one
 # at the same linear address never mix, nor two 16-bit ones reached through different CS bases
@@ -432,6 +437,7 @@ class Vmm:
         self._tables: TablesVerdict | None = None
         self._tables_key: tuple | None = None
         self._segment_match_key: tuple | None = None  # what V_SEG_MATCH was published for
+        self._published_control: tuple | None = None  # what publish_virtual's control-page part holds
         self._tables_unchecked = False  # mappings changed since the verdict: _known_tables checks
         self._table_ranges: dict[int, list[tuple[int, int]]] = {}  # guest physical page -> table bytes
         self._reversible: tuple | None = None
@@ -488,6 +494,7 @@ class Vmm:
     # ------------------------------------------------------------ setup
 
     def _setup_vmm_area(self) -> None:
+        self._published_control = None  # (publish_virtual writes the control page's part again)
         gdt = C["VMM_GDT"]
 
         def put(sel: int, base: int, limit: int, attr: int) -> None:
@@ -629,19 +636,22 @@ class Vmm:
 
     def publish_virtual(self) -> None:
         """Copy the guest-visible state that in-TC templates read into the vcpu page, and the ESP
-        that reaches the VMM's scratch stack through the guest's SS (unicorn ignores SS's limit)."""
+        that reaches the VMM's scratch stack through the guest's SS (unicorn ignores SS's limit).
+        The control page's part is written when it changes (guest context cannot write it);
+        the vcpu page's, which it can, every time, in two stores and one."""
         S = self.m.state
-        scratch = self.base + C["VMM_SCRATCH_STACK"]
-        self.vmm_write32(C["V_SCRATCH_SP"], (scratch - S.base[SS]) & M32)
-        self.vmm_write32(C["V_CS16"], S.base[CS] << 12 & M32)  # (lookup16: real mode's CS only)
-        self.vmm_write32(C["V_CS16_BASE"], S.base[CS])
+        control = (self.base, S.base[SS], S.base[CS])
+        if control != self._published_control:
+            self._published_control = control
+            scratch = self.base + C["VMM_SCRATCH_STACK"]
+            self.vmm_write32(C["V_SCRATCH_SP"], (scratch - S.base[SS]) & M32)
+            # (lookup16: real mode's CS only)
+            self.vmm_write(C["V_CS16"], struct.pack("<II", S.base[CS] << 12 & M32, S.base[CS]))
         eflags = self.m.eflags()
-        self.vmm_write32(C["V_VIRT_IF"], eflags & EFLAGS.IF)
-        self.vmm_write32(C["V_VIRT_IOPL"], eflags & EFLAGS.IOPL)
-        self.vmm_write(C["V_SEL"], struct.pack("<6I", *S.sel))
-        self.vmm_write32(C["V_MSW"], S.cr[0])
-        self.vmm_write(C["V_CR"], struct.pack("<5I", *S.cr))
-        self.vmm_write(C["V_LDTR"], struct.pack("<HH", S.ldtr, S.tr))
+        view, at = self.host.view, self.vmm_phys
+        _U32.pack_into(view, at + C["V_VIRT_IF"], eflags & EFLAGS.IF)
+        _U32.pack_into(view, at + C["V_VIRT_IOPL"], eflags & EFLAGS.IOPL)
+        _VCPU_STATE.pack_into(view, at + C["V_MSW"], S.cr[0], S.ldtr, S.tr, *S.sel, *S.cr)
         self._publish_segment_match()
 
     def _publish_segment_match(self) -> None:
