@@ -152,6 +152,7 @@ class ShadowMmu:
         self.pde_derived: dict[int, Derived] = {}  # shadow PDE address -> the guest PDE
         self.ptes_from: dict[int, set[int]] = {}  # guest entry address -> shadow PTEs made from it
         self.pdes_from: dict[int, set[int]] = {}  # guest PDE address -> shadow PDEs made from it
+        self.tables_of: dict[int, set[int]] = {}  # guest page table (page) -> shadow PDEs of its tables
         self.mapping: dict[int, set[int]] = {}  # guest physical page -> shadow PTEs mapping it
         self.globals: dict[int, set[int]] = {}  # linear page -> shadow PTEs from global guest entries
         self.table_entries: dict[int, set[int]] = {}  # shadow table -> its filled PTE addresses
@@ -301,6 +302,8 @@ class ShadowMmu:
             if record is None:  # a new table, or one made for copies of global entries
                 self.pde_derived[shadow_pde] = Derived(pde_addr, pde)
                 self.pdes_from.setdefault(pde_addr, set()).add(shadow_pde)
+                if len(entries) == 2:
+                    self.tables_of.setdefault(pde >> 12, set()).add(shadow_pde)
                 self.trace_refs[pde_addr >> 12] += 1
             else:
                 record.value = pde  # as written above: only A (and D of a 4 MB page) can differ
@@ -333,7 +336,7 @@ class ShadowMmu:
         Each is entered as `fill` would enter it, read-only while its dirty bit is clear."""
         group = PREFILL_GROUP
         first = (la >> 12) & ~(group - 1)
-        mem, pte_derived, G = self.m.mem, self.pte_derived, self.G
+        mem, pte_derived = self.m.mem, self.pte_derived
         pde_addr, pde = entries[0]
         big = len(entries) == 1  # a 4 MB page: every neighbour in it is mapped by that PDE
         guest_ptes = (pde & FRAME) | ((first & 0x3FF) << 2)
@@ -347,23 +350,55 @@ class ShadowMmu:
             if big:
                 source = pde_addr
                 gpa = (pde & 0xFFC00000) | ((linear & 0x3FF) << 12)
-                user, writable = bool(pde & PTE_U), bool(pde & PTE_W)
+            elif value & (PTE_P | PTE_A) != PTE_P | PTE_A:
+                continue
             else:
+                source, gpa = guest_ptes + 4 * i, value & FRAME
+            if self._enter(pte_addr, linear, source, value, pde, gpa, big):
+                self.stats["shadow_entries_prefilled"] += 1
+
+    def _enter(self, pte_addr: int, linear: int, source: int, value: int, pde: int, gpa: int, big: bool) -> bool:
+        """Enter the guest entry `value` (at `source`; its PDE `pde`, or the 4 MB PDE itself)
+        mapping `linear` to `gpa` into the empty shadow PTE at `pte_addr`, as `fill` would
+        for an access that sets no bit: accessed already, read-only while not dirty. RAM only."""
+        if gpa + 0x1000 > self.G:
+            return False  # (device memory: entered by its own fill)
+        page = gpa >> 12
+        user = bool(pde & PTE_U) if big else bool(pde & value & PTE_U)
+        writable = (bool(pde & PTE_W) if big else bool(pde & value & PTE_W)) and bool(value & PTE_D)
+        hw_write = writable and page not in self.traced_pages and not self.protected(page)
+        global_ = self.pge and bool(value & PTE_G)
+        self._record_pte(pte_addr, Derived(source, value, page, linear, global_, writable))
+        flags = PTE_P | PTE_A | PTE_D | (PTE_U if user else 0) | (PTE_W if hw_write else 0)
+        self.host.write32(pte_addr, gpa | flags)
+        return True
+
+    def _enter_installed(self, page: int, start: int, end: int) -> None:
+        """After a traced write to guest page table `page`: the entries it wrote that are now
+        present with the accessed bit set go into the current shadow's table made from `page`
+        (a kernel installing a PTE in its page-fault handler, and its fault-around), sparing
+        the hidden fault of the access that follows; a changed entry (write-protected for
+        copy-on-write) comes back with its new rights."""
+        for shadow_pde in list(self.tables_of.get(page, ())):
+            shadow = self.by_pd.get(shadow_pde & FRAME)
+            if shadow is not self.current:
+                continue
+            index = (shadow_pde & 0xFFF) >> 2
+            table = shadow.tables.get(index)
+            record = self.pde_derived.get(shadow_pde)
+            if table is None or record is None or index == self.vmm_index:
+                continue
+            mem, base = self.m.mem, page << 12
+            for offset in range(start & ~3, end, 4):
+                pte_addr = table + offset
+                if pte_addr in self.pte_derived:
+                    continue
+                value = mem.read32(base + offset)
                 if value & (PTE_P | PTE_A) != PTE_P | PTE_A:
                     continue
-                source = guest_ptes + 4 * i
-                gpa = value & FRAME
-                user, writable = bool(pde & value & PTE_U), bool(pde & value & PTE_W)
-            if gpa + 0x1000 > G:
-                continue  # (device memory: entered by its own fill)
-            page = gpa >> 12
-            dirty = bool(value & PTE_D)
-            hw_write = writable and dirty and page not in self.traced_pages and not self.protected(page)
-            global_ = self.pge and bool(value & PTE_G)
-            self._record_pte(pte_addr, Derived(source, value, page, linear, global_, writable and dirty))
-            flags = PTE_P | PTE_A | PTE_D | (PTE_U if user else 0) | (PTE_W if hw_write else 0)
-            self.host.write32(pte_addr, gpa | flags)
-            self.stats["shadow_entries_prefilled"] += 1
+                linear = index << 10 | offset >> 2
+                if self._enter(pte_addr, linear, base + offset, value, record.value, value & FRAME, False):
+                    self.stats["shadow_entries_installed"] += 1
 
     def _record_pte(self, pte_addr: int, d: Derived) -> None:
         self.pte_derived[pte_addr] = d
@@ -429,6 +464,7 @@ class ShadowMmu:
         d = self.pde_derived.pop(pde_addr, None)
         if d is not None:
             _discard(self.pdes_from, d.source, pde_addr)
+            _discard(self.tables_of, d.value >> 12, pde_addr)
             self._release(d.source >> 12)
         self.host.write32(pde_addr, 0)
         self.free_pages.append(table)
@@ -479,6 +515,8 @@ class ShadowMmu:
             self.stats["shadow_entries_dropped"] += dropped
             self.flush_hw_tlb()
             self.on_unmap()
+        if not unshadow and page in self.traced_pages:
+            self._enter_installed(page, start, end)
 
     # ------------------------------------------------------------ traces
 

@@ -636,3 +636,32 @@ def test_a_fill_enters_the_neighbours_the_guest_has_accessed_already(monkeypatch
     _bare, alone = compare_all(spec(text, memory))
     assert alone.stats["shadow_entries_prefilled"] == 0
     assert alone.stats["hidden_page_faults"] - vmm.stats["hidden_page_faults"] == 3  # pages 1, 2, 3
+
+
+# ---------------------------------------------------------------- entries the kernel installs
+
+
+def test_a_pte_the_kernel_writes_present_and_accessed_is_entered_at_its_write(monkeypatch) -> None:
+    # After the first access through PT_A (traced from then on), the kernel installs page 1
+    # (accessed) and page 2 (not accessed), then makes page 0 read-only (copy-on-write): the
+    # traced writes enter page 1 and page 0's new entry at once, page 2 waits for its first
+    # access (which sets A). The write to page 0 is the guest's #PF (CR0.WP), as on bare metal.
+    from ring1.runtime.vmm import shadow
+
+    memory = window_space(1)
+    text = paging_on(PD_A, cr0=0x80000000 | CR0_WP) + f"""
+        mov eax, [{WINDOW:#x}]
+        mov dword ptr [{PT_A + 4:#x}], {PAGES[1] | P | RW | A:#x}
+        mov dword ptr [{PT_A + 8:#x}], {PAGES[2] | P | RW:#x}
+        mov ebx, [{WINDOW + 0x1000:#x}]
+        mov ecx, [{WINDOW + 0x2000:#x}]
+        mov dword ptr [{PT_A:#x}], {PAGES[0] | P | A:#x}
+        mov edx, [{WINDOW:#x}]
+        mov dword ptr [{WINDOW:#x}], 5
+    """
+    bare, vmm = compare_all(spec(text, memory))
+    assert bare.exception == 14 and bare.cr2 == WINDOW and bare.regs["ebx"] == 2
+    assert vmm.stats["shadow_entries_installed"] == 2
+    monkeypatch.setattr(shadow.ShadowMmu, "_enter_installed", lambda self, page, start, end: None)
+    _bare, without = compare_all(spec(text, memory))
+    assert without.stats["hidden_page_faults"] - vmm.stats["hidden_page_faults"] == 2  # pages 1 and 0
