@@ -2697,6 +2697,11 @@ def figures(vmm: Vmm, stats, elapsed: float) -> None:
     stats.add(
         "shadow_entries_prefilled", "shadow entries prefilled (accessed neighbours)", s["shadow_entries_prefilled"]
     )
+    stats.add(
+        "shadow_entries_installed",
+        "shadow entries entered at the guest's write of a present PTE",
+        s["shadow_entries_installed"],
+    )
     stats.add("traced_writes", "traced writes to guest page tables", s["traced_writes"])
     stats.add(
         "shadow_entries_dropped", "shadow entries dropped by traced writes", s["shadow_entries_dropped"]

@@ -373,12 +373,14 @@ class ShadowMmu:
         self.host.write32(pte_addr, gpa | flags)
         return True
 
-    def _enter_installed(self, page: int, start: int, end: int) -> None:
+    def _enter_installed(self, page: int, start: int, end: int, derived: set[int]) -> bool:
         """After a traced write to guest page table `page`: the entries it wrote that are now
         present with the accessed bit set go into the current shadow's table made from `page`
         (a kernel installing a PTE in its page-fault handler, and its fault-around), sparing
         the hidden fault of the access that follows; a changed entry (write-protected for
-        copy-on-write) comes back with its new rights."""
+        copy-on-write) comes back with its new rights. Returns whether an entry nothing had
+        been made from (an install, not a change) was entered."""
+        installed = False
         for shadow_pde in list(self.tables_of.get(page, ())):
             shadow = self.by_pd.get(shadow_pde & FRAME)
             if shadow is not self.current:
@@ -399,6 +401,8 @@ class ShadowMmu:
                 linear = index << 10 | offset >> 2
                 if self._enter(pte_addr, linear, base + offset, value, record.value, value & FRAME, False):
                     self.stats["shadow_entries_installed"] += 1
+                    installed |= base + offset not in derived
+        return installed
 
     def _record_pte(self, pte_addr: int, d: Derived) -> None:
         self.pte_derived[pte_addr] = d
@@ -497,11 +501,13 @@ class ShadowMmu:
             self.writes_since_fill[page] = writes
         dropped = 0
         mem = self.m.mem
+        derived: set[int] = set()  # the entries written that something was made from
         for addr in range(base + (start & ~3), base + end, 4):
             ptes = self.ptes_from.get(addr)
             pdes = self.pdes_from.get(addr)
             if ptes is None and pdes is None:
                 continue
+            derived.add(addr)
             now = mem.read32(addr)
             for pte_addr in list(ptes or ()):
                 if unshadow or self.pte_derived[pte_addr].value != now:
@@ -515,8 +521,11 @@ class ShadowMmu:
             self.stats["shadow_entries_dropped"] += dropped
             self.flush_hw_tlb()
             self.on_unmap()
-        if not unshadow and page in self.traced_pages:
-            self._enter_installed(page, start, end)
+        if not unshadow and page in self.traced_pages and self._enter_installed(page, start, end, derived):
+            # A new entry made present, as a page-fault handler does: a page table in use, like
+            # a fill through it (a table written only as data, or only write-protected for
+            # copy-on-write, still goes after UNSHADOW_AFTER writes).
+            self.writes_since_fill.pop(page, None)
 
     # ------------------------------------------------------------ traces
 
