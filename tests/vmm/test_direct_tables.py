@@ -228,11 +228,17 @@ def test_a_segment_whose_descriptor_changed_keeps_its_cached_base() -> None:
     assert vmm.stats["direct_nonreversible"] >= 1
 
 
-def test_a_kernel_write_to_the_gdt_is_seen_by_the_next_user_load() -> None:
-    """The tables are traced: the kernel's write to a descriptor after user code ran with its
-    tables drops the verdict, and user code's next load gets the new descriptor."""
+WINDOW_WORDS = {fm.DATA: (0x11111111).to_bytes(4, "little"), 2 * fm.DATA: (0x22222222).to_bytes(4, "little")}
+
+
+def _window_load_around_a_system_call(kernel: str, handler: str, memory: dict[int, bytes], before=None):
+    """The kernel runs `kernel` and IRETs to user code, which loads DS with the window selector,
+    reads [0] into EAX, makes a system call (whose handler is `handler`, then IRET), loads DS
+    again and reads [0] into EBX. Under interp, bare and bt, which must agree: the registers
+    (the same for all) and bt's statistics."""
     code = assemble(
         f"""
+        {kernel}
         {iret_to_user(eflags=0x2)}
     user:
         mov bx, {fm.SEL_WINDOW3}
@@ -244,22 +250,23 @@ def test_a_kernel_write_to_the_gdt_is_seen_by_the_next_user_load() -> None:
         """,
         fm.CODE,
     ).code
-    # The handler moves the window selector's base from DATA to 2 * DATA and returns.
-    handler = assemble(
-        f"""
-        mov byte ptr ss:[{fm.GDT + fm.SEL_WINDOW3 - 3 + 4:#x}], 0x02
-        iretd
-        """,
-        HANDLER,
-    ).code
-    memory = {fm.DATA: (0x11111111).to_bytes(4, "little"), 2 * fm.DATA: (0x22222222).to_bytes(4, "little")}
-    regs = {}
+    handler_code = assemble(handler + "\niretd", HANDLER).code
+    regs, stats = {}, None
     for mode in ("interp", "bare", "bt"):
-        engine = run_fresh(mode, code, memory, handler, user_gate=True)
+        engine = run_fresh(mode, code, memory, handler_code, user_gate=True, before=before)
         regs[mode] = list(engine.machine.regs)
         if mode == "bt":
             stats = engine.vmm.stats
     assert regs["interp"] == regs["bare"] == regs["bt"]
+    return regs, stats
+
+
+def test_a_kernel_write_to_the_gdt_is_seen_by_the_next_user_load() -> None:
+    """The tables are traced: the kernel's write to a descriptor after user code ran with its
+    tables drops the verdict, and user code's next load gets the new descriptor."""
+    # The handler moves the window selector's base from DATA to 2 * DATA and returns.
+    handler = f"mov byte ptr ss:[{fm.GDT + fm.SEL_WINDOW3 - 3 + 4:#x}], 0x02"
+    regs, stats = _window_load_around_a_system_call("", handler, WINDOW_WORDS)
     assert regs["bt"][0] == 0x11111111 and regs["bt"][3] == 0x22222222  # EAX, EBX
     assert stats["descriptor_table_writes"] >= 1
     # Back in user code DS still holds the old descriptor: nonreversible until it is loaded again
@@ -339,47 +346,15 @@ def test_a_mapping_change_drops_the_verdict_only_if_the_tables_moved(remap: str)
     code's next load gets that one, as on bare metal), or another page (the verdict on the
     tables stands: they are not read again)."""
     page = 0 if remap == "the tables' page" else 0x40
-    code = assemble(
-        f"""
-        mov eax, {REMAP_PD:#x}
-        mov cr3, eax
-        mov eax, cr0
-        or eax, 0x80000000
-        mov cr0, eax
-        {iret_to_user(eflags=0x2)}
-    user:
-        mov bx, {fm.SEL_WINDOW3}
-        mov ds, bx
-        mov eax, ds:[0]
-        int 0x{VECTOR:x}
-        mov ds, bx
-        mov ebx, ds:[0]
-        """,
-        fm.CODE,
-    ).code
-    handler = assemble(
-        f"""
+    paging_on = f"mov eax, {REMAP_PD:#x}\nmov cr3, eax\nmov eax, cr0\nor eax, 0x80000000\nmov cr0, eax"
+    handler = f"""
         mov dword ptr ss:[{REMAP_PT + page * 4:#x}], {(GDT_COPY if page == 0 else page << 12) | 7:#x}
         invlpg ss:[{page << 12:#x}]
-        iretd
-        """,
-        HANDLER,
-    ).code
+    """
     pt = b"".join(struct.pack("<I", (i << 12) | 7) for i in range(fm.MEMORY_SIZE >> 12))
     pd = struct.pack("<I", REMAP_PT | 7) + bytes(4092)
-    memory = {
-        REMAP_PD: pd,
-        REMAP_PT: pt,
-        fm.DATA: (0x11111111).to_bytes(4, "little"),
-        2 * fm.DATA: (0x22222222).to_bytes(4, "little"),
-    }
-    regs, stats = {}, None
-    for mode in ("interp", "bare", "bt"):
-        engine = run_fresh(mode, code, memory, handler, user_gate=True, before=_copy_page_zero)
-        regs[mode] = list(engine.machine.regs)
-        if mode == "bt":
-            stats = engine.vmm.stats
-    assert regs["interp"] == regs["bare"] == regs["bt"]
+    memory = {REMAP_PD: pd, REMAP_PT: pt, **WINDOW_WORDS}
+    regs, stats = _window_load_around_a_system_call(paging_on, handler, memory, before=_copy_page_zero)
     moved = page == 0
     assert regs["bt"][0] == 0x11111111 and regs["bt"][3] == (0x22222222 if moved else 0x11111111)
     assert stats["descriptor_table_checks"] == (2 if moved else 1)
