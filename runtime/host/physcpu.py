@@ -129,8 +129,8 @@ class PhysicalCpu:
         self._rewind_to: int | None = None
         # Asked first about every exception (vector, EIP, CR2 of a #PF): True when it dealt with
         # it in place, the CPU's exception latch cleared (clear_exception_latch), and the CPU
-        # goes on at EIP without leaving emu_start (the VMM's hidden page faults: a stop and a
-        # restart cost three times the hook).
+        # goes on at EIP without leaving emu_start (the VMM's hidden page faults, for which a
+        # stop and a restart cost more than the fill).
         self.handle_in_place: Callable[[int, int, int | None], bool] | None = None
         self._stop_hooks: dict[int, int] = {}  # address -> the code hook that stops there (stop_before)
         self.uc.emu_start = self._rewinding(self.uc.emu_start)  # type: ignore[method-assign]

@@ -662,7 +662,7 @@ class Vmm:
         else a value no selector cancels. Only in protected mode, for non-null selectors. The
         tables are not read for this: their pages would be traced while the kernel runs, and a
         kernel that keeps data beside its GDT (Linux's decompressor) would trap on every store
-        there (1.7 million callouts before Linux proper starts). User code reads them (its
+        there. User code reads them (its
         direct execution needs them), so a kernel entered from user code finds them known."""
         S = self.m.state
         ldt = (S.ldtr_base, S.ldtr_limit) if S.ldtr & ~3 else None
@@ -1061,14 +1061,10 @@ class Vmm:
 
     def resume(self) -> None:
         """Restart the hardware where it stopped, registers untouched (after a hidden fault)."""
-        saved = self.cpu.clear_exception_latch()
+        eflags, self._eflags_at_resume = self._eflags_at_resume, None
+        eip = self._ready_to_restart(eflags)
         self.cpu.event = None
         self.pending = None
-        gprs, eip = gprs_and_eip(saved)  # from the context the latch's reset saved anyway
-        eflags, self._eflags_at_resume = self._eflags_at_resume, None
-        if eflags is None:
-            eflags = self.uc.reg_read(X.UC_X86_REG_EFLAGS)
-        self._restarted = (eip, tuple(gprs), eflags)
         self._start_clock(restart=True)
         try:
             self.uc.emu_start(eip, self.until)
@@ -1460,8 +1456,8 @@ class Vmm:
         S = self.m.state
         for key, want in t["when"].items():
             if key.endswith("#"):
-                lo, hi = (int(v) for v in want.split(".."))
-                if not lo <= d.fields.get(key[:-1], -1) <= hi:
+                number = d.fields.get(key[:-1], -1)
+                if not any(int(lo) <= number <= int(hi) for lo, hi in (r.split("..") for r in want.split(","))):
                     return False
             elif key == "mod":
                 if want != mod:
@@ -2289,7 +2285,6 @@ class Vmm:
     def _hidden_fault(self, la: int, host_eip: int) -> bool:
         """A page the guest maps but the hardware tables do not (yet), or a dirty-bit upgrade:
         filled in. `la` is CR2 at a #PF at `host_eip`."""
-        S = self.m.state
         walk = self.guest_walk(la)
         if walk is None:
             return False
@@ -2304,11 +2299,18 @@ class Vmm:
             return False
         # Not mapped yet: map it (a protected page read-only). Mapped already: the hardware
         # refused a write (read-only until dirty).
-        write = present
-        if not self.fill(la, write):
-            return False
-        _ = S
-        return True
+        return self.fill(la, write=present)
+
+    def _ready_to_restart(self, hw_eflags: int | None) -> int:
+        """Before the faulting instruction runs again: clear unicorn's exception latch, and
+        remember what it restarts with (`_flags_as_first_seen` gives it those flags if it
+        faults again at once). Returns its EIP."""
+        saved = self.cpu.clear_exception_latch()
+        gprs, eip = gprs_and_eip(saved)  # from the context the latch's reset saved anyway
+        if hw_eflags is None:
+            hw_eflags = self.uc.reg_read(X.UC_X86_REG_EFLAGS)
+        self._restarted = (eip, tuple(gprs), hw_eflags)
+        return eip
 
     def _hidden_fault_in_place(self, vector: int, host_eip: int, cr2: int | None) -> bool:
         """A hidden page fault dealt with inside unicorn's exception hook: the shadow filled, the
@@ -2335,11 +2337,7 @@ class Vmm:
             if self.counter is not None:
                 linear = (host_eip + S.base[CS]) & M32 if self.direct else host_eip
                 self.counter.uncount(linear)
-            saved = self.cpu.clear_exception_latch()
-            gprs, eip = gprs_and_eip(saved)
-            if hw_eflags is None:
-                hw_eflags = self.uc.reg_read(X.UC_X86_REG_EFLAGS)
-            self._restarted = (eip, tuple(gprs), hw_eflags)
+            self._ready_to_restart(hw_eflags)
             return True
         finally:
             self.ledger.leave()
@@ -2371,8 +2369,8 @@ class Vmm:
 
     def _units_holding(self, guest_eip: int, cs_base: int) -> list[Unit]:
         """The live units holding the instruction at `guest_eip` of a code segment at `cs_base`,
-        from the index of units by the linear pages they were fetched through (a Linux boot
-        leaves some 80,000 units: conviction and acquittal do not look at each)."""
+        from the index of units by the linear pages they were fetched through (conviction and
+        acquittal do not look at every unit of the TC)."""
         la = (cs_base + guest_eip) & M32
         return [
             u

@@ -288,8 +288,6 @@ class ShadowMmu:
             self.trace(addr >> 12)  # before the mapping below: it may map a traced page
             if self.writes_since_fill:
                 self.writes_since_fill.pop(addr >> 12, None)  # in use as a page table
-        page = gpa >> 12
-        hw_write = writable and (dirty or write) and page not in self.traced_pages and not self.protected(page)
         shadow = self.current
         index = la >> 22
         table = shadow.tables.get(index)
@@ -310,15 +308,9 @@ class ShadowMmu:
         pte_addr = table + ((la >> 12) & 0x3FF) * 4
         old = self.host.read32(pte_addr)
         self._forget_pte(pte_addr)
-        global_ = False
-        if entries:
-            source, value = entries[-1]
-            global_ = self.pge and bool(value & PTE_G) and (len(entries) == 2 or bool(value & PTE_PS))
-            self._record_pte(pte_addr, Derived(source, value, page, la >> 12, global_, writable and (dirty or write)))
-        else:
-            self._record_pte(pte_addr, Derived(-1, 0, page, la >> 12, writable=True))
-        flags = PTE_P | PTE_A | PTE_D | (PTE_U if user else 0) | (PTE_W if hw_write else 0)
-        self.host.write32(pte_addr, gpa | flags)
+        source, value = entries[-1] if entries else (-1, 0)  # (paging off: made from nothing)
+        global_ = self.pge and bool(value & PTE_G) and (len(entries) == 2 or bool(value & PTE_PS))
+        self._map(pte_addr, la >> 12, gpa, source, value, user, writable and (dirty or write), global_)
         if old & PTE_P and (old ^ gpa) & FRAME:
             # The hardware's TLB may hold the old frame. (An entry that was not present is in no
             # TLB, and one that was read-only for the same frame gets a write walked again.)
@@ -363,15 +355,23 @@ class ShadowMmu:
         for an access that sets no bit: accessed already, read-only while not dirty. RAM only."""
         if gpa + 0x1000 > self.G:
             return False  # (device memory: entered by its own fill)
-        page = gpa >> 12
         user = bool(pde & PTE_U) if big else bool(pde & value & PTE_U)
         writable = (bool(pde & PTE_W) if big else bool(pde & value & PTE_W)) and bool(value & PTE_D)
+        self._map(pte_addr, linear, gpa, source, value, user, writable, self.pge and bool(value & PTE_G))
+        return True
+
+    def _map(
+        self, pte_addr: int, linear: int, gpa: int, source: int, value: int, user: bool, writable: bool, global_: bool
+    ) -> None:
+        """Write the shadow PTE at `pte_addr` mapping `linear` to `gpa`, recorded as made from the
+        guest entry `value` at `source`: user-accessible if `user`, writable in the hardware
+        when the guest lets it be written now (`writable`: W, and D set) and nothing protects
+        the page (a traced page table, translated code...)."""
+        page = gpa >> 12
         hw_write = writable and page not in self.traced_pages and not self.protected(page)
-        global_ = self.pge and bool(value & PTE_G)
         self._record_pte(pte_addr, Derived(source, value, page, linear, global_, writable))
         flags = PTE_P | PTE_A | PTE_D | (PTE_U if user else 0) | (PTE_W if hw_write else 0)
         self.host.write32(pte_addr, gpa | flags)
-        return True
 
     def _enter_installed(self, page: int, start: int, end: int, derived: set[int]) -> bool:
         """After a traced write to guest page table `page`: the entries it wrote that are now
