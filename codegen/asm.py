@@ -34,9 +34,10 @@ Template lines may use placeholders in braces:
   comes back after the template. The stubs' labels (`jmp lookup`) are filled the same way.
 A first line `when osize=32 mod=reg src#=0..5` limits the template to instances with that
 operand size (`asize=` address size, `stack=` the stack's size, `code=` the code segment's:
-16 for real-mode code), ModRM form and register number range; the translator makes the
-others callouts. Several templates may share a name when each has a `when` line (alternates,
-generated as NAME, NAME/2...): the translator emits the first that covers the instance.
+16 for real-mode code), ModRM form and register numbers (ranges, comma-separated:
+`dst#=0..0,3..4`); the translator makes the others callouts. Several templates may share a
+name when each has a `when` line (alternates, generated as NAME, NAME/2...): the translator
+emits the first that covers the instance.
 A template whose first line is `org {ADDRESS}` is a blob placed at that address; its labels
 (`name:` lines) are exported with their addresses.
 """
@@ -190,12 +191,12 @@ def assemble_all(spec) -> dict[str, AssembledTemplate]:
         if len([u for u in used if u != "cc"]) > 2:
             raise AsmError(loc, f"template {t.name}: at most two operand placeholders, not {', '.join(used)}")
         for key, value in at.when.items():
-            ranged = key.endswith("#") and key[:-1] in used and re.fullmatch(r"[0-7]\.\.[0-7]", value)
+            ranged = key.endswith("#") and key[:-1] in used and re.fullmatch(r"[0-7]\.\.[0-7](,[0-7]\.\.[0-7])*", value)
             if key not in ("osize", "asize", "stack", "code", "mod") and not ranged:
                 raise AsmError(
                     loc,
                     f"template {t.name}: `when {key}={value}` is not osize=, asize=, stack=, code=, mod= or "
-                    "<operand>#=lo..hi",
+                    "<operand>#=lo..hi[,lo..hi...]",
                 )
         at.placeholders = used
         at.values = tuple(

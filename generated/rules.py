@@ -1052,7 +1052,7 @@ CONSTS = {
 # label of the stubs. Variants are keyed by the numbers of the placeholders listed (registers,
 # cc); blobs have an origin address and exported labels.
 TEMPLATES = {
-    'address_size_prefix': {  # spec/vmm.r1:740
+    'address_size_prefix': {  # spec/vmm.r1:720
         "placeholders": (),
         "values": (),
         "when": {},
@@ -1062,7 +1062,7 @@ TEMPLATES = {
             (): [bytes.fromhex('67')],
         },
     },
-    'callout_exit': {  # spec/vmm.r1:717
+    'callout_exit': {  # spec/vmm.r1:697
         "placeholders": (),
         "values": ('callout',),
         "when": {},
@@ -1072,7 +1072,7 @@ TEMPLATES = {
             (): [bytes.fromhex('65 a3 00 00 00 00 65 89 0d 04 00 00 00 65 89 15 08 00 00 00 65 89 1d 0c 00 00 00 65 89 25 10 00 00 00 65 89 2d 14 00 00 00 65 89 35 18 00 00 00 65 89 3d 1c 00 00 00 65 8e 15 24 40 01 00 65 8b 25 0c 40 01 00 9c 65 8f 05 20 00 00 00 e9'), ('rel32', '@callout', -4)],
         },
     },
-    'callout_slot': {  # spec/vmm.r1:705
+    'callout_slot': {  # spec/vmm.r1:685
         "placeholders": (),
         "values": (),
         "when": {},
@@ -1092,7 +1092,7 @@ TEMPLATES = {
             (): [bytes.fromhex('65 c7 05 24 00 00 00 00 00 00 00')],
         },
     },
-    'direct_call': {  # spec/vmm.r1:565
+    'direct_call': {  # spec/vmm.r1:545
         "placeholders": (),
         "values": ('next', 'target'),
         "when": {'osize': '32'},
@@ -1102,7 +1102,7 @@ TEMPLATES = {
             (): [bytes.fromhex('68'), ('abs32', '@next', 0), bytes.fromhex('e9'), ('rel32', '@target', -4)],
         },
     },
-    'direct_call/2': {  # spec/vmm.r1:572
+    'direct_call/2': {  # spec/vmm.r1:552
         "placeholders": (),
         "values": ('next', 'target'),
         "when": {'osize': '16'},
@@ -1112,7 +1112,7 @@ TEMPLATES = {
             (): [bytes.fromhex('65 a3 38 00 00 00'), ('mark', 'eax_saved'), bytes.fromhex('b8'), ('abs32', '@next', 0), bytes.fromhex('66 50 65 a1 38 00 00 00 e9'), ('rel32', '@target', -4)],
         },
     },
-    'direct_jcc': {  # spec/vmm.r1:560
+    'direct_jcc': {  # spec/vmm.r1:540
         "placeholders": ('cc',),
         "values": ('target', 'next'),
         "when": {},
@@ -1137,7 +1137,7 @@ TEMPLATES = {
             (15,): [bytes.fromhex('0f 8f'), ('rel32', '@target', -4), bytes.fromhex('e9'), ('rel32', '@next', -4)],
         },
     },
-    'direct_jecxz': {  # spec/vmm.r1:605
+    'direct_jecxz': {  # spec/vmm.r1:585
         "placeholders": (),
         "values": ('next', 'target'),
         "when": {},
@@ -1147,7 +1147,7 @@ TEMPLATES = {
             (): [('addr',), bytes.fromhex('e3 05 e9'), ('rel32', '@next', -4), bytes.fromhex('e9'), ('rel32', '@target', -4)],
         },
     },
-    'direct_jmp': {  # spec/vmm.r1:556
+    'direct_jmp': {  # spec/vmm.r1:536
         "placeholders": (),
         "values": ('target',),
         "when": {},
@@ -1157,7 +1157,7 @@ TEMPLATES = {
             (): [bytes.fromhex('e9'), ('rel32', '@target', -4)],
         },
     },
-    'direct_loop': {  # spec/vmm.r1:584
+    'direct_loop': {  # spec/vmm.r1:564
         "placeholders": (),
         "values": ('next', 'target'),
         "when": {},
@@ -1167,7 +1167,7 @@ TEMPLATES = {
             (): [('addr',), bytes.fromhex('e2 05 e9'), ('rel32', '@next', -4), bytes.fromhex('e9'), ('rel32', '@target', -4)],
         },
     },
-    'direct_loope': {  # spec/vmm.r1:591
+    'direct_loope': {  # spec/vmm.r1:571
         "placeholders": (),
         "values": ('next', 'target'),
         "when": {},
@@ -1177,7 +1177,7 @@ TEMPLATES = {
             (): [('addr',), bytes.fromhex('e1 05 e9'), ('rel32', '@next', -4), bytes.fromhex('e9'), ('rel32', '@target', -4)],
         },
     },
-    'direct_loopne': {  # spec/vmm.r1:598
+    'direct_loopne': {  # spec/vmm.r1:578
         "placeholders": (),
         "values": ('next', 'target'),
         "when": {},
@@ -1187,7 +1187,7 @@ TEMPLATES = {
             (): [('addr',), bytes.fromhex('e0 05 e9'), ('rel32', '@next', -4), bytes.fromhex('e9'), ('rel32', '@target', -4)],
         },
     },
-    'exit_next': {  # spec/vmm.r1:691
+    'exit_next': {  # spec/vmm.r1:671
         "placeholders": (),
         "values": ('next',),
         "when": {},
@@ -1197,7 +1197,7 @@ TEMPLATES = {
             (): [bytes.fromhex('e9'), ('rel32', '@next', -4)],
         },
     },
-    'exit_slot': {  # spec/vmm.r1:698
+    'exit_slot': {  # spec/vmm.r1:678
         "placeholders": (),
         "values": (),
         "when": {},
@@ -1207,7 +1207,7 @@ TEMPLATES = {
             (): [bytes.fromhex('65 ff 25 00 40 01 00 cc')],
         },
     },
-    'forward': {  # spec/vmm.r1:746
+    'forward': {  # spec/vmm.r1:726
         "placeholders": (),
         "values": ('to',),
         "when": {},
@@ -1217,7 +1217,7 @@ TEMPLATES = {
             (): [bytes.fromhex('e9'), ('rel32', '@to', -4)],
         },
     },
-    'indirect_call': {  # spec/vmm.r1:620
+    'indirect_call': {  # spec/vmm.r1:600
         "placeholders": (),
         "values": ('next',),
         "when": {'osize': '32', 'asize': '32', 'code': '32'},
@@ -1227,7 +1227,7 @@ TEMPLATES = {
             (): [bytes.fromhex('65 a3 38 00 00 00'), ('mark', 'eax_saved'), ('seg',), ('ea', bytes.fromhex('8b'), 0, bytes.fromhex('')), bytes.fromhex('68'), ('abs32', '@next', 0), bytes.fromhex('e9'), ('rel32', 'lookup', -4)],
         },
     },
-    'indirect_call/2': {  # spec/vmm.r1:659
+    'indirect_call/2': {  # spec/vmm.r1:639
         "placeholders": (),
         "values": ('next',),
         "when": {'osize': '16', 'code': '16'},
@@ -1247,7 +1247,7 @@ TEMPLATES = {
             (): [bytes.fromhex('65 8b 0d 3c 00 00 00 65 a1 38 00 00 00')],
         },
     },
-    'indirect_jmp': {  # spec/vmm.r1:612
+    'indirect_jmp': {  # spec/vmm.r1:592
         "placeholders": (),
         "values": (),
         "when": {'osize': '32', 'asize': '32', 'code': '32'},
@@ -1257,7 +1257,7 @@ TEMPLATES = {
             (): [bytes.fromhex('65 a3 38 00 00 00'), ('mark', 'eax_saved'), ('seg',), ('ea', bytes.fromhex('8b'), 0, bytes.fromhex('')), bytes.fromhex('e9'), ('rel32', 'lookup', -4)],
         },
     },
-    'indirect_jmp/2': {  # spec/vmm.r1:649
+    'indirect_jmp/2': {  # spec/vmm.r1:629
         "placeholders": (),
         "values": (),
         "when": {'osize': '16', 'code': '16'},
@@ -1267,7 +1267,7 @@ TEMPLATES = {
             (): [bytes.fromhex('65 a3 38 00 00 00'), ('mark', 'eax_saved'), ('seg',), ('ea', bytes.fromhex('0f b7'), 0, bytes.fromhex('')), bytes.fromhex('e9'), ('rel32', 'lookup16', -4)],
         },
     },
-    'indirect_ret': {  # spec/vmm.r1:629
+    'indirect_ret': {  # spec/vmm.r1:609
         "placeholders": (),
         "values": (),
         "when": {'osize': '32', 'stack': '32', 'code': '32'},
@@ -1277,7 +1277,7 @@ TEMPLATES = {
             (): [bytes.fromhex('65 a3 38 00 00 00'), ('mark', 'eax_saved'), bytes.fromhex('58 e9'), ('rel32', 'lookup', -4)],
         },
     },
-    'indirect_ret/2': {  # spec/vmm.r1:671
+    'indirect_ret/2': {  # spec/vmm.r1:651
         "placeholders": (),
         "values": (),
         "when": {'osize': '16', 'stack': '16', 'code': '16'},
@@ -1287,7 +1287,7 @@ TEMPLATES = {
             (): [bytes.fromhex('65 a3 38 00 00 00'), ('mark', 'eax_saved'), bytes.fromhex('66 58 0f b7 c0 e9'), ('rel32', 'lookup16', -4)],
         },
     },
-    'indirect_ret_imm': {  # spec/vmm.r1:637
+    'indirect_ret_imm': {  # spec/vmm.r1:617
         "placeholders": (),
         "values": ('n',),
         "when": {'osize': '32', 'stack': '32', 'code': '32'},
@@ -1297,7 +1297,7 @@ TEMPLATES = {
             (): [bytes.fromhex('65 a3 38 00 00 00'), ('mark', 'eax_saved'), bytes.fromhex('58 8d a4 24'), ('abs32', '@n', 0), bytes.fromhex('e9'), ('rel32', 'lookup', -4)],
         },
     },
-    'indirect_ret_imm/2': {  # spec/vmm.r1:680
+    'indirect_ret_imm/2': {  # spec/vmm.r1:660
         "placeholders": (),
         "values": ('n',),
         "when": {'osize': '16', 'stack': '16', 'code': '16'},
@@ -1307,83 +1307,10 @@ TEMPLATES = {
             (): [bytes.fromhex('65 a3 38 00 00 00'), ('mark', 'eax_saved'), bytes.fromhex('66 58 0f b7 c0 66 8d a4 24'), ('abs32', '@n', 0), bytes.fromhex('e9'), ('rel32', 'lookup16', -4)],
         },
     },
-    'mov_from_cr_virtual': {  # spec/vmm.r1:518
+    'mov_from_cr_virtual': {  # spec/vmm.r1:503
         "placeholders": ('dst', 'src'),
         "values": (),
-        "when": {'mod': 'reg', 'src#': '0..0'},
-        "origin": None,
-        "labels": {},
-        "variants": {
-            (0, 0): [bytes.fromhex('65 a1 a0 00 00 00')],
-            (0, 1): [bytes.fromhex('65 a1 a4 00 00 00')],
-            (0, 2): [bytes.fromhex('65 a1 a8 00 00 00')],
-            (0, 3): [bytes.fromhex('65 a1 ac 00 00 00')],
-            (0, 4): [bytes.fromhex('65 a1 b0 00 00 00')],
-            (0, 5): [bytes.fromhex('65 a1 b4 00 00 00')],
-            (0, 6): [bytes.fromhex('65 a1 b8 00 00 00')],
-            (0, 7): [bytes.fromhex('65 a1 bc 00 00 00')],
-            (1, 0): [bytes.fromhex('65 8b 0d a0 00 00 00')],
-            (1, 1): [bytes.fromhex('65 8b 0d a4 00 00 00')],
-            (1, 2): [bytes.fromhex('65 8b 0d a8 00 00 00')],
-            (1, 3): [bytes.fromhex('65 8b 0d ac 00 00 00')],
-            (1, 4): [bytes.fromhex('65 8b 0d b0 00 00 00')],
-            (1, 5): [bytes.fromhex('65 8b 0d b4 00 00 00')],
-            (1, 6): [bytes.fromhex('65 8b 0d b8 00 00 00')],
-            (1, 7): [bytes.fromhex('65 8b 0d bc 00 00 00')],
-            (2, 0): [bytes.fromhex('65 8b 15 a0 00 00 00')],
-            (2, 1): [bytes.fromhex('65 8b 15 a4 00 00 00')],
-            (2, 2): [bytes.fromhex('65 8b 15 a8 00 00 00')],
-            (2, 3): [bytes.fromhex('65 8b 15 ac 00 00 00')],
-            (2, 4): [bytes.fromhex('65 8b 15 b0 00 00 00')],
-            (2, 5): [bytes.fromhex('65 8b 15 b4 00 00 00')],
-            (2, 6): [bytes.fromhex('65 8b 15 b8 00 00 00')],
-            (2, 7): [bytes.fromhex('65 8b 15 bc 00 00 00')],
-            (3, 0): [bytes.fromhex('65 8b 1d a0 00 00 00')],
-            (3, 1): [bytes.fromhex('65 8b 1d a4 00 00 00')],
-            (3, 2): [bytes.fromhex('65 8b 1d a8 00 00 00')],
-            (3, 3): [bytes.fromhex('65 8b 1d ac 00 00 00')],
-            (3, 4): [bytes.fromhex('65 8b 1d b0 00 00 00')],
-            (3, 5): [bytes.fromhex('65 8b 1d b4 00 00 00')],
-            (3, 6): [bytes.fromhex('65 8b 1d b8 00 00 00')],
-            (3, 7): [bytes.fromhex('65 8b 1d bc 00 00 00')],
-            (4, 0): [bytes.fromhex('65 8b 25 a0 00 00 00')],
-            (4, 1): [bytes.fromhex('65 8b 25 a4 00 00 00')],
-            (4, 2): [bytes.fromhex('65 8b 25 a8 00 00 00')],
-            (4, 3): [bytes.fromhex('65 8b 25 ac 00 00 00')],
-            (4, 4): [bytes.fromhex('65 8b 25 b0 00 00 00')],
-            (4, 5): [bytes.fromhex('65 8b 25 b4 00 00 00')],
-            (4, 6): [bytes.fromhex('65 8b 25 b8 00 00 00')],
-            (4, 7): [bytes.fromhex('65 8b 25 bc 00 00 00')],
-            (5, 0): [bytes.fromhex('65 8b 2d a0 00 00 00')],
-            (5, 1): [bytes.fromhex('65 8b 2d a4 00 00 00')],
-            (5, 2): [bytes.fromhex('65 8b 2d a8 00 00 00')],
-            (5, 3): [bytes.fromhex('65 8b 2d ac 00 00 00')],
-            (5, 4): [bytes.fromhex('65 8b 2d b0 00 00 00')],
-            (5, 5): [bytes.fromhex('65 8b 2d b4 00 00 00')],
-            (5, 6): [bytes.fromhex('65 8b 2d b8 00 00 00')],
-            (5, 7): [bytes.fromhex('65 8b 2d bc 00 00 00')],
-            (6, 0): [bytes.fromhex('65 8b 35 a0 00 00 00')],
-            (6, 1): [bytes.fromhex('65 8b 35 a4 00 00 00')],
-            (6, 2): [bytes.fromhex('65 8b 35 a8 00 00 00')],
-            (6, 3): [bytes.fromhex('65 8b 35 ac 00 00 00')],
-            (6, 4): [bytes.fromhex('65 8b 35 b0 00 00 00')],
-            (6, 5): [bytes.fromhex('65 8b 35 b4 00 00 00')],
-            (6, 6): [bytes.fromhex('65 8b 35 b8 00 00 00')],
-            (6, 7): [bytes.fromhex('65 8b 35 bc 00 00 00')],
-            (7, 0): [bytes.fromhex('65 8b 3d a0 00 00 00')],
-            (7, 1): [bytes.fromhex('65 8b 3d a4 00 00 00')],
-            (7, 2): [bytes.fromhex('65 8b 3d a8 00 00 00')],
-            (7, 3): [bytes.fromhex('65 8b 3d ac 00 00 00')],
-            (7, 4): [bytes.fromhex('65 8b 3d b0 00 00 00')],
-            (7, 5): [bytes.fromhex('65 8b 3d b4 00 00 00')],
-            (7, 6): [bytes.fromhex('65 8b 3d b8 00 00 00')],
-            (7, 7): [bytes.fromhex('65 8b 3d bc 00 00 00')],
-        },
-    },
-    'mov_from_cr_virtual/2': {  # spec/vmm.r1:523
-        "placeholders": ('dst', 'src'),
-        "values": (),
-        "when": {'mod': 'reg', 'src#': '2..4'},
+        "when": {'mod': 'reg', 'src#': '0..0,2..4'},
         "origin": None,
         "labels": {},
         "variants": {
@@ -1529,7 +1456,7 @@ TEMPLATES = {
     'mov_sreg_unchanged': {  # spec/vmm.r1:431
         "placeholders": ('src', 'dst'),
         "values": ('callout',),
-        "when": {'mod': 'reg', 'code': '32', 'dst#': '0..0'},
+        "when": {'mod': 'reg', 'code': '32', 'dst#': '0..0,3..4'},
         "origin": None,
         "labels": {},
         "variants": {
@@ -1599,80 +1526,7 @@ TEMPLATES = {
             (7, 7): [bytes.fromhex('65 89 0d 3c 00 00 00 65 a3 38 00 00 00 0f b7 cf 65 a1 4c 40 01 00 8d 0c 01 65 a1 38 00 00 00 e3 0c 65 8b 0d 3c 00 00 00 e9'), ('rel32', '@callout', -4), bytes.fromhex('65 8b 0d 3c 00 00 00')],
         },
     },
-    'mov_sreg_unchanged/2': {  # spec/vmm.r1:446
-        "placeholders": ('src', 'dst'),
-        "values": ('callout',),
-        "when": {'mod': 'reg', 'code': '32', 'dst#': '3..4'},
-        "origin": None,
-        "labels": {},
-        "variants": {
-            (0, 0): [bytes.fromhex('65 89 0d 3c 00 00 00 65 a3 38 00 00 00 0f b7 c8 65 a1 30 40 01 00 8d 0c 01 65 a1 38 00 00 00 e3 0c 65 8b 0d 3c 00 00 00 e9'), ('rel32', '@callout', -4), bytes.fromhex('65 8b 0d 3c 00 00 00')],
-            (0, 1): [bytes.fromhex('65 89 0d 3c 00 00 00 65 a3 38 00 00 00 0f b7 c8 65 a1 34 40 01 00 8d 0c 01 65 a1 38 00 00 00 e3 0c 65 8b 0d 3c 00 00 00 e9'), ('rel32', '@callout', -4), bytes.fromhex('65 8b 0d 3c 00 00 00')],
-            (0, 2): [bytes.fromhex('65 89 0d 3c 00 00 00 65 a3 38 00 00 00 0f b7 c8 65 a1 38 40 01 00 8d 0c 01 65 a1 38 00 00 00 e3 0c 65 8b 0d 3c 00 00 00 e9'), ('rel32', '@callout', -4), bytes.fromhex('65 8b 0d 3c 00 00 00')],
-            (0, 3): [bytes.fromhex('65 89 0d 3c 00 00 00 65 a3 38 00 00 00 0f b7 c8 65 a1 3c 40 01 00 8d 0c 01 65 a1 38 00 00 00 e3 0c 65 8b 0d 3c 00 00 00 e9'), ('rel32', '@callout', -4), bytes.fromhex('65 8b 0d 3c 00 00 00')],
-            (0, 4): [bytes.fromhex('65 89 0d 3c 00 00 00 65 a3 38 00 00 00 0f b7 c8 65 a1 40 40 01 00 8d 0c 01 65 a1 38 00 00 00 e3 0c 65 8b 0d 3c 00 00 00 e9'), ('rel32', '@callout', -4), bytes.fromhex('65 8b 0d 3c 00 00 00')],
-            (0, 5): [bytes.fromhex('65 89 0d 3c 00 00 00 65 a3 38 00 00 00 0f b7 c8 65 a1 44 40 01 00 8d 0c 01 65 a1 38 00 00 00 e3 0c 65 8b 0d 3c 00 00 00 e9'), ('rel32', '@callout', -4), bytes.fromhex('65 8b 0d 3c 00 00 00')],
-            (0, 6): [bytes.fromhex('65 89 0d 3c 00 00 00 65 a3 38 00 00 00 0f b7 c8 65 a1 48 40 01 00 8d 0c 01 65 a1 38 00 00 00 e3 0c 65 8b 0d 3c 00 00 00 e9'), ('rel32', '@callout', -4), bytes.fromhex('65 8b 0d 3c 00 00 00')],
-            (0, 7): [bytes.fromhex('65 89 0d 3c 00 00 00 65 a3 38 00 00 00 0f b7 c8 65 a1 4c 40 01 00 8d 0c 01 65 a1 38 00 00 00 e3 0c 65 8b 0d 3c 00 00 00 e9'), ('rel32', '@callout', -4), bytes.fromhex('65 8b 0d 3c 00 00 00')],
-            (1, 0): [bytes.fromhex('65 89 0d 3c 00 00 00 65 a3 38 00 00 00 0f b7 c9 65 a1 30 40 01 00 8d 0c 01 65 a1 38 00 00 00 e3 0c 65 8b 0d 3c 00 00 00 e9'), ('rel32', '@callout', -4), bytes.fromhex('65 8b 0d 3c 00 00 00')],
-            (1, 1): [bytes.fromhex('65 89 0d 3c 00 00 00 65 a3 38 00 00 00 0f b7 c9 65 a1 34 40 01 00 8d 0c 01 65 a1 38 00 00 00 e3 0c 65 8b 0d 3c 00 00 00 e9'), ('rel32', '@callout', -4), bytes.fromhex('65 8b 0d 3c 00 00 00')],
-            (1, 2): [bytes.fromhex('65 89 0d 3c 00 00 00 65 a3 38 00 00 00 0f b7 c9 65 a1 38 40 01 00 8d 0c 01 65 a1 38 00 00 00 e3 0c 65 8b 0d 3c 00 00 00 e9'), ('rel32', '@callout', -4), bytes.fromhex('65 8b 0d 3c 00 00 00')],
-            (1, 3): [bytes.fromhex('65 89 0d 3c 00 00 00 65 a3 38 00 00 00 0f b7 c9 65 a1 3c 40 01 00 8d 0c 01 65 a1 38 00 00 00 e3 0c 65 8b 0d 3c 00 00 00 e9'), ('rel32', '@callout', -4), bytes.fromhex('65 8b 0d 3c 00 00 00')],
-            (1, 4): [bytes.fromhex('65 89 0d 3c 00 00 00 65 a3 38 00 00 00 0f b7 c9 65 a1 40 40 01 00 8d 0c 01 65 a1 38 00 00 00 e3 0c 65 8b 0d 3c 00 00 00 e9'), ('rel32', '@callout', -4), bytes.fromhex('65 8b 0d 3c 00 00 00')],
-            (1, 5): [bytes.fromhex('65 89 0d 3c 00 00 00 65 a3 38 00 00 00 0f b7 c9 65 a1 44 40 01 00 8d 0c 01 65 a1 38 00 00 00 e3 0c 65 8b 0d 3c 00 00 00 e9'), ('rel32', '@callout', -4), bytes.fromhex('65 8b 0d 3c 00 00 00')],
-            (1, 6): [bytes.fromhex('65 89 0d 3c 00 00 00 65 a3 38 00 00 00 0f b7 c9 65 a1 48 40 01 00 8d 0c 01 65 a1 38 00 00 00 e3 0c 65 8b 0d 3c 00 00 00 e9'), ('rel32', '@callout', -4), bytes.fromhex('65 8b 0d 3c 00 00 00')],
-            (1, 7): [bytes.fromhex('65 89 0d 3c 00 00 00 65 a3 38 00 00 00 0f b7 c9 65 a1 4c 40 01 00 8d 0c 01 65 a1 38 00 00 00 e3 0c 65 8b 0d 3c 00 00 00 e9'), ('rel32', '@callout', -4), bytes.fromhex('65 8b 0d 3c 00 00 00')],
-            (2, 0): [bytes.fromhex('65 89 0d 3c 00 00 00 65 a3 38 00 00 00 0f b7 ca 65 a1 30 40 01 00 8d 0c 01 65 a1 38 00 00 00 e3 0c 65 8b 0d 3c 00 00 00 e9'), ('rel32', '@callout', -4), bytes.fromhex('65 8b 0d 3c 00 00 00')],
-            (2, 1): [bytes.fromhex('65 89 0d 3c 00 00 00 65 a3 38 00 00 00 0f b7 ca 65 a1 34 40 01 00 8d 0c 01 65 a1 38 00 00 00 e3 0c 65 8b 0d 3c 00 00 00 e9'), ('rel32', '@callout', -4), bytes.fromhex('65 8b 0d 3c 00 00 00')],
-            (2, 2): [bytes.fromhex('65 89 0d 3c 00 00 00 65 a3 38 00 00 00 0f b7 ca 65 a1 38 40 01 00 8d 0c 01 65 a1 38 00 00 00 e3 0c 65 8b 0d 3c 00 00 00 e9'), ('rel32', '@callout', -4), bytes.fromhex('65 8b 0d 3c 00 00 00')],
-            (2, 3): [bytes.fromhex('65 89 0d 3c 00 00 00 65 a3 38 00 00 00 0f b7 ca 65 a1 3c 40 01 00 8d 0c 01 65 a1 38 00 00 00 e3 0c 65 8b 0d 3c 00 00 00 e9'), ('rel32', '@callout', -4), bytes.fromhex('65 8b 0d 3c 00 00 00')],
-            (2, 4): [bytes.fromhex('65 89 0d 3c 00 00 00 65 a3 38 00 00 00 0f b7 ca 65 a1 40 40 01 00 8d 0c 01 65 a1 38 00 00 00 e3 0c 65 8b 0d 3c 00 00 00 e9'), ('rel32', '@callout', -4), bytes.fromhex('65 8b 0d 3c 00 00 00')],
-            (2, 5): [bytes.fromhex('65 89 0d 3c 00 00 00 65 a3 38 00 00 00 0f b7 ca 65 a1 44 40 01 00 8d 0c 01 65 a1 38 00 00 00 e3 0c 65 8b 0d 3c 00 00 00 e9'), ('rel32', '@callout', -4), bytes.fromhex('65 8b 0d 3c 00 00 00')],
-            (2, 6): [bytes.fromhex('65 89 0d 3c 00 00 00 65 a3 38 00 00 00 0f b7 ca 65 a1 48 40 01 00 8d 0c 01 65 a1 38 00 00 00 e3 0c 65 8b 0d 3c 00 00 00 e9'), ('rel32', '@callout', -4), bytes.fromhex('65 8b 0d 3c 00 00 00')],
-            (2, 7): [bytes.fromhex('65 89 0d 3c 00 00 00 65 a3 38 00 00 00 0f b7 ca 65 a1 4c 40 01 00 8d 0c 01 65 a1 38 00 00 00 e3 0c 65 8b 0d 3c 00 00 00 e9'), ('rel32', '@callout', -4), bytes.fromhex('65 8b 0d 3c 00 00 00')],
-            (3, 0): [bytes.fromhex('65 89 0d 3c 00 00 00 65 a3 38 00 00 00 0f b7 cb 65 a1 30 40 01 00 8d 0c 01 65 a1 38 00 00 00 e3 0c 65 8b 0d 3c 00 00 00 e9'), ('rel32', '@callout', -4), bytes.fromhex('65 8b 0d 3c 00 00 00')],
-            (3, 1): [bytes.fromhex('65 89 0d 3c 00 00 00 65 a3 38 00 00 00 0f b7 cb 65 a1 34 40 01 00 8d 0c 01 65 a1 38 00 00 00 e3 0c 65 8b 0d 3c 00 00 00 e9'), ('rel32', '@callout', -4), bytes.fromhex('65 8b 0d 3c 00 00 00')],
-            (3, 2): [bytes.fromhex('65 89 0d 3c 00 00 00 65 a3 38 00 00 00 0f b7 cb 65 a1 38 40 01 00 8d 0c 01 65 a1 38 00 00 00 e3 0c 65 8b 0d 3c 00 00 00 e9'), ('rel32', '@callout', -4), bytes.fromhex('65 8b 0d 3c 00 00 00')],
-            (3, 3): [bytes.fromhex('65 89 0d 3c 00 00 00 65 a3 38 00 00 00 0f b7 cb 65 a1 3c 40 01 00 8d 0c 01 65 a1 38 00 00 00 e3 0c 65 8b 0d 3c 00 00 00 e9'), ('rel32', '@callout', -4), bytes.fromhex('65 8b 0d 3c 00 00 00')],
-            (3, 4): [bytes.fromhex('65 89 0d 3c 00 00 00 65 a3 38 00 00 00 0f b7 cb 65 a1 40 40 01 00 8d 0c 01 65 a1 38 00 00 00 e3 0c 65 8b 0d 3c 00 00 00 e9'), ('rel32', '@callout', -4), bytes.fromhex('65 8b 0d 3c 00 00 00')],
-            (3, 5): [bytes.fromhex('65 89 0d 3c 00 00 00 65 a3 38 00 00 00 0f b7 cb 65 a1 44 40 01 00 8d 0c 01 65 a1 38 00 00 00 e3 0c 65 8b 0d 3c 00 00 00 e9'), ('rel32', '@callout', -4), bytes.fromhex('65 8b 0d 3c 00 00 00')],
-            (3, 6): [bytes.fromhex('65 89 0d 3c 00 00 00 65 a3 38 00 00 00 0f b7 cb 65 a1 48 40 01 00 8d 0c 01 65 a1 38 00 00 00 e3 0c 65 8b 0d 3c 00 00 00 e9'), ('rel32', '@callout', -4), bytes.fromhex('65 8b 0d 3c 00 00 00')],
-            (3, 7): [bytes.fromhex('65 89 0d 3c 00 00 00 65 a3 38 00 00 00 0f b7 cb 65 a1 4c 40 01 00 8d 0c 01 65 a1 38 00 00 00 e3 0c 65 8b 0d 3c 00 00 00 e9'), ('rel32', '@callout', -4), bytes.fromhex('65 8b 0d 3c 00 00 00')],
-            (4, 0): [bytes.fromhex('65 89 0d 3c 00 00 00 65 a3 38 00 00 00 0f b7 cc 65 a1 30 40 01 00 8d 0c 01 65 a1 38 00 00 00 e3 0c 65 8b 0d 3c 00 00 00 e9'), ('rel32', '@callout', -4), bytes.fromhex('65 8b 0d 3c 00 00 00')],
-            (4, 1): [bytes.fromhex('65 89 0d 3c 00 00 00 65 a3 38 00 00 00 0f b7 cc 65 a1 34 40 01 00 8d 0c 01 65 a1 38 00 00 00 e3 0c 65 8b 0d 3c 00 00 00 e9'), ('rel32', '@callout', -4), bytes.fromhex('65 8b 0d 3c 00 00 00')],
-            (4, 2): [bytes.fromhex('65 89 0d 3c 00 00 00 65 a3 38 00 00 00 0f b7 cc 65 a1 38 40 01 00 8d 0c 01 65 a1 38 00 00 00 e3 0c 65 8b 0d 3c 00 00 00 e9'), ('rel32', '@callout', -4), bytes.fromhex('65 8b 0d 3c 00 00 00')],
-            (4, 3): [bytes.fromhex('65 89 0d 3c 00 00 00 65 a3 38 00 00 00 0f b7 cc 65 a1 3c 40 01 00 8d 0c 01 65 a1 38 00 00 00 e3 0c 65 8b 0d 3c 00 00 00 e9'), ('rel32', '@callout', -4), bytes.fromhex('65 8b 0d 3c 00 00 00')],
-            (4, 4): [bytes.fromhex('65 89 0d 3c 00 00 00 65 a3 38 00 00 00 0f b7 cc 65 a1 40 40 01 00 8d 0c 01 65 a1 38 00 00 00 e3 0c 65 8b 0d 3c 00 00 00 e9'), ('rel32', '@callout', -4), bytes.fromhex('65 8b 0d 3c 00 00 00')],
-            (4, 5): [bytes.fromhex('65 89 0d 3c 00 00 00 65 a3 38 00 00 00 0f b7 cc 65 a1 44 40 01 00 8d 0c 01 65 a1 38 00 00 00 e3 0c 65 8b 0d 3c 00 00 00 e9'), ('rel32', '@callout', -4), bytes.fromhex('65 8b 0d 3c 00 00 00')],
-            (4, 6): [bytes.fromhex('65 89 0d 3c 00 00 00 65 a3 38 00 00 00 0f b7 cc 65 a1 48 40 01 00 8d 0c 01 65 a1 38 00 00 00 e3 0c 65 8b 0d 3c 00 00 00 e9'), ('rel32', '@callout', -4), bytes.fromhex('65 8b 0d 3c 00 00 00')],
-            (4, 7): [bytes.fromhex('65 89 0d 3c 00 00 00 65 a3 38 00 00 00 0f b7 cc 65 a1 4c 40 01 00 8d 0c 01 65 a1 38 00 00 00 e3 0c 65 8b 0d 3c 00 00 00 e9'), ('rel32', '@callout', -4), bytes.fromhex('65 8b 0d 3c 00 00 00')],
-            (5, 0): [bytes.fromhex('65 89 0d 3c 00 00 00 65 a3 38 00 00 00 0f b7 cd 65 a1 30 40 01 00 8d 0c 01 65 a1 38 00 00 00 e3 0c 65 8b 0d 3c 00 00 00 e9'), ('rel32', '@callout', -4), bytes.fromhex('65 8b 0d 3c 00 00 00')],
-            (5, 1): [bytes.fromhex('65 89 0d 3c 00 00 00 65 a3 38 00 00 00 0f b7 cd 65 a1 34 40 01 00 8d 0c 01 65 a1 38 00 00 00 e3 0c 65 8b 0d 3c 00 00 00 e9'), ('rel32', '@callout', -4), bytes.fromhex('65 8b 0d 3c 00 00 00')],
-            (5, 2): [bytes.fromhex('65 89 0d 3c 00 00 00 65 a3 38 00 00 00 0f b7 cd 65 a1 38 40 01 00 8d 0c 01 65 a1 38 00 00 00 e3 0c 65 8b 0d 3c 00 00 00 e9'), ('rel32', '@callout', -4), bytes.fromhex('65 8b 0d 3c 00 00 00')],
-            (5, 3): [bytes.fromhex('65 89 0d 3c 00 00 00 65 a3 38 00 00 00 0f b7 cd 65 a1 3c 40 01 00 8d 0c 01 65 a1 38 00 00 00 e3 0c 65 8b 0d 3c 00 00 00 e9'), ('rel32', '@callout', -4), bytes.fromhex('65 8b 0d 3c 00 00 00')],
-            (5, 4): [bytes.fromhex('65 89 0d 3c 00 00 00 65 a3 38 00 00 00 0f b7 cd 65 a1 40 40 01 00 8d 0c 01 65 a1 38 00 00 00 e3 0c 65 8b 0d 3c 00 00 00 e9'), ('rel32', '@callout', -4), bytes.fromhex('65 8b 0d 3c 00 00 00')],
-            (5, 5): [bytes.fromhex('65 89 0d 3c 00 00 00 65 a3 38 00 00 00 0f b7 cd 65 a1 44 40 01 00 8d 0c 01 65 a1 38 00 00 00 e3 0c 65 8b 0d 3c 00 00 00 e9'), ('rel32', '@callout', -4), bytes.fromhex('65 8b 0d 3c 00 00 00')],
-            (5, 6): [bytes.fromhex('65 89 0d 3c 00 00 00 65 a3 38 00 00 00 0f b7 cd 65 a1 48 40 01 00 8d 0c 01 65 a1 38 00 00 00 e3 0c 65 8b 0d 3c 00 00 00 e9'), ('rel32', '@callout', -4), bytes.fromhex('65 8b 0d 3c 00 00 00')],
-            (5, 7): [bytes.fromhex('65 89 0d 3c 00 00 00 65 a3 38 00 00 00 0f b7 cd 65 a1 4c 40 01 00 8d 0c 01 65 a1 38 00 00 00 e3 0c 65 8b 0d 3c 00 00 00 e9'), ('rel32', '@callout', -4), bytes.fromhex('65 8b 0d 3c 00 00 00')],
-            (6, 0): [bytes.fromhex('65 89 0d 3c 00 00 00 65 a3 38 00 00 00 0f b7 ce 65 a1 30 40 01 00 8d 0c 01 65 a1 38 00 00 00 e3 0c 65 8b 0d 3c 00 00 00 e9'), ('rel32', '@callout', -4), bytes.fromhex('65 8b 0d 3c 00 00 00')],
-            (6, 1): [bytes.fromhex('65 89 0d 3c 00 00 00 65 a3 38 00 00 00 0f b7 ce 65 a1 34 40 01 00 8d 0c 01 65 a1 38 00 00 00 e3 0c 65 8b 0d 3c 00 00 00 e9'), ('rel32', '@callout', -4), bytes.fromhex('65 8b 0d 3c 00 00 00')],
-            (6, 2): [bytes.fromhex('65 89 0d 3c 00 00 00 65 a3 38 00 00 00 0f b7 ce 65 a1 38 40 01 00 8d 0c 01 65 a1 38 00 00 00 e3 0c 65 8b 0d 3c 00 00 00 e9'), ('rel32', '@callout', -4), bytes.fromhex('65 8b 0d 3c 00 00 00')],
-            (6, 3): [bytes.fromhex('65 89 0d 3c 00 00 00 65 a3 38 00 00 00 0f b7 ce 65 a1 3c 40 01 00 8d 0c 01 65 a1 38 00 00 00 e3 0c 65 8b 0d 3c 00 00 00 e9'), ('rel32', '@callout', -4), bytes.fromhex('65 8b 0d 3c 00 00 00')],
-            (6, 4): [bytes.fromhex('65 89 0d 3c 00 00 00 65 a3 38 00 00 00 0f b7 ce 65 a1 40 40 01 00 8d 0c 01 65 a1 38 00 00 00 e3 0c 65 8b 0d 3c 00 00 00 e9'), ('rel32', '@callout', -4), bytes.fromhex('65 8b 0d 3c 00 00 00')],
-            (6, 5): [bytes.fromhex('65 89 0d 3c 00 00 00 65 a3 38 00 00 00 0f b7 ce 65 a1 44 40 01 00 8d 0c 01 65 a1 38 00 00 00 e3 0c 65 8b 0d 3c 00 00 00 e9'), ('rel32', '@callout', -4), bytes.fromhex('65 8b 0d 3c 00 00 00')],
-            (6, 6): [bytes.fromhex('65 89 0d 3c 00 00 00 65 a3 38 00 00 00 0f b7 ce 65 a1 48 40 01 00 8d 0c 01 65 a1 38 00 00 00 e3 0c 65 8b 0d 3c 00 00 00 e9'), ('rel32', '@callout', -4), bytes.fromhex('65 8b 0d 3c 00 00 00')],
-            (6, 7): [bytes.fromhex('65 89 0d 3c 00 00 00 65 a3 38 00 00 00 0f b7 ce 65 a1 4c 40 01 00 8d 0c 01 65 a1 38 00 00 00 e3 0c 65 8b 0d 3c 00 00 00 e9'), ('rel32', '@callout', -4), bytes.fromhex('65 8b 0d 3c 00 00 00')],
-            (7, 0): [bytes.fromhex('65 89 0d 3c 00 00 00 65 a3 38 00 00 00 0f b7 cf 65 a1 30 40 01 00 8d 0c 01 65 a1 38 00 00 00 e3 0c 65 8b 0d 3c 00 00 00 e9'), ('rel32', '@callout', -4), bytes.fromhex('65 8b 0d 3c 00 00 00')],
-            (7, 1): [bytes.fromhex('65 89 0d 3c 00 00 00 65 a3 38 00 00 00 0f b7 cf 65 a1 34 40 01 00 8d 0c 01 65 a1 38 00 00 00 e3 0c 65 8b 0d 3c 00 00 00 e9'), ('rel32', '@callout', -4), bytes.fromhex('65 8b 0d 3c 00 00 00')],
-            (7, 2): [bytes.fromhex('65 89 0d 3c 00 00 00 65 a3 38 00 00 00 0f b7 cf 65 a1 38 40 01 00 8d 0c 01 65 a1 38 00 00 00 e3 0c 65 8b 0d 3c 00 00 00 e9'), ('rel32', '@callout', -4), bytes.fromhex('65 8b 0d 3c 00 00 00')],
-            (7, 3): [bytes.fromhex('65 89 0d 3c 00 00 00 65 a3 38 00 00 00 0f b7 cf 65 a1 3c 40 01 00 8d 0c 01 65 a1 38 00 00 00 e3 0c 65 8b 0d 3c 00 00 00 e9'), ('rel32', '@callout', -4), bytes.fromhex('65 8b 0d 3c 00 00 00')],
-            (7, 4): [bytes.fromhex('65 89 0d 3c 00 00 00 65 a3 38 00 00 00 0f b7 cf 65 a1 40 40 01 00 8d 0c 01 65 a1 38 00 00 00 e3 0c 65 8b 0d 3c 00 00 00 e9'), ('rel32', '@callout', -4), bytes.fromhex('65 8b 0d 3c 00 00 00')],
-            (7, 5): [bytes.fromhex('65 89 0d 3c 00 00 00 65 a3 38 00 00 00 0f b7 cf 65 a1 44 40 01 00 8d 0c 01 65 a1 38 00 00 00 e3 0c 65 8b 0d 3c 00 00 00 e9'), ('rel32', '@callout', -4), bytes.fromhex('65 8b 0d 3c 00 00 00')],
-            (7, 6): [bytes.fromhex('65 89 0d 3c 00 00 00 65 a3 38 00 00 00 0f b7 cf 65 a1 48 40 01 00 8d 0c 01 65 a1 38 00 00 00 e3 0c 65 8b 0d 3c 00 00 00 e9'), ('rel32', '@callout', -4), bytes.fromhex('65 8b 0d 3c 00 00 00')],
-            (7, 7): [bytes.fromhex('65 89 0d 3c 00 00 00 65 a3 38 00 00 00 0f b7 cf 65 a1 4c 40 01 00 8d 0c 01 65 a1 38 00 00 00 e3 0c 65 8b 0d 3c 00 00 00 e9'), ('rel32', '@callout', -4), bytes.fromhex('65 8b 0d 3c 00 00 00')],
-        },
-    },
-    'operand_size_prefix': {  # spec/vmm.r1:736
+    'operand_size_prefix': {  # spec/vmm.r1:716
         "placeholders": (),
         "values": (),
         "when": {},
@@ -1682,7 +1536,7 @@ TEMPLATES = {
             (): [bytes.fromhex('66')],
         },
     },
-    'pop_ds_unchanged': {  # spec/vmm.r1:480
+    'pop_ds_unchanged': {  # spec/vmm.r1:465
         "placeholders": (),
         "values": ('callout',),
         "when": {'osize': '32', 'stack': '32', 'code': '32'},
@@ -1692,7 +1546,7 @@ TEMPLATES = {
             (): [bytes.fromhex('65 a3 38 00 00 00'), ('mark', 'eax_saved'), bytes.fromhex('0f b7 04 24 65 89 0d 3c 00 00 00 65 8b 0d 3c 40 01 00 8d 0c 01 65 a1 38 00 00 00 e3 0c 65 8b 0d 3c 00 00 00 e9'), ('rel32', '@callout', -4), bytes.fromhex('65 8b 0d 3c 00 00 00 8d 64 24 04')],
         },
     },
-    'pop_es_unchanged': {  # spec/vmm.r1:463
+    'pop_es_unchanged': {  # spec/vmm.r1:448
         "placeholders": (),
         "values": ('callout',),
         "when": {'osize': '32', 'stack': '32', 'code': '32'},
@@ -1702,7 +1556,7 @@ TEMPLATES = {
             (): [bytes.fromhex('65 a3 38 00 00 00'), ('mark', 'eax_saved'), bytes.fromhex('0f b7 04 24 65 89 0d 3c 00 00 00 65 8b 0d 30 40 01 00 8d 0c 01 65 a1 38 00 00 00 e3 0c 65 8b 0d 3c 00 00 00 e9'), ('rel32', '@callout', -4), bytes.fromhex('65 8b 0d 3c 00 00 00 8d 64 24 04')],
         },
     },
-    'pop_fs_unchanged': {  # spec/vmm.r1:497
+    'pop_fs_unchanged': {  # spec/vmm.r1:482
         "placeholders": (),
         "values": ('callout',),
         "when": {'osize': '32', 'stack': '32', 'code': '32'},
@@ -1792,7 +1646,7 @@ TEMPLATES = {
             (): [bytes.fromhex('9c 65 a3 38 00 00 00 65 89 0d 3c 00 00 00 65 89 25 50 00 00 00 65 8b 25 08 40 01 00 9c 65 a1 50 00 00 00 36 81 20 ff cd ff ff 65 8b 0d 24 00 00 00 36 09 08 65 8b 0d 48 00 00 00 36 09 08 9d 65 8b 25 50 00 00 00 65 8b 0d 3c 00 00 00 65 a1 38 00 00 00')],
         },
     },
-    'settle_flags': {  # spec/vmm.r1:755
+    'settle_flags': {  # spec/vmm.r1:735
         "placeholders": (),
         "values": (),
         "when": {},
@@ -1802,7 +1656,7 @@ TEMPLATES = {
             (): [bytes.fromhex('f5 f5')],
         },
     },
-    'sldt_virtual': {  # spec/vmm.r1:538
+    'sldt_virtual': {  # spec/vmm.r1:518
         "placeholders": ('dst',),
         "values": (),
         "when": {'osize': '32', 'mod': 'reg'},
@@ -1819,7 +1673,7 @@ TEMPLATES = {
             (7,): [bytes.fromhex('65 0f b7 3d 70 00 00 00')],
         },
     },
-    'smsw_virtual': {  # spec/vmm.r1:528
+    'smsw_virtual': {  # spec/vmm.r1:508
         "placeholders": ('dst',),
         "values": (),
         "when": {'osize': '32', 'mod': 'reg'},
@@ -1846,7 +1700,7 @@ TEMPLATES = {
             (): [bytes.fromhex('65 89 0d 3c 00 00 00 65 8b 0d 20 40 01 00 e3 0c 65 8b 0d 3c 00 00 00 e9'), ('rel32', '@callout', -4), bytes.fromhex('65 8b 0d 3c 00 00 00 65 c7 05 24 00 00 00 00 02 00 00')],
         },
     },
-    'str_virtual': {  # spec/vmm.r1:533
+    'str_virtual': {  # spec/vmm.r1:513
         "placeholders": ('dst',),
         "values": (),
         "when": {'osize': '32', 'mod': 'reg'},

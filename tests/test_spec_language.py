@@ -156,6 +156,11 @@ def test_template_when_clauses_are_checked(tmp_path: Path) -> None:
     with pytest.raises(SpecError) as info:
         assemble_all(compile_spec(tmp_path, bad))
     assert "spec/t.r1:1:" in str(info.value) and "dst#=0..5" in str(info.value)
+    listed = "template t {\n  | when src#=0..0,3..4\n  | mov {src}, {src}\n}\n"
+    assert assemble_all(compile_spec(tmp_path, listed))["t"].when == {"src#": "0..0,3..4"}
+    dangling = "template t {\n  | when src#=0..0,\n  | mov {src}, {src}\n}\n"
+    with pytest.raises(SpecError):
+        assemble_all(compile_spec(tmp_path, dangling))
 
 
 def test_templates_of_one_name_are_alternates_with_when_clauses(tmp_path: Path) -> None:
